@@ -1,0 +1,1 @@
+"""Adapters behind the ports: DynamoDB/SQS (``aws``) and in-memory fakes (``memory``)."""

@@ -1,0 +1,514 @@
+"""DynamoDB and SQS adapters. Key layouts and expressions live here and nowhere else.
+
+Every botocore error is turned into a domain error at this boundary (``ConditionFailed``,
+``TransientStoreError``), so the services never see botocore. Clients are injected; a default is
+built lazily from settings, never at import time (moto and tests rely on that).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError as BotoClientError
+
+from ..exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
+from ..models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
+from ..ports import JobPage
+from ..settings import Settings
+
+ACTIVE_SHARDS = 4  # the sweeper's sparse index is spread over this many partitions
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+_TRANSIENT_CODES = {
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable", "InternalFailure", "Throttling",
+    "TransactionConflictException", "RequestThrottled", "OverLimit", "RequestTimeout",
+}
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def serialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
+
+
+def deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+@contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Turn botocore errors into domain errors."""
+    try:
+        yield
+    except BotoClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "ConditionalCheckFailedException":
+            raise ConditionFailed(code) from exc
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _TRANSIENT_CODES or status >= 500:
+            raise TransientStoreError(f"{code or status}") from exc
+        raise StoreError(f"{code}: {exc}") from exc
+    except BotoCoreError as exc:  # connection errors, read timeouts
+        raise TransientStoreError(type(exc).__name__) from exc
+
+
+@dataclass
+class AwsClients:
+    """boto3 clients built on first use from settings (endpoints come from AWS_ENDPOINT_URL*)."""
+
+    settings: Settings
+    _dynamodb: Any = None
+    _sqs: Any = None
+    _queue_url: str | None = None
+    _dlq_url: str | None = None
+    config: Config = field(default_factory=lambda: Config(
+        retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=25,
+        max_pool_connections=50))
+
+    @property
+    def dynamodb(self) -> Any:
+        if self._dynamodb is None:
+            self._dynamodb = boto3.session.Session().client(
+                "dynamodb", region_name=self.settings.region, config=self.config)
+        return self._dynamodb
+
+    @property
+    def sqs(self) -> Any:
+        if self._sqs is None:
+            self._sqs = boto3.session.Session().client(
+                "sqs", region_name=self.settings.region, config=self.config)
+        return self._sqs
+
+    @property
+    def queue_url(self) -> str:
+        if self._queue_url is None:
+            self._queue_url = self.settings.queue_url or self._resolve(self.settings.queue_name)
+        return self._queue_url
+
+    @property
+    def dlq_url(self) -> str:
+        if self._dlq_url is None:
+            self._dlq_url = self.settings.dlq_url or self._resolve(self.settings.dlq_name)
+        return self._dlq_url
+
+    def _resolve(self, name: str) -> str:
+        with mapped_errors():
+            return str(self.sqs.get_queue_url(QueueName=name)["QueueUrl"])
+
+
+# ---- jobs ------------------------------------------------------------------------------
+
+
+def _shard(job_id: str) -> str:
+    return f"A#{sum(job_id.encode()) % ACTIVE_SHARDS}"
+
+
+def job_to_item(job: Job) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "job_id": job.job_id,
+        "user_id": job.user_id,
+        "created_sk": f"{iso(job.created_at)}#{job.job_id}",
+        "message": job.message,
+        "conversation_id": job.conversation_id,
+        "status": str(job.status),
+        "body_hash": job.body_hash,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "attempts": job.attempts,
+        "last_seq": job.last_seq,
+        "progress_json": json.dumps(job.progress.public()),
+        "output_json": json.dumps(job.output) if job.output is not None else None,
+        "error_json": json.dumps(job.error) if job.error is not None else None,
+        "cancel_requested": job.cancel_requested,
+        "lease_owner": job.lease_owner,
+        "lease_expires": job.lease_expires,
+        "expires_at": job.expires_at,
+    }
+    return item
+
+
+def item_to_job(item: dict[str, Any]) -> Job:
+    p = json.loads(item.get("progress_json") or "{}")
+    return Job(
+        job_id=item["job_id"],
+        user_id=item["user_id"],
+        message=item.get("message", ""),
+        conversation_id=item.get("conversation_id", ""),
+        created_at=float(item["created_at"]),
+        expires_at=int(item["expires_at"]),
+        status=JobStatus(item.get("status", "pending")),
+        body_hash=item.get("body_hash", ""),
+        started_at=float(item["started_at"]) if item.get("started_at") is not None else None,
+        completed_at=float(item["completed_at"]) if item.get("completed_at") is not None else None,
+        attempts=int(item.get("attempts", 0)),
+        last_seq=int(item.get("last_seq", 0)),
+        progress=Progress(phase=p.get("phase"), completed_steps=int(p.get("completed_steps") or 0),
+                          total_steps=p.get("total_steps"), label=p.get("label")),
+        output=json.loads(item["output_json"]) if item.get("output_json") else None,
+        error=json.loads(item["error_json"]) if item.get("error_json") else None,
+        cancel_requested=bool(item.get("cancel_requested", False)),
+        lease_owner=item.get("lease_owner"),
+        lease_expires=float(item.get("lease_expires", 0)),
+    )
+
+
+_ACTIVE_VALUES = {":pending": JobStatus.PENDING.value, ":running": JobStatus.RUNNING.value}
+
+
+class DynamoJobStore:
+    """Job records in the jobs table; see docs/data-model.md for the key layout."""
+
+    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+        self._c = clients
+        self._table = settings.jobs_table
+        self._pending_grace = settings.pending_grace_seconds
+
+    def _update(self, **kwargs: Any) -> dict[str, Any]:
+        values = kwargs.pop("values", None)
+        if values:
+            kwargs["ExpressionAttributeValues"] = serialize(values)
+        with mapped_errors():
+            out = self._c.dynamodb.update_item(TableName=self._table, **kwargs)
+        return deserialize(out.get("Attributes", {}))
+
+    def create(self, job: Job) -> None:
+        item = job_to_item(job)
+        item["active_shard"] = _shard(job.job_id)
+        item["due_at"] = job.created_at + self._pending_grace
+        with mapped_errors():
+            self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
+                                      ConditionExpression="attribute_not_exists(job_id)")
+
+    def get(self, job_id: str) -> Job | None:
+        with mapped_errors():
+            out = self._c.dynamodb.get_item(TableName=self._table, Key=serialize({"job_id": job_id}),
+                                            ConsistentRead=True)
+        if "Item" not in out:
+            return None
+        job = item_to_job(deserialize(out["Item"]))
+        return None if job.expired() else job
+
+    def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
+        try:
+            attrs = self._update(
+                Key=serialize({"job_id": job_id}),
+                UpdateExpression=("SET lease_owner = :me, lease_expires = :exp, due_at = :exp, "
+                                  "attempts = attempts + :one"),
+                ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running) "
+                                     "AND expires_at > :now "
+                                     "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
+                ExpressionAttributeNames={"#s": "status"},
+                values={":me": owner, ":exp": now + lease_seconds, ":one": 1, ":now": now,
+                        **_ACTIVE_VALUES},
+                ReturnValues="ALL_NEW")
+        except ConditionFailed:
+            current = self.get(job_id)
+            if current is not None and current.status in ACTIVE_STATUSES:
+                raise LeaseHeld(job_id) from None
+            raise
+        return item_to_job(attrs)
+
+    def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
+                    last_seq: int, status: JobStatus, progress: Progress) -> Job:
+        try:
+            attrs = self._update(
+                Key=serialize({"job_id": job_id}),
+                UpdateExpression=("SET lease_expires = :exp, due_at = :exp, last_seq = :ls, #s = :st, "
+                                  "progress_json = :p"),
+                ConditionExpression="lease_owner = :me AND #s IN (:pending, :running) AND last_seq <= :ls",
+                ExpressionAttributeNames={"#s": "status"},
+                values={":me": owner, ":exp": now + lease_seconds, ":ls": last_seq, ":st": str(status),
+                        ":p": json.dumps(progress.public()), **_ACTIVE_VALUES},
+                ReturnValues="ALL_NEW")
+        except ConditionFailed:
+            raise Fenced(job_id) from None
+        return item_to_job(attrs)
+
+    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+        try:
+            self._update(
+                Key=serialize({"job_id": job_id}),
+                UpdateExpression="REMOVE lease_owner SET lease_expires = :zero, due_at = :due",
+                ConditionExpression="lease_owner = :me AND attribute_exists(active_shard)",
+                values={":me": owner, ":zero": 0, ":due": due_at})
+        except ConditionFailed:
+            raise Fenced(job_id) from None
+
+    def save_projection(self, job: Job, *, owner: str | None) -> None:
+        names = {"#s": "status"}
+        values: dict[str, Any] = {
+            ":st": str(job.status), ":ls": job.last_seq, ":p": json.dumps(job.progress.public()),
+            ":att": job.attempts}
+        sets = ["#s = :st", "last_seq = :ls", "progress_json = :p", "attempts = :att"]
+        removes: list[str] = []
+        for attr, val in (("started_at", job.started_at), ("completed_at", job.completed_at),
+                          ("output_json", json.dumps(job.output) if job.output is not None else None),
+                          ("error_json", json.dumps(job.error) if job.error is not None else None)):
+            if val is not None:
+                sets.append(f"{attr} = :{attr}")
+                values[f":{attr}"] = val
+        condition = "attribute_exists(job_id) AND last_seq <= :ls"
+        if job.terminal:
+            # Terminal: leave the sweeper's index, drop the lease. Anyone may write it (the log
+            # already holds the terminal event); it only ever moves forward.
+            removes += ["active_shard", "due_at", "lease_owner"]
+        elif owner is not None:
+            condition += " AND lease_owner = :me AND #s IN (:pending, :running)"
+            values[":me"] = owner
+            values.update(_ACTIVE_VALUES)
+        expr = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        try:
+            self._update(Key=serialize({"job_id": job.job_id}), UpdateExpression=expr,
+                         ConditionExpression=condition, ExpressionAttributeNames=names, values=values)
+        except ConditionFailed:
+            if owner is not None and not job.terminal:
+                raise Fenced(job.job_id) from None
+            # A later projection is already there: nothing to do.
+
+    def request_cancel(self, job_id: str) -> Job:
+        attrs = self._update(
+            Key=serialize({"job_id": job_id}),
+            UpdateExpression="SET cancel_requested = :t",
+            ConditionExpression="attribute_exists(job_id) AND #s IN (:pending, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            values={":t": True, **_ACTIVE_VALUES},
+            ReturnValues="ALL_NEW")
+        return item_to_job(attrs)
+
+    def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
+                      start_key: dict[str, Any] | None) -> JobPage:
+        now = now_ts()
+        jobs: list[Job] = []
+        key = start_key
+        values: dict[str, Any] = {":u": user_id, ":now": int(now)}
+        filt = "expires_at > :now"
+        if statuses:
+            placeholders = []
+            for i, st in enumerate(sorted(statuses)):
+                values[f":s{i}"] = str(st)
+                placeholders.append(f":s{i}")
+            filt += f" AND #s IN ({', '.join(placeholders)})"
+        while True:
+            args: dict[str, Any] = {
+                "TableName": self._table, "IndexName": "by_user",
+                "KeyConditionExpression": "user_id = :u", "FilterExpression": filt,
+                "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False,
+                "Limit": max(limit, 25)}
+            if statuses:
+                args["ExpressionAttributeNames"] = {"#s": "status"}
+            if key:
+                args["ExclusiveStartKey"] = serialize(key)
+            with mapped_errors():
+                out = self._c.dynamodb.query(**args)
+            for raw in out.get("Items", []):
+                jobs.append(item_to_job(deserialize(raw)))
+                if len(jobs) == limit:
+                    last = jobs[-1]
+                    # Resume right after the last job handed out, even mid-page.
+                    return JobPage(jobs, {"job_id": last.job_id, "user_id": last.user_id,
+                                          "created_sk": f"{iso(last.created_at)}#{last.job_id}"})
+            lek = out.get("LastEvaluatedKey")
+            if not lek:
+                return JobPage(jobs, None)
+            key = deserialize(lek)
+
+    def find_due(self, now: float, limit: int) -> list[Job]:
+        due: list[Job] = []
+        for shard in range(ACTIVE_SHARDS):
+            with mapped_errors():
+                out = self._c.dynamodb.query(
+                    TableName=self._table, IndexName="due",
+                    KeyConditionExpression="active_shard = :s AND due_at < :now",
+                    ExpressionAttributeValues=serialize({":s": f"A#{shard}", ":now": now}),
+                    Limit=limit)
+            due += [item_to_job(deserialize(i)) for i in out.get("Items", [])]
+        return due[:limit * ACTIVE_SHARDS]
+
+    def postpone(self, job_id: str, due_at: float) -> None:
+        try:
+            self._update(Key=serialize({"job_id": job_id}), UpdateExpression="SET due_at = :d",
+                         ConditionExpression="attribute_exists(active_shard)", values={":d": due_at})
+        except ConditionFailed:
+            pass  # it became terminal meanwhile
+
+
+# ---- events ------------------------------------------------------------------------------
+
+
+def event_to_item(job_id: str, ev: Event, expires_at: int) -> dict[str, Any]:
+    return {"job_id": job_id, "seq": ev.seq, "type": str(ev.type), "at": ev.at, "attempt": ev.attempt,
+            "data_json": json.dumps(ev.data, separators=(",", ":")), "writer": ev.writer,
+            "expires_at": expires_at}
+
+
+def item_to_event(item: dict[str, Any]) -> Event:
+    return Event(seq=int(item["seq"]), type=EventType(item["type"]), at=item["at"],
+                 attempt=int(item.get("attempt", 0)), data=json.loads(item.get("data_json") or "{}"),
+                 writer=item.get("writer", ""))
+
+
+class DynamoEventLog:
+    """One item per event, key (job_id, seq). Reads are GetItem/BatchGetItem by key, never Query:
+    seqs are contiguous, so the keys to read are known, and key reads stay flat as the table grows."""
+
+    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+        self._c = clients
+        self._table = settings.events_table
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        with mapped_errors():
+            self._c.dynamodb.put_item(TableName=self._table,
+                                      Item=serialize(event_to_item(job_id, event, expires_at)),
+                                      ConditionExpression="attribute_not_exists(seq)")
+
+    def get(self, job_id: str, seq: int) -> Event | None:
+        with mapped_errors():
+            out = self._c.dynamodb.get_item(TableName=self._table,
+                                            Key=serialize({"job_id": job_id, "seq": seq}),
+                                            ConsistentRead=True)
+        item = out.get("Item")
+        if item is None:
+            return None
+        data = deserialize(item)
+        if int(data.get("expires_at", 0)) <= now_ts():
+            return None
+        return item_to_event(data)
+
+    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+        if last < first:
+            return []
+        if first == last:
+            ev = self.get(job_id, first)
+            return [ev] if ev else []
+        now = now_ts()
+        found: list[Event] = []
+        for lo in range(first, last + 1, 100):
+            keys = [serialize({"job_id": job_id, "seq": s}) for s in range(lo, min(last, lo + 99) + 1)]
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                with mapped_errors():
+                    out = self._c.dynamodb.batch_get_item(RequestItems=request)
+                for raw in out.get("Responses", {}).get(self._table, []):
+                    data = deserialize(raw)
+                    if int(data.get("expires_at", 0)) > now:
+                        found.append(item_to_event(data))
+                request = out.get("UnprocessedKeys") or {}
+        found.sort(key=lambda e: e.seq)
+        return found
+
+
+# ---- conversations and agent data --------------------------------------------------------
+
+
+class DynamoConversationStore:
+    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+        self._c = clients
+        self._table = settings.conversations_table
+
+    def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
+                    at: str, expires_at: int) -> None:
+        key = f"{user_id}#{conversation_id}"
+        # Keyed by job id: a repeated commit overwrites the same two items with the same content
+        # (both come from the stored terminal event), so the turn exists exactly once.
+        for n, (role, text) in enumerate((("user", message), ("assistant", reply))):
+            item = {"conversation_key": key, "sk": f"{at}#{job_id}#{n}", "role": role, "text": text,
+                    "job_id": job_id, "at": at, "expires_at": expires_at}
+            with mapped_errors():
+                self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item))
+
+    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        out_items: list[dict[str, Any]] = []
+        key: dict[str, Any] | None = None
+        while True:
+            args: dict[str, Any] = {
+                "TableName": self._table, "KeyConditionExpression": "conversation_key = :k",
+                "ExpressionAttributeValues": serialize({":k": f"{user_id}#{conversation_id}"}),
+                "ScanIndexForward": True}
+            if key:
+                args["ExclusiveStartKey"] = key
+            with mapped_errors():
+                out = self._c.dynamodb.query(**args)
+            now = now_ts()
+            for raw in out.get("Items", []):
+                d = deserialize(raw)
+                if int(d.get("expires_at", 0)) > now:
+                    out_items.append({"role": d["role"], "text": d["text"], "job_id": d["job_id"],
+                                      "at": d["at"]})
+            key = out.get("LastEvaluatedKey")
+            if not key:
+                break
+        return out_items[-limit:]
+
+
+class DynamoAgentDataStore:
+    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+        self._c = clients
+        self._table = settings.agent_data_table
+
+    def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
+                           expires_at: int) -> int:
+        with mapped_errors():
+            out = self._c.dynamodb.update_item(
+                TableName=self._table,
+                Key=serialize({"pk": f"EFFECT#{job_id}", "sk": f"STEP#{step_index:04d}"}),
+                UpdateExpression="ADD executions :one SET last_attempt = :a, payload_json = :p, "
+                                 "expires_at = :e",
+                ExpressionAttributeValues=serialize({":one": 1, ":a": attempt,
+                                                     ":p": json.dumps(payload), ":e": expires_at}),
+                ReturnValues="UPDATED_NEW")
+        return int(deserialize(out["Attributes"])["executions"])
+
+    def step_effects(self, job_id: str) -> dict[int, int]:
+        with mapped_errors():
+            out = self._c.dynamodb.query(
+                TableName=self._table, KeyConditionExpression="pk = :p",
+                ExpressionAttributeValues=serialize({":p": f"EFFECT#{job_id}"}), ConsistentRead=True)
+        result: dict[int, int] = {}
+        for raw in out.get("Items", []):
+            d = deserialize(raw)
+            result[int(d["sk"].split("#")[1])] = int(d["executions"])
+        return result
+
+
+# ---- queue -------------------------------------------------------------------------------
+
+
+class SqsJobQueue:
+    def __init__(self, clients: AwsClients) -> None:
+        self._c = clients
+
+    def send(self, job_id: str, delay_seconds: int = 0) -> None:
+        with mapped_errors():
+            self._c.sqs.send_message(QueueUrl=self._c.queue_url, MessageBody=json.dumps({"job_id": job_id}),
+                                     DelaySeconds=max(0, min(900, delay_seconds)))
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        with mapped_errors():
+            self._c.sqs.change_message_visibility(QueueUrl=self._c.queue_url, ReceiptHandle=receipt_handle,
+                                                  VisibilityTimeout=max(0, min(43200, seconds)))
+
+    def dead_letter(self, job_id: str, body: str, reason: str) -> None:
+        with mapped_errors():
+            self._c.sqs.send_message(
+                QueueUrl=self._c.dlq_url, MessageBody=body,
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:256]},
+                                   "job_id": {"DataType": "String", "StringValue": job_id}})

@@ -1,0 +1,64 @@
+"""The agent interface: think (plan), act (one step), reply (text, optionally streamed).
+
+The runner owns durability (checkpoints, resume, cancel, fencing, retries); an agent only does
+the work. What the runner promises an agent:
+
+- ``think`` runs until a plan is recorded; after that the recorded plan is reused on every attempt.
+- ``act`` runs once per step; a step recorded as completed is never run again (its recorded
+  output is in ``ctx.step_outputs``). A step cut off mid-way may run again: ``ctx.idempotency_key``
+  (job id + step index) is stable across attempts, use it for side effects.
+- ``reply`` yields text chunks; the runner coalesces them into ``delta`` events and stops
+  consuming within about a second of a cancel.
+
+What an agent promises: side effects only inside ``act``; raise ``RetryableAgentError`` when
+another attempt could help and ``TerminalAgentError`` when it cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    index: int  # from 1
+    label: str
+    spec: dict[str, Any] = field(default_factory=dict)  # agent-private detail of the step
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[PlanStep]
+
+    def public(self) -> dict[str, Any]:
+        return {"steps": [{"index": s.index, "label": s.label} for s in self.steps],
+                "total_steps": len(self.steps)}
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    job_id: str
+    user_id: str
+    conversation_id: str
+    message: str
+    history: list[dict[str, Any]]  # committed messages of the conversation, oldest first
+    attempt: int
+    step_outputs: dict[int, Any]  # outputs of completed steps, by index
+    cancelled: Callable[[], bool]  # True once a cancel was requested
+
+    def idempotency_key(self, step_index: int) -> str:
+        """The stable key for side effects of one step (job id + step index)."""
+        return f"{self.job_id}:{step_index}"
+
+
+class Agent(Protocol):
+    def think(self, ctx: AgentContext) -> Plan:
+        """Make the plan of steps."""
+
+    def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        """Run one step; return its JSON-serialisable output (what gets checkpointed)."""
+
+    def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
+        """Yield the reply text in chunks."""

@@ -1,0 +1,115 @@
+"""Every error alfred-jobs raises, under one base.
+
+    AlfredError
+    ├── ClientError (4xx: the caller sent something wrong)     .status, .code
+    │   ├── InvalidInput          400 invalid_input
+    │   ├── Unauthorized          401 unauthorized
+    │   ├── NotFound              404 not_found
+    │   ├── Conflict              409 conflict
+    │   └── PayloadTooLarge       413 payload_too_large
+    ├── StoreError (storage and queue trouble)
+    │   ├── ConditionFailed       a conditional write lost (adapters raise it, services decide)
+    │   └── TransientStoreError   throttling, 5xx, timeouts: retry helps
+    ├── LeaseError
+    │   ├── LeaseHeld             another live worker holds the job
+    │   └── Fenced                another worker took the job over: stop writing at once
+    └── AgentError (raised by agents)                          .retryable
+        ├── RetryableAgentError   try again later (throttled model, flaky tool)
+        └── TerminalAgentError    retrying cannot help (bad plan, refused input)
+
+Services raise these; the HTTP layer maps ``ClientError`` to its status, never by message text.
+"""
+
+from __future__ import annotations
+
+
+class AlfredError(Exception):
+    """Base of every alfred-jobs error."""
+
+    retryable: bool = False
+
+
+class ClientError(AlfredError):
+    """Something the caller sent is wrong; maps to a 4xx."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(ClientError):
+    status = 400
+    code = "invalid_input"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class StoreError(AlfredError):
+    """Storage or queue trouble."""
+
+
+class ConditionFailed(StoreError):
+    """A conditional write found the item in another state."""
+
+
+class TransientStoreError(StoreError):
+    """Throttling, a 5xx or a timeout: the same call may succeed later."""
+
+    retryable = True
+
+
+class LeaseError(AlfredError):
+    """The caller does not own the job."""
+
+
+class LeaseHeld(LeaseError):
+    """Another worker holds a live lease on the job."""
+
+
+class Fenced(LeaseError):
+    """Another worker has taken the job over; this one must write nothing more."""
+
+
+class AgentError(AlfredError):
+    """Raised by an agent; ``retryable`` tells the runner whether another attempt can help."""
+
+    code: str = "agent_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class RetryableAgentError(AgentError):
+    retryable = True
+    code = "agent_retryable"
+
+
+class TerminalAgentError(AgentError):
+    retryable = False
+    code = "agent_failed"

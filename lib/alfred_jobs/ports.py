@@ -1,0 +1,108 @@
+"""The ports: what the service layer needs from storage and the queue.
+
+Adapters for DynamoDB/SQS live in ``adapters/aws.py``; in-memory fakes in ``adapters/memory.py``.
+Only adapters know key layouts, expressions and botocore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .models import Event, Job, JobStatus, Progress
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    # An opaque store position; the service signs it into the public cursor.
+    next_key: dict[str, Any] | None
+
+
+class JobStore(Protocol):
+    """Job records: creation, leases, projection of the log, listing, sweeping."""
+
+    def create(self, job: Job) -> None:
+        """Put a new job record; ``ConditionFailed`` if the id exists (idempotent submit)."""
+
+    def get(self, job_id: str) -> Job | None:
+        """The job record, or None (expired records read as None)."""
+
+    def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
+        """Take the job if it is active and nobody holds a live lease; bump ``attempts``.
+
+        Raises ``LeaseHeld`` if another owner's lease is live, ``ConditionFailed`` if the job is
+        terminal or gone.
+        """
+
+    def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
+                    last_seq: int, status: JobStatus, progress: Progress) -> Job:
+        """Extend the lease and refresh the projection; ``Fenced`` if ``owner`` lost the job."""
+
+    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+        """Give the job back (retry later); ``Fenced`` if the owner lost it already."""
+
+    def save_projection(self, job: Job, *, owner: str | None) -> None:
+        """Write a folded job record. With ``owner``, only while that owner holds the lease;
+        terminal projections are written by anyone and only move forward in ``last_seq``."""
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Set ``cancel_requested`` on an active job; ``ConditionFailed`` if it is terminal."""
+
+    def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
+                      start_key: dict[str, Any] | None) -> JobPage:
+        """The user's jobs, newest first, one page."""
+
+    def find_due(self, now: float, limit: int) -> list[Job]:
+        """Active jobs whose pending grace or running lease has run out (for the sweeper)."""
+
+    def postpone(self, job_id: str, due_at: float) -> None:
+        """Move an active job's sweep deadline (after the sweeper re-enqueued it)."""
+
+
+class EventLog(Protocol):
+    """Per-job ordered log. ``append`` is a conditional put on (job_id, seq): the log is the fence."""
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        """Write ``event`` at ``event.seq`` if that slot is free; ``ConditionFailed`` if taken."""
+
+    def get(self, job_id: str, seq: int) -> Event | None:
+        """One event, or None."""
+
+    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+        """The events with first <= seq <= last that exist (any order from the store, sorted here)."""
+
+
+class ConversationStore(Protocol):
+    def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
+                    at: str, expires_at: int) -> None:
+        """Write the user message and the reply of one job; idempotent on job id."""
+
+    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        """The conversation's committed messages, oldest first."""
+
+
+class JobQueue(Protocol):
+    def send(self, job_id: str, delay_seconds: int = 0) -> None:
+        """Enqueue a job for a worker."""
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        """Hide an in-flight message for ``seconds`` more (heartbeat and retry backoff)."""
+
+    def dead_letter(self, job_id: str, body: str, reason: str) -> None:
+        """Park a message in the dead-letter queue."""
+
+
+class AgentDataStore(Protocol):
+    """The agent's own data (side effects of steps), keyed so writes are idempotent per step."""
+
+    def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
+                           expires_at: int) -> int:
+        """Record that a step ran; returns how many times it has run for this job (1 if once)."""
+
+    def step_effects(self, job_id: str) -> dict[int, int]:
+        """Step index → executions, for checking "never executed twice"."""
+
+
+Events = Sequence[Event]

@@ -1,0 +1,75 @@
+"""The one settings object. Every environment variable the system reads is declared here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY = 24 * 3600
+
+
+class Settings(BaseSettings):
+    """Configuration, read from the environment (prefix ``ALFRED_``) and validated once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="ALFRED_", extra="ignore")
+
+    # --- where things are -------------------------------------------------------------
+    region: str = Field(default="us-east-1", validation_alias="AWS_DEFAULT_REGION")
+    jobs_table: str = "alfred-jobs"
+    events_table: str = "alfred-job-events"
+    conversations_table: str = "alfred-conversations"
+    agent_data_table: str = "alfred-agent-data"
+    queue_name: str = "alfred-jobs"
+    dlq_name: str = "alfred-jobs-dlq"
+    queue_url: str | None = None
+    dlq_url: str | None = None
+
+    # --- durability knobs -------------------------------------------------------------
+    retention_seconds: int = Field(default=7 * DAY, ge=60)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    sweep_seconds: float = Field(default=60.0, gt=0)
+    # A pending job whose message has not been picked up after this long is re-enqueued.
+    pending_grace_seconds: float = Field(default=30.0, gt=0)
+    cancel_poll_seconds: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    retry_max_seconds: float = Field(default=300.0, ge=0)
+    # Reply text is written as `delta` events at most this often (coalescing).
+    delta_flush_seconds: float = Field(default=0.1, gt=0)
+    delta_flush_chars: int = Field(default=400, gt=0)
+
+    # --- the agent ---------------------------------------------------------------------
+    agent: Literal["demo", "bedrock"] = "demo"
+    demo_step_seconds: float = Field(default=1.0, ge=0)
+
+    # --- limits on input ---------------------------------------------------------------
+    max_message_chars: int = 8000
+    max_body_bytes: int = 64 * 1024
+    max_wait_seconds: float = 20.0
+    max_list_limit: int = 100
+
+    # --- auth --------------------------------------------------------------------------
+    # "local": verify HS256 bearer tokens in-process (dev, tests).
+    # "apigw": trust the claims API Gateway's JWT authorizer put in the request context.
+    auth_mode: Literal["local", "apigw"] = "local"
+    jwt_secret: str = "alfred-local-dev-secret-change-me"
+    jwt_issuer: str = "alfred-jobs-local"
+    jwt_audience: str = "alfred-jobs"
+    stream_token_secret: str = "alfred-local-stream-secret-change-me"
+    stream_token_seconds: int = Field(default=15 * 60, gt=0)
+    cursor_secret: str = "alfred-local-cursor-secret-change-me"
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # --- client (CLI) -------------------------------------------------------------------
+    api_url: str = "http://127.0.0.1:8000"
+    stream_url: str | None = None
+    token: str | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, built once per process."""
+    return Settings()
