@@ -1,0 +1,219 @@
+"""In-memory fakes of the ports, for unit tests. They keep the same conditions as the DynamoDB
+adapters (conditional puts, lease checks), so a unit test fails where the real store would refuse."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..deps import Deps
+from ..exceptions import ConditionFailed, Fenced, LeaseHeld
+from ..models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
+from ..ports import JobPage
+from ..settings import Settings
+
+
+class MemoryJobStore:
+    def __init__(self, pending_grace: float = 30.0) -> None:
+        self.items: dict[str, Job] = {}
+        self.due: dict[str, float] = {}
+        self.lock = threading.RLock()
+        self.pending_grace = pending_grace
+
+    def create(self, job: Job) -> None:
+        with self.lock:
+            if job.job_id in self.items:
+                raise ConditionFailed(job.job_id)
+            self.items[job.job_id] = job
+            self.due[job.job_id] = job.created_at + self.pending_grace
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            job = self.items.get(job_id)
+            return None if job is None or job.expired() else job
+
+    def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None or job.status not in ACTIVE_STATUSES or job.expires_at <= now:
+                raise ConditionFailed(job_id)
+            if job.lease_owner is not None and job.lease_expires >= now:
+                raise LeaseHeld(job_id)
+            job = replace(job, lease_owner=owner, lease_expires=now + lease_seconds,
+                          attempts=job.attempts + 1)
+            self.items[job_id] = job
+            self.due[job_id] = now + lease_seconds
+            return job
+
+    def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
+                    last_seq: int, status: JobStatus, progress: Progress) -> Job:
+        with self.lock:
+            job = self.items.get(job_id)
+            if (job is None or job.lease_owner != owner or job.status not in ACTIVE_STATUSES
+                    or job.last_seq > last_seq):
+                raise Fenced(job_id)
+            job = replace(job, lease_expires=now + lease_seconds, last_seq=last_seq, status=status,
+                          progress=progress)
+            self.items[job_id] = job
+            self.due[job_id] = now + lease_seconds
+            return job
+
+    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None or job.lease_owner != owner or job_id not in self.due:
+                raise Fenced(job_id)
+            self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0)
+            self.due[job_id] = due_at
+
+    def save_projection(self, job: Job, *, owner: str | None) -> None:
+        with self.lock:
+            cur = self.items.get(job.job_id)
+            if cur is None or cur.last_seq > job.last_seq:
+                if owner is not None and not job.terminal:
+                    raise Fenced(job.job_id)
+                return
+            if not job.terminal and owner is not None and (
+                    cur.lease_owner != owner or cur.status not in ACTIVE_STATUSES):
+                raise Fenced(job.job_id)
+            new = replace(cur, status=job.status, last_seq=job.last_seq, progress=job.progress,
+                          attempts=job.attempts,
+                          started_at=job.started_at or cur.started_at,
+                          completed_at=job.completed_at or cur.completed_at,
+                          output=job.output if job.output is not None else cur.output,
+                          error=job.error if job.error is not None else cur.error)
+            if job.terminal:
+                new = replace(new, lease_owner=None)
+                self.due.pop(job.job_id, None)
+            self.items[job.job_id] = new
+
+    def request_cancel(self, job_id: str) -> Job:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None or job.status not in ACTIVE_STATUSES:
+                raise ConditionFailed(job_id)
+            job = replace(job, cancel_requested=True)
+            self.items[job_id] = job
+            return job
+
+    def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
+                      start_key: dict[str, Any] | None) -> JobPage:
+        with self.lock:
+            now = now_ts()
+            mine = sorted((j for j in self.items.values() if j.user_id == user_id and not j.expired(now)),
+                          key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
+            if start_key:
+                pos = (start_key["created_sk"].split("#")[0], start_key["job_id"])
+                mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
+            if statuses:
+                mine = [j for j in mine if j.status in statuses]
+            page = mine[:limit]
+            nxt = None
+            if len(mine) > limit:
+                last = page[-1]
+                nxt = {"job_id": last.job_id, "user_id": user_id,
+                       "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
+            return JobPage(page, nxt)
+
+    def find_due(self, now: float, limit: int) -> list[Job]:
+        with self.lock:
+            ids = [j for j, d in sorted(self.due.items(), key=lambda kv: kv[1]) if d < now][:limit]
+            return [self.items[j] for j in ids]
+
+    def postpone(self, job_id: str, due_at: float) -> None:
+        with self.lock:
+            if job_id in self.due:
+                self.due[job_id] = due_at
+
+
+class MemoryEventLog:
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, int], Event] = {}
+        self.lock = threading.RLock()
+        self.reads = 0
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        with self.lock:
+            key = (job_id, event.seq)
+            if key in self.items:
+                raise ConditionFailed(f"{job_id}#{event.seq}")
+            self.items[key] = event
+
+    def get(self, job_id: str, seq: int) -> Event | None:
+        with self.lock:
+            self.reads += 1
+            return self.items.get((job_id, seq))
+
+    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+        with self.lock:
+            self.reads += 1
+            return [self.items[(job_id, s)] for s in range(first, last + 1) if (job_id, s) in self.items]
+
+    def all(self, job_id: str) -> list[Event]:
+        with self.lock:
+            return sorted((e for (j, _), e in self.items.items() if j == job_id), key=lambda e: e.seq)
+
+
+class MemoryConversationStore:
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.writes = 0
+
+    def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
+                    at: str, expires_at: int) -> None:
+        conv = self.items.setdefault((user_id, conversation_id), {})
+        self.writes += 1
+        conv[f"{at}#{job_id}#0"] = {"role": "user", "text": message, "job_id": job_id, "at": at}
+        conv[f"{at}#{job_id}#1"] = {"role": "assistant", "text": reply, "job_id": job_id, "at": at}
+
+    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        conv = self.items.get((user_id, conversation_id), {})
+        return [conv[k] for k in sorted(conv)][-limit:]
+
+
+@dataclass
+class SentMessage:
+    job_id: str
+    delay_seconds: int
+
+
+@dataclass
+class MemoryJobQueue:
+    sent: list[SentMessage] = field(default_factory=list)
+    visibility: dict[str, int] = field(default_factory=dict)
+    dead: list[tuple[str, str]] = field(default_factory=list)
+
+    def send(self, job_id: str, delay_seconds: int = 0) -> None:
+        self.sent.append(SentMessage(job_id, delay_seconds))
+
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        self.visibility[receipt_handle] = seconds
+
+    def dead_letter(self, job_id: str, body: str, reason: str) -> None:
+        self.dead.append((job_id, reason))
+
+
+class MemoryAgentDataStore:
+    def __init__(self) -> None:
+        self.executions: dict[tuple[str, int], int] = {}
+        self.lock = threading.Lock()
+
+    def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
+                           expires_at: int) -> int:
+        with self.lock:
+            key = (job_id, step_index)
+            self.executions[key] = self.executions.get(key, 0) + 1
+            return self.executions[key]
+
+    def step_effects(self, job_id: str) -> dict[int, int]:
+        with self.lock:
+            return {i: n for (j, i), n in self.executions.items() if j == job_id}
+
+
+def memory_deps(settings: Settings | None = None) -> Deps:
+    """A full set of in-memory ports."""
+    s = settings or Settings()
+    return Deps(settings=s, jobs=MemoryJobStore(s.pending_grace_seconds), log=MemoryEventLog(),
+                conversations=MemoryConversationStore(), queue=MemoryJobQueue(),
+                agent_data=MemoryAgentDataStore())
