@@ -53,7 +53,7 @@ def default_template_path() -> Path:
 def load_template(path: Path | None = None) -> dict[str, Any]:
     """Parse template.yaml, keeping intrinsic functions as plain dicts."""
     with open(path or default_template_path(), encoding="utf-8") as fh:
-        data: dict[str, Any] = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        data: dict[str, Any] = yaml.load(fh, Loader=_CfnLoader)
     return data
 
 

@@ -159,9 +159,10 @@ def fold(job: Job, events: list[Event]) -> Job:
             continue
         last_seq = ev.seq
         ts = _parse_iso(ev.at)
-        if ev.type is EventType.STATUS and ev.data.get("status") == JobStatus.RUNNING:
-            status = JobStatus.RUNNING
-            started = started or ts
+        if ev.type is EventType.STATUS:
+            status = JobStatus(ev.data.get("status", "running"))
+            if status is JobStatus.RUNNING:
+                started = started or ts
         elif ev.type is EventType.RESUMED:
             status = JobStatus.RUNNING
         elif ev.type is EventType.PHASE:

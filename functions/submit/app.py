@@ -1,0 +1,23 @@
+"""Submit Lambda: the job API (FastAPI) behind API Gateway HTTP API, through Mangum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mangum import Mangum
+
+from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.observability import flush_metrics
+
+_handler: Mangum | None = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry point; the app is built on the first call, not at import (no clients at import)."""
+    global _handler
+    if _handler is None:
+        _handler = Mangum(create_app(), lifespan="off")
+    try:
+        return _handler(event, context)  # type: ignore[arg-type]
+    finally:
+        flush_metrics()

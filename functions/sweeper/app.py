@@ -1,0 +1,19 @@
+"""Sweeper Lambda: on a schedule, re-enqueue jobs whose message was lost or whose worker died."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alfred_jobs.deps import aws_deps
+from alfred_jobs.observability import flush_metrics
+from alfred_jobs.settings import get_settings
+from alfred_jobs.sweeper import Sweeper
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (EventBridge) entry point."""
+    try:
+        report = Sweeper(aws_deps(get_settings())).sweep()
+        return {"requeued": len(report.requeued), "errors": report.errors}
+    finally:
+        flush_metrics()

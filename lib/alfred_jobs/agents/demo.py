@@ -1,0 +1,100 @@
+"""The demo agent: a deterministic recipe assistant.
+
+Each step takes ``ALFRED_DEMO_STEP_SECONDS`` and first writes a real side-effect item keyed by
+job id + step index (an atomic counter), so "a completed step never runs twice" can be checked
+by counting. Directives in the message steer it, for demos and tests:
+
+- ``[steps=N]``: plan N steps (1-20, default 5)
+- ``[fail]``: every attempt fails in step 2 with a retryable error (a poison job)
+- ``[fatal]``: step 1 fails with a terminal error
+- ``[flaky=K]``: step K fails on the first attempt only
+- ``[flaky-reply]``: the reply fails on the first attempt, after its text has started
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..agent import AgentContext, Plan, PlanStep
+from ..exceptions import RetryableAgentError, TerminalAgentError
+from ..models import now_ts
+from ..ports import AgentDataStore
+from ..settings import Settings
+
+LABELS = [
+    "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
+    "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
+]
+STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
+              "make", "i", "what", "can", "recipes", "recipe", "give", "show", "my"}
+
+
+def _directive(message: str, name: str) -> str | None:
+    m = re.search(rf"\[{name}(?:=(\d+))?\]", message)
+    if m is None:
+        return None
+    return m.group(1) or ""
+
+
+class DemoAgent:
+    """Deterministic Think → Act → Reply for demos and tests."""
+
+    def __init__(self, data: AgentDataStore, settings: Settings) -> None:
+        self.data = data
+        self.settings = settings
+        self.step_seconds = settings.demo_step_seconds
+
+    def _sleep(self, seconds: float, ctx: AgentContext) -> None:
+        """Sleep, waking early on cancel (so cancel stops a long step's wait, not its side effect)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if ctx.cancelled():
+                return
+            time.sleep(min(left, 0.05))
+
+    def think(self, ctx: AgentContext) -> Plan:
+        self._sleep(self.step_seconds / 2, ctx)
+        raw = _directive(ctx.message, "steps")
+        n = max(1, min(20, int(raw))) if raw else 5
+        return Plan([PlanStep(i, LABELS[(i - 1) % len(LABELS)] + ("" if i <= len(LABELS) else f" ({i})"))
+                     for i in range(1, n + 1)])
+
+    def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
+                                            {"label": step.label, "key": ctx.idempotency_key(step.index)},
+                                            int(now_ts() + self.settings.retention_seconds))
+        if _directive(ctx.message, "fatal") is not None and step.index == 1:
+            raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
+        if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):
+            raise RetryableAgentError("the recipe service is not answering", code="recipe_unavailable")
+        flaky = _directive(ctx.message, "flaky")
+        if flaky and int(flaky) == step.index and ctx.attempt == 1:
+            raise RetryableAgentError("the recipe service timed out", code="recipe_timeout")
+        self._sleep(self.step_seconds, ctx)
+        return {"step": step.index, "label": step.label, "ingredients": _ingredients(ctx.message),
+                "runs": runs}
+
+    def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
+        items = _ingredients(ctx.message) or ["what you have"]
+        text = (f"Here are 3 recipes using {', '.join(items)}: a quick skillet, a sheet-pan bake and "
+                f"a warming soup. I went through {len(plan.steps)} steps: "
+                + "; ".join(s.label.lower() for s in plan.steps) + ". Enjoy your cooking!")
+        words = text.split(" ")
+        pause = (self.step_seconds / 2) / max(1, len(words))
+        for i, word in enumerate(words):
+            if ctx.cancelled():
+                return
+            if (_directive(ctx.message, "flaky-reply") is not None and ctx.attempt == 1
+                    and i == len(words) // 2):
+                raise RetryableAgentError("the connection to the writer dropped", code="reply_interrupted")
+            yield word if i == 0 else " " + word
+            if pause:
+                self._sleep(pause, ctx)
+
+
+def _ingredients(message: str) -> list[str]:
+    words = re.findall(r"[a-zA-Z]+", re.sub(r"\[[^\]]*\]", " ", message).lower())
+    return [w for w in words if w not in STOP_WORDS and len(w) > 2][:3]

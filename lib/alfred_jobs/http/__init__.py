@@ -1,0 +1,1 @@
+"""HTTP entrypoints: thin FastAPI handlers over the service layer."""

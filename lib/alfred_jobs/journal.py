@@ -1,0 +1,83 @@
+"""Reading and appending a job's event log.
+
+Why the log is its own fence: seqs are contiguous and every event is a conditional put on its
+own (job_id, seq) key. A writer only ever writes right after the last event it has seen. A new
+owner reads to the head and puts its ``resumed`` event there; from then on every slot the old
+owner could write to is taken, so its next put fails and it stops. No transactions, and the
+cost of an append does not depend on how long the log is.
+"""
+
+from __future__ import annotations
+
+from .exceptions import ConditionFailed, Fenced, TransientStoreError
+from .models import Event, now_ts
+from .ports import EventLog
+
+MAX_CHUNK = 100
+
+
+class SlotTaken(Fenced):
+    """The seq we tried to write is taken by another writer's event."""
+
+    def __init__(self, existing: Event) -> None:
+        super().__init__(f"seq {existing.seq} taken by {existing.type}")
+        self.existing = existing
+
+
+class Journal:
+    """Contiguous reads and fenced appends over an ``EventLog``."""
+
+    def __init__(self, log: EventLog, retention_seconds: int) -> None:
+        self.log = log
+        self.retention_seconds = retention_seconds
+
+    def expires_at(self) -> int:
+        return int(now_ts() + self.retention_seconds)
+
+    def read_after(self, job_id: str, after: int, *, known_head: int = 0, limit: int = 1000) -> list[Event]:
+        """Events after ``after``, contiguous from after+1, at most ``limit``.
+
+        ``known_head`` (e.g. the job record's ``last_seq``) lets the first read fetch everything
+        known in one batch; past it the reader probes one key, then grows the batch.
+        """
+        out: list[Event] = []
+        nxt = after + 1
+        chunk = max(1, min(MAX_CHUNK, known_head - after)) if known_head > after else 1
+        while len(out) < limit:
+            last = nxt + min(chunk, limit - len(out)) - 1
+            got = self.log.read_range(job_id, nxt, last)
+            for ev in got:
+                if ev.seq != nxt:
+                    return out  # a hole: nothing past it can exist yet (writers append in order)
+                out.append(ev)
+                nxt += 1
+            if nxt <= last:
+                return out
+            chunk = min(MAX_CHUNK, chunk * 4)
+        return out
+
+    def read_all(self, job_id: str, known_head: int = 0) -> list[Event]:
+        """The whole log."""
+        return self.read_after(job_id, 0, known_head=known_head, limit=1_000_000)
+
+    def append(self, job_id: str, event: Event) -> None:
+        """Put ``event`` at its seq. Raises ``SlotTaken`` when another writer holds that seq.
+
+        An ambiguous failure (the put landed but we saw an error and retried) finds our own event
+        in the slot: that is success, not a conflict.
+        """
+        for attempt in range(4):
+            try:
+                self.log.append(job_id, event, self.expires_at())
+                return
+            except ConditionFailed:
+                existing = self.log.get(job_id, event.seq)
+                if existing is None:
+                    continue  # expired meanwhile: try again
+                if existing.writer == event.writer and existing.type == event.type:
+                    return
+                raise SlotTaken(existing) from None
+            except TransientStoreError:
+                if attempt == 3:
+                    raise
+        raise TransientStoreError(f"append {job_id}#{event.seq} did not settle")

@@ -1,0 +1,221 @@
+"""Job API use cases: submit, read, list, cancel, events, conversations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+from ..deps import Deps
+from ..exceptions import ConditionFailed, Conflict, InvalidInput, NotFound
+from ..journal import Journal, SlotTaken
+from ..models import (
+    ACTIVE_STATUSES,
+    ChatRequest,
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    fold,
+    now_ts,
+)
+from ..observability import count, get_logger
+from .cursor import decode_cursor, encode_cursor
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+STATUS_FILTERS = {s.value: frozenset({s}) for s in JobStatus} | {"active": ACTIVE_STATUSES}
+API_WRITER = "api"
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    events: list[Event]
+    job: Job
+
+    @property
+    def done(self) -> bool:
+        return self.job.terminal and (not self.events or self.events[-1].seq >= self.job.last_seq)
+
+
+def validate_job_id(job_id: str) -> str:
+    """A job id as the API accepts it; malformed ids are a 400, unknown ones a 404."""
+    if not JOB_ID_RE.match(job_id):
+        raise InvalidInput("malformed job id", code="invalid_job_id")
+    return job_id
+
+
+def body_hash(req: ChatRequest) -> str:
+    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+class JobService:
+    """The job API's use cases over the ports."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.journal = Journal(deps.log, deps.settings.retention_seconds)
+
+    # ---- submit -----------------------------------------------------------------------
+
+    def submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
+        """Create a job and enqueue it; returns before any agent work starts (guarantee 1).
+
+        With an idempotency key the job id is derived from (user, key), so the job record itself
+        is the idempotency record: a second submit hits the conditional put and finds the first
+        job (guarantee 5) at the cost of one PutItem, not a transaction.
+        """
+        if len(req.message) > self.settings.max_message_chars:
+            raise InvalidInput(f"message is longer than {self.settings.max_message_chars} characters",
+                               code="message_too_long")
+        digest = body_hash(req)
+        if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY_RE.match(idempotency_key):
+                raise InvalidInput("Idempotency-Key must be 1-128 printable ASCII characters",
+                                   code="invalid_idempotency_key")
+            job_id = hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
+        else:
+            job_id = uuid.uuid4().hex
+        now = now_ts()
+        job = Job(job_id=job_id, user_id=user_id, message=req.message,
+                  conversation_id=req.conversation_id or uuid.uuid4().hex,
+                  created_at=now, expires_at=int(now + self.settings.retention_seconds),
+                  body_hash=digest)
+        try:
+            self.deps.jobs.create(job)
+        except ConditionFailed:
+            existing = self.deps.jobs.get(job_id)
+            if existing is None:
+                # The old record expired but is still stored: retention is over, so the key is
+                # free again, but the store keeps the item until TTL deletes it.
+                raise Conflict("this Idempotency-Key was used by a job that has expired; use a new key",
+                               code="idempotency_key_expired") from None
+            if existing.user_id != user_id or existing.body_hash != digest:
+                raise Conflict("this Idempotency-Key was already used with a different request",
+                               code="idempotency_key_reused") from None
+            if existing.status is JobStatus.PENDING and existing.last_seq == 0:
+                # The first submit may have died between its put and its send: send again. A
+                # duplicate message is harmless (the worker drops messages of held jobs).
+                self.deps.queue.send(job_id)
+            return Submitted(self.fold_tail(existing), created=False)
+        self.deps.queue.send(job_id)
+        count("JobsSubmitted")
+        log.info("job submitted", extra={"job_id": job_id, "user": user_id})
+        return Submitted(job, created=True)
+
+    # ---- read ---------------------------------------------------------------------------
+
+    def fold_tail(self, job: Job) -> Job:
+        """The job record with any events written after its projection folded in (exact status)."""
+        tail = self.journal.read_after(job.job_id, job.last_seq)
+        return fold(job, tail) if tail else job
+
+    def owned(self, user_id: str, job_id: str) -> Job:
+        """The caller's job, or ``NotFound`` (another user's job is indistinguishable from none)."""
+        validate_job_id(job_id)
+        job = self.deps.jobs.get(job_id)
+        if job is None or job.user_id != user_id:
+            raise NotFound("job not found")
+        return job
+
+    def get(self, user_id: str, job_id: str) -> Job:
+        return self.fold_tail(self.owned(user_id, job_id))
+
+    def list(self, user_id: str, status: str | None, limit: int, cursor: str | None,
+             ) -> tuple[list[Job], str | None]:
+        """The caller's jobs, newest first (a page, with an opaque cursor for the next one)."""
+        statuses = None
+        if status is not None:
+            if status not in STATUS_FILTERS:
+                raise InvalidInput(f"status must be one of {', '.join(sorted(STATUS_FILTERS))}",
+                                   code="invalid_status")
+            statuses = STATUS_FILTERS[status]
+        if not 1 <= limit <= self.settings.max_list_limit:
+            raise InvalidInput(f"limit must be 1..{self.settings.max_list_limit}", code="invalid_limit")
+        start = decode_cursor(self.settings.cursor_secret, user_id, cursor) if cursor else None
+        if start is not None and (start.get("user_id") != user_id or not isinstance(start.get("job_id"), str)
+                                  or not isinstance(start.get("created_sk"), str)):
+            raise InvalidInput("malformed cursor", code="invalid_cursor")
+        page = self.deps.jobs.list_for_user(user_id, statuses, limit, start)
+        nxt = encode_cursor(self.settings.cursor_secret, user_id, page.next_key) if page.next_key else None
+        return page.jobs, nxt
+
+    # ---- events -------------------------------------------------------------------------
+
+    def events(self, user_id: str, job_id: str, after: int, wait: float, limit: int = 500) -> EventsPage:
+        """Events with seq > ``after``; if none, wait up to ``wait`` seconds for one (long-poll)."""
+        if after < 0:
+            raise InvalidInput("after must be >= 0", code="invalid_cursor")
+        if not 0 <= wait <= self.settings.max_wait_seconds:
+            raise InvalidInput(f"wait must be 0..{self.settings.max_wait_seconds:g}", code="invalid_wait")
+        job = self.owned(user_id, job_id)
+        deadline = time.monotonic() + wait
+        interval = 0.05
+        while True:
+            evs = self.journal.read_after(job_id, after, known_head=job.last_seq, limit=limit)
+            if evs or job.terminal or time.monotonic() >= deadline:
+                break
+            self.deps.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(0.25, interval * 1.5)
+            refreshed = self.deps.jobs.get(job_id)
+            job = refreshed or job
+        if evs:
+            job = fold(job, evs) if evs[-1].seq > job.last_seq else job
+        return EventsPage(evs, job)
+
+    # ---- cancel ---------------------------------------------------------------------------
+
+    def cancel(self, user_id: str, job_id: str) -> tuple[Job, bool]:
+        """Request cancellation. Returns (job, done): done once the job is cancelled.
+
+        A job no worker holds (not started yet, or waiting for a retry) is cancelled here at once,
+        by putting the terminal event at the
+        head of its log (the same fence workers use). A running job gets a flag its worker reads
+        at the next step boundary, or within a second while the reply streams.
+        """
+        job = self.get(user_id, job_id)
+        if job.status is JobStatus.CANCELLED:
+            return job, True
+        if job.terminal:
+            raise Conflict(f"job is already {job.status}", code="job_finished")
+        unheld = not job.lease_owner or job.lease_expires < now_ts()
+        if job.status is JobStatus.PENDING and unheld:
+            ev = Event.new(job.last_seq + 1, EventType.CANCELLED, {}, attempt=job.attempts,
+                           writer=API_WRITER)
+            try:
+                self.journal.append(job_id, ev)
+            except SlotTaken:
+                pass  # a worker started it meanwhile: fall through to the flag
+            else:
+                done = fold(job, [ev])
+                self.deps.jobs.save_projection(done, owner=None)
+                count("JobsCancelled")
+                return done, True
+        try:
+            self.deps.jobs.request_cancel(job_id)
+        except ConditionFailed:
+            pass  # it ended meanwhile; report what it is now
+        job = self.get(user_id, job_id)
+        if job.status is JobStatus.CANCELLED:
+            return job, True
+        if job.terminal:
+            raise Conflict(f"job is already {job.status}", code="job_finished")
+        return replace(job, cancel_requested=True), False
+
+    # ---- conversations ------------------------------------------------------------------------
+
+    def conversation(self, user_id: str, conversation_id: str, limit: int = 200) -> list[dict[str, object]]:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", conversation_id):
+            raise InvalidInput("malformed conversation id", code="invalid_conversation_id")
+        return self.deps.conversations.messages(user_id, conversation_id, limit)

@@ -1,0 +1,75 @@
+"""The worker's SQS handler: Powertools batch processing with partial batch failures.
+
+The same ``handler`` serves AWS (SQS event source mapping) and the local poller (``alfred-jobs
+worker``), which builds a Lambda-shaped event. Each record runs one job delivery through the
+runner; a delivery that should be retried sets its message's visibility to the backoff and is
+reported as a batch item failure, so only it comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from .agents import build_agent
+from .deps import Deps, aws_deps
+from .observability import flush_metrics, get_logger
+from .runner import Delivery, JobRunner, Outcome, RunResult
+from .settings import get_settings
+
+log = get_logger()
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class RetryLater(Exception):
+    """Marks a record as failed so SQS redelivers it after its (already set) visibility timeout."""
+
+
+@lru_cache(maxsize=1)
+def runtime() -> tuple[Deps, JobRunner]:
+    """Ports and runner, built once per process (a Lambda container or a local worker process)."""
+    deps = aws_deps(get_settings())
+    return deps, JobRunner(deps, build_agent(deps))
+
+
+def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str | None,
+                   receive_count: int) -> RunResult | None:
+    """Run one message. Raises ``RetryLater`` when the job should be tried again later."""
+    try:
+        job_id = json.loads(body)["job_id"]
+        if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+            raise ValueError("bad job id")
+    except (ValueError, KeyError, TypeError):
+        log.error("malformed queue message parked in the DLQ")
+        deps.queue.dead_letter("-", body[:1024], "malformed_message")
+        return None
+    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body))
+    if result.outcome is Outcome.RETRY:
+        if receipt_handle:
+            deps.queue.change_visibility(receipt_handle, result.retry_after)
+        raise RetryLater(f"{job_id}: {result.reason}, retry in {result.retry_after}s")
+    return result
+
+
+_processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def _record_handler(record: SQSRecord) -> str:
+    deps, runner = runtime()
+    count = int(record.attributes.approximate_receive_count or 1)
+    result = handle_message(deps, runner, record.body, record.receipt_handle, count)
+    return result.outcome.value if result else "parked"
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry point for the SQS event source mapping."""
+    try:
+        return process_partial_response(event=event, record_handler=_record_handler, processor=_processor,
+                                        context=context)
+    finally:
+        flush_metrics()
