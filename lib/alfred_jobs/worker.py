@@ -56,9 +56,6 @@ def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str
     return result
 
 
-_processor = BatchProcessor(event_type=EventType.SQS)
-
-
 def _record_handler(record: SQSRecord) -> str:
     deps, runner = runtime()
     count = int(record.attributes.approximate_receive_count or 1)
@@ -69,7 +66,9 @@ def _record_handler(record: SQSRecord) -> str:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry point for the SQS event source mapping."""
     try:
-        return process_partial_response(event=event, record_handler=_record_handler, processor=_processor,
+        # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
+        processor = BatchProcessor(event_type=EventType.SQS)
+        return process_partial_response(event=event, record_handler=_record_handler, processor=processor,
                                         context=context)
     finally:
         flush_metrics()

@@ -1,0 +1,117 @@
+"""A local stand-in for the Lambda SQS event source mapping.
+
+It long-polls the queue, hands each batch to the same ``handler`` as on AWS (a Lambda-shaped
+event and context), and deletes the messages that did not come back as batch item failures —
+what the event source mapping does with ``ReportBatchItemFailures``. Failed messages are left
+alone, so they reappear after the visibility timeout the runner set (the retry backoff).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .adapters.aws import AwsClients, mapped_errors
+from .exceptions import StoreError
+from .observability import get_logger
+from .settings import Settings
+
+log = get_logger()
+
+
+@dataclass
+class LambdaContext:
+    """The bits of a Lambda context object handlers use."""
+
+    function_name: str = "alfred-jobs-worker-local"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:alfred-jobs-worker-local"
+    aws_request_id: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
+    """A Lambda SQS event built from ReceiveMessage output."""
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": {k: str(v) for k, v in m.get("Attributes", {}).items()},
+        "messageAttributes": {}, "md5OfBody": m.get("MD5OfBody", ""), "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn, "awsRegion": region} for m in messages]}
+
+
+class QueuePoller:
+    """Polls the jobs queue and runs batches through the worker handler until stopped."""
+
+    def __init__(self, settings: Settings, batch_size: int = 1, wait_seconds: int = 1) -> None:
+        self.settings = settings
+        self.clients = AwsClients(settings)
+        self.batch_size = batch_size
+        self.wait_seconds = wait_seconds
+        self.stopping = threading.Event()
+
+    def run_forever(self) -> None:
+        from .worker import handler  # the very handler the Lambda runs
+
+        queue_arn = self.clients.sqs.get_queue_attributes(
+            QueueUrl=self.clients.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        while not self.stopping.is_set():
+            try:
+                with mapped_errors():
+                    out = self.clients.sqs.receive_message(
+                        QueueUrl=self.clients.queue_url, MaxNumberOfMessages=self.batch_size,
+                        WaitTimeSeconds=self.wait_seconds, AttributeNames=["All"])
+            except StoreError as exc:
+                log.warning("receive failed", extra={"error": str(exc)})
+                self.stopping.wait(0.5)
+                continue
+            messages = out.get("Messages", [])
+            if not messages:
+                continue
+            event = sqs_event(messages, queue_arn, self.settings.region)
+            result = handler(event, LambdaContext(aws_request_id=uuid.uuid4().hex))
+            failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+            done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages) if m["MessageId"] not in failed]
+            if done:
+                try:
+                    with mapped_errors():
+                        self.clients.sqs.delete_message_batch(QueueUrl=self.clients.queue_url, Entries=done)
+                except StoreError as exc:
+                    log.warning("delete failed; messages will be redelivered", extra={"error": str(exc)})
+
+
+def run_worker_threads(settings: Settings, concurrency: int = 1) -> None:
+    """Run ``concurrency`` pollers in this process until SIGTERM/SIGINT."""
+    pollers = [QueuePoller(settings) for _ in range(concurrency)]
+
+    def stop(signum: int, frame: Any) -> None:
+        for p in pollers:
+            p.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    threads = [threading.Thread(target=p.run_forever, name=f"poller-{i}", daemon=True)
+               for i, p in enumerate(pollers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=0.5)
+
+
+def main() -> None:
+    """``python -m alfred_jobs.local_worker [concurrency]``: a worker process for tests and dev."""
+    import sys
+
+    from .settings import get_settings
+
+    run_worker_threads(get_settings(), int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+
+
+if __name__ == "__main__":
+    main()
