@@ -475,3 +475,29 @@ def test_client_is_built_lazily_from_settings() -> None:
     assert agent._client is None
     assert agent.client.meta.region_name == "us-east-1"
     assert agent.client.meta.service_model.service_name == "bedrock-runtime"
+
+
+def test_dynamo_kitchen_applies_each_write_once_per_key() -> None:
+    # In-process moto (no network): the ADD + NOT contains(applied, :key) condition really holds.
+    from moto import mock_aws
+
+    from alfred_jobs.agents.bedrock import DynamoKitchenStore
+
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(TableName="agent-data", BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "sk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                    {"AttributeName": "sk", "KeyType": "RANGE"}])
+        k = DynamoKitchenStore("agent-data", client=ddb)
+        assert k.add_quantity(USER, "c1", "Eggs", 6, "pcs", "job:1", 2_000_000_000)["quantity"] == 6.0
+        # the same step run again (cut off after its write): no change
+        assert k.add_quantity(USER, "c1", "Eggs", 6, "pcs", "job:1", 2_000_000_000)["quantity"] == 6.0
+        assert k.add_quantity(USER, "c1", "eggs", -2, "", "job:2", 2_000_000_000) == \
+            {"name": "eggs", "quantity": 4.0, "unit": "pcs"}
+        k.put_recipe(USER, "c1", {"title": "Frittata", "ingredients": ["eggs"], "instructions": "Bake."},
+                     "job:3", 2_000_000_000)
+        assert k.items(USER, "c1", "pantry") == [{"name": "eggs", "quantity": 4.0, "unit": "pcs"}]
+        assert [r["title"] for r in k.items(USER, "c1", "recipe")] == ["Frittata"]
+        assert k.items(USER, "other", "pantry") == []

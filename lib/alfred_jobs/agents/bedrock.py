@@ -60,6 +60,8 @@ _RETRYABLE_CODES = frozenset(c.lower() for c in (
     "ThrottlingException", "ServiceUnavailableException", "ServiceUnavailable",
     "ModelTimeoutException", "InternalServerException", "ModelNotReadyException",
     "ModelStreamErrorException", "ServiceQuotaExceededException", "ModelErrorException",
+    # DynamoDB, for the kitchen tools
+    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "TransactionConflictException",
 ))
 _TERMINAL_CODES = frozenset(c.lower() for c in (
     "ValidationException", "AccessDeniedException", "ResourceNotFoundException",
@@ -207,8 +209,10 @@ class MemoryKitchenStore:
 
     def items(self, user_id: str, conversation_id: str, kind: str) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(v) for (u, c, k, _), v in sorted(self.data.items())
-                    if (u, c, k) == (user_id, conversation_id, kind)]
+            found = [v for (u, c, k, _), v in sorted(self.data.items())
+                     if (u, c, k) == (user_id, conversation_id, kind)]
+        hidden = ("applied", "key")  # bookkeeping, as the DynamoDB store keeps it out of its answers
+        return [{k: v for k, v in item.items() if k not in hidden} for item in found]
 
     def add_quantity(self, user_id: str, conversation_id: str, name: str, delta: float, unit: str,
                      key: str, expires_at: int) -> dict[str, Any]:
@@ -264,13 +268,13 @@ class DynamoKitchenStore:
             "KeyConditionExpression": "pk = :p AND begins_with(sk, :k)",
             "ExpressionAttributeValues": {":p": {"S": self._pk(user_id, conversation_id)},
                                           ":k": {"S": f"{kind}#"}}}
-        with _mapped_errors("kitchen"):
+        with _mapped_errors("kitchen", "kitchen"):
             while True:
                 page = self.client.query(**kwargs)
                 for raw in page.get("Items", []):
                     item = {k: de.deserialize(v) for k, v in raw.items()}
                     out.append(json.loads(item["doc"]) if "doc" in item else
-                               {"name": item["name"], "quantity": float(item.get("quantity", 0)),
+                               {"name": item["name"], "quantity": max(0.0, float(item.get("quantity", 0))),
                                 "unit": item.get("unit", "")})
                 if "LastEvaluatedKey" not in page:
                     return out
@@ -280,14 +284,14 @@ class DynamoKitchenStore:
                      key: str, expires_at: int) -> dict[str, Any]:
         name = name.lower()
         item_key = {"pk": {"S": self._pk(user_id, conversation_id)}, "sk": {"S": f"pantry#{name}"}}
-        with _mapped_errors("kitchen"):
+        with _mapped_errors("kitchen", "kitchen"):
             try:
                 self.client.update_item(
                     TableName=self._table, Key=item_key,
                     UpdateExpression="ADD quantity :d, applied :ks SET #n = :n, expires_at = :e"
-                                     + (", unit = :u" if unit else ""),
+                                     + (", #u = :u" if unit else ""),
                     ConditionExpression="attribute_not_exists(applied) OR NOT contains(applied, :k)",
-                    ExpressionAttributeNames={"#n": "name"},
+                    ExpressionAttributeNames={"#n": "name", **({"#u": "unit"} if unit else {})},
                     ExpressionAttributeValues={
                         ":d": {"N": repr(delta)}, ":ks": {"SS": [key]}, ":k": {"S": key},
                         ":n": {"S": name}, ":e": {"N": str(expires_at)},
@@ -303,7 +307,7 @@ class DynamoKitchenStore:
 
     def put_recipe(self, user_id: str, conversation_id: str, recipe: dict[str, Any], key: str,
                    expires_at: int) -> dict[str, Any]:
-        with _mapped_errors("kitchen"):
+        with _mapped_errors("kitchen", "kitchen"):
             self.client.put_item(TableName=self._table, Item={
                 "pk": {"S": self._pk(user_id, conversation_id)},
                 "sk": {"S": f"recipe#{recipe['title'].lower()}"},
@@ -315,8 +319,12 @@ class DynamoKitchenStore:
 
 
 @contextmanager
-def _mapped_errors(what: str) -> Iterator[None]:
-    """Turn botocore errors into the runner's retryable / terminal agent errors."""
+def _mapped_errors(what: str, source: str = "model") -> Iterator[None]:
+    """Turn botocore errors into the runner's retryable / terminal agent errors.
+
+    Codes: ``{source}_throttled`` / ``{source}_unavailable`` (retryable), ``{source}_access_denied``
+    / ``{source}_rejected`` (terminal); ``source`` is ``model`` (Bedrock) or ``kitchen`` (DynamoDB).
+    """
     try:
         yield
     except BotoClientError as exc:  # includes EventStreamError (an error event mid-stream)
@@ -326,12 +334,12 @@ def _mapped_errors(what: str) -> Iterator[None]:
         message = f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": ")
         low = code.lower()
         if low in _RETRYABLE_CODES or (low not in _TERMINAL_CODES and (status >= 500 or status == 429)):
-            raise RetryableAgentError(message, code="model_unavailable" if "throttl" not in low
-                                      else "model_throttled") from exc
-        raise TerminalAgentError(message, code="model_rejected" if low != "accessdeniedexception"
-                                 else "model_access_denied") from exc
+            kind = "throttled" if "throttl" in low or "throughput" in low else "unavailable"
+            raise RetryableAgentError(message, code=f"{source}_{kind}") from exc
+        kind = "access_denied" if low == "accessdeniedexception" else "rejected"
+        raise TerminalAgentError(message, code=f"{source}_{kind}") from exc
     except BotoCoreError as exc:  # connection errors, read timeouts: another attempt may work
-        raise RetryableAgentError(f"{what}: {type(exc).__name__}", code="model_unavailable") from exc
+        raise RetryableAgentError(f"{what}: {type(exc).__name__}", code=f"{source}_unavailable") from exc
 
 
 # ---- the agent -----------------------------------------------------------------------------
