@@ -334,7 +334,7 @@ def _mapped_errors(what: str, source: str = "model") -> Iterator[None]:
         message = f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": ")
         low = code.lower()
         if low in _RETRYABLE_CODES or (low not in _TERMINAL_CODES and (status >= 500 or status == 429)):
-            kind = "throttled" if "throttl" in low or "throughput" in low else "unavailable"
+            kind = "throttled" if any(w in low for w in ("throttl", "throughput", "quota")) else "unavailable"
             raise RetryableAgentError(message, code=f"{source}_{kind}") from exc
         kind = "access_denied" if low == "accessdeniedexception" else "rejected"
         raise TerminalAgentError(message, code=f"{source}_{kind}") from exc
