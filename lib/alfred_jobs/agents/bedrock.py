@@ -429,7 +429,9 @@ class BedrockAgent:
                 if turn == 1:
                     raise TerminalAgentError(f"the model made no valid plan: {str(exc)[:500]}",
                                              code="bad_plan") from exc
-                messages = [*messages, out["output"]["message"], self._repair_turn(uses, str(exc))]
+                answer = out.get("output", {}).get("message") or {"role": "assistant",
+                                                                   "content": [{"text": "(no answer)"}]}
+                messages = [*messages, answer, self._repair_turn(uses, str(exc))]
         raise AssertionError("unreachable")
 
     @staticmethod
