@@ -223,6 +223,8 @@ class _Attempt:
         """Checkpoint: one conditional PutItem at the head of the log."""
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
+        if self.events and self.events[-1].terminal:
+            raise AssertionError("nothing may follow a terminal event")  # guarantee 2, by construction
         ev = Event.new(self.head + 1, type, data, attempt=self.attempt, writer=self.owner)
         self.journal.append(self.job.job_id, ev)
         self.events.append(ev)
@@ -405,6 +407,16 @@ class _Attempt:
     def _failure(self, code: str, message: str, retryable: bool) -> RunResult:
         error = {"code": code, "message": message}
         count("AttemptFailures")
+        if self.events and self.events[-1].terminal:
+            # The job has ended; only finalizing failed. Let the message come back to finish it,
+            # and free the lease so that delivery is not dropped as a duplicate.
+            self.keeper.stop()
+            try:
+                self.deps.jobs.release_lease(self.job.job_id, self.owner, now_ts() + self.s.pending_grace_seconds)
+            except StoreError:
+                pass  # then the sweeper finds it once the lease expires
+            return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1,
+                             status=self.view.status)
         try:
             if retryable and self.attempt < self.s.max_attempts:
                 backoff = self.s.retry_base_seconds * 2 ** (self.attempt - 1)

@@ -1,0 +1,250 @@
+"""The runner against in-memory fakes of the ports: resume, fencing, cancel, retries, finalize."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
+from alfred_jobs.agent import AgentContext, Plan, PlanStep
+from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.deps import Deps
+from alfred_jobs.exceptions import RetryableAgentError
+from alfred_jobs.models import ChatRequest, Event, EventType, JobStatus, now_ts
+from alfred_jobs.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.settings import Settings
+
+
+@pytest.fixture
+def deps() -> Deps:
+    return memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, max_attempts=3,
+                                cancel_poll_seconds=0.02))
+
+
+def submit(deps: Deps, message: str = "chicken [steps=3]", user: str = "u1") -> str:
+    return JobService(deps).submit(user, ChatRequest(message=message), None).job.job_id
+
+
+def events(deps: Deps, job_id: str) -> list[Event]:
+    log = deps.log
+    assert isinstance(log, MemoryEventLog)
+    return log.all(job_id)
+
+
+def types(deps: Deps, job_id: str) -> list[str]:
+    return [f"{e.type}:{e.data.get('status', e.data.get('phase', ''))}" for e in events(deps, job_id)]
+
+
+class CrashAt(Exception):
+    """Simulates the process dying: raised out of the agent, it is not an AgentError."""
+
+
+class ScriptedAgent(DemoAgent):
+    """The demo agent, with hooks to crash or block inside a chosen step."""
+
+    def __init__(self, deps: Deps, crash_step: int | None = None,
+                 block: threading.Event | None = None, block_step: int | None = None,
+                 wait_cancel: bool = False) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.crash_step = crash_step
+        self.block = block
+        self.block_step = block_step
+        self.wait_cancel = wait_cancel
+        self.acts: list[tuple[int, int]] = []
+        self.entered = threading.Event()
+
+    def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        self.acts.append((step.index, ctx.attempt))
+        if step.index == self.block_step and self.block is not None:
+            self.entered.set()
+            self.block.wait(10)
+            if self.wait_cancel:  # a long step: the worker's cancel poll sees the request meanwhile
+                deadline = threading.Event()
+                for _ in range(500):
+                    if ctx.cancelled():
+                        break
+                    deadline.wait(0.01)
+        if step.index == self.crash_step:
+            raise SystemExit("worker died")  # escapes the runner like a real crash would
+        return super().act(step, ctx)
+
+
+def test_happy_path_checkpoints_every_phase_and_step(deps: Deps) -> None:
+    job_id = submit(deps)
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert result.outcome is Outcome.DONE and result.status is JobStatus.COMPLETE
+    got = types(deps, job_id)
+    assert got[:4] == ["status:running", "phase:think", "plan:", "phase:act"]
+    assert got.count("step:completed") == 3 and got[-1] == "complete:"
+    assert [e.seq for e in events(deps, job_id)] == list(range(1, len(got) + 1))
+    job = deps.jobs.get(job_id)
+    assert job is not None and job.status is JobStatus.COMPLETE and job.last_seq == len(got)
+
+
+def test_resume_after_crash_never_reruns_completed_steps(deps: Deps) -> None:
+    job_id = submit(deps, "chicken [steps=4]")
+    crashing = ScriptedAgent(deps, crash_step=3)
+    with pytest.raises(SystemExit):
+        JobRunner(deps, crashing).run(Delivery(job_id))
+    # the dead worker's lease must run out before another may take over
+    job = deps.jobs.get(job_id)
+    assert job is not None
+    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": now_ts() - 1})  # type: ignore[attr-defined]
+    second = ScriptedAgent(deps)
+    result = JobRunner(deps, second).run(Delivery(job_id))
+    assert result.status is JobStatus.COMPLETE
+    assert [i for i, _ in second.acts] == [3, 4], "only the cut-off and remaining steps run again"
+    evs = events(deps, job_id)
+    resumed = [e for e in evs if e.type is EventType.RESUMED]
+    assert len(resumed) == 1 and resumed[0].data["attempt"] == 2
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    assert deps.agent_data.step_effects(job_id) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+def test_duplicate_delivery_while_held_is_dropped(deps: Deps) -> None:
+    job_id = submit(deps)
+    block = threading.Event()
+    agent = ScriptedAgent(deps, block=block, block_step=1)
+    runner = JobRunner(deps, agent)
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: results.append(runner.run(Delivery(job_id))))
+    t.start()
+    assert agent.entered.wait(5)
+    dup = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert dup.outcome is Outcome.DROPPED
+    block.set()
+    t.join(10)
+    assert results[0].status is JobStatus.COMPLETE
+    assert deps.agent_data.step_effects(job_id) == {1: 1, 2: 1, 3: 1}
+
+
+def test_fenced_worker_writes_nothing_after_takeover(deps: Deps) -> None:
+    job_id = submit(deps)
+    block = threading.Event()
+    zombie_agent = ScriptedAgent(deps, block=block, block_step=2)
+    zombie = JobRunner(deps, zombie_agent)
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(zombie.run(Delivery(job_id))))
+    t.start()
+    assert zombie_agent.entered.wait(5)
+    # GIVEN the zombie's lease has expired (paused past it) and a new worker took over and finished
+    job = deps.jobs.get(job_id)
+    assert job is not None
+    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": now_ts() - 1})  # type: ignore[attr-defined]
+    taker = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert taker.status is JobStatus.COMPLETE
+    before = events(deps, job_id)
+    # WHEN the zombie wakes up
+    block.set()
+    t.join(10)
+    # THEN it wrote nothing more and knows it lost the job
+    assert events(deps, job_id) == before
+    assert out[0].outcome in (Outcome.DROPPED, Outcome.DONE)
+    owners = {e.writer for e in before if e.attempt == 2}
+    assert len(owners) == 1
+
+
+def test_cancel_pending_is_immediate_and_running_stops_at_boundary(deps: Deps) -> None:
+    svc = JobService(deps)
+    pending = submit(deps)
+    job, done = svc.cancel("u1", pending)
+    assert done and job.status is JobStatus.CANCELLED
+    assert types(deps, pending) == ["cancelled:"]
+    # a later delivery of its message just acks
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(pending)).outcome is Outcome.DONE
+
+    running = submit(deps, "x [steps=5]")
+    block = threading.Event()
+    agent = ScriptedAgent(deps, block=block, block_step=2, wait_cancel=True)
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(JobRunner(deps, agent).run(Delivery(running))))
+    t.start()
+    assert agent.entered.wait(5)
+    job, done = svc.cancel("u1", running)
+    assert not done and job.cancel_requested
+    block.set()
+    t.join(10)
+    assert out[0].status is JobStatus.CANCELLED
+    evs = events(deps, running)
+    assert evs[-1].type is EventType.CANCELLED
+    assert max(i for i, _ in agent.acts) == 2, "no step starts after the cancel"
+
+
+def test_poison_job_fails_after_max_attempts_and_parks_message(deps: Deps) -> None:
+    job_id = submit(deps, "x [fail]")
+    runner = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings))
+    outcomes = [runner.run(Delivery(job_id)) for _ in range(3)]
+    assert [o.outcome for o in outcomes] == [Outcome.RETRY, Outcome.RETRY, Outcome.DONE]
+    assert [o.retry_after for o in outcomes[:2]] == [2, 4], "exponential backoff"
+    job = deps.jobs.get(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    assert job.error is not None and job.error["code"] == "recipe_unavailable"
+    assert "3 attempts" in job.error["message"]
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue) and queue.dead == [(job_id, "recipe_unavailable")]
+    evs = events(deps, job_id)
+    assert sum(e.type is EventType.FAILED for e in evs) == 1 and evs[-1].type is EventType.FAILED
+
+
+def test_terminal_agent_error_fails_at_once(deps: Deps) -> None:
+    job_id = submit(deps, "x [fatal]")
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert result.status is JobStatus.FAILED
+    job = deps.jobs.get(job_id)
+    assert job is not None and job.error == {"code": "recipe_refused",
+                                             "message": "the recipe service refused this request"}
+
+
+def test_crash_between_terminal_event_and_projection_is_finalized(deps: Deps) -> None:
+    job_id = submit(deps)
+
+    class CommitCrash(Exception):
+        pass
+
+    conversations = deps.conversations
+    real_commit = conversations.commit_turn
+    calls = {"n": 0}
+
+    def flaky_commit(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise CommitCrash()
+        real_commit(*args, **kwargs)
+
+    conversations.commit_turn = flaky_commit  # type: ignore[method-assign]
+    first = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert first.outcome is Outcome.RETRY, "the message must come back to finish the job"
+    assert events(deps, job_id)[-1].type is EventType.COMPLETE, "nothing written after the terminal event"
+    job = deps.jobs.get(job_id)
+    assert job is not None and not job.terminal, "record still active: the sweeper will find it"
+    assert job.lease_owner is None, "lease released so the redelivery is not dropped"
+    again = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    assert again.status is JobStatus.COMPLETE
+    msgs = deps.conversations.messages("u1", job.conversation_id, 10)
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert sum(e.type is EventType.COMPLETE for e in events(deps, job_id)) == 1
+
+
+class FlakyReplyAgent(DemoAgent):
+    """Its reply differs between attempts: the resumed attempt must replace the shown text once."""
+
+    def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
+        if ctx.attempt == 1:
+            yield "Hello wor"
+            raise RetryableAgentError("dropped")
+        yield "Goodbye"
+
+
+def test_reply_resume_replaces_diverging_text(deps: Deps) -> None:
+    deps.settings.delta_flush_seconds = 0.0
+    job_id = submit(deps, "x [steps=1]")
+    runner = JobRunner(deps, FlakyReplyAgent(deps.agent_data, deps.settings))
+    assert runner.run(Delivery(job_id)).outcome is Outcome.RETRY
+    assert runner.run(Delivery(job_id)).status is JobStatus.COMPLETE
+    deltas = [e.data for e in events(deps, job_id) if e.type is EventType.DELTA]
+    assert deltas[0] == {"text": "Hello wor"}
+    assert deltas[-1] == {"text": "Goodbye", "replace": True}
