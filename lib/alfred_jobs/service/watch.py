@@ -1,0 +1,296 @@
+"""Watching a job's event log: one shared poller per job per process, fanned out in memory.
+
+    WatchHub (one per process / event loop)
+    └── _Channel (one per watched job, while it has watchers)
+        ├── poller task: Journal.read_after(head) in a thread, every 50-250 ms while the job is live
+        ├── buffer: events base+1..head (shared replay; trimmed past ``max_buffer``)
+        └── Watcher (one per SSE connection or long-poll request): its own cursor
+
+Why no gap and no duplicate: a watcher never takes "the events the poller just saw". It owns a
+cursor ``c`` and only ever asks the channel for ``c+1, c+2, ...``, sliced out of a buffer that
+holds a contiguous run of seqs. Replay and live are the same operation; the only difference is
+whether the seq is already in the buffer (served at once), below it (read from the store once,
+under a lock, and prepended, so other watchers behind share that read) or above it (wait for
+the poller). There is no junction to get wrong.
+
+Why reads do not grow with watchers: the store is read by the poller (one probe per tick; a
+probe is one GetItem on the next seq while nothing is new) and by back-fills below the buffer
+(shared under the lock). Watchers read memory only.
+
+The poller stops when it has seen the terminal event, or when the last watcher leaves; the
+channel is dropped with its last watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from ..journal import Journal
+from ..models import Event, Job, JobStatus, fold
+from ..observability import get_logger
+from ..ports import EventLog
+
+log = get_logger()
+
+MIN_INTERVAL = 0.05  # poll period right after something new (checkpoint -> client latency)
+MAX_INTERVAL = 0.25  # poll period after a quiet spell (cost of an idle watched job: 4 GetItem/s)
+ERROR_BACKOFF_MAX = 2.0
+MAX_BUFFER = 5000  # events kept in memory per watched job
+READ_LIMIT = 1000  # events per store read
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """What a channel is doing (for tests, benchmarks and health)."""
+
+    watchers: int
+    polling: bool
+    base: int
+    head: int
+    end: int | None
+    polls: int
+    store_reads: int
+
+
+class _Channel:
+    """The shared state of one watched job inside one process."""
+
+    def __init__(self, hub: WatchHub, job: Job, cursor: int) -> None:
+        self.hub = hub
+        self.job_id = job.job_id
+        self.job = job  # the record, folded forward with every event the poller sees
+        if job.terminal:
+            # The terminal projection is written after the terminal event, so the record is exact.
+            self.end: int | None = job.last_seq
+            self.base = min(cursor, job.last_seq)
+        else:
+            # Start one below the record's head so the first read also sees the event at it: a
+            # record can lag behind its log, and the last event may already be the terminal one.
+            self.end = None
+            self.base = max(0, min(cursor, job.last_seq - 1))
+        self.events: list[Event] = []
+        self.watchers = 0
+        self.polls_started = 0
+        self.polls_done = 0
+        self.store_reads = 0
+        self.changed = asyncio.Event()
+        self.kick = asyncio.Event()
+        self.backfill_lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def head(self) -> int:
+        return self.base + len(self.events)
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None and self.head >= self.end
+
+    def stats(self) -> ChannelStats:
+        return ChannelStats(watchers=self.watchers, polling=self.task is not None and not self.task.done(),
+                            base=self.base, head=self.head, end=self.end, polls=self.polls_done,
+                            store_reads=self.store_reads)
+
+    def _notify(self) -> None:
+        # Wake everyone waiting now; later waiters wait on a fresh event.
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def _add(self, evs: list[Event]) -> None:
+        """Append events the poller read (contiguous from head+1)."""
+        for ev in evs:
+            if ev.seq != self.head + 1:
+                break  # never happens with Journal.read_after; refuse a gap rather than serve one
+            self.events.append(ev)
+            if ev.terminal:
+                self.end = ev.seq
+                break
+        self.job = fold(self.job, evs)
+        if len(self.events) > self.hub.max_buffer:
+            drop = len(self.events) - self.hub.max_buffer // 2
+            del self.events[:drop]
+            self.base += drop
+
+    def slice(self, cursor: int, limit: int) -> list[Event]:
+        """Buffered events cursor+1.. (at most ``limit``); ``cursor`` must be >= base."""
+        start = cursor - self.base
+        return self.events[start:start + limit]
+
+    async def backfill(self, cursor: int, limit: int) -> list[Event]:
+        """Events cursor+1..base, read from the store once and kept if the buffer has room."""
+        async with self.backfill_lock:
+            if cursor >= self.base:
+                return []  # another watcher filled it meanwhile
+            base = self.base
+            want = base - cursor
+            evs = await self._read(cursor, known_head=base, limit=min(want, max(limit, READ_LIMIT)))
+            evs = [e for e in evs if e.seq <= base]
+            if len(evs) == want and base == self.base and len(self.events) + want <= self.hub.max_buffer:
+                self.events[:0] = evs
+                self.base = cursor
+                return []  # now in the buffer
+            return evs[:limit]
+
+    async def _read(self, after: int, *, known_head: int, limit: int) -> list[Event]:
+        self.store_reads += 1
+        return await asyncio.to_thread(self.hub.journal.read_after, self.job_id, after,
+                                       known_head=known_head, limit=limit)
+
+    async def poll_forever(self) -> None:
+        """Read new events until the terminal one is in the buffer (or the task is cancelled)."""
+        interval = self.hub.min_interval
+        failures = 0
+        while not self.finished:
+            self.kick.clear()  # a kick that lands during this read makes the next one start at once
+            self.polls_started += 1
+            try:
+                evs = await self._read(self.head, known_head=max(self.job.last_seq, self.head),
+                                       limit=READ_LIMIT)
+            except Exception:
+                # Throttling, a 5xx, a dropped connection: keep watchers waiting (they get
+                # heartbeats) and try again; the log is durable, nothing is lost by waiting.
+                failures += 1
+                log.warning("watch poll failed", exc_info=True, extra={"job_id": self.job_id})
+                evs = []
+                interval = min(ERROR_BACKOFF_MAX, self.hub.min_interval * 2 ** failures)
+            else:
+                failures = 0
+                # Something new: the job is busy, look again soon. Nothing: back off gently.
+                interval = (self.hub.min_interval if evs
+                            else min(self.hub.max_interval, interval * 1.5))
+            self.polls_done += 1
+            if evs:
+                self._add(evs)
+            self._notify()  # also wakes long-polls waiting for a read that started after them
+            if self.finished:
+                break
+            try:
+                await asyncio.wait_for(self.kick.wait(), interval)
+            except TimeoutError:
+                pass
+
+
+class Watcher:
+    """One consumer of a job's events from its own cursor."""
+
+    def __init__(self, channel: _Channel, cursor: int) -> None:
+        self._ch = channel
+        self.cursor = cursor
+
+    @property
+    def done(self) -> bool:
+        """True once this watcher has received the terminal event (or its cursor is past it)."""
+        return self._ch.end is not None and self.cursor >= self._ch.end
+
+    @property
+    def job(self) -> Job:
+        """The job record folded with every event the shared poller has seen."""
+        return self._ch.job
+
+    @property
+    def status(self) -> JobStatus:
+        return self._ch.job.status
+
+    async def next_batch(self, timeout: float, limit: int = 500, *, fresh: bool = False) -> list[Event]:
+        """The next events after the cursor, in order; ``[]`` when ``timeout`` passes or at the end.
+
+        ``fresh``: never answer ``[]`` from memory alone; a store read that started after this call
+        must have completed first (a long-poll with ``wait=0`` still sees what is stored).
+        """
+        ch = self._ch
+        deadline = time.monotonic() + timeout
+        mark = ch.polls_started
+        while True:
+            if self.cursor < ch.base:
+                evs = await ch.backfill(self.cursor, limit)
+                if evs:
+                    self.cursor = evs[-1].seq
+                    return evs
+                if self.cursor < ch.base:
+                    # The store no longer holds those events (expired): nothing can be replayed.
+                    log.warning("events expired below the buffer", extra={"job_id": ch.job_id})
+                    self.cursor = ch.base
+                continue
+            evs = ch.slice(self.cursor, limit)
+            if evs:
+                self.cursor = evs[-1].seq
+                return evs
+            if self.done:
+                return []
+            remaining = deadline - time.monotonic()
+            need_fresh = fresh and ch.polls_done <= mark and not ch.finished
+            if remaining <= 0 and not need_fresh:
+                return []
+            if need_fresh:
+                ch.kick.set()
+            changed = ch.changed
+            try:
+                await asyncio.wait_for(changed.wait(), max(remaining, 0.0) if not need_fresh else None)
+            except TimeoutError:
+                return []
+
+
+class WatchHub:
+    """The per-process registry of watched jobs: one poller per job, however many watchers."""
+
+    def __init__(self, log: EventLog, retention_seconds: int, *, min_interval: float = MIN_INTERVAL,
+                 max_interval: float = MAX_INTERVAL, max_buffer: int = MAX_BUFFER) -> None:
+        self.journal = Journal(log, retention_seconds)
+        self.min_interval = min_interval
+        self.max_interval = max(min_interval, max_interval)
+        self.max_buffer = max(10, max_buffer)
+        self._channels: dict[str, _Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @asynccontextmanager
+    async def watch(self, job: Job, after: int) -> AsyncIterator[Watcher]:
+        """Watch ``job`` from cursor ``after``; leaving the block releases everything at once."""
+        ch = self._channels.get(job.job_id)
+        if ch is None:
+            ch = _Channel(self, job, after)
+            self._channels[job.job_id] = ch
+        ch.watchers += 1
+        if ch.task is None and not ch.finished:
+            ch.task = asyncio.create_task(ch.poll_forever(), name=f"watch-{job.job_id}")
+            self._tasks.add(ch.task)
+            ch.task.add_done_callback(self._tasks.discard)
+        try:
+            yield Watcher(ch, after)
+        finally:
+            # Runs on a client disconnect too (the response task is cancelled): the last watcher
+            # out stops the poller and drops the buffer. No await here, so a cancellation that
+            # is still being delivered cannot skip the clean-up.
+            ch.watchers -= 1
+            if ch.watchers == 0:
+                if self._channels.get(job.job_id) is ch:
+                    del self._channels[job.job_id]
+                if ch.task is not None and not ch.task.done():
+                    ch.task.cancel()
+
+    async def events_after(self, job: Job, after: int, wait: float, limit: int = 500,
+                           ) -> tuple[list[Event], Watcher]:
+        """Events with seq > ``after``; if none, wait up to ``wait`` seconds (the long-poll)."""
+        async with self.watch(job, after) as w:
+            evs = await w.next_batch(wait, limit, fresh=True)
+            return evs, w
+
+    def stats(self, job_id: str) -> ChannelStats | None:
+        """The channel of ``job_id`` if anyone is watching it in this process."""
+        ch = self._channels.get(job_id)
+        return ch.stats() if ch else None
+
+    @property
+    def watched_jobs(self) -> int:
+        return len(self._channels)
+
+    def total_watchers(self) -> int:
+        return sum(ch.watchers for ch in self._channels.values())
+
+    @property
+    def pollers(self) -> int:
+        """Poller tasks not yet finished (a cancelled one counts until its read returns)."""
+        return len(self._tasks)
