@@ -4,7 +4,7 @@ Process layout::
 
     alfred-jobs dev ─┬─ moto server          (unless AWS_ENDPOINT_URL* point elsewhere)
                      ├─ local_sweeper        (sweeps every ALFRED_SWEEP_SECONDS)
-                     ├─ local_worker × N     (the Lambda event source mapping, emulated)
+                     ├─ local_worker x N     (the Lambda event source mapping, emulated)
                      └─ uvicorn, in-process  (job API + stream + web client, one origin)
 
 Why every child gets its own session and a parent-death signal: Ctrl-C in a terminal signals the
@@ -40,10 +40,7 @@ from .deps import Deps, aws_deps
 from .emulator import LOCAL_CREDENTIALS, MotoServer, free_port, wait_http
 from .exceptions import InvalidInput
 from .http.jobs_api import create_app
-try:  # TEMPORARY until stream_api lands: replaced by a direct import
-    from .http.stream_api import router as stream_router
-except ImportError:  # pragma: no cover
-    stream_router = None  # type: ignore[assignment]
+from .http.stream_api import router as stream_router
 from .settings import Settings
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS")
@@ -130,8 +127,7 @@ def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
     anyone who asks, which is the point on a laptop and a hole anywhere else.
     """
     app = create_app(deps)
-    if stream_router is not None:
-        app.include_router(stream_router)
+    app.include_router(stream_router)
     settings = deps.settings
 
     @app.get("/api/dev/token", tags=["dev"])
@@ -165,6 +161,7 @@ class DevStack:
     emulator: MotoServer | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sweeper: subprocess.Popen[bytes] | None = None
+    quiet_children: bool = False
 
     @property
     def endpoint_text(self) -> str:
@@ -178,12 +175,13 @@ class DevStack:
     def start_worker(self, concurrency: int = 1, **extra_env: str) -> subprocess.Popen[bytes]:
         """One more worker process (``python -m alfred_jobs.local_worker``)."""
         proc = spawn([sys.executable, "-m", "alfred_jobs.local_worker", str(concurrency)],
-                     {**self.env, **extra_env})
+                     {**self.env, **extra_env}, quiet=self.quiet_children)
         self.workers.append(proc)
         return proc
 
     def start_sweeper(self) -> subprocess.Popen[bytes]:
-        self.sweeper = spawn([sys.executable, "-m", "alfred_jobs.local_sweeper"], self.env)
+        self.sweeper = spawn([sys.executable, "-m", "alfred_jobs.local_sweeper"], self.env,
+                             quiet=self.quiet_children)
         return self.sweeper
 
     def children(self) -> list[subprocess.Popen[bytes]]:
@@ -199,7 +197,7 @@ class DevStack:
 @contextmanager
 def dev_stack(settings: Settings, *, host: str = "127.0.0.1", emulator_port: int | None = None,
               workers: int = 1, base_env: Mapping[str, str] | None = None, quiet_emulator: bool = True,
-              ) -> Iterator[DevStack]:
+              quiet_children: bool = False) -> Iterator[DevStack]:
     """Start emulator (unless endpoints are configured), resources, sweeper and workers; stop all on exit.
 
     The environment variables of this process are updated to point at the emulator, so boto3
@@ -207,7 +205,7 @@ def dev_stack(settings: Settings, *, host: str = "127.0.0.1", emulator_port: int
     """
     env = dict(base_env if base_env is not None else os.environ)
     endpoints = external_endpoints(env)
-    stack = DevStack(settings=settings, env=env, endpoints=endpoints)
+    stack = DevStack(settings=settings, env=env, endpoints=endpoints, quiet_children=quiet_children)
     saved = dict(os.environ)
     try:
         if not endpoints:
