@@ -1,0 +1,408 @@
+"""The watch hub over in-memory ports: one poller per job, fan-out, replay + live without gap."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, memory_deps
+from alfred_jobs.deps import Deps
+from alfred_jobs.journal import Journal
+from alfred_jobs.models import ChatRequest, Event, EventType, Job, JobStatus, fold
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.watch import Watcher, WatchHub
+
+FAST = {"min_interval": 0.005, "max_interval": 0.02}
+
+
+class World:
+    """A memory stack with one job and a way to append its events."""
+
+    def __init__(self) -> None:
+        self.deps: Deps = memory_deps()
+        self.journal = Journal(self.deps.log, self.deps.settings.retention_seconds)
+        self.job = JobService(self.deps).submit("alice", ChatRequest(message="soup"), None).job
+        self.seq = 0
+
+    @property
+    def log(self) -> MemoryEventLog:
+        log = self.deps.log
+        assert isinstance(log, MemoryEventLog)
+        return log
+
+    def append(self, n: int = 1, *, terminal: bool = False) -> list[Event]:
+        out = []
+        for i in range(n):
+            self.seq += 1
+            last = terminal and i == n - 1
+            ev = Event.new(self.seq, EventType.COMPLETE if last else EventType.STEP,
+                           {"output": {"reply": "ok"}} if last else
+                           {"index": self.seq, "total": 99, "label": "x", "status": "completed"},
+                           attempt=1, writer="w")
+            self.journal.append(self.job.job_id, ev)
+            out.append(ev)
+        return out
+
+    def record(self) -> Job:
+        """The job record as a reader would load it."""
+        job = self.deps.jobs.get(self.job.job_id)
+        assert job is not None
+        return job
+
+    def project(self) -> None:
+        """Bring the record up to the log (what the runner's renewals and final save do)."""
+        evs = self.journal.read_all(self.job.job_id)
+        self.deps.jobs.save_projection(fold(self.record(), evs), owner=None)
+
+    def hub(self, **kw: Any) -> WatchHub:
+        return WatchHub(self.deps.log, self.deps.settings.retention_seconds, **{**FAST, **kw})
+
+
+def run(coro: Awaitable[Any], timeout: float = 10.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(main())
+
+
+async def drain(hub: WatchHub, job: Job, after: int, ready: asyncio.Event | None = None,
+                on_watch: Callable[[Watcher], None] | None = None) -> list[int]:
+    """All seqs a watcher from ``after`` receives until the end."""
+    seqs: list[int] = []
+    async with hub.watch(job, after) as w:
+        if on_watch:
+            on_watch(w)
+        if ready is not None:
+            ready.set()
+        while not w.done:
+            seqs += [e.seq for e in await w.next_batch(5.0)]
+    return seqs
+
+
+async def poller_tasks(job_id: str) -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == f"watch-{job_id}"]
+
+
+def test_replay_of_a_finished_job_reads_the_store_once_however_many_watchers() -> None:
+    # GIVEN a finished job of 30 events whose record still lags at seq 0
+    def reads_for(n_watchers: int) -> tuple[int, list[list[int]]]:
+        world = World()
+        world.append(29)
+        world.append(terminal=True)
+        hub = world.hub()
+        before = world.log.reads
+
+        async def go() -> list[list[int]]:
+            return list(await asyncio.gather(*(drain(hub, world.record(), 0) for _ in range(n_watchers))))
+
+        got = run(go())
+        return world.log.reads - before, got
+
+    # WHEN 1 watcher and then 50 watchers replay it
+    one, got_one = reads_for(1)
+    fifty, got_fifty = reads_for(50)
+    # THEN everyone gets 1..30 and the store was read exactly as often for 50 as for 1
+    assert got_one == [list(range(1, 31))]
+    assert all(seqs == list(range(1, 31)) for seqs in got_fifty) and len(got_fifty) == 50
+    assert fifty == one and one <= 4  # probe 1, then batches of 4, 16, 64
+
+
+def test_fifty_live_watchers_cost_the_reads_of_one() -> None:
+    # GIVEN N watchers attached to a live job, WHEN 20 events land one at a time (each awaited by
+    # every watcher before the next), THEN all see 1..21 and the read count does not grow with N
+    def scenario(n: int) -> tuple[int, list[list[int]]]:
+        world = World()
+        hub = world.hub()
+
+        async def watcher(i: int, ready: asyncio.Event) -> list[int]:
+            seqs: list[int] = []
+            async with hub.watch(world.record(), 0) as w:
+                ready.set()
+                while not w.done:
+                    for e in await w.next_batch(5.0):
+                        seqs.append(e.seq)
+                        waiters[e.seq][i].set()
+            return seqs
+
+        waiters = {s: [asyncio.Event() for _ in range(n)] for s in range(1, 22)}
+
+        async def go() -> list[list[int]]:
+            readies = [asyncio.Event() for _ in range(n)]
+            tasks = [asyncio.create_task(watcher(i, r)) for i, r in enumerate(readies)]
+            await asyncio.gather(*(r.wait() for r in readies))
+            for s in range(1, 22):
+                await asyncio.to_thread(world.append, 1, terminal=s == 21)
+                await asyncio.gather(*(e.wait() for e in waiters[s]))
+            return list(await asyncio.gather(*tasks))
+
+        before = world.log.reads
+        got = run(go(), timeout=30)
+        return world.log.reads - before, got
+
+    one, got1 = scenario(1)
+    fifty, got50 = scenario(50)
+    assert got1 == [list(range(1, 22))]
+    assert len(got50) == 50 and all(g == list(range(1, 22)) for g in got50)
+    # Poll timing varies a little from run to run; 50 private pollers would cost ~50x.
+    assert fifty <= one * 1.5 + 5, (one, fifty)
+
+
+def test_a_watcher_joining_anywhere_gets_exactly_the_rest_while_events_stream() -> None:
+    # GIVEN a job whose events are appended continuously by a writer thread
+    world = World()
+    hub = world.hub(max_buffer=40)  # small buffer: exercises trimming and store back-fill too
+    total = 300
+
+    def writer(started: threading.Event) -> None:
+        started.set()
+        for _ in range(total - 1):
+            world.append(1)
+        world.append(terminal=True)
+
+    async def go() -> list[tuple[int, list[int]]]:
+        first_ready = asyncio.Event()
+        first = asyncio.create_task(drain(hub, world.record(), 0, first_ready))
+        await first_ready.wait()
+        started = threading.Event()
+        wt = asyncio.create_task(asyncio.to_thread(writer, started))
+        results: list[asyncio.Task[list[int]]] = []
+        cursors: list[int] = []
+        # WHEN watchers join at cursors behind, at and ahead of the shared poller, at various times
+        for i in range(30):
+            seen = world.seq
+            cursor = [0, seen, max(0, seen - 3), seen // 2, seen + 2][i % 5]
+            cursors.append(cursor)
+            results.append(asyncio.create_task(drain(hub, world.record(), cursor)))
+            await asyncio.sleep(0.002)  # spread the joins over the run (not synchronisation)
+        await wt
+        out = [(0, await first)]
+        for c, t in zip(cursors, results, strict=True):
+            out.append((c, await t))
+        return out
+
+    # THEN each receives exactly cursor+1..N, in order, no gap, no duplicate
+    for cursor, seqs in run(go(), timeout=30):
+        assert seqs == list(range(cursor + 1, total + 1)), f"cursor {cursor}"
+
+
+def test_backfill_below_the_shared_buffer_is_read_once_for_all_watchers_behind() -> None:
+    # GIVEN a live job with 50 events, its record at seq 50, and a watcher at seq 50 (buffer base 49)
+    world = World()
+    world.append(50)
+    world.project()
+    hub = world.hub()
+
+    async def go() -> tuple[int, list[list[int]]]:
+        ready = asyncio.Event()
+        head = asyncio.create_task(drain(hub, world.record(), 50, ready))
+        await ready.wait()
+        stats = hub.stats(world.job.job_id)
+        assert stats is not None and stats.base == 49
+        reads_before = world.log.reads
+        # WHEN 20 watchers from seq 0 join
+        behind = [asyncio.create_task(drain(hub, world.record(), 0)) for _ in range(20)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(world.append, 1, terminal=True)
+        got = list(await asyncio.gather(*behind))
+        assert await head == [51]
+        return world.log.reads - reads_before, got
+
+    reads, got = run(go())
+    # THEN they all get 1..51, and the gap below the buffer was read from the store once
+    # (the rest are the shared poller's probes)
+    assert all(g == list(range(1, 52)) for g in got)
+    assert reads < 20, f"back-fill was read per watcher: {reads} reads"
+
+
+def test_the_poller_stops_when_the_last_watcher_leaves() -> None:
+    # GIVEN a job that never ends, watched by two watchers
+    world = World()
+    world.append(2)
+    hub = world.hub()
+
+    async def go() -> None:
+        async with hub.watch(world.record(), 0) as a:
+            assert [e.seq for e in await a.next_batch(5.0)] == [1, 2]
+            async with hub.watch(world.record(), 0) as b:
+                assert [e.seq for e in await b.next_batch(5.0)] == [1, 2]
+                tasks = await poller_tasks(world.job.job_id)
+                assert len(tasks) == 1, "one poller for two watchers"
+                stats = hub.stats(world.job.job_id)
+                assert stats is not None and stats.watchers == 2
+            # WHEN one leaves, the poller keeps going for the other
+            stats = hub.stats(world.job.job_id)
+            assert stats is not None and stats.watchers == 1 and stats.polling
+        # THEN after the last one leaves, the channel is gone and the poller task ends
+        assert hub.stats(world.job.job_id) is None
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
+        assert all(t.done() for t in tasks) and hub.pollers == 0
+        reads = world.log.reads
+        await asyncio.sleep(0.1)  # time in which a leaked poller would have read several times
+        assert world.log.reads == reads
+
+    run(go())
+
+
+def test_the_poller_stops_at_the_terminal_event_while_watchers_remain() -> None:
+    world = World()
+    world.append(3)
+    hub = world.hub()
+
+    async def go() -> None:
+        async with hub.watch(world.record(), 0) as w:
+            assert [e.seq for e in await w.next_batch(5.0)] == [1, 2, 3]
+            tasks = await poller_tasks(world.job.job_id)
+            await asyncio.to_thread(world.append, 1, terminal=True)
+            assert [e.seq for e in await w.next_batch(5.0)] == [4]
+            assert w.done and w.status is JobStatus.COMPLETE
+            # the poller ends on its own once it has the terminal event
+            await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+            stats = hub.stats(world.job.job_id)
+            assert stats is not None and not stats.polling and stats.end == 4
+            assert await w.next_batch(0.01) == []
+
+    run(go())
+
+
+def test_reconnect_at_the_end_of_a_finished_job_closes_at_once_without_reads() -> None:
+    world = World()
+    world.append(4)
+    world.append(terminal=True)
+    world.project()
+    hub = world.hub()
+    before = world.log.reads
+
+    async def go() -> None:
+        for cursor in (5, 9):
+            async with hub.watch(world.record(), cursor) as w:
+                assert w.done
+                assert await w.next_batch(5.0) == []
+        assert hub.pollers == 0
+
+    run(go(), timeout=2)
+    assert world.log.reads == before
+
+
+def test_a_lagging_record_still_ends_a_watcher_at_the_terminal_event() -> None:
+    # GIVEN the terminal event is in the log but the record still says running at seq 4
+    world = World()
+    world.append(4)
+    world.project()
+    world.append(terminal=True)
+    record = world.record()
+    assert record.last_seq == 4 and not record.terminal
+    hub = world.hub()
+
+    async def go() -> list[int]:
+        # WHEN a watcher resumes from the last seq (or beyond what the record knows)
+        return await drain(hub, record, 5)
+
+    # THEN it gets nothing more and ends (no hang)
+    assert run(go(), timeout=3) == []
+
+
+def test_long_poll_returns_at_once_when_events_exist() -> None:
+    world = World()
+    world.append(3)
+    hub = world.hub(min_interval=5.0, max_interval=5.0)  # a slow poller: only kicks make it read
+
+    async def go() -> None:
+        evs, w = await hub.events_after(world.record(), 1, 0.0)
+        assert [e.seq for e in evs] == [2, 3] and not w.done
+        # with a channel already held (its poller asleep), new stored events are still seen at once
+        async with hub.watch(world.record(), 0) as holder:
+            await holder.next_batch(5.0)
+            await asyncio.to_thread(world.append, 1)
+            evs, w = await hub.events_after(world.record(), 3, 0.0)
+            assert [e.seq for e in evs] == [4]
+
+    run(go(), timeout=4)
+
+
+def test_long_poll_waits_and_returns_empty_at_the_deadline() -> None:
+    world = World()
+    world.append(1)
+    hub = world.hub()
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        evs, w = await hub.events_after(world.record(), 1, 0.3)
+        assert evs == [] and not w.done
+        return loop.time() - t0
+
+    elapsed = run(go())
+    assert 0.3 <= elapsed < 1.5
+
+
+def test_long_poll_returns_early_when_an_event_lands() -> None:
+    world = World()
+    hub = world.hub()
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        poll = asyncio.create_task(hub.events_after(world.record(), 0, 10.0))
+        while hub.stats(world.job.job_id) is None:
+            await asyncio.sleep(0)  # let the long-poll register (a scheduling turn, not a delay)
+        await asyncio.to_thread(world.append, 1, terminal=True)
+        evs, w = await poll
+        assert [e.seq for e in evs] == [1] and w.done and w.status is JobStatus.COMPLETE
+        return loop.time() - t0
+
+    assert run(go()) < 2.0
+
+
+class FlakyLog:
+    """The event log port, failing its first ``failures`` reads (throttling, a dropped connection)."""
+
+    def __init__(self, inner: MemoryEventLog, failures: int) -> None:
+        self.inner = inner
+        self.left = failures
+
+    def _maybe_fail(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("throttled")
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        self.inner.append(job_id, event, expires_at)
+
+    def get(self, job_id: str, seq: int) -> Event | None:
+        self._maybe_fail()
+        return self.inner.get(job_id, seq)
+
+    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+        self._maybe_fail()
+        return self.inner.read_range(job_id, first, last)
+
+
+def test_a_failing_store_is_retried_and_watchers_keep_waiting() -> None:
+    world = World()
+    world.append(1)
+    world.append(terminal=True)
+    flaky = FlakyLog(world.log, failures=3)
+    hub = WatchHub(flaky, world.deps.settings.retention_seconds, **FAST)
+    assert run(drain(hub, world.record(), 0), timeout=5) == [1, 2]
+    assert flaky.left == 0
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_status_is_folded_from_the_log(after: int) -> None:
+    world = World()
+    job = world.record()
+    ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w")
+    world.journal.append(job.job_id, ev)
+    world.seq = 1
+    world.append(1)
+    hub = world.hub()
+
+    async def go() -> JobStatus:
+        _, w = await hub.events_after(replace(job), after, 0.0)
+        return w.status
+
+    assert run(go()) is JobStatus.RUNNING
