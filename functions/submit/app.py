@@ -18,6 +18,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _handler is None:
         _handler = Mangum(create_app(), lifespan="off")
     try:
-        return _handler(event, context)  # type: ignore[arg-type]
+        return _handler(event, context)
     finally:
         flush_metrics()

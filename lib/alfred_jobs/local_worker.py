@@ -73,7 +73,11 @@ class QueuePoller:
             if not messages:
                 continue
             event = sqs_event(messages, queue_arn, self.settings.region)
-            result = handler(event, LambdaContext(aws_request_id=uuid.uuid4().hex))
+            try:
+                result = handler(event, LambdaContext(aws_request_id=uuid.uuid4().hex))
+            except Exception:  # like a failed Lambda invocation: the whole batch comes back later
+                log.exception("worker handler failed; the batch will be redelivered")
+                continue
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                     for i, m in enumerate(messages) if m["MessageId"] not in failed]

@@ -73,9 +73,12 @@ class Event:
         return self.type in TERMINAL_EVENT_TYPES
 
     def public(self) -> dict[str, Any]:
-        """The event as clients see it."""
+        """The event as clients see it (a plan's agent-private step specs stay inside)."""
+        data = self.data
+        if self.type is EventType.PLAN and "specs" in data:
+            data = {k: v for k, v in data.items() if k != "specs"}
         return {"seq": self.seq, "type": str(self.type), "at": self.at, "attempt": self.attempt,
-                "data": self.data}
+                "data": data}
 
     @classmethod
     def new(cls, seq: int, type: EventType, data: dict[str, Any], *, attempt: int, writer: str) -> Event:

@@ -352,11 +352,11 @@ class _Attempt:
                 self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
                                              "status": "started"})
             t0 = time.monotonic()
-            output = self.agent.act(step, ctx)
+            step_output = self.agent.act(step, ctx)
             count("StepDuration", time.monotonic() - t0, "Seconds")
             self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
-                                         "status": "completed", "output": output})
-            outputs[step.index] = output
+                                         "status": "completed", "output": step_output})
+            outputs[step.index] = step_output
         self.boundary()
         if "reply" not in phases:
             self.append(EventType.PHASE, {"phase": "reply"})
@@ -365,7 +365,7 @@ class _Attempt:
         output: dict[str, Any] = {"reply": reply}
         usage = getattr(self.agent, "usage", None)
         if callable(usage):
-            used = usage()
+            used = usage(ctx)
             if used:
                 output["usage"] = used
         self.finish(EventType.COMPLETE, {"output": output})

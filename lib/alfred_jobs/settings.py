@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     # --- the agent ---------------------------------------------------------------------
     agent: Literal["demo", "bedrock"] = "demo"
     demo_step_seconds: float = Field(default=1.0, ge=0)
+    bedrock_model_id: str = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    bedrock_region: str | None = None  # None: the same region as everything else
+    bedrock_max_tokens: int = Field(default=1024, gt=0)
+    bedrock_temperature: float = Field(default=0.2, ge=0, le=1)
+    bedrock_max_steps: int = Field(default=6, ge=1, le=20)
+    bedrock_history_messages: int = Field(default=20, ge=0)
 
     # --- limits on input ---------------------------------------------------------------
     max_message_chars: int = 8000

@@ -67,8 +67,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry point for the SQS event source mapping."""
     try:
         # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
-        processor = BatchProcessor(event_type=EventType.SQS)
-        return process_partial_response(event=event, record_handler=_record_handler, processor=processor,
-                                        context=context)
+        # A batch whose every record asks for a retry is still a normal partial response: raising
+        # would also fail the invocation and count as a Lambda error.
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        return dict(process_partial_response(event=event, record_handler=_record_handler,
+                                             processor=processor, context=context))
     finally:
         flush_metrics()

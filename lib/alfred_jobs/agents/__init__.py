@@ -14,7 +14,7 @@ def build_agent(deps: Deps) -> Agent:
     if deps.settings.agent == "bedrock":
         from .bedrock import BedrockAgent  # imported lazily: only this agent needs bedrock-runtime
 
-        return BedrockAgent.from_deps(deps)  # type: ignore[attr-defined]
+        return BedrockAgent.from_deps(deps)
     from .demo import DemoAgent
 
     return DemoAgent(deps.agent_data, deps.settings)

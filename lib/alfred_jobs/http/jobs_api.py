@@ -72,7 +72,7 @@ def list_jobs(user: CurrentUser, svc: Service,
               limit: Annotated[int, Query(ge=1, le=100)] = 20,
               cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
     """The caller's jobs, newest first."""
-    jobs, nxt = svc.list(user, status, limit, cursor)
+    jobs, nxt = svc.list_jobs(user, status, limit, cursor)
     return {"jobs": [j.public(job_links(svc.settings, user, j)) for j in jobs], "next_cursor": nxt}
 
 

@@ -132,7 +132,7 @@ class JobService:
     def get(self, user_id: str, job_id: str) -> Job:
         return self.fold_tail(self.owned(user_id, job_id))
 
-    def list(self, user_id: str, status: str | None, limit: int, cursor: str | None,
+    def list_jobs(self, user_id: str, status: str | None, limit: int, cursor: str | None,
              ) -> tuple[list[Job], str | None]:
         """The caller's jobs, newest first (a page, with an opaque cursor for the next one)."""
         statuses = None
