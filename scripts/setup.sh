@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install alfred-jobs with its dev/test extras. Idempotent and quick when nothing
+# changed (a stamp of pyproject.toml's hash skips the pip step).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.alfred-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)-${1:-dev}"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "==> installing alfred-jobs and its ${1:-dev} dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[${1:-dev}]"
+  echo "$want" > "$stamp"
+fi
