@@ -5,9 +5,9 @@ unreachable API, or a followed job that ended failed or cancelled; 2 bad usage.
 
 Identity for the client commands: ``ALFRED_TOKEN`` when set. Otherwise, and only when
 ``ALFRED_API_URL`` is on this machine (localhost, 127.0.0.1, ::1), a local token is minted for
-``$USER`` (or ``local``) with the local signing key — the same thing ``alfred-jobs token`` prints,
-so ``alfred-jobs dev`` plus ``alfred-jobs chat`` work with no set-up. A remote API always needs
-``ALFRED_TOKEN``.
+the user ``you`` (the web client's default user, so both show the same jobs) with the local
+signing key — what ``alfred-jobs token --user you`` prints — so ``alfred-jobs dev`` plus
+``alfred-jobs chat`` work with no set-up. A remote API always needs ``ALFRED_TOKEN``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .auth import USER_RE, issue_local_token
+from .auth import issue_local_token
 from .settings import Settings, get_settings
 
 TERMINAL_TYPES = {"complete", "failed", "cancelled"}
@@ -60,10 +60,12 @@ class Unreachable(CliError):
 # ---- the HTTP client --------------------------------------------------------------------
 
 
+DEFAULT_USER = "you"  # the web client's default user too: what the CLI submits shows up there
+
+
 def default_user() -> str:
-    """``$USER`` when it is a valid user name, else ``local``."""
-    user = os.environ.get("USER") or os.environ.get("USERNAME") or ""
-    return user if USER_RE.match(user) else "local"
+    """The user of the implicit local token (see the module docstring)."""
+    return DEFAULT_USER
 
 
 def resolve_token(settings: Settings) -> str:
