@@ -1,0 +1,223 @@
+"""The seed's phone experience in a real browser: lock the phone, come back, never a blank screen.
+
+Each test drives the page at 360x740 against a real local stack (see conftest.py) and saves a
+screenshot of the state it reaches under test-output/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import WebStack, screenshot
+
+
+TERMINAL = {"complete", "failed", "cancelled"}
+
+
+def open_page(page: Any, user: str) -> None:
+    page.goto("/")
+    expect(page.locator("#account-name")).to_have_text(user)
+
+
+def send(page: Any, text: str) -> str:
+    """Type a message, press Enter, return the id of the job that appears."""
+    box = page.get_by_label("Message")
+    box.fill(text)
+    box.press("Enter")
+    bubble = page.locator("li.msg-alfred").last
+    expect(bubble).to_have_attribute("data-job-id", re.compile(r".+"))
+    return str(bubble.get_attribute("data-job-id"))
+
+
+def bubble(page: Any, job_id: str) -> Any:
+    return page.locator(f'li.msg-alfred[data-job-id="{job_id}"]')
+
+
+def assert_each_step_once(page: Any, job_id: str, total: int) -> None:
+    steps = bubble(page, job_id).locator(".steps .step")
+    expect(steps).to_have_count(total)
+    labels = [t.strip() for t in steps.locator(".step-name").all_text_contents()]
+    assert len(set(labels)) == total, labels
+    expect(steps.and_(page.locator('[data-state="done"]'))).to_have_count(total)
+
+
+def seen_seqs(page: Any, job_id: str) -> list[int]:
+    return list(page.evaluate("id => (window.alfredDebug.seen[id] || [])", job_id))
+
+
+def test_send_shows_steps_then_reply(page: Any, user: str, web_stack: WebStack) -> None:
+    # GIVEN the page, signed in at once as the default local user
+    open_page(page, user)
+    screenshot(page, "01-empty")
+    # WHEN a message is sent with Enter
+    job_id = send(page, "[steps=3] chicken and rice")
+    b = bubble(page, job_id)
+    # THEN the working panel shows the steps as they run
+    expect(b.get_by_text("Alfred is still working...")).to_be_visible()
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step 1 of 3"))
+    expect(page.locator("#live")).to_contain_text("Step 1 of 3")
+    screenshot(page, "02-working-step-1")
+    # AND then the reply, with the panel gone and each step shown once
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using chicken, rice", timeout=20_000)
+    expect(b.locator(".working")).to_be_hidden()
+    assert_each_step_once(page, job_id, 3)
+    seqs = seen_seqs(page, job_id)
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
+    screenshot(page, "03-complete")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=4] salmon and leeks")
+    b = bubble(page, job_id)
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
+    # WHEN the network goes away mid-job
+    context.set_offline(True)
+    expect(page.get_by_text("You're offline — Alfred keeps working; we'll catch up when you're back")).to_be_visible()
+    screenshot(page, "04-offline")
+    # THEN the job keeps going on the server and ends while the page cannot see it
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
+    expect(b.locator(".working")).to_be_visible()  # the page still shows where it last was
+    # WHEN the network comes back, the page catches up at once: the reply, every step once
+    context.set_offline(False)
+    expect(page.locator("#offline-banner")).to_be_hidden()
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using salmon, leeks", timeout=10_000)
+    assert_each_step_once(page, job_id, 4)
+    # AND no event was applied twice or skipped
+    seqs = seen_seqs(page, job_id)
+    job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
+    assert seqs == list(range(1, job["last_seq"] + 1)), seqs
+    screenshot(page, "05-back-online-complete")
+
+
+def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=5] lentils")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text("Step 2 of 5")
+    # WHEN the page is reloaded mid-job
+    page.reload()
+    b = bubble(page, job_id)
+    # THEN it shows Alfred still working on the step the job is at
+    expect(b.get_by_text("Alfred is still working...")).to_be_visible()
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [2-5] of 5"))
+    shown = int(re.search(r"Step (\d)", b.locator(".step-text").inner_text()).group(1))  # type: ignore[union-attr]
+    job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
+    assert job["progress"]["completed_steps"] >= shown - 1, (shown, job["progress"])
+    expect(b.get_by_text("lentils", exact=False).first).to_be_visible()
+    screenshot(page, "06-reloaded-still-working")
+    # AND it still ends normally, each step once
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using lentils", timeout=20_000)
+    assert_each_step_once(page, job_id, 5)
+
+
+def test_finished_while_away_then_got_it(context: Any, user: str, web_stack: WebStack) -> None:
+    page = context.new_page()
+    open_page(page, user)
+    job_id = send(page, "[steps=3] tofu and broccoli")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    # WHEN the user leaves (the tab is closed) and the job finishes meanwhile
+    page.close()
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
+    # THEN coming back shows what happened while away, with the reply
+    page = context.new_page()
+    page.goto("/")
+    card = page.locator(f'.away-card[data-job-id="{job_id}"]')
+    expect(card.get_by_text("Alfred finished while you were away")).to_be_visible()
+    expect(card).to_contain_text("Here are 3 recipes using tofu, broccoli")
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
+    screenshot(page, "07-finished-while-away")
+    # WHEN it is dismissed, it is gone, also after a reload
+    card.get_by_role("button", name="Got it").click()
+    expect(card).to_be_hidden()
+    page.reload()
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
+    expect(page.locator(".away-card")).to_have_count(0)
+    screenshot(page, "08-after-got-it")
+
+
+def test_navigate_away_and_back_also_counts_as_away(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=2] eggs")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 2"))
+    page.goto("about:blank")
+    web_stack.wait_status(user, job_id, TERMINAL)
+    page.go_back()
+    card = page.locator(f'.away-card[data-job-id="{job_id}"]')
+    expect(card.get_by_role("heading", name=re.compile("Alfred finished while you were away"))).to_be_visible()
+
+
+def test_double_submit_makes_one_job(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    box = page.get_by_label("Message")
+    box.fill("[steps=1] double tap pasta")
+    # WHEN the user taps Send twice and presses Enter, as fast as the browser goes
+    page.evaluate("""() => {
+        const form = document.querySelector('#composer');
+        form.requestSubmit(); form.requestSubmit();
+        document.querySelector('#message').dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
+    }""")
+    expect(page.locator("li.msg-alfred")).to_have_count(1)
+    job_id = page.locator("li.msg-alfred").get_attribute("data-job-id")
+    # THEN the server has exactly one job
+    web_stack.wait_status(user, str(job_id), TERMINAL)
+    assert [j["job_id"] for j in web_stack.jobs(user)] == [job_id]
+    expect(page.locator("li.msg-user")).to_have_count(1)
+    # AND the client module alone: the same draft key sent twice at once is one job
+    ids = page.evaluate("""async () => {
+        const c = window.alfredDebug.client;
+        const d = c.draftKey('test-draft');
+        const key = d.keyFor('[steps=1] same draft');
+        const [a, b] = await Promise.all([c.submitChat('[steps=1] same draft', {idempotencyKey: key}),
+                                          c.submitChat('[steps=1] same draft', {idempotencyKey: key})]);
+        return [a.job_id, b.job_id, d.keyFor('[steps=1] same draft') === key];
+    }""")
+    assert ids[0] == ids[1] and ids[2] is True
+    assert len(web_stack.jobs(user)) == 2
+    screenshot(page, "09-double-submit-one-job")
+
+
+def test_cancel_running_job(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=6] beef stew")
+    b = bubble(page, job_id)
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 6"))
+    # WHEN Cancel is pressed
+    b.get_by_role("button", name="Cancel").click()
+    # THEN the job is cancelled, on the page and in the system
+    expect(b.get_by_text("Cancelled — Alfred stopped this one.")).to_be_visible()
+    expect(b.locator(".working")).to_be_hidden()
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "cancelled"
+    expect(page.locator("#live")).to_have_text("Cancelled.")
+    screenshot(page, "10-cancelled")
+
+
+def test_failed_job_shows_its_error(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[fatal] mystery stew")
+    b = bubble(page, job_id)
+    expect(b.locator(".state-failed")).to_have_text(
+        "Alfred couldn't finish: the recipe service refused this request")
+    expect(b.locator(".working")).to_be_hidden()
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "failed"
+    screenshot(page, "11-failed")
+
+
+def test_switch_user(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=1] toast")
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
+    page.get_by_role("button", name=re.compile(user)).click()
+    screenshot(page, "12-switch-user")
+    other = f"{user}-b"
+    page.get_by_label("Your name").fill(other)
+    page.get_by_role("button", name="Switch").click()
+    expect(page.locator("#account-name")).to_have_text(other)
+    # The other user's page has none of the first user's jobs
+    expect(page.locator("li.msg-alfred")).to_have_count(0)
+    assert web_stack.jobs(other) == []

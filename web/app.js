@@ -1,0 +1,487 @@
+// app.js — the Alfred jobs page: sign-in, conversation, live job progress, "while you were away".
+// Everything about jobs (submit, watch, resume, dedupe) lives in alfred-client.js; this file only
+// renders what the client reports.
+
+import { AlfredApiError, createAlfredClient, isTerminal, stepOf } from './alfred-client.js';
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const els = {
+  accountButton: $('#account-button'),
+  accountName: $('#account-name'),
+  dialog: $('#account-dialog'),
+  accountForm: $('#account-form'),
+  devSignin: $('#dev-signin'),
+  tokenSignin: $('#token-signin'),
+  userName: $('#user-name'),
+  apiToken: $('#api-token'),
+  accountError: $('#account-error'),
+  accountCancel: $('#account-cancel'),
+  offline: $('#offline-banner'),
+  notice: $('#notice'),
+  awayCards: $('#away-cards'),
+  conversation: $('#conversation'),
+  empty: $('#empty-state'),
+  messages: $('#messages'),
+  composer: $('#composer'),
+  message: $('#message'),
+  live: $('#live'),
+  jobTemplate: $('#job-template'),
+};
+
+// ---- configuration -------------------------------------------------------------------
+const config = window.ALFRED_CONFIG || {};
+const apiBase = (config.apiBase ?? document.querySelector('meta[name="alfred-api-base"]')?.content ?? '')
+  .replace(/\/+$/, '');
+const AUTH_KEY = 'alfred:auth';
+const DEFAULT_USER = config.defaultUser || 'you';
+
+/** @type {{mode: 'dev'|'token', user: string, token: string} | null} */
+let auth = null;
+let client = null;
+let conversationId = null;
+let draft = null;
+const lastAnnounced = new Map();
+const debug = (window.alfredDebug = { seen: {}, apiBase });
+
+// ---- auth ----------------------------------------------------------------------------
+function loadAuth() {
+  try { return JSON.parse(localStorage.getItem(AUTH_KEY) || 'null'); } catch { return null; }
+}
+function saveAuth(a) {
+  try { localStorage.setItem(AUTH_KEY, JSON.stringify(a)); } catch { /* ignore */ }
+}
+
+/** A token from the dev server, or null when this is not a dev server (deployed). */
+async function devToken(user) {
+  let res;
+  try {
+    res = await fetch(`${apiBase}/api/dev/token?user=${encodeURIComponent(user)}`, { cache: 'no-store' });
+  } catch {
+    throw new AlfredApiError(0, 'network', 'Could not reach Alfred (network error).');
+  }
+  if (res.status === 404 || res.status === 405) return null;
+  const body = await res.json().catch(() => null);
+  if (!res.ok) throw new AlfredApiError(res.status, body?.error?.code || 'error', body?.error?.message || 'sign-in failed');
+  return body?.token || null;
+}
+
+/** The subject of a JWT, for display and storage scoping only (the server verifies it). */
+function tokenSubject(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part)).sub || 'me';
+  } catch {
+    return 'me';
+  }
+}
+
+async function signIn() {
+  if (config.token) return { mode: 'token', user: tokenSubject(config.token), token: config.token };
+  const saved = loadAuth();
+  if (saved?.mode === 'token' && saved.token) return saved;
+  const user = saved?.user || DEFAULT_USER;
+  try {
+    const token = await devToken(user);
+    if (token) return { mode: 'dev', user, token };
+  } catch (err) {
+    // Offline at load: keep working with the token we had; the watchers catch up later.
+    if (saved?.token) return saved;
+    throw err;
+  }
+  return null; // not a dev server: ask for a token
+}
+
+function openAccountDialog(mode) {
+  const dev = (mode || auth?.mode || 'dev') === 'dev';
+  els.devSignin.hidden = !dev;
+  els.tokenSignin.hidden = dev;
+  els.userName.required = dev;
+  els.userName.value = auth?.mode === 'dev' ? auth.user : '';
+  els.apiToken.value = '';
+  els.accountError.hidden = true;
+  $('#account-save').textContent = dev ? 'Switch' : 'Sign in';
+  if (!els.dialog.open) els.dialog.showModal();
+  (dev ? els.userName : els.apiToken).focus();
+}
+
+els.accountButton.addEventListener('click', () => openAccountDialog());
+els.accountCancel.addEventListener('click', () => els.dialog.close());
+els.accountForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  els.accountError.hidden = true;
+  try {
+    let next;
+    if (!els.devSignin.hidden) {
+      const user = els.userName.value.trim();
+      const token = await devToken(user);
+      if (!token) { openAccountDialog('token'); return; }
+      next = { mode: 'dev', user, token };
+    } else {
+      const token = els.apiToken.value.trim();
+      if (!token) return;
+      next = { mode: 'token', user: tokenSubject(token), token };
+    }
+    saveAuth(next);
+    els.dialog.close();
+    await start(next);
+  } catch (err) {
+    els.accountError.textContent = err.message || String(err);
+    els.accountError.hidden = false;
+  }
+});
+
+// ---- notices -------------------------------------------------------------------------
+function showNotice(text) {
+  els.notice.textContent = text;
+  els.notice.hidden = !text;
+}
+
+function updateOnline() {
+  els.offline.hidden = navigator.onLine !== false;
+  document.body.classList.toggle('is-offline', navigator.onLine === false);
+}
+window.addEventListener('online', () => { updateOnline(); showNotice(''); });
+window.addEventListener('offline', updateOnline);
+
+function announce(jobId, text) {
+  if (!text || lastAnnounced.get(jobId) === text) return;
+  lastAnnounced.set(jobId, text);
+  els.live.textContent = text;
+}
+
+// ---- conversation rendering ----------------------------------------------------------
+function scrollToEnd() {
+  els.conversation.scrollTop = els.conversation.scrollHeight;
+}
+
+function userBubble(text, jobId) {
+  const li = document.createElement('li');
+  li.className = 'msg msg-user';
+  if (jobId) li.dataset.jobId = jobId;
+  const b = document.createElement('div');
+  b.className = 'bubble';
+  b.textContent = text;
+  li.append(b);
+  return li;
+}
+
+function staticAlfredBubble(text, jobId) {
+  const li = document.createElement('li');
+  li.className = 'msg msg-alfred is-complete';
+  if (jobId) li.dataset.jobId = jobId;
+  const b = document.createElement('div');
+  b.className = 'bubble';
+  const r = document.createElement('div');
+  r.className = 'reply';
+  r.textContent = text;
+  b.append(r);
+  li.append(b);
+  return li;
+}
+
+/** The Alfred bubble of a job, created (with the user's message above it) if missing. */
+function jobEntry(jobId, message) {
+  let li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
+  if (li) return li;
+  els.empty.hidden = true;
+  els.messages.append(userBubble(message || 'Message sent from another device', jobId));
+  li = els.jobTemplate.content.firstElementChild.cloneNode(true);
+  li.dataset.jobId = jobId;
+  $('.cancel', li).addEventListener('click', () => cancel(jobId, li));
+  els.messages.append(li);
+  scrollToEnd();
+  return li;
+}
+
+function render(jobId, view) {
+  const li = jobEntry(jobId, client.record(jobId)?.message);
+  const active = !isTerminal(view.status);
+  li.classList.toggle('is-active', active);
+  for (const s of ['complete', 'failed', 'cancelled']) li.classList.toggle(`is-${s}`, view.status === s);
+
+  const working = $('.working', li);
+  working.hidden = !active;
+  const so = stepOf(view);
+  let stepText;
+  let stepLabel = '';
+  if (view.phase === 'reply') {
+    stepText = 'Writing the reply';
+  } else if (so) {
+    stepText = `Step ${so.k} of ${so.n}`;
+    stepLabel = view.steps.find((s) => s.index === so.k)?.label || '';
+  } else if (view.status === 'pending' && !view.lastSeq) {
+    stepText = 'Waiting for a free worker…';
+  } else {
+    stepText = 'Thinking…';
+  }
+  $('.step-text', li).textContent = stepText;
+  $('.step-label', li).textContent = stepLabel ? `— ${stepLabel}` : '';
+  const total = view.totalSteps || 0;
+  const fraction = view.phase === 'reply' ? 1 : total ? view.completedSteps / total : 0;
+  const bar = $('.bar', li);
+  bar.setAttribute('aria-valuemax', String(total || 1));
+  bar.setAttribute('aria-valuenow', String(view.phase === 'reply' ? total || 1 : view.completedSteps));
+  bar.setAttribute('aria-valuetext', stepLabel ? `${stepText}: ${stepLabel}` : stepText);
+  $('.bar-fill', li).style.width = `${Math.round(Math.max(0.04, fraction) * 100)}%`;
+
+  const retry = $('.retry-note', li);
+  if (view.retry && active) {
+    const why = view.retry.error?.message ? `${view.retry.error.message}. ` : '';
+    retry.textContent = `${why}Trying again (attempt ${view.attempt + 1})…`;
+    retry.hidden = false;
+  } else {
+    retry.hidden = true;
+  }
+
+  const reply = $('.reply', li);
+  reply.textContent = view.reply || '';
+  reply.hidden = !view.reply || view.status === 'cancelled';
+
+  const failed = $('.state-failed', li);
+  failed.hidden = view.status !== 'failed';
+  if (view.status === 'failed') failed.textContent = `Alfred couldn't finish: ${view.error?.message || 'something went wrong'}`;
+  $('.state-cancelled', li).hidden = view.status !== 'cancelled';
+
+  // The plan, each step once, with its state.
+  const box = $('.steps-box', li);
+  box.hidden = !view.steps.length;
+  if (active && !box.dataset.touched) box.open = true;
+  if (!active && !box.dataset.touched) box.open = false;
+  $('.steps-summary', li).textContent = active ? `Steps (${view.completedSteps} of ${total} done)`
+    : `${view.completedSteps} of ${total} steps done`;
+  const list = $('.steps', li);
+  const want = view.steps.map((s) => s.index).join(',');
+  if (list.dataset.indexes !== want) {
+    list.replaceChildren(...view.steps.map((s) => {
+      const item = document.createElement('li');
+      item.className = 'step';
+      item.dataset.index = String(s.index);
+      item.append(Object.assign(document.createElement('span'), { className: 'step-icon', ariaHidden: 'true' }),
+        Object.assign(document.createElement('span'), { className: 'step-name', textContent: s.label }),
+        Object.assign(document.createElement('span'), { className: 'visually-hidden step-state' }));
+      return item;
+    }));
+    list.dataset.indexes = want;
+  }
+  for (const s of view.steps) {
+    const item = list.querySelector(`li[data-index="${s.index}"]`);
+    const status = s.status === 'completed' ? 'done'
+      : (s.status === 'started' && active) ? 'running' : 'todo';
+    item.dataset.state = status;
+    $('.step-state', item).textContent = { done: ' (done)', running: ' (in progress)', todo: '' }[status];
+  }
+
+  if (active) announce(jobId, stepLabel ? `${stepText}: ${stepLabel}` : stepText);
+  else if (view.status === 'complete') announce(jobId, 'Alfred finished.');
+  else if (view.status === 'failed') announce(jobId, `Alfred couldn't finish: ${view.error?.message || ''}`);
+  else if (view.status === 'cancelled') announce(jobId, 'Cancelled.');
+}
+
+async function cancel(jobId, li) {
+  const btn = $('.cancel', li);
+  btn.disabled = true;
+  btn.textContent = 'Cancelling…';
+  try {
+    await client.cancelJob(jobId);
+  } catch (err) {
+    btn.disabled = false;
+    btn.textContent = 'Cancel';
+    showNotice(`Couldn't cancel: ${err.message}`);
+  }
+}
+
+// ---- "finished while you were away" ----------------------------------------------------
+function showAwayCard(jobId) {
+  if (els.awayCards.querySelector(`[data-job-id="${CSS.escape(jobId)}"]`)) return;
+  const rec = client.record(jobId);
+  const view = rec?.view;
+  if (!view) return;
+  const card = document.createElement('article');
+  card.className = `away-card away-${view.status}`;
+  card.dataset.jobId = jobId;
+  const title = document.createElement('h2');
+  const body = document.createElement('blockquote');
+  if (view.status === 'complete') {
+    title.textContent = '✅ Alfred finished while you were away';
+    body.textContent = view.reply;
+  } else if (view.status === 'failed') {
+    title.textContent = "⚠️ Alfred couldn't finish while you were away";
+    body.textContent = view.error?.message || 'Something went wrong.';
+  } else {
+    title.textContent = 'Cancelled while you were away';
+    body.textContent = rec.message || '';
+  }
+  const ok = document.createElement('button');
+  ok.type = 'button';
+  ok.textContent = 'Got it';
+  ok.addEventListener('click', () => {
+    client.acknowledge(jobId);
+    card.remove();
+    const bubble = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
+    bubble?.scrollIntoView({ block: 'nearest' });
+    els.message.focus({ preventScroll: true });
+  });
+  card.setAttribute('aria-labelledby', (title.id = `away-${jobId}`));
+  card.append(title, body, ok);
+  els.awayCards.append(card);
+  announce(jobId, title.textContent);
+}
+
+// ---- watching --------------------------------------------------------------------------
+function handlersFor(jobId) {
+  return {
+    onEvent(ev) {
+      (debug.seen[jobId] ||= []).push(ev.seq);
+    },
+    onUpdate(view) {
+      render(jobId, view);
+    },
+    onDone(view, { whileAway }) {
+      render(jobId, view);
+      if (whileAway) showAwayCard(jobId);
+    },
+    onGone() {
+      const li = jobEntry(jobId);
+      li.classList.remove('is-active');
+      $('.working', li).hidden = true;
+      $('.state-gone', li).hidden = false;
+    },
+    onConnection(state) {
+      const anyTrouble = state === 'reconnecting' && navigator.onLine !== false;
+      if (anyTrouble) showNotice('Reconnecting to Alfred…');
+      else if (state === 'live' || state === 'done') showNotice('');
+    },
+    onAuthError() {
+      if (auth?.mode === 'token') openAccountDialog('token');
+    },
+  };
+}
+
+function watch(job) {
+  jobEntry(job.job_id, client.record(job.job_id)?.message);
+  client.watchJob(job, handlersFor(job.job_id));
+}
+
+// ---- sending ---------------------------------------------------------------------------
+function convKey() { return `alfred:${auth.user}:conversation`; }
+
+async function send() {
+  const text = els.message.value.trim();
+  if (!text || !client) return;
+  // Same draft text → same Idempotency-Key: a double tap or a resend is one job.
+  const key = draft.keyFor(text);
+  showNotice('');
+  try {
+    const job = await client.submitChat(text, { conversationId, idempotencyKey: key });
+    draft.sent();
+    if (els.message.value.trim() === text) {
+      els.message.value = '';
+      autoGrow();
+    }
+    if (!conversationId) {
+      conversationId = job.conversation_id;
+      localStorage.setItem(convKey(), conversationId);
+    }
+    watch(job);
+  } catch (err) {
+    if (err instanceof AlfredApiError && err.status === 0) {
+      showNotice("Couldn't reach Alfred. Your message is still here — send it again; it won't be sent twice.");
+    } else if (err instanceof AlfredApiError && err.status === 401) {
+      openAccountDialog();
+    } else {
+      showNotice(`Couldn't send: ${err.message}`);
+    }
+  }
+}
+
+function autoGrow() {
+  els.message.style.height = 'auto';
+  els.message.style.height = `${Math.min(els.message.scrollHeight, 160)}px`;
+}
+
+els.composer.addEventListener('submit', (e) => { e.preventDefault(); send(); });
+els.message.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    send();
+  }
+});
+els.message.addEventListener('input', autoGrow);
+
+// ---- start -----------------------------------------------------------------------------
+async function start(nextAuth) {
+  client?.close();
+  els.messages.replaceChildren();
+  els.awayCards.replaceChildren();
+  els.empty.hidden = false;
+  lastAnnounced.clear();
+  auth = nextAuth;
+  els.accountName.textContent = auth.user;
+  client = createAlfredClient({ baseUrl: apiBase, getToken: () => auth.token, scope: auth.user });
+  debug.client = client;
+  draft = client.draftKey();
+  conversationId = localStorage.getItem(convKey());
+
+  // 1. What this device already knows, at once (works offline too).
+  const records = client.records().filter((r) => !r.gone);
+  const inConversation = (r) => r.conversationId === conversationId;
+  for (const r of records) {
+    if ((inConversation(r) || r.active || r.finishedAway) && r.view) {
+      jobEntry(r.jobId, r.message);
+      render(r.jobId, r.view);
+    }
+  }
+
+  // 2. The committed conversation from the server (history sent from other devices too).
+  if (conversationId) {
+    try {
+      const conv = await client.getConversation(conversationId);
+      mergeConversation(conv.messages || []);
+    } catch { /* offline or expired: what we have is shown */ }
+  }
+
+  // 3. Resume every job still running (this device's and the user's others).
+  try {
+    await client.resumeActiveJobs((job) => {
+      jobEntry(job.job_id, client.record(job.job_id)?.message);
+      return handlersFor(job.job_id);
+    });
+  } catch (err) {
+    if (err instanceof AlfredApiError && err.status === 401) openAccountDialog();
+  }
+
+  // 4. Jobs that ended while the page was closed, not yet acknowledged.
+  for (const r of client.finishedWhileAway()) showAwayCard(r.jobId);
+  scrollToEnd();
+}
+
+function mergeConversation(messages) {
+  const known = new Set(Array.from(els.messages.querySelectorAll('li[data-job-id]'), (li) => li.dataset.jobId));
+  const frag = document.createDocumentFragment();
+  for (const m of messages) {
+    if (m.job_id && known.has(m.job_id)) continue;
+    frag.append(m.role === 'user' ? userBubble(m.text, m.job_id) : staticAlfredBubble(m.text, m.job_id));
+  }
+  if (frag.childNodes.length) {
+    els.empty.hidden = true;
+    els.messages.prepend(frag);
+  }
+}
+
+async function boot() {
+  updateOnline();
+  try {
+    const a = await signIn();
+    if (!a) {
+      els.accountName.textContent = 'Sign in';
+      openAccountDialog('token');
+      return;
+    }
+    if (a.mode === 'dev') saveAuth(a);
+    await start(a);
+  } catch (err) {
+    showNotice(`Couldn't sign in: ${err.message}`);
+  }
+}
+
+boot();
