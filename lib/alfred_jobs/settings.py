@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     cursor_secret: str = "alfred-local-cursor-secret-change-me"
     cors_origins: list[str] = Field(default_factory=list)
 
+    # --- drills --------------------------------------------------------------------------
+    # Fault injection at the AWS client layer (see faults.py for the format); never set in production.
+    faults: str | None = None
+
     # --- client (CLI) -------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"
     stream_url: str | None = None

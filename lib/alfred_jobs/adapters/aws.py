@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
+from .. import faults
 from ..exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
 from ..models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
 from ..ports import JobPage
@@ -86,15 +87,15 @@ class AwsClients:
     @property
     def dynamodb(self) -> Any:
         if self._dynamodb is None:
-            self._dynamodb = boto3.session.Session().client(
-                "dynamodb", region_name=self.settings.region, config=self.config)
+            self._dynamodb = faults.install(boto3.session.Session().client(
+                "dynamodb", region_name=self.settings.region, config=self.config), self.settings.faults)
         return self._dynamodb
 
     @property
     def sqs(self) -> Any:
         if self._sqs is None:
-            self._sqs = boto3.session.Session().client(
-                "sqs", region_name=self.settings.region, config=self.config)
+            self._sqs = faults.install(boto3.session.Session().client(
+                "sqs", region_name=self.settings.region, config=self.config), self.settings.faults)
         return self._sqs
 
     @property
