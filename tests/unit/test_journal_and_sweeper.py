@@ -1,0 +1,87 @@
+"""The journal's fenced appends and contiguous reads; the sweeper's choice of stranded jobs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
+from alfred_jobs.exceptions import TransientStoreError
+from alfred_jobs.journal import Journal, SlotTaken
+from alfred_jobs.models import ChatRequest, Event, EventType, now_ts
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.settings import Settings
+from alfred_jobs.sweeper import Sweeper
+
+
+def ev(seq: int, writer: str = "w1", type: EventType = EventType.PHASE) -> Event:
+    return Event.new(seq, type, {"phase": "act"}, attempt=1, writer=writer)
+
+
+def test_append_refuses_a_taken_seq_and_says_by_whom() -> None:
+    j = Journal(MemoryEventLog(), 3600)
+    j.append("job", ev(1, "old"))
+    with pytest.raises(SlotTaken) as taken:
+        j.append("job", ev(1, "new"))
+    assert taken.value.existing.writer == "old"
+
+
+class AmbiguousLog(MemoryEventLog):
+    """The put lands, then the caller sees a timeout (the case a retry must recognise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = True
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        super().append(job_id, event, expires_at)
+        if self.fail_next:
+            self.fail_next = False
+            raise TransientStoreError("read timeout")
+
+
+def test_ambiguous_write_is_recognised_as_our_own() -> None:
+    log = AmbiguousLog()
+    Journal(log, 3600).append("job", ev(1, "me"))
+    assert [e.writer for e in log.all("job")] == ["me"]
+
+
+def test_read_after_is_contiguous_and_probes_past_the_known_head() -> None:
+    log = MemoryEventLog()
+    j = Journal(log, 3600)
+    for s in range(1, 8):
+        j.append("job", ev(s))
+    assert [e.seq for e in j.read_after("job", 0, known_head=3)] == list(range(1, 8))
+    assert [e.seq for e in j.read_after("job", 5)] == [6, 7]
+    assert j.read_after("job", 7) == []
+    assert [e.seq for e in j.read_after("job", 2, limit=3)] == [3, 4, 5]
+
+
+def test_sweeper_requeues_only_stranded_jobs_and_postpones_them() -> None:
+    deps = memory_deps(Settings(pending_grace_seconds=30, lease_seconds=10))
+    svc = JobService(deps)
+    fresh = svc.submit("u", ChatRequest(message="fresh"), None).job
+    lost = svc.submit("u", ChatRequest(message="lost"), None).job
+    dead = svc.submit("u", ChatRequest(message="dead"), None).job
+    jobs = deps.jobs
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue)
+    queue.sent.clear()
+    # the lost message's job is pending past its grace; the dead worker's lease expired
+    jobs.due[lost.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    jobs.acquire_lease(dead.job_id, "w", now_ts() - 20, 10)
+    report = Sweeper(deps).sweep()
+    assert sorted(report.requeued) == sorted([lost.job_id, dead.job_id])
+    assert fresh.job_id not in report.requeued
+    assert sorted(m.job_id for m in queue.sent) == sorted([lost.job_id, dead.job_id])
+    assert Sweeper(deps).sweep().requeued == [], "postponed: not re-sent on every sweep"
+
+
+def test_sweeper_ignores_finished_jobs() -> None:
+    deps = memory_deps(Settings())
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="x"), None).job
+    svc.cancel("u", job.job_id)
+    deps.jobs.items[job.job_id] = replace(deps.jobs.items[job.job_id], lease_expires=0)  # type: ignore[attr-defined]
+    assert Sweeper(deps).sweep().requeued == []
