@@ -1,0 +1,249 @@
+"""The `alfred-jobs` client commands end to end, against `alfred-jobs dev` running as a real process."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from alfred_jobs.auth import verify_local_token
+from alfred_jobs.emulator import free_port
+from alfred_jobs.settings import Settings
+from tests.integration.test_devstack import CLI, DevProcess, start_dev
+from tests.support.stack import wait_until
+
+STEP = "0.2"  # long enough to drop a connection or cancel mid-job, short enough for a fast suite
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[DevProcess]:
+    with start_dev(workers=2, ALFRED_DEMO_STEP_SECONDS=STEP) as d:
+        yield d
+
+
+def run(dev: DevProcess, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=dev.cli_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def events_of(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+class DroppingProxy:
+    """A TCP proxy in front of the API that can cut every open connection at once (a phone locking)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.conns += [client, upstream]
+                self.accepted += 1
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def drop_all(self) -> None:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop_all()
+
+
+def test_chat_follow_shows_progress_to_completion(dev: DevProcess) -> None:
+    out = run(dev, "chat", "chicken and rice [steps=3]", "--follow")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # plain output (not a terminal): one line per event, seqs 1..N in order
+    assert [int(line.split()[0]) for line in lines] == list(range(1, len(lines) + 1))
+    assert "step 1/3 started: Check the pantry" in out.stdout
+    assert "step 3/3 completed" in out.stdout
+    assert " delta " in out.stdout
+    assert lines[-1].split()[1] == "complete" and "Here are 3 recipes using chicken, rice" in lines[-1]
+    assert out.stderr.startswith("job ")
+
+
+def test_chat_follow_by_long_poll_sees_the_same_log(dev: DevProcess) -> None:
+    out = run(dev, "chat", "leeks [steps=2]", "--follow", "--transport", "poll", "--json")
+    assert out.returncode == 0, out.stderr
+    events = events_of(out.stdout)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "complete"
+
+
+def test_watch_resumes_after_a_dropped_connection_seeing_every_event_once(dev: DevProcess) -> None:
+    # GIVEN a long job and a watcher whose connections go through a proxy we can cut
+    job_id = run(dev, "chat", "beans and corn [steps=8]").stdout.strip()
+    proxy = DroppingProxy(dev.port)
+    try:
+        watcher = subprocess.Popen([*CLI, "watch", job_id, "--json"],
+                                   env=dev.cli_env(ALFRED_API_URL=f"http://127.0.0.1:{proxy.port}"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert watcher.stdout is not None
+        received: list[dict[str, Any]] = []
+        dropped_at = None
+        for line in watcher.stdout:
+            received.append(json.loads(line))
+            ev = received[-1]
+            # WHEN the connection drops mid-job (after step 2 completed)
+            if dropped_at is None and ev["type"] == "step" and ev["data"] == {**ev["data"], "index": 2,
+                                                                                  "status": "completed"}:
+                dropped_at = ev["seq"]
+                proxy.drop_all()
+        code = watcher.wait(timeout=60)
+        stderr = watcher.stderr.read() if watcher.stderr else ""
+    finally:
+        proxy.close()
+    # THEN it reconnected by itself from the last seq and saw every event exactly once
+    assert code == 0, stderr
+    assert dropped_at is not None
+    resumed_from = [int(k) for k in re.findall(r"reconnecting from seq (\d+)", stderr)]
+    assert resumed_from and resumed_from[0] >= dropped_at, stderr  # it may have read ahead of us
+    assert proxy.accepted >= 2  # the first connection (kept alive across requests) and a new one
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+    assert received[-1]["type"] == "complete"
+    assert "warning" not in stderr
+
+
+def test_watch_after_n_and_after_the_end(dev: DevProcess) -> None:
+    done = run(dev, "chat", "eggs [steps=1]", "--follow", "--json")
+    events = events_of(done.stdout)
+    job_id = done.stderr.split()[1]
+    # from the middle: exactly the rest
+    rest = run(dev, "watch", job_id, "--after", "3", "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert [e["seq"] for e in events_of(rest.stdout)] == [e["seq"] for e in events][3:]
+    # from the end: nothing to show, no hang, and the outcome
+    end = run(dev, "watch", job_id, "--after", str(events[-1]["seq"]), timeout=20)
+    assert end.returncode == 0, end.stderr
+    assert "already complete" in end.stdout
+
+
+def test_list_status_and_cancel(dev: DevProcess) -> None:
+    # GIVEN a long job
+    job_id = run(dev, "chat", "a long one [steps=20]").stdout.strip()
+    assert len(job_id) == 32
+    # THEN it is listed as active, and status shows it
+    listed = run(dev, "list", "--status", "active")
+    assert listed.returncode == 0 and job_id in listed.stdout, listed
+    status = run(dev, "status", job_id)
+    assert status.returncode == 0 and f"job          {job_id}" in status.stdout
+    # WHEN it is cancelled
+    cancel = run(dev, "cancel", job_id)
+    assert cancel.returncode == 0, cancel.stderr
+    assert job_id in cancel.stdout
+    # THEN it ends cancelled, and cancelling again is idempotent
+    wait_until(lambda: json.loads(run(dev, "status", job_id, "--json").stdout)["status"] == "cancelled",
+               timeout=20, interval=0.2, what="the job to be cancelled")
+    again = run(dev, "cancel", job_id)
+    assert again.returncode == 0 and "cancelled" in again.stdout
+    assert job_id in run(dev, "list", "--status", "cancelled").stdout
+    assert job_id not in run(dev, "list", "--status", "active").stdout
+    # and a followed cancelled job exits non-zero
+    follow = run(dev, "watch", job_id)
+    assert follow.returncode == 1 and "cancelled" in follow.stdout
+
+
+def test_cancel_of_a_complete_job_is_an_api_error(dev: DevProcess) -> None:
+    done = run(dev, "chat", "rice [steps=1]", "--follow")
+    job_id = done.stderr.split()[1]
+    out = run(dev, "cancel", job_id)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and "complete" in out.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["status", "not-a-job"], 1, "error: malformed"),
+    (["status", "0" * 32], 1, "not found"),
+    (["watch", "f" * 32], 1, "not found"),
+    (["cancel", "0" * 32], 1, "not found"),
+    (["chat", ""], 1, "error: message"),
+    (["chat"], 2, "usage:"),
+    (["list", "--status", "bogus"], 2, "invalid choice"),
+    (["watch", "0" * 32, "--after", "-1"], 2, "--after"),
+    (["nonsense"], 2, "invalid choice"),
+])
+def test_errors_are_shown_as_their_message_with_a_nonzero_exit(dev: DevProcess, args: list[str], code: int,
+                                                                text: str) -> None:
+    out = run(dev, *args, timeout=20)
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert text in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_auth_errors_and_an_unreachable_api(dev: DevProcess) -> None:
+    bad = run(dev, "list", ALFRED_TOKEN="not-a-token")
+    assert bad.returncode == 1 and "error: invalid token" in bad.stderr
+    remote = run(dev, "list", ALFRED_API_URL="https://alfred.example.com")
+    assert remote.returncode == 1 and "set ALFRED_TOKEN" in remote.stderr
+    down = run(dev, "list", ALFRED_API_URL=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "cannot reach the API" in down.stderr
+
+
+def test_users_see_only_their_own_jobs(dev: DevProcess) -> None:
+    ann = run(dev, "token", "--user", "ann").stdout.strip()
+    bob = run(dev, "token", "--user", "bob").stdout.strip()
+    assert verify_local_token(Settings(), ann) == "ann"
+    job_id = run(dev, "chat", "ann's soup [steps=1]", ALFRED_TOKEN=ann).stdout.strip()
+    assert job_id in run(dev, "list", ALFRED_TOKEN=ann).stdout
+    assert job_id not in run(dev, "list", ALFRED_TOKEN=bob).stdout
+    other = run(dev, "status", job_id, ALFRED_TOKEN=bob)
+    assert other.returncode == 1 and "not found" in other.stderr
+    bad_user = run(dev, "token", "--user", "no spaces please")
+    assert bad_user.returncode == 1 and "user names" in bad_user.stderr
+
+
+def test_the_same_idempotency_key_gives_the_same_job(dev: DevProcess) -> None:
+    first = run(dev, "chat", "pasta [steps=1]", "--idempotency-key", "k-1").stdout.strip()
+    second = run(dev, "chat", "pasta [steps=1]", "--idempotency-key", "k-1").stdout.strip()
+    assert first == second and len(first) == 32
+    clash = run(dev, "chat", "pizza [steps=1]", "--idempotency-key", "k-1")
+    assert clash.returncode == 1 and clash.stderr.startswith("error: ")
+
+
+def test_bench_dispatches_lazily() -> None:
+    out = subprocess.run([*CLI, "bench", "--help"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "--quick" in out.stdout
+    t0 = time.monotonic()
+    assert subprocess.run([*CLI, "token", "--user", "x"], capture_output=True, timeout=20).returncode == 0
+    assert time.monotonic() - t0 < 10
