@@ -32,8 +32,11 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
     PY="${PYTHON:-python3}"
     command -v "$PY" >/dev/null || PY=python
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
+    # (sed drops pip's notes about unused local package folders; pipefail keeps pip's status)
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 \
+        | sed '/^WARNING: Location/d'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" 2>&1 \
+        | sed '/^WARNING: Location/d'
     echo "$want" > "$stamp"
 fi
 BIN="$VENV/bin"
