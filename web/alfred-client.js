@@ -329,7 +329,7 @@ export function createAlfredClient(options = {}) {
     setState(s) {
       if (this.state === s) return;
       this.state = s;
-      this.handlers.onConnection?.(s, this.view);
+      this.handlers.onConnection?.(s, { mode: this.mode, view: this.view });
     }
 
     start() {

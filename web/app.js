@@ -41,7 +41,7 @@ let client = null;
 let conversationId = null;
 let draft = null;
 const lastAnnounced = new Map();
-const debug = (window.alfredDebug = { seen: {}, apiBase });
+const debug = (window.alfredDebug = { seen: {}, modes: {}, apiBase });
 
 // ---- auth ----------------------------------------------------------------------------
 function loadAuth() {
@@ -217,7 +217,9 @@ function render(jobId, view) {
   $('.step-text', li).textContent = stepText;
   $('.step-label', li).textContent = stepLabel ? `— ${stepLabel}` : '';
   const total = view.totalSteps || 0;
-  const fraction = view.phase === 'reply' ? 1 : total ? view.completedSteps / total : 0;
+  // A running step counts half, so the bar moves when a step starts, not only when it ends.
+  const running = view.currentStep != null ? 0.5 : 0;
+  const fraction = view.phase === 'reply' ? 1 : total ? (view.completedSteps + running) / total : 0;
   const bar = $('.bar', li);
   bar.setAttribute('aria-valuemax', String(total || 1));
   bar.setAttribute('aria-valuenow', String(view.phase === 'reply' ? total || 1 : view.completedSteps));
@@ -300,17 +302,22 @@ function showAwayCard(jobId) {
   card.className = `away-card away-${view.status}`;
   card.dataset.jobId = jobId;
   const title = document.createElement('h2');
+  const icon = document.createElement('span');
+  icon.className = 'away-icon';
+  icon.setAttribute('aria-hidden', 'true');
   const body = document.createElement('blockquote');
+  let heading;
   if (view.status === 'complete') {
-    title.textContent = '✅ Alfred finished while you were away';
+    heading = 'Alfred finished while you were away';
     body.textContent = view.reply;
   } else if (view.status === 'failed') {
-    title.textContent = "⚠️ Alfred couldn't finish while you were away";
+    heading = "Alfred couldn't finish while you were away";
     body.textContent = view.error?.message || 'Something went wrong.';
   } else {
-    title.textContent = 'Cancelled while you were away';
+    heading = 'Cancelled while you were away';
     body.textContent = rec.message || '';
   }
+  title.append(icon, heading);
   const ok = document.createElement('button');
   ok.type = 'button';
   ok.textContent = 'Got it';
@@ -324,7 +331,7 @@ function showAwayCard(jobId) {
   card.setAttribute('aria-labelledby', (title.id = `away-${jobId}`));
   card.append(title, body, ok);
   els.awayCards.append(card);
-  announce(jobId, title.textContent);
+  announce(jobId, heading);
 }
 
 // ---- watching --------------------------------------------------------------------------
@@ -346,7 +353,8 @@ function handlersFor(jobId) {
       $('.working', li).hidden = true;
       $('.state-gone', li).hidden = false;
     },
-    onConnection(state) {
+    onConnection(state, { mode }) {
+      if (state === 'live') (debug.modes[jobId] ||= []).push(mode);
       const anyTrouble = state === 'reconnecting' && navigator.onLine !== false;
       if (anyTrouble) showNotice('Reconnecting to Alfred…');
       else if (state === 'live' || state === 'done') showNotice('');
@@ -417,7 +425,9 @@ async function start(nextAuth) {
   lastAnnounced.clear();
   auth = nextAuth;
   els.accountName.textContent = auth.user;
-  client = createAlfredClient({ baseUrl: apiBase, getToken: () => auth.token, scope: auth.user });
+  client = createAlfredClient({
+    baseUrl: apiBase, getToken: () => auth.token, scope: auth.user, sse: config.sse !== false,
+  });
   debug.client = client;
   draft = client.draftKey();
   conversationId = localStorage.getItem(convKey());

@@ -68,6 +68,7 @@ def test_send_shows_steps_then_reply(page: Any, user: str, web_stack: WebStack) 
     seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
     assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
+    assert page.evaluate("id => window.alfredDebug.modes[id]", job_id) == ["sse"]
     screenshot(page, "03-complete")
     assert page.errors == []  # type: ignore[attr-defined]
 
@@ -106,11 +107,11 @@ def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: Web
     # THEN it shows Alfred still working on the step the job is at
     expect(b.get_by_text("Alfred is still working...")).to_be_visible()
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [2-5] of 5"))
+    screenshot(page, "06-reloaded-still-working")
     shown = int(re.search(r"Step (\d)", b.locator(".step-text").inner_text()).group(1))  # type: ignore[union-attr]
     job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
     assert job["progress"]["completed_steps"] >= shown - 1, (shown, job["progress"])
-    expect(b.get_by_text("lentils", exact=False).first).to_be_visible()
-    screenshot(page, "06-reloaded-still-working")
+    expect(page.locator("li.msg-user")).to_have_text("[steps=5] lentils")
     # AND it still ends normally, each step once
     expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using lentils", timeout=20_000)
     assert_each_step_once(page, job_id, 5)
@@ -221,3 +222,18 @@ def test_switch_user(page: Any, user: str, web_stack: WebStack) -> None:
     # The other user's page has none of the first user's jobs
     expect(page.locator("li.msg-alfred")).to_have_count(0)
     assert web_stack.jobs(other) == []
+
+
+def test_falls_back_to_long_poll_when_the_stream_is_blocked(page: Any, user: str, web_stack: WebStack) -> None:
+    # GIVEN a network that drops the SSE endpoint (a proxy that buffers or blocks streams)
+    page.route(re.compile(r".*/api/jobs/[^/]+/stream.*"), lambda route: route.abort())
+    open_page(page, user)
+    job_id = send(page, "[steps=3] mushrooms")
+    b = bubble(page, job_id)
+    # THEN the page still shows the job from start to end, by long-poll, each step once
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using mushrooms", timeout=20_000)
+    assert_each_step_once(page, job_id, 3)
+    assert "poll" in page.evaluate("id => window.alfredDebug.modes[id]", job_id)
+    seqs = seen_seqs(page, job_id)
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
