@@ -1,0 +1,214 @@
+// Types of alfred-client.js (the browser client of alfred-jobs). See docs/web.md.
+
+export type JobStatus = 'pending' | 'running' | 'complete' | 'failed' | 'cancelled';
+
+export interface ApiErrorBody {
+  code: string;
+  message: string;
+}
+
+export interface JobLinks {
+  self: string;
+  events: string;
+  cancel: string;
+  /** SSE URL carrying a short-lived, job-scoped `token` query parameter (EventSource cannot send headers). */
+  stream: string;
+}
+
+export interface Progress {
+  phase: 'think' | 'act' | 'reply' | null;
+  completed_steps: number;
+  total_steps: number | null;
+  label: string | null;
+}
+
+/** The job object of `GET /api/jobs/{id}` and `POST /api/chat`. */
+export interface Job {
+  job_id: string;
+  status: JobStatus;
+  conversation_id: string;
+  created_at: string;
+  started_at: string | null;
+  completed_at: string | null;
+  attempts: number;
+  last_seq: number;
+  progress: Progress;
+  cancel_requested?: boolean;
+  output?: { reply: string; [k: string]: unknown };
+  error?: ApiErrorBody;
+  links?: JobLinks | null;
+}
+
+export type EventType =
+  | 'status' | 'phase' | 'plan' | 'step' | 'delta' | 'resumed' | 'complete' | 'failed' | 'cancelled';
+
+/** One event of a job's ordered log (seq 1..N, no gaps). */
+export interface JobEvent<D = Record<string, any>> {
+  seq: number;
+  type: EventType | string;
+  at: string;
+  attempt: number;
+  data: D;
+}
+
+export interface StepView {
+  index: number;
+  label: string;
+  status: 'pending' | 'started' | 'completed';
+}
+
+/** A job as this device has seen it: the fold of its events up to `lastSeq`. */
+export interface JobView {
+  jobId: string;
+  status: JobStatus;
+  phase: 'think' | 'act' | 'reply' | null;
+  attempt: number;
+  totalSteps: number | null;
+  /** The plan, each step once, in order. */
+  steps: StepView[];
+  /** The step running now, if any. */
+  currentStep: number | null;
+  completedSteps: number;
+  label: string | null;
+  /** The reply so far (deltas appended; a `replace` delta replaces it). */
+  reply: string;
+  error: ApiErrorBody | null;
+  /** Set while an attempt failed and the job waits to be retried. */
+  retry: { inSeconds: number; error: ApiErrorBody | null; at: string } | null;
+  lastSeq: number;
+}
+
+/** What the client remembers per job in storage (localStorage by default). */
+export interface JobRecord {
+  jobId: string;
+  message?: string;
+  conversationId?: string;
+  status?: JobStatus;
+  /** Still to be watched (not terminal when last seen). */
+  active?: boolean;
+  /** Active when the page was hidden or closed. */
+  away?: boolean;
+  /** Ended while away and not acknowledged ("Got it") yet. */
+  finishedAway?: boolean;
+  /** 404 from the API: expired or not this user's. */
+  gone?: boolean;
+  idempotencyKey?: string;
+  seq?: number;
+  view?: JobView;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'done' | 'gone';
+export type Transport = 'sse' | 'poll';
+
+export interface WatchHandlers {
+  /** Every new event, once, in seq order (duplicates and replays already dropped). */
+  onEvent?(event: JobEvent, view: JobView): void;
+  /** After every change (and once at start with the remembered view). */
+  onUpdate?(view: JobView, event: JobEvent | null): void;
+  /** After the terminal event. `whileAway`: it ended while the page was hidden or closed. */
+  onDone?(view: JobView, info: { whileAway: boolean }): void;
+  /** The job is gone (404: expired or not this user's). */
+  onGone?(view: JobView): void;
+  onConnection?(state: ConnectionState, info: { mode: Transport; view: JobView }): void;
+  /** A fresh job object was fetched (on every reconnect). */
+  onJob?(job: Job, view: JobView): void;
+  /** The API answered 401 (token expired or invalid). */
+  onAuthError?(error: AlfredApiError): void;
+}
+
+export interface Watcher {
+  readonly jobId: string;
+  readonly view: JobView;
+  readonly mode: Transport;
+  readonly state: ConnectionState;
+  /** Resolves with the final view after the terminal event (or when the job is gone). */
+  readonly done: Promise<JobView>;
+  /** Drop the connection and reconnect from the last seq now. */
+  reconnectNow(): void;
+  /** Stop watching (the job goes on on the server). */
+  stop(): void;
+}
+
+export interface SubmitOptions {
+  conversationId?: string | null;
+  /** Same key and same body → the same job. Defaults to a new random key (no dedupe across calls). */
+  idempotencyKey?: string;
+  /** Retries on network errors, 429 and 5xx, with the same key. Default 3. */
+  retries?: number;
+  signal?: AbortSignal;
+}
+
+export interface DraftKey {
+  /** The key for this text: the same until `sent()`, a new one when the text changes. */
+  keyFor(text: string): string;
+  /** The server accepted the draft; the next draft gets a new key. */
+  sent(): void;
+}
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+  key(index: number): string | null;
+  readonly length: number;
+}
+
+export interface ClientOptions {
+  /** API origin, e.g. "https://api.example.com". Default "" (same origin). */
+  baseUrl?: string;
+  /** The bearer token for API calls (may be async, e.g. refresh a Cognito session). */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /** Storage key scope, normally the user id, so users on one device never share records. */
+  scope?: string;
+  /** Storage key prefix. Default "alfred". */
+  namespace?: string;
+  /** Default localStorage (an in-memory map when unavailable). */
+  storage?: StorageLike;
+  fetch?: typeof fetch;
+  /** Use EventSource (default true when available); false: long-poll only. */
+  sse?: boolean;
+  /** Long-poll wait in seconds (≤ 20). Default 20. */
+  pollWaitSeconds?: number;
+  /** Listen to visibilitychange / pagehide / online / offline. Default true. */
+  lifecycle?: boolean;
+}
+
+export interface AlfredClient {
+  submitChat(message: string, options?: SubmitOptions): Promise<Job>;
+  watchJob(job: Job | { job_id: string; status?: JobStatus; conversation_id?: string; links?: JobLinks | null },
+    handlers?: WatchHandlers): Watcher;
+  /** On page load: watch this device's remembered active jobs and the user's active jobs on the server. */
+  resumeActiveJobs(handlersFor: (job: Job, record: JobRecord | null) => WatchHandlers): Promise<Watcher[]>;
+  getJob(jobId: string): Promise<Job>;
+  listJobs(query?: { status?: JobStatus | 'active'; limit?: number; cursor?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
+  /** 202/200 → the job; 409 (already finished) → null. */
+  cancelJob(jobId: string): Promise<Job | null>;
+  getConversation(conversationId: string): Promise<{ conversation_id: string; messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
+  draftKey(name?: string): DraftKey;
+  /** Jobs that ended while away and are not acknowledged yet. */
+  finishedWhileAway(): JobRecord[];
+  acknowledge(jobId: string): void;
+  records(): JobRecord[];
+  record(jobId: string): JobRecord | null;
+  watching(): string[];
+  /** Stop all watchers and remove the page listeners. */
+  close(): void;
+}
+
+export declare class AlfredApiError extends Error {
+  /** HTTP status, 0 for a network failure. */
+  readonly status: number;
+  readonly code: string;
+  /** Network, 429 or 5xx: the same request may succeed later. */
+  readonly retryable: boolean;
+  constructor(status: number, code: string, message: string);
+}
+
+export declare function createAlfredClient(options?: ClientOptions): AlfredClient;
+export declare function applyEvent(view: JobView, event: JobEvent): JobView;
+export declare function emptyView(jobId: string, status?: JobStatus): JobView;
+export declare function stepOf(view: JobView): { k: number; n: number } | null;
+export declare function isTerminal(status: string): boolean;
+export declare function newId(): string;
