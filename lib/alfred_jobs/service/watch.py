@@ -37,7 +37,7 @@ from ..ports import EventLog
 log = get_logger()
 
 MIN_INTERVAL = 0.05  # poll period right after something new (checkpoint -> client latency)
-MAX_INTERVAL = 0.25  # poll period after a quiet spell (cost of an idle watched job: 4 GetItem/s)
+MAX_INTERVAL = 0.2  # poll period after a quiet spell (cost of an idle watched job: 5 GetItem/s)
 ERROR_BACKOFF_MAX = 2.0
 MAX_BUFFER = 5000  # events kept in memory per watched job
 READ_LIMIT = 1000  # events per store read
