@@ -7,17 +7,15 @@ from typing import Any
 from mangum import Mangum
 
 from alfred_jobs.http.jobs_api import create_app
-from alfred_jobs.observability import flush_metrics
+from alfred_jobs.observability import observe_lambda
 
 _handler: Mangum | None = None
 
 
+@observe_lambda
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry point; the app is built on the first call, not at import (no clients at import)."""
     global _handler
     if _handler is None:
         _handler = Mangum(create_app(), lifespan="off")
-    try:
-        return _handler(event, context)
-    finally:
-        flush_metrics()
+    return _handler(event, context)

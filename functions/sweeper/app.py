@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from alfred_jobs.deps import aws_deps
-from alfred_jobs.observability import flush_metrics
+from alfred_jobs.observability import observe_lambda
 from alfred_jobs.settings import get_settings
 from alfred_jobs.sweeper import Sweeper
 
 
+@observe_lambda
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled (EventBridge) entry point."""
-    try:
-        report = Sweeper(aws_deps(get_settings())).sweep()
-        return {"requeued": len(report.requeued), "errors": report.errors}
-    finally:
-        flush_metrics()
+    report = Sweeper(aws_deps(get_settings())).sweep()
+    return {"requeued": len(report.requeued), "errors": report.errors}

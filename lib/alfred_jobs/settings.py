@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     jwt_issuer: str = "alfred-jobs-local"
     jwt_audience: str = "alfred-jobs"
     stream_token_secret: str = "alfred-local-stream-secret-change-me"
+    stream_token_secret_arn: str | None = None  # on AWS: resolved from Secrets Manager at start
+    cursor_secret_arn: str | None = None
     stream_token_seconds: int = Field(default=15 * 60, gt=0)
     cursor_secret: str = "alfred-local-cursor-secret-change-me"
     cors_origins: list[str] = Field(default_factory=list)
@@ -73,13 +75,29 @@ class Settings(BaseSettings):
     # Fault injection at the AWS client layer (see faults.py for the format); never set in production.
     faults: str | None = None
 
+    log_level: str = "INFO"
+
     # --- client (CLI) -------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"
     stream_url: str | None = None
     token: str | None = None
 
 
+    def check_deployable(self) -> None:
+        """Refuse to serve real users with the public development secrets."""
+        if self.auth_mode != "apigw":
+            return
+        defaults = Settings.model_fields
+        for name in ("stream_token_secret", "cursor_secret"):
+            if getattr(self, name) == defaults[name].default:
+                raise RuntimeError(f"ALFRED_{name.upper()} (or its _ARN) must be set when ALFRED_AUTH_MODE=apigw")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, built once per process."""
-    return Settings()
+    """Settings from the environment (secrets resolved from their ARNs), built once per process."""
+    from .secrets import resolve_secrets  # imported here: secrets.py imports this module
+
+    settings = resolve_secrets(Settings())
+    settings.check_deployable()
+    return settings

@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from .agents import build_agent
 from .deps import Deps, aws_deps
-from .observability import flush_metrics, get_logger
+from .observability import get_logger, observe_lambda
 from .runner import Delivery, JobRunner, Outcome, RunResult
 from .settings import get_settings
 
@@ -63,14 +63,12 @@ def _record_handler(record: SQSRecord) -> str:
     return result.outcome.value if result else "parked"
 
 
+@observe_lambda
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda entry point for the SQS event source mapping."""
-    try:
-        # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
-        # A batch whose every record asks for a retry is still a normal partial response: raising
-        # would also fail the invocation and count as a Lambda error.
-        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        return dict(process_partial_response(event=event, record_handler=_record_handler,
-                                             processor=processor, context=context))
-    finally:
-        flush_metrics()
+    """Lambda entry point for the SQS event source mapping (metrics are flushed by the decorator)."""
+    # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
+    # A batch whose every record asks for a retry is still a normal partial response: raising
+    # would also fail the invocation and count as a Lambda error.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(process_partial_response(event=event, record_handler=_record_handler,
+                                         processor=processor, context=context))
