@@ -83,8 +83,11 @@ export function applyEvent(view, ev) {
       const done = d.status === 'completed';
       upsertStep(v.steps, d.index, { label: d.label, status: done ? 'completed' : 'started' });
       v.completedSteps = v.steps.filter((s) => s.status === 'completed').length;
-      v.currentStep = done ? null : d.index;
-      v.label = d.label;
+      const wasDone = !done && view.steps.some((s) => s.index === d.index && s.status === 'completed');
+      if (!wasDone) {
+        v.currentStep = done ? null : d.index;
+        v.label = d.label;
+      }
       v.retry = null;
       break;
     }

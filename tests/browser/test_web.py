@@ -237,3 +237,49 @@ def test_falls_back_to_long_poll_when_the_stream_is_blocked(page: Any, user: str
     assert "poll" in page.evaluate("id => window.alfredDebug.modes[id]", job_id)
     seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+HIDE = """() => {
+    for (const [k, v] of [['visibilityState', 'hidden'], ['hidden', true]])
+        Object.defineProperty(document, k, {configurable: true, get: () => v});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+SHOW = """() => {
+    delete document.visibilityState; delete document.hidden;
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_locked_phone_hidden_and_frozen_then_back(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=3] peppers")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    # WHEN the phone locks: the page is hidden, then frozen (no script runs)
+    page.evaluate(HIDE)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+    assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
+    # AND is unlocked after the job ended
+    cdp.send("Page.setWebLifecycleState", {"state": "active"})
+    page.evaluate(SHOW)
+    # THEN the page says so, with the reply
+    card = page.locator(f'.away-card[data-job-id="{job_id}"]')
+    expect(card.get_by_role("heading", name=re.compile("Alfred finished while you were away"))).to_be_visible()
+    expect(card).to_contain_text("Here are 3 recipes using peppers")
+    assert_each_step_once(page, job_id, 3)
+    seqs = seen_seqs(page, job_id)
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+def test_hidden_briefly_while_still_running_is_not_away(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[steps=4] beans")
+    b = bubble(page, job_id)
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
+    # A glance at a notification: hidden and back while the job still runs
+    page.evaluate(HIDE)
+    page.evaluate(SHOW)
+    expect(b.get_by_text("Alfred is still working...")).to_be_visible()
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using beans", timeout=20_000)
+    expect(page.locator(".away-card")).to_have_count(0)
+    assert_each_step_once(page, job_id, 4)
