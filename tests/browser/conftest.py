@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.stack import Stack, make_stack
 
 from alfred_jobs.emulator import free_port
-from tests.support.stack import Stack, make_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "web"
@@ -153,7 +153,7 @@ def page(context: Any) -> Any:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.errors = errors  # type: ignore[attr-defined]
+    pg.errors = errors
     return pg
 
 

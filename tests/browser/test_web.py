@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
-from playwright.sync_api import expect
-
 from tests.browser.conftest import WebStack, screenshot
 
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `chromium` fixture fails in CI or skips locally, with the reason
+    expect = None  # type: ignore[assignment]
 
 TERMINAL = {"complete", "failed", "cancelled"}
 
@@ -70,7 +71,7 @@ def test_send_shows_steps_then_reply(page: Any, user: str, web_stack: WebStack) 
     assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
     assert page.evaluate("id => window.alfredDebug.modes[id]", job_id) == ["sse"]
     screenshot(page, "03-complete")
-    assert page.errors == []  # type: ignore[attr-defined]
+    assert page.errors == []
 
 
 def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack: WebStack) -> None:
