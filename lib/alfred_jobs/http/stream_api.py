@@ -23,7 +23,7 @@ from ..deps import Deps, aws_deps
 from ..exceptions import InvalidInput, Unauthorized
 from ..models import ErrorResponse, Event, Job
 from ..service.jobs import JobService, validate_job_id
-from ..service.watch import WatchHub
+from ..service.watch import MAX_INTERVAL, MIN_INTERVAL, WatchHub
 from ..settings import get_settings
 from .common import add_cors, current_user, get_deps, install_error_handlers
 
@@ -43,10 +43,17 @@ def get_hub(request: Request) -> WatchHub:
     state = request.app.state
     hub: WatchHub | None = getattr(state, "stream_hub", None)
     if hub is None:
-        deps = get_deps(request)
-        hub = WatchHub(deps.log, deps.settings.retention_seconds)
+        hub = make_hub(get_deps(request))
         state.stream_hub = hub
     return hub
+
+
+def make_hub(deps: Deps) -> WatchHub:
+    """A hub over ``deps``; poll periods from settings when it has them (else the module defaults)."""
+    s = deps.settings
+    return WatchHub(deps.log, s.retention_seconds,
+                    min_interval=float(getattr(s, "stream_poll_min_seconds", MIN_INTERVAL)),
+                    max_interval=float(getattr(s, "stream_poll_max_seconds", MAX_INTERVAL)))
 
 
 def _service(request: Request) -> JobService:
@@ -163,7 +170,7 @@ def create_stream_app(deps: Deps | None = None, *, heartbeat_seconds: float | No
                   description="Replay and live events of alfred-jobs jobs (SSE and long-poll)")
     app.state.deps = deps
     app.state.service = JobService(deps)
-    app.state.stream_hub = hub or WatchHub(deps.log, deps.settings.retention_seconds)
+    app.state.stream_hub = hub or make_hub(deps)
     app.state.stream_heartbeat_seconds = (
         heartbeat_seconds if heartbeat_seconds is not None
         else float(getattr(deps.settings, "stream_heartbeat_seconds", HEARTBEAT_SECONDS)))
