@@ -95,7 +95,7 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def web_stack(emulator: dict[str, str], chromium: Any) -> Iterator[WebStack]:
+def web_stack(chromium: Any, emulator: dict[str, str]) -> Iterator[WebStack]:
     """Fresh tables/queues, two worker processes, a sweeper, and the dev app on a free port."""
     import uvicorn
 

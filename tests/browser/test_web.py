@@ -210,6 +210,21 @@ def test_failed_job_shows_its_error(page: Any, user: str, web_stack: WebStack) -
     screenshot(page, "11-failed")
 
 
+def test_job_failing_every_attempt_shows_it_gave_up(page: Any, user: str, web_stack: WebStack) -> None:
+    open_page(page, user)
+    job_id = send(page, "[fail] [steps=3] soup")
+    b = bubble(page, job_id)
+    expect(b.locator(".state-failed")).to_have_text(
+        "Alfred couldn't finish: gave up after 3 attempts: the recipe service is not answering",
+        timeout=20_000)
+    job = web_stack.wait_status(user, job_id, TERMINAL)
+    assert (job["status"], job["attempts"]) == ("failed", 3)
+    # Step 1 completed once, on the first attempt; the retries never showed it again
+    expect(b.locator('.steps .step[data-state="done"]')).to_have_count(1)
+    seqs = seen_seqs(page, job_id)
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
 def test_switch_user(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
     job_id = send(page, "[steps=1] toast")
