@@ -228,8 +228,9 @@ function render(jobId, view) {
 
   const retry = $('.retry-note', li);
   if (view.retry && active) {
-    const why = view.retry.error?.message ? `${view.retry.error.message}. ` : '';
-    retry.textContent = `${why}Trying again (attempt ${view.attempt + 1})…`;
+    const msg = view.retry.error?.message || '';
+    const why = msg ? `${msg.charAt(0).toUpperCase()}${msg.slice(1)} — t` : 'T';
+    retry.textContent = `${why}rying again (attempt ${view.attempt + 1})…`;
     retry.hidden = false;
   } else {
     retry.hidden = true;

@@ -149,12 +149,14 @@ def context(chromium: Any, web_stack: WebStack, user: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(context: Any) -> Any:
+def page(context: Any) -> Iterator[Any]:
+    """A page of the context; any uncaught script error on it fails the test."""
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.errors = errors
-    return pg
+    yield pg
+    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 def screenshot(page: Any, name: str) -> Path:
