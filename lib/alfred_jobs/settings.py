@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_wait_seconds: float = 20.0
     max_list_limit: int = 100
 
+    # --- the stream function ---------------------------------------------------------------
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    stream_poll_min_seconds: float = Field(default=0.05, gt=0)
+    stream_poll_max_seconds: float = Field(default=0.2, gt=0)
+
     # --- auth --------------------------------------------------------------------------
     # "local": verify HS256 bearer tokens in-process (dev, tests).
     # "apigw": trust the claims API Gateway's JWT authorizer put in the request context.

@@ -159,7 +159,7 @@ class JobService:
             raise InvalidInput("after must be >= 0", code="invalid_cursor")
         if not 0 <= wait <= self.settings.max_wait_seconds:
             raise InvalidInput(f"wait must be 0..{self.settings.max_wait_seconds:g}", code="invalid_wait")
-        job = self.owned(user_id, job_id)
+        job = self.fold_tail(self.owned(user_id, job_id))  # exact even if the record lags the log
         deadline = time.monotonic() + wait
         interval = 0.05
         while True:
