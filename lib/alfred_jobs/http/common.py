@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..auth import user_from_apigw_event, verify_local_token
 from ..deps import Deps
-from ..exceptions import ClientError, Unauthorized
+from ..exceptions import ClientError, TransientStoreError, Unauthorized
 from ..observability import get_logger
 from ..service.jobs import JobService
 from ..settings import Settings
@@ -57,6 +57,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = "not found"
         return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message)
+
+    @app.exception_handler(TransientStoreError)
+    async def _unavailable(request: Request, exc: TransientStoreError) -> JSONResponse:
+        # Throttling or a storage blip: retrying helps, so say so (503 + Retry-After) instead of the
+        # generic 500 path, which logs a stack trace and drops the keep-alive connection.
+        log.warning("storage unavailable", extra={"path": request.url.path, "error": str(exc)})
+        return error_response(503, "unavailable", "storage is briefly unavailable; retry shortly",
+                              {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
