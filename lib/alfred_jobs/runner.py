@@ -244,7 +244,13 @@ class _Attempt:
         raise _Stop(RunResult(Outcome.DONE, str(type), status=self.view.status))
 
     def finalize(self) -> None:
-        """Commit the conversation turn from the stored terminal event, then project the record."""
+        """From the stored terminal event: commit the conversation turn (complete) or park the message
+        in the dead-letter queue (failed); then project the record as terminal.
+
+        Why parking is here, before the projection: if it fails, the record is still active, so the
+        next delivery (or the sweeper's) finalizes again and parks again. Parked after the
+        projection, a lost SendMessage would leave a failed job that is never parked (guarantee 8).
+        """
         self.keeper.stop()
         term = self.events[-1]
         job = self.view
@@ -252,6 +258,9 @@ class _Attempt:
             reply = str((term.data.get("output") or {}).get("reply", ""))
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
                                                 reply, term.at, self.journal.expires_at())
+        elif term.type is EventType.FAILED:
+            code = str((term.data.get("error") or {}).get("code", "failed"))
+            self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, code)
         self.deps.jobs.save_projection(job, owner=None)
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
                EventType.CANCELLED: "JobsCancelled"}.get(term.type, "JobsFinished"))
@@ -408,15 +417,7 @@ class _Attempt:
         error = {"code": code, "message": message}
         count("AttemptFailures")
         if self.events and self.events[-1].terminal:
-            # The job has ended; only finalizing failed. Let the message come back to finish it,
-            # and free the lease so that delivery is not dropped as a duplicate.
-            self.keeper.stop()
-            try:
-                self.deps.jobs.release_lease(self.job.job_id, self.owner, now_ts() + self.s.pending_grace_seconds)
-            except StoreError:
-                pass  # then the sweeper finds it once the lease expires
-            return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1,
-                             status=self.view.status)
+            return self._retry_finalize(code)
         try:
             if retryable and self.attempt < self.s.max_attempts:
                 backoff = self.s.retry_base_seconds * 2 ** (self.attempt - 1)
@@ -432,17 +433,28 @@ class _Attempt:
             if retryable:
                 error = {"code": code, "message": f"gave up after {self.attempt} attempts: {message}"}
             self.append(EventType.FAILED, {"error": error})
-            self.finalize()
-            self.deps.queue.dead_letter(self.job.job_id, self.delivery.body or self.job.job_id, code)
+            self.finalize()  # parks the message in the dead-letter queue
             return RunResult(Outcome.DONE, code, status=JobStatus.FAILED)
         except SlotTaken as taken:
             return self._lost_slot(taken)
         except Fenced:
             return RunResult(Outcome.DROPPED, "fenced")
         except StoreError:
+            if self.events and self.events[-1].terminal:
+                return self._retry_finalize("store_unavailable")  # recorded; finalizing (parking) failed
             # Could not even record the failure: let the message come back; the lease expires and
             # the next attempt (or the sweeper) picks the job up.
             return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
+
+    def _retry_finalize(self, code: str) -> RunResult:
+        """The job has ended; only finalizing failed. Let the message come back to finish it, and
+        free the lease so that delivery is not dropped as a duplicate."""
+        self.keeper.stop()
+        try:
+            self.deps.jobs.release_lease(self.job.job_id, self.owner, now_ts() + self.s.pending_grace_seconds)
+        except StoreError:
+            pass  # then the sweeper finds it once the lease expires
+        return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1, status=self.view.status)
 
 
 def _replay(events: list[Event]) -> tuple[Plan | None, dict[int, Any], set[int], set[str], str]:
