@@ -192,8 +192,9 @@ class FaultInjector:
 
 
 def _client_error(operation: str, code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "fault injected"},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+    response: Any = {"Error": {"Code": code, "Message": "fault injected"},
+                     "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, operation)
 
 
 _INJECTORS: dict[str, FaultInjector] = {}
