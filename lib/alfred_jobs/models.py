@@ -134,6 +134,7 @@ class Job:
         body: dict[str, Any] = {
             "job_id": self.job_id,
             "status": str(self.status),
+            "message": self.message,
             "conversation_id": self.conversation_id,
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at) if self.started_at else None,
