@@ -353,15 +353,15 @@ class Renderer:
         elif t == "plan":
             self._line(f"  plan: {d.get('total_steps')} steps")
         elif t == "step":
-            text = f"  {d.get('index')}/{d.get('total')} {d.get('label')}"
+            text = f"{d.get('index')}/{d.get('total')} {d.get('label')}"
             if d.get("status") == "started":
                 if self.open_line or self.in_reply:
                     self._write("\n")
                     self.in_reply = False
-                self._write(f"  ◦{text}…")
+                self._write(f"  ◦ {text}…")
                 self.open_line = True
             else:
-                self._write(("\r\033[K" if self.open_line else "") + f"  ✓{text}\n")
+                self._write(("\r\033[K" if self.open_line else "") + f"  ✓ {text}\n")
                 self.open_line = False
         elif t == "delta":
             if self.open_line:
