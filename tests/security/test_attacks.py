@@ -1,0 +1,314 @@
+"""One test per attack on the job API and the stream app (in memory: identity rules live above the store)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import jwt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from alfred_jobs.adapters.memory import memory_deps
+from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.auth import issue_local_token, issue_stream_token
+from alfred_jobs.deps import Deps
+from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.http.stream_api import create_stream_app
+from alfred_jobs.runner import Delivery, JobRunner
+from alfred_jobs.settings import Settings
+
+SETTINGS = Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                    cors_origins=["https://app.example"])
+
+
+@pytest.fixture
+def deps() -> Deps:
+    return memory_deps(SETTINGS)
+
+
+@pytest.fixture
+def api(deps: Deps) -> Iterator[TestClient]:
+    with TestClient(create_app(deps)) as client:
+        yield client
+
+
+@pytest.fixture
+def stream(deps: Deps) -> Iterator[TestClient]:
+    with TestClient(create_stream_app(deps, heartbeat_seconds=0.2)) as client:
+        yield client
+
+
+def bearer(user: str, settings: Settings = SETTINGS) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_local_token(settings, user)}"}
+
+
+def assert_error(resp: object, status: int) -> None:
+    from httpx import Response
+
+    assert isinstance(resp, Response)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+
+
+def alice_job(api: TestClient, message: str = "soup [steps=2]") -> str:
+    resp = api.post("/api/chat", json={"message": message}, headers=bearer("alice"))
+    assert resp.status_code == 202
+    job_id: str = resp.json()["job_id"]
+    return job_id
+
+
+def run_job(deps: Deps, job_id: str) -> None:
+    JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+
+
+# ---- other users' jobs -----------------------------------------------------------------------
+
+
+def test_mallory_cannot_read_alices_job(api: TestClient) -> None:
+    job_id = alice_job(api)
+    assert_error(api.get(f"/api/jobs/{job_id}", headers=bearer("mallory")), 404)
+    unknown = api.get(f"/api/jobs/{'0' * 32}", headers=bearer("mallory"))
+    assert_error(unknown, 404)
+    assert api.get(f"/api/jobs/{job_id}", headers=bearer("mallory")).json() == unknown.json(), \
+        "another user's job and no job are indistinguishable"
+
+
+def test_mallory_cannot_read_alices_events(api: TestClient, stream: TestClient) -> None:
+    job_id = alice_job(api)
+    assert_error(api.get(f"/api/jobs/{job_id}/events", headers=bearer("mallory")), 404)
+    assert_error(stream.get(f"/api/jobs/{job_id}/events", headers=bearer("mallory")), 404)
+
+
+def test_mallory_cannot_stream_alices_job(api: TestClient, stream: TestClient) -> None:
+    job_id = alice_job(api)
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream", headers=bearer("mallory")), 404)
+    own_token = issue_stream_token(SETTINGS, "mallory", job_id)  # a real token, minted for mallory
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream?token={own_token}"), 404)
+
+
+def test_mallory_cannot_list_alices_jobs(api: TestClient) -> None:
+    alice_job(api)
+    resp = api.get("/api/jobs", headers=bearer("mallory"))
+    assert resp.status_code == 200 and resp.json()["jobs"] == []
+    # nor page into them with alice's cursor
+    for _ in range(3):
+        alice_job(api)
+    page = api.get("/api/jobs?limit=1", headers=bearer("alice")).json()
+    assert page["next_cursor"]
+    assert_error(api.get(f"/api/jobs?limit=1&cursor={page['next_cursor']}", headers=bearer("mallory")), 400)
+
+
+def test_mallory_cannot_cancel_alices_job(api: TestClient, deps: Deps) -> None:
+    job_id = alice_job(api)
+    assert_error(api.post(f"/api/jobs/{job_id}/cancel", headers=bearer("mallory")), 404)
+    job = deps.jobs.get(job_id)
+    assert job is not None and not job.cancel_requested and str(job.status) == "pending"
+
+
+def test_mallory_cannot_read_alices_conversation(api: TestClient, deps: Deps) -> None:
+    job_id = alice_job(api)
+    run_job(deps, job_id)
+    conv = api.get(f"/api/jobs/{job_id}", headers=bearer("alice")).json()["conversation_id"]
+    assert len(api.get(f"/api/conversations/{conv}", headers=bearer("alice")).json()["messages"]) == 2
+    assert api.get(f"/api/conversations/{conv}", headers=bearer("mallory")).json()["messages"] == []
+
+
+# ---- tokens --------------------------------------------------------------------------------
+
+
+def claims(**over: object) -> dict[str, object]:
+    now = int(time.time())
+    base: dict[str, object] = {"sub": "alice", "iss": SETTINGS.jwt_issuer, "aud": SETTINGS.jwt_audience,
+                               "iat": now, "exp": now + 600, "typ": "api"}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_forged_token_with_the_wrong_secret_is_refused(api: TestClient) -> None:
+    forged = jwt.encode(claims(), "not-the-secret-at-all-but-long-enough", algorithm="HS256")
+    assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {forged}"}), 401)
+
+
+def test_expired_token_is_refused(api: TestClient) -> None:
+    expired = jwt.encode(claims(exp=int(time.time()) - 10), SETTINGS.jwt_secret, algorithm="HS256")
+    resp = api.get("/api/jobs", headers={"Authorization": f"Bearer {expired}"})
+    assert_error(resp, 401)
+    assert resp.json()["error"]["code"] == "token_expired"
+
+
+def test_alg_none_token_is_refused(api: TestClient) -> None:
+    unsigned = jwt.encode(claims(), key=None, algorithm="none")  # type: ignore[arg-type]
+    assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {unsigned}"}), 401)
+    # and with the signature of a valid token glued on
+    valid_sig = issue_local_token(SETTINGS, "alice").split(".")[2]
+    assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {unsigned}{valid_sig}"}), 401)
+
+
+def test_wrong_audience_issuer_or_type_is_refused(api: TestClient) -> None:
+    for bad in (claims(aud="someone-else"), claims(aud=None), claims(iss="evil"), claims(exp=None),
+                claims(typ="stream"), claims(sub="../../etc")):
+        token = jwt.encode(bad, SETTINGS.jwt_secret, algorithm="HS256")
+        assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+def test_a_stream_token_is_not_an_api_token(api: TestClient) -> None:
+    job_id = alice_job(api)
+    token = issue_stream_token(SETTINGS, "alice", job_id)
+    assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+def test_missing_or_malformed_authorization_is_refused(api: TestClient) -> None:
+    for header in (None, "Basic YWxpY2U6cHc=", "Bearer", "Bearer    ", "bearer x.y.z"):
+        headers = {"Authorization": header} if header is not None else {}
+        assert_error(api.get("/api/jobs", headers=headers), 401)
+
+
+def test_stream_token_replayed_for_another_job_is_refused(api: TestClient, stream: TestClient) -> None:
+    first, second = alice_job(api), alice_job(api, "pie")
+    token = issue_stream_token(SETTINGS, "alice", first)
+    assert stream.get(f"/api/jobs/{first}/events?token={token}").status_code == 200
+    assert_error(stream.get(f"/api/jobs/{second}/stream?token={token}"), 401)
+    assert_error(stream.get(f"/api/jobs/{second}/events?token={token}"), 401)
+
+
+def test_stream_token_replayed_for_another_user_is_refused(api: TestClient, stream: TestClient) -> None:
+    job_id = alice_job(api)
+    mallory_job = api.post("/api/chat", json={"message": "x"}, headers=bearer("mallory")).json()["job_id"]
+    token = issue_stream_token(SETTINGS, "alice", job_id)
+    assert_error(stream.get(f"/api/jobs/{mallory_job}/stream?token={token}"), 401)
+    # a token whose job claim is edited (signature no longer matches)
+    header, _payload, sig = token.split(".")
+    edited = jwt.encode({**jwt.decode(token, options={"verify_signature": False}), "job": mallory_job},
+                        "guess", algorithm="HS256").split(".")[1]
+    assert_error(stream.get(f"/api/jobs/{mallory_job}/stream?token={header}.{edited}.{sig}"), 401)
+
+
+def test_stream_token_signed_with_the_api_secret_is_refused(api: TestClient, stream: TestClient) -> None:
+    job_id = alice_job(api)
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "job": job_id, "typ": "stream", "iat": now, "exp": now + 60},
+                       SETTINGS.jwt_secret, algorithm="HS256")
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream?token={token}"), 401)
+
+
+def test_expired_stream_token_is_refused(api: TestClient, stream: TestClient) -> None:
+    job_id = alice_job(api)
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "job": job_id, "typ": "stream", "iat": now - 100, "exp": now - 1},
+                       SETTINGS.stream_token_secret, algorithm="HS256")
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream?token={token}"), 401)
+
+
+# ---- oversized input ----------------------------------------------------------------------
+
+
+def test_oversized_body_is_a_413(api: TestClient) -> None:
+    big = "x" * (SETTINGS.max_body_bytes + 1)
+    assert_error(api.post("/api/chat", content=f'{{"message": "{big}"}}', headers=bearer("alice")), 413)
+
+
+def test_overlong_message_is_a_400(api: TestClient) -> None:
+    assert_error(api.post("/api/chat", json={"message": "x" * 8001}, headers=bearer("alice")), 400)
+
+
+def test_oversized_headers_are_refused(api: TestClient, stream: TestClient) -> None:
+    huge = "Bearer " + "a" * 20_000
+    assert_error(api.get("/api/jobs", headers={"Authorization": huge}), 401)
+    assert_error(api.post("/api/chat", json={"message": "x"},
+                          headers={**bearer("alice"), "Idempotency-Key": "k" * 500}), 400)
+    job_id = alice_job(api)
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream", headers={**bearer("alice"),
+                                                                   "Last-Event-ID": "9" * 100}), 400)
+    assert_error(stream.get(f"/api/jobs/{job_id}/stream?token={'a' * 10_000}"), 401)
+
+
+def test_malformed_ids_and_cursors_are_400s(api: TestClient) -> None:
+    for path in ("/api/jobs/not-a-job", f"/api/jobs/{'A' * 32}", "/api/jobs/%00"):
+        assert_error(api.get(path, headers=bearer("alice")), 400)
+    assert_error(api.get("/api/jobs?cursor=garbage", headers=bearer("alice")), 400)
+
+
+# ---- idempotency keys ----------------------------------------------------------------------
+
+
+def test_idempotency_keys_never_collide_across_users(api: TestClient) -> None:
+    key = {"Idempotency-Key": "order-1"}
+    a = api.post("/api/chat", json={"message": "soup"}, headers={**bearer("alice"), **key})
+    m = api.post("/api/chat", json={"message": "soup"}, headers={**bearer("mallory"), **key})
+    m2 = api.post("/api/chat", json={"message": "other"}, headers={**bearer("mallory"), **key})
+    assert a.status_code == m.status_code == 202
+    assert a.json()["job_id"] != m.json()["job_id"], "the same key of another user is another job"
+    assert_error(m2, 409)  # mallory's own key, reused with another body
+    assert "soup" not in m2.text
+    again = api.post("/api/chat", json={"message": "soup"}, headers={**bearer("alice"), **key})
+    assert again.json()["job_id"] == a.json()["job_id"]
+
+
+# ---- logs ------------------------------------------------------------------------------------
+
+
+SECRET_MESSAGE = "my-bank-pin-is-4921 and my diary"
+
+
+def test_logs_never_hold_message_text_or_tokens(deps: Deps, caplog: pytest.LogCaptureFixture,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = issue_local_token(SETTINGS, "alice")
+    with TestClient(create_app(deps)) as api, \
+            TestClient(create_stream_app(deps, heartbeat_seconds=0.2)) as stream:
+        resp = api.post("/api/chat", json={"message": SECRET_MESSAGE + " [steps=2]"},
+                        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "diary-1"})
+        job_id = resp.json()["job_id"]
+        stream_token = resp.json()["links"]["stream"].split("token=")[1]
+        run_job(deps, job_id)
+        # also the failure paths: bad tokens, a 409, a foreign job
+        api.get("/api/jobs", headers={"Authorization": f"Bearer {token}x"})
+        api.post("/api/chat", json={"message": "other " + SECRET_MESSAGE},
+                 headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "diary-1"})
+        stream.get(f"/api/jobs/{job_id}/events?token={stream_token}")
+        with stream.stream("GET", f"/api/jobs/{job_id}/stream?token={stream_token}") as sse:
+            body = "".join(sse.iter_text())
+        auth = {"Authorization": f"Bearer {token}"}
+        conv = api.get(f"/api/jobs/{job_id}", headers=auth).json()["conversation_id"]
+        assert SECRET_MESSAGE.split()[0] in api.get(f"/api/conversations/{conv}", headers=auth).text
+        assert "complete" in body
+    out, err = capfd.readouterr()
+    # The test's own HTTP client logs the URLs it fetches; that is the caller's log, not ours. (Servers
+    # run without access logs: devstack and the stream image pass access_log=False / --no-access-log.)
+    ours = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    logged = "\n".join([r.getMessage() + " " + repr(r.__dict__) for r in ours]) + out + err
+    assert any(r.name.startswith("alfred") for r in ours), "the run logged something (the check is not vacuous)"
+    for secret in ("my-bank-pin-is-4921", "diary", token, stream_token, token.split(".")[2]):
+        assert secret not in logged, f"a log line holds {secret[:12]}..."
+
+
+# ---- CORS ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [create_app, create_stream_app])
+def test_cors_only_for_configured_origins(deps: Deps, factory: object) -> None:
+    assert callable(factory)
+    app: FastAPI = factory(deps)
+    with TestClient(app) as client:
+        ok = client.options("/api/jobs", headers={"Origin": "https://app.example",
+                                                  "Access-Control-Request-Method": "GET",
+                                                  "Access-Control-Request-Headers": "authorization"})
+        assert ok.headers.get("access-control-allow-origin") == "https://app.example"
+        bad = client.options("/api/jobs", headers={"Origin": "https://evil.example",
+                                                   "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in bad.headers
+        assert bad.status_code >= 400
+        simple = client.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in simple.headers
+        assert client.get("/healthz", headers={"Origin": "https://app.example"}).headers[
+            "access-control-allow-origin"] == "https://app.example"
+
+
+def test_no_cors_at_all_by_default() -> None:
+    with TestClient(create_app(memory_deps(Settings()))) as client:
+        resp = client.get("/healthz", headers={"Origin": "https://app.example"})
+        assert "access-control-allow-origin" not in resp.headers
