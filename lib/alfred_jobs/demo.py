@@ -11,6 +11,7 @@ demo must exit non-zero. A demo whose checks cannot fail would prove nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -25,6 +26,7 @@ from .devstack import ENDPOINT_VARS, Shutdown, create_dev_app, dev_stack, gracef
 from .emulator import free_port, wait_http
 from .journal import Journal
 from .models import Event, EventType
+from .observability import LOGGER_NAME
 from .settings import Settings
 
 MESSAGE = "Find me recipes with chicken, rice and spinach [steps=5]"
@@ -95,6 +97,7 @@ def run_demo(out: Callable[[str], None] = print) -> int:
     env.update(DEMO_ENV)
     env["ALFRED_DEMO_STEP_SECONDS"] = str(step)
     env.setdefault("ALFRED_LOG_LEVEL", "WARNING")  # the narrative is the output, not the logs
+    logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)  # the in-process API's logger too
     saved = dict(os.environ)
     n = Narrator(out)
     out(f"alfred-jobs demo: the phone-lock story (steps of {step:g}s, a worker lease of "
