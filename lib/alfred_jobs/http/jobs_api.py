@@ -36,7 +36,13 @@ def healthz() -> dict[str, bool]:
     return {"ok": True}
 
 
-@router.post("/api/chat", status_code=202, responses=ERRORS)
+# The handler reads the raw body (to enforce the size limit before parsing), so FastAPI cannot see
+# it: declare it, so that clients and fuzzers (tests/fuzz) know the body.
+CHAT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": ChatRequest.model_json_schema()}}}}
+
+
+@router.post("/api/chat", status_code=202, responses=ERRORS, openapi_extra=CHAT_BODY)
 async def submit_chat(request: Request, user: CurrentUser, svc: Service,
                       idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
                       ) -> JSONResponse:
