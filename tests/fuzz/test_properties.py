@@ -1,0 +1,185 @@
+"""Property tests (hypothesis): cursors, job ids, tokens and pagination."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import string
+import time
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alfred_jobs.adapters.memory import MemoryJobStore, memory_deps
+from alfred_jobs.auth import USER_RE, issue_local_token, issue_stream_token, verify_local_token, verify_stream_token
+from alfred_jobs.exceptions import InvalidInput, Unauthorized
+from alfred_jobs.models import Job
+from alfred_jobs.service.cursor import decode_cursor, encode_cursor
+from alfred_jobs.service.jobs import JobService, validate_job_id
+from alfred_jobs.settings import Settings
+
+SETTINGS = Settings()
+users = st.from_regex(USER_RE, fullmatch=True)
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=40))
+keys = st.dictionaries(st.text(min_size=1, max_size=20), json_scalars, max_size=5)
+
+
+# ---- cursors ---------------------------------------------------------------------------------
+
+
+@given(users, keys)
+def test_cursor_round_trips_for_its_user(user: str, key: dict[str, object]) -> None:
+    cursor = encode_cursor("s3cret", user, key)
+    assert decode_cursor("s3cret", user, cursor) == key
+    assert set(cursor) <= set(string.ascii_letters + string.digits + "-_"), "URL-safe"
+
+
+@given(users, users, keys)
+def test_cursor_of_another_user_or_secret_is_refused(user: str, other: str, key: dict[str, object]) -> None:
+    cursor = encode_cursor("s3cret", user, key)
+    if other != user:
+        with pytest.raises(InvalidInput):
+            decode_cursor("s3cret", other, cursor)
+    with pytest.raises(InvalidInput):
+        decode_cursor("other-secret", user, cursor)
+
+
+@given(users, keys, st.data())
+def test_any_edit_of_a_cursor_is_refused(user: str, key: dict[str, object], data: st.DataObject) -> None:
+    cursor = encode_cursor("s3cret", user, key)
+    pos = data.draw(st.integers(0, len(cursor) - 1))
+    char = data.draw(st.sampled_from(string.ascii_letters + string.digits + "-_").filter(lambda c: c != cursor[pos]))
+    edited = cursor[:pos] + char + cursor[pos + 1:]
+    try:
+        assert decode_cursor("s3cret", user, edited) == key  # only a no-op edit of padding bits may pass
+    except InvalidInput:
+        pass
+
+
+@given(st.text(max_size=2000))
+def test_garbage_cursors_are_invalid_input_never_a_crash(garbage: str) -> None:
+    try:
+        decode_cursor("s3cret", "alice", garbage)
+    except InvalidInput:
+        pass
+
+
+# ---- job ids -------------------------------------------------------------------------------
+
+
+@given(st.text(max_size=64))
+def test_only_32_lowercase_hex_are_job_ids(text: str) -> None:
+    ok = len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+    try:
+        assert validate_job_id(text) == text and ok
+    except InvalidInput:
+        assert not ok
+
+
+@given(st.uuids())
+def test_generated_job_ids_validate(u: object) -> None:
+    assert validate_job_id(getattr(u, "hex")) == getattr(u, "hex")  # noqa: B009
+
+
+def sign(claims: dict[str, object], secret: str) -> str:
+    """An HS256 JWT with any claims at all (PyJWT's encoder refuses some, e.g. a non-string iss)."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    return head + "." + b64(hmac.new(secret.encode(), head.encode(), hashlib.sha256).digest())
+
+
+# ---- tokens ---------------------------------------------------------------------------------
+
+
+@given(users)
+@settings(max_examples=50)
+def test_local_tokens_round_trip(user: str) -> None:
+    assert verify_local_token(SETTINGS, issue_local_token(SETTINGS, user)) == user
+
+
+@given(st.text(max_size=500))
+def test_garbage_tokens_are_unauthorized_never_a_crash(garbage: str) -> None:
+    with pytest.raises(Unauthorized):
+        verify_local_token(SETTINGS, garbage)
+    with pytest.raises(Unauthorized):
+        verify_stream_token(SETTINGS, garbage, "a" * 32)
+
+
+@given(st.dictionaries(st.sampled_from(["sub", "iss", "aud", "exp", "typ", "iat", "job"]),
+                       st.one_of(st.text(max_size=20), st.integers(0, 2**40), st.none(),
+                                 st.lists(st.text(max_size=5), max_size=2)), max_size=7))
+def test_arbitrary_claims_signed_with_the_key_never_crash(claims: dict[str, object]) -> None:
+    token = sign(claims, SETTINGS.jwt_secret)
+    try:
+        user = verify_local_token(SETTINGS, token)
+    except Unauthorized:
+        return
+    assert claims.get("typ") == "api" and claims.get("sub") == user
+    assert claims.get("aud") == SETTINGS.jwt_audience and claims.get("iss") == SETTINGS.jwt_issuer
+    assert isinstance(claims.get("exp"), int) and claims["exp"] > time.time()  # type: ignore[operator]
+
+
+@given(users, st.uuids(), st.uuids())
+@settings(max_examples=50)
+def test_stream_tokens_are_bound_to_their_job(user: str, a: object, b: object) -> None:
+    ja, jb = getattr(a, "hex"), getattr(b, "hex")  # noqa: B009
+    token = issue_stream_token(SETTINGS, user, ja)
+    assert verify_stream_token(SETTINGS, token, ja) == user
+    if ja != jb:
+        with pytest.raises(Unauthorized):
+            verify_stream_token(SETTINGS, token, jb)
+    with pytest.raises(Unauthorized):
+        verify_local_token(SETTINGS, token)
+
+
+# ---- pagination ------------------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["alice", "bob"])), min_size=0, max_size=40),
+       st.integers(1, 7), st.sampled_from([None, "pending", "active", "complete"]))
+@settings(max_examples=60, deadline=None)
+def test_pages_cover_each_job_once_newest_first(specs: list[tuple[int, str]], limit: int,
+                                                status: str | None) -> None:
+    deps = memory_deps(SETTINGS)
+    svc = JobService(deps)
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    base = time.time()
+    mine: list[Job] = []
+    for n, (tick, user) in enumerate(specs):  # several jobs may share a creation time (tick)
+        job = Job(job_id=f"{n:032x}", user_id=user, message="m", conversation_id="c",
+                  created_at=base + tick, expires_at=int(base + 3600))
+        store.create(job)
+        if user == "alice":
+            mine.append(job)
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(len(specs) + 2):
+        page, cursor = svc.list_jobs("alice", status, limit, cursor)
+        assert len(page) <= limit
+        seen += [j.job_id for j in page]
+        if cursor is None:
+            break
+    expect = [j for j in mine if status in (None, "pending", "active")]
+    assert sorted(seen) == sorted(j.job_id for j in expect), "every job exactly once"
+    assert len(seen) == len(set(seen))
+    created = {j.job_id: j.created_at for j in mine}
+    assert [created[i] for i in seen] == sorted((created[i] for i in seen), reverse=True), "newest first"
+
+
+def test_a_cursor_cannot_move_to_another_users_listing() -> None:
+    deps = replace(memory_deps(SETTINGS))
+    svc = JobService(deps)
+    for n in range(3):
+        deps.jobs.create(Job(job_id=f"{n:032x}", user_id="alice", message="m", conversation_id="c",
+                             created_at=time.time() + n, expires_at=int(time.time() + 60)))
+    _, cursor = svc.list_jobs("alice", None, 1, None)
+    assert cursor is not None
+    with pytest.raises(InvalidInput):
+        svc.list_jobs("bob", None, 1, cursor)
