@@ -196,10 +196,11 @@ def aws_client(service: str, dev: DevProcess) -> Any:
     """A boto3 client on the endpoint the dev stack uses (its own moto, or the configured one)."""
     env = dev.env
     url = env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL") or dev.emulator
-    return boto3.client(service, endpoint_url=url, region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
-                        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]),
-                        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY",
-                                                      LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]))
+    make: Any = boto3.client  # the stubs' overloads want a literal service name
+    return make(service, endpoint_url=url, region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]),
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY",
+                                              LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]))
 
 
 def test_resources_created_locally_match_the_template() -> None:
