@@ -178,6 +178,16 @@ def test_dev_stops_on_sigterm_too() -> None:
     assert not [p for p in kids if alive(p)]
 
 
+def test_children_die_with_dev_even_when_it_is_sigkilled() -> None:
+    # GIVEN a dev stack WHEN its process is SIGKILLed (no finally block runs)
+    with start_dev(workers=1) as dev:
+        kids = descendants(dev.proc.pid)
+        dev.proc.kill()
+        dev.proc.wait()
+        # THEN its children still go (the parent-death signal), instead of polling a queue forever
+        wait_until(lambda: not [p for p in kids if alive(p)], timeout=15, what="dev's children to exit")
+
+
 def test_dev_uses_configured_endpoints_instead_of_starting_moto(emulator: dict[str, str]) -> None:
     # GIVEN endpoint variables (the session's moto server; with an external target, LocalStack/mixed)
     with start_dev(workers=1, base=emulator) as dev:
