@@ -1,0 +1,238 @@
+"""Chaos under load, with real processes on a local stack (moto server, worker and sweeper processes).
+
+Jobs are submitted concurrently by several users through the job API; meanwhile workers are
+SIGKILLed and restarted at random, one worker is SIGSTOPped past its lease and then resumed,
+duplicate deliveries are injected, the queue is purged once, and SSE watchers drop and resume
+(Last-Event-ID) at random. At the end: every job terminal with one terminal event and a
+contiguous log, every watcher's sequence equal to the stored log, side effects once per completed
+step, nothing pending or running, and the DLQ holding exactly the planted poison jobs.
+
+The short run is part of the normal suite (30 jobs, 10 watchers). The long run::
+
+    ALFRED_CHAOS_JOBS=200 ALFRED_CHAOS_WATCHERS=50 .venv/bin/pytest tests/chaos -m chaos_long
+
+``ALFRED_CHAOS_SEED`` replays the same chaos schedule (which worker dies when, which jobs are
+duplicated, which watcher drops after how many frames); it is printed and in every assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from alfred_jobs.auth import issue_local_token
+from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.http.stream_api import create_stream_app
+from alfred_jobs.models import ACTIVE_STATUSES, Event
+from tests.chaos.support import (
+    WatchRecord,
+    assert_conversation_once,
+    assert_effects_once_per_completed_step,
+    assert_watcher_saw_the_log,
+    serve,
+    sse_session,
+    terminal_log,
+)
+from tests.integration.helpers import assert_contiguous_single_terminal
+from tests.support.stack import Stack, make_stack, wait_until
+
+USERS = ["alice", "bob", "carol", "dave"]
+ENV = {"ALFRED_MAX_ATTEMPTS": "5", "ALFRED_RETRY_MAX_SECONDS": "2", "ALFRED_DEMO_STEP_SECONDS": "0.2"}
+
+
+@dataclass
+class Chaos:
+    """The chaos driver: owns the worker processes and a seeded schedule of disruptions."""
+
+    stack: Stack
+    rng: random.Random
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    stopped: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        self.workers.append(self.stack.start_worker(concurrency=2, **ENV))
+
+    def kill_one(self) -> None:
+        live = [w for w in self.workers if w.poll() is None and w is not self.stopped]
+        if len(live) < 2:
+            return
+        victim = self.rng.choice(live)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        self.workers.remove(victim)
+        self.log.append(f"SIGKILL worker {victim.pid}")
+        self.start_worker()
+
+    def pause_one_past_its_lease(self, lease: float) -> threading.Thread:
+        live = [w for w in self.workers if w.poll() is None]
+        victim = self.rng.choice(live)
+        self.stopped = victim
+        os.killpg(victim.pid, signal.SIGSTOP)
+        self.log.append(f"SIGSTOP worker {victim.pid}")
+        self.start_worker()  # capacity stays; the paused one's jobs are taken over after its lease
+        resumed = threading.Event()
+
+        def resume() -> None:
+            resumed.wait(lease * 2 + 1)  # past its lease: the sweeper and another worker take over
+            os.killpg(victim.pid, signal.SIGCONT)
+            self.log.append(f"SIGCONT worker {victim.pid}")
+            self.stopped = None
+
+        t = threading.Thread(target=resume, daemon=True)
+        t.start()
+        return t
+
+
+def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: float) -> None:
+    ctx = f"[chaos seed {seed}; replay with ALFRED_CHAOS_SEED={seed}]"
+    rng = random.Random(seed)
+    chaos = Chaos(stack, rng)
+    for _ in range(3):
+        chaos.start_worker()
+    stack.start_sweeper()
+    tokens = {u: {"Authorization": f"Bearer {issue_local_token(stack.settings, u)}"} for u in USERS}
+    poison_every = 10
+    messages = []
+    for i in range(n_jobs):
+        if i % poison_every == 3:
+            messages.append(f"poison {i} [fail] [steps=2]")
+        else:
+            extra = " [flaky=2]" if i % 7 == 5 else ""
+            messages.append(f"meal {i} [steps={2 + i % 3}]{extra}")
+
+    with serve(create_app(stack.deps)) as api, serve(create_stream_app(stack.deps, heartbeat_seconds=1)) as sse:
+        t0 = time.monotonic()
+        # ---- submit concurrently, several users, idempotent keys (one retried on purpose) ----
+        def post(i: int) -> tuple[str, str, str, str, str]:
+            user = USERS[i % len(USERS)]
+            with httpx.Client(base_url=api, timeout=10) as c:
+                body = {"message": messages[i]}
+                r = c.post("/api/chat", json=body, headers={**tokens[user], "Idempotency-Key": f"chaos-{i}"})
+                assert r.status_code == 202, r.text
+                if i % 5 == 0:  # a client retry of the same submit: the same job
+                    again = c.post("/api/chat", json=body, headers={**tokens[user], "Idempotency-Key": f"chaos-{i}"})
+                    assert again.json()["job_id"] == r.json()["job_id"]
+                job = r.json()
+                return job["job_id"], user, job["conversation_id"], messages[i], job["links"]["stream"]
+
+        with ThreadPoolExecutor(8) as pool:
+            submitted = list(pool.map(post, range(n_jobs)))
+        jobs = {s[0]: s for s in submitted}
+        assert len(jobs) == n_jobs, ctx
+        poison = {jid for jid, s in jobs.items() if "[fail]" in s[3]}
+
+        # ---- watchers: SSE, dropping after a random number of frames, resuming by Last-Event-ID ----
+        watched = rng.sample(sorted(jobs), min(n_watchers, n_jobs))
+        records = [WatchRecord(jid) for jid in watched]
+        cuts = {jid: random.Random(f"{seed}:{jid}") for jid in watched}
+
+        def watch(rec: WatchRecord) -> None:
+            link = jobs[rec.job_id][4]
+            url, token = link.split("?token=")
+            deadline = time.monotonic() + budget
+            with httpx.Client(base_url=sse, timeout=httpx.Timeout(10, read=5)) as client:
+                while not rec.done and time.monotonic() < deadline:
+                    cut = cuts[rec.job_id].choice([1, 2, 3, 5, None])
+                    try:
+                        if sse_session(client, url, rec, cut, token):
+                            return
+                    except httpx.TransportError as exc:
+                        rec.errors.append(type(exc).__name__)
+                    rec.reconnects += 1
+
+        watchers = [threading.Thread(target=watch, args=(r,), daemon=True) for r in records]
+        for w in watchers:
+            w.start()
+
+        # ---- the chaos schedule, until every job has ended ----
+        lease = stack.settings.lease_seconds
+        purged = paused = False
+        resumer: threading.Thread | None = None
+        deadline = time.monotonic() + budget
+
+        def all_ended() -> bool:
+            return all(terminal_log(stack, j) is not None for j in jobs)
+
+        while time.monotonic() < deadline:
+            elapsed = time.monotonic() - t0
+            if not purged and elapsed > 1:
+                stack.clients.sqs.purge_queue(QueueUrl=stack.clients.queue_url)
+                chaos.log.append("purged the queue")
+                purged = True
+            elif not paused and elapsed > 2:
+                resumer = chaos.pause_one_past_its_lease(lease)
+                paused = True
+            else:
+                action = rng.random()
+                if action < 0.4:
+                    chaos.kill_one()
+                else:  # duplicate deliveries of a few jobs, racing the original
+                    for jid in rng.sample(sorted(jobs), min(3, n_jobs)):
+                        stack.deps.queue.send(jid)
+                    chaos.log.append("duplicates")
+            time.sleep(rng.uniform(0.3, 1.0))  # the pace of the chaos itself, not a synchronisation
+            active = [j for j in jobs if terminal_log(stack, j) is None]
+            if not active:
+                break
+        if resumer is not None:
+            resumer.join(lease * 2 + 5)
+        wait_until(all_ended, timeout=max(5.0, deadline - time.monotonic()) + 30,
+                   what=f"every job to end {ctx}; chaos: {chaos.log}")
+        for w in watchers:
+            w.join(30)
+        elapsed = time.monotonic() - t0
+
+    # ---- the verdict ----
+    logs: dict[str, list[Event]] = {j: terminal_log(stack, j) or [] for j in jobs}
+    for job_id, (_, user, conv, message, _) in jobs.items():
+        events = logs[job_id]
+        where = f"job {job_id} ({message}) {ctx}"
+        assert_contiguous_single_terminal(events)
+        record = wait_until(lambda j=job_id: (r := stack.deps.jobs.get(j)) is not None and r.terminal and r,
+                            timeout=20, what=f"terminal projection of {where}")
+        assert record.status not in ACTIVE_STATUSES
+        expected = "failed" if job_id in poison else "complete"
+        assert str(record.status) == expected, f"{where}: {record.error}; chaos: {chaos.log}"
+        assert_effects_once_per_completed_step(stack, job_id, events)
+        assert_conversation_once(stack, user, conv, job_id, events)
+    for rec in records:
+        assert rec.done, f"watcher of {rec.job_id} never saw the end {ctx}: {rec.errors[-3:]}"
+        assert_watcher_saw_the_log(rec, logs[rec.job_id])
+    parked: set[str] = set()
+
+    def all_parked() -> bool:
+        parked.update(m["MessageAttributes"]["job_id"]["StringValue"] for m in stack.dlq_messages())
+        return parked >= poison
+
+    wait_until(all_parked, timeout=20, what=f"the poison jobs in the DLQ {ctx}")
+    assert parked == poison, f"the DLQ holds non-poison jobs {parked - poison} {ctx}"
+    print(f"chaos seed {seed}: {n_jobs} jobs, {len(records)} watchers "
+          f"({sum(r.reconnects for r in records)} reconnects), {elapsed:.1f}s; {chaos.log}")
+
+
+@pytest.mark.chaos
+def test_chaos_short(emulator: dict[str, str]) -> None:
+    seed = int(os.environ.get("ALFRED_CHAOS_SEED", "11"))
+    with make_stack(emulator, **ENV) as stack:
+        run_chaos(stack, n_jobs=30, n_watchers=10, seed=seed, budget=60)
+
+
+@pytest.mark.chaos_long
+def test_chaos_long(emulator: dict[str, str], request: pytest.FixtureRequest) -> None:
+    if "chaos_long" not in (request.config.option.markexpr or ""):
+        pytest.skip("the long chaos run: -m chaos_long (see the module docstring)")
+    seed = int(os.environ.get("ALFRED_CHAOS_SEED", "11"))
+    n_jobs = int(os.environ.get("ALFRED_CHAOS_JOBS", "200"))
+    n_watchers = int(os.environ.get("ALFRED_CHAOS_WATCHERS", "50"))
+    with make_stack(emulator, **ENV) as stack:
+        run_chaos(stack, n_jobs=n_jobs, n_watchers=n_watchers, seed=seed, budget=240)
