@@ -57,9 +57,8 @@ class QueuePoller:
     def run_forever(self) -> None:
         from .worker import handler  # the very handler the Lambda runs
 
-        queue_arn = self.clients.sqs.get_queue_attributes(
-            QueueUrl=self.clients.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        while not self.stopping.is_set():
+        queue_arn = self._queue_arn()
+        while queue_arn is not None and not self.stopping.is_set():
             try:
                 with mapped_errors():
                     out = self.clients.sqs.receive_message(
@@ -87,6 +86,21 @@ class QueuePoller:
                         self.clients.sqs.delete_message_batch(QueueUrl=self.clients.queue_url, Entries=done)
                 except StoreError as exc:
                     log.warning("delete failed; messages will be redelivered", extra={"error": str(exc)})
+
+
+    def _queue_arn(self) -> str | None:
+        """The queue's ARN, retried through transient errors (a poller that died here would leave a
+        live worker process that never polls); None once stopping."""
+        while not self.stopping.is_set():
+            try:
+                with mapped_errors():
+                    attrs = self.clients.sqs.get_queue_attributes(QueueUrl=self.clients.queue_url,
+                                                                  AttributeNames=["QueueArn"])
+                return str(attrs["Attributes"]["QueueArn"])
+            except StoreError as exc:
+                log.warning("cannot read the queue yet", extra={"error": str(exc)})
+                self.stopping.wait(0.5)
+        return None
 
 
 def run_worker_threads(settings: Settings, concurrency: int = 1) -> None:
