@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -186,6 +187,34 @@ def test_a_failed_job_is_parked_even_when_the_first_park_is_lost() -> None:
     assert record is not None and record.status is JobStatus.FAILED
     assert runner.run(Delivery(job_id)).reason == "already finished"
     assert deps.queue.dead == [(job_id, "recipe_refused")], "parked once"
+
+
+def test_a_poller_survives_a_storage_blip_at_start(stack: Stack) -> None:
+    """Regression: local_worker.QueuePoller.run_forever read the queue ARN unguarded, so one
+    throttled GetQueueAttributes killed the poller thread and left a live worker that never polled."""
+    from alfred_jobs.local_worker import QueuePoller
+
+    poller = QueuePoller(stack.settings, wait_seconds=0)
+    failures = {"GetQueueAttributes": 2}
+    receives = threading.Event()
+
+    def before(model: Any, **_: Any) -> None:
+        if failures.get(model.name, 0) > 0:
+            failures[model.name] -= 1
+            raise ClientError({"Error": {"Code": "RequestThrottled"},  # type: ignore[typeddict-item]
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, model.name)
+        if model.name == "ReceiveMessage":
+            receives.set()
+
+    poller.clients.sqs.meta.events.register("before-call.sqs", before)
+    thread = threading.Thread(target=poller.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert receives.wait(10), "the poller never got to polling"
+        assert thread.is_alive() and failures["GetQueueAttributes"] == 0
+    finally:
+        poller.stopping.set()
+        thread.join(10)
 
 
 # ---- convergence of a batch --------------------------------------------------------------------
