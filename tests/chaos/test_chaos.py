@@ -159,6 +159,7 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
         purged = paused = False
         resumer: threading.Thread | None = None
         deadline = time.monotonic() + budget
+        remaining = set(jobs)
 
         def all_ended() -> bool:
             return all(terminal_log(stack, j) is not None for j in jobs)
@@ -181,8 +182,9 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
                         stack.deps.queue.send(jid)
                     chaos.log.append("duplicates")
             time.sleep(rng.uniform(0.3, 1.0))  # the pace of the chaos itself, not a synchronisation
-            active = [j for j in jobs if terminal_log(stack, j) is None]
-            if not active:
+            # One GetItem per job still running (the record turns terminal right after the log does).
+            remaining = {j for j in remaining if not ((r := stack.deps.jobs.get(j)) and r.terminal)}
+            if not remaining:
                 break
         if resumer is not None:
             resumer.join(lease * 2 + 5)
