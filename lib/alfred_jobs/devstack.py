@@ -109,9 +109,9 @@ def external_endpoints(env: Mapping[str, str]) -> dict[str, str]:
     return {k: env[k] for k in ENDPOINT_VARS if env.get(k)}
 
 
-def web_dir() -> Path:
+def web_dir(settings: Settings) -> Path:
     """The static web client: ``ALFRED_WEB_DIR``, else ``web/`` at the repository root."""
-    configured = os.environ.get("ALFRED_WEB_DIR")
+    configured = settings.web_dir
     return Path(configured) if configured else Path(__file__).resolve().parents[2] / "web"
 
 
@@ -126,8 +126,7 @@ def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
     ``GET /api/dev/token`` exists only here, never in the Lambda apps: it hands a local token to
     anyone who asks, which is the point on a laptop and a hole anywhere else.
     """
-    app = create_app(deps)
-    app.include_router(stream_router)
+    app = create_app(deps, routers_first=[stream_router])
     settings = deps.settings
 
     @app.get("/api/dev/token", tags=["dev"])
@@ -138,7 +137,7 @@ def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
                                code="invalid_user")
         return {"token": issue_local_token(settings, user), "user": user}
 
-    static = static_dir or web_dir()
+    static = static_dir or web_dir(settings)
     if (static / "index.html").is_file():
         app.mount("/", StaticFiles(directory=static, html=True), name="web")
     else:

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     faults: str | None = None
 
     log_level: str = "INFO"
+    web_dir: str | None = None  # the static web client served by `alfred-jobs dev` (default: web/)
 
     # --- client (CLI) -------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
@@ -106,8 +107,12 @@ def conversation(conversation_id: str, user: CurrentUser, svc: Service) -> dict[
     return {"conversation_id": conversation_id, "messages": svc.conversation(user, conversation_id)}
 
 
-def create_app(deps: Deps | None = None) -> FastAPI:
-    """The job API app. ``deps`` defaults to DynamoDB/SQS from the environment."""
+def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()) -> FastAPI:
+    """The job API app. ``deps`` defaults to DynamoDB/SQS from the environment.
+
+    ``routers_first`` take precedence over the job API's own routes (the dev server puts the stream
+    function's async long-poll in front of the Lambda's blocking one).
+    """
     deps = deps or aws_deps(get_settings())
     app = FastAPI(title="alfred-jobs", version="0.1.0",
                   description="Durable background jobs for the Alfred agent")
@@ -115,5 +120,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     app.state.service = JobService(deps)
     install_error_handlers(app)
     add_cors(app, deps.settings)
+    for first in routers_first:
+        app.include_router(first)
     app.include_router(router)
     return app
