@@ -19,10 +19,8 @@ asks for redelivery after the backoff; the last allowed attempt, or a terminal e
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -31,6 +29,7 @@ from .agent import Agent, AgentContext, Plan, PlanStep
 from .deps import Deps
 from .exceptions import AgentError, ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
 from .journal import Journal, SlotTaken
+from .lease import LeaseKeeper
 from .models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
 from .observability import bind_job, clear_job, count, get_logger
 
@@ -67,83 +66,6 @@ class _Stop(Exception):
     def __init__(self, result: RunResult) -> None:
         super().__init__(result.reason)
         self.result = result
-
-
-class LeaseKeeper:
-    """Renews the lease every third of its length and polls for cancel, on a background thread.
-
-    Why a thread and not a renewal per checkpoint: a checkpoint then costs exactly one PutItem,
-    and a step that runs for longer than the lease still keeps its lease.
-    """
-
-    def __init__(self, deps: Deps, job_id: str, owner: str, lease_expires: float,
-                 receipt_handle: str | None, state: Callable[[], tuple[int, JobStatus, Progress]],
-                 cancel_requested: bool) -> None:
-        self.deps = deps
-        self.job_id = job_id
-        self.owner = owner
-        self.expires = lease_expires
-        self.receipt = receipt_handle
-        self.state = state
-        self.cancel_requested = cancel_requested
-        self.fenced = False
-        self._stop = threading.Event()
-        self._last_renew = time.monotonic()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
-
-    @property
-    def lost(self) -> bool:
-        """True once the lease is gone or past its expiry by our own clock (paused, partitioned)."""
-        return self.fenced or now_ts() >= self.expires
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        s = self.deps.settings
-        renew_every = s.lease_seconds / 3
-        while not self._stop.wait(min(s.cancel_poll_seconds, renew_every)):
-            try:
-                if time.monotonic() - self._last_renew >= renew_every:
-                    self._renew()
-                else:
-                    job = self.deps.jobs.get(self.job_id)
-                    if job is None or job.terminal:
-                        self.cancel_requested = True  # gone or ended elsewhere: stop at the boundary
-                    elif job.cancel_requested:
-                        self.cancel_requested = True
-            except Fenced:
-                self.fenced = True
-                return
-            except StoreError as exc:
-                log.warning("lease keeper: store error", extra={"job_id": self.job_id, "error": str(exc)})
-
-    def _renew(self) -> None:
-        s = self.deps.settings
-        last_seq, status, progress = self.state()
-        if status.terminal:
-            return
-        now = now_ts()
-        if now >= self.expires:
-            # Our lease ran out while we were not looking (a long GC pause, SIGSTOP): another
-            # worker may own the job now. Renewing would be a lie; let the fence decide.
-            self.fenced = True
-            return
-        job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, last_seq, status,
-                                         progress)
-        self.expires = now + s.lease_seconds
-        self._last_renew = time.monotonic()
-        self.cancel_requested = self.cancel_requested or job.cancel_requested
-        if self.receipt:
-            try:
-                self.deps.queue.change_visibility(self.receipt, int(s.lease_seconds * 2) + 5)
-            except StoreError:
-                pass  # the lease, not the message, is what protects the job
 
 
 class JobRunner:
