@@ -1,0 +1,179 @@
+"""Counting AWS requests where they are made: botocore event handlers on every client.
+
+Two ways in:
+
+- ``RequestCounter.attach(client)`` registers the handlers on one client (the bench process's own
+  clients);
+- ``install_process_wide(counter)`` adds them to botocore's built-in handler list, so every
+  session, and so every client the process builds later (the worker's, the stream server's), gets
+  them. No module of the system is patched: this is botocore's own extension list.
+
+Per call the counter keeps the operation (``dynamodb.PutItem``), the table or queue it hit, and an
+estimate of DynamoDB capacity units (write units from the item size, read units from the keys
+read or the bytes returned), which is what the cost model prices. ``ReceiveMessage`` calls that
+returned nothing are counted apart (``sqs.ReceiveMessage(empty)``): they are the idle polling of
+an event source mapping, a fixed cost per queue, not a cost per job.
+
+Optionally it records a *trace*: the API parameters of every call, in order, so the floor
+throughput scenario can replay exactly the calls one job made, without our code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+WRITE_UNIT_BYTES = 1024
+READ_UNIT_BYTES = 4096
+EMPTY_RECEIVE = "sqs.ReceiveMessage(empty)"
+
+
+def attr_size(value: dict[str, Any]) -> int:
+    """Approximate stored size of one DynamoDB attribute value (AWS's item-size rules, roughly)."""
+    (kind, v), = value.items()
+    if kind in ("S", "B"):
+        return len(v.encode() if isinstance(v, str) else v)
+    if kind == "N":
+        return len(str(v).lstrip("-").replace(".", "")) // 2 + 1
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(len(k) + attr_size(x) for k, x in v.items())
+    if kind == "L":
+        return 3 + sum(1 + attr_size(x) for x in v)
+    if kind in ("SS", "NS", "BS"):
+        return sum(len(str(x)) for x in v)
+    return 1
+
+
+def item_size(item: dict[str, Any]) -> int:
+    return sum(len(k) + attr_size(v) for k, v in item.items())
+
+
+def write_units(item: dict[str, Any]) -> int:
+    return max(1, math.ceil(item_size(item) / WRITE_UNIT_BYTES))
+
+
+class RequestCounter:
+    """Counts API calls by operation and target, and the DynamoDB capacity units they consume."""
+
+    def __init__(self, trace: bool = False) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.by_target: Counter[str] = Counter()
+        self.wru: Counter[str] = Counter()  # write request units by operation
+        self.rru: Counter[str] = Counter()  # read request units by operation (strongly consistent)
+        self.tracing = trace
+        self.trace: list[dict[str, Any]] = []
+
+    # ---- botocore handlers ----------------------------------------------------------------
+
+    def _on_params(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["bench_params"] = copy.deepcopy(params)
+
+    def _on_after_call(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.endpoint_prefix
+        op = f"{service}.{model.name}"
+        params: dict[str, Any] = context.get("bench_params") or {}
+        if op == "sqs.ReceiveMessage" and not parsed.get("Messages"):
+            op = EMPTY_RECEIVE
+        target = str(params.get("TableName") or params.get("QueueUrl", "").rsplit("/", 1)[-1] or "")
+        wru, rru = _units(model.name, params, parsed) if service == "dynamodb" else (0, 0)
+        with self.lock:
+            self.calls[op] += 1
+            if target:
+                self.by_target[f"{op} {target}"] += 1
+            if wru:
+                self.wru[op] += wru
+            if rru:
+                self.rru[op] += rru
+            if self.tracing and op != EMPTY_RECEIVE:
+                self.trace.append({"service": service, "op": model.name, "params": params})
+
+    def handlers(self) -> list[tuple[str, Any]]:
+        return [("provide-client-params", self._on_params), ("after-call", self._on_after_call)]
+
+    def attach(self, client: Any) -> Any:
+        """Count the calls of one client; returns the client."""
+        for event, handler in self.handlers():
+            client.meta.events.register(event, handler)
+        return client
+
+    # ---- reading it -------------------------------------------------------------------------
+
+    def snapshot(self, reset: bool = False) -> dict[str, Any]:
+        """Everything counted so far, as plain JSON."""
+        with self.lock:
+            out = {"calls": dict(self.calls), "by_target": dict(self.by_target), "wru": dict(self.wru),
+                   "rru": dict(self.rru), "trace": list(self.trace)}
+            if reset:
+                self.reset_locked()
+        return out
+
+    def reset(self) -> None:
+        with self.lock:
+            self.reset_locked()
+
+    def reset_locked(self) -> None:
+        self.calls.clear()
+        self.by_target.clear()
+        self.wru.clear()
+        self.rru.clear()
+        self.trace.clear()
+
+
+def _units(op: str, params: dict[str, Any], parsed: dict[str, Any]) -> tuple[int, int]:
+    """(write units, read units) of one DynamoDB call, estimated from what it sent and got back.
+
+    UpdateItem and DeleteItem are charged on the stored item's size, which the request does not
+    carry; our job records are well under 1 KB, so they count as 1 unit (stated in the output).
+    """
+    if op == "PutItem":
+        return write_units(params.get("Item", {})), 0
+    if op in ("UpdateItem", "DeleteItem"):
+        return 1, 0
+    if op == "BatchWriteItem":
+        return sum(write_units(r["PutRequest"]["Item"]) if "PutRequest" in r else 1
+                   for reqs in params.get("RequestItems", {}).values() for r in reqs), 0
+    if op == "GetItem":
+        item = parsed.get("Item") or {}
+        return 0, max(1, math.ceil(item_size(item) / READ_UNIT_BYTES))
+    if op == "BatchGetItem":
+        # Every key asked for is a read, found or not.
+        return 0, sum(len(spec.get("Keys", [])) for spec in params.get("RequestItems", {}).values())
+    if op in ("Query", "Scan"):
+        size = sum(item_size(i) for i in parsed.get("Items", []))
+        return 0, max(1, math.ceil(size / READ_UNIT_BYTES))
+    return 0, 0
+
+
+def install_process_wide(counter: RequestCounter) -> None:
+    """Attach ``counter`` to every botocore session (and so every client) built from now on."""
+    from botocore import handlers
+
+    for event, handler in counter.handlers():
+        handlers.BUILTIN_HANDLERS.append((event, handler))
+
+
+def dump(counter: RequestCounter, path: str | os.PathLike[str], reset: bool = True) -> None:
+    """Write a snapshot atomically (the reader never sees half a file)."""
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(counter.snapshot(reset=reset)), encoding="utf-8")
+    tmp.replace(target)
+
+
+def merge(*snapshots: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Sum the calls / wru / rru / by_target of several snapshots."""
+    out: dict[str, dict[str, float]] = {"calls": {}, "wru": {}, "rru": {}, "by_target": {}}
+    for snap in snapshots:
+        for key in out:
+            for op, n in snap.get(key, {}).items():
+                out[key][op] = out[key].get(op, 0) + n
+    return out

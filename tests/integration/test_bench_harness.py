@@ -1,0 +1,65 @@
+"""The bench harness cannot rot: the scenarios run with tiny sizes and the JSON has every key.
+
+This is not the benchmark (no goal is checked here, the machine running tests is busy): it checks
+that every scenario runs end to end against a real emulator and yields a plausible figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alfred_jobs import bench
+from alfred_jobs.benchmarks import common
+
+pytestmark = pytest.mark.integration
+
+CONTRACT_KEYS = [
+    "submit_ratio", "checkpoint_ratio", "checkpoint_growth", "delivery_p50_ms", "delivery_p99_ms",
+    "reconnect_p50_ms", "watcher_read_ratio", "idle_sse_rss_mb", "overhead_ratio", "zero_step_job_ms",
+    "peer_celery_sqs", "jobs_per_s", "floor_jobs_per_s", "cost_per_million_jobs_usd",
+]
+
+
+def _positive(v: object) -> bool:
+    return isinstance(v, int | float) and not math.isnan(v) and v > 0
+
+
+@pytest.mark.timeout(180)
+def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the tiny sizes in place of --quick's
+    monkeypatch.setattr(common, "QUICK", common.TINY)
+    monkeypatch.setattr(bench, "QUICK", common.TINY)
+    out = tmp_path / "bench.json"
+
+    # WHEN the bench runs as the CLI runs it
+    code = bench.main(SimpleNamespace(quick=True, json=str(out)))
+
+    # THEN every scenario ran and the JSON has every key of the contract with a plausible value
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res.get("errors") is None, res.get("errors")
+    assert code == 0
+    for key in CONTRACT_KEYS:
+        assert key in res, key
+    for key in CONTRACT_KEYS:
+        if key in ("peer_celery_sqs", "cost_per_million_jobs_usd"):
+            continue
+        assert _positive(res[key]), (key, res[key])
+    assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
+    assert 0.5 < res["watcher_read_ratio"] < 50
+    assert res["overhead_ratio"] > 0.9
+    assert _positive(res["peer_celery_sqs"]["zero_step_job_ms"])
+    assert _positive(res["peer_celery_sqs"]["overhead_ratio"])
+    cost = res["cost_per_million_jobs_usd"]
+    assert _positive(cost["alfred_jobs"]) and _positive(cost["step_functions_standard"])
+    # requests are counted where they are made: the job's writes and the queue round trip at least
+    calls = res["requests_per_job"]
+    assert calls["dynamodb.PutItem"] >= 10
+    assert calls["sqs.SendMessage"] >= 1
+    assert res["machine"]["nproc"] >= 1
+    assert res["prices"]["usd"]
+    assert set(res["goals"]) >= set(CONTRACT_KEYS)
