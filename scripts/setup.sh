@@ -12,7 +12,9 @@ stamp=".venv/.alfred-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)-${1:-dev}"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "==> installing alfred-jobs and its ${1:-dev} dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[${1:-dev}]"
+  # (this machine's pip config names local mirrors that may be absent: drop those warnings)
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+  .venv/bin/python -m pip install -q -e ".[${1:-dev}]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  .venv/bin/python -c "import alfred_jobs" || { echo "!! installation failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.stack import Stack, make_stack
 
 from alfred_jobs.emulator import free_port
+from tests.support.stack import Stack, make_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "web"
