@@ -49,15 +49,17 @@ class Sizes:
     workers: int = 2
     celery_zero_runs: int = 8
     celery_overhead_runs: int = 2
+    celery_default_runs: int = 3  # the peer with the SQS transport's default 1 s polling
 
 
 FULL = Sizes("full")
 QUICK = Sizes("quick", samples=120, delivery_events=40, reconnects=25, watch_seconds=4.0,
               idle_connections=200, overhead_runs=2, zero_step_runs=10, throughput_jobs=40,
-              celery_zero_runs=5, celery_overhead_runs=1)
+              celery_zero_runs=5, celery_overhead_runs=1, celery_default_runs=2)
 TINY = Sizes("tiny", samples=15, growth_events=300, delivery_events=8, reconnects=5, watchers=10,
              watch_seconds=1.5, idle_connections=20, step_seconds=0.2, overhead_runs=1, zero_step_runs=2,
-             throughput_jobs=6, workers=1, celery_zero_runs=1, celery_overhead_runs=1)
+             throughput_jobs=6, workers=1, celery_zero_runs=1, celery_overhead_runs=1,
+             celery_default_runs=1)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -70,8 +70,9 @@ def overhead_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dict[s
     worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS=str(sizes.step_seconds))
     try:
         with httpx.Client() as client:
-            job_through_http(server, client)  # warm-up: imports, connections, the first job's set-up
-            inline_run(stack, sizes.step_seconds)
+            # Warm-up with a one-step job: imports, connections, the first job's set-up.
+            job_through_http(server, client, MESSAGE + " [steps=1]")
+            inline_run(stack, sizes.step_seconds, MESSAGE + " [steps=1]")
             time.sleep(0.3)
             server.counts(reset=True)
             worker.counts()
