@@ -34,18 +34,23 @@ class Journal:
     def expires_at(self) -> int:
         return int(now_ts() + self.retention_seconds)
 
-    def read_after(self, job_id: str, after: int, *, known_head: int = 0, limit: int = 1000) -> list[Event]:
+    def read_after(self, job_id: str, after: int, *, known_head: int = 0, limit: int = 1000,
+                   consistent: bool = True) -> list[Event]:
         """Events after ``after``, contiguous from after+1, at most ``limit``.
 
         ``known_head`` (e.g. the job record's ``last_seq``) lets the first read fetch everything
-        known in one batch; past it the reader probes one key, then grows the batch.
+        known in one batch. Past it the reader probes one key, and grows the batch only while
+        reads keep finding events: a live tail (usually one new event) then costs one-key reads,
+        not batches of misses. ``consistent=False`` suits watchers: a stale miss is found by the
+        next poll, and a gap can never be served because reads stop at the first missing seq.
         """
         out: list[Event] = []
         nxt = after + 1
         chunk = max(1, min(MAX_CHUNK, known_head - after)) if known_head > after else 1
+        streak = 0
         while len(out) < limit:
             last = nxt + min(chunk, limit - len(out)) - 1
-            got = self.log.read_range(job_id, nxt, last)
+            got = self.log.read_range(job_id, nxt, last, consistent)
             for ev in got:
                 if ev.seq != nxt:
                     return out  # a hole: nothing past it can exist yet (writers append in order)
@@ -53,7 +58,8 @@ class Journal:
                 nxt += 1
             if nxt <= last:
                 return out
-            chunk = min(MAX_CHUNK, chunk * 4)
+            streak += 1
+            chunk = 1 if streak < 2 else min(MAX_CHUNK, 4 ** (streak - 1))
         return out
 
     def read_all(self, job_id: str, known_head: int = 0) -> list[Event]:

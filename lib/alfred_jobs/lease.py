@@ -57,7 +57,8 @@ class LeaseKeeper:
                 if time.monotonic() - self._last_renew >= renew_every:
                     self._renew()
                 else:
-                    job = self.deps.jobs.get(self.job_id)
+                    # A flag: an eventually consistent read (half the cost) is soon enough.
+                    job = self.deps.jobs.get(self.job_id, consistent=False)
                     if job is None or job.terminal:
                         self.cancel_requested = True  # gone or ended elsewhere: stop at the boundary
                     elif job.cancel_requested:

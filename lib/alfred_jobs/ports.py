@@ -26,7 +26,7 @@ class JobStore(Protocol):
     def create(self, job: Job) -> None:
         """Put a new job record; ``ConditionFailed`` if the id exists (idempotent submit)."""
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, consistent: bool = True) -> Job | None:
         """The job record, or None (expired records read as None)."""
 
     def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
@@ -67,10 +67,10 @@ class EventLog(Protocol):
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
         """Write ``event`` at ``event.seq`` if that slot is free; ``ConditionFailed`` if taken."""
 
-    def get(self, job_id: str, seq: int) -> Event | None:
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         """One event, or None."""
 
-    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         """The events with first <= seq <= last that exist (any order from the store, sorted here)."""
 
 

@@ -87,19 +87,15 @@ class JobRunner:
 
     def _run(self, delivery: Delivery) -> RunResult:
         s = self.settings
-        job = self.deps.jobs.get(delivery.job_id)
-        if job is None:
-            return RunResult(Outcome.DONE, "job not found or expired")
-        if job.terminal:
-            return RunResult(Outcome.DONE, "already finished", status=job.status)
         owner = uuid.uuid4().hex
         try:
-            job = self.deps.jobs.acquire_lease(job.job_id, owner, now_ts(), s.lease_seconds)
+            # The conditional update is also the read: a finished, expired or unknown job fails it.
+            job = self.deps.jobs.acquire_lease(delivery.job_id, owner, now_ts(), s.lease_seconds)
         except LeaseHeld:
             count("DuplicateDeliveries")
             return RunResult(Outcome.DROPPED, "held by a live worker")
         except ConditionFailed:
-            return RunResult(Outcome.DONE, "finished meanwhile")
+            return RunResult(Outcome.DONE, "finished, expired or unknown")
         bind_job(job_id=job.job_id, attempt=job.attempts, user=job.user_id)
         attempt = _Attempt(self, job, owner, delivery)
         try:

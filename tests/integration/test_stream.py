@@ -65,13 +65,13 @@ class CountingLog:
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
         self.inner.append(job_id, event, expires_at)
 
-    def get(self, job_id: str, seq: int) -> Event | None:
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         self._count(job_id)
-        return self.inner.get(job_id, seq)
+        return self.inner.get(job_id, seq, consistent)
 
-    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         self._count(job_id)
-        return self.inner.read_range(job_id, first, last)
+        return self.inner.read_range(job_id, first, last, consistent)
 
 
 @contextmanager

@@ -199,10 +199,10 @@ class DynamoJobStore:
             self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
                                       ConditionExpression="attribute_not_exists(job_id)")
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with mapped_errors():
             out = self._c.dynamodb.get_item(TableName=self._table, Key=serialize({"job_id": job_id}),
-                                            ConsistentRead=True)
+                                            ConsistentRead=consistent)
         if "Item" not in out:
             return None
         job = item_to_job(deserialize(out["Item"]))
@@ -381,11 +381,11 @@ class DynamoEventLog:
                                       Item=serialize(event_to_item(job_id, event, expires_at)),
                                       ConditionExpression="attribute_not_exists(seq)")
 
-    def get(self, job_id: str, seq: int) -> Event | None:
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         with mapped_errors():
             out = self._c.dynamodb.get_item(TableName=self._table,
                                             Key=serialize({"job_id": job_id, "seq": seq}),
-                                            ConsistentRead=True)
+                                            ConsistentRead=consistent)
         item = out.get("Item")
         if item is None:
             return None
@@ -394,17 +394,17 @@ class DynamoEventLog:
             return None
         return item_to_event(data)
 
-    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         if last < first:
             return []
         if first == last:
-            ev = self.get(job_id, first)
+            ev = self.get(job_id, first, consistent)
             return [ev] if ev else []
         now = now_ts()
         found: list[Event] = []
         for lo in range(first, last + 1, 100):
             keys = [serialize({"job_id": job_id, "seq": s}) for s in range(lo, min(last, lo + 99) + 1)]
-            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": consistent}}
             while request:
                 with mapped_errors():
                     out = self._c.dynamodb.batch_get_item(RequestItems=request)

@@ -28,7 +28,7 @@ class MemoryJobStore:
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with self.lock:
             job = self.items.get(job_id)
             return None if job is None or job.expired() else job
@@ -140,12 +140,12 @@ class MemoryEventLog:
                 raise ConditionFailed(f"{job_id}#{event.seq}")
             self.items[key] = event
 
-    def get(self, job_id: str, seq: int) -> Event | None:
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         with self.lock:
             self.reads += 1
             return self.items.get((job_id, seq))
 
-    def read_range(self, job_id: str, first: int, last: int) -> list[Event]:
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         with self.lock:
             self.reads += 1
             return [self.items[(job_id, s)] for s in range(first, last + 1) if (job_id, s) in self.items]

@@ -137,8 +137,9 @@ class _Channel:
 
     async def _read(self, after: int, *, known_head: int, limit: int) -> list[Event]:
         self.store_reads += 1
+        # Eventually consistent: a read that misses a just-written event finds it next poll.
         return await asyncio.to_thread(self.hub.journal.read_after, self.job_id, after,
-                                       known_head=known_head, limit=limit)
+                                       known_head=known_head, limit=limit, consistent=False)
 
     async def poll_forever(self) -> None:
         """Read new events until the terminal one is in the buffer (or the task is cancelled)."""
