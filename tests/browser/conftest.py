@@ -81,8 +81,10 @@ class WebStack:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    # Module-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop running in
+    # the main thread until it stops, which would break every later test that runs its own loop.
     _need_chromium()
     from playwright.sync_api import sync_playwright
 
