@@ -185,7 +185,7 @@ def test_a_failed_job_is_parked_even_when_the_first_park_is_lost() -> None:
     assert isinstance(deps.queue, LosesFirstPark) and deps.queue.dead == [(job_id, "recipe_refused")]
     record = deps.jobs.get(job_id)
     assert record is not None and record.status is JobStatus.FAILED
-    assert runner.run(Delivery(job_id)).reason == "already finished"
+    assert runner.run(Delivery(job_id)).reason == "finished, expired or unknown"
     assert deps.queue.dead == [(job_id, "recipe_refused")], "parked once"
 
 
