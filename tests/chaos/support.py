@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
-from alfred_jobs.emulator import free_port
 from alfred_jobs.exceptions import TransientStoreError
 from alfred_jobs.models import Event, EventType
 from tests.integration.helpers import TERMINAL, log_of
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack
 
 T = TypeVar("T")
 
@@ -43,23 +38,6 @@ def retry_transient(call: Callable[[], T], attempts: int = 30) -> T:
                 raise
             time.sleep(0.02)
     raise AssertionError("unreachable")
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), timeout=10, what="uvicorn to start")
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @dataclass

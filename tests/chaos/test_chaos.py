@@ -38,11 +38,11 @@ from tests.chaos.support import (
     assert_conversation_once,
     assert_effects_once_per_completed_step,
     assert_watcher_saw_the_log,
-    serve,
     sse_session,
     terminal_log,
 )
 from tests.integration.helpers import assert_contiguous_single_terminal
+from tests.support.servers import serve
 from tests.support.stack import Stack, make_stack, wait_until
 
 USERS = ["alice", "bob", "carol", "dave"]

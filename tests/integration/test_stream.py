@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from alfred_jobs.auth import issue_local_token, issue_stream_token
@@ -40,6 +39,7 @@ from tests.integration.helpers import (
     submit,
     wait_terminal,
 )
+from tests.support.servers import serve
 from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -72,23 +72,6 @@ class CountingLog:
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         self._count(job_id)
         return self.inner.read_range(job_id, first, last, consistent)
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), timeout=10, what="uvicorn to start")
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @dataclass
