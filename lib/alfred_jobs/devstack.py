@@ -289,7 +289,7 @@ def _banner(stack: DevStack, base: str, workers: int) -> str:
         f"  emulator    {stack.endpoint_text}\n"
         f"  workers     {workers} process(es) + sweeper every {stack.settings.sweep_seconds:g}s\n"
         "\n"
-        "In another terminal:\n"
+        "In another terminal (from the repository: source .venv/bin/activate, or use ./run.sh ...):\n"
         f"  {api_env}export ALFRED_TOKEN=$(alfred-jobs token --user you)\n"
         "  alfred-jobs chat \"chicken and rice\" --follow\n"
         "\n"
