@@ -40,11 +40,11 @@ from tests.chaos.support import (
     assert_watcher_saw_the_log,
     long_poll_session,
     retry_transient,
-    serve,
     start_sweeper,
     terminal_log,
 )
 from tests.integration.helpers import assert_contiguous_single_terminal
+from tests.support.servers import serve
 from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.chaos
