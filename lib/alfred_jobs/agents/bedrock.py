@@ -86,15 +86,15 @@ class BedrockConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BedrockConfig:
-        """The config from settings; fields Settings does not declare yet take their defaults."""
+        """The config from settings."""
         return cls(
-            model_id=getattr(settings, "bedrock_model_id", None) or DEFAULT_MODEL_ID,
-            region=getattr(settings, "bedrock_region", None) or settings.region,
-            max_tokens=int(getattr(settings, "bedrock_max_tokens", DEFAULT_MAX_TOKENS)),
-            temperature=float(getattr(settings, "bedrock_temperature", DEFAULT_TEMPERATURE)),
-            max_steps=int(getattr(settings, "bedrock_max_steps", DEFAULT_MAX_STEPS)),
-            history_messages=int(getattr(settings, "bedrock_history_messages", DEFAULT_HISTORY_MESSAGES)),
-            retention_seconds=int(settings.retention_seconds),
+            model_id=settings.bedrock_model_id or DEFAULT_MODEL_ID,
+            region=settings.bedrock_region or settings.region,
+            max_tokens=settings.bedrock_max_tokens,
+            temperature=settings.bedrock_temperature,
+            max_steps=settings.bedrock_max_steps,
+            history_messages=settings.bedrock_history_messages,
+            retention_seconds=settings.retention_seconds,
         )
 
 

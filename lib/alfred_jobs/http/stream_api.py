@@ -23,11 +23,10 @@ from ..deps import Deps, aws_deps
 from ..exceptions import InvalidInput, Unauthorized
 from ..models import ErrorResponse, Event, Job
 from ..service.jobs import JobService, validate_job_id
-from ..service.watch import MAX_INTERVAL, MIN_INTERVAL, WatchHub
+from ..service.watch import WatchHub
 from ..settings import get_settings
 from .common import add_cors, current_user, get_deps, install_error_handlers
 
-HEARTBEAT_SECONDS = 15.0  # proxies and phones drop connections that stay silent much longer
 RETRY_MS = 2000  # EventSource reconnect delay hint
 MAX_CURSOR = 10**9
 MAX_TOKEN_CHARS = 4096
@@ -49,11 +48,10 @@ def get_hub(request: Request) -> WatchHub:
 
 
 def make_hub(deps: Deps) -> WatchHub:
-    """A hub over ``deps``; poll periods from settings when it has them (else the module defaults)."""
+    """A hub over ``deps``, polling as often as the settings say."""
     s = deps.settings
-    return WatchHub(deps.log, s.retention_seconds,
-                    min_interval=float(getattr(s, "stream_poll_min_seconds", MIN_INTERVAL)),
-                    max_interval=float(getattr(s, "stream_poll_max_seconds", MAX_INTERVAL)))
+    return WatchHub(deps.log, s.retention_seconds, min_interval=s.stream_poll_min_seconds,
+                    max_interval=s.stream_poll_max_seconds)
 
 
 def _service(request: Request) -> JobService:
@@ -143,7 +141,8 @@ async def stream_job(request: Request, job_id: str,
     if cursor is None:
         cursor = parse_cursor(after, "after") or 0
     job = await authorize(request, job_id, token)
-    heartbeat = float(getattr(request.app.state, "stream_heartbeat_seconds", HEARTBEAT_SECONDS))
+    heartbeat = float(getattr(request.app.state, "stream_heartbeat_seconds", None)
+                      or get_deps(request).settings.stream_heartbeat_seconds)
     return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat))
 
 
@@ -173,7 +172,7 @@ def create_stream_app(deps: Deps | None = None, *, heartbeat_seconds: float | No
     app.state.stream_hub = hub or make_hub(deps)
     app.state.stream_heartbeat_seconds = (
         heartbeat_seconds if heartbeat_seconds is not None
-        else float(getattr(deps.settings, "stream_heartbeat_seconds", HEARTBEAT_SECONDS)))
+        else deps.settings.stream_heartbeat_seconds)
     install_error_handlers(app)
     add_cors(app, deps.settings)
 
