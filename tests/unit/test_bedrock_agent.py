@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -22,7 +23,7 @@ from botocore.eventstream import EventStream
 from botocore.parsers import EventStreamJSONParser
 from botocore.stub import ANY, Stubber
 
-from alfred_jobs.adapters.memory import memory_deps
+from alfred_jobs.adapters.memory import MemoryJobStore, memory_deps
 from alfred_jobs.agent import AgentContext, Plan
 from alfred_jobs.agents.bedrock import (
     DEFAULT_MODEL_ID,
@@ -271,7 +272,9 @@ def test_resumed_job_does_not_call_the_model_again_for_completed_steps() -> None
     w.model.done()  # think and step 1 were called once each
 
     # WHEN the lease runs out and another delivery resumes the job, stubbed for the reply only
-    time.sleep(0.4)
+    jobs = w.deps.jobs
+    assert isinstance(jobs, MemoryJobStore)
+    jobs.items[job_id] = replace(jobs.items[job_id], lease_expires=0.0)  # the dead worker's lease ran out
     w.model.stream(text_frames("Omelette it is."))
     result = w.run(job_id)
 
