@@ -45,10 +45,6 @@ def _cost(result: dict[str, Any], key: str) -> float:
     return float(v) if isinstance(v, int | float) else math.nan
 
 
-def _ok(value: float) -> bool | None:
-    return None if math.isnan(value) else bool(value)
-
-
 # key → (goal text, check); a check answers None when a figure is missing.
 GOALS: dict[str, tuple[str, Check]] = {
     "submit_ratio": ("≤ 1.3", lambda r: _le(_num(r, "submit_ratio"), 1.3)),

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -222,5 +222,3 @@ class ErrorResponse(BaseModel):
 
     error: ErrorBody
 
-
-CancelOutcome = Literal["cancelled", "requested"]

@@ -6,7 +6,6 @@ Only adapters know key layouts, expressions and botocore.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,5 +103,3 @@ class AgentDataStore(Protocol):
     def step_effects(self, job_id: str) -> dict[int, int]:
         """Step index → executions, for checking "never executed twice"."""
 
-
-Events = Sequence[Event]

@@ -158,12 +158,10 @@ class MemoryEventLog:
 class MemoryConversationStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        self.writes = 0
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
         conv = self.items.setdefault((user_id, conversation_id), {})
-        self.writes += 1
         conv[f"{at}#{job_id}#0"] = {"role": "user", "text": message, "job_id": job_id, "at": at}
         conv[f"{at}#{job_id}#1"] = {"role": "assistant", "text": reply, "job_id": job_id, "at": at}
 
