@@ -203,10 +203,10 @@ class JobService:
                 count("JobsCancelled")
                 return done, True
         try:
-            self.deps.jobs.request_cancel(job_id)
+            # The update returns the record: fold its tail instead of reading it again.
+            job = self.fold_tail(self.deps.jobs.request_cancel(job_id))
         except ConditionFailed:
-            pass  # it ended meanwhile; report what it is now
-        job = self.get(user_id, job_id)
+            job = self.get(user_id, job_id)  # it ended meanwhile; report what it is now
         if job.status is JobStatus.CANCELLED:
             return job, True
         if job.terminal:
