@@ -6,7 +6,7 @@ the work. What the runner promises an agent:
 - ``think`` runs until a plan is recorded; after that the recorded plan is reused on every attempt.
 - ``act`` runs once per step; a step recorded as completed is never run again (its recorded
   output is in ``ctx.step_outputs``). A step cut off mid-way may run again: ``ctx.idempotency_key``
-  (job id + step index) is stable across attempts, use it for side effects.
+  (job + step index) is stable across attempts, use it for side effects.
 - ``reply`` yields text chunks; the runner coalesces them into ``delta`` events and stops
   consuming within about a second of a cancel.
 
@@ -47,9 +47,17 @@ class AgentContext:
     attempt: int
     step_outputs: dict[int, Any]  # outputs of completed steps, by index
     cancelled: Callable[[], bool]  # True once a cancel was requested
+    # The job's creation time and expiry. A job id can come back after retention (a reused
+    # Idempotency-Key): the creation time tells the two jobs apart, and data an agent keeps for a
+    # job should expire with it.
+    created_at: float = 0.0
+    expires_at: int = 0
 
     def idempotency_key(self, step_index: int) -> str:
-        """The stable key for side effects of one step (job id + step index)."""
+        """The stable key for side effects of one step (job id + step index, and the job's
+        creation time: a job id reused after retention is a new job with new side effects)."""
+        if self.created_at:
+            return f"{self.job_id}.{int(self.created_at * 1000)}:{step_index}"
         return f"{self.job_id}:{step_index}"
 
 

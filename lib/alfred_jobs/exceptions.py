@@ -6,6 +6,7 @@
     │   ├── Unauthorized          401 unauthorized
     │   ├── NotFound              404 not_found
     │   ├── Conflict              409 conflict
+    │   ├── Gone                  410 gone (events_expired)
     │   └── PayloadTooLarge       413 payload_too_large
     ├── StoreError (storage and queue trouble)
     │   ├── ConditionFailed       a conditional write lost (adapters raise it, services decide)
@@ -60,6 +61,17 @@ class NotFound(ClientError):
 class Conflict(ClientError):
     status = 409
     code = "conflict"
+
+
+class Gone(ClientError):
+    status = 410
+    code = "gone"
+
+
+class EventsExpired(Gone):
+    """Events a watcher asked for are past retention: they cannot be replayed."""
+
+    code = "events_expired"
 
 
 class PayloadTooLarge(ClientError):

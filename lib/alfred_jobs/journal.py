@@ -32,6 +32,7 @@ class Journal:
         self.retention_seconds = retention_seconds
 
     def expires_at(self) -> int:
+        """Retention from now (conversation turns; a job's events expire with the job instead)."""
         return int(now_ts() + self.retention_seconds)
 
     def read_after(self, job_id: str, after: int, *, known_head: int = 0, limit: int = 1000,
@@ -66,24 +67,38 @@ class Journal:
         """The whole log."""
         return self.read_after(job_id, 0, known_head=known_head, limit=1_000_000)
 
-    def append(self, job_id: str, event: Event) -> None:
-        """Put ``event`` at its seq. Raises ``SlotTaken`` when another writer holds that seq.
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        """Put ``event`` at its seq. Raises ``SlotTaken`` when another event holds that seq.
 
-        An ambiguous failure (the put landed but we saw an error and retried) finds our own event
-        in the slot: that is success, not a conflict.
+        ``expires_at`` is the job's own expiry: a job's events live exactly as long as its record,
+        so when retention ends the whole job goes at once and a reused id starts on free slots.
+
+        An ambiguous write (the put landed, its answer was lost, and the SDK's retry found the
+        slot taken) finds this very event in the slot (same ``id``): that is success, not a
+        conflict. So is a put that landed although every try we saw failed.
         """
         for attempt in range(4):
             try:
-                self.log.append(job_id, event, self.expires_at())
+                self.log.append(job_id, event, expires_at)
                 return
             except ConditionFailed:
-                existing = self.log.get(job_id, event.seq)
+                existing = self.log.get(job_id, event.seq)  # strongly consistent
                 if existing is None:
-                    continue  # expired meanwhile: try again
-                if existing.writer == event.writer and existing.type == event.type:
+                    continue  # the holder expired meanwhile: the slot is free, try again
+                if existing.same_write(event):
                     return
                 raise SlotTaken(existing) from None
             except TransientStoreError:
-                if attempt == 3:
+                if attempt < 3:
+                    continue
+                # Before giving up, look: the last try may have landed although we saw an error.
+                try:
+                    existing = self.log.get(job_id, event.seq)
+                except TransientStoreError:
                     raise
+                if existing is not None and existing.same_write(event):
+                    return
+                if existing is not None:
+                    raise SlotTaken(existing) from None
+                raise
         raise TransientStoreError(f"append {job_id}#{event.seq} did not settle")

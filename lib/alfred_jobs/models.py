@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -59,7 +60,12 @@ def iso(ts: float) -> str:
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of a job's ordered log. ``writer`` is the lease token of who wrote it (never sent out)."""
+    """One entry of a job's ordered log.
+
+    ``writer`` is the lease token of who wrote it; ``id`` is unique per event, so a writer whose
+    put was answered with an error can tell its own landed event from any other (neither is sent
+    out).
+    """
 
     seq: int
     type: EventType
@@ -67,6 +73,7 @@ class Event:
     attempt: int
     data: dict[str, Any]
     writer: str = ""
+    id: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -83,7 +90,14 @@ class Event:
     @classmethod
     def new(cls, seq: int, type: EventType, data: dict[str, Any], *, attempt: int, writer: str) -> Event:
         """A fresh event stamped now."""
-        return cls(seq=seq, type=type, at=iso(now_ts()), attempt=attempt, data=data, writer=writer)
+        return cls(seq=seq, type=type, at=iso(now_ts()), attempt=attempt, data=data, writer=writer,
+                   id=uuid.uuid4().hex)
+
+    def same_write(self, other: Event) -> bool:
+        """True if ``other`` is this very event (not just one at the same seq)."""
+        if self.id or other.id:
+            return self.id == other.id
+        return self.writer == other.writer and self.type is other.type  # events stored before ids
 
 
 @dataclass(frozen=True)

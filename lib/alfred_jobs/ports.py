@@ -23,7 +23,8 @@ class JobStore(Protocol):
     """Job records: creation, leases, projection of the log, listing, sweeping."""
 
     def create(self, job: Job) -> None:
-        """Put a new job record; ``ConditionFailed`` if the id exists (idempotent submit)."""
+        """Put a new job record; ``ConditionFailed`` if a live record has the id (idempotent
+        submit). An expired record counts as gone and is replaced."""
 
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         """The job record, or None (expired records read as None)."""
@@ -32,7 +33,8 @@ class JobStore(Protocol):
         """Take the job if it is active and nobody holds a live lease; bump ``attempts``.
 
         Raises ``LeaseHeld`` if another owner's lease is live, ``ConditionFailed`` if the job is
-        terminal or gone.
+        terminal or gone. A lease already held by ``owner`` (our own update landed, its answer was
+        lost and the SDK's retry failed the condition) is returned as taken.
         """
 
     def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
@@ -40,7 +42,8 @@ class JobStore(Protocol):
         """Extend the lease and refresh the projection; ``Fenced`` if ``owner`` lost the job."""
 
     def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
-        """Give the job back (retry later); ``Fenced`` if the owner lost it already."""
+        """Give the job back (retry later). Idempotent: a job no longer held by ``owner`` (released
+        by an earlier try whose answer was lost, taken over, ended) is left as it is."""
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         """Write a folded job record. With ``owner``, only while that owner holds the lease;
@@ -64,10 +67,11 @@ class EventLog(Protocol):
     """Per-job ordered log. ``append`` is a conditional put on (job_id, seq): the log is the fence."""
 
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
-        """Write ``event`` at ``event.seq`` if that slot is free; ``ConditionFailed`` if taken."""
+        """Write ``event`` at ``event.seq`` if that slot is free (empty, or holding an expired
+        event); ``ConditionFailed`` if taken."""
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
-        """One event, or None."""
+        """One event, or None (expired events read as None)."""
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         """The events with first <= seq <= last that exist (any order from the store, sorted here)."""

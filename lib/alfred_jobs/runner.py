@@ -144,7 +144,7 @@ class _Attempt:
         if self.events and self.events[-1].terminal:
             raise AssertionError("nothing may follow a terminal event")  # guarantee 2, by construction
         ev = Event.new(self.head + 1, type, data, attempt=self.attempt, writer=self.owner)
-        self.journal.append(self.job.job_id, ev)
+        self.journal.append(self.job.job_id, ev, self.job.expires_at)
         self.events.append(ev)
         self.view = fold(self.view, [ev])
         return ev
@@ -200,6 +200,9 @@ class _Attempt:
         except _Stop as stop:
             return stop.result
         except SlotTaken as taken:
+            if taken.existing.writer == self.owner:
+                # Our own write is in the slot (it landed while we saw errors): not fenced.
+                return self._failure("store_unavailable", "storage answered with errors", True)
             return self._lost_slot(taken)
         except Fenced:
             count("Fenced")
@@ -256,7 +259,8 @@ class _Attempt:
         history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
-                           step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested)
+                           step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested,
+                           created_at=job.created_at, expires_at=job.expires_at)
         if plan is None:
             self.boundary()
             if "think" not in phases:
@@ -332,8 +336,24 @@ class _Attempt:
         return full
 
     def _failure(self, code: str, message: str, retryable: bool) -> RunResult:
-        error = {"code": code, "message": message}
         count("AttemptFailures")
+        for _ in range(3):
+            try:
+                return self._record_failure(code, message, retryable)
+            except SlotTaken as taken:
+                if taken.existing.writer != self.owner:
+                    return self._lost_slot(taken)
+                # Our own earlier write landed although we saw it fail (the error that brought us
+                # here may be that very write): we still own the job. Read the log again and
+                # record the failure after what is really there.
+                try:
+                    self._load()
+                except StoreError:
+                    break
+        return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
+
+    def _record_failure(self, code: str, message: str, retryable: bool) -> RunResult:
+        error = {"code": code, "message": message}
         if self.events and self.events[-1].terminal:
             return self._retry_finalize(code)
         try:
@@ -353,8 +373,8 @@ class _Attempt:
             self.append(EventType.FAILED, {"error": error})
             self.finalize()  # parks the message in the dead-letter queue
             return RunResult(Outcome.DONE, code, status=JobStatus.FAILED)
-        except SlotTaken as taken:
-            return self._lost_slot(taken)
+        except SlotTaken:
+            raise  # _failure tells our own landed write from another writer's
         except Fenced:
             return RunResult(Outcome.DROPPED, "fenced")
         except StoreError:

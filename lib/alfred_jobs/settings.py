@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Literal
 
@@ -89,21 +90,32 @@ class Settings(BaseSettings):
     token: str | None = None
 
 
-    def check_deployable(self) -> None:
-        """Refuse to serve real users with the public development secrets."""
+    def check_deployable(self, uses: Collection[str]) -> None:
+        """Refuse to serve real users with the public development secrets.
+
+        ``uses`` names the secret fields this process signs or verifies with (``"stream_token_secret"``,
+        ``"cursor_secret"``). Each function checks only its own: the template hands each function
+        only the secrets it uses (the worker and the sweeper none), so a check of all of them
+        would stop the functions that have no business reading them.
+        """
         if self.auth_mode != "apigw":
             return
         defaults = Settings.model_fields
-        for name in ("stream_token_secret", "cursor_secret"):
+        for name in uses:
             if getattr(self, name) == defaults[name].default:
-                raise RuntimeError(f"ALFRED_{name.upper()} (or its _ARN) must be set when ALFRED_AUTH_MODE=apigw")
+                raise RuntimeError(f"ALFRED_{name.upper()}_ARN (or ALFRED_{name.upper()}) must be set "
+                                   "when ALFRED_AUTH_MODE=apigw")
+
+
+SUBMIT_SECRETS = ("stream_token_secret", "cursor_secret")  # mints stream links, signs list cursors
+STREAM_SECRETS = ("stream_token_secret",)  # verifies stream tokens
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment (secrets resolved from their ARNs), built once per process."""
+    """Settings from the environment (secrets resolved from their ARNs), built once per process.
+
+    Each entry point that serves users checks its own secrets (``Settings.check_deployable``)."""
     from .secrets import resolve_secrets  # imported here: secrets.py imports this module
 
-    settings = resolve_secrets(Settings())
-    settings.check_deployable()
-    return settings
+    return resolve_secrets(Settings())

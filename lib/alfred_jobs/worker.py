@@ -69,6 +69,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
     # A batch whose every record asks for a retry is still a normal partial response: raising
     # would also fail the invocation and count as a Lambda error.
+    # Built before the batch, outside the per-record handler: a worker that cannot start (bad
+    # configuration, a secret it cannot read) must fail the invocation, a Lambda error that
+    # WorkerErrorsAlarm sees, not report every record as a batch item failure while jobs wait.
+    runtime()
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(process_partial_response(event=event, record_handler=_record_handler,
                                          processor=processor, context=context))

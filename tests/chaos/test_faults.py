@@ -113,11 +113,11 @@ def test_ambiguous_append_is_recognised_by_its_writer_token(stack: Stack) -> Non
     faulty = aws_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
     journal = Journal(faulty.log, stack.settings.retention_seconds)
     ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w-1")
-    journal.append("a" * 32, ev)  # every put "fails" after landing; the retry reads it back
+    journal.append("a" * 32, ev, 2_000_000_000)  # every put "fails" after landing; the retry reads it back
     assert [e.writer for e in Journal(stack.deps.log, 60).read_all("a" * 32)] == ["w-1"]
     rival = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=2, writer="w-2")
     with pytest.raises(SlotTaken):  # another writer's event in the slot is a conflict, ambiguous or not
-        journal.append("a" * 32, rival)
+        journal.append("a" * 32, rival, 2_000_000_000)
 
 
 def test_a_storage_blip_is_a_503_with_retry_after_in_the_one_shape(stack: Stack) -> None:

@@ -14,6 +14,8 @@ from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 from alfred_jobs.sweeper import Sweeper
 
+EXP = 2_000_000_000  # far in the future
+
 
 def ev(seq: int, writer: str = "w1", type: EventType = EventType.PHASE) -> Event:
     return Event.new(seq, type, {"phase": "act"}, attempt=1, writer=writer)
@@ -21,9 +23,9 @@ def ev(seq: int, writer: str = "w1", type: EventType = EventType.PHASE) -> Event
 
 def test_append_refuses_a_taken_seq_and_says_by_whom() -> None:
     j = Journal(MemoryEventLog(), 3600)
-    j.append("job", ev(1, "old"))
+    j.append("job", ev(1, "old"), EXP)
     with pytest.raises(SlotTaken) as taken:
-        j.append("job", ev(1, "new"))
+        j.append("job", ev(1, "new"), EXP)
     assert taken.value.existing.writer == "old"
 
 
@@ -43,15 +45,47 @@ class AmbiguousLog(MemoryEventLog):
 
 def test_ambiguous_write_is_recognised_as_our_own() -> None:
     log = AmbiguousLog()
-    Journal(log, 3600).append("job", ev(1, "me"))
+    Journal(log, 3600).append("job", ev(1, "me"), EXP)
     assert [e.writer for e in log.all("job")] == ["me"]
+
+
+def test_the_same_writer_and_type_is_not_the_same_event() -> None:
+    """Only the event's own id proves a landed write is ours: two events of one writer differ."""
+    j = Journal(MemoryEventLog(), 3600)
+    j.append("job", ev(1, "me", EventType.DELTA), EXP)
+    with pytest.raises(SlotTaken):
+        j.append("job", ev(1, "me", EventType.DELTA), EXP)
+
+
+class LandsButAlwaysErrs(MemoryEventLog):
+    """Every put lands and every answer is an error: the SDK gave up although the write is there."""
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if self._live((job_id, event.seq)) is None:
+            super().append(job_id, event, expires_at)
+        raise TransientStoreError("InternalServerError")
+
+
+def test_an_append_that_landed_behind_errors_is_a_success() -> None:
+    log = LandsButAlwaysErrs()
+    Journal(log, 3600).append("job", ev(1, "me"), EXP)
+    assert [e.writer for e in log.all("job")] == ["me"]
+
+
+def test_expired_events_read_as_gone_and_their_slots_are_free() -> None:
+    log = MemoryEventLog()
+    j = Journal(log, 3600)
+    j.append("job", ev(1, "old"), int(now_ts()) - 1)
+    assert j.read_after("job", 0) == []
+    j.append("job", ev(1, "new"), EXP)  # no SlotTaken: the old one is gone for us
+    assert [e.writer for e in j.read_after("job", 0)] == ["new"]
 
 
 def test_read_after_is_contiguous_and_probes_past_the_known_head() -> None:
     log = MemoryEventLog()
     j = Journal(log, 3600)
     for s in range(1, 8):
-        j.append("job", ev(s))
+        j.append("job", ev(s), EXP)
     assert [e.seq for e in j.read_after("job", 0, known_head=3)] == list(range(1, 8))
     assert [e.seq for e in j.read_after("job", 5)] == [6, 7]
     assert j.read_after("job", 7) == []

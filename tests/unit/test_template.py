@@ -312,7 +312,7 @@ def test_each_function_gets_only_the_tables_it_needs() -> None:
                                                "DynamoDBReadPolicy": {"ConversationsTable"}}
     assert policy_tables("WorkerFunction") == {
         "DynamoDBCrudPolicy": {"JobsTable", "EventsTable", "ConversationsTable", "AgentDataTable"}}
-    assert policy_tables("SweeperFunction") == {"DynamoDBCrudPolicy": {"JobsTable", "EventsTable"}}
+    assert policy_tables("SweeperFunction") == {"DynamoDBCrudPolicy": {"JobsTable"}}
     assert policy_tables("StreamFunction") == {"DynamoDBReadPolicy": {"JobsTable", "EventsTable"}}
     # Secrets: only the functions that sign or verify, each secret by its own ARN.
     def secret_arns(lid: str) -> set[str]:

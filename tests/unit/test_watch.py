@@ -12,6 +12,7 @@ import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, memory_deps
 from alfred_jobs.deps import Deps
+from alfred_jobs.exceptions import EventsExpired
 from alfred_jobs.journal import Journal
 from alfred_jobs.models import ChatRequest, Event, EventType, Job, JobStatus, fold
 from alfred_jobs.service.jobs import JobService
@@ -44,7 +45,7 @@ class World:
                            {"output": {"reply": "ok"}} if last else
                            {"index": self.seq, "total": 99, "label": "x", "status": "completed"},
                            attempt=1, writer="w")
-            self.journal.append(self.job.job_id, ev)
+            self.journal.append(self.job.job_id, ev, self.job.expires_at)
             out.append(ev)
         return out
 
@@ -396,7 +397,7 @@ def test_status_is_folded_from_the_log(after: int) -> None:
     world = World()
     job = world.record()
     ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w")
-    world.journal.append(job.job_id, ev)
+    world.journal.append(job.job_id, ev, job.expires_at)
     world.seq = 1
     world.append(1)
     hub = world.hub()
@@ -406,3 +407,73 @@ def test_status_is_folded_from_the_log(after: int) -> None:
         return w.status
 
     assert run(go()) is JobStatus.RUNNING
+
+
+class StaleLog(MemoryEventLog):
+    """Eventually consistent reads that miss some events which exist (DynamoDB may answer an
+    event written under a second ago as absent); strongly consistent reads see everything."""
+
+    def __init__(self, hidden: set[int]) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
+        return None if not consistent and seq in self.hidden else super().get(job_id, seq, consistent)
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        got = super().read_range(job_id, first, last, consistent)
+        return got if consistent else [e for e in got if e.seq not in self.hidden]
+
+
+def test_a_stale_backfill_never_skips_events_below_the_buffer() -> None:
+    """Regression (issue 12, bug 1): the backfill below the shared buffer read eventually
+    consistent; a stale miss stopped it at the hole and the watcher jumped to the buffer's base,
+    never receiving the events in between."""
+    # GIVEN a running job with 30 events, a first watcher holding the buffer at 29.., and a store
+    # whose eventually consistent reads still miss event 10 (written a moment ago)
+    world = World()
+    stale = StaleLog(hidden=set())
+    world.deps = replace(world.deps, log=stale)
+    world.journal = Journal(stale, world.deps.settings.retention_seconds)
+    world.append(30)
+    world.project()
+    hub = world.hub()
+
+    async def go() -> list[int]:
+        ready = asyncio.Event()
+        head = asyncio.create_task(drain(hub, world.record(), 30, ready))
+        await ready.wait()
+        stale.hidden.add(10)
+        # WHEN a second watcher joins from seq 0
+        behind = asyncio.create_task(drain(hub, world.record(), 0))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(world.append, 1, terminal=True)
+        assert await head == [31]
+        return await behind
+
+    # THEN it receives every event 1..31, event 10 included
+    assert run(go()) == list(range(1, 32))
+
+
+def test_a_hole_that_is_really_there_below_the_buffer_is_an_error_not_a_skip() -> None:
+    """Events past retention cannot be replayed: the watcher is told (410), never silently moved on."""
+    world = World()
+    world.append(30)
+    world.project()
+    hub = world.hub()
+    log = world.log
+
+    async def go() -> None:
+        ready = asyncio.Event()
+        head = asyncio.create_task(drain(hub, world.record(), 30, ready))
+        await ready.wait()
+        log.expiry[(world.job.job_id, 5)] = 0  # expired (as if TTL were due)
+        async with hub.watch(world.record(), 0) as w:
+            first = await w.next_batch(1.0)
+            assert [e.seq for e in first] == [1, 2, 3, 4]
+            with pytest.raises(EventsExpired):
+                await w.next_batch(1.0)
+        await asyncio.to_thread(world.append, 1, terminal=True)
+        await head
+
+    run(go())

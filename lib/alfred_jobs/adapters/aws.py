@@ -8,6 +8,7 @@ built lazily from settings, never at import time (moto and tests rely on that).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -195,9 +196,12 @@ class DynamoJobStore:
         item = job_to_item(job)
         item["active_shard"] = _shard(job.job_id)
         item["due_at"] = job.created_at + self._pending_grace
+        # An expired record no longer exists for us (TTL deletes it up to days late): a key
+        # reused after retention replaces it with a new job (guarantee 11).
         with mapped_errors():
             self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
-                                      ConditionExpression="attribute_not_exists(job_id)")
+                                      ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
+                                      ExpressionAttributeValues=serialize({":now": int(now_ts())}))
 
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with mapped_errors():
@@ -222,8 +226,12 @@ class DynamoJobStore:
                         **_ACTIVE_VALUES},
                 ReturnValues="ALL_NEW")
         except ConditionFailed:
-            current = self.get(job_id)
+            current = self.get(job_id)  # strongly consistent
             if current is not None and current.status in ACTIVE_STATUSES:
+                if current.lease_owner == owner:
+                    # Our own update landed and its answer was lost; the SDK's retry then failed
+                    # the condition on our own lease. The job is ours.
+                    return current
                 raise LeaseHeld(job_id) from None
             raise
         return item_to_job(attrs)
@@ -252,7 +260,9 @@ class DynamoJobStore:
                 ConditionExpression="lease_owner = :me AND attribute_exists(active_shard)",
                 values={":me": owner, ":zero": 0, ":due": due_at})
         except ConditionFailed:
-            raise Fenced(job_id) from None
+            # Not ours any more: released by an earlier try whose answer was lost, taken over, or
+            # ended. Either way the job is not held by us, which is all a release asks for.
+            pass
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         names = {"#s": "status"}
@@ -358,13 +368,13 @@ class DynamoJobStore:
 def event_to_item(job_id: str, ev: Event, expires_at: int) -> dict[str, Any]:
     return {"job_id": job_id, "seq": ev.seq, "type": str(ev.type), "at": ev.at, "attempt": ev.attempt,
             "data_json": json.dumps(ev.data, separators=(",", ":")), "writer": ev.writer,
-            "expires_at": expires_at}
+            "event_id": ev.id or None, "expires_at": expires_at}
 
 
 def item_to_event(item: dict[str, Any]) -> Event:
     return Event(seq=int(item["seq"]), type=EventType(item["type"]), at=item["at"],
                  attempt=int(item.get("attempt", 0)), data=json.loads(item.get("data_json") or "{}"),
-                 writer=item.get("writer", ""))
+                 writer=item.get("writer", ""), id=item.get("event_id", ""))
 
 
 class DynamoEventLog:
@@ -376,10 +386,13 @@ class DynamoEventLog:
         self._table = settings.events_table
 
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        # An expired item is gone as far as we are concerned, although TTL may keep it for days:
+        # its slot is free (a job id reused after retention starts a fresh log on old items).
         with mapped_errors():
             self._c.dynamodb.put_item(TableName=self._table,
                                       Item=serialize(event_to_item(job_id, event, expires_at)),
-                                      ConditionExpression="attribute_not_exists(seq)")
+                                      ConditionExpression="attribute_not_exists(seq) OR expires_at <= :now",
+                                      ExpressionAttributeValues=serialize({":now": int(now_ts())}))
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         with mapped_errors():
@@ -440,10 +453,12 @@ class DynamoConversationStore:
         out_items: list[dict[str, Any]] = []
         key: dict[str, Any] | None = None
         while True:
+            # Strongly consistent: the next job plans from this history, and a stale read would
+            # leave out the turn committed a moment ago.
             args: dict[str, Any] = {
                 "TableName": self._table, "KeyConditionExpression": "conversation_key = :k",
                 "ExpressionAttributeValues": serialize({":k": f"{user_id}#{conversation_id}"}),
-                "ScanIndexForward": True}
+                "ScanIndexForward": True, "ConsistentRead": True}
             if key:
                 args["ExclusiveStartKey"] = key
             with mapped_errors():
@@ -467,16 +482,39 @@ class DynamoAgentDataStore:
 
     def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
                            expires_at: int) -> int:
-        with mapped_errors():
-            out = self._c.dynamodb.update_item(
-                TableName=self._table,
-                Key=serialize({"pk": f"EFFECT#{job_id}", "sk": f"STEP#{step_index:04d}"}),
-                UpdateExpression="ADD executions :one SET last_attempt = :a, payload_json = :p, "
-                                 "expires_at = :e",
-                ExpressionAttributeValues=serialize({":one": 1, ":a": attempt,
-                                                     ":p": json.dumps(payload), ":e": expires_at}),
-                ReturnValues="UPDATED_NEW")
-        return int(deserialize(out["Attributes"])["executions"])
+        # Each run adds its own token to a set: the SDK's retry of an update whose answer was lost
+        # adds the same token again, so one run is counted once (``ADD`` of a number would count
+        # it twice). An expired record (a job id reused after retention) is replaced, not added to.
+        key = serialize({"pk": f"EFFECT#{job_id}", "sk": f"STEP#{step_index:04d}"})
+        token = uuid.uuid4().hex
+        now = int(now_ts())
+        for _ in range(3):
+            try:
+                with mapped_errors():
+                    out = self._c.dynamodb.update_item(
+                        TableName=self._table, Key=key,
+                        UpdateExpression="ADD runs :run SET last_attempt = :a, payload_json = :p, "
+                                         "expires_at = :e",
+                        ConditionExpression="attribute_not_exists(pk) OR expires_at > :now",
+                        ExpressionAttributeValues=serialize({":run": {token}, ":a": attempt,
+                                                             ":p": json.dumps(payload), ":e": expires_at,
+                                                             ":now": now}),
+                        ReturnValues="UPDATED_NEW")
+                return len(deserialize(out["Attributes"])["runs"])
+            except ConditionFailed:
+                try:
+                    with mapped_errors():
+                        self._c.dynamodb.put_item(
+                            TableName=self._table,
+                            Item=serialize({"pk": f"EFFECT#{job_id}", "sk": f"STEP#{step_index:04d}",
+                                            "runs": {token}, "last_attempt": attempt,
+                                            "payload_json": json.dumps(payload), "expires_at": expires_at}),
+                            ConditionExpression="expires_at <= :now",
+                            ExpressionAttributeValues=serialize({":now": now}))
+                    return 1
+                except ConditionFailed:
+                    continue  # someone wrote it meanwhile (or our put landed unanswered): add to it
+        raise TransientStoreError(f"could not record step {step_index} of {job_id}")
 
     def step_effects(self, job_id: str) -> dict[int, int]:
         with mapped_errors():
@@ -484,9 +522,11 @@ class DynamoAgentDataStore:
                 TableName=self._table, KeyConditionExpression="pk = :p",
                 ExpressionAttributeValues=serialize({":p": f"EFFECT#{job_id}"}), ConsistentRead=True)
         result: dict[int, int] = {}
+        now = now_ts()
         for raw in out.get("Items", []):
             d = deserialize(raw)
-            result[int(d["sk"].split("#")[1])] = int(d["executions"])
+            if int(d.get("expires_at", 0)) > now:
+                result[int(d["sk"].split("#")[1])] = len(d.get("runs", ()))
         return result
 
 

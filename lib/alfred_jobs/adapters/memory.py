@@ -23,8 +23,9 @@ class MemoryJobStore:
 
     def create(self, job: Job) -> None:
         with self.lock:
-            if job.job_id in self.items:
-                raise ConditionFailed(job.job_id)
+            old = self.items.get(job.job_id)
+            if old is not None and not old.expired():
+                raise ConditionFailed(job.job_id)  # an expired record is replaced, as in DynamoDB
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
 
@@ -63,7 +64,7 @@ class MemoryJobStore:
         with self.lock:
             job = self.items.get(job_id)
             if job is None or job.lease_owner != owner or job_id not in self.due:
-                raise Fenced(job_id)
+                return  # not ours any more: nothing to release
             self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0)
             self.due[job_id] = due_at
 
@@ -128,31 +129,41 @@ class MemoryJobStore:
 
 
 class MemoryEventLog:
+    """Events with their expiry: an expired event reads as gone and its slot is free, as in DynamoDB."""
+
     def __init__(self) -> None:
         self.items: dict[tuple[str, int], Event] = {}
+        self.expiry: dict[tuple[str, int], int] = {}
         self.lock = threading.RLock()
         self.reads = 0
+
+    def _live(self, key: tuple[str, int]) -> Event | None:
+        ev = self.items.get(key)
+        return ev if ev is not None and self.expiry.get(key, 0) > now_ts() else None
 
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
         with self.lock:
             key = (job_id, event.seq)
-            if key in self.items:
+            if self._live(key) is not None:
                 raise ConditionFailed(f"{job_id}#{event.seq}")
             self.items[key] = event
+            self.expiry[key] = expires_at
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         with self.lock:
             self.reads += 1
-            return self.items.get((job_id, seq))
+            return self._live((job_id, seq))
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         with self.lock:
             self.reads += 1
-            return [self.items[(job_id, s)] for s in range(first, last + 1) if (job_id, s) in self.items]
+            found = (self._live((job_id, s)) for s in range(first, last + 1))
+            return [ev for ev in found if ev is not None]
 
     def all(self, job_id: str) -> list[Event]:
         with self.lock:
-            return sorted((e for (j, _), e in self.items.items() if j == job_id), key=lambda e: e.seq)
+            return sorted((e for (j, s), e in self.items.items() if j == job_id and self._live((j, s))),
+                          key=lambda e: e.seq)
 
 
 class MemoryConversationStore:
@@ -195,18 +206,24 @@ class MemoryJobQueue:
 class MemoryAgentDataStore:
     def __init__(self) -> None:
         self.executions: dict[tuple[str, int], int] = {}
+        self.expiry: dict[tuple[str, int], int] = {}
         self.lock = threading.Lock()
 
     def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
                            expires_at: int) -> int:
         with self.lock:
             key = (job_id, step_index)
+            if self.expiry.get(key, 0) <= now_ts():
+                self.executions.pop(key, None)  # an earlier job's record (id reused after retention)
             self.executions[key] = self.executions.get(key, 0) + 1
+            self.expiry[key] = expires_at
             return self.executions[key]
 
     def step_effects(self, job_id: str) -> dict[int, int]:
         with self.lock:
-            return {i: n for (j, i), n in self.executions.items() if j == job_id}
+            now = now_ts()
+            return {i: n for (j, i), n in self.executions.items()
+                    if j == job_id and self.expiry.get((j, i), 0) > now}
 
 
 def memory_deps(settings: Settings | None = None) -> Deps:

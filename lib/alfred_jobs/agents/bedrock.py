@@ -455,7 +455,7 @@ class BedrockAgent:
             raise TerminalAgentError(f"step {step.index} is not a step this agent knows: {exc}",
                                      code="bad_step") from exc
         key = ctx.idempotency_key(step.index)
-        expires = int(time.time()) + self.config.retention_seconds
+        expires = ctx.expires_at or int(time.time()) + self.config.retention_seconds
         # Recorded first, so "never executed twice" can be checked like the demo agent's steps.
         self.agent_data.record_step_effect(ctx.job_id, step.index, ctx.attempt, {"kind": spec.kind}, expires)
         u, c = ctx.user_id, ctx.conversation_id

@@ -65,7 +65,7 @@ class DemoAgent:
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
-                                            int(now_ts() + self.settings.retention_seconds))
+                                            ctx.expires_at or int(now_ts() + self.settings.retention_seconds))
         if _directive(ctx.message, "fatal") is not None and step.index == 1:
             raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
         if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):

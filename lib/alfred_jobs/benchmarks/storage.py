@@ -67,7 +67,7 @@ class _Appender:
 
     def __call__(self) -> None:
         ev = Event.new(self.head + 1, EventType.STEP, _step_data(self.head + 1), attempt=1, writer=self.writer)
-        self.journal.append(self.job_id, ev)
+        self.journal.append(self.job_id, ev, self.journal.expires_at())
         self.head += 1
 
 

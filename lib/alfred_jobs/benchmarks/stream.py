@@ -53,7 +53,7 @@ class Writer:
 
     def put(self, type: EventType, data: dict[str, Any]) -> int:
         ev = Event.new(self.head + 1, type, data, attempt=1, writer=self.owner)
-        self.journal.append(self.job.job_id, ev)
+        self.journal.append(self.job.job_id, ev, self.job.expires_at)
         self.written[ev.seq] = time.perf_counter()
         self.head = ev.seq
         return ev.seq

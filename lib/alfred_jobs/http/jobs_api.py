@@ -15,7 +15,7 @@ from ..deps import Deps, aws_deps
 from ..exceptions import InvalidInput, PayloadTooLarge
 from ..models import ChatRequest, ErrorResponse, Job
 from ..service.jobs import JobService
-from ..settings import Settings, get_settings
+from ..settings import SUBMIT_SECRETS, Settings, get_settings
 from .common import CurrentUser, Service, add_cors, install_error_handlers
 
 router = APIRouter()
@@ -113,7 +113,10 @@ def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()
     ``routers_first`` take precedence over the job API's own routes (the dev server puts the stream
     function's async long-poll in front of the Lambda's blocking one).
     """
-    deps = deps or aws_deps(get_settings())
+    if deps is None:
+        settings = get_settings()
+        settings.check_deployable(SUBMIT_SECRETS)
+        deps = aws_deps(settings)
     app = FastAPI(title="alfred-jobs", version="0.1.0",
                   description="Durable background jobs for the Alfred agent")
     app.state.deps = deps

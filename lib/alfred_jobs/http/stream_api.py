@@ -20,11 +20,11 @@ from starlette.types import Receive, Scope, Send
 
 from ..auth import verify_stream_token
 from ..deps import Deps, aws_deps
-from ..exceptions import InvalidInput, Unauthorized
+from ..exceptions import EventsExpired, InvalidInput, Unauthorized
 from ..models import ErrorResponse, Event, Job
 from ..service.jobs import JobService, validate_job_id
 from ..service.watch import WatchHub
-from ..settings import get_settings
+from ..settings import STREAM_SECRETS, get_settings
 from .common import add_cors, current_user, get_deps, install_error_handlers
 
 RETRY_MS = 2000  # EventSource reconnect delay hint
@@ -34,7 +34,7 @@ BATCH = 500
 _CURSOR_RE = re.compile(r"^[0-9]{1,10}$")
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 410)}
 
 
 def get_hub(request: Request) -> WatchHub:
@@ -100,7 +100,12 @@ async def sse_stream(hub: WatchHub, job: Job, after: int, heartbeat: float,
     async with hub.watch(job, after) as watcher:
         yield f"retry: {retry_ms}\n\n"
         while not watcher.done:
-            events = await watcher.next_batch(heartbeat, BATCH)
+            try:
+                events = await watcher.next_batch(heartbeat, BATCH)
+            except EventsExpired:
+                # Past retention mid-stream: end it; the reconnect is told 404 (the job is gone).
+                yield ": events expired\n\n"
+                return
             if events:
                 yield "".join(sse_frame(e) for e in events)
             elif not watcher.done:
@@ -164,7 +169,10 @@ async def job_events(request: Request, job_id: str,
 def create_stream_app(deps: Deps | None = None, *, heartbeat_seconds: float | None = None,
                       hub: WatchHub | None = None) -> FastAPI:
     """The stream app: healthz, SSE and long-poll. ``deps`` defaults to DynamoDB from the environment."""
-    deps = deps or aws_deps(get_settings())
+    if deps is None:
+        settings = get_settings()
+        settings.check_deployable(STREAM_SECRETS)
+        deps = aws_deps(settings)
     app = FastAPI(title="alfred-jobs stream", version="0.1.0",
                   description="Replay and live events of alfred-jobs jobs (SSE and long-poll)")
     app.state.deps = deps

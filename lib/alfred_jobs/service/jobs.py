@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from ..deps import Deps
-from ..exceptions import ConditionFailed, Conflict, InvalidInput, NotFound
+from ..exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, TransientStoreError
 from ..journal import Journal, SlotTaken
 from ..models import (
     ACTIVE_STATUSES,
@@ -92,18 +92,11 @@ class JobService:
                   conversation_id=req.conversation_id or uuid.uuid4().hex,
                   created_at=now, expires_at=int(now + self.settings.retention_seconds),
                   body_hash=digest)
-        try:
-            self.deps.jobs.create(job)
-        except ConditionFailed:
-            existing = self.deps.jobs.get(job_id)
-            if existing is None:
-                # The old record expired but is still stored: retention is over, so the key is
-                # free again, but the store keeps the item until TTL deletes it.
-                raise Conflict("this Idempotency-Key was used by a job that has expired; use a new key",
-                               code="idempotency_key_expired") from None
+        existing = self._create(job)
+        if existing is not None:
             if existing.user_id != user_id or existing.body_hash != digest:
                 raise Conflict("this Idempotency-Key was already used with a different request",
-                               code="idempotency_key_reused") from None
+                               code="idempotency_key_reused")
             if existing.status is JobStatus.PENDING and existing.last_seq == 0:
                 # The first submit may have died between its put and its send: send again. A
                 # duplicate message is harmless (the worker drops messages of held jobs).
@@ -113,6 +106,28 @@ class JobService:
         count("JobsSubmitted")
         log.info("job submitted", extra={"job_id": job_id, "user": user_id})
         return Submitted(job, created=True)
+
+    def _create(self, job: Job) -> Job | None:
+        """Put the new record; returns the live job that already has this id, or None if ours
+        went in.
+
+        An expired record is no obstacle: the store's condition treats it as gone (guarantee 11,
+        a key is free again after retention). A ConditionFailed whose record is our own (same
+        creation time) is an ambiguous write: the put landed, its answer was lost, and the SDK's
+        retry hit our own record.
+        """
+        for _ in range(3):
+            try:
+                self.deps.jobs.create(job)
+                return None
+            except ConditionFailed:
+                existing = self.deps.jobs.get(job.job_id)  # strongly consistent
+                if existing is None:
+                    continue  # it expired between the put and the read: the id is free now
+                if existing.created_at == job.created_at and existing.body_hash == job.body_hash:
+                    return None
+                return existing
+        raise TransientStoreError(f"could not create job {job.job_id}")
 
     # ---- read ---------------------------------------------------------------------------
 
@@ -194,7 +209,7 @@ class JobService:
             ev = Event.new(job.last_seq + 1, EventType.CANCELLED, {}, attempt=job.attempts,
                            writer=API_WRITER)
             try:
-                self.journal.append(job_id, ev)
+                self.journal.append(job_id, ev, job.expires_at)
             except SlotTaken:
                 pass  # a worker started it meanwhile: fall through to the flag
             else:

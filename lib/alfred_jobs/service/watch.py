@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from ..exceptions import EventsExpired
 from ..journal import Journal
 from ..models import Event, Job, JobStatus, fold
 from ..observability import get_logger
@@ -127,7 +128,11 @@ class _Channel:
                 return []  # another watcher filled it meanwhile
             base = self.base
             want = base - cursor
-            evs = await self._read(cursor, known_head=base, limit=min(want, max(limit, READ_LIMIT)))
+            # Strongly consistent: these events exist (the buffer starts above them), and an
+            # eventually consistent read could miss one that was written a moment ago, stop at
+            # that hole and look like the events were gone.
+            evs = await self._read(cursor, known_head=base, limit=min(want, max(limit, READ_LIMIT)),
+                                   consistent=True)
             evs = [e for e in evs if e.seq <= base]
             if len(evs) == want and base == self.base and len(self.events) + want <= self.hub.max_buffer:
                 self.events[:0] = evs
@@ -135,11 +140,12 @@ class _Channel:
                 return []  # now in the buffer
             return evs[:limit]
 
-    async def _read(self, after: int, *, known_head: int, limit: int) -> list[Event]:
+    async def _read(self, after: int, *, known_head: int, limit: int, consistent: bool = False) -> list[Event]:
         self.store_reads += 1
-        # Eventually consistent: a read that misses a just-written event finds it next poll.
+        # The poller reads eventually consistent: a read that misses a just-written event stops at
+        # that seq (reads are contiguous) and finds it next poll; nothing is skipped.
         return await asyncio.to_thread(self.hub.journal.read_after, self.job_id, after,
-                                       known_head=known_head, limit=limit, consistent=False)
+                                       known_head=known_head, limit=limit, consistent=consistent)
 
     async def poll_forever(self) -> None:
         """Read new events until the terminal one is in the buffer (or the task is cancelled)."""
@@ -212,9 +218,10 @@ class Watcher:
                     self.cursor = evs[-1].seq
                     return evs
                 if self.cursor < ch.base:
-                    # The store no longer holds those events (expired): nothing can be replayed.
+                    # A strongly consistent read found a hole below events we hold: those events
+                    # expired (retention is over). Never skip them silently (guarantee 3).
                     log.warning("events expired below the buffer", extra={"job_id": ch.job_id})
-                    self.cursor = ch.base
+                    raise EventsExpired(f"events after {self.cursor} of this job have expired")
                 continue
             evs = ch.slice(self.cursor, limit)
             if evs:

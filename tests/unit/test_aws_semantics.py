@@ -1,0 +1,124 @@
+"""Regressions of issue 12 on the in-memory fakes: what AWS does and moto does not.
+
+Each test names the bug it pins. The same behaviours are proven end to end, through the faithful
+proxy in front of moto server, in tests/integration/test_faithful.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, memory_deps
+from alfred_jobs.deps import Deps
+from alfred_jobs.exceptions import ConditionFailed
+from alfred_jobs.lease import LeaseKeeper
+from alfred_jobs.models import ChatRequest, Job, JobStatus, Progress, now_ts
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.settings import STREAM_SECRETS, SUBMIT_SECRETS, Settings
+
+
+@pytest.fixture
+def deps() -> Deps:
+    return memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.01))
+
+
+def expire(deps: Deps, job: Job) -> None:
+    """Retention is over for ``job``: its record and events are past ``expires_at`` (still stored,
+    as DynamoDB keeps expired items until TTL gets round to them)."""
+    store, log = deps.jobs, deps.log
+    assert isinstance(store, MemoryJobStore) and isinstance(log, MemoryEventLog)
+    past = int(now_ts()) - 1
+    store.items[job.job_id] = replace(store.items[job.job_id], expires_at=past)
+    for key in list(log.expiry):
+        if key[0] == job.job_id:
+            log.expiry[key] = past
+
+
+# ---- bug 3: an Idempotency-Key reused after retention -------------------------------------------
+
+
+def test_a_key_reused_after_retention_makes_a_new_job_with_a_fresh_log(deps: Deps) -> None:
+    svc = JobService(deps)
+    first = svc.submit("u", ChatRequest(message="soup"), "key-1").job
+    svc.cancel("u", first.job_id)  # writes event 1 (cancelled)
+    expire(deps, svc.get("u", first.job_id))
+    again = svc.submit("u", ChatRequest(message="stew"), "key-1")
+    assert again.created, "the key is free again once retention is over (guarantee 11)"
+    assert again.job.job_id == first.job_id and again.job.message == "stew"
+    job = svc.get("u", again.job.job_id)
+    assert job.status is JobStatus.PENDING and job.last_seq == 0
+    assert svc.events("u", job.job_id, 0, 0).events == [], "none of the old job's events"
+
+
+def test_a_create_whose_answer_was_lost_is_reported_as_created(deps: Deps) -> None:
+    """The put landed, the SDK retried it and hit our own record: still our new job (202)."""
+
+    class AmbiguousCreate(MemoryJobStore):
+        def create(self, job: Job) -> None:
+            super().create(job)
+            raise ConditionFailed(job.job_id)  # the retry of our own landed put
+
+    store = AmbiguousCreate()
+    deps = replace(deps, jobs=store)
+    out = JobService(deps).submit("u", ChatRequest(message="soup"), "key-2")
+    assert out.created
+
+
+# ---- bug 4: a stale read taken for a cancellation -----------------------------------------------
+
+
+class StaleJobStore(MemoryJobStore):
+    """An eventually consistent GetItem that does not see the record yet (written a moment ago)."""
+
+    def get(self, job_id: str, consistent: bool = True) -> Job | None:
+        return None if not consistent else super().get(job_id, consistent)
+
+
+def test_the_cancel_poll_does_not_take_a_stale_miss_for_a_cancel(deps: Deps) -> None:
+    store = StaleJobStore()
+    deps = replace(deps, jobs=store)
+    job = JobService(deps).submit("u", ChatRequest(message="soup"), None).job
+    taken = store.acquire_lease(job.job_id, "me", now_ts(), 5)
+    polled = threading.Event()
+
+    def state() -> tuple[int, JobStatus, Progress]:
+        return 0, JobStatus.RUNNING, Progress()
+
+    keeper = LeaseKeeper(deps, job.job_id, "me", taken.lease_expires, None, state, False)
+    original = store.get
+
+    def counting_get(job_id: str, consistent: bool = True) -> Job | None:
+        if not consistent:
+            polled.set()
+        return original(job_id, consistent)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    keeper.start()
+    try:
+        assert polled.wait(5), "the keeper polled for a cancel"
+        # a few more polls, each answered "no item"
+        for _ in range(3):
+            polled.clear()
+            assert polled.wait(5)
+    finally:
+        keeper.stop()
+    assert not keeper.cancel_requested, "nobody cancelled this job"
+
+
+# ---- bug 6: each function needs only the secrets it uses -----------------------------------------
+
+
+def test_in_apigw_mode_each_function_checks_only_its_own_secrets() -> None:
+    bare = Settings(auth_mode="apigw")
+    bare.check_deployable(())  # worker, sweeper: no secrets at all
+    with pytest.raises(RuntimeError, match="STREAM_TOKEN_SECRET"):
+        bare.check_deployable(STREAM_SECRETS)
+    stream = Settings(auth_mode="apigw", stream_token_secret="s" * 40)
+    stream.check_deployable(STREAM_SECRETS)
+    with pytest.raises(RuntimeError, match="CURSOR_SECRET"):
+        stream.check_deployable(SUBMIT_SECRETS)
+    Settings(auth_mode="apigw", stream_token_secret="s" * 40, cursor_secret="c" * 40).check_deployable(
+        SUBMIT_SECRETS)
