@@ -240,26 +240,40 @@ class CountedWorker:
     proc: subprocess.Popen[bytes]
     counts_file: Path
 
-    def counts(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Ask the worker for its counts since the last time (SIGUSR1) and read them."""
-        before = self.counts_file.stat().st_mtime_ns if self.counts_file.exists() else 0
-        self.proc.send_signal(signal.SIGUSR1)
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.counts_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return data
+
+    def _wait(self, newer_than: int, timeout: float) -> dict[str, Any]:
+        """The first snapshot numbered above ``newer_than``; fails at once if the worker died."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.counts_file.exists() and self.counts_file.stat().st_mtime_ns != before:
-                data: dict[str, Any] = json.loads(self.counts_file.read_text(encoding="utf-8"))
+        while True:
+            data = self._read()
+            if data is not None and int(data.get("dump", 0)) > newer_than:
                 return data
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the counted worker exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not write its counts")
             time.sleep(0.02)
-        raise TimeoutError("the worker did not write its counts")
+
+    def counts(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Ask the worker for its counts since the last time (SIGUSR1) and read them."""
+        before = self._read()
+        self.proc.send_signal(signal.SIGUSR1)
+        return self._wait(int(before.get("dump", 0)) if before else 0, timeout)
 
 
 def start_worker(stack: BenchStack, concurrency: int = 1, **extra_env: str) -> CountedWorker:
     path = stack.tmp / f"worker-{uuid.uuid4().hex[:8]}.json"
     proc = stack.spawn(["-m", "alfred_jobs.benchmarks.worker", str(concurrency), str(path)], **extra_env)
     w = CountedWorker(proc, path)
-    # Ready when its handlers answer a first SIGUSR1 (imports done, clients about to poll).
-    time.sleep(0.3)
-    w.counts(timeout=60)
+    # Ready once its first snapshot exists: its SIGUSR1 handler is installed by then. A fixed
+    # sleep here killed a slow-starting worker on a busy machine (SIGUSR1's default is to exit).
+    w._wait(0, timeout=300)
     return w
 
 

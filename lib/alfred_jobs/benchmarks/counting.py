@@ -161,11 +161,16 @@ def install_process_wide(counter: RequestCounter) -> None:
         handlers.BUILTIN_HANDLERS.append((event, handler))
 
 
+_dumps = 0  # snapshots written by this process: a reader waits for the number to move, not the clock
+
+
 def dump(counter: RequestCounter, path: str | os.PathLike[str], reset: bool = True) -> None:
     """Write a snapshot atomically (the reader never sees half a file)."""
     target = Path(path)
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(counter.snapshot(reset=reset)), encoding="utf-8")
+    global _dumps
+    _dumps += 1
+    tmp.write_text(json.dumps({**counter.snapshot(reset=reset), "dump": _dumps}), encoding="utf-8")
     tmp.replace(target)
 
 

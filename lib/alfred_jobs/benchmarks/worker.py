@@ -25,6 +25,9 @@ def main() -> None:
         dump(counter, path)
 
     signal.signal(signal.SIGUSR1, on_usr1)
+    # The first snapshot says "ready": only now may the harness send SIGUSR1 (before the handler is
+    # installed, SIGUSR1 would kill the process).
+    dump(counter, path)
     from ..local_worker import run_worker_threads
     from ..settings import get_settings
 
