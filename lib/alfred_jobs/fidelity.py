@@ -1632,16 +1632,18 @@ class Fidelity:
         self.spec = new
 
     def stats(self) -> JsonDict:
+        """Counts since start (or the last stats reset); see the control API in the module doc."""
         with self._lock:
-            injected: dict[str, dict[str, int]] = {}
-            for (kind, op), n in sorted(self._injected.items()):
-                injected.setdefault(kind, {})[op] = n
-            return {"calls": self._total_calls, "injected": injected,
+            return {"calls": self._total_calls,
+                    "injected": {f"{kind}/{op}": n for (kind, op), n in sorted(self._injected.items())},
                     "injected_total": sum(self._injected.values()),
-                    "stale_answers": dict(sorted(self._stale.items())), "stale_items": self._stale_items,
-                    "ttl_deleted": sum(self._ttl_deleted.values()),
-                    "ttl_deleted_by_table": dict(sorted(self._ttl_deleted.items())),
-                    "ttl_pending": len(self._pending), "stale_receipt_deletes_ignored": self._stale_receipts,
+                    "stale_answers": sum(self._stale.values()),
+                    "stale_answers_by_operation": dict(sorted(self._stale.items())),
+                    "stale_items": self._stale_items,
+                    "ttl_deletions": sum(self._ttl_deleted.values()),
+                    "ttl_deletions_by_table": dict(sorted(self._ttl_deleted.items())),
+                    "ttl_pending": len(self._pending),
+                    "stale_receipt_deletes_ignored": self._stale_receipts,
                     "history_keys": len(self._history), "spec": self.spec.describe()}
 
 
@@ -1741,6 +1743,7 @@ class FidelityProxy:
     port: int
     proc: subprocess.Popen[bytes]
     upstream: str
+    spec: str = DEFAULT_PROFILE  # the spec it was started with (what ``configure(key=None)`` restores)
 
     @property
     def endpoint(self) -> str:
@@ -1771,13 +1774,30 @@ class FidelityProxy:
     def clear_script(self) -> None:
         httpx.delete(self._url("script"), timeout=10).raise_for_status()
 
-    def configure(self, spec: str, replace: bool = False) -> str:
-        """Change the spec at run time (clauses over the current one, or from scratch)."""
-        out = httpx.post(self._url("config"), json={"spec": spec, "replace": replace}, timeout=10)
+    def configure(self, spec: str = "", replace: bool = False, **settings: float | str | None) -> str:
+        """Change the spec at run time: ``spec`` clauses, then ``settings`` (``stale_ms=4000``; a
+        None value puts back what the proxy was started with), over the current spec or, with
+        ``replace``, from scratch. Returns the spec now in force."""
+        clauses = [spec] if spec else []
+        for name, value in settings.items():
+            clauses.append(f"{name}={_setting_text(FidelitySpec.parse(self.spec), name) if value is None else value}")
+        out = httpx.post(self._url("config"), json={"spec": ";".join(clauses), "replace": replace}, timeout=10)
         return str(out.raise_for_status().json()["spec"])
 
     def stats(self) -> JsonDict:
         return cast(JsonDict, httpx.get(self._url("stats"), timeout=10).raise_for_status().json())
+
+
+def _setting_text(spec: FidelitySpec, name: str) -> str:
+    """The value of one key of ``spec``, in the spec format."""
+    current = dict(c.split("=", 1) for c in spec.describe().split(";"))
+    if name in current:
+        return current[name]
+    if name in RATE_KINDS:
+        return "0"
+    if name == "exempt":
+        return ""
+    raise FidelitySpecError(f"unknown key {name!r}")
 
 
 def start_fidelity_proxy(upstream: str, spec: str | None = None, host: str = "127.0.0.1",
@@ -1788,7 +1808,7 @@ def start_fidelity_proxy(upstream: str, spec: str | None = None, host: str = "12
     port = port or free_port(host)
     proc = subprocess.Popen([sys.executable, "-m", "alfred_jobs.fidelity", "--upstream", upstream,
                              "--host", host, "--port", str(port), "--spec", text], stdout=subprocess.DEVNULL)
-    proxy = FidelityProxy(host, port, proc, upstream)
+    proxy = FidelityProxy(host, port, proc, upstream, text)
     try:
         wait_http(proxy._url("health"), proc=proc)
     except Exception:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from alfred_jobs.emulator import emulator_env, start_moto_server
 from alfred_jobs.fidelity import FidelityProxy, start_fidelity_proxy
 
+__all__ = ["FidelityProxy", "faithful_emulator", "fidelity_switch"]
+
 OFF_VALUES = ("", "0", "off", "false", "no")
 
 
