@@ -7,25 +7,24 @@ intrinsic resolved against a local "deployment", plus what the Lambda runtime se
 from the test process's environment. A reference this module cannot resolve raises
 ``Unresolvable``, so a variable added to the template is covered (or loudly refused) at once.
 
-    with deploy(endpoints, tmp_path) as d:          # tables, queues (bootstrap), secrets (random)
+    with deploy(faithful_env, tmp_path, calls=proxy) as d:  # tables, queues (bootstrap), secrets
         submit = d.start("SubmitFunction")          # a child Python, handler imported as Lambda does
         out = submit.invoke(http_api_event(...))    # an Invocation: payload, or a Lambda error
         stream = d.start_stream()                   # the image's own CMD (uvicorn), on a free port
-        d.calls.of("WorkerFunction")                # every AWS call it made, with its principal
+        d.calls.of("WorkerFunction")                # every AWS call it made, from the proxy's log
 
 Every function process signs with a distinct access key id, its logical id (for example
-``AWS_ACCESS_KEY_ID=WorkerFunction``), so each call can be attributed to a role. The calls are
-recorded by a botocore hook the launcher installs in each child before the handler is imported
-(and on the harness's event-source-mapping client): one JSON line per call, in the shape of the
-fidelity proxy's ``GET /_fidelity/calls`` (``principal, service, action, resource, index,
-status``). The file is named on the launcher's command line, not in the environment, so the
-function's environment stays exactly the template's.
+``AWS_ACCESS_KEY_ID=WorkerFunction``), so the fidelity proxy (``alfred_jobs.fidelity``, whose
+``GET /_fidelity/calls`` lists ``principal, service, action, resource, index, status``) can
+attribute each call to a role; ``tests/support/iam.py`` checks them. The harness's own calls
+(creating resources, planting and reading state) sign as ``inspector``, which the proxy's
+``aws`` profile exempts from injected faults and no role check looks at.
 
 Deliberate differences from AWS, each named: the stream's port (``PORT`` and ``AWS_LWA_PORT``)
 is a free local port instead of 8080; the Lambda Web Adapter itself is not run, only its target
 process (the image's CMD); ``HOME`` is an empty temporary directory (so no ``~/.aws`` of the
 developer leaks in); ``PATH`` and, for zip functions, ``PYTHONPATH`` (CodeUri + the layer, lib/)
-point at this checkout and its virtualenv.
+point at this checkout and its virtualenv; the emulator endpoint variables are added.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 
@@ -71,7 +70,7 @@ TEST_PARAMETERS: dict[str, Any] = {
     "CorsAllowedOrigins": "https://alfred.test",
 }
 SECRET_ACCESS_KEY = "testing"  # every principal's secret; the access key id names the principal
-HARNESS_PRINCIPAL = "harness"  # the test's own calls (planting state, reading results): never checked
+HARNESS_PRINCIPAL = "inspector"  # the test's own calls: exempt from the proxy's faults, never role-checked
 NO_VALUE = object()  # AWS::NoValue
 
 
@@ -414,102 +413,26 @@ def endpoint_for(service_env_name: str, endpoints: Mapping[str, str]) -> str | N
     return endpoints.get(f"{ENDPOINT_PREFIX}_{service_env_name}") or endpoints.get(ENDPOINT_PREFIX)
 
 
-# ---- recording every AWS call --------------------------------------------------------------------
-
-# Runs in each function process before its handler is imported (and is exec'd here for the
-# harness's own event-source-mapping client). Self-contained: it must not import tests.*.
-RECORDER_SOURCE = r'''
-import json as _json
-import threading as _threading
-
-_LOCK = _threading.Lock()
+# ---- every AWS call, from the fidelity proxy's log ---------------------------------------------
 
 
-def _resource_of(service, params):
-    out = {"resource": None}
-    if service == "dynamodb":
-        if "TableName" in params:
-            out["resource"] = params["TableName"]
-        elif "RequestItems" in params:
-            out["resource"] = sorted(params["RequestItems"])
-        elif "TransactItems" in params:
-            out["resource"] = sorted({v["TableName"] for item in params["TransactItems"] for v in item.values()})
-        if params.get("IndexName"):
-            out["index"] = params["IndexName"]
-    elif service == "sqs":
-        out["resource"] = params.get("QueueUrl") or params.get("QueueName")
-    elif service == "secretsmanager":
-        out["resource"] = params.get("SecretId")
-    return out
+class CallSource(Protocol):
+    """Where calls are recorded: ``alfred_jobs.fidelity.FidelityProxy`` (``GET /_fidelity/calls``)."""
 
-
-def alfred_watch_client(client, path, principal=None):
-    """Append one JSON line to ``path`` for every API call ``client`` makes."""
-    service = client.meta.service_model.service_name
-    if principal is None:
-        creds = client._request_signer._credentials
-        principal = creds.get_frozen_credentials().access_key if creds is not None else None
-
-    def before(params, model, context, **_):
-        context["alfred_call"] = {"principal": principal, "service": service, "action": model.name,
-                                  **_resource_of(service, params)}
-
-    def write(record):
-        with _LOCK, open(path, "a", encoding="utf-8") as fh:
-            fh.write(_json.dumps(record) + "\n")
-
-    def after(http_response, parsed, model, context, **_):
-        record = context.get("alfred_call")
-        if record is not None:
-            write({**record, "status": http_response.status_code})
-
-    def after_error(exception, model, context, **_):
-        record = context.get("alfred_call")
-        if record is not None:
-            write({**record, "status": 0, "error": type(exception).__name__})
-
-    client.meta.events.register("before-parameter-build", before)
-    client.meta.events.register("after-call", after)
-    client.meta.events.register("after-call-error", after_error)
-    return client
-
-
-def alfred_record_all_clients(path):
-    """Watch every botocore client this process creates, whichever session creates it."""
-    import botocore.session
-
-    original = botocore.session.Session.create_client
-
-    def create_client(self, *args, **kwargs):
-        return alfred_watch_client(original(self, *args, **kwargs), path)
-
-    botocore.session.Session.create_client = create_client
-'''
-
-_recorder: dict[str, Any] = {}
-exec(compile(RECORDER_SOURCE, "<alfred call recorder>", "exec"), _recorder)
+    def calls(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass
-class CallLog:
-    """The AWS calls of every process of one deployment (JSON lines files in one directory)."""
+class DeploymentCalls:
+    """The recorded calls of one deployment: those whose resource is one of its own (every name
+    carries its unique prefix), or that name no resource at all."""
 
-    directory: Path
-
-    def path(self, name: str) -> Path:
-        return self.directory / f"{name}-{uuid.uuid4().hex[:8]}.jsonl"
-
-    def watch(self, client: Any, principal: str) -> Any:
-        """Record ``client``'s calls (a client of this, the test, process)."""
-        return _recorder["alfred_watch_client"](client, str(self.path(f"harness-{principal}")), principal)
+    source: CallSource
+    prefix: str
 
     def all(self) -> list[dict[str, Any]]:
-        calls: list[dict[str, Any]] = []
-        for path in sorted(self.directory.glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    calls.append(json.loads(line))
-        return calls
+        return [c for c in self.source.calls()
+                if c.get("resource") is None or self.prefix in json.dumps(c.get("resource"))]
 
     def of(self, principal: str) -> list[dict[str, Any]]:
         return [c for c in self.all() if c.get("principal") == principal]
@@ -523,11 +446,8 @@ class CallLog:
 LAUNCHER_SOURCE = r'''
 import importlib, json, os, sys, time, traceback
 results = os.fdopen(int(sys.argv[1]), "w", buffering=1)
-handler_spec, calls_path, timeout, function_arn = sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[6]
+handler_spec, timeout, function_arn = sys.argv[2], float(sys.argv[3]), sys.argv[4]
 environ_at_start = dict(os.environ)
-if calls_path:
-    exec(sys.argv[5], globals())
-    alfred_record_all_clients(calls_path)
 
 
 def error(exc, error_type=None):
@@ -563,6 +483,9 @@ while True:
     if not line:
         break
     request = json.loads(line)
+    # Set per invocation by the runtime (Tracing: Active); unsampled, so nothing is sent.
+    os.environ["_X_AMZN_TRACE_ID"] = "Root=1-%08x-%s;Parent=%s;Sampled=0" % (
+        int(time.time()), os.urandom(12).hex(), os.urandom(8).hex())
     if init_error is not None:
         out = {"error": init_error}
     else:
@@ -592,15 +515,13 @@ class FunctionProcess:
     """A zip function's execution environment: one warm container, invocations one at a time."""
 
     def __init__(self, logical_id: str, env: dict[str, str], task_root: Path, handler: str, timeout: float,
-                 calls: CallLog | None, log_path: Path, function_arn: str) -> None:
+                 log_path: Path, function_arn: str) -> None:
         self.logical_id = logical_id
         self.env = env
         self.timeout = timeout
         self.log_path = log_path
         read_fd, write_fd = os.pipe()
-        calls_path = str(calls.path(logical_id)) if calls is not None else ""
-        argv = [sys.executable, "-c", LAUNCHER_SOURCE, str(write_fd), handler, calls_path, str(timeout),
-                RECORDER_SOURCE, function_arn]
+        argv = [sys.executable, "-c", LAUNCHER_SOURCE, str(write_fd), handler, str(timeout), function_arn]
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, cwd=task_root, stdin=subprocess.PIPE, stdout=log,
                                          stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
@@ -723,7 +644,7 @@ class Deployment:
     template: dict[str, Any]
     workdir: Path
     stream_port: int
-    calls: CallLog
+    record: CallSource | None
     harness_settings: Settings
     harness_session: Any
     processes: list[Any] = field(default_factory=list)
@@ -762,8 +683,14 @@ class Deployment:
         env.update(template_environment(logical_id, self.resolver))  # the function's own config wins
         return env
 
-    def start(self, logical_id: str, *, drop: tuple[str, ...] = (), override: Mapping[str, str] | None = None,
-              record: bool = True) -> FunctionProcess:
+    @property
+    def calls(self) -> DeploymentCalls:
+        if self.record is None:
+            raise RuntimeError("this deployment records no calls: deploy(..., calls=<a fidelity proxy>)")
+        return DeploymentCalls(self.record, self.prefix)
+
+    def start(self, logical_id: str, *, drop: tuple[str, ...] = (),
+              override: Mapping[str, str] | None = None) -> FunctionProcess:
         """Start a zip function's process with its template environment (``drop``/``override``:
         deliberate breakage, for the tests that show a broken environment fails at start)."""
         props = self.template["Resources"][logical_id]["Properties"]
@@ -778,7 +705,6 @@ class Deployment:
         source = template_function(logical_id)
         timeout = float(self.resolver.resolve(props.get("Timeout", 3)))
         proc = FunctionProcess(logical_id, env, ROOT / source["CodeUri"], source["Handler"], timeout,
-                               self.calls if record else None,
                                self.workdir / f"{logical_id}-{len(self.processes)}.log",
                                str(self.physical.attrs[(logical_id, "Arn")]))
         self.processes.append(proc)
@@ -791,22 +717,12 @@ class Deployment:
         env["PORT"] = env["AWS_LWA_PORT"] = str(self.stream_port)
         return env
 
-    def start_stream(self, *, drop: tuple[str, ...] = (), record: bool = True) -> StreamProcess:
+    def start_stream(self, *, drop: tuple[str, ...] = ()) -> StreamProcess:
         """Run the image's CMD (functions/stream/Dockerfile) with the stream function's environment."""
         env = self.stream_environment()
         for name in drop:
             del env[name]
         _, cmd, _ = image_config()
-        if record:
-            # A `uvicorn` first on PATH that installs the recorder, then is uvicorn: the CMD runs as is.
-            shim_dir = self.workdir / "stream-bin"
-            shim_dir.mkdir(exist_ok=True)
-            shim = shim_dir / "uvicorn"
-            shim.write_text(f"#!{sys.executable}\n{RECORDER_SOURCE}\n"
-                            f"alfred_record_all_clients({str(self.calls.path('StreamFunction'))!r})\n"
-                            "import sys\nfrom uvicorn.main import main\nsys.exit(main())\n", encoding="utf-8")
-            shim.chmod(0o755)
-            env["PATH"] = os.pathsep.join([str(shim_dir), env["PATH"]])
         log_path = self.workdir / f"StreamFunction-{len(self.processes)}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -833,9 +749,10 @@ def _endpoint_env(endpoints: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def deploy(emulator_env: Mapping[str, str], workdir: Path | None = None,
+def deploy(emulator_env: Mapping[str, str], workdir: Path | None = None, *, calls: CallSource | None = None,
            parameters: Mapping[str, Any] | None = None) -> Iterator[Deployment]:
-    """Create the template's tables, queues and secrets under fresh names on the emulator."""
+    """Create the template's tables, queues and secrets under fresh names on the emulator
+    (``calls``: the fidelity proxy ``emulator_env`` points at, to attribute calls to roles)."""
     endpoints = _endpoint_env(emulator_env)
     if not endpoints:
         raise RuntimeError("no AWS_ENDPOINT_URL* in the emulator environment: refusing to deploy to AWS")
@@ -848,7 +765,6 @@ def deploy(emulator_env: Mapping[str, str], workdir: Path | None = None,
         own_tmp = tempfile.TemporaryDirectory(prefix="alfred-template-env-")
         workdir = Path(own_tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "calls").mkdir(exist_ok=True)
     params = parameter_values(parameters)
     template = cloudformation(params, region)
     source = load_template(TEMPLATE_PATH)["Resources"]
@@ -892,7 +808,7 @@ def deploy(emulator_env: Mapping[str, str], workdir: Path | None = None,
     physical = Physical(region=region, account_id=account_id, parameters=params, refs=refs, attrs=attrs,
                         stack_name=prefix)
     deployment = Deployment(prefix=prefix, endpoints=endpoints, physical=physical, template=template,
-                            workdir=workdir, stream_port=stream_port, calls=CallLog(workdir / "calls"),
+                            workdir=workdir, stream_port=stream_port, record=calls,
                             harness_settings=settings, harness_session=session)
     try:
         yield deployment
@@ -979,8 +895,7 @@ class EventSourceMapping:
     _sqs: Any = None
 
     def __post_init__(self) -> None:
-        sqs = self.deployment.client("sqs", principal=self.logical_id)
-        self._sqs = self.deployment.calls.watch(sqs, self.logical_id)
+        self._sqs = self.deployment.client("sqs", principal=self.logical_id)
         props = self.deployment.template["Resources"][f"{self.logical_id}{self.event_name}"]["Properties"]
         self.queue_arn = str(self.deployment.resolver.resolve(props["EventSourceArn"]))
         self.batch_size = int(self.deployment.resolver.resolve(props.get("BatchSize", 10)))
