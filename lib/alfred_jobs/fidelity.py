@@ -1146,32 +1146,48 @@ class Fidelity:
                 after = p.get("Item") if call.action == "PutItem" else None
                 self._note_write(table, after, known=call.action != "UpdateItem")
             return reply
+        # The versions come with the write where they can: a caller that asked for no
+        # ReturnValues gets ALL_OLD (Put/Delete: the version before, atomically) or ALL_NEW
+        # (Update: the version after) asked for it upstream, and stripped from its answer.
+        asked = p.get("ReturnValues") or "NONE"
+        inject = None if asked != "NONE" else "ALL_NEW" if call.action == "UpdateItem" else "ALL_OLD"
+        returns = inject or asked
+        old_from_write = call.action in ("PutItem", "DeleteItem") and returns == "ALL_OLD"
         with self._history.locked([kid]):
             known, prior = self._history.latest(kid)
-            if not known:
+            if not known and not old_from_write:
                 ok, prior = self._snapshot(table, key)
                 if not ok:
                     return self._forward(call)
                 self._history.seed(kid, prior, time.monotonic())
-            reply = self._forward(call)
-            if reply.status == 200 or reply.status >= 500:
-                ok, after = self._after_one(call, table, key, reply)
+                known = True
+            reply = self._forward(call, {**p, "ReturnValues": inject} if inject else None)
+            if reply.status == 200:
+                data = reply.json()
+                attrs = data.get("Attributes") if isinstance(data.get("Attributes"), dict) else None
+                if not known:
+                    prior = attrs  # ALL_OLD of this very write
+                if call.action == "PutItem":
+                    after = p.get("Item")
+                elif call.action == "DeleteItem":
+                    after = None
+                elif returns == "ALL_NEW" and attrs is not None:
+                    after = attrs
+                else:
+                    ok, after = self._snapshot(table, key)
+                    if not ok:
+                        return reply
+                self._history.record(kid, prior, after, time.monotonic())
+                self._note_write(table, after)
+                if inject:
+                    data.pop("Attributes", None)
+                    reply = _rewritten(reply, data)
+            elif reply.status >= 500:  # it may have landed: see what is there now
+                ok, after = self._snapshot(table, key)
                 if ok:
-                    self._history.record(kid, prior, after, time.monotonic())
+                    self._history.record(kid, prior if known else after, after, time.monotonic())
                     self._note_write(table, after)
         return reply
-
-    def _after_one(self, call: _Call, table: _Table, key: JsonDict, reply: _Reply) -> tuple[bool, JsonDict | None]:
-        if reply.status == 200:
-            if call.action == "PutItem":
-                return True, call.payload.get("Item")
-            if call.action == "DeleteItem":
-                return True, None
-            if call.payload.get("ReturnValues") == "ALL_NEW":
-                attrs = reply.json().get("Attributes")
-                if isinstance(attrs, dict):
-                    return True, attrs
-        return self._snapshot(table, key)
 
     def _write_many(self, call: _Call, spec: FidelitySpec) -> _Reply:
         p = call.payload

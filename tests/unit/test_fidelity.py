@@ -85,11 +85,12 @@ def test_ec_reads_see_the_older_version_consistent_reads_the_newest(pair: Any, p
     proxy.configure(stale_ms=0)  # v1 is old news: written before the window opens
     ddb.put_item(TableName=t, Item={**key("a"), "v": {"S": "v1"}})
     proxy.configure(stale_ms=LONG)
-    ddb.update_item(TableName=t, Key=key("a"), UpdateExpression="SET v = :v",
-                    ExpressionAttributeValues={":v": {"S": "v2"}})
+    out = ddb.update_item(TableName=t, Key=key("a"), UpdateExpression="SET v = :v",
+                          ExpressionAttributeValues={":v": {"S": "v2"}})
+    assert "Attributes" not in out  # the proxy's own ReturnValues never reach the caller
     assert [value(ddb, t, key("a"), consistent=False) for _ in range(3)] == ["v1"] * 3
     assert value(ddb, t, key("a"), consistent=True) == "v2"
-    ddb.delete_item(TableName=t, Key=key("a"))
+    assert "Attributes" not in ddb.delete_item(TableName=t, Key=key("a"))
     assert value(ddb, t, key("a"), consistent=False) in ("v1", "v2")  # deleted, still returned
     assert value(ddb, t, key("a"), consistent=True) is None
     # the window closes: a fresh read sees the latest state again
@@ -105,6 +106,8 @@ def test_a_just_created_item_is_absent_from_ec_reads(pair: Any, proxy: FidelityP
     proxy.configure(f"stale_ms={LONG}")
     ddb.put_item(TableName=t, Item={**key("new"), "v": {"S": "x"}}, ConditionExpression="attribute_not_exists(pk)")
     assert value(ddb, t, key("new"), consistent=False) is None
+    put = ddb.put_item(TableName=t, Item={**key("new2"), "v": {"S": "y"}}, ReturnValues="ALL_OLD")
+    assert "Attributes" not in put  # nothing was there
     assert value(ddb, t, key("new"), consistent=True) == "x"
     ec = ddb.batch_get_item(RequestItems={t: {"Keys": [key("new")]}})
     assert ec["Responses"][t] == []
