@@ -61,6 +61,11 @@ _UNDERSTOOD_KEYS = {"Sid", "Effect", "Action", "Resource"}
 _SQS_BATCH = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
               "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}
 
+# Bedrock Runtime's Converse APIs are authorized as the invoke actions (Bedrock user guide, "Use
+# the Converse API"); cross-region inference profile ids start with a geography.
+_BEDROCK = {"Converse": "InvokeModel", "ConverseStream": "InvokeModelWithResponseStream"}
+_PROFILE_PREFIXES = {"us", "eu", "apac", "us-gov", "global", "jp", "au", "ca"}
+
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
@@ -169,6 +174,14 @@ class Arns:
             return self.secrets[secret_id]
         raise Unresolvable(f"secret {secret_id!r}: name without a known ARN")
 
+    def model(self, model_id: str) -> str:
+        """A Bedrock model id (or inference profile id, ``us.``/``eu.``... prefixed) as an ARN."""
+        if model_id.startswith("arn:"):
+            return model_id
+        if model_id.split(".", 1)[0] in _PROFILE_PREFIXES:
+            return f"arn:{self.partition}:bedrock:{self.region}:{self.account_id}:inference-profile/{model_id}"
+        return f"arn:{self.partition}:bedrock:{self.region}::foundation-model/{model_id}"
+
     def of_call(self, call: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(IAM action, resource ARN) pairs a recorded call needs (BatchGetItem: one per table)."""
         service, api = str(call["service"]), str(call["action"])
@@ -184,6 +197,9 @@ class Arns:
             return [(action, self.queue(str(resource)) if resource else "*")]
         if service == "secretsmanager":
             return [(f"secretsmanager:{api}", self.secret(str(resource)) if resource else "*")]
+        if service == "bedrock-runtime":
+            action = f"bedrock:{_BEDROCK.get(api, api)}"
+            return [(action, self.model(str(resource)) if resource else "*")]
         return [(f"{service}:{api}", "*")]  # unknown to this check: only a "*" grant allows it
 
 
