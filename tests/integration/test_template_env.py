@@ -19,6 +19,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,6 +112,16 @@ def check_role(d: Deployment, principal: str) -> list[dict[str, Any]]:
     return calls
 
 
+def assert_started_with_template_env(proc: FunctionProcess, d: Deployment) -> None:
+    """The process's environment at init is exactly the computed one (its log stream name aside)."""
+    ready = proc.ready()
+    assert ready["init_error"] is None, f"{ready['init_error']}\n{proc.logs()}"
+    started_with = {k: v for k, v in ready["environ"].items() if k != "LC_CTYPE"}  # Python's locale coercion
+    expected = d.environment(proc.logical_id)
+    expected["AWS_LAMBDA_LOG_STREAM_NAME"] = started_with.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+    assert started_with == expected
+
+
 def assert_lambda_error(out: Invocation, mentions: str, proc: FunctionProcess) -> None:
     assert not out.ok, f"expected the invocation to fail (a Lambda error), got {out.payload!r}\n{proc.logs()}"
     assert out.error is not None
@@ -182,11 +193,7 @@ def test_submit_function_accepts_a_chat_through_api_gateway(deployment: Deployme
     d = deployment
     # GIVEN the submit function, started with its template environment
     submit = d.start("SubmitFunction")
-    ready = submit.ready()
-    assert ready["init_error"] is None, f"{ready['init_error']}\n{submit.logs()}"
-    started_with = {k: v for k, v in ready["environ"].items() if k != "LC_CTYPE"}  # Python's locale coercion
-    assert started_with == d.environment("SubmitFunction") | {"AWS_LAMBDA_LOG_STREAM_NAME":
-                                                              started_with["AWS_LAMBDA_LOG_STREAM_NAME"]}
+    assert_started_with_template_env(submit, d)
     # WHEN API Gateway passes it POST /api/chat with the JWT authorizer's claims
     body = submit_chat(submit, d, "toast [steps=1]")
     # THEN 202 with a job id and a stream link to the stream function's URL, carrying a token
@@ -206,6 +213,7 @@ def test_submit_function_accepts_a_chat_through_api_gateway(deployment: Deployme
 def test_worker_function_runs_the_job_of_its_queue_message(deployment: Deployment) -> None:
     d = deployment
     submit, worker = d.start("SubmitFunction"), d.start("WorkerFunction")
+    assert_started_with_template_env(worker, d)
     store = Store(d)
     esm = EventSourceMapping(d)
     # GIVEN a job submitted through the submit function, whose first attempt fails in step 1
@@ -240,6 +248,7 @@ def test_worker_function_runs_the_job_of_its_queue_message(deployment: Deploymen
 def test_sweeper_function_requeues_a_stranded_job_on_its_schedule(deployment: Deployment) -> None:
     d = deployment
     sweeper = d.start("SweeperFunction")
+    assert_started_with_template_env(sweeper, d)
     store = Store(d)
     # GIVEN a pending job whose queue message was lost an hour ago
     now = now_ts()
@@ -285,6 +294,12 @@ def test_stream_function_image_serves_the_job_over_sse_with_the_submitted_link(d
     stream = d.start_stream()
     submit, worker = d.start("SubmitFunction"), d.start("WorkerFunction")
     stream.wait_ready()
+    environ = Path(f"/proc/{stream.proc.pid}/environ")  # `sh -c "exec uvicorn ..."`: the same pid
+    if environ.exists():
+        entries = environ.read_bytes().split(b"\0")
+        started_with = dict(e.decode().split("=", 1) for e in entries if e)
+        # (the CMD's `sh` adds PWD, in the image as here; Python may add LC_CTYPE)
+        assert {k: v for k, v in started_with.items() if k not in ("LC_CTYPE", "PWD")} == stream.env
     esm = EventSourceMapping(d)
     store = Store(d)
     # WHEN a client follows the stream link the submit function handed out, while the worker runs the job
