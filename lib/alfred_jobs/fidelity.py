@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import hashlib
 import json
 import os
@@ -829,26 +830,102 @@ def _eval(node: tuple[Any, ...], item: Mapping[str, Any], names: Mapping[str, st
 
 
 def _project(item: JsonDict, request: Mapping[str, Any]) -> JsonDict:
-    """Apply a request's ProjectionExpression / AttributesToGet to an item."""
+    """Apply a request's ProjectionExpression / AttributesToGet to a (full) item, as DynamoDB does:
+    nested paths keep just the part named (``m.a`` gives ``{"m": {"M": {"a": ...}}}``)."""
     if request.get("ProjectionExpression"):
         names = request.get("ExpressionAttributeNames") or {}
         out: JsonDict = {}
+        order: dict[int, list[int]] = {}
         for part in str(request["ProjectionExpression"]).split(","):
-            segments = _Parser(part).path()[1]
-            top = names.get(segments[0], segments[0])
-            if top not in item:
-                continue
-            if len(segments) == 1:
-                out[top] = item[top]
-                continue
-            value = _get_path(item, segments, names)
-            if value is not None:  # a nested path: keep the whole top-level attribute it lives in
-                out[top] = item[top]
+            _copy_path(item, out, _Parser(part).path()[1], names, order)
         return out
     if request.get("AttributesToGet"):
         wanted = set(request["AttributesToGet"])
         return {k: v for k, v in item.items() if k in wanted}
     return item
+
+
+def _copy_path(src: Mapping[str, Any], dst: JsonDict, segments: list[str | int], names: Mapping[str, str],
+               order: dict[int, list[int]]) -> None:
+    """Copy the part of ``src`` at ``segments`` into ``dst``; list elements keep their index order
+    (``order``: the source indexes already in each projected list)."""
+    first = segments[0]
+    if not isinstance(first, str):
+        return
+    name = names.get(first, first)
+    if name not in src:
+        return
+    value = src[name]
+    if len(segments) == 1:
+        dst[name] = value
+        return
+    if dst.get(name) is value:
+        return  # the whole attribute is projected already
+    nxt = segments[1]
+    if isinstance(nxt, int):
+        elements = value.get("L") if isinstance(value, dict) else None
+        if not isinstance(elements, list) or nxt >= len(elements):
+            return
+        holder = dst.setdefault(name, {"L": []}).get("L")
+        if not isinstance(holder, list):
+            return
+        taken = order.setdefault(id(holder), [])
+        if nxt in taken:
+            if len(segments) == 2:
+                holder[taken.index(nxt)] = elements[nxt]
+            elif isinstance(holder[taken.index(nxt)], dict) and "M" in holder[taken.index(nxt)]:
+                _copy_path({"\x00": elements[nxt]}, {"\x00": holder[taken.index(nxt)]}, ["\x00", *segments[2:]],
+                           names, order)
+            return
+        element = elements[nxt]
+        if len(segments) > 2:
+            sub: JsonDict = {}
+            _copy_path({"\x00": element}, sub, ["\x00", *segments[2:]], names, order)
+            if "\x00" not in sub:
+                return
+            element = sub["\x00"]
+        at = bisect.bisect(taken, nxt)
+        taken.insert(at, nxt)
+        holder.insert(at, element)
+        return
+    members = value.get("M") if isinstance(value, dict) else None
+    if not isinstance(members, dict):
+        return
+    holder_map = dst.setdefault(name, {"M": {}}).get("M")
+    if isinstance(holder_map, dict):
+        _copy_path(members, holder_map, segments[1:], names, order)
+
+
+def _with_keys(table: _Table, request: Mapping[str, Any]) -> tuple[JsonDict | None, frozenset[str]]:
+    """``request`` with the table's key attributes added to its projection (so each result can be
+    matched to its history), and the names added (to strip from the answer); None if none are."""
+    keys = [k for k in (table.hash, table.range) if k]
+    if request.get("ProjectionExpression"):
+        names = dict(request.get("ExpressionAttributeNames") or {})
+        expr = str(request["ProjectionExpression"])
+        try:
+            tops = {names.get(str(seg[0]), str(seg[0])) for seg in (_Parser(p).path()[1] for p in expr.split(","))}
+        except _ExprError:
+            return None, frozenset()
+        missing = [k for k in keys if k not in tops]
+        if not missing:
+            return None, frozenset()
+        aliases = []
+        for i, k in enumerate(missing):
+            names[f"#fidelity_key{i}"] = k
+            aliases.append(f"#fidelity_key{i}")
+        return ({**request, "ProjectionExpression": ", ".join([expr, *aliases]), "ExpressionAttributeNames": names},
+                frozenset(missing))
+    if request.get("AttributesToGet"):
+        wanted = list(request["AttributesToGet"])
+        missing = [k for k in keys if k not in wanted]
+        if missing:
+            return {**request, "AttributesToGet": wanted + missing}, frozenset(missing)
+    return None, frozenset()
+
+
+def _strip(item: JsonDict, added: frozenset[str]) -> JsonDict:
+    return {k: v for k, v in item.items() if k not in added} if added else item
 
 
 def _index_project(item: JsonDict, table: _Table, index: _Index | None) -> JsonDict:
@@ -937,7 +1014,7 @@ class _Lru(OrderedDict[str, Any]):
 class Fidelity:
     """The semantics, independent of the HTTP server that feeds it."""
 
-    def __init__(self, upstream: str, spec: FidelitySpec, calls_max: int = 500_000) -> None:
+    def __init__(self, upstream: str, spec: FidelitySpec, calls_max: int = 200_000) -> None:
         self.upstream = _Upstream(upstream)
         self.spec = spec
         self._draws = _Draws(spec.seed)
@@ -1118,17 +1195,15 @@ class Fidelity:
             return self._write_one(call, spec)
         if op in ("BatchWriteItem", "TransactWriteItems"):
             return self._write_many(call, spec)
+        if spec.stale_ms > 0 and op == "BatchGetItem":
+            return self._stale_batch_get(call, spec)
+        if spec.stale_ms > 0 and op in ("Query", "Scan"):
+            return self._stale_query(call, spec)
         reply = self._forward(call)
         if op in ("CreateTable", "DeleteTable", "UpdateTable", "UpdateTimeToLive"):
             self._forget_table(call.region, call.table)
-        if reply.status != 200 or spec.stale_ms <= 0:
-            return reply
-        if op == "GetItem" and not p.get("ConsistentRead"):
+        if reply.status == 200 and spec.stale_ms > 0 and op == "GetItem" and not p.get("ConsistentRead"):
             return self._stale_get(call, spec, reply)
-        if op == "BatchGetItem":
-            return self._stale_batch_get(call, spec, reply)
-        if op in ("Query", "Scan"):
-            return self._stale_query(call, spec, reply)
         return reply
 
     def _at(self, spec: FidelitySpec, op: str) -> float:
@@ -1299,20 +1374,41 @@ class Fidelity:
             self._stale[op] += 1
             self._stale_items += items
 
-    def _stale_batch_get(self, call: _Call, spec: FidelitySpec, reply: _Reply) -> _Reply:
+    def _stale_batch_get(self, call: _Call, spec: FidelitySpec) -> _Reply:
+        p = call.payload
+        requests: dict[str, Any] = p.get("RequestItems") or {}
+        tables: dict[str, _Table] = {}
+        forwarded: dict[str, Any] = {}
+        added: dict[str, frozenset[str]] = {}
+        for name, req in requests.items():
+            table = self._table(call.region, str(name), call.principal, fetch=False)
+            forwarded[name] = req
+            if table is None or req.get("ConsistentRead"):
+                continue
+            tables[name] = table
+            with_keys, added[name] = _with_keys(table, req)
+            if with_keys is not None:
+                forwarded[name] = with_keys
+        injected = any(added.values())
+        reply = self._forward(call, {**p, "RequestItems": forwarded} if injected else None)
+        if reply.status != 200 or not tables:
+            return reply
         data = reply.json()
         responses = data.setdefault("Responses", {})
         unprocessed = data.get("UnprocessedKeys") or {}
+        for name in unprocessed:  # hand back the caller's own request, not the one sent
+            if name in requests:
+                unprocessed[name] = {**{k: v for k, v in requests[name].items() if k != "Keys"},
+                                     "Keys": unprocessed[name].get("Keys", [])}
         at = self._at(spec, "BatchGetItem")
         staled = 0
-        for name, req in (call.payload.get("RequestItems") or {}).items():
-            table = self._table(call.region, str(name), call.principal, fetch=False)
-            if table is None or req.get("ConsistentRead"):
-                continue
+        for name, table in tables.items():
+            req = requests[name]
+            strip = added.get(name, frozenset())
             skip = {table.key_id(k) for k in (unprocessed.get(name) or {}).get("Keys", [])}
             current = {table.key_id(it): it for it in responses.get(name, [])}
             out: list[JsonDict] = []
-            changed, seen = False, set()
+            seen: set[str] = set()
             for key in req.get("Keys") or []:
                 kid = table.key_id(key)
                 if kid is None or kid in skip or kid in seen:
@@ -1321,28 +1417,28 @@ class Fidelity:
                 view = self._history.view(kid, at)
                 if view is None or view[1]:
                     if kid in current:
-                        out.append(current[kid])
+                        out.append(_strip(current[kid], strip))
                     continue
-                changed = True
                 staled += 1
                 if view[0] is not None:
                     out.append(_project(view[0], req))
-            if changed:
-                responses[name] = out
-        if not staled:
+            responses[name] = out
+        if staled:
+            self._stale_count("BatchGetItem", staled)
+        elif not injected:
             return reply
-        self._stale_count("BatchGetItem", staled)
         return _rewritten(reply, data)
 
-    def _stale_query(self, call: _Call, spec: FidelitySpec, reply: _Reply) -> _Reply:
+    def _stale_query(self, call: _Call, spec: FidelitySpec) -> _Reply:
         p = call.payload
-        if p.get("Select") == "COUNT":
-            return reply
         table = self._table(call.region, call.table, call.principal, fetch=False)
-        if table is None:
-            return reply
-        index = table.indexes.get(str(p.get("IndexName"))) if p.get("IndexName") else None
-        if p.get("ConsistentRead") and (index is None or not index.gsi):
+        index = table.indexes.get(str(p.get("IndexName"))) if table is not None and p.get("IndexName") else None
+        consistent = bool(p.get("ConsistentRead")) and (index is None or not index.gsi)
+        if table is None or p.get("Select") == "COUNT" or consistent:
+            return self._forward(call)
+        with_keys, added = _with_keys(table, p)
+        reply = self._forward(call, with_keys)
+        if reply.status != 200:
             return reply
         data = reply.json()
         items = data.get("Items")
@@ -1359,7 +1455,7 @@ class Fidelity:
             kid = table.key_id(it)
             view = self._history.view(kid, at) if kid is not None else None
             if view is None or view[1]:
-                out.append(it)
+                out.append(_strip(it, added))
                 continue
             old = view[0]
             if old is not None and index is not None and (
@@ -1369,17 +1465,18 @@ class Fidelity:
                 if old is not None and not all(_evaluate(c, old, names, values) for c in conditions):
                     old = None
             except (_ExprError, InvalidOperation, KeyError, TypeError, ValueError):
-                out.append(it)  # cannot judge the older version: serve the current one
+                out.append(_strip(it, added))  # cannot judge the older version: serve the current one
                 continue
             staled += 1
             if old is not None:
                 out.append(_project(_index_project(old, table, index), p))
-        if not staled:
+        if not staled and not added:
             return reply
         data["Items"] = out
-        data["Count"] = len(out)
-        data["ScannedCount"] = max(int(data.get("ScannedCount", len(out))), len(out))
-        self._stale_count(call.action, staled)
+        if staled:
+            data["Count"] = len(out)
+            data["ScannedCount"] = max(int(data.get("ScannedCount", len(out))), len(out))
+            self._stale_count(call.action, staled)
         return _rewritten(reply, data)
 
     # ---- SQS -----------------------------------------------------------------------------------

@@ -131,6 +131,10 @@ def test_query_and_scan_results_are_staled_item_by_item(pair: Any, proxy: Fideli
     ec = ddb.query(**args)
     assert [(i["sk"]["N"], i["v"]["S"]) for i in ec["Items"]] == [("1", "old")]
     assert ec["Count"] == 1
+    # a projection without the key attributes is staled too, and answered in its own shape
+    assert ddb.query(**args, ProjectionExpression="v")["Items"] == [{"v": {"S": "old"}}]
+    batch = ddb.batch_get_item(RequestItems={t: {"Keys": [key("p", 1), key("p", 2)], "ProjectionExpression": "v"}})
+    assert batch["Responses"][t] == [{"v": {"S": "old"}}]
     # the older version is re-checked against the filter, as the stale replica would
     filtered = ddb.query(TableName=t, KeyConditionExpression="pk = :p", FilterExpression="v = :n",
                          ExpressionAttributeValues={":p": {"S": "p"}, ":n": {"S": "new"}})
