@@ -71,6 +71,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 import zlib
 from collections import Counter, OrderedDict, deque
@@ -1075,6 +1076,9 @@ class Fidelity:
                 reply = self._lost_answer(call, spec)
         except urllib3.exceptions.HTTPError as exc:
             reply = _Reply(502, [("Content-Type", "text/plain")], f"upstream: {type(exc).__name__}".encode())
+        except Exception as exc:  # a bug here: say so loudly, answer something botocore retries
+            traceback.print_exc()
+            reply = _Reply(500, [("Content-Type", "text/plain")], f"fidelity proxy: {exc!r}".encode())
         self._record(call, reply, fault)
         return reply
 
@@ -1099,6 +1103,9 @@ class Fidelity:
         scripted = self._scripted(call, spec, _PRE_FAULTS)
         if scripted is not None:
             self._count(scripted, call.action)
+            if scripted != "lost_delete":  # scripted failures count toward the random bound too
+                with self._lock:
+                    self._faulted.put(call.invocation, self._faulted.get(call.invocation, 0) + 1)
             return scripted
         if call.principal in spec.exempt:
             return None
@@ -1558,13 +1565,17 @@ class Fidelity:
     # ---- TTL and housekeeping --------------------------------------------------------------------
 
     def _background(self) -> None:
+        last_error, last_report = "", 0.0
         while not self._stopping.wait(0.1):
             try:
                 spec = self.spec
                 self._history.prune(time.monotonic(), spec.stale_ms / 1000.0 + 0.05)
                 self._ttl_tick(spec)
             except Exception as exc:  # keep the thread alive whatever one round hit
-                sys.stderr.write(f"fidelity: background round failed: {type(exc).__name__}: {exc}\n")
+                message = f"{type(exc).__name__}: {exc}"
+                if message != last_error or time.monotonic() - last_report > 30:
+                    sys.stderr.write(f"fidelity: background round failed: {message}\n")
+                    last_error, last_report = message, time.monotonic()
 
     def _ttl_tick(self, spec: FidelitySpec) -> None:
         now = time.time()
