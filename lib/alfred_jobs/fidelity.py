@@ -51,9 +51,12 @@ or :func:`start_fidelity_proxy`. The spec (``--spec`` or ``ALFRED_FIDELITY_SPEC`
 :class:`FidelitySpec`). Control endpoints live under ``/_fidelity/`` (health, calls, script,
 config, stats).
 
-Not reproduced: IAM (any credentials work), item size and throughput limits, a recently
-deleted item reappearing in Query/Scan results (the proxy only re-maps items the query
-returned), and staleness of writes that bypass the proxy.
+Not reproduced: IAM (any credentials work); capacity (throttles are random, not load-driven);
+partial batch failures (UnprocessedItems, Failed entries) and transaction conflicts; in
+Query/Scan, an item the current state no longer matches but an older version did (a recent
+delete, a changed sort key): the proxy only re-maps the items moto returned, it adds none;
+staleness of writes that bypass the proxy. Time is compressed: AWS deletes expired items
+within days, not seconds, and a lost answer here is immediate, not a read timeout.
 """
 
 from __future__ import annotations
@@ -1694,6 +1697,19 @@ class Fidelity:
     # ---- control API -----------------------------------------------------------------------------
 
     def control(self, method: str, path: str, body: bytes) -> _Reply:
+        """The control API (JSON):
+
+        - ``GET /_fidelity/health`` -> ``{"ok": true}``
+        - ``GET /_fidelity/calls`` -> ``[{"principal", "service", "action", "resource", "status",
+          "fault"[, "index"]}, ...]`` in order (status 0: connection closed);
+          ``POST /_fidelity/calls/reset`` (or ``DELETE /_fidelity/calls``) empties it
+        - ``POST /_fidelity/script`` with a rule or a list of rules ``{"fault", "action", "table",
+          "queue_url_contains", "principal", "times": 1, "skip": 0}`` appends them; ``GET`` lists
+          the active ones, ``DELETE`` clears them
+        - ``POST /_fidelity/config`` with ``{"spec": "...", "replace": false}`` (or the spec as
+          text) applies clauses over the current spec; ``GET`` -> ``{"spec": ...}``
+        - ``GET /_fidelity/stats``; ``POST /_fidelity/stats/reset``
+        """
         route = path.split("?", 1)[0].rstrip("/")
         try:
             if route == "/_fidelity/health":
