@@ -1935,6 +1935,9 @@ def _setting_text(spec: FidelitySpec, name: str) -> str:
         return current[name]
     if name in RATE_KINDS:
         return "0"
+    kind = name.split(".", 1)[0]
+    if "." in name and kind in RATE_KINDS:
+        return current.get(kind, "0")  # an operation's override put back: its kind's rate again
     if name == "exempt":
         return ""
     raise FidelitySpecError(f"unknown key {name!r}")

@@ -1,1 +1,25 @@
-"""The chaos suite's markers live in pyproject.toml (`chaos`, `chaos_long`)."""
+"""The chaos suite (markers ``chaos`` and ``chaos_long``, declared in pyproject.toml).
+
+The proving ground runs on AWS's semantics: every ``stack`` here sits behind the faithful proxy
+(stale eventually consistent reads, late TTL, ambiguous writes, throttles, duplicate deliveries),
+whatever ``ALFRED_FIDELITY`` says for the rest of the suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from alfred_jobs.fidelity import FidelityProxy
+from tests.support.stack import Stack, make_stack
+
+
+@pytest.fixture
+def stack(faithful: tuple[dict[str, str], FidelityProxy]) -> Iterator[Stack]:
+    env, proxy = faithful
+    try:
+        with make_stack(env) as s:
+            yield s
+    finally:
+        proxy.clear_script()

@@ -103,7 +103,7 @@ def test_each_kind_reaches_the_adapter_as_the_domain_error(stack: Stack) -> None
         with pytest.raises(TransientStoreError), mapped_errors():
             clients.dynamodb.update_item(TableName=table, Key=key, UpdateExpression="ADD n :one",
                                          ExpressionAttributeValues={":one": {"N": "1"}})
-        item = stack.clients.dynamodb.get_item(TableName=table, Key=key).get("Item")
+        item = stack.clients.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
         applied = int(item["n"]["N"]) if item else 0
         assert applied == (2 if kind is FaultKind.AMBIGUOUS else 0), kind
 

@@ -1,10 +1,19 @@
-"""The guarantees with real processes on a real moto server: kills, pauses, duplicates, purges."""
+"""The guarantees with real processes on a real moto server: kills, pauses, duplicates, purges.
+
+They run on AWS's semantics: moto server behind the faithful proxy (stale eventually consistent
+reads, late TTL, ambiguous writes, throttles, duplicate deliveries, lost deletes), so none of them
+can pass on a kindness of the emulator.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
+import pytest
+
+from alfred_jobs.fidelity import FidelityProxy
 from alfred_jobs.models import EventType, JobStatus, now_ts
 from alfred_jobs.service.jobs import JobService
 from tests.integration.helpers import (
@@ -14,7 +23,17 @@ from tests.integration.helpers import (
     submit,
     wait_terminal,
 )
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, make_stack, wait_until
+
+
+@pytest.fixture
+def stack(faithful: tuple[dict[str, str], FidelityProxy]) -> Iterator[Stack]:
+    env, proxy = faithful
+    try:
+        with make_stack(env) as s:
+            yield s
+    finally:
+        proxy.clear_script()
 
 
 def step_started(stack: Stack, job_id: str, index: int) -> bool:

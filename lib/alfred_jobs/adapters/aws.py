@@ -499,7 +499,9 @@ class DynamoAgentDataStore:
                         ExpressionAttributeValues=serialize({":run": {token}, ":a": attempt,
                                                              ":p": json.dumps(payload), ":e": expires_at,
                                                              ":now": now}),
-                        ReturnValues="UPDATED_NEW")
+                        # ALL_NEW: an ADD that changes nothing (the retry of a landed try) may be
+                        # left out of UPDATED_NEW, and the count is wanted either way.
+                        ReturnValues="ALL_NEW")
                 return len(deserialize(out["Attributes"])["runs"])
             except ConditionFailed:
                 try:
