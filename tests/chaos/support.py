@@ -28,6 +28,33 @@ def start_sweeper(stack: Stack, **extra_env: str) -> subprocess.Popen[bytes]:
     return proc
 
 
+def allow_receives(stack: Stack, max_receive_count: int, visibility_timeout: int | None = None) -> None:
+    """Raise the jobs queue's redrive ``maxReceiveCount`` (and optionally shorten its visibility).
+
+    The chaos runs kill workers and duplicate deliveries far more often than AWS does, so a job's
+    message is received more often than ``max_attempts`` + the template's margin (5 receives for 3
+    attempts) allows; SQS would then park a healthy job's message itself.
+    """
+    attrs = stack.clients.sqs.get_queue_attributes(QueueUrl=stack.clients.queue_url,
+                                                   AttributeNames=["RedrivePolicy"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    redrive["maxReceiveCount"] = max_receive_count
+    new = {"RedrivePolicy": json.dumps(redrive)}
+    if visibility_timeout is not None:
+        new["VisibilityTimeout"] = str(visibility_timeout)
+    stack.clients.sqs.set_queue_attributes(QueueUrl=stack.clients.queue_url, Attributes=new)
+
+
+def dlq_job_ids(stack: Stack) -> set[str]:
+    """Job ids of the messages in the DLQ now: parked by the runner (``job_id`` attribute) or moved
+    there by the queue's own redrive (the body only)."""
+    ids = set()
+    for m in stack.dlq_messages():
+        attr = (m.get("MessageAttributes") or {}).get("job_id")
+        ids.add(attr["StringValue"] if attr else f"redriven:{json.loads(m['Body']).get('job_id')}")
+    return ids
+
+
 def retry_transient(call: Callable[[], T], attempts: int = 30) -> T:
     """What a client does with a 5xx: try again (with the same idempotency key), a bounded number of times."""
     for n in range(attempts):

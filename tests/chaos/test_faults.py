@@ -9,7 +9,6 @@ every assertion message; to replay a failure::
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -35,9 +34,11 @@ from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 from tests.chaos.support import (
     WatchRecord,
+    allow_receives,
     assert_conversation_once,
     assert_effects_once_per_completed_step,
     assert_watcher_saw_the_log,
+    dlq_job_ids,
     long_poll_session,
     retry_transient,
     start_sweeper,
@@ -236,12 +237,7 @@ def test_a_batch_converges_under_faults_in_every_process(stack: Stack) -> None:
     env = {"ALFRED_MAX_ATTEMPTS": "6", "ALFRED_RETRY_MAX_SECONDS": "1", "ALFRED_DEMO_STEP_SECONDS": "0.02"}
     # A message whose delete was lost comes back after the visibility timeout (720 s in the
     # template); shortened here so those no-op redeliveries happen within the test.
-    attrs = stack.clients.sqs.get_queue_attributes(QueueUrl=stack.clients.queue_url,
-                                                   AttributeNames=["RedrivePolicy"])["Attributes"]
-    redrive = json.loads(attrs["RedrivePolicy"])
-    redrive["maxReceiveCount"] = 10
-    stack.clients.sqs.set_queue_attributes(QueueUrl=stack.clients.queue_url, Attributes={
-        "VisibilityTimeout": "5", "RedrivePolicy": json.dumps(redrive)})
+    allow_receives(stack, 10, visibility_timeout=5)
     for n in range(2):
         stack.start_worker(concurrency=2, ALFRED_FAULTS=fault_spec(seed, f"worker{n}"), **env)
     start_sweeper(stack, ALFRED_FAULTS=fault_spec(seed, "sweeper"), **env)
@@ -305,7 +301,7 @@ def test_a_batch_converges_under_faults_in_every_process(stack: Stack) -> None:
     parked: set[str] = set()
 
     def all_parked() -> bool:
-        parked.update(m["MessageAttributes"]["job_id"]["StringValue"] for m in stack.dlq_messages())
+        parked.update(dlq_job_ids(stack))
         return parked >= {j for j, v in jobs.items() if v[2] in POISON}
 
     wait_until(all_parked, timeout=20, what=f"the poison jobs in the DLQ {ctx}")
