@@ -37,16 +37,16 @@ import httpx
 import uvicorn
 
 from alfred_jobs.adapters.aws import AwsClients
-from alfred_jobs.auth import issue_stream_token
-from alfred_jobs.bootstrap import create_resources
-from alfred_jobs.deps import Deps, aws_deps
-from alfred_jobs.emulator import emulator_env, free_port, start_moto_server, wait_http
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.journal import Journal
-from alfred_jobs.models import ChatRequest, Event
-from alfred_jobs.ports import EventLog
+from alfred_jobs.domain.models import ChatRequest, Event
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.entry.http.stream_api import create_stream_app
+from alfred_jobs.entry.wiring import aws_deps
+from alfred_jobs.ports import Deps, EventLog
+from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
+from alfred_tools.bootstrap import create_resources
+from alfred_tools.emulator import emulator_env, free_port, start_moto_server, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "functions" / "stream" / "Dockerfile"
@@ -117,7 +117,7 @@ def _serve(deps: Deps) -> Iterator[tuple[str, CountingLog]]:
 
 @contextmanager
 def _worker(env: dict[str, str], concurrency: int) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, "-m", "alfred_jobs.local_worker", str(concurrency)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "alfred_tools.local_worker", str(concurrency)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield

@@ -32,7 +32,7 @@ log() { printf '[localstack-sqs] %s\n' "$*" >&2; }
 if [[ ! -x "$PROJECT_VENV/bin/python" ]]; then
   log "no project venv at $PROJECT_VENV: create it first (see README)"; exit 2
 fi
-free_port() { "$PROJECT_VENV/bin/python" -c 'from alfred_jobs.emulator import free_port; print(free_port())'; }
+free_port() { "$PROJECT_VENV/bin/python" -c 'from alfred_tools.emulator import free_port; print(free_port())'; }
 
 if [[ ! -x "$LS_VENV/bin/python" ]] || ! "$LS_VENV/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
   log "creating $LS_VENV with LocalStack $LOCALSTACK_VERSION"

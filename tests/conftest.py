@@ -5,7 +5,7 @@ Target selection (see docs/testing.md):
 - ALFRED_TEST_TARGET=external: use the endpoint variables already set (AWS_ENDPOINT_URL,
   AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_SQS) — LocalStack, a mixed set-up, or real AWS.
 
-Faithful mode (alfred_jobs.fidelity): ALFRED_FIDELITY=aws puts the fidelity proxy with the ``aws``
+Faithful mode (alfred_tools.fidelity): ALFRED_FIDELITY=aws puts the fidelity proxy with the ``aws``
 profile (or $ALFRED_FIDELITY_SPEC) in front of the session's moto server, for the whole suite.
 The ``faithful`` fixture is such a pair on a moto server of its own, whatever the switch says.
 """
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from alfred_jobs.emulator import emulator_env, start_moto_server
-from alfred_jobs.fidelity import FidelityProxy
+from alfred_tools.emulator import emulator_env, start_moto_server
+from alfred_tools.fidelity import FidelityProxy
 from tests.support.fidelity import faithful_emulator, fidelity_switch
 from tests.support.stack import Stack, make_stack
 

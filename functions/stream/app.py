@@ -6,6 +6,6 @@ app is built at import; boto3 clients are built on the first request, not here.
 
 from __future__ import annotations
 
-from alfred_jobs.http.stream_api import create_stream_app
+from alfred_jobs.entry.http.stream_api import create_stream_app
 
 app = create_stream_app()

@@ -6,7 +6,7 @@ from typing import Any
 
 from mangum import Mangum
 
-from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.observability import observe_lambda
 
 _handler: Mangum | None = None

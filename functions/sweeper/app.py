@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alfred_jobs.deps import aws_deps
+from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.observability import observe_lambda
-from alfred_jobs.settings import get_settings
-from alfred_jobs.sweeper import Sweeper
+from alfred_jobs.service.sweeper import Sweeper
 
 
 @observe_lambda

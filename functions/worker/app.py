@@ -1,5 +1,5 @@
-"""Worker Lambda: SQS batch → job runner (all logic in alfred_jobs.worker)."""
+"""Worker Lambda: SQS batch → job runner (all logic in alfred_jobs.entry.worker)."""
 
-from alfred_jobs.worker import handler
+from alfred_jobs.entry.worker import handler
 
 __all__ = ["handler"]

@@ -6,10 +6,13 @@ Only adapters know key layouts, expressions and botocore.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .models import Event, Job, JobStatus, Progress
+from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
+from alfred_jobs.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,17 @@ class AgentDataStore(Protocol):
     def step_effects(self, job_id: str) -> dict[int, int]:
         """Step index → executions, for checking "never executed twice"."""
 
+
+
+@dataclass
+class Deps:
+    """Every port the services use, and the settings. Built by the composition root
+    (``entry/wiring.py``: DynamoDB and SQS) or from the in-memory fakes (``adapters.memory``)."""
+
+    settings: Settings
+    jobs: JobStore
+    log: EventLog
+    conversations: ConversationStore
+    queue: JobQueue
+    agent_data: AgentDataStore
+    sleep: Callable[[float], None] = field(default=time.sleep)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field
@@ -110,13 +109,3 @@ class Settings(BaseSettings):
 
 SUBMIT_SECRETS = ("stream_token_secret", "cursor_secret")  # mints stream links, signs list cursors
 STREAM_SECRETS = ("stream_token_secret",)  # verifies stream tokens
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Settings from the environment (secrets resolved from their ARNs), built once per process.
-
-    Each entry point that serves users checks its own secrets (``Settings.check_deployable``)."""
-    from .secrets import resolve_secrets  # imported here: secrets.py imports this module
-
-    return resolve_secrets(Settings())

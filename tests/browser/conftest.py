@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from alfred_jobs.emulator import free_port
+from alfred_tools.emulator import free_port
 from tests.support.stack import Stack, make_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def web_stack(chromium: Any, emulator: dict[str, str]) -> Iterator[WebStack]:
     """Fresh tables/queues, two worker processes, a sweeper, and the dev app on a free port."""
     import uvicorn
 
-    from alfred_jobs.devstack import create_dev_app
+    from alfred_tools.devstack import create_dev_app
 
     with make_stack(emulator, ALFRED_DEMO_STEP_SECONDS=STEP_SECONDS, ALFRED_RETRY_BASE_SECONDS="0") as stack:
         stack.start_worker(concurrency=2)

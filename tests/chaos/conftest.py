@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from alfred_jobs.fidelity import FidelityProxy
+from alfred_tools.fidelity import FidelityProxy
 from tests.support.stack import Stack, make_stack
 
 

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from alfred_jobs.domain.models import Event, EventType
 from alfred_jobs.exceptions import TransientStoreError
-from alfred_jobs.models import Event, EventType
 from tests.integration.helpers import TERMINAL, log_of
 from tests.support.stack import Stack
 
@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 def start_sweeper(stack: Stack, **extra_env: str) -> subprocess.Popen[bytes]:
     """A sweeper process with extra environment (``Stack.start_sweeper`` takes none)."""
-    proc = subprocess.Popen([sys.executable, "-m", "alfred_jobs.local_sweeper"],
+    proc = subprocess.Popen([sys.executable, "-m", "alfred_tools.local_sweeper"],
                             env={**stack.env, **extra_env}, start_new_session=True)
     stack.procs.append(proc)
     return proc

@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
-from alfred_jobs.auth import issue_local_token
-from alfred_jobs.fidelity import FidelityProxy
-from alfred_jobs.http.jobs_api import create_app
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.models import ACTIVE_STATUSES, Event
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_jobs.entry.http.stream_api import create_stream_app
+from alfred_jobs.service.auth import issue_local_token
+from alfred_tools.fidelity import FidelityProxy
 from tests.chaos.support import (
     WatchRecord,
     allow_receives,

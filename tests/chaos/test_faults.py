@@ -22,16 +22,16 @@ from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutErr
 from alfred_jobs.adapters.aws import AwsClients, mapped_errors
 from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
-from alfred_jobs.auth import issue_stream_token
-from alfred_jobs.deps import aws_deps
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
+from alfred_jobs.durability.journal import Journal, SlotTaken
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.entry.http.stream_api import create_stream_app
 from alfred_jobs.exceptions import TransientStoreError
-from alfred_jobs.faults import FaultInjector, FaultKind, FaultPlan, FaultSpecError
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.journal import Journal, SlotTaken
-from alfred_jobs.models import ChatRequest, Event, EventType, JobStatus
-from alfred_jobs.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
+from alfred_tools.clients import tool_deps
+from alfred_tools.faults import FaultInjector, FaultKind, FaultPlan, FaultSpecError
 from tests.chaos.support import (
     WatchRecord,
     allow_receives,
@@ -111,7 +111,7 @@ def test_each_kind_reaches_the_adapter_as_the_domain_error(stack: Stack) -> None
 
 def test_ambiguous_append_is_recognised_by_its_writer_token(stack: Stack) -> None:
     """The put lands, the caller sees a timeout, retries, finds its own event: success, not a conflict."""
-    faulty = aws_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
+    faulty = tool_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
     journal = Journal(faulty.log, stack.settings.retention_seconds)
     ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w-1")
     journal.append("a" * 32, ev, 2_000_000_000)  # every put "fails" after landing; the retry reads it back
@@ -126,11 +126,11 @@ def test_a_storage_blip_is_a_503_with_retry_after_in_the_one_shape(stack: Stack)
     keep-alive connection dropped). It is now a 503 a client knows to retry."""
     from fastapi.testclient import TestClient
 
-    from alfred_jobs.auth import issue_local_token
-    from alfred_jobs.http.jobs_api import create_app
+    from alfred_jobs.entry.http.jobs_api import create_app
+    from alfred_jobs.service.auth import issue_local_token
 
     job = JobService(stack.deps).submit("alice", ChatRequest(message="pie"), None).job
-    faulty = aws_deps(stack.settings.model_copy(update={"faults": "GetItem:throttle=1"}))
+    faulty = tool_deps(stack.settings.model_copy(update={"faults": "GetItem:throttle=1"}))
     headers = {"Authorization": f"Bearer {issue_local_token(stack.settings, 'alice')}"}
     for app in (create_app(faulty), create_stream_app(faulty)):
         with TestClient(app, raise_server_exceptions=False) as client:
@@ -143,7 +143,7 @@ def test_a_storage_blip_is_a_503_with_retry_after_in_the_one_shape(stack: Stack)
 
 
 def api_deps_injected(deps: object) -> dict[str, int]:
-    from alfred_jobs.faults import injector_for
+    from alfred_tools.faults import injector_for
 
     inj = injector_for(getattr(deps, "settings").faults)  # noqa: B009
     return inj.summary() if inj else {}
@@ -193,7 +193,7 @@ def test_a_failed_job_is_parked_even_when_the_first_park_is_lost() -> None:
 def test_a_poller_survives_a_storage_blip_at_start(stack: Stack) -> None:
     """Regression: local_worker.QueuePoller.run_forever read the queue ARN unguarded, so one
     throttled GetQueueAttributes killed the poller thread and left a live worker that never polled."""
-    from alfred_jobs.local_worker import QueuePoller
+    from alfred_tools.local_worker import QueuePoller
 
     poller = QueuePoller(stack.settings, wait_seconds=0)
     failures = {"GetQueueAttributes": 2}
@@ -243,7 +243,7 @@ def test_a_batch_converges_under_faults_in_every_process(stack: Stack) -> None:
     start_sweeper(stack, ALFRED_FAULTS=fault_spec(seed, "sweeper"), **env)
 
     # Submit through faulted clients, as a client would: a 5xx is retried with the same key.
-    api_deps = aws_deps(stack.settings.model_copy(update={"faults": fault_spec(seed, "api")}))
+    api_deps = tool_deps(stack.settings.model_copy(update={"faults": fault_spec(seed, "api")}))
     svc = JobService(api_deps)
     jobs: dict[str, tuple[str, str, str]] = {}  # job_id -> (user, conversation_id, message)
     for i, message in enumerate(MESSAGES):

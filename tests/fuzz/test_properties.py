@@ -15,9 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alfred_jobs.adapters.memory import MemoryJobStore, memory_deps
-from alfred_jobs.auth import USER_RE, issue_local_token, issue_stream_token, verify_local_token, verify_stream_token
+from alfred_jobs.domain.models import Job
 from alfred_jobs.exceptions import InvalidInput, Unauthorized
-from alfred_jobs.models import Job
+from alfred_jobs.service.auth import (
+    USER_RE,
+    issue_local_token,
+    issue_stream_token,
+    verify_local_token,
+    verify_stream_token,
+)
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
 from alfred_jobs.service.jobs import JobService, validate_job_id
 from alfred_jobs.settings import Settings

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from alfred_jobs.adapters.memory import memory_deps
-from alfred_jobs.auth import issue_local_token
-from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 
 # Long-polls are capped short so that fuzzing ``wait`` does not sleep through the run.

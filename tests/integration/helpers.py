@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from alfred_jobs.journal import Journal
-from alfred_jobs.models import ChatRequest, Event, EventType, Job
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.service.jobs import JobService
 from tests.support.stack import Stack, wait_until
 

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from alfred_jobs import bench
-from alfred_jobs.benchmarks import common
+from alfred_tools import bench
+from alfred_tools.benchmarks import common
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from alfred_jobs.auth import verify_local_token
-from alfred_jobs.emulator import free_port
+from alfred_jobs.service.auth import verify_local_token
 from alfred_jobs.settings import Settings
+from alfred_tools.emulator import free_port
 from tests.integration.test_devstack import CLI, DevProcess, start_dev
 from tests.support.stack import wait_until
 

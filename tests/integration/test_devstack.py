@@ -22,13 +22,13 @@ import boto3
 import httpx
 
 from alfred_jobs.adapters.memory import memory_deps
-from alfred_jobs.bootstrap import load_template
-from alfred_jobs.devstack import ENDPOINT_VARS
-from alfred_jobs.emulator import LOCAL_CREDENTIALS, free_port
-from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_tools.bootstrap import load_template
+from alfred_tools.devstack import ENDPOINT_VARS
+from alfred_tools.emulator import LOCAL_CREDENTIALS, free_port
 from tests.support.stack import FAST, resource_env, wait_until
 
-CLI = [sys.executable, "-m", "alfred_jobs.cli"]
+CLI = [sys.executable, "-m", "alfred_tools.cli"]
 EXTERNAL = os.environ.get("ALFRED_TEST_TARGET") == "external"
 
 
@@ -144,8 +144,8 @@ def test_dev_serves_everything_on_one_origin_and_stops_without_orphans() -> None
         # GIVEN a running dev stack: moto server (unless a target is configured), sweeper, 2 workers
         kids = descendants(dev.proc.pid)
         cmds = [cmdline(p) for p in kids]
-        assert sum("alfred_jobs.local_worker" in c for c in cmds) == 2, cmds
-        assert sum("alfred_jobs.local_sweeper" in c for c in cmds) == 1, cmds
+        assert sum("alfred_tools.local_worker" in c for c in cmds) == 2, cmds
+        assert sum("alfred_tools.local_sweeper" in c for c in cmds) == 1, cmds
         own_moto = sum("moto.server" in c and str(dev.emulator_port) in c for c in cmds)
         assert own_moto == (0 if EXTERNAL else 1), cmds
         # THEN the web client, the API, the stream and the dev token share the origin
@@ -255,7 +255,7 @@ def _sorted(items: list[dict[str, Any]]) -> list[tuple[tuple[str, Any], ...]]:
 def test_dev_token_route_exists_only_in_the_dev_app() -> None:
     from fastapi.testclient import TestClient
 
-    from alfred_jobs.devstack import create_dev_app
+    from alfred_tools.devstack import create_dev_app
 
     deps = memory_deps()
     assert TestClient(create_app(deps)).get("/api/dev/token").status_code == 404

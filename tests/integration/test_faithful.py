@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from alfred_jobs.auth import issue_local_token
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.models import EventType
+from alfred_jobs.domain.models import EventType
+from alfred_jobs.entry.http.stream_api import create_stream_app
+from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.service.jobs import JobService
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from alfred_jobs.fidelity import FidelityProxy
-from alfred_jobs.models import EventType, JobStatus, now_ts
+from alfred_jobs.domain.models import EventType, JobStatus, now_ts
 from alfred_jobs.service.jobs import JobService
+from alfred_tools.fidelity import FidelityProxy
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,
     completed_steps,
@@ -156,7 +156,7 @@ def test_conversation_committed_once_when_last_step_and_reply_are_retried(stack:
     assert events[-1].type is EventType.COMPLETE
     assert any(e.type is EventType.RESUMED for e in events)
     job2 = JobService(stack.deps).submit(
-        "alice", __import__("alfred_jobs.models", fromlist=["ChatRequest"]).ChatRequest(
+        "alice", __import__("alfred_jobs.domain.models", fromlist=["ChatRequest"]).ChatRequest(
             message="beans [steps=1] [flaky-reply]", conversation_id=job.conversation_id), None).job
     events2 = wait_terminal(stack, job2.job_id)
     assert events2[-1].type is EventType.COMPLETE

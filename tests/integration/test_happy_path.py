@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alfred_jobs.models import EventType, JobStatus
+from alfred_jobs.domain.models import EventType, JobStatus
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,
     completed_steps,

@@ -25,13 +25,13 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from alfred_jobs.auth import issue_local_token, issue_stream_token
-from alfred_jobs.emulator import free_port, wait_http
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.models import Event
+from alfred_jobs.domain.models import Event
+from alfred_jobs.entry.http.stream_api import create_stream_app
 from alfred_jobs.ports import EventLog
+from alfred_jobs.service.auth import issue_local_token, issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.watch import WatchHub
+from alfred_tools.emulator import free_port, wait_http
 from tests.integration.helpers import (
     TERMINAL,
     assert_contiguous_single_terminal,

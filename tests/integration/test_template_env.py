@@ -26,9 +26,9 @@ import httpx
 import pytest
 
 from alfred_jobs.adapters.aws import AwsClients, DynamoEventLog, DynamoJobStore
-from alfred_jobs.fidelity import FidelityProxy
-from alfred_jobs.journal import Journal
-from alfred_jobs.models import Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.durability.journal import Journal
+from alfred_tools.fidelity import FidelityProxy
 from tests.support.iam import arns_for, denied_calls, role_statements, without_action
 from tests.support.template_env import (
     FUNCTIONS,

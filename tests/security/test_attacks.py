@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 
 from alfred_jobs.adapters.memory import memory_deps
 from alfred_jobs.agents.demo import DemoAgent
-from alfred_jobs.auth import issue_local_token, issue_stream_token
-from alfred_jobs.deps import Deps
-from alfred_jobs.http.jobs_api import create_app
-from alfred_jobs.http.stream_api import create_stream_app
-from alfred_jobs.runner import Delivery, JobRunner
+from alfred_jobs.durability.runner import Delivery, JobRunner
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_jobs.entry.http.stream_api import create_stream_app
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.auth import issue_local_token, issue_stream_token
 from alfred_jobs.settings import Settings
 
 SETTINGS = Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,

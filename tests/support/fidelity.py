@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from alfred_jobs.emulator import emulator_env, start_moto_server
-from alfred_jobs.fidelity import FidelityProxy, start_fidelity_proxy
+from alfred_tools.emulator import emulator_env, start_moto_server
+from alfred_tools.fidelity import FidelityProxy, start_fidelity_proxy
 
 __all__ = ["FidelityProxy", "faithful_emulator", "fidelity_switch"]
 

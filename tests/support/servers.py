@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from alfred_jobs.emulator import free_port
+from alfred_tools.emulator import free_port
 from tests.support.stack import wait_until
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alfred_jobs.adapters.aws import AwsClients
-from alfred_jobs.bootstrap import create_resources
-from alfred_jobs.deps import Deps, aws_deps
+from alfred_jobs.entry.wiring import aws_deps
+from alfred_jobs.ports import Deps
 from alfred_jobs.settings import Settings
+from alfred_tools.bootstrap import create_resources
 
 FAST = {
     "ALFRED_DEMO_STEP_SECONDS": "0.05",
@@ -48,13 +49,13 @@ class Stack:
 
     def start_worker(self, concurrency: int = 1, **extra_env: str) -> subprocess.Popen[bytes]:
         """A real worker process (the local event source mapping + the Lambda handler)."""
-        proc = subprocess.Popen([sys.executable, "-m", "alfred_jobs.local_worker", str(concurrency)],
+        proc = subprocess.Popen([sys.executable, "-m", "alfred_tools.local_worker", str(concurrency)],
                                 env={**self.env, **extra_env}, start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def start_sweeper(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "alfred_jobs.local_sweeper"], env=self.env,
+        proc = subprocess.Popen([sys.executable, "-m", "alfred_tools.local_sweeper"], env=self.env,
                                 start_new_session=True)
         self.procs.append(proc)
         return proc

@@ -14,7 +14,7 @@ from the test process's environment. A reference this module cannot resolve rais
         d.calls.of("WorkerFunction")                # every AWS call it made, from the proxy's log
 
 Every function process signs with a distinct access key id, its logical id (for example
-``AWS_ACCESS_KEY_ID=WorkerFunction``), so the fidelity proxy (``alfred_jobs.fidelity``, whose
+``AWS_ACCESS_KEY_ID=WorkerFunction``), so the fidelity proxy (``alfred_tools.fidelity``, whose
 ``GET /_fidelity/calls`` lists ``principal, service, action, resource, index, status``) can
 attribute each call to a role; ``tests/support/iam.py`` checks them. The harness's own calls
 (creating resources, planting and reading state) sign as ``inspector``, which the proxy's
@@ -54,9 +54,9 @@ from typing import Any, Protocol
 
 import boto3
 
-from alfred_jobs.bootstrap import QUEUES, TABLES, create_resources, load_template
-from alfred_jobs.emulator import free_port
 from alfred_jobs.settings import Settings
+from alfred_tools.bootstrap import QUEUES, TABLES, create_resources, load_template
+from alfred_tools.emulator import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -417,7 +417,7 @@ def endpoint_for(service_env_name: str, endpoints: Mapping[str, str]) -> str | N
 
 
 class CallSource(Protocol):
-    """Where calls are recorded: ``alfred_jobs.fidelity.FidelityProxy`` (``GET /_fidelity/calls``)."""
+    """Where calls are recorded: ``alfred_tools.fidelity.FidelityProxy`` (``GET /_fidelity/calls``)."""
 
     def calls(self) -> list[dict[str, Any]]: ...
 

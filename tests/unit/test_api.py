@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alfred_jobs.adapters.memory import memory_deps
-from alfred_jobs.auth import issue_local_token
-from alfred_jobs.http.jobs_api import create_app
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 
 SETTINGS = Settings(demo_step_seconds=0)

@@ -12,10 +12,10 @@ from dataclasses import replace
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, memory_deps
-from alfred_jobs.deps import Deps
+from alfred_jobs.domain.models import ChatRequest, Job, JobStatus, Progress, now_ts
+from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.exceptions import ConditionFailed
-from alfred_jobs.lease import LeaseKeeper
-from alfred_jobs.models import ChatRequest, Job, JobStatus, Progress, now_ts
+from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import STREAM_SECRETS, SUBMIT_SECRETS, Settings
 

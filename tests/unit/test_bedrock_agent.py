@@ -24,7 +24,6 @@ from botocore.parsers import EventStreamJSONParser
 from botocore.stub import ANY, Stubber
 
 from alfred_jobs.adapters.memory import MemoryJobStore, memory_deps
-from alfred_jobs.agent import AgentContext, Plan
 from alfred_jobs.agents.bedrock import (
     DEFAULT_MODEL_ID,
     PLAN_TOOL,
@@ -32,10 +31,11 @@ from alfred_jobs.agents.bedrock import (
     BedrockConfig,
     MemoryKitchenStore,
 )
-from alfred_jobs.deps import Deps
+from alfred_jobs.domain.agent import AgentContext, Plan
+from alfred_jobs.domain.models import ChatRequest, JobStatus
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
-from alfred_jobs.models import ChatRequest, JobStatus
-from alfred_jobs.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 

@@ -1,5 +1,5 @@
 """Faithful mode: each AWS semantic the fidelity proxy puts back, shown with real boto3 clients
-against moto + proxy (alfred_jobs.fidelity)."""
+against moto + proxy (alfred_tools.fidelity)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from alfred_jobs.fidelity import FidelityProxy, FidelitySpec, FidelitySpecError
+from alfred_tools.fidelity import FidelityProxy, FidelitySpec, FidelitySpecError
 from tests.support.fidelity import faithful_emulator
 from tests.support.stack import wait_until
 

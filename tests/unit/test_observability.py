@@ -17,10 +17,10 @@ import pytest
 from alfred_jobs import observability as obs
 from alfred_jobs.adapters.memory import memory_deps
 from alfred_jobs.agents.demo import DemoAgent
-from alfred_jobs.deps import Deps
+from alfred_jobs.domain.models import ChatRequest, JobStatus
+from alfred_jobs.durability.runner import Delivery, JobRunner
 from alfred_jobs.exceptions import RetryableAgentError
-from alfred_jobs.models import ChatRequest, JobStatus
-from alfred_jobs.runner import Delivery, JobRunner
+from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 
@@ -50,7 +50,7 @@ def records(buf: io.StringIO) -> list[dict[str, object]]:
 def test_bound_job_is_on_every_line_of_every_module_until_cleared(lines: io.StringIO) -> None:
     obs.bind_job(job_id="job-1", attempt=2, user="alice")
     obs.get_logger().info("step completed", extra={"step": 1})
-    logging.getLogger("alfred_jobs.runner").warning("lease renewed late")
+    logging.getLogger("alfred_jobs.durability.runner").warning("lease renewed late")
     obs.clear_job()
     obs.get_logger().info("idle")
     first, second, third = records(lines)

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
-from alfred_jobs.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.agents.demo import DemoAgent
-from alfred_jobs.deps import Deps
+from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus, now_ts
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError
-from alfred_jobs.models import ChatRequest, Event, EventType, JobStatus, now_ts
-from alfred_jobs.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 

@@ -17,7 +17,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from alfred_jobs.bootstrap import (
+from alfred_jobs.settings import Settings
+from alfred_tools.bootstrap import (
     QUEUES,
     TABLES,
     create_resources,
@@ -25,7 +26,6 @@ from alfred_jobs.bootstrap import (
     queue_attributes,
     table_specs,
 )
-from alfred_jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, memory_deps
-from alfred_jobs.deps import Deps
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, fold
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import EventsExpired
-from alfred_jobs.journal import Journal
-from alfred_jobs.models import ChatRequest, Event, EventType, Job, JobStatus, fold
+from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.watch import Watcher, WatchHub
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -21,11 +21,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
-from .. import faults
-from ..exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
-from ..models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
-from ..ports import JobPage
-from ..settings import Settings
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
+from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
+from alfred_jobs.ports import JobPage
+from alfred_jobs.settings import Settings
 
 ACTIVE_SHARDS = 4  # the sweeper's sparse index is spread over this many partitions
 _ser = TypeSerializer()
@@ -72,31 +71,45 @@ def mapped_errors() -> Iterator[None]:
         raise TransientStoreError(type(exc).__name__) from exc
 
 
+ClientFactory = Callable[[str], Any]  # a service name ("dynamodb", "sqs") -> a boto3 client
+
+DEFAULT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=25,
+                        max_pool_connections=50)
+
+
 @dataclass
 class AwsClients:
-    """boto3 clients built on first use from settings (endpoints come from AWS_ENDPOINT_URL*)."""
+    """The boto3 clients of one process, built on first use.
+
+    Clients are injected, never swapped through the environment: pass ``factory`` (a service name
+    to a client; the tooling's adds fault injection, the tests' their own credentials) or the
+    clients themselves. By default they come from boto3 with ``DEFAULT_CONFIG`` (endpoints from
+    ``AWS_ENDPOINT_URL*`` as boto3 reads them).
+    """
 
     settings: Settings
+    factory: ClientFactory | None = None
     _dynamodb: Any = None
     _sqs: Any = None
     _queue_url: str | None = None
     _dlq_url: str | None = None
-    config: Config = field(default_factory=lambda: Config(
-        retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=25,
-        max_pool_connections=50))
+
+    def client(self, service: str) -> Any:
+        if self.factory is not None:
+            return self.factory(service)
+        session: Any = boto3.session.Session()  # Any: the stubs type client() per literal service name
+        return session.client(service, region_name=self.settings.region, config=DEFAULT_CONFIG)
 
     @property
     def dynamodb(self) -> Any:
         if self._dynamodb is None:
-            self._dynamodb = faults.install(boto3.session.Session().client(
-                "dynamodb", region_name=self.settings.region, config=self.config), self.settings.faults)
+            self._dynamodb = self.client("dynamodb")
         return self._dynamodb
 
     @property
     def sqs(self) -> Any:
         if self._sqs is None:
-            self._sqs = faults.install(boto3.session.Session().client(
-                "sqs", region_name=self.settings.region, config=self.config), self.settings.faults)
+            self._sqs = self.client("sqs")
         return self._sqs
 
     @property

@@ -7,11 +7,10 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..deps import Deps
-from ..exceptions import ConditionFailed, Fenced, LeaseHeld
-from ..models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
-from ..ports import JobPage
-from ..settings import Settings
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
+from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld
+from alfred_jobs.ports import Deps, JobPage
+from alfred_jobs.settings import Settings
 
 
 class MemoryJobStore:

@@ -38,13 +38,12 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ..agent import AgentContext, Plan, PlanStep
-from ..exceptions import RetryableAgentError, TerminalAgentError
+from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
+from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
 
 if TYPE_CHECKING:
-    from ..deps import Deps
-    from ..ports import AgentDataStore
-    from ..settings import Settings
+    from alfred_jobs.ports import AgentDataStore, Deps
+    from alfred_jobs.settings import Settings
 
 DEFAULT_MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
 DEFAULT_MAX_TOKENS = 1024
@@ -570,7 +569,7 @@ class BedrockAgent:
 
 def _default_kitchen(deps: Deps) -> KitchenStore:
     """The kitchen beside the configured agent data: DynamoDB with the DynamoDB ports, else memory."""
-    from ..adapters.aws import DynamoAgentDataStore
+    from alfred_jobs.adapters.aws import DynamoAgentDataStore
 
     if isinstance(deps.agent_data, DynamoAgentDataStore):
         return DynamoKitchenStore(deps.settings.agent_data_table, region=deps.settings.region)

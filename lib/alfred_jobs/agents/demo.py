@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..agent import AgentContext, Plan, PlanStep
-from ..exceptions import RetryableAgentError, TerminalAgentError
-from ..models import now_ts
-from ..ports import AgentDataStore
-from ..settings import Settings
+from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
+from alfred_jobs.domain.models import now_ts
+from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
+from alfred_jobs.ports import AgentDataStore
+from alfred_jobs.settings import Settings
 
 LABELS = [
     "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",

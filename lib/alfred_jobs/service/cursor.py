@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from ..exceptions import InvalidInput
+from alfred_jobs.exceptions import InvalidInput
 
 MAX_CURSOR_CHARS = 1024
 

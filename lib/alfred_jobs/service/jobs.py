@@ -9,10 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
-from ..deps import Deps
-from ..exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, TransientStoreError
-from ..journal import Journal, SlotTaken
-from ..models import (
+from alfred_jobs.domain.models import (
     ACTIVE_STATUSES,
     ChatRequest,
     Event,
@@ -22,8 +19,11 @@ from ..models import (
     fold,
     now_ts,
 )
-from ..observability import count, get_logger
-from .cursor import decode_cursor, encode_cursor
+from alfred_jobs.durability.journal import Journal, SlotTaken
+from alfred_jobs.exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, TransientStoreError
+from alfred_jobs.observability import count, get_logger
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.cursor import decode_cursor, encode_cursor
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces

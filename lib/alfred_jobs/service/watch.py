@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from ..exceptions import EventsExpired
-from ..journal import Journal
-from ..models import Event, Job, JobStatus, fold
-from ..observability import get_logger
-from ..ports import EventLog
+from alfred_jobs.domain.models import Event, Job, JobStatus, fold
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.exceptions import EventsExpired
+from alfred_jobs.observability import get_logger
+from alfred_jobs.ports import EventLog
 
 log = get_logger()
 

@@ -1,0 +1,68 @@
+"""Signing secrets from Secrets Manager, resolved once per process (a Lambda cold start).
+
+On AWS the template passes only ARNs (``ALFRED_STREAM_TOKEN_SECRET_ARN``,
+``ALFRED_CURSOR_SECRET_ARN``); the values never appear in the environment, the template or the
+logs. Locally no ARN is set and the settings' own values are used, so nothing here runs.
+
+    settings = resolve_secrets(Settings())      # e.g. inside get_settings()
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from alfred_jobs.exceptions import AlfredError
+from alfred_jobs.settings import Settings
+
+# settings field holding an ARN → settings field that receives the secret's value
+SECRET_FIELDS = {
+    "stream_token_secret_arn": "stream_token_secret",
+    "cursor_secret_arn": "cursor_secret",
+}
+
+_cache: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+class SecretUnavailable(AlfredError):
+    """A configured secret could not be read (IAM, a wrong ARN, Secrets Manager down)."""
+
+    retryable = True
+
+
+def resolve_secrets(settings: Settings, client: Any = None) -> Settings:
+    """``settings`` with every ``*_secret_arn`` that is set replaced by the secret's value."""
+    updates: dict[str, str] = {}
+    for arn_field, value_field in SECRET_FIELDS.items():
+        arn = getattr(settings, arn_field, None)
+        if arn:
+            updates[value_field] = secret_value(str(arn), settings, client)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def secret_value(arn: str, settings: Settings, client: Any = None) -> str:
+    """The SecretString of ``arn``, fetched once per process."""
+    with _lock:
+        if arn in _cache:
+            return _cache[arn]
+    if client is None:
+        import boto3  # only when a secret is configured: never at import
+
+        client = boto3.session.Session().client("secretsmanager", region_name=settings.region)
+    try:
+        value = client.get_secret_value(SecretId=arn)["SecretString"]
+    except Exception as exc:  # botocore stays out of this module: any failure is the same to callers
+        # The ARN is not secret; the exception text may name it, never the value.
+        raise SecretUnavailable(f"cannot read secret {arn}: {type(exc).__name__}") from exc
+    if not isinstance(value, str) or not value:
+        raise SecretUnavailable(f"secret {arn} has no SecretString")
+    with _lock:
+        _cache[arn] = value
+    return value
+
+
+def forget_secrets() -> None:
+    """Drop the cached values (tests, or after a rotation in a long-running process)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,420 @@
+"""The runner: runs one delivery of a job through the agent, owning every durability concern.
+
+One attempt, in order:
+1. Take the job's lease (conditional update; a live lease elsewhere means this delivery is a
+   duplicate and is dropped). A ``LeaseKeeper`` thread renews it, extends the message's
+   visibility, refreshes the job record's projection and watches for a cancel request.
+2. Read the whole log. A terminal event means an earlier attempt finished: only finalize.
+3. Put ``status: running`` (first attempt) or ``resumed`` (later ones) at the head of the log.
+   From that moment any older owner is fenced out (see journal.py).
+4. Think (unless a plan is recorded), act on every step not recorded as completed (recorded
+   outputs are handed back to the agent), stream the reply as coalesced deltas, put ``complete``.
+5. Finalize: commit the conversation turn from the stored terminal event, then project the job
+   record as terminal (which takes it off the sweeper's index, so a crash in between is repaired).
+
+Failures: a retryable error puts ``status: pending`` with the backoff, releases the lease and
+asks for redelivery after the backoff; the last allowed attempt, or a terminal error, puts
+``failed`` and parks the message in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from alfred_jobs.domain.agent import Agent, AgentContext, Plan, PlanStep
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
+from alfred_jobs.durability.journal import Journal, SlotTaken
+from alfred_jobs.durability.lease import LeaseKeeper
+from alfred_jobs.exceptions import AgentError, ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
+from alfred_jobs.observability import bind_job, clear_job, count, get_logger
+from alfred_jobs.ports import Deps
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queue message asking for a job to run."""
+
+    job_id: str
+    receipt_handle: str | None = None
+    receive_count: int = 1
+    body: str = ""
+
+
+class Outcome(StrEnum):
+    DONE = "done"          # the job is terminal: delete the message
+    DROPPED = "dropped"    # someone else owns the job (duplicate or fenced): delete the message
+    RETRY = "retry"        # try again after ``retry_after`` seconds: keep the message
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    reason: str = ""
+    retry_after: int = 0
+    status: JobStatus | None = None
+
+
+class _Stop(Exception):
+    """Internal: leave the attempt with this result."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+class JobRunner:
+    """Runs deliveries of jobs with one agent."""
+
+    def __init__(self, deps: Deps, agent: Agent) -> None:
+        self.deps = deps
+        self.agent = agent
+        self.settings = deps.settings
+        self.journal = Journal(deps.log, deps.settings.retention_seconds)
+
+    def run(self, delivery: Delivery) -> RunResult:
+        """Run (or resume, or finish) the job of one delivery; tells the caller what to do with it."""
+        bind_job(job_id=delivery.job_id)
+        try:
+            return self._run(delivery)
+        finally:
+            clear_job()
+
+    def _run(self, delivery: Delivery) -> RunResult:
+        s = self.settings
+        owner = uuid.uuid4().hex
+        try:
+            # The conditional update is also the read: a finished, expired or unknown job fails it.
+            job = self.deps.jobs.acquire_lease(delivery.job_id, owner, now_ts(), s.lease_seconds)
+        except LeaseHeld:
+            count("DuplicateDeliveries")
+            return RunResult(Outcome.DROPPED, "held by a live worker")
+        except ConditionFailed:
+            return RunResult(Outcome.DONE, "finished, expired or unknown")
+        bind_job(job_id=job.job_id, attempt=job.attempts, user=job.user_id)
+        attempt = _Attempt(self, job, owner, delivery)
+        try:
+            return attempt.run()
+        finally:
+            attempt.keeper.stop()
+
+
+class _Attempt:
+    """One attempt at one job: owns the in-memory copy of the log and the lease keeper."""
+
+    def __init__(self, runner: JobRunner, job: Job, owner: str, delivery: Delivery) -> None:
+        self.r = runner
+        self.deps = runner.deps
+        self.s = runner.settings
+        self.agent = runner.agent
+        self.journal = runner.journal
+        self.job = job
+        self.owner = owner
+        self.delivery = delivery
+        self.attempt = job.attempts
+        self.events: list[Event] = []
+        self.view = job  # job record folded with every event we know of
+        self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
+                                  self._state, job.cancel_requested)
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _state(self) -> tuple[int, JobStatus, Progress]:
+        v = self.view
+        return v.last_seq, v.status, v.progress
+
+    @property
+    def head(self) -> int:
+        return self.events[-1].seq if self.events else 0
+
+    def _load(self) -> None:
+        self.events = self.journal.read_all(self.job.job_id, known_head=self.job.last_seq)
+        base = replace(self.job, last_seq=0, progress=Progress(), status=JobStatus.PENDING)
+        self.view = fold(base, self.events)
+
+    def append(self, type: EventType, data: dict[str, Any]) -> Event:
+        """Checkpoint: one conditional PutItem at the head of the log."""
+        if self.keeper.lost:
+            raise Fenced(self.job.job_id)
+        if self.events and self.events[-1].terminal:
+            raise AssertionError("nothing may follow a terminal event")  # guarantee 2, by construction
+        ev = Event.new(self.head + 1, type, data, attempt=self.attempt, writer=self.owner)
+        self.journal.append(self.job.job_id, ev, self.job.expires_at)
+        self.events.append(ev)
+        self.view = fold(self.view, [ev])
+        return ev
+
+    def boundary(self) -> None:
+        """A step boundary: stop here if fenced or cancelled."""
+        if self.keeper.lost:
+            raise Fenced(self.job.job_id)
+        if self.keeper.cancel_requested:
+            self.finish(EventType.CANCELLED, {})
+
+    def finish(self, type: EventType, data: dict[str, Any]) -> None:
+        self.append(type, data)
+        self.finalize()
+        raise _Stop(RunResult(Outcome.DONE, str(type), status=self.view.status))
+
+    def finalize(self) -> None:
+        """From the stored terminal event: commit the conversation turn (complete) or park the message
+        in the dead-letter queue (failed); then project the record as terminal.
+
+        Why parking is here, before the projection: if it fails, the record is still active, so the
+        next delivery (or the sweeper's) finalizes again and parks again. Parked after the
+        projection, a lost SendMessage would leave a failed job that is never parked (guarantee 8).
+        """
+        self.keeper.stop()
+        term = self.events[-1]
+        job = self.view
+        if term.type is EventType.COMPLETE:
+            reply = str((term.data.get("output") or {}).get("reply", ""))
+            self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
+                                                reply, term.at, self.journal.expires_at())
+        elif term.type is EventType.FAILED:
+            code = str((term.data.get("error") or {}).get("code", "failed"))
+            self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, code)
+        self.deps.jobs.save_projection(job, owner=None)
+        count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
+               EventType.CANCELLED: "JobsCancelled"}.get(term.type, "JobsFinished"))
+        log.info("job finished", extra={"job_id": job.job_id, "status": str(job.status),
+                                        "attempt": self.attempt})
+
+    # ---- the attempt ------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        try:
+            self._load()
+            if self.events and self.events[-1].terminal:
+                self.finalize()
+                return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
+            self.keeper.start()
+            self._open()
+            self._execute()
+            raise AssertionError("unreachable: _execute always finishes")  # pragma: no cover
+        except _Stop as stop:
+            return stop.result
+        except SlotTaken as taken:
+            if taken.existing.writer == self.owner:
+                # Our own write is in the slot (it landed while we saw errors): not fenced.
+                return self._failure("store_unavailable", "storage answered with errors", True)
+            return self._lost_slot(taken)
+        except Fenced:
+            count("Fenced")
+            log.warning("fenced: another worker owns the job", extra={"job_id": self.job.job_id})
+            return RunResult(Outcome.DROPPED, "fenced")
+        except AgentError as err:
+            return self._failure(err.code, err.message, err.retryable)
+        except TransientStoreError as err:
+            return self._failure("store_unavailable", f"storage was unavailable: {err}", True)
+        except Exception as err:  # a bug in an agent: retry, bounded like any retryable error
+            log.exception("agent raised", extra={"job_id": self.job.job_id})
+            return self._failure("agent_crashed", f"{type(err).__name__} in the agent", True)
+
+    def _lost_slot(self, taken: SlotTaken) -> RunResult:
+        if taken.existing.terminal:
+            # Someone else (a cancel, a newer attempt) ended the job: make sure it is finalized.
+            self._load()
+            self.finalize()
+            return RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status)
+        count("Fenced")
+        return RunResult(Outcome.DROPPED, "fenced")
+
+    def _open(self) -> None:
+        """Put this attempt's first event at the head, retrying over a racing older owner."""
+        for _ in range(20):
+            try:
+                if self.events and self.events[-1].terminal:
+                    self.finalize()  # ended by someone else while we read: never write past it
+                    raise _Stop(RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status))
+                if self.keeper.cancel_requested:
+                    self.finish(EventType.CANCELLED, {})
+                if self.attempt > self.s.max_attempts:
+                    self.finish(EventType.FAILED, {"error": {
+                        "code": "attempts_exhausted",
+                        "message": f"the job was interrupted {self.attempt - 1} times and was given up"}})
+                if not self.events:
+                    self.append(EventType.STATUS, {"status": "running"})
+                    count("JobsStarted")
+                    count("QueueToStartSeconds", now_ts() - self.job.created_at, "Seconds")
+                else:
+                    self.append(EventType.RESUMED, {"attempt": self.attempt, "from_seq": self.head})
+                    count("JobsResumed")
+                self.deps.jobs.save_projection(replace(self.view, attempts=self.attempt), owner=self.owner)
+                return
+            except SlotTaken as taken:
+                if taken.existing.terminal:
+                    raise
+                self._load()  # an older owner got an event in first: it counts; read and retry
+        raise Fenced(self.job.job_id)
+
+    def _execute(self) -> None:
+        job = self.view
+        plan, outputs, started, phases, shown = _replay(self.events)
+        history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
+        ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
+                           message=job.message, history=history, attempt=self.attempt,
+                           step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested,
+                           created_at=job.created_at, expires_at=job.expires_at)
+        if plan is None:
+            self.boundary()
+            if "think" not in phases:
+                self.append(EventType.PHASE, {"phase": "think"})
+            plan = self.agent.think(ctx)
+            data = plan.public()
+            specs = {str(st.index): st.spec for st in plan.steps if st.spec}
+            if specs:
+                data["specs"] = specs
+            self.append(EventType.PLAN, data)
+        if plan.steps and "act" not in phases:
+            self.boundary()
+            self.append(EventType.PHASE, {"phase": "act"})
+        total = len(plan.steps)
+        for step in plan.steps:
+            if step.index in outputs:
+                continue  # recorded as completed: never run again (guarantee 4)
+            self.boundary()
+            if step.index not in started:
+                self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
+                                             "status": "started"})
+            t0 = time.monotonic()
+            step_output = self.agent.act(step, ctx)
+            count("StepDuration", time.monotonic() - t0, "Seconds")
+            self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
+                                         "status": "completed", "output": step_output})
+            outputs[step.index] = step_output
+        self.boundary()
+        if "reply" not in phases:
+            self.append(EventType.PHASE, {"phase": "reply"})
+        reply = self._stream_reply(plan, ctx, shown)
+        self.boundary()
+        output: dict[str, Any] = {"reply": reply}
+        usage = getattr(self.agent, "usage", None)
+        if callable(usage):
+            used = usage(ctx)
+            if used:
+                output["usage"] = used
+        self.finish(EventType.COMPLETE, {"output": output})
+
+    def _stream_reply(self, plan: Plan, ctx: AgentContext, shown: str) -> str:
+        """Consume the agent's reply, writing coalesced ``delta`` events.
+
+        On a resumed attempt the log already shows ``shown``: a reply that starts the same way only
+        adds what is new; one that differs sends ``{"text": full, "replace": true}`` once.
+        """
+        full = ""
+        last_flush = time.monotonic()
+
+        def flush() -> None:
+            nonlocal shown, last_flush
+            last_flush = time.monotonic()
+            if full.startswith(shown):
+                new = full[len(shown):]
+                if new:
+                    self.append(EventType.DELTA, {"text": new})
+                    shown = full
+            elif not shown.startswith(full):
+                self.append(EventType.DELTA, {"text": full, "replace": True})
+                shown = full
+
+        for chunk in self.agent.reply(plan, ctx):
+            if self.keeper.cancel_requested or self.keeper.lost:
+                break
+            full += chunk
+            if (time.monotonic() - last_flush >= self.s.delta_flush_seconds
+                    or len(full) - len(shown) >= self.s.delta_flush_chars):
+                flush()
+        self.boundary()
+        flush()
+        if shown != full:
+            self.append(EventType.DELTA, {"text": full, "replace": True})
+        return full
+
+    def _failure(self, code: str, message: str, retryable: bool) -> RunResult:
+        count("AttemptFailures")
+        for _ in range(3):
+            try:
+                return self._record_failure(code, message, retryable)
+            except SlotTaken as taken:
+                if taken.existing.writer != self.owner:
+                    return self._lost_slot(taken)
+                # Our own earlier write landed although we saw it fail (the error that brought us
+                # here may be that very write): we still own the job. Read the log again and
+                # record the failure after what is really there.
+                try:
+                    self._load()
+                except StoreError:
+                    break
+        return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
+
+    def _record_failure(self, code: str, message: str, retryable: bool) -> RunResult:
+        error = {"code": code, "message": message}
+        if self.events and self.events[-1].terminal:
+            return self._retry_finalize(code)
+        try:
+            if retryable and self.attempt < self.s.max_attempts:
+                backoff = self.s.retry_base_seconds * 2 ** (self.attempt - 1)
+                delay = int(min(self.s.retry_max_seconds, backoff))
+                self.keeper.stop()
+                self.append(EventType.STATUS, {"status": "pending", "retry_in": delay, "error": error})
+                self.deps.jobs.save_projection(self.view, owner=self.owner)
+                self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                             now_ts() + delay + self.s.pending_grace_seconds)
+                log.warning("attempt failed, will retry", extra={"job_id": self.job.job_id, "code": code,
+                                                                  "retry_in": delay})
+                return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)
+            if retryable:
+                error = {"code": code, "message": f"gave up after {self.attempt} attempts: {message}"}
+            self.append(EventType.FAILED, {"error": error})
+            self.finalize()  # parks the message in the dead-letter queue
+            return RunResult(Outcome.DONE, code, status=JobStatus.FAILED)
+        except SlotTaken:
+            raise  # _failure tells our own landed write from another writer's
+        except Fenced:
+            return RunResult(Outcome.DROPPED, "fenced")
+        except StoreError:
+            if self.events and self.events[-1].terminal:
+                return self._retry_finalize("store_unavailable")  # recorded; finalizing (parking) failed
+            # Could not even record the failure: let the message come back; the lease expires and
+            # the next attempt (or the sweeper) picks the job up.
+            return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
+
+    def _retry_finalize(self, code: str) -> RunResult:
+        """The job has ended; only finalizing failed. Let the message come back to finish it, and
+        free the lease so that delivery is not dropped as a duplicate."""
+        self.keeper.stop()
+        try:
+            self.deps.jobs.release_lease(self.job.job_id, self.owner, now_ts() + self.s.pending_grace_seconds)
+        except StoreError:
+            pass  # then the sweeper finds it once the lease expires
+        return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1, status=self.view.status)
+
+
+def _replay(events: list[Event]) -> tuple[Plan | None, dict[int, Any], set[int], set[str], str]:
+    """What the log says was done: the plan, completed step outputs, started steps, phases, reply text."""
+    plan: Plan | None = None
+    outputs: dict[int, Any] = {}
+    started: set[int] = set()
+    phases: set[str] = set()
+    shown = ""
+    for ev in events:
+        if ev.type is EventType.PLAN:
+            specs = ev.data.get("specs") or {}
+            plan = Plan([PlanStep(int(st["index"]), str(st["label"]), specs.get(str(st["index"]), {}))
+                         for st in ev.data.get("steps", [])])
+        elif ev.type is EventType.STEP:
+            idx = int(ev.data["index"])
+            if ev.data.get("status") == "completed":
+                outputs[idx] = ev.data.get("output")
+            else:
+                started.add(idx)
+        elif ev.type is EventType.PHASE:
+            phases.add(str(ev.data.get("phase")))
+        elif ev.type is EventType.DELTA:
+            shown = ev.data["text"] if ev.data.get("replace") else shown + ev.data["text"]
+    return plan, outputs, started, phases, shown

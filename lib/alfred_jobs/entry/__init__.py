@@ -1,0 +1,1 @@
+"""Entry points: Lambda handlers (worker), the FastAPI apps (http) and the composition root (wiring)."""

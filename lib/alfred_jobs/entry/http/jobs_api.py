@@ -1,0 +1,130 @@
+"""The job API (the submit function): create, read, list, cancel jobs; events; conversations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from alfred_jobs.domain.models import ChatRequest, ErrorResponse, Job
+from alfred_jobs.entry.http.common import CurrentUser, Service, add_cors, install_error_handlers
+from alfred_jobs.entry.wiring import aws_deps, get_settings
+from alfred_jobs.exceptions import InvalidInput, PayloadTooLarge
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.auth import issue_stream_token
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.settings import SUBMIT_SECRETS, Settings
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413)}
+
+
+def job_links(settings: Settings, user_id: str, job: Job) -> dict[str, str]:
+    base = f"/api/jobs/{job.job_id}"
+    token = issue_stream_token(settings, user_id, job.job_id)
+    stream_base = (settings.stream_url or "").rstrip("/")
+    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
+            "stream": f"{stream_base}{base}/stream?token={token}"}
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, bool]:
+    """Liveness."""
+    return {"ok": True}
+
+
+# The handler reads the raw body (to enforce the size limit before parsing), so FastAPI cannot see
+# it: declare it, so that clients and fuzzers (tests/fuzz) know the body.
+CHAT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": ChatRequest.model_json_schema()}}}}
+
+
+@router.post("/api/chat", status_code=202, responses=ERRORS, openapi_extra=CHAT_BODY)
+async def submit_chat(request: Request, user: CurrentUser, svc: Service,
+                      idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+                      ) -> JSONResponse:
+    """Create a job; returns at once with its id and links (202)."""
+    raw = await request.body()
+    if len(raw) > svc.settings.max_body_bytes:
+        raise PayloadTooLarge(f"body is larger than {svc.settings.max_body_bytes} bytes")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body must be JSON: {\"message\": \"...\"}", code="invalid_json") from None
+    try:
+        req = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidInput(f"{where or 'body'}: {first.get('msg')}", code="invalid_input") from None
+    result = svc.submit(user, req, idempotency_key)
+    body = result.job.public(job_links(svc.settings, user, result.job))
+    return JSONResponse(body, status_code=202, headers={"Location": f"/api/jobs/{result.job.job_id}"})
+
+
+@router.get("/api/jobs/{job_id}", responses=ERRORS)
+def get_job(job_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
+    """One job's status, progress and result."""
+    job = svc.get(user, job_id)
+    return job.public(job_links(svc.settings, user, job))
+
+
+@router.get("/api/jobs", responses=ERRORS)
+def list_jobs(user: CurrentUser, svc: Service,
+              status: Annotated[str | None, Query(max_length=16)] = None,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
+    """The caller's jobs, newest first."""
+    jobs, nxt = svc.list_jobs(user, status, limit, cursor)
+    return {"jobs": [j.public(job_links(svc.settings, user, j)) for j in jobs], "next_cursor": nxt}
+
+
+@router.post("/api/jobs/{job_id}/cancel", responses=ERRORS)
+def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
+    """Request cancellation: 200 once cancelled, 202 while it takes effect, 409 if already over."""
+    job, done = svc.cancel(user, job_id)
+    return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=200 if done else 202)
+
+
+@router.get("/api/jobs/{job_id}/events", responses=ERRORS)
+def job_events(job_id: str, user: CurrentUser, svc: Service,
+               after: Annotated[int, Query(ge=0, le=10**9)] = 0,
+               wait: Annotated[float, Query(ge=0, le=20)] = 0) -> dict[str, Any]:
+    """Events with seq > after; if none, wait up to ``wait`` seconds (long-poll)."""
+    page = svc.events(user, job_id, after, wait)
+    last = page.events[-1].seq if page.events else after
+    return {"events": [e.public() for e in page.events], "status": str(page.job.status),
+            "done": page.done, "next_after": last}
+
+
+@router.get("/api/conversations/{conversation_id}", responses=ERRORS)
+def conversation(conversation_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
+    """The committed messages of a conversation, oldest first."""
+    return {"conversation_id": conversation_id, "messages": svc.conversation(user, conversation_id)}
+
+
+def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()) -> FastAPI:
+    """The job API app. ``deps`` defaults to DynamoDB/SQS from the environment.
+
+    ``routers_first`` take precedence over the job API's own routes (the dev server puts the stream
+    function's async long-poll in front of the Lambda's blocking one).
+    """
+    if deps is None:
+        settings = get_settings()
+        settings.check_deployable(SUBMIT_SECRETS)
+        deps = aws_deps(settings)
+    app = FastAPI(title="alfred-jobs", version="0.1.0",
+                  description="Durable background jobs for the Alfred agent")
+    app.state.deps = deps
+    app.state.service = JobService(deps)
+    install_error_handlers(app)
+    add_cors(app, deps.settings)
+    for first in routers_first:
+        app.include_router(first)
+    app.include_router(router)
+    return app

@@ -1,0 +1,40 @@
+"""The composition root: settings and the ports a process needs, built once per process.
+
+Entry points (the Lambda handlers, the stream app) call ``get_settings`` and ``aws_deps``; the
+tooling (``alfred_tools``) passes clients of its own (``AwsClients(settings, factory=...)``) and
+never rewrites the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from alfred_jobs.adapters.aws import (
+    AwsClients,
+    DynamoAgentDataStore,
+    DynamoConversationStore,
+    DynamoEventLog,
+    DynamoJobStore,
+    SqsJobQueue,
+)
+from alfred_jobs.adapters.secrets import resolve_secrets
+from alfred_jobs.ports import Deps
+from alfred_jobs.settings import Settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment with secrets resolved from their ARNs, built once per process.
+
+    Each entry point that serves users checks its own secrets (``Settings.check_deployable``).
+    """
+    return resolve_secrets(Settings())
+
+
+def aws_deps(settings: Settings, clients: AwsClients | None = None) -> Deps:
+    """Ports backed by DynamoDB and SQS (AWS, LocalStack or moto, by endpoint variables), over
+    ``clients`` if given (injected boto3 clients), else clients built from ``settings``."""
+    c = clients or AwsClients(settings)
+    return Deps(settings=settings, jobs=DynamoJobStore(c, settings), log=DynamoEventLog(c, settings),
+                conversations=DynamoConversationStore(c, settings), queue=SqsJobQueue(c),
+                agent_data=DynamoAgentDataStore(c, settings))

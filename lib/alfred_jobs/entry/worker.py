@@ -1,0 +1,88 @@
+"""The worker's SQS handler: Powertools batch processing with partial batch failures.
+
+The same ``handler`` serves AWS (SQS event source mapping) and the local poller (``alfred-jobs
+worker``), which builds a Lambda-shaped event. Each record runs one job delivery through the
+runner; a delivery that should be retried sets its message's visibility to the backoff and is
+reported as a batch item failure, so only it comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from alfred_jobs.agents import build_agent
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, RunResult
+from alfred_jobs.entry.wiring import aws_deps, get_settings
+from alfred_jobs.observability import get_logger, observe_lambda
+from alfred_jobs.ports import Deps
+
+log = get_logger()
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class RetryLater(Exception):
+    """Marks a record as failed so SQS redelivers it after its (already set) visibility timeout."""
+
+
+_runtime: tuple[Deps, JobRunner] | None = None
+
+
+def runtime() -> tuple[Deps, JobRunner]:
+    """Ports and runner, built once per process (a Lambda container) from the environment."""
+    global _runtime
+    if _runtime is None:
+        deps = aws_deps(get_settings())
+        _runtime = deps, JobRunner(deps, build_agent(deps))
+    return _runtime
+
+
+def use_deps(deps: Deps) -> None:
+    """Run this process's deliveries over ``deps`` (a local worker with clients of its own)."""
+    global _runtime
+    _runtime = deps, JobRunner(deps, build_agent(deps))
+
+
+def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str | None,
+                   receive_count: int) -> RunResult | None:
+    """Run one message. Raises ``RetryLater`` when the job should be tried again later."""
+    try:
+        job_id = json.loads(body)["job_id"]
+        if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+            raise ValueError("bad job id")
+    except (ValueError, KeyError, TypeError):
+        log.error("malformed queue message parked in the DLQ")
+        deps.queue.dead_letter("-", body[:1024], "malformed_message")
+        return None
+    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body))
+    if result.outcome is Outcome.RETRY:
+        if receipt_handle:
+            deps.queue.change_visibility(receipt_handle, result.retry_after)
+        raise RetryLater(f"{job_id}: {result.reason}, retry in {result.retry_after}s")
+    return result
+
+
+def _record_handler(record: SQSRecord) -> str:
+    deps, runner = runtime()
+    count = int(record.attributes.approximate_receive_count or 1)
+    result = handle_message(deps, runner, record.body, record.receipt_handle, count)
+    return result.outcome.value if result else "parked"
+
+
+@observe_lambda
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry point for the SQS event source mapping (metrics are flushed by the decorator)."""
+    # A processor per call: it holds per-batch state, and the local pool runs batches on threads.
+    # A batch whose every record asks for a retry is still a normal partial response: raising
+    # would also fail the invocation and count as a Lambda error.
+    # Built before the batch, outside the per-record handler: a worker that cannot start (bad
+    # configuration, a secret it cannot read) must fail the invocation, a Lambda error that
+    # WorkerErrorsAlarm sees, not report every record as a batch item failure while jobs wait.
+    runtime()
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(process_partial_response(event=event, record_handler=_record_handler,
+                                         processor=processor, context=context))

@@ -1,0 +1,290 @@
+"""``alfred-jobs demo``: the seed's phone-lock story, unattended, on an embedded stack.
+
+Submit a 5-step request, watch it over SSE, drop the watcher after step 1 (the phone locks),
+SIGKILL the worker process in the middle of step 3, start a new worker, reconnect from the last
+seq seen (the phone unlocks), and check what the guarantees promise. Exit 0 only if all held.
+
+``ALFRED_DEMO_SABOTAGE=duplicate-event`` (hidden, for tests) makes the demo's own client resume
+one seq too early, so it sees an event twice: the "every event once" check must catch it and the
+demo must exit non-zero. A demo whose checks cannot fail would prove nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from alfred_jobs.domain.models import Event, EventType
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.observability import LOGGER_NAME
+from alfred_jobs.service.auth import issue_local_token
+from alfred_jobs.settings import Settings
+from alfred_tools.cli import ApiClient, Follower, summarize
+from alfred_tools.devstack import ENDPOINT_VARS, Shutdown, create_dev_app, dev_stack, graceful_signals
+from alfred_tools.emulator import free_port, wait_http
+
+MESSAGE = "Find me recipes with chicken, rice and spinach [steps=5]"
+KILL_STEP = 3
+DEMO_ENV = {
+    "ALFRED_LEASE_SECONDS": "2",
+    "ALFRED_SWEEP_SECONDS": "0.5",
+    "ALFRED_PENDING_GRACE_SECONDS": "2",
+    "ALFRED_CANCEL_POLL_SECONDS": "0.1",
+    "ALFRED_RETRY_BASE_SECONDS": "1",
+    "ALFRED_AGENT": "demo",
+}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Narrator:
+    out: Callable[[str], None]
+    t0: float = field(default_factory=time.monotonic)
+    checks: list[Check] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        self.out(f"[{time.monotonic() - self.t0:5.1f}s] {text}")
+
+    def event(self, prefix: str, ev: dict[str, Any]) -> None:
+        text = summarize(ev["type"], ev.get("data") or {})
+        self.say(f"{prefix} seq {ev['seq']:>2} {ev['type']:<9} {text}"[:150])
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+        self.out(f"  {'✓' if ok else '✗'} {name}: {detail}")
+
+
+class ApiServer:
+    """The dev app on a free port, served by uvicorn on a thread of this process."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
+                                                    access_log=False, lifespan="off",
+                                                    timeout_graceful_shutdown=1))
+        self.thread = threading.Thread(target=self.server.run, name="demo-api", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        wait_http(f"{self.url}/healthz", timeout=20)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+def run_demo(out: Callable[[str], None] = print) -> int:
+    """Run the story; returns 0 when every check held, 1 otherwise."""
+    step = float(os.environ.get("ALFRED_DEMO_STEP_SECONDS") or 0.6)
+    sabotage = os.environ.get("ALFRED_DEMO_SABOTAGE", "")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ENDPOINT_VARS and k not in ("ALFRED_TOKEN", "ALFRED_STREAM_URL", "ALFRED_API_URL")}
+    env.update(DEMO_ENV)
+    env["ALFRED_DEMO_STEP_SECONDS"] = str(step)
+    env.setdefault("ALFRED_LOG_LEVEL", "WARNING")  # the narrative is the output, not the logs
+    logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)  # the in-process API's logger too
+    saved = dict(os.environ)
+    n = Narrator(out)
+    out(f"alfred-jobs demo: the phone-lock story (steps of {step:g}s, a worker lease of "
+        f"{DEMO_ENV['ALFRED_LEASE_SECONDS']}s)")
+    try:
+        with graceful_signals():
+            os.environ.clear()
+            os.environ.update(env)
+            settings = Settings()
+            n.say("starting an embedded stack: moto server, sweeper, 1 worker process, API + stream")
+            with dev_stack(settings, workers=1, base_env=env, quiet_children=True) as stack:
+                api = ApiServer(create_dev_app(stack.deps()))
+                api.start()
+                try:
+                    return _story(n, stack, api.url, settings, sabotage)
+                finally:
+                    api.stop()
+    except Shutdown:
+        out("interrupted")
+        return 130
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _story(n: Narrator, stack: Any, api_url: str, settings: Settings, sabotage: str) -> int:
+    deps = stack.deps()
+    journal = Journal(deps.log, settings.retention_seconds)
+    client = ApiClient(api_url, issue_local_token(settings, "demo"))
+    worker = stack.workers[0]
+    n.say(f"ready: API {api_url}, emulator {stack.endpoint_text}, worker pid {worker.pid}")
+
+    # 1. submit
+    t = time.monotonic()
+    job = client.submit(MESSAGE)
+    job_id = job["job_id"]
+    n.say(f"📱 submitted {MESSAGE!r}: 202 in {(time.monotonic() - t) * 1000:.0f} ms, job {job_id}, "
+          f"status {job['status']}")
+
+    # 2. watch until step 1 completes, then drop the connection
+    first: list[dict[str, Any]] = []
+    watcher = Follower(client, notice=lambda m: n.say(f"   (watcher: {m})"), transport="sse", dedupe=False)
+    for ev in watcher.follow(job_id, 0):
+        first.append(ev)
+        n.event("  ←", ev)
+        d = ev.get("data") or {}
+        if ev["type"] == "step" and d.get("index") == 1 and d.get("status") == "completed":
+            break
+    last_seen = first[-1]["seq"] if first else 0
+    n.say(f"🔒 the phone locks: the watcher disconnects after seq {last_seen}")
+
+    # 3. the worker dies in the middle of step 3
+    seen = journal.read_all(job_id)
+    deadline = time.monotonic() + 60
+    while not _started(seen, KILL_STEP) and not _terminal(seen):
+        if time.monotonic() > deadline:
+            n.check("the job reached step 3", False, "it did not within 60 s")
+            return _verdict(n)
+        time.sleep(0.005)
+        seen += journal.read_after(job_id, seen[-1].seq if seen else 0)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    at_kill = journal.read_all(job_id)
+    completed_before = _completed(at_kill)
+    cut_off = KILL_STEP if _started(at_kill, KILL_STEP) and KILL_STEP not in completed_before else None
+    n.say(f"💥 SIGKILL worker pid {worker.pid} at seq {at_kill[-1].seq}: steps completed {completed_before}"
+          + (f", step {cut_off} started and not completed (cut off mid-way)" if cut_off else ""))
+
+    # 4. a new worker; the lease expires and the job is picked up again
+    replacement = stack.start_worker()
+    n.say(f"🔧 a new worker process starts (pid {replacement.pid}); the old lease "
+          f"({settings.lease_seconds:g}s) must expire before anyone may take the job over")
+
+    # 5. the phone unlocks: reconnect from the last seq seen
+    resume_from = last_seen - 1 if sabotage == "duplicate-event" and last_seen > 0 else last_seen
+    n.say(f"🔓 the phone unlocks: reconnecting with Last-Event-ID: {resume_from}")
+    second: list[dict[str, Any]] = []
+    resumer = Follower(client, notice=lambda m: n.say(f"   (watcher: {m})"), transport="sse",
+                       dedupe=False, give_up_after=30)
+    for ev in resumer.follow(job_id, resume_from):
+        second.append(ev)
+        if ev["type"] != "delta":
+            n.event("  ←", ev)
+    final = _wait_terminal_record(client, job_id)
+    stored = journal.read_all(job_id)
+    effects = deps.agent_data.step_effects(job_id)
+
+    # 6. the checks
+    n.say("checks:")
+    reply = str((final.get("output") or {}).get("reply", ""))
+    n.check("the job finished", final["status"] == "complete",
+            f"status {final['status']} after {final['attempts']} attempts; reply {reply[:60]!r}…")
+    seqs = [e.seq for e in stored]
+    terminals = [e for e in stored if e.type in (EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED)]
+    n.check("one ordered log", seqs == list(range(1, len(stored) + 1)) and len(terminals) == 1
+            and stored[-1] is terminals[0],
+            f"seqs 1..{len(stored)} with no gap, {len(terminals)} terminal event, last")
+    resumed = [e for e in stored if e.type is EventType.RESUMED]
+    n.check("a new attempt resumed the job", bool(resumed),
+            f"'resumed' at seq {resumed[0].seq}, attempt {resumed[0].data.get('attempt')}, "
+            f"from seq {resumed[0].data.get('from_seq')}" if resumed else "no 'resumed' event")
+    _check_effects(n, effects, completed_before, cut_off, _completed_counts(stored))
+    got = [int(e["seq"]) for e in first + second]
+    same = got == seqs and all(_same(a, b) for a, b in zip(first + second, stored, strict=False))
+    dupes = sorted({s for s in got if got.count(s) > 1})
+    n.check("the client saw every event once", same,
+            f"{len(first)} events before the lock + {len(second)} after = seqs "
+            f"{_ranges(got)}; stored log {_ranges(seqs)}" + (f"; seen twice: {dupes}" if dupes else ""))
+    return _verdict(n)
+
+
+def _check_effects(n: Narrator, effects: dict[int, int], before: list[int], cut_off: int | None,
+                   completed_counts: dict[int, int]) -> None:
+    """Side effects: once per step, except the one cut off mid-way, which may have run twice."""
+    total = 5
+    bad = [i for i in range(1, total + 1)
+           if (effects.get(i, 0) not in (1, 2) if i == cut_off else effects.get(i, 0) != 1)]
+    parts = [f"step {i} {_times(effects.get(i, 0))}" for i in range(1, total + 1)]
+    note = ""
+    if cut_off is not None:
+        note = (f"; step {cut_off} was cut off mid-way and ran {_times(effects.get(cut_off, 0))} "
+                "(allowed: guarantee 4; both runs carried the same idempotency key)")
+    n.check("no completed step ran twice", not bad,
+            ", ".join(parts) + f" (steps {before} were completed before the kill)" + note
+            + (f"; wrong: {bad}" if bad else ""))
+    twice = [i for i, c in completed_counts.items() if c != 1]
+    n.check("every step completed exactly once in the log",
+            not twice and sorted(completed_counts) == list(range(1, total + 1)),
+            f"completed events per step {dict(sorted(completed_counts.items()))}")
+
+
+def _times(k: int) -> str:
+    return {0: "never", 1: "once", 2: "twice"}.get(k, f"{k} times")
+
+
+def _verdict(n: Narrator) -> int:
+    failed = [c for c in n.checks if not c.ok]
+    if failed:
+        n.out(f"✗ {len(failed)} of {len(n.checks)} checks failed: {', '.join(c.name for c in failed)}")
+        return 1
+    n.out(f"✓ all {len(n.checks)} checks held: the job survived the phone lock and the worker crash")
+    return 0
+
+
+def _wait_terminal_record(client: ApiClient, job_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The job record is projected right after the terminal event: poll it until it says so."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job(job_id)
+        if job["status"] in ("complete", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+def _started(events: list[Event], index: int) -> bool:
+    return any(e.type is EventType.STEP and e.data.get("index") == index for e in events)
+
+
+def _terminal(events: list[Event]) -> bool:
+    return bool(events) and events[-1].terminal
+
+
+def _completed(events: list[Event]) -> list[int]:
+    return [int(e.data["index"]) for e in events
+            if e.type is EventType.STEP and e.data.get("status") == "completed"]
+
+
+def _completed_counts(events: list[Event]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for i in _completed(events):
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _same(received: dict[str, Any], stored: Event) -> bool:
+    return received == stored.public()
+
+
+def _ranges(seqs: list[int]) -> str:
+    """``[1..6, 6..20]``: runs of consecutive seqs, so a repeat or a hole shows."""
+    if not seqs:
+        return "[]"
+    runs, start, prev = [], seqs[0], seqs[0]
+    for s in seqs[1:]:
+        if s != prev + 1:
+            runs.append((start, prev))
+            start = s
+        prev = s
+    runs.append((start, prev))
+    return "[" + ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in runs) + "]"
