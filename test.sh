@@ -17,6 +17,8 @@ echo "==> ruff"
 .venv/bin/ruff check lib functions tests bench
 echo "==> mypy"
 .venv/bin/mypy
+echo "==> import-linter (the runtime never imports the tooling; layers; no cycles)"
+.venv/bin/lint-imports
 if [ -f infra/check-template.sh ]; then
   echo "==> template checks (cfn-lint, sam validate --lint, sam build, checkov, hadolint)"
   bash infra/check-template.sh

@@ -25,7 +25,7 @@ from alfred_jobs.durability.journal import Journal
 from alfred_jobs.observability import LOGGER_NAME
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
-from alfred_tools.cli import ApiClient, Follower, summarize
+from alfred_tools.api_client import ApiClient, Follower, summarize
 from alfred_tools.devstack import ENDPOINT_VARS, Shutdown, create_dev_app, dev_stack, graceful_signals
 from alfred_tools.emulator import free_port, wait_http
 

@@ -568,9 +568,8 @@ class BedrockAgent:
 
 
 def _default_kitchen(deps: Deps) -> KitchenStore:
-    """The kitchen beside the configured agent data: DynamoDB with the DynamoDB ports, else memory."""
-    from alfred_jobs.adapters.aws import DynamoAgentDataStore
+    """The kitchen in the agent data table (the deployed default; tests pass a ``MemoryKitchenStore``).
 
-    if isinstance(deps.agent_data, DynamoAgentDataStore):
-        return DynamoKitchenStore(deps.settings.agent_data_table, region=deps.settings.region)
-    return MemoryKitchenStore()
+    Chosen here, not by looking at which adapter ``deps`` holds: an agent knows ports, not adapters.
+    """
+    return DynamoKitchenStore(deps.settings.agent_data_table, region=deps.settings.region)

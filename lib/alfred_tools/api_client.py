@@ -1,0 +1,391 @@
+"""The HTTP client of the CLI and the demo: the job API, SSE with reconnect from the last seq and a
+long-poll fallback, and a renderer of events for a terminal (``alfred-jobs chat --follow``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import httpx
+
+from alfred_jobs.service.auth import issue_local_token
+from alfred_jobs.settings import Settings
+
+TERMINAL_TYPES = {"complete", "failed", "cancelled"}
+TERMINAL_STATUSES = {"complete", "failed", "cancelled"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class CliError(Exception):
+    """Ends the command with a message and an exit code."""
+
+    exit_code = 1
+
+
+class ApiError(CliError):
+    """The API answered with an error (its ``{"error": {code, message}}`` shape)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code}, HTTP {status})")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Unreachable(CliError):
+    """The API could not be reached at all."""
+
+
+# ---- the HTTP client --------------------------------------------------------------------
+
+
+DEFAULT_USER = "you"  # the web client's default user too: what the CLI submits shows up there
+
+
+def default_user() -> str:
+    """The user of the implicit local token (see the module docstring)."""
+    return DEFAULT_USER
+
+
+def resolve_token(settings: Settings) -> str:
+    """``ALFRED_TOKEN``, or a freshly minted local token when the API is on this machine."""
+    if settings.token:
+        return settings.token
+    host = urlsplit(settings.api_url).hostname or ""
+    if host in LOOPBACK:
+        return issue_local_token(settings, default_user())
+    raise CliError(f"set ALFRED_TOKEN to call {settings.api_url} (alfred-jobs token --user NAME "
+                   "prints a local one)")
+
+
+def _api_error(resp: httpx.Response) -> ApiError:
+    try:
+        err = resp.json()["error"]
+        return ApiError(resp.status_code, str(err["code"]), str(err["message"]))
+    except (ValueError, KeyError, TypeError):
+        text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else resp.reason_phrase
+        return ApiError(resp.status_code, "http_error", text or f"HTTP {resp.status_code}")
+
+
+@dataclass
+class ApiClient:
+    """The job API over HTTP (``ALFRED_API_URL``, bearer ``ALFRED_TOKEN``)."""
+
+    base_url: str
+    token: str
+    timeout: float = 30.0
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=self.timeout,
+                                 headers={"Authorization": f"Bearer {self.token}"})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiClient:
+        return cls(settings.api_url, resolve_token(settings))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One call; an error status becomes ``ApiError``, no answer at all ``Unreachable``."""
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise Unreachable(f"cannot reach the API at {self.base_url}: {reason}") from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        return resp.json()
+
+    def submit(self, message: str, conversation_id: str | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": message}
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: dict[str, Any] = self.request("POST", "/api/chat", json=body, headers=headers)
+        return result
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
+        return result
+
+    def jobs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        result: dict[str, Any] = self.request("GET", "/api/jobs", params=params)
+        return result
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/api/jobs/{job_id}/cancel")
+        return result
+
+    def events(self, job_id: str, after: int, wait: float = 20.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}/events",
+                                              params={"after": after, "wait": wait},
+                                              timeout=wait + 15)
+        return result
+
+    def absolute(self, url: str) -> str:
+        """``links.stream`` may be relative (same origin) or absolute (a separate stream function)."""
+        return url if urlsplit(url).scheme else f"{self.base_url}{url}"
+
+
+# ---- following a job: SSE with resume, long-poll as the fallback ----------------------------
+
+
+class StreamUnavailable(Exception):
+    """The stream endpoint is missing or does not speak SSE: use long-poll."""
+
+
+class StreamAuthExpired(Exception):
+    """The job-scoped stream token was refused: fetch the job again for a fresh link."""
+
+
+class Dropped(Exception):
+    """The connection ended before the job's terminal event."""
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None, int | None]]:
+    """SSE frames as ``(event, data, id, retry_ms)``; comments (heartbeats) are skipped."""
+    event, ident, retry = "message", None, None
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r")
+        if not line:
+            if data:
+                yield event, "\n".join(data), ident, retry
+            event, data, retry = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            ident = value
+        elif name == "retry" and value.isdigit():
+            retry = int(value)
+
+
+@dataclass
+class Follower:
+    """Yields a job's events in order from ``after``, reconnecting by itself with the last seq.
+
+    ``transport``: ``auto`` (SSE, falling back to long-poll if the stream is unavailable),
+    ``sse`` or ``poll``. With ``dedupe`` (the default) an event already seen is reported through
+    ``notice`` and not yielded again; the client never shows anything twice.
+    """
+
+    client: ApiClient
+    notice: Callable[[str], None] = lambda msg: None
+    transport: str = "auto"
+    dedupe: bool = True
+    give_up_after: float = 120.0
+    reconnects: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    retry_ms: int = 500
+
+    def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        job = self.client.job(job_id)  # a missing job is an ApiError here, not a reconnect loop
+        link = self.client.absolute(job["links"]["stream"])
+        mode = "poll" if self.transport == "poll" else "sse"
+        last = after
+        failing_since: float | None = None
+        delay = 0.2
+        while True:
+            try:
+                source = self._sse(link, last) if mode == "sse" else self._poll(job_id, last)
+                for ev in source:
+                    failing_since, delay = None, 0.2
+                    seq = int(ev["seq"])
+                    if self.dedupe and seq <= last:
+                        self.duplicates += 1
+                        self.notice(f"warning: seq {seq} received again; skipped")
+                        continue
+                    if seq != last + 1:
+                        self.gaps += 1
+                        self.notice(f"warning: expected seq {last + 1}, got {seq}")
+                    last = max(last, seq) if self.dedupe else seq
+                    yield ev
+                    if ev["type"] in TERMINAL_TYPES:
+                        return
+                if mode == "poll":
+                    continue  # a long-poll came back empty or partial: ask again
+                # Closed without a terminal event: a drop, unless we resumed after the end.
+                state = self.client.job(job_id)
+                if state["status"] in TERMINAL_STATUSES and int(state["last_seq"]) <= last:
+                    raise AlreadyOver(state["status"])
+                raise Dropped("the stream closed before the job ended")
+            except StreamUnavailable as exc:
+                if self.transport == "sse":
+                    raise CliError(f"the stream is unavailable: {exc}") from None
+                self.notice(f"stream unavailable ({exc}); long-polling instead")
+                mode = "poll"
+            except StreamAuthExpired:
+                link = self.client.absolute(self.client.job(job_id)["links"]["stream"])
+                failing_since = failing_since or time.monotonic()
+            except (httpx.TransportError, Dropped, Unreachable) as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > self.give_up_after:
+                    raise Unreachable(f"gave up reconnecting after {self.give_up_after:g}s: {exc}") from None
+                self.reconnects += 1
+                pause = max(delay, self.retry_ms / 1000) if mode == "sse" else delay
+                self.notice(f"connection lost ({exc or type(exc).__name__}); "
+                            f"reconnecting from seq {last} in {pause:.1f}s")
+                time.sleep(pause)
+                delay = min(5.0, delay * 2)
+
+    def _sse(self, url: str, after: int) -> Iterator[dict[str, Any]]:
+        target = httpx.URL(url).copy_merge_params({"after": str(after)})
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+        # The server sends a heartbeat at least every 15 s: a 45 s silence is a dead connection.
+        timeout = httpx.Timeout(10.0, read=45.0)
+        with self.client.http.stream("GET", target, headers=headers, timeout=timeout) as resp:
+            if resp.status_code == 401:
+                raise StreamAuthExpired()
+            if resp.status_code in (404, 405, 501):
+                raise StreamUnavailable(f"HTTP {resp.status_code} from {target.path}")
+            if resp.status_code >= 500:
+                raise Dropped(f"HTTP {resp.status_code}")
+            if resp.status_code >= 400:
+                resp.read()
+                raise _api_error(resp)
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                raise StreamUnavailable(f"not an event stream ({resp.headers.get('content-type')})")
+            for _event, data, _ident, retry in parse_sse(resp.iter_lines()):
+                if retry is not None:
+                    self.retry_ms = retry
+                try:
+                    ev = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict) and "seq" in ev:
+                    yield ev
+
+    def _poll(self, job_id: str, after: int) -> Iterator[dict[str, Any]]:
+        page = self.client.events(job_id, after, wait=20)
+        yield from page["events"]
+        if page.get("done") and not page["events"]:
+            # Done, and nothing after our cursor: the terminal event is behind us already.
+            raise AlreadyOver(str(page.get("status", "")))
+
+
+class AlreadyOver(Exception):
+    """Following from a cursor at or past the terminal event: there is nothing more to show."""
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Shows events: a live display on a terminal, one line per event otherwise, or JSON lines."""
+
+    def __init__(self, out: TextIO, mode: str) -> None:
+        self.out = out
+        self.mode = mode  # "tty" | "plain" | "json"
+        self.open_line = False
+        self.in_reply = False
+        self.status: str | None = None
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def _line(self, text: str) -> None:
+        if self.open_line or self.in_reply:
+            self._write("\n")
+            self.open_line = self.in_reply = False
+        self._write(text + "\n")
+
+    def event(self, ev: dict[str, Any]) -> None:
+        t, d = ev["type"], ev.get("data") or {}
+        if t in TERMINAL_TYPES:
+            self.status = t
+        if self.mode == "json":
+            self._write(json.dumps(ev, ensure_ascii=False) + "\n")
+        elif self.mode == "plain":
+            self._write(f"{ev['seq']} {t} {summarize(t, d)}\n")
+        else:
+            self._tty(t, d)
+
+    def _tty(self, t: str, d: dict[str, Any]) -> None:
+        if t == "status":
+            extra = f" (retry in {d['retry_in']}s: {d['error']['message']})" if d.get("error") else ""
+            self._line({"pending": "… queued", "running": "▶ running"}.get(d.get("status", ""),
+                                                                          str(d.get("status"))) + extra)
+        elif t == "phase":
+            if d.get("phase") == "think":
+                self._line("… thinking")
+            elif d.get("phase") == "reply":
+                self._line("✎ reply:")
+        elif t == "plan":
+            self._line(f"  plan: {d.get('total_steps')} steps")
+        elif t == "step":
+            text = f"{d.get('index')}/{d.get('total')} {d.get('label')}"
+            if d.get("status") == "started":
+                if self.open_line or self.in_reply:
+                    self._write("\n")
+                    self.in_reply = False
+                self._write(f"  ◦ {text}…")
+                self.open_line = True
+            else:
+                self._write(("\r\033[K" if self.open_line else "") + f"  ✓ {text}\n")
+                self.open_line = False
+        elif t == "delta":
+            if self.open_line:
+                self._write("\n")
+                self.open_line = False
+            if d.get("replace"):
+                self._write("\n[reply restarted]\n")
+            self._write(str(d.get("text", "")))
+            self.in_reply = True
+        elif t == "resumed":
+            self._line(f"↻ resumed by attempt {d.get('attempt')} (after seq {d.get('from_seq')})")
+        elif t == "complete":
+            self._line("✓ complete")
+        elif t == "failed":
+            err = d.get("error") or {}
+            self._line(f"✗ failed: {err.get('message')} ({err.get('code')})")
+        elif t == "cancelled":
+            self._line("■ cancelled")
+
+
+def summarize(t: str, d: dict[str, Any]) -> str:
+    """One line of text for an event (plain output)."""
+    if t == "status":
+        return str(d.get("status")) + (f" retry_in={d['retry_in']}" if "retry_in" in d else "")
+    if t == "phase":
+        return str(d.get("phase"))
+    if t == "plan":
+        return f"{d.get('total_steps')} steps"
+    if t == "step":
+        return f"{d.get('index')}/{d.get('total')} {d.get('status')}: {d.get('label')}"
+    if t == "delta":
+        return ("replace " if d.get("replace") else "") + json.dumps(d.get("text", ""), ensure_ascii=False)
+    if t == "resumed":
+        return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
+    if t == "complete":
+        return str((d.get("output") or {}).get("reply", ""))
+    if t == "failed":
+        err = d.get("error") or {}
+        return f"{err.get('code')}: {err.get('message')}"
+    return json.dumps(d, ensure_ascii=False) if d else ""
