@@ -11,17 +11,27 @@
     ├── StoreError (storage and queue trouble)
     │   ├── ConditionFailed       a conditional write lost (adapters raise it, services decide)
     │   └── TransientStoreError   throttling, 5xx, timeouts: retry helps
+    ├── ConfigurationError        the process cannot start as configured
+    │   └── SecretUnavailable     a secret named by ARN cannot be read (retryable: IAM, throttling)
     ├── LeaseError
     │   ├── LeaseHeld             another live worker holds the job
     │   └── Fenced                another worker took the job over: stop writing at once
+    │       └── SlotTaken         the seq we wrote holds another event (``.existing``)
+    ├── RetryLater                a queue record to come back after its visibility timeout
     └── AgentError (raised by agents)                          .retryable
         ├── RetryableAgentError   try again later (throttled model, flaky tool)
         └── TerminalAgentError    retrying cannot help (bad plan, refused input)
+            └── MalformedPlan     a plan that does not validate (the Bedrock agent asks again once)
 
 Services raise these; the HTTP layer maps ``ClientError`` to its status, never by message text.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alfred_jobs.domain.models import Event
 
 
 class AlfredError(Exception):
@@ -93,6 +103,20 @@ class TransientStoreError(StoreError):
     retryable = True
 
 
+class ConfigurationError(AlfredError):
+    """The process cannot start as configured (a missing or unreadable secret, a bad setting)."""
+
+
+class SecretUnavailable(ConfigurationError):
+    """A configured secret could not be read (IAM, a wrong ARN, Secrets Manager down)."""
+
+    retryable = True
+
+
+class RetryLater(AlfredError):
+    """Marks a queue record as failed so SQS redelivers it after its (already set) visibility timeout."""
+
+
 class LeaseError(AlfredError):
     """The caller does not own the job."""
 
@@ -103,6 +127,15 @@ class LeaseHeld(LeaseError):
 
 class Fenced(LeaseError):
     """Another worker has taken the job over; this one must write nothing more."""
+
+
+class SlotTaken(Fenced):
+    """The seq we tried to write is taken by another event (``existing``; it may be our own
+    earlier write, which the caller tells by ``existing.writer``)."""
+
+    def __init__(self, existing: Event) -> None:
+        super().__init__(f"seq {existing.seq} taken by {existing.type}")
+        self.existing = existing
 
 
 class AgentError(AlfredError):
@@ -125,3 +158,9 @@ class RetryableAgentError(AgentError):
 class TerminalAgentError(AgentError):
     retryable = False
     code = "agent_failed"
+
+
+class MalformedPlan(TerminalAgentError):
+    """An agent's plan does not validate (the message says what is wrong, for a repair turn)."""
+
+    code = "bad_plan"

@@ -23,10 +23,10 @@ from alfred_jobs.adapters.aws import AwsClients, mapped_errors
 from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
-from alfred_jobs.durability.journal import Journal, SlotTaken
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.entry.http.stream_api import create_stream_app
-from alfred_jobs.exceptions import TransientStoreError
+from alfred_jobs.exceptions import SlotTaken, TransientStoreError
 from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings

@@ -8,8 +8,8 @@ import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, now_ts
-from alfred_jobs.durability.journal import Journal, SlotTaken
-from alfred_jobs.exceptions import TransientStoreError
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.exceptions import SlotTaken, TransientStoreError
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.settings import Settings

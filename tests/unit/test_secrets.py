@@ -6,7 +6,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from alfred_jobs.adapters.secrets import SecretUnavailable, forget_secrets, resolve_secrets
+from alfred_jobs.adapters.secrets import forget_secrets, resolve_secrets
+from alfred_jobs.exceptions import SecretUnavailable
 from alfred_jobs.settings import Settings
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from alfred_jobs.exceptions import AlfredError
+from alfred_jobs.exceptions import SecretUnavailable
 from alfred_jobs.settings import Settings
 
 # settings field holding an ARN → settings field that receives the secret's value
@@ -23,12 +23,6 @@ SECRET_FIELDS = {
 
 _cache: dict[str, str] = {}
 _lock = threading.Lock()
-
-
-class SecretUnavailable(AlfredError):
-    """A configured secret could not be read (IAM, a wrong ARN, Secrets Manager down)."""
-
-    retryable = True
 
 
 def resolve_secrets(settings: Settings, client: Any = None) -> Settings:

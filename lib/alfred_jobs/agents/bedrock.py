@@ -39,7 +39,7 @@ from botocore.exceptions import ClientError as BotoClientError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
-from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
+from alfred_jobs.exceptions import MalformedPlan, RetryableAgentError, TerminalAgentError
 
 if TYPE_CHECKING:
     from alfred_jobs.ports import AgentDataStore, Deps
@@ -163,10 +163,6 @@ class PlanSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     steps: list[StepSpec] = Field(default_factory=list, description="Steps in order; may be empty")
-
-
-class MalformedPlan(Exception):
-    """The model's plan did not validate (message: what was wrong, shown to the model to repair)."""
 
 
 def parse_plan(tool_input: Any, max_steps: int) -> Plan:

@@ -10,18 +10,10 @@ cost of an append does not depend on how long the log is.
 from __future__ import annotations
 
 from alfred_jobs.domain.models import Event, now_ts
-from alfred_jobs.exceptions import ConditionFailed, Fenced, TransientStoreError
+from alfred_jobs.exceptions import ConditionFailed, SlotTaken, TransientStoreError
 from alfred_jobs.ports import EventLog
 
 MAX_CHUNK = 100
-
-
-class SlotTaken(Fenced):
-    """The seq we tried to write is taken by another writer's event."""
-
-    def __init__(self, existing: Event) -> None:
-        super().__init__(f"seq {existing.seq} taken by {existing.type}")
-        self.existing = existing
 
 
 class Journal:

@@ -27,9 +27,17 @@ from typing import Any
 
 from alfred_jobs.domain.agent import Agent, AgentContext, Plan, PlanStep
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
-from alfred_jobs.durability.journal import Journal, SlotTaken
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
-from alfred_jobs.exceptions import AgentError, ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
+from alfred_jobs.exceptions import (
+    AgentError,
+    ConditionFailed,
+    Fenced,
+    LeaseHeld,
+    SlotTaken,
+    StoreError,
+    TransientStoreError,
+)
 from alfred_jobs.observability import bind_job, clear_job, count, get_logger
 from alfred_jobs.ports import Deps
 

@@ -18,15 +18,12 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from alfred_jobs.agents import build_agent
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, RunResult
 from alfred_jobs.entry.wiring import aws_deps, get_settings
+from alfred_jobs.exceptions import RetryLater
 from alfred_jobs.observability import get_logger, observe_lambda
 from alfred_jobs.ports import Deps
 
 log = get_logger()
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-class RetryLater(Exception):
-    """Marks a record as failed so SQS redelivers it after its (already set) visibility timeout."""
 
 
 _runtime: tuple[Deps, JobRunner] | None = None

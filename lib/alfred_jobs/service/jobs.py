@@ -19,8 +19,8 @@ from alfred_jobs.domain.models import (
     fold,
     now_ts,
 )
-from alfred_jobs.durability.journal import Journal, SlotTaken
-from alfred_jobs.exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, TransientStoreError
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, SlotTaken, TransientStoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
