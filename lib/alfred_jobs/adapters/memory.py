@@ -39,6 +39,10 @@ class MemoryJobStore:
             if job is None or job.status not in ACTIVE_STATUSES or job.expires_at <= now:
                 raise ConditionFailed(job_id)
             if job.lease_owner is not None and job.lease_expires >= now:
+                if job.lease_owner == owner:
+                    # Our own live lease (an earlier try landed, its answer was lost): the job is
+                    # ours, returned as taken without a second bump, as DynamoJobStore does.
+                    return job
                 raise LeaseHeld(job_id)
             job = replace(job, lease_owner=owner, lease_expires=now + lease_seconds,
                           attempts=job.attempts + 1)
@@ -166,18 +170,29 @@ class MemoryEventLog:
 
 
 class MemoryConversationStore:
+    """Two messages per turn, keyed by ``at#job_id#n`` as in DynamoDB; expired messages read as gone."""
+
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.expiry: dict[tuple[str, str, str], int] = {}
+        self.lock = threading.RLock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
-        conv = self.items.setdefault((user_id, conversation_id), {})
-        conv[f"{at}#{job_id}#0"] = {"role": "user", "text": message, "job_id": job_id, "at": at}
-        conv[f"{at}#{job_id}#1"] = {"role": "assistant", "text": reply, "job_id": job_id, "at": at}
+        with self.lock:
+            conv = self.items.setdefault((user_id, conversation_id), {})
+            for n, (role, text) in enumerate((("user", message), ("assistant", reply))):
+                sk = f"{at}#{job_id}#{n}"
+                conv[sk] = {"role": role, "text": text, "job_id": job_id, "at": at}
+                self.expiry[(user_id, conversation_id, sk)] = expires_at
 
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-        conv = self.items.get((user_id, conversation_id), {})
-        return [conv[k] for k in sorted(conv)][-limit:]
+        with self.lock:
+            now = now_ts()
+            conv = self.items.get((user_id, conversation_id), {})
+            live = [dict(conv[sk]) for sk in sorted(conv)
+                    if self.expiry.get((user_id, conversation_id, sk), 0) > now]
+            return live[-limit:]
 
 
 @dataclass
