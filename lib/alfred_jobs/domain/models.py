@@ -1,115 +1,36 @@
-"""Wire and domain models: the job, its events and its progress. Each shape exists once here."""
+"""Wire and domain models: the job record and the HTTP bodies. Each shape exists once here.
+
+The events, their payloads, statuses and progress live in ``events``; they are re-exported here,
+so ``from alfred_jobs.domain.models import Event`` keeps working.
+"""
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alfred_jobs.domain.events import (
+    ACTIVE_STATUSES,
+    TERMINAL_EVENT_TYPES,
+    TERMINAL_STATUS_OF_EVENT,
+    TERMINAL_STATUSES,
+    Event,
+    EventType,
+    JobStatus,
+    LogState,
+    Progress,
+    iso,
+    now_ts,
+    replay,
+)
 
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
-ACTIVE_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
-
-
-class EventType(StrEnum):
-    STATUS = "status"
-    PHASE = "phase"
-    PLAN = "plan"
-    STEP = "step"
-    DELTA = "delta"
-    RESUMED = "resumed"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED})
-TERMINAL_STATUS_OF_EVENT = {
-    EventType.COMPLETE: JobStatus.COMPLETE,
-    EventType.FAILED: JobStatus.FAILED,
-    EventType.CANCELLED: JobStatus.CANCELLED,
-}
-
-
-def now_ts() -> float:
-    """Seconds since the epoch (one place, so tests and the fault injector can reason about it)."""
-    return time.time()
-
-
-def iso(ts: float) -> str:
-    """An ISO-8601 UTC timestamp with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Event:
-    """One entry of a job's ordered log.
-
-    ``writer`` is the lease token of who wrote it; ``id`` is unique per event, so a writer whose
-    put was answered with an error can tell its own landed event from any other (neither is sent
-    out).
-    """
-
-    seq: int
-    type: EventType
-    at: str
-    attempt: int
-    data: dict[str, Any]
-    writer: str = ""
-    id: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_EVENT_TYPES
-
-    def public(self) -> dict[str, Any]:
-        """The event as clients see it (a plan's agent-private step specs stay inside)."""
-        data = self.data
-        if self.type is EventType.PLAN and "specs" in data:
-            data = {k: v for k, v in data.items() if k != "specs"}
-        return {"seq": self.seq, "type": str(self.type), "at": self.at, "attempt": self.attempt,
-                "data": data}
-
-    @classmethod
-    def new(cls, seq: int, type: EventType, data: dict[str, Any], *, attempt: int, writer: str) -> Event:
-        """A fresh event stamped now."""
-        return cls(seq=seq, type=type, at=iso(now_ts()), attempt=attempt, data=data, writer=writer,
-                   id=uuid.uuid4().hex)
-
-    def same_write(self, other: Event) -> bool:
-        """True if ``other`` is this very event (not just one at the same seq)."""
-        if self.id or other.id:
-            return self.id == other.id
-        return self.writer == other.writer and self.type is other.type  # events stored before ids
-
-
-@dataclass(frozen=True)
-class Progress:
-    phase: str | None = None
-    completed_steps: int = 0
-    total_steps: int | None = None
-    label: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {"phase": self.phase, "completed_steps": self.completed_steps,
-                "total_steps": self.total_steps, "label": self.label}
+__all__ = [
+    "ACTIVE_STATUSES", "TERMINAL_EVENT_TYPES", "TERMINAL_STATUSES", "TERMINAL_STATUS_OF_EVENT",
+    "ChatRequest", "ErrorBody", "ErrorResponse", "Event", "EventType", "Job", "JobStatus", "Progress",
+    "fold", "iso", "now_ts",
+]
 
 
 @dataclass(frozen=True)
@@ -168,50 +89,15 @@ class Job:
 
 
 def fold(job: Job, events: list[Event]) -> Job:
-    """Apply events after ``job.last_seq`` to the job record: the log is the truth, the record a cache."""
-    p = job.progress
-    status, started, completed = job.status, job.started_at, job.completed_at
-    output, error, last_seq = job.output, job.error, job.last_seq
-    for ev in events:
-        if ev.seq <= last_seq:
-            continue
-        last_seq = ev.seq
-        ts = _parse_iso(ev.at)
-        if ev.type is EventType.STATUS:
-            status = JobStatus(ev.data.get("status", "running"))
-            if status is JobStatus.RUNNING:
-                started = started or ts
-        elif ev.type is EventType.RESUMED:
-            status = JobStatus.RUNNING
-        elif ev.type is EventType.PHASE:
-            p = replace(p, phase=ev.data.get("phase"),
-                        label={"think": "Thinking", "reply": "Writing the reply"}.get(
-                            ev.data.get("phase", ""), p.label))
-        elif ev.type is EventType.PLAN:
-            p = replace(p, total_steps=int(ev.data.get("total_steps", 0)))
-        elif ev.type is EventType.STEP:
-            done = ev.data.get("status") == "completed"
-            idx = int(ev.data.get("index", 0))
-            p = replace(p, total_steps=int(ev.data.get("total", p.total_steps or 0)),
-                        label=ev.data.get("label"),
-                        completed_steps=max(p.completed_steps, idx if done else idx - 1))
-        elif ev.type in TERMINAL_EVENT_TYPES:
-            status = TERMINAL_STATUS_OF_EVENT[ev.type]
-            completed = ts
-            if ev.type is EventType.COMPLETE:
-                output = ev.data.get("output")
-                p = replace(p, label="Done")
-            elif ev.type is EventType.FAILED:
-                error = ev.data.get("error")
-                p = replace(p, label="Failed")
-            else:
-                p = replace(p, label="Cancelled")
-    return replace(job, status=status, started_at=started, completed_at=completed, output=output,
-                   error=error, last_seq=last_seq, progress=p)
+    """Apply events after ``job.last_seq`` to the job record: the log is the truth, the record a cache.
 
-
-def _parse_iso(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    The log is read by ``events.replay`` (the one reader), starting from the record's projection.
+    """
+    state = replay(events, LogState(status=job.status, started_at=job.started_at,
+                                    completed_at=job.completed_at, output=job.output, error=job.error,
+                                    last_seq=job.last_seq, progress=job.progress))
+    return replace(job, status=state.status, started_at=state.started_at, completed_at=state.completed_at,
+                   output=state.output, error=state.error, last_seq=state.last_seq, progress=state.progress)
 
 
 # ---- HTTP request bodies ---------------------------------------------------------------

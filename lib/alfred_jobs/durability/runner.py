@@ -25,7 +25,22 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from alfred_jobs.domain.agent import Agent, AgentContext, Plan, PlanStep
+from alfred_jobs.domain.agent import Agent, AgentContext, Plan
+from alfred_jobs.domain.events import (
+    CancelledPayload,
+    CompletePayload,
+    DeltaPayload,
+    ErrorInfo,
+    FailedPayload,
+    Payload,
+    PhasePayload,
+    PlanPayload,
+    ResumedPayload,
+    StatusPayload,
+    StepPayload,
+    apply_delta,
+    replay,
+)
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
@@ -145,13 +160,13 @@ class _Attempt:
         base = replace(self.job, last_seq=0, progress=Progress(), status=JobStatus.PENDING)
         self.view = fold(base, self.events)
 
-    def append(self, type: EventType, data: dict[str, Any]) -> Event:
+    def append(self, payload: Payload) -> Event:
         """Checkpoint: one conditional PutItem at the head of the log."""
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         if self.events and self.events[-1].terminal:
             raise AssertionError("nothing may follow a terminal event")  # guarantee 2, by construction
-        ev = Event.new(self.head + 1, type, data, attempt=self.attempt, writer=self.owner)
+        ev = Event.of(self.head + 1, payload, attempt=self.attempt, writer=self.owner)
         self.journal.append(self.job.job_id, ev, self.job.expires_at)
         self.events.append(ev)
         self.view = fold(self.view, [ev])
@@ -162,12 +177,12 @@ class _Attempt:
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         if self.keeper.cancel_requested:
-            self.finish(EventType.CANCELLED, {})
+            self.finish(CancelledPayload())
 
-    def finish(self, type: EventType, data: dict[str, Any]) -> None:
-        self.append(type, data)
+    def finish(self, payload: Payload) -> None:
+        self.append(payload)
         self.finalize()
-        raise _Stop(RunResult(Outcome.DONE, str(type), status=self.view.status))
+        raise _Stop(RunResult(Outcome.DONE, str(payload.event_type), status=self.view.status))
 
     def finalize(self) -> None:
         """From the stored terminal event: commit the conversation turn (complete) or park the message
@@ -180,13 +195,12 @@ class _Attempt:
         self.keeper.stop()
         term = self.events[-1]
         job = self.view
-        if term.type is EventType.COMPLETE:
-            reply = str((term.data.get("output") or {}).get("reply", ""))
+        outcome = term.payload
+        if isinstance(outcome, CompletePayload):
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                reply, term.at, self.journal.expires_at())
-        elif term.type is EventType.FAILED:
-            code = str((term.data.get("error") or {}).get("code", "failed"))
-            self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, code)
+                                                outcome.reply, term.at, self.journal.expires_at())
+        elif isinstance(outcome, FailedPayload):
+            self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         self.deps.jobs.save_projection(job, owner=None)
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
                EventType.CANCELLED: "JobsCancelled"}.get(term.type, "JobsFinished"))
@@ -241,17 +255,17 @@ class _Attempt:
                     self.finalize()  # ended by someone else while we read: never write past it
                     raise _Stop(RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status))
                 if self.keeper.cancel_requested:
-                    self.finish(EventType.CANCELLED, {})
+                    self.finish(CancelledPayload())
                 if self.attempt > self.s.max_attempts:
-                    self.finish(EventType.FAILED, {"error": {
-                        "code": "attempts_exhausted",
-                        "message": f"the job was interrupted {self.attempt - 1} times and was given up"}})
+                    self.finish(FailedPayload(error=ErrorInfo(
+                        code="attempts_exhausted",
+                        message=f"the job was interrupted {self.attempt - 1} times and was given up")))
                 if not self.events:
-                    self.append(EventType.STATUS, {"status": "running"})
+                    self.append(StatusPayload(status=JobStatus.RUNNING))
                     count("JobsStarted")
                     count("QueueToStartSeconds", now_ts() - self.job.created_at, "Seconds")
                 else:
-                    self.append(EventType.RESUMED, {"attempt": self.attempt, "from_seq": self.head})
+                    self.append(ResumedPayload(attempt=self.attempt, from_seq=self.head))
                     count("JobsResumed")
                 self.deps.jobs.save_projection(replace(self.view, attempts=self.attempt), owner=self.owner)
                 return
@@ -263,7 +277,8 @@ class _Attempt:
 
     def _execute(self) -> None:
         job = self.view
-        plan, outputs, started, phases, shown = _replay(self.events)
+        done = replay(self.events)  # what the log says was done: plan, step outputs, phases, reply shown
+        plan, outputs = done.plan, done.outputs
         history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
@@ -271,35 +286,30 @@ class _Attempt:
                            created_at=job.created_at, expires_at=job.expires_at)
         if plan is None:
             self.boundary()
-            if "think" not in phases:
-                self.append(EventType.PHASE, {"phase": "think"})
+            if "think" not in done.phases:
+                self.append(PhasePayload(phase="think"))
             plan = self.agent.think(ctx)
-            data = plan.public()
-            specs = {str(st.index): st.spec for st in plan.steps if st.spec}
-            if specs:
-                data["specs"] = specs
-            self.append(EventType.PLAN, data)
-        if plan.steps and "act" not in phases:
+            self.append(PlanPayload.of(plan))
+        if plan.steps and "act" not in done.phases:
             self.boundary()
-            self.append(EventType.PHASE, {"phase": "act"})
+            self.append(PhasePayload(phase="act"))
         total = len(plan.steps)
         for step in plan.steps:
             if step.index in outputs:
                 continue  # recorded as completed: never run again (guarantee 4)
             self.boundary()
-            if step.index not in started:
-                self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
-                                             "status": "started"})
+            if step.index not in done.started:
+                self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             t0 = time.monotonic()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", time.monotonic() - t0, "Seconds")
-            self.append(EventType.STEP, {"index": step.index, "total": total, "label": step.label,
-                                         "status": "completed", "output": step_output})
+            self.append(StepPayload(index=step.index, total=total, label=step.label, status="completed",
+                                    output=step_output))
             outputs[step.index] = step_output
         self.boundary()
-        if "reply" not in phases:
-            self.append(EventType.PHASE, {"phase": "reply"})
-        reply = self._stream_reply(plan, ctx, shown)
+        if "reply" not in done.phases:
+            self.append(PhasePayload(phase="reply"))
+        reply = self._stream_reply(plan, ctx, done.shown)
         self.boundary()
         output: dict[str, Any] = {"reply": reply}
         usage = getattr(self.agent, "usage", None)
@@ -307,28 +317,31 @@ class _Attempt:
             used = usage(ctx)
             if used:
                 output["usage"] = used
-        self.finish(EventType.COMPLETE, {"output": output})
+        self.finish(CompletePayload(output=output))
 
     def _stream_reply(self, plan: Plan, ctx: AgentContext, shown: str) -> str:
         """Consume the agent's reply, writing coalesced ``delta`` events.
 
         On a resumed attempt the log already shows ``shown``: a reply that starts the same way only
-        adds what is new; one that differs sends ``{"text": full, "replace": true}`` once.
+        adds what is new; one that differs sends ``{"text": full, "replace": true}`` once. What a
+        delta shows is ``apply_delta``'s to say, as for every reader.
         """
         full = ""
         last_flush = time.monotonic()
 
+        def put(delta: DeltaPayload) -> None:
+            nonlocal shown
+            self.append(delta)
+            shown = apply_delta(shown, delta)
+
         def flush() -> None:
-            nonlocal shown, last_flush
+            nonlocal last_flush
             last_flush = time.monotonic()
             if full.startswith(shown):
-                new = full[len(shown):]
-                if new:
-                    self.append(EventType.DELTA, {"text": new})
-                    shown = full
+                if len(full) > len(shown):
+                    put(DeltaPayload(text=full[len(shown):]))
             elif not shown.startswith(full):
-                self.append(EventType.DELTA, {"text": full, "replace": True})
-                shown = full
+                put(DeltaPayload(text=full, replace=True))
 
         for chunk in self.agent.reply(plan, ctx):
             if self.keeper.cancel_requested or self.keeper.lost:
@@ -340,7 +353,7 @@ class _Attempt:
         self.boundary()
         flush()
         if shown != full:
-            self.append(EventType.DELTA, {"text": full, "replace": True})
+            put(DeltaPayload(text=full, replace=True))
         return full
 
     def _failure(self, code: str, message: str, retryable: bool) -> RunResult:
@@ -361,7 +374,7 @@ class _Attempt:
         return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
 
     def _record_failure(self, code: str, message: str, retryable: bool) -> RunResult:
-        error = {"code": code, "message": message}
+        error = ErrorInfo(code=code, message=message)
         if self.events and self.events[-1].terminal:
             return self._retry_finalize(code)
         try:
@@ -369,7 +382,7 @@ class _Attempt:
                 backoff = self.s.retry_base_seconds * 2 ** (self.attempt - 1)
                 delay = int(min(self.s.retry_max_seconds, backoff))
                 self.keeper.stop()
-                self.append(EventType.STATUS, {"status": "pending", "retry_in": delay, "error": error})
+                self.append(StatusPayload(status=JobStatus.PENDING, retry_in=delay, error=error))
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
                 self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                              now_ts() + delay + self.s.pending_grace_seconds)
@@ -377,8 +390,8 @@ class _Attempt:
                                                                   "retry_in": delay})
                 return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)
             if retryable:
-                error = {"code": code, "message": f"gave up after {self.attempt} attempts: {message}"}
-            self.append(EventType.FAILED, {"error": error})
+                error = ErrorInfo(code=code, message=f"gave up after {self.attempt} attempts: {message}")
+            self.append(FailedPayload(error=error))
             self.finalize()  # parks the message in the dead-letter queue
             return RunResult(Outcome.DONE, code, status=JobStatus.FAILED)
         except SlotTaken:
@@ -402,27 +415,3 @@ class _Attempt:
             pass  # then the sweeper finds it once the lease expires
         return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1, status=self.view.status)
 
-
-def _replay(events: list[Event]) -> tuple[Plan | None, dict[int, Any], set[int], set[str], str]:
-    """What the log says was done: the plan, completed step outputs, started steps, phases, reply text."""
-    plan: Plan | None = None
-    outputs: dict[int, Any] = {}
-    started: set[int] = set()
-    phases: set[str] = set()
-    shown = ""
-    for ev in events:
-        if ev.type is EventType.PLAN:
-            specs = ev.data.get("specs") or {}
-            plan = Plan([PlanStep(int(st["index"]), str(st["label"]), specs.get(str(st["index"]), {}))
-                         for st in ev.data.get("steps", [])])
-        elif ev.type is EventType.STEP:
-            idx = int(ev.data["index"])
-            if ev.data.get("status") == "completed":
-                outputs[idx] = ev.data.get("output")
-            else:
-                started.add(idx)
-        elif ev.type is EventType.PHASE:
-            phases.add(str(ev.data.get("phase")))
-        elif ev.type is EventType.DELTA:
-            shown = ev.data["text"] if ev.data.get("replace") else shown + ev.data["text"]
-    return plan, outputs, started, phases, shown
