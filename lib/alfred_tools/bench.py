@@ -129,9 +129,7 @@ def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
     res = r.result
     res["machine"] = machine()
     server = start_moto_server()
-    endpoint_env = emulator_env(server.endpoint)
-    saved = dict(os.environ)
-    os.environ.update(endpoint_env)  # boto3 clients of this process find the emulator here
+    endpoint_env = emulator_env(server.endpoint)  # each stack's clients and children are given it
     try:
         with tempfile.TemporaryDirectory(prefix="alfred-bench-") as tmpdir:
             tmp = Path(tmpdir)
@@ -174,8 +172,6 @@ def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
             res["requests_per_job_zero_step"] = zero["requests"]["calls"]
         res["prices"] = cost.price_notes()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         server.stop()
     res["sizes"] = sizes.__dict__
     res["scenario_seconds"] = r.timings

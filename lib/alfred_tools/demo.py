@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 from alfred_tools.api_client import ApiClient, Follower, summarize
 from alfred_tools.devstack import ENDPOINT_VARS, Shutdown, create_dev_app, dev_stack, graceful_signals
-from alfred_tools.emulator import free_port, wait_http
+from alfred_tools.localstack import LocalStack, serve_app, settings_from_env
 
 MESSAGE = "Find me recipes with chicken, rice and spinach [steps=5]"
 KILL_STEP = 3
@@ -66,28 +65,6 @@ class Narrator:
         self.out(f"  {'✓' if ok else '✗'} {name}: {detail}")
 
 
-class ApiServer:
-    """The dev app on a free port, served by uvicorn on a thread of this process."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
-        import uvicorn
-
-        self.port = free_port(host)
-        self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="off",
-                                                    timeout_graceful_shutdown=1))
-        self.thread = threading.Thread(target=self.server.run, name="demo-api", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        wait_http(f"{self.url}/healthz", timeout=20)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=5)
-
-
 def run_demo(out: Callable[[str], None] = print) -> int:
     """Run the story; returns 0 when every check held, 1 otherwise."""
     step = float(os.environ.get("ALFRED_DEMO_STEP_SECONDS") or 0.6)
@@ -98,33 +75,23 @@ def run_demo(out: Callable[[str], None] = print) -> int:
     env["ALFRED_DEMO_STEP_SECONDS"] = str(step)
     env.setdefault("ALFRED_LOG_LEVEL", "WARNING")  # the narrative is the output, not the logs
     logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)  # the in-process API's logger too
-    saved = dict(os.environ)
+    settings = settings_from_env(env)  # the stack's settings: this process's environment stays as it is
     n = Narrator(out)
     out(f"alfred-jobs demo: the phone-lock story (steps of {step:g}s, a worker lease of "
         f"{DEMO_ENV['ALFRED_LEASE_SECONDS']}s)")
     try:
         with graceful_signals():
-            os.environ.clear()
-            os.environ.update(env)
-            settings = Settings()
             n.say("starting an embedded stack: moto server, sweeper, 1 worker process, API + stream")
-            with dev_stack(settings, workers=1, base_env=env, quiet_children=True) as stack:
-                api = ApiServer(create_dev_app(stack.deps()))
-                api.start()
-                try:
-                    return _story(n, stack, api.url, settings, sabotage)
-                finally:
-                    api.stop()
+            with dev_stack(settings, workers=1, base_env=env, quiet_children=True) as stack, \
+                    serve_app(create_dev_app(stack.deps)) as api_url:
+                return _story(n, stack, api_url, settings, sabotage)
     except Shutdown:
         out("interrupted")
         return 130
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
-def _story(n: Narrator, stack: Any, api_url: str, settings: Settings, sabotage: str) -> int:
-    deps = stack.deps()
+def _story(n: Narrator, stack: LocalStack, api_url: str, settings: Settings, sabotage: str) -> int:
+    deps = stack.deps
     journal = Journal(deps.log, settings.retention_seconds)
     client = ApiClient(api_url, issue_local_token(settings, "demo"))
     worker = stack.workers[0]

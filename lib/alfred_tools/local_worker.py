@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from alfred_jobs.adapters.aws import mapped_errors
+from alfred_jobs.adapters.aws import AwsClients, mapped_errors
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import get_logger
 from alfred_jobs.settings import Settings
@@ -48,9 +48,10 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> di
 class QueuePoller:
     """Polls the jobs queue and runs batches through the worker handler until stopped."""
 
-    def __init__(self, settings: Settings, batch_size: int = 1, wait_seconds: int = 1) -> None:
+    def __init__(self, settings: Settings, batch_size: int = 1, wait_seconds: int = 1,
+                 clients: AwsClients | None = None) -> None:
         self.settings = settings
-        self.clients = tool_clients(settings)
+        self.clients = clients if clients is not None else tool_clients(settings)  # this process's own unless given
         self.batch_size = batch_size
         self.wait_seconds = wait_seconds
         self.stopping = threading.Event()

@@ -8,7 +8,6 @@ Without it the suite fails when ``CI`` is set, and skips with the reason otherwi
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from alfred_tools.emulator import free_port
+from alfred_tools.localstack import serve_app
 from tests.support.stack import Stack, make_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,36 +98,14 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def web_stack(chromium: Any, emulator: dict[str, str]) -> Iterator[WebStack]:
     """Fresh tables/queues, two worker processes, a sweeper, and the dev app on a free port."""
-    import uvicorn
-
     from alfred_tools.devstack import create_dev_app
 
     with make_stack(emulator, ALFRED_DEMO_STEP_SECONDS=STEP_SECONDS, ALFRED_RETRY_BASE_SECONDS="0") as stack:
         stack.start_worker(concurrency=2)
         stack.start_worker(concurrency=2)
         stack.start_sweeper()
-        app = create_dev_app(stack.deps, static_dir=WEB_DIR)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                               access_log=False, lifespan="off"))
-        thread = threading.Thread(target=server.run, name="web-stack", daemon=True)
-        thread.start()
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the dev app did not start")
-            time.sleep(0.05)
-        try:
+        with serve_app(create_dev_app(stack.deps, static_dir=WEB_DIR)) as base:
             yield WebStack(base_url=base, stack=stack)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +20,8 @@ T = TypeVar("T")
 
 
 def start_sweeper(stack: Stack, **extra_env: str) -> subprocess.Popen[bytes]:
-    """A sweeper process with extra environment (``Stack.start_sweeper`` takes none)."""
-    proc = subprocess.Popen([sys.executable, "-m", "alfred_tools.local_sweeper"],
-                            env={**stack.env, **extra_env}, start_new_session=True)
-    stack.procs.append(proc)
-    return proc
+    """A sweeper process with extra environment."""
+    return stack.start_sweeper(**extra_env)
 
 
 def allow_receives(stack: Stack, max_receive_count: int, visibility_timeout: int | None = None) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
-from alfred_jobs.adapters.aws import AwsClients, mapped_errors
+from alfred_jobs.adapters.aws import mapped_errors
 from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
@@ -30,7 +30,6 @@ from alfred_jobs.exceptions import SlotTaken, TransientStoreError
 from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
-from alfred_tools.clients import tool_deps
 from alfred_tools.faults import FaultInjector, FaultKind, FaultPlan, FaultSpecError
 from tests.chaos.support import (
     WatchRecord,
@@ -95,7 +94,7 @@ def test_each_kind_reaches_the_adapter_as_the_domain_error(stack: Stack) -> None
     table = stack.settings.agent_data_table
     for kind, raw in ((FaultKind.THROTTLE, ClientError), (FaultKind.SERVER, ClientError),
                       (FaultKind.TIMEOUT, ConnectTimeoutError), (FaultKind.AMBIGUOUS, ReadTimeoutError)):
-        clients = AwsClients(stack.settings)
+        clients = stack.make_clients()
         FaultInjector(FaultPlan.parse(f"UpdateItem:{kind.value}=1")).install(clients.dynamodb)
         key = {"pk": {"S": f"K#{kind.value}"}, "sk": {"S": "x"}}
         with pytest.raises(raw):
@@ -111,7 +110,7 @@ def test_each_kind_reaches_the_adapter_as_the_domain_error(stack: Stack) -> None
 
 def test_ambiguous_append_is_recognised_by_its_writer_token(stack: Stack) -> None:
     """The put lands, the caller sees a timeout, retries, finds its own event: success, not a conflict."""
-    faulty = tool_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
+    faulty = stack.make_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
     journal = Journal(faulty.log, stack.settings.retention_seconds)
     ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w-1")
     journal.append("a" * 32, ev, 2_000_000_000)  # every put "fails" after landing; the retry reads it back
@@ -130,7 +129,7 @@ def test_a_storage_blip_is_a_503_with_retry_after_in_the_one_shape(stack: Stack)
     from alfred_jobs.service.auth import issue_local_token
 
     job = JobService(stack.deps).submit("alice", ChatRequest(message="pie"), None).job
-    faulty = tool_deps(stack.settings.model_copy(update={"faults": "GetItem:throttle=1"}))
+    faulty = stack.make_deps(stack.settings.model_copy(update={"faults": "GetItem:throttle=1"}))
     headers = {"Authorization": f"Bearer {issue_local_token(stack.settings, 'alice')}"}
     for app in (create_app(faulty), create_stream_app(faulty)):
         with TestClient(app, raise_server_exceptions=False) as client:
@@ -195,7 +194,7 @@ def test_a_poller_survives_a_storage_blip_at_start(stack: Stack) -> None:
     throttled GetQueueAttributes killed the poller thread and left a live worker that never polled."""
     from alfred_tools.local_worker import QueuePoller
 
-    poller = QueuePoller(stack.settings, wait_seconds=0)
+    poller = QueuePoller(stack.settings, wait_seconds=0, clients=stack.make_clients())
     failures = {"GetQueueAttributes": 2}
     receives = threading.Event()
 
@@ -243,7 +242,7 @@ def test_a_batch_converges_under_faults_in_every_process(stack: Stack) -> None:
     start_sweeper(stack, ALFRED_FAULTS=fault_spec(seed, "sweeper"), **env)
 
     # Submit through faulted clients, as a client would: a 5xx is retried with the same key.
-    api_deps = tool_deps(stack.settings.model_copy(update={"faults": fault_spec(seed, "api")}))
+    api_deps = stack.make_deps(stack.settings.model_copy(update={"faults": fault_spec(seed, "api")}))
     svc = JobService(api_deps)
     jobs: dict[str, tuple[str, str, str]] = {}  # job_id -> (user, conversation_id, message)
     for i, message in enumerate(MESSAGES):

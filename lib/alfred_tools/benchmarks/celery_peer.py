@@ -30,12 +30,13 @@ except ImportError:  # the peer is optional: the bench reports it as not measure
     chain = None
 
 
-def make_app(broker: str, backend: str, queue: str) -> Any:
+def make_app(broker: str, backend: str, queue: str, transport: dict[str, Any] | None = None) -> Any:
+    """The Celery app; ``transport``: extra SQS transport options (the worker process reads them
+    from ``BENCH_CELERY_TRANSPORT``)."""
     app = Celery("alfred_bench_peer", broker=broker, backend=backend)
     app.conf.update(
         task_acks_late=True, worker_prefetch_multiplier=1, task_default_queue=queue,
-        broker_transport_options={"region": "us-east-1", "is_secure": False,
-                                  **json.loads(os.environ.get("BENCH_CELERY_TRANSPORT", "{}"))},
+        broker_transport_options={"region": "us-east-1", "is_secure": False, **(transport or {})},
         broker_connection_retry_on_startup=True, result_extended=False, worker_hijack_root_logger=False,
         worker_send_task_events=False, task_send_sent_event=False,
     )
@@ -53,7 +54,7 @@ app: Any = None
 step: Any = None
 if Celery is not None and os.environ.get("BENCH_CELERY_BROKER"):
     app = make_app(os.environ["BENCH_CELERY_BROKER"], os.environ["BENCH_CELERY_BACKEND"],
-                   os.environ["BENCH_CELERY_QUEUE"])
+                   os.environ["BENCH_CELERY_QUEUE"], json.loads(os.environ.get("BENCH_CELERY_TRANSPORT", "{}")))
 
     @app.task(name="bench.step", acks_late=True)
     def _step(done: list[int] | None, index: int, seconds: float) -> list[int]:
@@ -98,9 +99,8 @@ def _measure(stack: BenchStack, endpoint: str, transport: dict[str, Any], zero_r
     proc = stack.spawn(["-m", "celery", "-A", "alfred_tools.benchmarks.celery_peer", "worker", "--pool", "solo",
                         "-c", "1", "--without-heartbeat", "--without-gossip", "--without-mingle",
                         "--loglevel", "WARNING", "-Q", env["BENCH_CELERY_QUEUE"]], **env)
-    saved = os.environ.get("BENCH_CELERY_TRANSPORT")
-    os.environ["BENCH_CELERY_TRANSPORT"] = env["BENCH_CELERY_TRANSPORT"]
-    client_app = make_app(env["BENCH_CELERY_BROKER"], env["BENCH_CELERY_BACKEND"], env["BENCH_CELERY_QUEUE"])
+    client_app = make_app(env["BENCH_CELERY_BROKER"], env["BENCH_CELERY_BACKEND"], env["BENCH_CELERY_QUEUE"],
+                          transport)
     try:
         run_chain(client_app, 5, 0)  # warm-up: queue and table creation, worker start
         zero = [run_chain(client_app, 5, 0) for _ in range(zero_runs)]
@@ -116,10 +116,6 @@ def _measure(stack: BenchStack, endpoint: str, transport: dict[str, Any], zero_r
     finally:
         stack.stop(proc)
         client_app.close()
-        if saved is None:
-            os.environ.pop("BENCH_CELERY_TRANSPORT", None)
-        else:
-            os.environ["BENCH_CELERY_TRANSPORT"] = saved
     out: dict[str, Any] = {"zero_step_job_ms": ms(p50(zero))}
     if overhead_runs:
         out.update({"overhead_ratio": round(p50(chained) / p50(inline), 4), "chain_s": round(p50(chained), 3),

@@ -7,10 +7,10 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,9 @@ from typing import Any
 
 import httpx
 
-from alfred_jobs.adapters.aws import AwsClients
-from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_local_token
-from alfred_jobs.settings import Settings
-from alfred_tools.benchmarks.counting import RequestCounter
-from alfred_tools.bootstrap import create_resources
 from alfred_tools.emulator import free_port, wait_http
+from alfred_tools.localstack import LocalStack, resource_env
 
 USER = "bench"
 
@@ -105,96 +101,25 @@ def interleaved(a: Callable[[], Any], b: Callable[[], Any], n: int, warmup: int 
 # ---- the local stack ---------------------------------------------------------------------------
 
 
-def resource_env(prefix: str) -> dict[str, str]:
-    """Physical names of one scenario's tables and queues on the shared emulator."""
-    return {"ALFRED_JOBS_TABLE": f"{prefix}-jobs", "ALFRED_EVENTS_TABLE": f"{prefix}-events",
-            "ALFRED_CONVERSATIONS_TABLE": f"{prefix}-conversations",
-            "ALFRED_AGENT_DATA_TABLE": f"{prefix}-agent-data", "ALFRED_QUEUE_NAME": f"{prefix}-q",
-            "ALFRED_DLQ_NAME": f"{prefix}-dlq"}
+@dataclass(eq=False)
+class BenchStack(LocalStack):
+    """One scenario's resources on the emulator: the one local stack (``alfred_tools.localstack``),
+    children quiet unless ``ALFRED_BENCH_VERBOSE``, and a directory for the children's files."""
 
-
-def settings_from_env(env: dict[str, str]) -> Settings:
-    kwargs: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        key = f"ALFRED_{name.upper()}"
-        if key in env:
-            kwargs[name] = env[key]
-    return Settings(**kwargs)
-
-
-@dataclass
-class BenchStack:
-    """One scenario's resources on the emulator, the environment its children need, counted clients."""
-
-    env: dict[str, str]
-    settings: Settings
-    clients: AwsClients
-    counter: RequestCounter
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    tmp: Path = field(default_factory=lambda: Path("/tmp"))
-
-    def deps(self) -> Deps:
-        """Ports over this stack's (counted) clients, wired like ``aws_deps``."""
-        from alfred_jobs.adapters.aws import (
-            DynamoAgentDataStore,
-            DynamoConversationStore,
-            DynamoEventLog,
-            DynamoJobStore,
-            SqsJobQueue,
-        )
-
-        c, s = self.clients, self.settings
-        return Deps(settings=s, jobs=DynamoJobStore(c, s), log=DynamoEventLog(c, s),
-                    conversations=DynamoConversationStore(c, s), queue=SqsJobQueue(c),
-                    agent_data=DynamoAgentDataStore(c, s))
-
-    def spawn(self, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, *args], env={**self.env, **extra_env},
-                                start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL if not os.environ.get("ALFRED_BENCH_VERBOSE") else None)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for p in list(self.procs):
-            self.stop(p)
-
-    def purge(self) -> None:
-        """Empty the jobs queue (messages of jobs no worker will run)."""
-        try:
-            self.clients.sqs.purge_queue(QueueUrl=self.clients.queue_url)
-        except Exception:  # purge is rate limited on AWS; on moto it just works
-            pass
+    tmp: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
 
 @contextmanager
-def bench_stack(endpoint_env: dict[str, str], tmp: Path, **overrides: str) -> Iterator[BenchStack]:
+def bench_stack(endpoint_env: Mapping[str, str], tmp: Path, **overrides: str) -> Iterator[BenchStack]:
     """Fresh tables and queues (from template.yaml) for one scenario; stops its children on exit."""
     prefix = f"b{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **endpoint_env, **resource_env(prefix), "ALFRED_LEASE_SECONDS": "30",
            "ALFRED_LOG_LEVEL": "WARNING", "POWERTOOLS_LOG_LEVEL": "WARNING", **overrides}
-    settings = settings_from_env(env)
-    counter = RequestCounter()
-    clients = AwsClients(settings)
-    counter.attach(clients.dynamodb)
-    counter.attach(clients.sqs)
-    create_resources(settings, clients.dynamodb, clients.sqs)
-    stack = BenchStack(env=env, settings=settings, clients=clients, counter=counter, tmp=tmp)
-    try:
+    verbose = bool(os.environ.get("ALFRED_BENCH_VERBOSE"))
+    stack = BenchStack.from_env(env, tmp=tmp, child_stdout=subprocess.DEVNULL,
+                                child_stderr=None if verbose else subprocess.DEVNULL)
+    with stack.running(emulator=False):
         yield stack
-    finally:
-        stack.stop_all()
 
 
 # ---- the server process -----------------------------------------------------------------------

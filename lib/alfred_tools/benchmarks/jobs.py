@@ -57,7 +57,7 @@ def job_through_http(server: Server, client: httpx.Client, message: str = MESSAG
 def inline_run(stack: BenchStack, step_seconds: float, message: str = MESSAGE) -> float:
     """The agent run inline, as in one HTTP request: think, act on every step, reply."""
     settings = stack.settings.model_copy(update={"demo_step_seconds": step_seconds})
-    agent = DemoAgent(stack.deps().agent_data, settings)
+    agent = DemoAgent(stack.deps.agent_data, settings)
     ctx = AgentContext(job_id=uuid.uuid4().hex, user_id=USER, conversation_id=uuid.uuid4().hex, message=message,
                        history=[], attempt=1, step_outputs={}, cancelled=lambda: False)
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def _wait_complete(stack: BenchStack, target: int, timeout: float = 300.0) -> fl
 
 def throughput_scenario(stack: BenchStack, sizes: Sizes, trace: list[dict[str, Any]]) -> dict[str, Any]:
     """Our N workers vs N bare replayers of the recorded per-job calls, M jobs each, same stack."""
-    svc = JobService(stack.deps())
+    svc = JobService(stack.deps)
     req = ChatRequest(message=MESSAGE)
     n, m = sizes.workers, sizes.throughput_jobs
 

@@ -19,7 +19,7 @@ from alfred_jobs.adapters.aws import serialize
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, iso, now_ts
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.service.jobs import JobService
-from alfred_tools.benchmarks.common import USER, BenchStack, Sizes, bench_stack, interleaved, ms, p50, settings_from_env
+from alfred_tools.benchmarks.common import USER, BenchStack, Sizes, bench_stack, interleaved, ms, p50
 
 
 def _step_data(i: int) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def _step_data(i: int) -> dict[str, Any]:
 
 def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     """Submit through the service vs its two bare calls."""
-    deps = stack.deps()
+    deps = stack.deps
     svc = JobService(deps)
     c = stack.clients
     req = ChatRequest(message="chicken and rice, something quick")
@@ -73,7 +73,7 @@ class _Appender:
 
 def checkpoint_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     """Journal.append vs one bare conditional PutItem of the same-sized event item."""
-    deps = stack.deps()
+    deps = stack.deps
     journal = Journal(deps.log, stack.settings.retention_seconds)
     ours = _Appender(journal, uuid.uuid4().hex)
     table = stack.settings.events_table
@@ -120,13 +120,13 @@ def growth_scenario(endpoint_env: dict[str, str], stack: BenchStack, sizes: Size
     The empty side writes to an events table of its own that stays empty, so the two run
     interleaved (the machine is noisy) and "none" really means none, in the job and the table.
     """
-    full_deps = stack.deps()
+    full_deps = stack.deps
     grown_job = uuid.uuid4().hex
     bulk_load(stack, grown_job, sizes.growth_events)
     grown = _Appender(Journal(full_deps.log, stack.settings.retention_seconds), grown_job,
                       head=sizes.growth_events)
     with bench_stack(endpoint_env, stack.tmp) as empty_stack:
-        empty_deps = empty_stack.deps()
+        empty_deps = empty_stack.deps
         empty = _Appender(Journal(empty_deps.log, empty_stack.settings.retention_seconds), uuid.uuid4().hex)
         t_grown, t_empty = interleaved(grown, empty, sizes.samples)
     return {"checkpoint_growth": round(p50(t_grown) / p50(t_empty), 3),
@@ -134,4 +134,4 @@ def growth_scenario(endpoint_env: dict[str, str], stack: BenchStack, sizes: Size
             "growth_events": sizes.growth_events}
 
 
-__all__ = ["checkpoint_scenario", "growth_scenario", "settings_from_env", "submit_scenario"]
+__all__ = ["checkpoint_scenario", "growth_scenario", "submit_scenario"]

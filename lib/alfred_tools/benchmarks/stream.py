@@ -37,7 +37,7 @@ def make_job(stack: BenchStack) -> Job:
     now = now_ts()
     job = Job(job_id=uuid.uuid4().hex, user_id=USER, message="bench", conversation_id=uuid.uuid4().hex,
               created_at=now, expires_at=int(now + stack.settings.retention_seconds))
-    stack.deps().jobs.create(job)
+    stack.deps.jobs.create(job)
     return job
 
 
@@ -45,7 +45,7 @@ class Writer:
     """Writes a job's log the way a worker does (status, steps..., complete), one event at a time."""
 
     def __init__(self, stack: BenchStack, job: Job) -> None:
-        self.journal = Journal(stack.deps().log, stack.settings.retention_seconds)
+        self.journal = Journal(stack.deps.log, stack.settings.retention_seconds)
         self.job = job
         self.head = 0
         self.owner = uuid.uuid4().hex
@@ -110,7 +110,7 @@ def reconnect_scenario(stack: BenchStack, server: Server, sizes: Sizes, events: 
     w = Writer(stack, job)
     w.put(EventType.STATUS, {"status": "running"})
     # The worker projects the record when it opens the attempt; later events are only in the log.
-    stack.deps().jobs.save_projection(replace(job, status=JobStatus.RUNNING, last_seq=1), owner=None)
+    stack.deps.jobs.save_projection(replace(job, status=JobStatus.RUNNING, last_seq=1), owner=None)
     for _ in range(events - 1):
         w.step()
     rnd = random.Random(11)
