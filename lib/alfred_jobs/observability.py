@@ -106,15 +106,27 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def _level() -> int:
-    name = (os.environ.get("ALFRED_LOG_LEVEL") or os.environ.get("POWERTOOLS_LOG_LEVEL") or "INFO").upper()
-    level = logging.getLevelName(name)
+_wanted_level = logging.INFO
+
+
+def _parse_level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
     return level if isinstance(level, int) else logging.INFO
 
 
-def configure(stream: Any = None, *, json_logs: bool | None = None, force: bool = False) -> logging.Handler:
+def set_level(name: str) -> None:
+    """The project logger's level (``Settings.log_level``, set when the settings are loaded)."""
+    global _wanted_level
+    _wanted_level = _parse_level(name)
+    _log.setLevel(_wanted_level)
+
+
+def configure(stream: Any = None, *, json_logs: bool | None = None, force: bool = False,
+              level: str | None = None) -> logging.Handler:
     """Attach the one handler to ``alfred_jobs`` (idempotent; ``force`` replaces it, for tests)."""
-    global _configured, _json_formatter
+    global _configured, _json_formatter, _wanted_level
+    if level is not None:
+        _wanted_level = _parse_level(level)
     with _lock:
         if _configured and not force:
             return _log.handlers[0]
@@ -133,7 +145,7 @@ def configure(stream: Any = None, *, json_logs: bool | None = None, force: bool 
             _json_formatter = None
             handler.setFormatter(ConsoleFormatter())
         _log.addHandler(handler)
-        _log.setLevel(_level())
+        _log.setLevel(_wanted_level)
         # On Lambda the runtime's root handler would print every line a second time, unformatted.
         # Elsewhere records still reach the root logger, so pytest's caplog sees them.
         _log.propagate = not use_json

@@ -6,9 +6,7 @@ Only adapters know key layouts, expressions and botocore.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
@@ -123,4 +121,3 @@ class Deps:
     conversations: ConversationStore
     queue: JobQueue
     agent_data: AgentDataStore
-    sleep: Callable[[float], None] = field(default=time.sleep)

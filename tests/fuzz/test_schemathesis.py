@@ -8,7 +8,6 @@ examples per operation (default 60).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
 import schemathesis
@@ -22,7 +21,7 @@ from alfred_jobs.settings import Settings
 
 # Long-polls are capped short so that fuzzing ``wait`` does not sleep through the run.
 SETTINGS = Settings(max_wait_seconds=0.05, demo_step_seconds=0)
-DEPS = replace(memory_deps(SETTINGS), sleep=lambda _s: None)
+DEPS = memory_deps(SETTINGS)
 APP = create_app(DEPS)
 TOKEN = issue_local_token(SETTINGS, "fuzzer")
 EXAMPLES = int(os.environ.get("ALFRED_FUZZ_EXAMPLES", "60"))

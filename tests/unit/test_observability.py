@@ -32,15 +32,13 @@ SECRET_TEXT = "my grandmother's secret xyzzy-plover"  # the user's message: must
 def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """Capture everything the alfred_jobs loggers write, at DEBUG, as Lambda's JSON lines."""
     buf = io.StringIO()
-    monkeypatch.setenv("ALFRED_LOG_LEVEL", "DEBUG")
-    obs.configure(buf, json_logs=True, force=True)
+    obs.configure(buf, json_logs=True, force=True, level="DEBUG")
     obs.clear_job()
     try:
         yield buf
     finally:
         obs.clear_job()
-        monkeypatch.delenv("ALFRED_LOG_LEVEL")
-        obs.configure(force=True)
+        obs.configure(force=True, level="INFO")
 
 
 def records(buf: io.StringIO) -> list[dict[str, object]]:

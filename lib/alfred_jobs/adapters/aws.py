@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
+from alfred_jobs.domain.retention import expired
 from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
 from alfred_jobs.settings import Settings
@@ -416,7 +417,7 @@ class DynamoEventLog:
         if item is None:
             return None
         data = deserialize(item)
-        if int(data.get("expires_at", 0)) <= now_ts():
+        if expired(int(data.get("expires_at", 0))):
             return None
         return item_to_event(data)
 
@@ -436,7 +437,7 @@ class DynamoEventLog:
                     out = self._c.dynamodb.batch_get_item(RequestItems=request)
                 for raw in out.get("Responses", {}).get(self._table, []):
                     data = deserialize(raw)
-                    if int(data.get("expires_at", 0)) > now:
+                    if not expired(int(data.get("expires_at", 0)), now):
                         found.append(item_to_event(data))
                 request = out.get("UnprocessedKeys") or {}
         found.sort(key=lambda e: e.seq)
@@ -479,7 +480,7 @@ class DynamoConversationStore:
             now = now_ts()
             for raw in out.get("Items", []):
                 d = deserialize(raw)
-                if int(d.get("expires_at", 0)) > now:
+                if not expired(int(d.get("expires_at", 0)), now):
                     out_items.append({"role": d["role"], "text": d["text"], "job_id": d["job_id"],
                                       "at": d["at"]})
             key = out.get("LastEvaluatedKey")
@@ -540,7 +541,7 @@ class DynamoAgentDataStore:
         now = now_ts()
         for raw in out.get("Items", []):
             d = deserialize(raw)
-            if int(d.get("expires_at", 0)) > now:
+            if not expired(int(d.get("expires_at", 0)), now):
                 result[int(d["sk"].split("#")[1])] = len(d.get("runs", ()))
         return result
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.models import now_ts
+from alfred_jobs.domain.retention import expiry
 from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
 from alfred_jobs.ports import AgentDataStore
 from alfred_jobs.settings import Settings
@@ -65,7 +66,7 @@ class DemoAgent:
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
-                                            ctx.expires_at or int(now_ts() + self.settings.retention_seconds))
+                                            ctx.expires_at or expiry(now_ts(), self.settings.retention_seconds))
         if _directive(ctx.message, "fatal") is not None and step.index == 1:
             raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
         if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):

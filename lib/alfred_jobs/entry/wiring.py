@@ -18,6 +18,7 @@ from alfred_jobs.adapters.aws import (
     SqsJobQueue,
 )
 from alfred_jobs.adapters.secrets import resolve_secrets
+from alfred_jobs.observability import set_level
 from alfred_jobs.ports import Deps
 from alfred_jobs.settings import Settings
 
@@ -28,7 +29,9 @@ def get_settings() -> Settings:
 
     Each entry point that serves users checks its own secrets (``Settings.check_deployable``).
     """
-    return resolve_secrets(Settings())
+    settings = resolve_secrets(Settings())
+    set_level(settings.log_level)  # ALFRED_LOG_LEVEL, read once, here
+    return settings
 
 
 def aws_deps(settings: Settings, clients: AwsClients | None = None) -> Deps:

@@ -9,13 +9,13 @@ reported as a batch item failure, so only it comes back.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from alfred_jobs.agents import build_agent
+from alfred_jobs.domain.ids import JOB_ID_RE
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, RunResult
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import RetryLater
@@ -23,7 +23,6 @@ from alfred_jobs.observability import get_logger, observe_lambda
 from alfred_jobs.ports import Deps
 
 log = get_logger()
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 _runtime: tuple[Deps, JobRunner] | None = None

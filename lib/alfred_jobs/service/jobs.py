@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass, replace
 
+from alfred_jobs.domain.ids import CONVERSATION_ID_RE, JOB_ID_RE
 from alfred_jobs.domain.models import (
     ACTIVE_STATUSES,
     ChatRequest,
@@ -19,13 +19,13 @@ from alfred_jobs.domain.models import (
     fold,
     now_ts,
 )
+from alfred_jobs.domain.retention import expiry
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, SlotTaken, TransientStoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
 
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 STATUS_FILTERS = {s.value: frozenset({s}) for s in JobStatus} | {"active": ACTIVE_STATUSES}
 API_WRITER = "api"
@@ -36,16 +36,6 @@ log = get_logger()
 class Submitted:
     job: Job
     created: bool
-
-
-@dataclass(frozen=True)
-class EventsPage:
-    events: list[Event]
-    job: Job
-
-    @property
-    def done(self) -> bool:
-        return self.job.terminal and (not self.events or self.events[-1].seq >= self.job.last_seq)
 
 
 def validate_job_id(job_id: str) -> str:
@@ -90,7 +80,7 @@ class JobService:
         now = now_ts()
         job = Job(job_id=job_id, user_id=user_id, message=req.message,
                   conversation_id=req.conversation_id or uuid.uuid4().hex,
-                  created_at=now, expires_at=int(now + self.settings.retention_seconds),
+                  created_at=now, expires_at=expiry(now, self.settings.retention_seconds),
                   body_hash=digest)
         existing = self._create(job)
         if existing is not None:
@@ -166,29 +156,6 @@ class JobService:
         nxt = encode_cursor(self.settings.cursor_secret, user_id, page.next_key) if page.next_key else None
         return page.jobs, nxt
 
-    # ---- events -------------------------------------------------------------------------
-
-    def events(self, user_id: str, job_id: str, after: int, wait: float, limit: int = 500) -> EventsPage:
-        """Events with seq > ``after``; if none, wait up to ``wait`` seconds for one (long-poll)."""
-        if after < 0:
-            raise InvalidInput("after must be >= 0", code="invalid_cursor")
-        if not 0 <= wait <= self.settings.max_wait_seconds:
-            raise InvalidInput(f"wait must be 0..{self.settings.max_wait_seconds:g}", code="invalid_wait")
-        job = self.fold_tail(self.owned(user_id, job_id))  # exact even if the record lags the log
-        deadline = time.monotonic() + wait
-        interval = 0.05
-        while True:
-            evs = self.journal.read_after(job_id, after, known_head=job.last_seq, limit=limit)
-            if evs or job.terminal or time.monotonic() >= deadline:
-                break
-            self.deps.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(0.25, interval * 1.5)
-            refreshed = self.deps.jobs.get(job_id)
-            job = refreshed or job
-        if evs:
-            job = fold(job, evs) if evs[-1].seq > job.last_seq else job
-        return EventsPage(evs, job)
-
     # ---- cancel ---------------------------------------------------------------------------
 
     def cancel(self, user_id: str, job_id: str) -> tuple[Job, bool]:
@@ -231,6 +198,6 @@ class JobService:
     # ---- conversations ------------------------------------------------------------------------
 
     def conversation(self, user_id: str, conversation_id: str, limit: int = 200) -> list[dict[str, object]]:
-        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", conversation_id):
+        if not CONVERSATION_ID_RE.match(conversation_id):
             raise InvalidInput("malformed conversation id", code="invalid_conversation_id")
         return self.deps.conversations.messages(user_id, conversation_id, limit)

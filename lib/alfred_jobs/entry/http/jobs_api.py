@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from alfred_jobs.domain.models import ChatRequest, ErrorResponse, Job
 from alfred_jobs.entry.http.common import CurrentUser, Service, add_cors, install_error_handlers
+from alfred_jobs.entry.http.stream_api import events_router
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import InvalidInput, PayloadTooLarge
 from alfred_jobs.ports import Deps
@@ -91,17 +92,6 @@ def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
     return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=200 if done else 202)
 
 
-@router.get("/api/jobs/{job_id}/events", responses=ERRORS)
-def job_events(job_id: str, user: CurrentUser, svc: Service,
-               after: Annotated[int, Query(ge=0, le=10**9)] = 0,
-               wait: Annotated[float, Query(ge=0, le=20)] = 0) -> dict[str, Any]:
-    """Events with seq > after; if none, wait up to ``wait`` seconds (long-poll)."""
-    page = svc.events(user, job_id, after, wait)
-    last = page.events[-1].seq if page.events else after
-    return {"events": [e.public() for e in page.events], "status": str(page.job.status),
-            "done": page.done, "next_after": last}
-
-
 @router.get("/api/conversations/{conversation_id}", responses=ERRORS)
 def conversation(conversation_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
     """The committed messages of a conversation, oldest first."""
@@ -127,4 +117,6 @@ def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()
     for first in routers_first:
         app.include_router(first)
     app.include_router(router)
+    # The long-poll is the stream function's own (one long-poll, one shared poller per job).
+    app.include_router(events_router)
     return app

@@ -34,7 +34,8 @@ MAX_TOKEN_CHARS = 4096
 BATCH = 500
 _CURSOR_RE = re.compile(r"^[0-9]{1,10}$")
 
-router = APIRouter()
+router = APIRouter()  # SSE and long-poll: the stream function
+events_router = APIRouter()  # the long-poll alone, which the job API serves too (one long-poll)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 410)}
 
 
@@ -152,7 +153,7 @@ async def stream_job(request: Request, job_id: str,
     return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat))
 
 
-@router.get("/api/jobs/{job_id}/events", responses=ERRORS)
+@events_router.get("/api/jobs/{job_id}/events", responses=ERRORS)
 async def job_events(request: Request, job_id: str,
                      after: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                      wait: Annotated[float, Query(ge=0, le=20)] = 0,
@@ -192,3 +193,6 @@ def create_stream_app(deps: Deps | None = None, *, heartbeat_seconds: float | No
 
     app.include_router(router)
     return app
+
+
+router.include_router(events_router)
