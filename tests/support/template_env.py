@@ -37,7 +37,6 @@ import queue
 import re
 import secrets
 import shlex
-import signal
 import string
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import boto3
 
 from alfred_jobs.settings import Settings
 from alfred_tools.bootstrap import QUEUES, TABLES, create_resources, load_template
-from alfred_tools.emulator import free_port
+from alfred_tools.emulator import free_port, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -612,15 +611,7 @@ class StreamProcess:
         raise AssertionError(f"the stream process did not answer /healthz within {timeout}s\n{self.logs()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_processes([self.proc])
 
 
 # ---- a local deployment --------------------------------------------------------------------------
