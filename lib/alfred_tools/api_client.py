@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from alfred_jobs.domain.events import DeltaPayload, apply_delta
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 
@@ -305,6 +306,7 @@ class Renderer:
         self.open_line = False
         self.in_reply = False
         self.status: str | None = None
+        self.reply = ""  # the reply text the deltas show so far (``apply_delta``)
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -320,12 +322,27 @@ class Renderer:
         t, d = ev["type"], ev.get("data") or {}
         if t in TERMINAL_TYPES:
             self.status = t
+        delta = DeltaPayload.model_validate(d) if t == "delta" else None
+        if delta is not None:
+            self.reply = apply_delta(self.reply, delta)
         if self.mode == "json":
             self._write(json.dumps(ev, ensure_ascii=False) + "\n")
         elif self.mode == "plain":
             self._write(f"{ev['seq']} {t} {summarize(t, d)}\n")
+        elif delta is not None:
+            self._tty_delta(delta)
         else:
             self._tty(t, d)
+
+    def _tty_delta(self, delta: DeltaPayload) -> None:
+        if self.open_line:
+            self._write("\n")
+            self.open_line = False
+        if delta.replace:  # the reply starts over: show it whole
+            self._write("\n[reply restarted]\n" + self.reply)
+        else:
+            self._write(delta.text)
+        self.in_reply = True
 
     def _tty(self, t: str, d: dict[str, Any]) -> None:
         if t == "status":
@@ -350,14 +367,6 @@ class Renderer:
             else:
                 self._write(("\r\033[K" if self.open_line else "") + f"  ✓ {text}\n")
                 self.open_line = False
-        elif t == "delta":
-            if self.open_line:
-                self._write("\n")
-                self.open_line = False
-            if d.get("replace"):
-                self._write("\n[reply restarted]\n")
-            self._write(str(d.get("text", "")))
-            self.in_reply = True
         elif t == "resumed":
             self._line(f"↻ resumed by attempt {d.get('attempt')} (after seq {d.get('from_seq')})")
         elif t == "complete":
@@ -380,7 +389,8 @@ def summarize(t: str, d: dict[str, Any]) -> str:
     if t == "step":
         return f"{d.get('index')}/{d.get('total')} {d.get('status')}: {d.get('label')}"
     if t == "delta":
-        return ("replace " if d.get("replace") else "") + json.dumps(d.get("text", ""), ensure_ascii=False)
+        delta = DeltaPayload.model_validate(d)
+        return ("replace " if delta.replace else "") + json.dumps(delta.text, ensure_ascii=False)
     if t == "resumed":
         return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
     if t == "complete":

@@ -452,3 +452,27 @@ def test_what_the_runner_writes_round_trips_and_folds_like_the_record() -> None:
     assert fold(replace(record, last_seq=0, progress=Progress(), status=JobStatus.PENDING, started_at=None,
                         completed_at=None, output=None, error=None), events) == record
     assert replay(events).shown == "Goodbye" == (record.output or {})["reply"]
+
+
+# ---- the CLI's renderer reads public JSON through the same payloads --------------------------
+
+
+def test_the_cli_renderer_shows_the_reply_by_apply_delta() -> None:
+    from io import StringIO
+
+    from alfred_tools.api_client import Renderer, summarize
+
+    public = [e.public() for e in REPLACED]
+    for mode in ("tty", "plain", "json"):
+        out = StringIO()
+        r = Renderer(out, mode)
+        for e in public:
+            r.event(e)
+        assert r.reply == "Goodbye!" and r.status == "complete"
+    tty = StringIO()
+    r = Renderer(tty, "tty")
+    for e in public:
+        r.event(e)
+    assert "Hello wor\n" in tty.getvalue() and "\n[reply restarted]\nGoodbye!\n" in tty.getvalue()
+    assert summarize("delta", {"text": "Goodbye", "replace": True}) == 'replace "Goodbye"'
+    assert summarize("delta", {"text": "Hi"}) == '"Hi"'
