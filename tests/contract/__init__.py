@@ -1,0 +1,1 @@
+"""Contract tests: one suite, run against the in-memory fakes and the DynamoDB/SQS adapters."""
