@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alfred_jobs.domain.models import Event, EventType
+from alfred_jobs.domain.events import Event, ResumedPayload, StepPayload
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.observability import LOGGER_NAME
 from alfred_jobs.service.auth import issue_local_token
@@ -110,9 +110,10 @@ def _story(n: Narrator, stack: LocalStack, api_url: str, settings: Settings, sab
     for ev in watcher.follow(job_id, 0):
         first.append(ev)
         n.event("  ←", ev)
-        d = ev.get("data") or {}
-        if ev["type"] == "step" and d.get("index") == 1 and d.get("status") == "completed":
-            break
+        if ev["type"] == "step":
+            step_ev = StepPayload.model_validate(ev["data"])
+            if step_ev.index == 1 and step_ev.completed:
+                break
     last_seen = first[-1]["seq"] if first else 0
     n.say(f"🔒 the phone locks: the watcher disconnects after seq {last_seen}")
 
@@ -158,14 +159,14 @@ def _story(n: Narrator, stack: LocalStack, api_url: str, settings: Settings, sab
     n.check("the job finished", final["status"] == "complete",
             f"status {final['status']} after {final['attempts']} attempts; reply {reply[:60]!r}…")
     seqs = [e.seq for e in stored]
-    terminals = [e for e in stored if e.type in (EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED)]
+    terminals = [e for e in stored if e.terminal]
     n.check("one ordered log", seqs == list(range(1, len(stored) + 1)) and len(terminals) == 1
             and stored[-1] is terminals[0],
             f"seqs 1..{len(stored)} with no gap, {len(terminals)} terminal event, last")
-    resumed = [e for e in stored if e.type is EventType.RESUMED]
+    resumed = [(e.seq, p) for e in stored if isinstance(p := e.payload, ResumedPayload)]
     n.check("a new attempt resumed the job", bool(resumed),
-            f"'resumed' at seq {resumed[0].seq}, attempt {resumed[0].data.get('attempt')}, "
-            f"from seq {resumed[0].data.get('from_seq')}" if resumed else "no 'resumed' event")
+            f"'resumed' at seq {resumed[0][0]}, attempt {resumed[0][1].attempt}, "
+            f"from seq {resumed[0][1].from_seq}" if resumed else "no 'resumed' event")
     _check_effects(n, effects, completed_before, cut_off, _completed_counts(stored))
     got = [int(e["seq"]) for e in first + second]
     same = got == seqs and all(_same(a, b) for a, b in zip(first + second, stored, strict=False))
@@ -219,8 +220,12 @@ def _wait_terminal_record(client: ApiClient, job_id: str, timeout: float = 15.0)
         time.sleep(0.05)
 
 
+def _steps(events: list[Event]) -> list[StepPayload]:
+    return [p for e in events if isinstance(p := e.payload, StepPayload)]
+
+
 def _started(events: list[Event], index: int) -> bool:
-    return any(e.type is EventType.STEP and e.data.get("index") == index for e in events)
+    return any(st.index == index for st in _steps(events))
 
 
 def _terminal(events: list[Event]) -> bool:
@@ -228,8 +233,7 @@ def _terminal(events: list[Event]) -> bool:
 
 
 def _completed(events: list[Event]) -> list[int]:
-    return [int(e.data["index"]) for e in events
-            if e.type is EventType.STEP and e.data.get("status") == "completed"]
+    return [st.index for st in _steps(events) if st.completed]
 
 
 def _completed_counts(events: list[Event]) -> dict[int, int]:
