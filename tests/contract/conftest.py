@@ -8,6 +8,9 @@
   jobs there; ``fresh_backend`` gets tables and queues of its own, for the tests that need a table
   or queue to themselves (the queue, ``find_due``'s limit).
 
+On an external target (``ALFRED_TEST_TARGET=external``) against real AWS, the index reads of
+``list_for_user`` and ``find_due`` are eventually consistent and those tests may see a write late.
+
 Under faithful mode (``ALFRED_FIDELITY``) the AWS leg is skipped: the proxy's stale index reads and
 injected ambiguous writes are what tests/integration/test_faithful.py is for, and would make these
 exact checks of each call's contract flaky by design.

@@ -60,10 +60,13 @@ def test_an_expired_record_reads_as_gone(backend: Backend) -> None:
 
 
 def test_create_replaces_an_expired_record(backend: Backend) -> None:
+    """A job id reused after retention (TTL deletes days late): the old record, ended, gives way."""
     old = created(backend, message="old", expires_at=past())
+    backend.jobs.save_projection(terminal(old, 7), owner=None)
     new = replace(new_job(message="new"), job_id=old.job_id)
     backend.jobs.create(new)
-    assert backend.jobs.get(old.job_id) == new
+    assert backend.jobs.get(old.job_id) == new, "nothing of the old record is left"
+    assert backend.jobs.acquire_lease(new.job_id, "w1", now_ts(), LEASE).attempts == 1
 
 
 # ---- acquire_lease ---------------------------------------------------------------------------

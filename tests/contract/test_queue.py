@@ -82,11 +82,13 @@ def test_change_visibility_hides_and_shows_an_in_flight_message(fresh_backend: B
 
 @pytest.mark.parametrize("case", ["unknown_receipt", "beyond_12_hours"])
 def test_change_visibility_refusals_are_sqs_only(fresh_backend: Backend, case: str) -> None:
-    """Where the fake is looser. SQS refuses a receipt handle it never issued, and a visibility
-    that would end more than 12 hours after the message was sent; the adapter clamps ``seconds``
-    to 43200 per call, which is not enough at the top (12 h counts from the send, not from this
-    call). No caller comes near it (heartbeats of 2 leases + 5 s, retries of at most
-    ``retry_max_seconds``); the fake records either call."""
+    """Where the fake is looser: it records either call, SQS refuses both (``StoreError``).
+
+    - a receipt handle SQS never issued;
+    - a visibility ending more than 12 hours after the message's start (its receipt on AWS, its
+      send on moto). The adapter clamps ``seconds`` to 43200 per call, which is not enough at the
+      top: the 12 hours are counted in total, not from this call. No caller comes near it
+      (heartbeats ask for 2 leases + 5 s, retries for at most ``retry_max_seconds``)."""
     b = fresh_backend
     seconds = 43200 if case == "beyond_12_hours" else 30
     if b.is_aws:

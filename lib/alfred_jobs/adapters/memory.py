@@ -1,5 +1,9 @@
 """In-memory fakes of the ports, for unit tests. They keep the same conditions as the DynamoDB
-adapters (conditional puts, lease checks), so a unit test fails where the real store would refuse."""
+adapters (conditional puts, lease checks, expiry), so a unit test fails where the real store would
+refuse. tests/contract runs one suite against these and the adapters; where they differ on purpose
+it says so: ``list_for_user`` ends without a ``next_key`` on an exactly full last page (DynamoDB
+hands one out, leading to an empty page), ``find_due`` returns at most ``limit`` jobs (DynamoDB:
+``limit`` per shard), and the queue only records calls (SQS refuses unknown receipt handles)."""
 
 from __future__ import annotations
 
