@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
@@ -112,10 +110,14 @@ def test_sweeper_requeues_only_stranded_jobs_and_postpones_them() -> None:
     assert Sweeper(deps).sweep().requeued == [], "postponed: not re-sent on every sweep"
 
 
-def test_sweeper_ignores_finished_jobs() -> None:
-    deps = memory_deps(Settings())
+def test_sweeper_ignores_finished_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a finished job and a stranded one, both created long before the sweep's "now"
+    deps = memory_deps(Settings(pending_grace_seconds=30))
     svc = JobService(deps)
-    job = svc.submit("u", ChatRequest(message="x"), None).job
-    svc.cancel("u", job.job_id)
-    deps.jobs.items[job.job_id] = replace(deps.jobs.items[job.job_id], lease_expires=0)  # type: ignore[attr-defined]
-    assert Sweeper(deps).sweep().requeued == []
+    finished = svc.submit("u", ChatRequest(message="x"), None).job
+    stranded = svc.submit("u", ChatRequest(message="y"), None).job
+    svc.cancel("u", finished.job_id)
+    later = now_ts() + 3600  # both are past their grace period by then
+    monkeypatch.setattr("alfred_jobs.service.sweeper.now_ts", lambda: later)
+    # WHEN the sweeper runs, THEN it re-sends the stranded job only: the finished one left the index
+    assert Sweeper(deps).sweep().requeued == [stranded.job_id]

@@ -78,7 +78,7 @@ def get_job(job_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
 @router.get("/api/jobs", responses=ERRORS)
 def list_jobs(user: CurrentUser, svc: Service,
               status: Annotated[str | None, Query(max_length=16)] = None,
-              limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              limit: Annotated[int, Query()] = 20,  # 1..settings.max_list_limit, checked by the service
               cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
     """The caller's jobs, newest first."""
     jobs, nxt = svc.list_jobs(user, status, limit, cursor)
