@@ -159,10 +159,10 @@ async def job_events(request: Request, job_id: str,
                      wait: Annotated[float, Query()] = 0,
                      token: Annotated[str | None, Query()] = None) -> dict[str, Any]:
     """Events with seq > after; if none, wait up to ``wait`` seconds (long-poll)."""
-    job = await authorize(request, job_id, token)
     max_wait = get_deps(request).settings.max_wait_seconds  # the limit lives in settings, not here
-    if not 0 <= wait <= max_wait:
+    if not 0 <= wait <= max_wait:  # bad input is a 400 before anything is looked up
         raise InvalidInput(f"wait must be 0..{max_wait:g}", code="invalid_wait")
+    job = await authorize(request, job_id, token)
     events, watcher = await get_hub(request).events_after(job, after, wait, BATCH)
     return {"events": [e.public() for e in events], "status": str(watcher.status),
             "done": watcher.done, "next_after": events[-1].seq if events else after}
