@@ -31,7 +31,7 @@ from alfred_jobs.ports import EventLog
 from alfred_jobs.service.auth import issue_local_token, issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.watch import WatchHub
-from alfred_tools.emulator import free_port, wait_http
+from alfred_tools.emulator import free_port, stop_processes, wait_http
 from tests.integration.helpers import (
     TERMINAL,
     assert_contiguous_single_terminal,
@@ -496,12 +496,6 @@ def test_the_image_start_command_serves_a_stream(stack: Stack) -> None:
         assert_contiguous_single_terminal(stored)
         check_frames(frames, stored)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([proc])
         if proc.stderr:
             proc.stderr.close()
