@@ -30,11 +30,7 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class Plan:
-    steps: list[PlanStep]
-
-    def public(self) -> dict[str, Any]:
-        return {"steps": [{"index": s.index, "label": s.label} for s in self.steps],
-                "total_steps": len(self.steps)}
+    steps: list[PlanStep]  # recorded as a ``plan`` event by ``events.PlanPayload.of(plan)``
 
 
 @dataclass(frozen=True)
