@@ -151,6 +151,13 @@ def start_moto_server(host: str = "127.0.0.1", port: int | None = None, quiet: b
 def emulator_env(endpoint: str, region: str | None = None) -> dict[str, str]:
     """Environment variables that point boto3 (and our children) at an emulator endpoint; the
     region defaults to this process's ``AWS_DEFAULT_REGION``, else us-east-1."""
+    # The service-specific variables too: boto3 prefers them to AWS_ENDPOINT_URL, so one inherited
+    # from the caller's environment (the LocalStack leg sets AWS_ENDPOINT_URL_SQS) would otherwise
+    # send that service's calls past this endpoint.
     return {"AWS_ENDPOINT_URL": endpoint,
+            **{f"AWS_ENDPOINT_URL_{service}": endpoint for service in EMULATED_SERVICES},
             "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
             **LOCAL_CREDENTIALS}
+
+
+EMULATED_SERVICES = ("DYNAMODB", "SQS", "SECRETS_MANAGER")

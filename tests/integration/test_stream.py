@@ -386,7 +386,10 @@ def test_disconnecting_a_client_stops_its_work(stack: Stack, srv: StreamServer) 
     job = submit(stack, "never ends")
     with httpx.Client(timeout=5) as client, \
             client.stream("GET", srv.stream_url(job.job_id)) as resp:
-        assert next(iter_frames(resp)).retry is not None  # the watcher is attached before this frame
+        # Keep the frame iterator: an abandoned one is collected at once, and closing it closes
+        # the response, i.e. disconnects (on a busy machine the server saw that before the check).
+        frames = iter_frames(resp)
+        assert next(frames).retry is not None  # the watcher is attached before this frame
         stats = srv.hub.stats(job.job_id)
         assert stats is not None and stats.watchers == 1 and stats.polling
         assert srv.hub.pollers == 1
