@@ -212,7 +212,8 @@ def test_oversized_body_is_a_413(api: TestClient) -> None:
 
 
 def test_overlong_message_is_a_400(api: TestClient) -> None:
-    assert_error(api.post("/api/chat", json={"message": "x" * 8001}, headers=bearer("alice")), 400)
+    too_long = "x" * (SETTINGS.max_message_chars + 1)
+    assert_error(api.post("/api/chat", json={"message": too_long}, headers=bearer("alice")), 400)
 
 
 def test_oversized_headers_are_refused(api: TestClient, stream: TestClient) -> None:

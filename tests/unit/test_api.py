@@ -60,11 +60,23 @@ def test_idempotency_key_same_body_same_job_other_body_409_other_user_independen
     assert [j["job_id"] for j in listed] == [a["job_id"]]
 
 
+@pytest.mark.parametrize("limit", [100, 20_000])
+def test_the_message_limit_is_the_configured_one(limit: int) -> None:
+    """The limit is Settings.max_message_chars wherever it is set, not a number in the model."""
+    settings = Settings(demo_step_seconds=0, max_message_chars=limit, max_body_bytes=64 * 1024)
+    token = {"Authorization": f"Bearer {issue_local_token(settings, 'alice')}"}
+    with TestClient(create_app(memory_deps(settings)), raise_server_exceptions=False) as c:
+        assert c.post("/api/chat", json={"message": "x" * limit}, headers=token).status_code == 202
+        too_long = c.post("/api/chat", json={"message": "x" * (limit + 1)}, headers=token)
+        assert_error(too_long, 400)
+        assert too_long.json()["error"]["code"] == "message_too_long"
+
+
 @pytest.mark.parametrize("body,status", [
     (b"not json", 400), (b"[]", 400), (b"{}", 400), (b'{"message": ""}', 400),
     (b'{"message": 5}', 400), (b'{"message": "x", "extra": 1}', 400),
     (b'{"message": "x", "conversation_id": "../../etc"}', 400),
-    (('{"message": "' + "x" * 8001 + '"}').encode(), 400),
+    (('{"message": "' + "x" * (SETTINGS.max_message_chars + 1) + '"}').encode(), 400),
     (b'{"message": "' + b"x" * 70000 + b'"}', 413),
 ])
 def test_bad_bodies_are_4xx_in_the_error_shape(client: TestClient, body: bytes, status: int) -> None:

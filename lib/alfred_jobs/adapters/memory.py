@@ -42,7 +42,7 @@ class MemoryJobStore:
             job = self.items.get(job_id)
             if job is None or job.status not in ACTIVE_STATUSES or job.expires_at <= now:
                 raise ConditionFailed(job_id)
-            if job.lease_owner is not None and job.lease_expires >= now:
+            if job.lease_live(now):
                 if job.lease_owner == owner:
                     # Our own live lease (an earlier try landed, its answer was lost): the job is
                     # ours, returned as taken without a second bump, as DynamoJobStore does.

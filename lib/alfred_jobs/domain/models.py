@@ -25,6 +25,8 @@ from alfred_jobs.domain.events import (
     now_ts,
     replay,
 )
+from alfred_jobs.domain.ids import CONVERSATION_ID_PATTERN
+from alfred_jobs.domain.retention import expired
 
 __all__ = [
     "ACTIVE_STATUSES", "TERMINAL_EVENT_TYPES", "TERMINAL_STATUSES", "TERMINAL_STATUS_OF_EVENT",
@@ -60,9 +62,13 @@ class Job:
     def terminal(self) -> bool:
         return self.status.terminal
 
+    def lease_live(self, at: float | None = None) -> bool:
+        """True while a worker holds the job: an owner whose lease has not run out."""
+        return self.lease_owner is not None and self.lease_expires >= (now_ts() if at is None else at)
+
     def expired(self, at: float | None = None) -> bool:
         """True once retention has passed: the item reads as gone even while the store holds it."""
-        return self.expires_at <= (now_ts() if at is None else at)
+        return expired(self.expires_at, at)
 
     def public(self, links: dict[str, str] | None = None) -> dict[str, Any]:
         """The job object of the HTTP API."""
@@ -108,8 +114,10 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    message: str = Field(min_length=1, max_length=8000)
-    conversation_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # No upper bound here: the limit is Settings.max_message_chars, checked by the service (400
+    # message_too_long), so the configured value is the one that holds.
+    message: str = Field(min_length=1)
+    conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN)
 
 
 class ErrorBody(BaseModel):

@@ -9,7 +9,7 @@ reused after retention writes over what TTL has not deleted yet).
 
 from __future__ import annotations
 
-from alfred_jobs.domain.models import now_ts
+from alfred_jobs.domain.events import now_ts
 
 
 def expiry(start: float, retention_seconds: int) -> int:

@@ -171,7 +171,7 @@ class JobService:
             return job, True
         if job.terminal:
             raise Conflict(f"job is already {job.status}", code="job_finished")
-        unheld = not job.lease_owner or job.lease_expires < now_ts()
+        unheld = not job.lease_live()
         if job.status is JobStatus.PENDING and unheld:
             ev = Event.new(job.last_seq + 1, EventType.CANCELLED, {}, attempt=job.attempts,
                            writer=API_WRITER)
