@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from alfred_jobs.domain.events import replay
 from alfred_jobs.domain.models import EventType, JobStatus, now_ts
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.fidelity import FidelityProxy
@@ -164,11 +165,7 @@ def test_conversation_committed_once_when_last_step_and_reply_are_retried(stack:
     assert [(m["role"], m["job_id"]) for m in msgs] == [
         ("user", job.job_id), ("assistant", job.job_id), ("user", job2.job_id), ("assistant", job2.job_id)]
     assert msgs[3]["text"] == events2[-1].data["output"]["reply"]
-    shown = ""
-    for e in events2:
-        if e.type is EventType.DELTA:
-            shown = e.data["text"] if e.data.get("replace") else shown + e.data["text"]
-    assert shown == msgs[3]["text"], "the streamed deltas add up to the committed reply"
+    assert replay(events2).shown == msgs[3]["text"], "the streamed deltas add up to the committed reply"
 
 
 def test_idempotent_submit_on_the_real_store(stack: Stack) -> None:
