@@ -37,7 +37,15 @@ from alfred_jobs.ports import Deps
 from alfred_jobs.settings import Settings
 from alfred_tools import bootstrap
 from alfred_tools.clients import tool_clients
-from alfred_tools.emulator import LOCAL_CREDENTIALS, MotoServer, free_port, spawn, start_moto_server, stop_processes
+from alfred_tools.emulator import (
+    LOCAL_CREDENTIALS,
+    MotoServer,
+    emulator_env,
+    free_port,
+    spawn,
+    start_moto_server,
+    stop_processes,
+)
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS")
 
@@ -259,7 +267,9 @@ class LocalStack:
         """Our own moto server; the environment then points at it (local credentials and the
         settings' region unless the environment has its own)."""
         self.emulator = start_moto_server(host, port, quiet=quiet, env=self.env)
-        self.env["AWS_ENDPOINT_URL"] = self.emulator.endpoint
+        # Every endpoint variable (a service-specific one inherited would win over AWS_ENDPOINT_URL).
+        self.env.update({k: v for k, v in emulator_env(self.emulator.endpoint).items()
+                         if k.startswith("AWS_ENDPOINT_URL")})
         for k, v in LOCAL_CREDENTIALS.items():
             self.env.setdefault(k, v)
         self.env.setdefault("AWS_DEFAULT_REGION", self.settings.region)
