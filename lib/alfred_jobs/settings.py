@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Literal
 
@@ -77,6 +78,10 @@ class Settings(BaseSettings):
     cursor_secret: str = "alfred-local-cursor-secret-change-me"
     cors_origins: list[str] = Field(default_factory=list)
 
+    # "aws": a deployment (Lambda, a container service); "local": a laptop or a test run, the only
+    # place the public development secrets are accepted (see check_deployable).
+    deployment: Literal["aws", "local"] = "aws"
+
     # --- drills --------------------------------------------------------------------------
     # Fault injection at the AWS client layer (see faults.py for the format); never set in production.
     faults: str | None = None
@@ -91,20 +96,29 @@ class Settings(BaseSettings):
 
 
     def check_deployable(self, uses: Collection[str]) -> None:
-        """Refuse to serve real users with the public development secrets.
+        """Refuse to serve users with the public development secrets, whatever the auth mode.
 
         ``uses`` names the secret fields this process signs or verifies with (``"stream_token_secret"``,
-        ``"cursor_secret"``). Each function checks only its own: the template hands each function
-        only the secrets it uses (the worker and the sweeper none), so a check of all of them
-        would stop the functions that have no business reading them.
+        ``"cursor_secret"``); in ``local`` auth mode the bearer tokens' ``jwt_secret`` too. Each
+        function checks only its own: the template hands each function only the secrets it uses (the
+        worker and the sweeper none), so checking all of them would stop the functions that have no
+        business reading them. Their defaults are public (they are in this repository): anyone could
+        forge a token with them. Only ``ALFRED_DEPLOYMENT=local`` (a laptop, the tests) runs on them,
+        and then says so loudly.
         """
-        if self.auth_mode != "apigw":
-            return
+        names = [*uses, *(["jwt_secret"] if self.auth_mode == "local" else [])]
         defaults = Settings.model_fields
-        for name in uses:
-            if getattr(self, name) == defaults[name].default:
-                raise RuntimeError(f"ALFRED_{name.upper()}_ARN (or ALFRED_{name.upper()}) must be set "
-                                   "when ALFRED_AUTH_MODE=apigw")
+        public = [n for n in names if getattr(self, n) == defaults[n].default]
+        if not public:
+            return
+        wanted = ", ".join(f"ALFRED_{n.upper()}_ARN (or ALFRED_{n.upper()})" if n != "jwt_secret"
+                           else "ALFRED_JWT_SECRET" for n in public)
+        if self.deployment != "local":
+            raise RuntimeError(f"refusing to start on the public development secrets: set {wanted}, "
+                               "or ALFRED_DEPLOYMENT=local on a laptop")
+        logging.getLogger("alfred_jobs").warning(
+            "LOCAL MODE: signing with the public development secrets (%s); anyone can forge tokens. "
+            "Never expose this process beyond this machine.", ", ".join(public))
 
 
 SUBMIT_SECRETS = ("stream_token_secret", "cursor_secret")  # mints stream links, signs list cursors

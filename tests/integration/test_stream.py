@@ -476,7 +476,10 @@ def test_the_image_start_command_serves_a_stream(stack: Stack) -> None:
     argv = dockerfile_cmd()
     port = free_port()
     bindir = os.path.dirname(sys.executable)
-    env = {**stack.env, "PORT": str(port), "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # ALFRED_DEPLOYMENT=local: this runs on the public development secrets, which a deployment
+    # refuses (test_a_deployment_refuses_the_development_secrets).
+    env = {**stack.env, "PORT": str(port), "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "ALFRED_DEPLOYMENT": "local"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -502,3 +505,18 @@ def test_the_image_start_command_serves_a_stream(stack: Stack) -> None:
         stop_processes([proc])
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_a_deployment_refuses_the_development_secrets(stack: Stack) -> None:
+    """The image's plain-uvicorn mode (ECS, App Runner) with no configuration must not start on the
+    public secrets from settings.py, whatever the auth mode: tokens forged with them would read
+    anyone's events. Issue 17, finding 4."""
+    argv = dockerfile_cmd()
+    port = free_port()
+    bindir = os.path.dirname(sys.executable)
+    env = {k: v for k, v in stack.env.items() if k != "ALFRED_DEPLOYMENT"}
+    env.update({"PORT": str(port), "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert proc.returncode != 0
+    assert b"refusing to start on the public development secrets" in proc.stderr

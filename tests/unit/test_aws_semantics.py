@@ -122,3 +122,15 @@ def test_in_apigw_mode_each_function_checks_only_its_own_secrets() -> None:
         stream.check_deployable(SUBMIT_SECRETS)
     Settings(auth_mode="apigw", stream_token_secret="s" * 40, cursor_secret="c" * 40).check_deployable(
         SUBMIT_SECRETS)
+
+
+def test_the_development_secrets_are_refused_outside_local_deployments(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17, finding 4: whatever the auth mode, a deployment refuses the public secrets; only
+    ALFRED_DEPLOYMENT=local runs on them, and says so loudly."""
+    with pytest.raises(RuntimeError, match="ALFRED_JWT_SECRET"):
+        Settings(auth_mode="local").check_deployable(STREAM_SECRETS)
+    configured = Settings(auth_mode="local", jwt_secret="j" * 40, stream_token_secret="s" * 40)
+    configured.check_deployable(STREAM_SECRETS)
+    with caplog.at_level("WARNING", logger="alfred_jobs"):
+        Settings(auth_mode="local", deployment="local").check_deployable(SUBMIT_SECRETS)
+    assert "LOCAL MODE" in caplog.text

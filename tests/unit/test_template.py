@@ -226,6 +226,7 @@ def test_handler_imports_and_is_callable(logical_id: str) -> None:
 def test_submit_handler_answers_healthz_through_api_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real Lambda entry point (Mangum over FastAPI) with an HTTP API v2 event; no AWS call."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("ALFRED_DEPLOYMENT", "local")  # the public development secrets, accepted only so
     handler = load_handler("SubmitFunction")
     response = handler(event("apigw_http_v2_healthz.json"), LambdaContext())
     assert response["statusCode"] == 200, response
