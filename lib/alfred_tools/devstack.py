@@ -27,11 +27,12 @@ from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
+from alfred_jobs.domain.ids import is_user_name
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.entry.http.stream_api import router as stream_router
 from alfred_jobs.exceptions import InvalidInput
 from alfred_jobs.ports import Deps
-from alfred_jobs.service.auth import USER_RE, issue_local_token
+from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 from alfred_tools.emulator import LOCAL_CREDENTIALS
 from alfred_tools.localstack import ENDPOINT_VARS, LocalStack, external_endpoints
@@ -63,7 +64,7 @@ def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
     @app.get("/api/dev/token", tags=["dev"])
     def dev_token(user: Annotated[str, Query(max_length=128)] = "local") -> dict[str, str]:
         """A local API token for ``user`` (dev server only)."""
-        if not USER_RE.match(user):
+        if not is_user_name(user):
             raise InvalidInput("user names are 1-128 characters of letters, digits and _.@:|+-",
                                code="invalid_user")
         return {"token": issue_local_token(settings, user), "user": user}

@@ -14,8 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alfred_jobs.adapters.memory import MemoryJobStore, memory_deps
-from alfred_jobs.domain.models import Job
+from alfred_jobs.adapters.memory import MemoryJobQueue, MemoryJobStore, memory_deps
+from alfred_jobs.domain.ids import (
+    CONVERSATION_ID_RE,
+    IDEMPOTENCY_KEY_RE,
+    JOB_ID_RE,
+    USER_NAME_RE,
+    is_conversation_id,
+    is_idempotency_key,
+    is_job_id,
+    is_user_name,
+)
+from alfred_jobs.domain.models import ChatRequest, Job
+from alfred_jobs.entry.worker import handle_message
 from alfred_jobs.exceptions import InvalidInput, Unauthorized
 from alfred_jobs.service.auth import (
     USER_RE,
@@ -195,3 +206,56 @@ def test_a_cursor_cannot_move_to_another_users_listing() -> None:
     assert cursor is not None
     with pytest.raises(InvalidInput):
         svc.list_jobs("bob", None, 1, cursor)
+
+
+# ---- ids and user names: the whole string or nothing (issue 17, finding 6) -------------------
+
+ID_SHAPES = {"job id": (JOB_ID_RE, is_job_id), "conversation id": (CONVERSATION_ID_RE, is_conversation_id),
+             "user name": (USER_NAME_RE, is_user_name), "idempotency key": (IDEMPOTENCY_KEY_RE, is_idempotency_key)}
+# Every control character (C0, DEL, C1) and the other line breaks Python's str.splitlines knows.
+control_chars = st.one_of(st.characters(categories=["Cc"]), st.sampled_from("\u2028\u2029\x85"))
+
+
+@given(st.sampled_from(sorted(ID_SHAPES)), st.data())
+def test_no_id_or_user_with_a_control_character_validates(kind: str, data: st.DataObject) -> None:
+    """``$`` in a Python regex also matches before a trailing newline: ``alice\\n`` was a user of
+    its own and ``abc\\n`` a conversation. A valid value with a control character anywhere (at
+    the end above all) is refused by the one validator."""
+    shape, check = ID_SHAPES[kind]
+    good = data.draw(st.from_regex(shape, fullmatch=True), label="valid")
+    assert check(good)
+    c = data.draw(control_chars, label="control")
+    pos = data.draw(st.integers(0, len(good)), label="at")
+    assert not check(good + c), f"{kind} {good + c!r}"
+    assert not check(good[:pos] + c + good[pos:]), f"{kind} {good[:pos] + c + good[pos:]!r}"
+
+
+@given(st.from_regex(JOB_ID_RE, fullmatch=True), st.from_regex(CONVERSATION_ID_RE, fullmatch=True),
+       st.from_regex(USER_NAME_RE, fullmatch=True), st.sampled_from(["\n", "\r\n", "\r", "\x00", "\x0b"]))
+@settings(max_examples=50)
+def test_every_entry_point_refuses_a_trailing_newline(job_id: str, conv: str, user: str, tail: str) -> None:
+    """Each place an id or a user name comes in: tokens (both kinds), the API's ids, the request
+    body, the idempotency key, a queue message."""
+    now = int(time.time())
+    api_claims = {"sub": user + tail, "iss": SETTINGS.jwt_issuer, "aud": SETTINGS.jwt_audience,
+                  "iat": now, "exp": now + 60, "typ": "api"}
+    with pytest.raises(Unauthorized):
+        verify_local_token(SETTINGS, sign(api_claims, SETTINGS.jwt_secret))
+    with pytest.raises(Unauthorized):
+        verify_stream_token(SETTINGS, sign({"sub": user + tail, "job": job_id, "typ": "stream", "exp": now + 60},
+                                           SETTINGS.stream_token_secret), job_id)
+    with pytest.raises(ValueError):
+        issue_local_token(SETTINGS, user + tail)
+    with pytest.raises(InvalidInput):
+        validate_job_id(job_id + tail)
+    deps = memory_deps(SETTINGS)
+    svc = JobService(deps)
+    with pytest.raises(InvalidInput):
+        svc.conversation(user, conv + tail)
+    with pytest.raises(InvalidInput):
+        svc.submit(user, ChatRequest(message="m"), "key" + tail)
+    with pytest.raises(ValueError):  # pydantic's ValidationError
+        ChatRequest(message="m", conversation_id=conv + tail)
+    assert handle_message(deps, None, json.dumps({"job_id": job_id + tail}), None, 1) is None  # type: ignore[arg-type]
+    assert isinstance(deps.queue, MemoryJobQueue)
+    assert deps.queue.dead == [("-", "malformed_message")]

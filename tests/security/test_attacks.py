@@ -314,3 +314,50 @@ def test_no_cors_at_all_by_default() -> None:
     with TestClient(create_app(memory_deps(Settings()))) as client:
         resp = client.get("/healthz", headers={"Origin": "https://app.example"})
         assert "access-control-allow-origin" not in resp.headers
+
+
+# ---- ids and user names with a trailing newline (issue 17, finding 6) --------------------------
+
+
+def test_a_user_name_with_a_trailing_newline_is_no_identity(api: TestClient, stream: TestClient) -> None:
+    # ``^...$`` with re.match let "alice\n" through: a second identity beside "alice" (its own
+    # jobs, its own conversations, a log line split in two).
+    job_id = alice_job(api)
+    now = int(time.time())
+    for sub in ("alice\n", "alice\r\n", "alice\x00", "\nalice"):
+        token = jwt.encode(claims(sub=sub), SETTINGS.jwt_secret, algorithm="HS256")
+        assert_error(api.get("/api/jobs", headers={"Authorization": f"Bearer {token}"}), 401)
+        stream_token = jwt.encode({"sub": sub, "job": job_id, "typ": "stream", "iat": now, "exp": now + 60},
+                                  SETTINGS.stream_token_secret, algorithm="HS256")
+        assert_error(stream.get(f"/api/jobs/{job_id}/events?token={stream_token}"), 401)
+        assert_error(stream.get(f"/api/jobs/{job_id}/stream?token={stream_token}"), 401)
+        with pytest.raises(ValueError):
+            issue_local_token(SETTINGS, sub)
+
+
+def test_ids_with_a_trailing_newline_are_400s(api: TestClient, stream: TestClient, deps: Deps) -> None:
+    job_id = alice_job(api)
+    run_job(deps, job_id)
+    conv = api.get(f"/api/jobs/{job_id}", headers=bearer("alice")).json()["conversation_id"]
+    assert len(api.get(f"/api/conversations/{conv}", headers=bearer("alice")).json()["messages"]) == 2
+    for suffix in ("%0A", "%0D%0A", "%00"):
+        resp = api.get(f"/api/conversations/{conv}{suffix}", headers=bearer("alice"))
+        assert_error(resp, 400)
+        assert resp.json()["error"]["code"] == "invalid_conversation_id"
+        for path in (f"/api/jobs/{job_id}{suffix}", f"/api/jobs/{job_id}{suffix}/events"):
+            assert_error(api.get(path, headers=bearer("alice")), 400)
+        assert_error(api.post(f"/api/jobs/{job_id}{suffix}/cancel", headers=bearer("alice")), 400)
+        assert_error(stream.get(f"/api/jobs/{job_id}{suffix}/stream", headers=bearer("alice")), 400)
+    body = api.post("/api/chat", json={"message": "x", "conversation_id": f"{conv}\n"}, headers=bearer("alice"))
+    assert_error(body, 400)
+
+
+def test_the_dev_token_route_refuses_a_user_name_with_a_newline(deps: Deps) -> None:
+    from alfred_tools.devstack import create_dev_app
+
+    with TestClient(create_dev_app(deps), base_url="http://127.0.0.1:8000") as dev:
+        assert dev.get("/api/dev/token?user=alice").status_code == 200
+        for user in ("alice%0A", "alice%0D%0A", "alice%00"):
+            resp = dev.get(f"/api/dev/token?user={user}")
+            assert_error(resp, 400)
+            assert resp.json()["error"]["code"] == "invalid_user"

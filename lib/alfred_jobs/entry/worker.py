@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from alfred_jobs.agents import build_agent
-from alfred_jobs.domain.ids import JOB_ID_RE
+from alfred_jobs.domain.ids import is_job_id
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, RunResult
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import RetryLater
@@ -48,7 +48,7 @@ def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str
     """Run one message. Raises ``RetryLater`` when the job should be tried again later."""
     try:
         job_id = json.loads(body)["job_id"]
-        if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        if not is_job_id(job_id):
             raise ValueError("bad job id")
     except (ValueError, KeyError, TypeError):
         log.error("malformed queue message parked in the DLQ")

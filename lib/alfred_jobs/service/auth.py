@@ -4,22 +4,22 @@ JWT authorizer put in the request context. Also the short-lived, job-scoped stre
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 import jwt
 
+from alfred_jobs.domain.ids import USER_NAME_RE, is_user_name
 from alfred_jobs.exceptions import Unauthorized
 from alfred_jobs.settings import Settings
 
-USER_RE = re.compile(r"^[A-Za-z0-9_.@:|+-]{1,128}$")
+USER_RE = USER_NAME_RE  # the shape; validate with ``is_user_name`` (fullmatch: no trailing newline)
 ALGORITHMS = ["HS256"]  # pinned: "none" and asymmetric confusion are refused by PyJWT
 
 
 def issue_local_token(settings: Settings, user: str, ttl_seconds: int = 30 * 24 * 3600) -> str:
     """A local API token for ``user`` (``alfred-jobs token --user NAME``)."""
-    if not USER_RE.match(user):
+    if not is_user_name(user):
         raise ValueError("user names are 1-128 characters of letters, digits and _.@:|+-")
     now = int(time.time())
     claims = {"sub": user, "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now,
@@ -75,6 +75,6 @@ def verify_stream_token(settings: Settings, token: str, job_id: str) -> str:
 
 def _user(claims: dict[str, Any]) -> str:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not USER_RE.match(sub):
+    if not isinstance(sub, str) or not is_user_name(sub):
         raise Unauthorized("token has no usable subject", code="invalid_token")
     return sub

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from dataclasses import dataclass, replace
 
-from alfred_jobs.domain.ids import CONVERSATION_ID_RE, JOB_ID_RE
+from alfred_jobs.domain.ids import is_conversation_id, is_idempotency_key, is_job_id
 from alfred_jobs.domain.models import (
     ACTIVE_STATUSES,
     ChatRequest,
@@ -26,7 +25,6 @@ from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
 
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 STATUS_FILTERS = {s.value: frozenset({s}) for s in JobStatus} | {"active": ACTIVE_STATUSES}
 API_WRITER = "api"
 log = get_logger()
@@ -40,7 +38,7 @@ class Submitted:
 
 def validate_job_id(job_id: str) -> str:
     """A job id as the API accepts it; malformed ids are a 400, unknown ones a 404."""
-    if not JOB_ID_RE.match(job_id):
+    if not is_job_id(job_id):
         raise InvalidInput("malformed job id", code="invalid_job_id")
     return job_id
 
@@ -71,7 +69,7 @@ class JobService:
                                code="message_too_long")
         digest = body_hash(req)
         if idempotency_key is not None:
-            if not IDEMPOTENCY_KEY_RE.match(idempotency_key):
+            if not is_idempotency_key(idempotency_key):
                 raise InvalidInput("Idempotency-Key must be 1-128 printable ASCII characters",
                                    code="invalid_idempotency_key")
             job_id = hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
@@ -198,6 +196,6 @@ class JobService:
     # ---- conversations ------------------------------------------------------------------------
 
     def conversation(self, user_id: str, conversation_id: str, limit: int = 200) -> list[dict[str, object]]:
-        if not CONVERSATION_ID_RE.match(conversation_id):
+        if not is_conversation_id(conversation_id):
             raise InvalidInput("malformed conversation id", code="invalid_conversation_id")
         return self.deps.conversations.messages(user_id, conversation_id, limit)

@@ -69,7 +69,7 @@ def parse_cursor(value: str | None, name: str) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not _CURSOR_RE.match(value) or int(value) > MAX_CURSOR:
+    if not _CURSOR_RE.fullmatch(value) or int(value) > MAX_CURSOR:
         raise InvalidInput(f"{name} must be an event seq (an integer 0..{MAX_CURSOR})", code="invalid_after")
     return int(value)
 
