@@ -185,7 +185,11 @@ export interface AlfredClient {
   listJobs(query?: { status?: JobStatus | 'active'; limit?: number; cursor?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
   /** 202/200 → the job; 409 (already finished) → null. */
   cancelJob(jobId: string): Promise<Job | null>;
-  getConversation(conversationId: string): Promise<{ conversation_id: string; messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
+  /** The newest messages of a conversation, oldest first (a page: `limit` 1..100, default 100);
+   * `next_cursor` (null on the oldest page) as `cursor` reads the page before. */
+  getConversation(conversationId: string, page?: { limit?: number; cursor?: string }): Promise<{
+    conversation_id: string; next_cursor: string | null;
+    messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
   draftKey(name?: string): DraftKey;
   /** Jobs that ended while away and are not acknowledged yet. */
   finishedWhileAway(): JobRecord[];

@@ -301,7 +301,14 @@ export function createAlfredClient(options = {}) {
       if (err instanceof AlfredApiError && err.status === 409) return null; // already over
       throw err;
     });
-  const getConversation = (id) => api(`/api/conversations/${encodeURIComponent(id)}`);
+  // The latest page of a conversation (oldest first); `next_cursor` reads the page before it.
+  const getConversation = (id, { limit, cursor } = {}) => {
+    const q = new URLSearchParams();
+    if (limit) q.set('limit', String(limit));
+    if (cursor) q.set('cursor', cursor);
+    const query = q.toString();
+    return api(`/api/conversations/${encodeURIComponent(id)}${query ? `?${query}` : ''}`);
+  };
 
   // ---- watch -------------------------------------------------------------------------
   class Watcher {

@@ -78,13 +78,29 @@ class EventLog(Protocol):
         """The events with first <= seq <= last that exist (any order from the store, sorted here)."""
 
 
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[dict[str, Any]]  # oldest first: the newest ``limit`` before the position asked for
+    # Where the next (older) page starts, if there are older live messages: an opaque store
+    # position (the service signs it into the public cursor), passed back as ``before``.
+    before: str | None
+
+
 class ConversationStore(Protocol):
+    """A conversation's committed turns. Reads are bounded: newest first with a limit, so their
+    cost is the page asked for, never the conversation's length."""
+
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
         """Write the user message and the reply of one job; idempotent on job id."""
 
+    def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
+        """The newest ``limit`` live messages older than ``before`` (all, if None), returned oldest
+        first. Reads at most ``limit + 1`` live messages (and the expired ones among them), strongly
+        consistent (the next job plans from this history: a turn committed a moment ago counts)."""
+
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-        """The conversation's committed messages, oldest first."""
+        """The newest ``limit`` committed messages, oldest first (``page(...).messages``)."""
 
 
 class JobQueue(Protocol):

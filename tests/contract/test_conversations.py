@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alfred_jobs.adapters.aws import AwsClients, DynamoConversationStore
+from alfred_jobs.adapters.memory import MemoryConversationStore
 from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.ports import ConversationStore
 from tests.contract.support import Backend, live, past, uid
 
 
@@ -64,3 +69,132 @@ def test_expired_messages_read_as_gone(backend: Backend) -> None:
     backend.conversations.commit_turn(user, conv, uid("job"), "new", "new reply", at(1), live())
     assert [m["text"] for m in backend.conversations.messages(user, conv, 10)] == ["new", "new reply"]
     assert [m["text"] for m in backend.conversations.messages(user, conv, 2)] == ["new", "new reply"]
+
+
+# ---- bounded, paged reads (issue 17, finding 7) ------------------------------------------------
+
+
+class CountingDynamo:
+    """The stack's DynamoDB client, counting each Query and the items it returned."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.queries: list[dict[str, Any]] = []
+        self.items = 0
+
+    def query(self, **kwargs: Any) -> Any:
+        out = self._inner.query(**kwargs)
+        self.queries.append(kwargs)
+        self.items += len(out.get("Items", []))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class Counted:
+    """``backend.conversations`` whose reads are counted: on AWS through a counting client, on the
+    fake through its own ``items_read`` (the same measure: items looked at, live or expired)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        if backend.is_aws:
+            stack = backend.aws
+            self.client = CountingDynamo(stack.clients.dynamodb)
+            clients = AwsClients(stack.settings, factory=lambda service: self.client)
+            self.store: ConversationStore = DynamoConversationStore(clients, stack.settings)
+        else:
+            self.store = backend.conversations
+
+    def reset(self) -> None:
+        if self.backend.is_aws:
+            self.client.queries.clear()
+            self.client.items = 0
+        else:
+            assert isinstance(self.store, MemoryConversationStore)
+            self.store.items_read = 0
+
+    @property
+    def items_read(self) -> int:
+        if self.backend.is_aws:
+            return self.client.items
+        assert isinstance(self.store, MemoryConversationStore)
+        return self.store.items_read
+
+
+def commit_turns(backend: Backend, user: str, conv: str, n: int, *, expires_at: int | None = None,
+                 first_minute: int = 0) -> list[str]:
+    """``n`` turns a minute apart (the oldest first); their texts, oldest first."""
+    texts: list[str] = []
+    for i in range(n):
+        minute = first_minute + i
+        backend.conversations.commit_turn(user, conv, uid("job"), f"m{minute}", f"r{minute}",
+                                          iso(BASE - 60 * (10_000 - minute)), expires_at or live())
+        texts += [f"m{minute}", f"r{minute}"]
+    return texts
+
+
+BASE = now_ts()
+
+
+def test_a_page_is_the_newest_messages_oldest_first_and_pages_walk_back(backend: Backend) -> None:
+    user, conv = uid("user"), uid("conv")
+    texts = commit_turns(backend, user, conv, 7)  # 14 messages
+    first = backend.conversations.page(user, conv, 4)
+    assert [m["text"] for m in first.messages] == texts[-4:]
+    assert first.before is not None
+    seen = list(reversed(first.messages))
+    before = first.before
+    for _ in range(10):
+        page = backend.conversations.page(user, conv, 4, before)
+        assert 1 <= len(page.messages) <= 4
+        seen += list(reversed(page.messages))
+        if page.before is None:
+            break
+        before = page.before
+    assert [m["text"] for m in reversed(seen)] == texts, "every message once, in order"
+    # An exactly full last page says there is nothing older, on both back-ends (the read looks one
+    # message past the page instead of trusting LastEvaluatedKey).
+    whole = backend.conversations.page(user, conv, 14)
+    assert [m["text"] for m in whole.messages] == texts and whole.before is None
+    half = backend.conversations.page(user, conv, 7)
+    rest = backend.conversations.page(user, conv, 7, half.before)
+    assert [m["text"] for m in rest.messages + half.messages] == texts and rest.before is None
+    assert backend.conversations.messages(user, conv, 3) == backend.conversations.page(user, conv, 3).messages
+
+
+def test_a_page_reads_the_page_not_the_conversation(backend: Backend) -> None:
+    """1,500 turns took 3.65 s to read and slowed every job of the conversation: the adapter
+    queried all of it and kept the last N. Now a page costs ``limit + 1`` items."""
+    user, conv = uid("user"), uid("conv")
+    turns = 200  # 400 messages: enough to tell a page from the whole (the bench measures 1,500)
+    texts = commit_turns(backend, user, conv, turns)
+    counted = Counted(backend)
+    counted.reset()
+    history = counted.store.messages(user, conv, 50)  # the runner's history lookup
+    assert [m["text"] for m in history] == texts[-50:]
+    assert counted.items_read == 51, f"read {counted.items_read} of {2 * turns} messages for a page of 50"
+    counted.reset()
+    page = counted.store.page(user, conv, 20)
+    older = counted.store.page(user, conv, 20, page.before)
+    assert [m["text"] for m in older.messages + page.messages] == texts[-40:]
+    assert counted.items_read == 42
+    if backend.is_aws:  # how the adapter reads: newest first, a Limit, strongly consistent
+        assert len(counted.client.queries) == 2
+        for q in counted.client.queries:
+            assert q["ScanIndexForward"] is False and q["ConsistentRead"] is True and q["Limit"] == 21
+
+
+def test_expired_messages_inside_a_page_are_skipped_and_the_page_stays_full(backend: Backend) -> None:
+    """TTL deletes days late: the newest items may be expired (a job id reused after retention
+    keeps its old, newer-looking turn until then). The page still holds ``limit`` live messages."""
+    user, conv = uid("user"), uid("conv")
+    live_texts = commit_turns(backend, user, conv, 6)
+    commit_turns(backend, user, conv, 5, expires_at=past(), first_minute=100)  # newer, expired
+    counted = Counted(backend)
+    counted.reset()
+    page = counted.store.page(user, conv, 4)
+    assert [m["text"] for m in page.messages] == live_texts[-4:]
+    rest = counted.store.page(user, conv, 100, page.before)
+    assert [m["text"] for m in rest.messages] == live_texts[:-4] and rest.before is None
+    assert counted.items_read <= 10 + (4 + 1) + len(live_texts), "the expired items are read once each"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alfred_jobs.adapters.memory import MemoryJobQueue, MemoryJobStore, memory_deps
+from alfred_jobs.adapters.memory import MemoryConversationStore, MemoryJobQueue, MemoryJobStore, memory_deps
 from alfred_jobs.domain.ids import (
     CONVERSATION_ID_RE,
     IDEMPOTENCY_KEY_RE,
@@ -25,7 +25,7 @@ from alfred_jobs.domain.ids import (
     is_job_id,
     is_user_name,
 )
-from alfred_jobs.domain.models import ChatRequest, Job
+from alfred_jobs.domain.models import ChatRequest, Job, iso
 from alfred_jobs.entry.worker import handle_message
 from alfred_jobs.exceptions import InvalidInput, Unauthorized
 from alfred_jobs.service.auth import (
@@ -259,3 +259,38 @@ def test_every_entry_point_refuses_a_trailing_newline(job_id: str, conv: str, us
     assert handle_message(deps, None, json.dumps({"job_id": job_id + tail}), None, 1) is None  # type: ignore[arg-type]
     assert isinstance(deps.queue, MemoryJobQueue)
     assert deps.queue.dead == [("-", "malformed_message")]
+
+
+# ---- conversation pages (issue 17, finding 7) --------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.booleans()), max_size=40), st.integers(1, 9))
+@settings(max_examples=80, deadline=None)
+def test_conversation_pages_cover_each_live_message_once_in_order(turns: list[tuple[int, bool]],
+                                                                   limit: int) -> None:
+    """Turns at any times (several at the same second), some expired: walking back page by page
+    gives every live message once, in order; each page costs its own size (plus the expired
+    messages among it), never the conversation's."""
+    deps = memory_deps(Settings(max_list_limit=9))
+    svc = JobService(deps)
+    store = deps.conversations
+    assert isinstance(store, MemoryConversationStore)
+    now = int(time.time())
+    for n, (second, expired) in enumerate(turns):
+        store.commit_turn("alice", "c", f"{n:032x}", f"m{n}", f"r{n}", iso(now - 1000 + second),
+                          now - 5 if expired else now + 3600)
+    want = [m["text"] for m in sorted(
+        ({"text": t, "sk": f"{iso(now - 1000 + s)}#{n:032x}#{k}"}
+         for n, (s, expired) in enumerate(turns) if not expired for k, t in enumerate((f"m{n}", f"r{n}"))),
+        key=lambda m: m["sk"])]
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(2 * len(turns) + 2):
+        store.items_read = 0
+        page, cursor = svc.conversation("alice", "c", limit, cursor)
+        assert len(page) <= limit and (page or cursor is None)
+        assert store.items_read <= limit + 1 + 2 * sum(e for _, e in turns)
+        seen = [str(m["text"]) for m in page] + seen
+        if cursor is None:
+            break
+    assert seen == want

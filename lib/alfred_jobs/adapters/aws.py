@@ -24,10 +24,11 @@ from botocore.exceptions import ClientError as BotoClientError
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
 from alfred_jobs.domain.retention import expired
 from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
-from alfred_jobs.ports import JobPage
+from alfred_jobs.ports import JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
 ACTIVE_SHARDS = 4  # the sweeper's sparse index is spread over this many partitions
+MAX_QUERY_LIMIT = 1000  # items asked of one Query when a read has to go on (see DynamoConversationStore)
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 _TRANSIENT_CODES = {
@@ -463,30 +464,49 @@ class DynamoConversationStore:
             with mapped_errors():
                 self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item))
 
-    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-        out_items: list[dict[str, Any]] = []
-        key: dict[str, Any] | None = None
+    def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
+        """Newest first from ``before``, ``Limit`` = what is still wanted: a page of 50 reads 51
+        items, whether the conversation holds 50 turns or 5,000 (it used to read them all and
+        keep the last N). The item past the page only says there is more."""
+        key = f"{user_id}#{conversation_id}"
+        found: list[dict[str, Any]] = []  # newest first
+        start: dict[str, Any] | None = {"conversation_key": key, "sk": before} if before else None
+        ask = 0
         while True:
+            want = limit + 1 - len(found)
+            # A page that came back short of live items met expired ones (TTL deletes days late):
+            # ask for more each round, so an expired tail costs few calls.
+            ask = want if ask == 0 else min(MAX_QUERY_LIMIT, max(want, 2 * ask))
             # Strongly consistent: the next job plans from this history, and a stale read would
             # leave out the turn committed a moment ago.
             args: dict[str, Any] = {
                 "TableName": self._table, "KeyConditionExpression": "conversation_key = :k",
-                "ExpressionAttributeValues": serialize({":k": f"{user_id}#{conversation_id}"}),
-                "ScanIndexForward": True, "ConsistentRead": True}
-            if key:
-                args["ExclusiveStartKey"] = key
+                "ExpressionAttributeValues": serialize({":k": key}),
+                "ScanIndexForward": False, "ConsistentRead": True, "Limit": ask}
+            if start:
+                args["ExclusiveStartKey"] = serialize(start)
             with mapped_errors():
                 out = self._c.dynamodb.query(**args)
             now = now_ts()
             for raw in out.get("Items", []):
                 d = deserialize(raw)
-                if not expired(int(d.get("expires_at", 0)), now):
-                    out_items.append({"role": d["role"], "text": d["text"], "job_id": d["job_id"],
-                                      "at": d["at"]})
-            key = out.get("LastEvaluatedKey")
-            if not key:
-                break
-        return out_items[-limit:]
+                if expired(int(d.get("expires_at", 0)), now):
+                    continue
+                found.append(d)
+                if len(found) > limit:
+                    kept = found[:limit]
+                    return MessagePage([_message(m) for m in reversed(kept)], kept[-1]["sk"] if kept else None)
+            lek = out.get("LastEvaluatedKey")
+            if not lek:
+                return MessagePage([_message(m) for m in reversed(found)], None)
+            start = deserialize(lek)
+
+    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        return self.page(user_id, conversation_id, limit).messages
+
+
+def _message(item: dict[str, Any]) -> dict[str, Any]:
+    return {"role": item["role"], "text": item["text"], "job_id": item["job_id"], "at": item["at"]}
 
 
 class DynamoAgentDataStore:

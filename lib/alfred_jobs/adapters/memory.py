@@ -13,7 +13,7 @@ from typing import Any
 
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
 from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld
-from alfred_jobs.ports import Deps, JobPage
+from alfred_jobs.ports import Deps, JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
 
@@ -179,6 +179,7 @@ class MemoryConversationStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.expiry: dict[tuple[str, str, str], int] = {}
+        self.items_read = 0  # messages looked at by reads (live or expired), for tests
         self.lock = threading.RLock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
@@ -190,13 +191,26 @@ class MemoryConversationStore:
                 conv[sk] = {"role": role, "text": text, "job_id": job_id, "at": at}
                 self.expiry[(user_id, conversation_id, sk)] = expires_at
 
-    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+    def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
+        # As the adapter reads: newest first from ``before``, stopping at ``limit + 1`` live messages
+        # (the one past the page only says there is more). ``items_read`` counts what was looked at.
         with self.lock:
             now = now_ts()
             conv = self.items.get((user_id, conversation_id), {})
-            live = [dict(conv[sk]) for sk in sorted(conv)
-                    if self.expiry.get((user_id, conversation_id, sk), 0) > now]
-            return live[-limit:]
+            newest_first = sorted((sk for sk in conv if before is None or sk < before), reverse=True)
+            found: list[str] = []
+            for sk in newest_first:
+                self.items_read += 1
+                if self.expiry.get((user_id, conversation_id, sk), 0) > now:
+                    found.append(sk)
+                    if len(found) > limit:
+                        break
+            more = len(found) > limit
+            found = found[:limit]
+            return MessagePage([dict(conv[sk]) for sk in reversed(found)], found[-1] if more and found else None)
+
+    def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        return self.page(user_id, conversation_id, limit).messages
 
 
 @dataclass

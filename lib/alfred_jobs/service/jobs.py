@@ -195,7 +195,28 @@ class JobService:
 
     # ---- conversations ------------------------------------------------------------------------
 
-    def conversation(self, user_id: str, conversation_id: str, limit: int = 200) -> list[dict[str, object]]:
+    def conversation(self, user_id: str, conversation_id: str, limit: int | None = None,
+                     cursor: str | None = None) -> tuple[list[dict[str, object]], str | None]:
+        """A page of the caller's conversation: the newest ``limit`` messages before ``cursor``
+        (the latest, without one), oldest first, and a cursor for the older page if there is one.
+
+        One bounded, strongly consistent read (``ConversationStore.page``): its cost is the page,
+        never the conversation's length. The cursor is signed and bound to the user and the
+        conversation, like the job list's.
+        """
         if not is_conversation_id(conversation_id):
             raise InvalidInput("malformed conversation id", code="invalid_conversation_id")
-        return self.deps.conversations.messages(user_id, conversation_id, limit)
+        limit = self.settings.max_list_limit if limit is None else limit
+        if not 1 <= limit <= self.settings.max_list_limit:
+            raise InvalidInput(f"limit must be 1..{self.settings.max_list_limit}", code="invalid_limit")
+        before: str | None = None
+        if cursor is not None:
+            key = decode_cursor(self.settings.cursor_secret, user_id, cursor)
+            before = key.get("before")
+            if key.get("conversation_id") != conversation_id or not isinstance(before, str) or not before:
+                raise InvalidInput("malformed cursor", code="invalid_cursor")
+        page = self.deps.conversations.page(user_id, conversation_id, limit, before)
+        nxt = (encode_cursor(self.settings.cursor_secret, user_id,
+                             {"conversation_id": conversation_id, "before": page.before})
+               if page.before else None)
+        return page.messages, nxt

@@ -93,9 +93,13 @@ def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
 
 
 @router.get("/api/conversations/{conversation_id}", responses=ERRORS)
-def conversation(conversation_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
-    """The committed messages of a conversation, oldest first."""
-    return {"conversation_id": conversation_id, "messages": svc.conversation(user, conversation_id)}
+def conversation(conversation_id: str, user: CurrentUser, svc: Service,
+                 limit: Annotated[int | None, Query()] = None,  # 1..settings.max_list_limit (the default)
+                 cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
+    """The committed messages of a conversation, oldest first: the latest page, or with
+    ``cursor`` (a ``next_cursor``) the page before it. ``next_cursor`` is null on the oldest page."""
+    messages, nxt = svc.conversation(user, conversation_id, limit, cursor)
+    return {"conversation_id": conversation_id, "messages": messages, "next_cursor": nxt}
 
 
 def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()) -> FastAPI:

@@ -1,0 +1,106 @@
+"""``GET /api/conversations/{id}``: the latest page at once, older pages by a signed cursor (issue 17,
+finding 7: the route used to read the whole conversation for every request)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alfred_jobs.adapters.memory import MemoryConversationStore, memory_deps
+from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.entry.http.jobs_api import create_app
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.auth import issue_local_token
+from alfred_jobs.settings import Settings
+
+SETTINGS = Settings(demo_step_seconds=0, max_list_limit=10)
+CONV = "kitchen"
+
+
+@pytest.fixture
+def deps() -> Deps:
+    return memory_deps(SETTINGS)
+
+
+@pytest.fixture
+def client(deps: Deps) -> Iterator[TestClient]:
+    with TestClient(create_app(deps)) as c:
+        yield c
+
+
+def auth(user: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_local_token(SETTINGS, user)}"}
+
+
+def commit(deps: Deps, turns: int, user: str = "alice", conv: str = CONV) -> list[str]:
+    texts: list[str] = []
+    base = now_ts() - 10_000
+    for i in range(turns):
+        deps.conversations.commit_turn(user, conv, f"{i:032x}", f"m{i}", f"r{i}", iso(base + i),
+                                       int(now_ts()) + 3600)
+        texts += [f"m{i}", f"r{i}"]
+    return texts
+
+
+def error_code(resp: object, status: int) -> str:
+    from httpx import Response
+
+    assert isinstance(resp, Response)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    return str(body["error"]["code"])
+
+
+def test_the_latest_page_keeps_the_shape_the_web_client_reads(client: TestClient, deps: Deps) -> None:
+    texts = commit(deps, 3)
+    body = client.get(f"/api/conversations/{CONV}", headers=auth()).json()
+    assert body == {"conversation_id": CONV, "next_cursor": None,
+                    "messages": [{"role": r, "text": t, "job_id": f"{i // 2:032x}", "at": body["messages"][i]["at"]}
+                                 for i, (r, t) in enumerate(zip(["user", "assistant"] * 3, texts, strict=True))]}
+
+
+def test_older_pages_by_cursor_cover_each_message_once(client: TestClient, deps: Deps) -> None:
+    texts = commit(deps, 12)  # 24 messages, pages of at most max_list_limit (10)
+    seen: list[str] = []
+    url = f"/api/conversations/{CONV}"
+    pages = 0
+    while url:
+        body = client.get(url, headers=auth()).json()
+        assert 1 <= len(body["messages"]) <= SETTINGS.max_list_limit
+        seen = [m["text"] for m in body["messages"]] + seen  # each page is oldest first
+        pages += 1
+        url = f"/api/conversations/{CONV}?cursor={body['next_cursor']}" if body["next_cursor"] else ""
+    assert seen == texts and pages == 3
+    small = client.get(f"/api/conversations/{CONV}?limit=4", headers=auth()).json()
+    assert [m["text"] for m in small["messages"]] == texts[-4:]
+    before = client.get(f"/api/conversations/{CONV}?limit=4&cursor={small['next_cursor']}", headers=auth()).json()
+    assert [m["text"] for m in before["messages"]] == texts[-8:-4]
+
+
+def test_a_request_reads_one_page_whatever_the_conversation_holds(client: TestClient, deps: Deps) -> None:
+    commit(deps, 500)
+    store = deps.conversations
+    assert isinstance(store, MemoryConversationStore)
+    store.items_read = 0
+    client.get(f"/api/conversations/{CONV}?limit=5", headers=auth())
+    assert store.items_read == 6
+
+
+def test_limits_and_cursors_are_checked(client: TestClient, deps: Deps) -> None:
+    commit(deps, 8)
+    commit(deps, 8, conv="other")
+    url = f"/api/conversations/{CONV}"
+    for bad in ("0", "-1", str(SETTINGS.max_list_limit + 1), "x"):
+        assert error_code(client.get(f"{url}?limit={bad}", headers=auth()), 400) in ("invalid_limit", "invalid_input")
+    assert error_code(client.get(f"{url}?cursor=garbage", headers=auth()), 400) == "invalid_cursor"
+    cursor = client.get(f"{url}?limit=2", headers=auth()).json()["next_cursor"]
+    assert cursor
+    # Bound to its user and its conversation: not another user's, not another conversation's.
+    assert error_code(client.get(f"{url}?cursor={cursor}", headers=auth("mallory")), 400) == "invalid_cursor"
+    assert error_code(client.get(f"/api/conversations/other?cursor={cursor}", headers=auth()), 400) \
+        == "invalid_cursor"
+    edited = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
+    assert error_code(client.get(f"{url}?cursor={edited}", headers=auth()), 400) == "invalid_cursor"
