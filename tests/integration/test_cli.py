@@ -113,7 +113,8 @@ def test_chat_follow_by_long_poll_sees_the_same_log(dev: DevProcess) -> None:
 
 def test_watch_resumes_after_a_dropped_connection_seeing_every_event_once(dev: DevProcess) -> None:
     # GIVEN a long job and a watcher whose connections go through a proxy we can cut
-    job_id = run(dev, "chat", "beans and corn [steps=8]").stdout.strip()
+    # a step a second: the job is still running when the connection drops, however busy the machine
+    job_id = run(dev, "chat", "beans and corn [steps=6] [pace=1]").stdout.strip()
     proxy = DroppingProxy(dev.port)
     try:
         watcher = subprocess.Popen([*CLI, "watch", job_id, "--json"],
@@ -161,7 +162,8 @@ def test_watch_after_n_and_after_the_end(dev: DevProcess) -> None:
 
 def test_list_status_and_cancel(dev: DevProcess) -> None:
     # GIVEN a long job
-    job_id = run(dev, "chat", "a long one [steps=20]").stdout.strip()
+    # 20 steps of 3 s: it cannot end before the cancel, however slow the machine (it stops at once)
+    job_id = run(dev, "chat", "a long one [steps=20] [pace=3]").stdout.strip()
     assert len(job_id) == 32
     # THEN it is listed as active, and status shows it
     listed = run(dev, "list", "--status", "active")

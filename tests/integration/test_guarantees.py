@@ -17,6 +17,7 @@ from alfred_jobs.domain.events import replay
 from alfred_jobs.domain.models import EventType, JobStatus, now_ts
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.fidelity import FidelityProxy
+from tests.chaos.support import allow_receives
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,
     completed_steps,
@@ -32,6 +33,11 @@ def stack(faithful: tuple[dict[str, str], FidelityProxy]) -> Iterator[Stack]:
     env, proxy = faithful
     try:
         with make_stack(env) as s:
+            # A lost delete (AWS's at-least-once, which the proxy plays) brings a message back after
+            # the queue's visibility timeout: 720 s in the template, 3 s here so that the no-op
+            # redelivery (the job is over: acked again) happens within a test that waits for the
+            # queue to drain. Receives stay well under the raised maxReceiveCount.
+            allow_receives(s, 10, visibility_timeout=3)
             yield s
     finally:
         proxy.clear_script()
@@ -105,11 +111,19 @@ def test_cancel_running_job_stops_at_next_step_boundary(stack: Stack) -> None:
     job = submit(stack, "stew [steps=8]")
     wait_until(lambda: step_started(stack, job.job_id, 2), what="step 2 to start")
     cancelled, done = JobService(stack.deps).cancel("alice", job.job_id)
-    assert not done and cancelled.cancel_requested
+    # Running: the flag is set and the worker stops at its next boundary. (If an injected fault
+    # had just sent the attempt back to pending, the API cancels at once, which is stronger.)
+    assert (not done and cancelled.cancel_requested) or (done and cancelled.status is JobStatus.CANCELLED), (
+        [(e.seq, str(e.type), e.data.get("status"), (e.data.get("error") or {}).get("code"))
+         for e in log_of(stack, job.job_id)])
+    # Counted from when the request is recorded: on AWS's semantics the call itself may take a
+    # throttled retry or two. The step running then may finish; the next boundary stops the job
+    # (one poll of slack, as when this counted from "step 2 started": at most 1 + 2 = 3).
+    at_cancel = len(completed_steps(log_of(stack, job.job_id)))
     events = wait_terminal(stack, job.job_id)
     assert_contiguous_single_terminal(events)
     assert events[-1].type is EventType.CANCELLED
-    assert len(completed_steps(events)) <= 3
+    assert len(completed_steps(events)) <= at_cancel + 2
     record = stack.deps.jobs.get(job.job_id)
     assert record is not None and record.status is JobStatus.CANCELLED
 

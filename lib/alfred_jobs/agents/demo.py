@@ -56,6 +56,12 @@ class DemoAgent:
                 return
             time.sleep(min(left, 0.05))
 
+    def _pace(self, ctx: AgentContext) -> float:
+        """Seconds per step: ``[pace=N]`` in the message overrides the setting for that job (a test
+        that must act while a job runs makes it slow enough, whatever the machine's load)."""
+        pace = _directive(ctx.message, "pace")
+        return float(pace) if pace else self.step_seconds
+
     def think(self, ctx: AgentContext) -> Plan:
         self._sleep(self.step_seconds / 2, ctx)
         raw = _directive(ctx.message, "steps")
@@ -74,7 +80,7 @@ class DemoAgent:
         flaky = _directive(ctx.message, "flaky")
         if flaky and int(flaky) == step.index and ctx.attempt == 1:
             raise RetryableAgentError("the recipe service timed out", code="recipe_timeout")
-        self._sleep(self.step_seconds, ctx)
+        self._sleep(self._pace(ctx), ctx)
         return {"step": step.index, "label": step.label, "ingredients": _ingredients(ctx.message),
                 "runs": runs}
 

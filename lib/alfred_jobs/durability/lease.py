@@ -57,12 +57,13 @@ class LeaseKeeper:
                 if time.monotonic() - self._last_renew >= renew_every:
                     self._renew()
                 else:
-                    # A flag: an eventually consistent read (half the cost) is soon enough. A
-                    # stale answer only ever shows an older state: it can miss a cancel (the
-                    # next poll sees it) but never invent one. "No item" is not news either: a
-                    # read just after the record was written can miss it. A record that is really
-                    # gone fails the next renewal, and the fence stops us then.
-                    job = self.deps.jobs.get(self.job_id, consistent=False)
+                    # Strongly consistent: cancel takes effect at the next step boundary (guarantee
+                    # 7), and an eventually consistent answer can be up to a second old, i.e. a
+                    # step or two late on AWS (the faithful proxy showed it). It costs one read
+                    # unit per poll instead of half, off the job's critical path. "No item" is not
+                    # news: a record that is really gone fails the next renewal and the fence
+                    # stops us then.
+                    job = self.deps.jobs.get(self.job_id)
                     if job is not None and (job.terminal or job.cancel_requested):
                         self.cancel_requested = True  # cancelled or ended elsewhere: stop at the boundary
             except Fenced:
