@@ -7,7 +7,8 @@
     │   ├── NotFound              404 not_found
     │   ├── Conflict              409 conflict
     │   ├── Gone                  410 gone (events_expired)
-    │   └── PayloadTooLarge       413 payload_too_large
+    │   ├── PayloadTooLarge       413 payload_too_large
+    │   └── TooManyRequests       429 too_many_requests (too_many_streams)   .retry_after
     ├── StoreError (storage and queue trouble)
     │   ├── ConditionFailed       a conditional write lost (adapters raise it, services decide)
     │   └── TransientStoreError   throttling, 5xx, timeouts: retry helps
@@ -23,7 +24,8 @@
         └── TerminalAgentError    retrying cannot help (bad plan, refused input)
             └── MalformedPlan     a plan that does not validate (the Bedrock agent asks again once)
 
-Services raise these; the HTTP layer maps ``ClientError`` to its status, never by message text.
+Services raise these; the HTTP layer maps ``ClientError`` to its status, never by message text
+(and a ``TooManyRequests`` to a ``Retry-After`` header too).
 """
 
 from __future__ import annotations
@@ -87,6 +89,18 @@ class EventsExpired(Gone):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(ClientError):
+    """The caller is over a limit that frees up by itself; ``retry_after`` seconds is a fair wait."""
+
+    status = 429
+    code = "too_many_requests"
+    retryable = True
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
 
 
 class StoreError(AlfredError):

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     stream_poll_min_seconds: float = Field(default=0.05, gt=0)
     stream_poll_max_seconds: float = Field(default=0.2, gt=0)
+    # Open SSE streams + long-polls at once, per user and per stream token, in one process (a 429
+    # too_many_streams past them; see docs/streaming.md, "Limits").
+    max_streams_per_user: int = Field(default=20, ge=1)
+    max_streams_per_token: int = Field(default=5, ge=1)
 
     # --- auth --------------------------------------------------------------------------
     # "local": verify HS256 bearer tokens in-process (dev, tests).

@@ -96,9 +96,13 @@ class StreamServer:
 
 
 @contextmanager
-def stream_server(stack: Stack, heartbeat: float = 15.0) -> Iterator[StreamServer]:
+def stream_server(stack: Stack, heartbeat: float = 15.0, max_streams: int | None = None) -> Iterator[StreamServer]:
     log = CountingLog(stack.deps.log)
-    app = create_stream_app(replace(stack.deps, log=log), heartbeat_seconds=heartbeat)
+    deps = replace(stack.deps, log=log)
+    if max_streams is not None:  # the per-user and per-token caps (tests/security has their tests)
+        deps.settings = stack.settings.model_copy(update={"max_streams_per_user": max_streams,
+                                                          "max_streams_per_token": max_streams})
+    app = create_stream_app(deps, heartbeat_seconds=heartbeat)
     with serve(app) as url:
         yield StreamServer(url, app, log, stack)
 
@@ -266,7 +270,15 @@ def _ts(iso_at: str) -> float:
 # ---- fan-out -------------------------------------------------------------------------------------
 
 
-def test_fifty_watchers_see_the_same_events_for_the_reads_of_one(stack: Stack, srv: StreamServer) -> None:
+@pytest.fixture
+def fanout_srv(stack: Stack) -> Iterator[StreamServer]:
+    """Fifty streams of one user (and one stream token) on one job: over the caps, on purpose."""
+    with stream_server(stack, max_streams=100) as s:
+        yield s
+
+
+def test_fifty_watchers_see_the_same_events_for_the_reads_of_one(stack: Stack, fanout_srv: StreamServer) -> None:
+    srv = fanout_srv
     # GIVEN two identical pending jobs: A with 1 watcher, B with 50
     a = submit(stack, "curry [steps=5]")
     b = submit(stack, "curry [steps=5]")

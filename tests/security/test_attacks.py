@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
@@ -13,12 +16,18 @@ from fastapi.testclient import TestClient
 
 from alfred_jobs.adapters.memory import memory_deps
 from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.domain.models import ChatRequest, Event, EventType
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.runner import Delivery, JobRunner
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.entry.http.stream_api import create_stream_app
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_local_token, issue_stream_token
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.watch import WatchHub
 from alfred_jobs.settings import Settings
+from alfred_tools.localstack import wait_until
+from tests.support.servers import serve
 
 SETTINGS = Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
                     cors_origins=["https://app.example"])
@@ -361,3 +370,120 @@ def test_the_dev_token_route_refuses_a_user_name_with_a_newline(deps: Deps) -> N
             resp = dev.get(f"/api/dev/token?user={user}")
             assert_error(resp, 400)
             assert resp.json()["error"]["code"] == "invalid_user"
+
+
+# ---- streams and long-polls per user and per stream token (issue 17, finding 3) ----------------
+
+
+class StreamServer:
+    """The stream app on a real uvicorn server (disconnects are what a server sees), a pending job of
+    alice's (its streams stay open) and the hub that counts them."""
+
+    def __init__(self, deps: Deps, base: str, app: FastAPI) -> None:
+        self.deps, self.base, self.app = deps, base, app
+        self.job = JobService(deps).submit("alice", ChatRequest(message="soup"), None).job
+        self.client = httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_connections=300))
+        self.open: list[tuple[httpx.Response, Iterator[str], contextlib.ExitStack]] = []
+
+    @property
+    def hub(self) -> WatchHub:
+        hub: WatchHub = self.app.state.stream_hub
+        return hub
+
+    def stream(self, headers: dict[str, str] | None = None, token: str | None = None,
+               job_id: str | None = None) -> httpx.Response:
+        """Open a stream; if it is admitted, read its first line (it is live) and keep it open."""
+        url = f"/api/jobs/{job_id or self.job.job_id}/stream" + (f"?token={token}" if token else "")
+        holder = contextlib.ExitStack()
+        resp = holder.enter_context(self.client.stream("GET", url, headers=headers))
+        if resp.status_code != 200:
+            resp.read()
+            holder.close()
+            return resp
+        lines = resp.iter_lines()
+        assert next(lines).startswith("retry:")
+        self.open.append((resp, lines, holder))
+        return resp
+
+    def close(self, n: int) -> None:
+        """Hang up ``n`` open streams (the client goes away)."""
+        for _, _, holder in self.open[:n]:
+            holder.close()
+        del self.open[:n]
+
+    def long_poll(self, headers: dict[str, str], results: list[httpx.Response]) -> threading.Thread:
+        url = f"{self.base}/api/jobs/{self.job.job_id}/events?wait=20"
+        t = threading.Thread(target=lambda: results.append(httpx.get(url, headers=headers, timeout=30)), daemon=True)
+        t.start()
+        return t
+
+
+@pytest.fixture
+def stream_server(deps: Deps) -> Iterator[StreamServer]:
+    app = create_stream_app(deps, heartbeat_seconds=0.5)
+    with serve(app) as base:
+        s = StreamServer(deps, base, app)
+        try:
+            yield s
+        finally:
+            s.close(len(s.open))
+            s.client.close()
+
+
+def assert_too_many(resp: httpx.Response) -> None:
+    assert_error(resp, 429)
+    assert resp.json()["error"]["code"] == "too_many_streams"
+    assert int(resp.headers["retry-after"]) >= 1
+
+
+def test_one_user_cannot_hold_more_streams_and_long_polls_than_its_cap(stream_server: StreamServer) -> None:
+    # The attack: one user held 500 SSE streams and 200 wait=20 long-polls of one process (on AWS,
+    # each stream a Lambda execution for up to 300 s).
+    s = stream_server
+    cap = SETTINGS.max_streams_per_user
+    alice = bearer("alice")
+    for _ in range(cap - 5):
+        assert s.stream(alice).status_code == 200
+    polls: list[httpx.Response] = []
+    threads = [s.long_poll(alice, polls) for _ in range(5)]
+    wait_until(lambda: s.hub.open_slots("alice") == cap, timeout=10, what="alice's long-polls to wait")
+    # One more of either kind is a 429 in the one shape, with Retry-After, and takes nothing.
+    assert_too_many(s.stream(alice))
+    assert_too_many(s.client.get(f"/api/jobs/{s.job.job_id}/events", headers=alice))
+    assert_too_many(s.client.get(f"/api/jobs/{s.job.job_id}/events?wait=20", headers=alice))
+    assert s.hub.open_slots("alice") == cap
+    # Another user is not alice.
+    bobs = JobService(s.deps).submit("bob", ChatRequest(message="stew"), None).job
+    assert s.stream(bearer("bob"), job_id=bobs.job_id).status_code == 200
+    # Hanging up gives the slots back (the disconnect clean-up): as many new streams are accepted.
+    s.close(cap - 5)
+    wait_until(lambda: s.hub.open_slots("alice") == 5, timeout=10, what="the closed streams' slots")
+    for _ in range(cap - 5):
+        assert s.stream(alice).status_code == 200
+    assert_too_many(s.stream(alice))
+    # The long-polls answer with the next event and give theirs back too.
+    Journal(s.deps.log, SETTINGS.retention_seconds).append(
+        s.job.job_id, Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w"),
+        s.job.expires_at)
+    for t in threads:
+        t.join(20)
+    assert [r.status_code for r in polls] == [200] * 5
+    assert all(r.json()["events"][0]["seq"] == 1 for r in polls)
+    wait_until(lambda: s.hub.open_slots("alice") == cap - 5, timeout=10, what="the long-polls' slots")
+    s.close(len(s.open))
+    wait_until(lambda: s.hub.open_slots() == 0, timeout=10, what="every slot back")
+
+
+def test_one_stream_token_cannot_open_more_than_its_cap(stream_server: StreamServer) -> None:
+    # A stream link (its token in the URL) is the thing that leaks: one link opens a few streams.
+    s = stream_server
+    cap = SETTINGS.max_streams_per_token
+    token = issue_stream_token(SETTINGS, "alice", s.job.job_id)
+    for _ in range(cap):
+        assert s.stream(token=token).status_code == 200
+    assert_too_many(s.stream(token=token))
+    assert_too_many(s.client.get(f"/api/jobs/{s.job.job_id}/events?token={token}"))
+    assert s.stream(bearer("alice")).status_code == 200, "alice herself is under her own cap"
+    s.close(1)
+    wait_until(lambda: s.hub.open_slots("alice") == cap, timeout=10, what="the closed stream's slot")
+    assert s.stream(token=token).status_code == 200

@@ -19,19 +19,30 @@ probe is one GetItem on the next seq while nothing is new) and by back-fills bel
 
 The poller stops when it has seen the terminal event, or when the last watcher leaves; the
 channel is dropped with its last watcher.
+
+Admission, the one place streams and long-polls are capped: every SSE stream and long-poll holds
+a ``Slot`` from ``WatchHub.admit`` while it is open, at most ``max_per_user`` per user and
+``max_per_token`` per stream token (``ALFRED_MAX_STREAMS_PER_USER``, 20;
+``ALFRED_MAX_STREAMS_PER_TOKEN``, 5); one more is ``TooManyRequests`` (429 ``too_many_streams``,
+``Retry-After``). A slot is released when its stream ends, however it ends (the client went
+away, the job ended, an error), and when its long-poll answers. The count is this process's:
+what one process can enforce. A deployment of many processes (Lambda: one request per execution
+environment) needs its own bound on top; see docs/streaming.md, "Limits".
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from alfred_jobs.domain.models import Event, Job, JobStatus, fold
 from alfred_jobs.durability.journal import Journal
-from alfred_jobs.exceptions import EventsExpired
+from alfred_jobs.exceptions import EventsExpired, TooManyRequests
 from alfred_jobs.observability import get_logger
 from alfred_jobs.ports import EventLog
 
@@ -42,6 +53,9 @@ MAX_INTERVAL = 0.2  # poll period after a quiet spell (cost of an idle watched j
 ERROR_BACKOFF_MAX = 2.0
 MAX_BUFFER = 5000  # events kept in memory per watched job
 READ_LIMIT = 1000  # events per store read
+MAX_PER_USER = 20  # open streams + long-polls of one user (Settings.max_streams_per_user)
+MAX_PER_TOKEN = 5  # ... carried by one stream token (Settings.max_streams_per_token)
+RETRY_AFTER_SECONDS = 5  # the Retry-After of a refused stream: a slot frees when one ends
 
 
 @dataclass(frozen=True)
@@ -242,17 +256,83 @@ class Watcher:
                 return []
 
 
+class Slot:
+    """One admitted stream or long-poll; ``release`` (or leaving the ``with`` block) gives it back,
+    once however often it is called."""
+
+    def __init__(self, hub: WatchHub, user: str, token_key: str | None) -> None:
+        self._hub = hub
+        self.user = user
+        self._token_key = token_key
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._hub._give_back(self.user, self._token_key)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class WatchHub:
-    """The per-process registry of watched jobs: one poller per job, however many watchers."""
+    """The per-process registry of watched jobs: one poller per job, however many watchers; and
+    the admission of streams and long-polls (``admit``: per-user and per-token caps)."""
 
     def __init__(self, log: EventLog, retention_seconds: int, *, min_interval: float = MIN_INTERVAL,
-                 max_interval: float = MAX_INTERVAL, max_buffer: int = MAX_BUFFER) -> None:
+                 max_interval: float = MAX_INTERVAL, max_buffer: int = MAX_BUFFER,
+                 max_per_user: int = MAX_PER_USER, max_per_token: int = MAX_PER_TOKEN) -> None:
         self.journal = Journal(log, retention_seconds)
         self.min_interval = min_interval
         self.max_interval = max(min_interval, max_interval)
         self.max_buffer = max(10, max_buffer)
+        self.max_per_user = max_per_user
+        self.max_per_token = max_per_token
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._per_user: Counter[str] = Counter()
+        self._per_token: Counter[str] = Counter()
+
+    # ---- admission ----------------------------------------------------------------------------
+
+    def admit(self, user: str, token: str | None = None) -> Slot:
+        """A slot for one stream or long-poll of ``user`` (carrying stream ``token``, if any), or
+        ``TooManyRequests`` if the user or the token already holds its cap of open ones.
+
+        Synchronous and without an await: on the event loop, check-and-take is atomic.
+        """
+        token_key = hashlib.sha256(token.encode()).hexdigest()[:32] if token else None
+        if self._per_user[user] >= self.max_per_user:
+            raise TooManyRequests(f"too many open streams and long-polls for this user (at most "
+                                  f"{self.max_per_user}); close one or retry later",
+                                  code="too_many_streams", retry_after=RETRY_AFTER_SECONDS)
+        if token_key is not None and self._per_token[token_key] >= self.max_per_token:
+            raise TooManyRequests(f"too many open streams with this stream token (at most "
+                                  f"{self.max_per_token}); close one or retry later",
+                                  code="too_many_streams", retry_after=RETRY_AFTER_SECONDS)
+        self._per_user[user] += 1
+        if token_key is not None:
+            self._per_token[token_key] += 1
+        return Slot(self, user, token_key)
+
+    def _give_back(self, user: str, token_key: str | None) -> None:
+        self._per_user[user] -= 1
+        if self._per_user[user] <= 0:
+            del self._per_user[user]
+        if token_key is not None:
+            self._per_token[token_key] -= 1
+            if self._per_token[token_key] <= 0:
+                del self._per_token[token_key]
+
+    def open_slots(self, user: str | None = None) -> int:
+        """Streams and long-polls admitted and not yet released (of ``user``, or of everyone)."""
+        return self._per_user[user] if user is not None else sum(self._per_user.values())
+
+    # ---- watching ------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def watch(self, job: Job, after: int) -> AsyncIterator[Watcher]:

@@ -45,7 +45,9 @@ def main() -> None:
         hub_kwargs["min_interval"] = args.min_interval
     if args.max_interval is not None:
         hub_kwargs["max_interval"] = args.max_interval
-    hub = WatchHub(deps.log, deps.settings.retention_seconds, **hub_kwargs)
+    # The bench holds up to 1,000 streams of one user on purpose (fan-out, idle memory): no caps.
+    hub = WatchHub(deps.log, deps.settings.retention_seconds, max_per_user=10**9, max_per_token=10**9,
+                   **hub_kwargs)
     if args.app == "stream":
         from alfred_jobs.entry.http.stream_api import create_stream_app
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from alfred_jobs.exceptions import ClientError, TransientStoreError, Unauthorized
+from alfred_jobs.exceptions import ClientError, TooManyRequests, TransientStoreError, Unauthorized
 from alfred_jobs.observability import get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import user_from_apigw_event, verify_local_token
@@ -41,6 +41,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -2,8 +2,9 @@
 
 Both endpoints are the same operation, "events after seq, waiting up to a deadline", served by
 the process's ``WatchHub`` (one poller per job, fanned out in memory). Everything that can go
-wrong with a request (identity, job, cursor) is checked before a stream starts, so a refused
-request is always a JSON error in the one shape, never a half-open stream.
+wrong with a request (identity, the per-user and per-token caps, job, cursor) is checked before a
+stream starts, so a refused request is always a JSON error in the one shape, never a half-open
+stream. Each open stream and long-poll holds a slot of the hub (``WatchHub.admit``) until it ends.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from alfred_jobs.exceptions import EventsExpired, InvalidInput, Unauthorized
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import verify_stream_token
 from alfred_jobs.service.jobs import JobService, validate_job_id
-from alfred_jobs.service.watch import WatchHub
+from alfred_jobs.service.watch import Slot, WatchHub
 from alfred_jobs.settings import STREAM_SECRETS
 
 RETRY_MS = 2000  # EventSource reconnect delay hint
@@ -36,7 +37,7 @@ _CURSOR_RE = re.compile(r"^[0-9]{1,10}$")
 
 router = APIRouter()  # SSE and long-poll: the stream function
 events_router = APIRouter()  # the long-poll alone, which the job API serves too (one long-poll)
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 410)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 410, 429)}
 
 
 def get_hub(request: Request) -> WatchHub:
@@ -50,10 +51,11 @@ def get_hub(request: Request) -> WatchHub:
 
 
 def make_hub(deps: Deps) -> WatchHub:
-    """A hub over ``deps``, polling as often as the settings say."""
+    """A hub over ``deps``, polling as often and admitting as many as the settings say."""
     s = deps.settings
     return WatchHub(deps.log, s.retention_seconds, min_interval=s.stream_poll_min_seconds,
-                    max_interval=s.stream_poll_max_seconds)
+                    max_interval=s.stream_poll_max_seconds, max_per_user=s.max_streams_per_user,
+                    max_per_token=s.max_streams_per_token)
 
 
 def _service(request: Request) -> JobService:
@@ -74,10 +76,13 @@ def parse_cursor(value: str | None, name: str) -> int | None:
     return int(value)
 
 
-async def authorize(request: Request, job_id: str, token: str | None) -> Job:
-    """The caller's job: identity from a stream token or the usual bearer/apigw identity.
+async def admit(request: Request, job_id: str, token: str | None) -> tuple[Job, Slot]:
+    """The caller's job and a slot to watch it: identity from a stream token or the usual
+    bearer/apigw identity, then the caps, then the job (the caps first: a refused request costs no
+    store read).
 
-    Malformed id → 400, bad token → 401, unknown or another user's job → 404.
+    Malformed id → 400, bad token → 401, over the user's or the token's cap → 429, unknown or
+    another user's job → 404. The caller must release the slot (``with slot:``, or ``SSEResponse``).
     """
     validate_job_id(job_id)
     settings = get_deps(request).settings
@@ -87,7 +92,13 @@ async def authorize(request: Request, job_id: str, token: str | None) -> Job:
         user = verify_stream_token(settings, token, job_id)
     else:
         user = current_user(request)
-    return await asyncio.to_thread(_service(request).owned, user, job_id)
+    slot = get_hub(request).admit(user, token)
+    try:
+        job = await asyncio.to_thread(_service(request).owned, user, job_id)
+    except BaseException:
+        slot.release()
+        raise
+    return job, slot
 
 
 def sse_frame(event: Event) -> str:
@@ -115,24 +126,28 @@ async def sse_stream(hub: WatchHub, job: Job, after: int, heartbeat: float,
 
 
 class SSEResponse(StreamingResponse):
-    """A streaming response that closes its generator as soon as the response ends.
+    """A streaming response that closes its generator and gives its slot back as soon as the
+    response ends.
 
     Starlette cancels the sending task on a client disconnect; a generator suspended at a
     ``yield`` would then only be closed when garbage-collected. Closing it here releases the
-    watcher (and the poller, if it was the last one) at once.
+    watcher (and the poller, if it was the last one) and the caller's stream slot at once.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, stream: AsyncIterator[str]) -> None:
+    def __init__(self, stream: AsyncIterator[str], slot: Slot | None = None) -> None:
         super().__init__(stream, headers={"Cache-Control": "no-cache, no-transform",
                                           "X-Accel-Buffering": "no"})
         self._stream = stream
+        self._slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self._slot is not None:
+                self._slot.release()  # first, with no await before it: a cancellation cannot skip it
             aclose = getattr(self._stream, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -147,10 +162,10 @@ async def stream_job(request: Request, job_id: str,
     cursor = parse_cursor(header, "Last-Event-ID") if header else None
     if cursor is None:
         cursor = parse_cursor(after, "after") or 0
-    job = await authorize(request, job_id, token)
+    job, slot = await admit(request, job_id, token)
     heartbeat = float(getattr(request.app.state, "stream_heartbeat_seconds", None)
                       or get_deps(request).settings.stream_heartbeat_seconds)
-    return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat))
+    return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat), slot)
 
 
 @events_router.get("/api/jobs/{job_id}/events", responses=ERRORS)
@@ -162,8 +177,9 @@ async def job_events(request: Request, job_id: str,
     max_wait = get_deps(request).settings.max_wait_seconds  # the limit lives in settings, not here
     if not 0 <= wait <= max_wait:  # bad input is a 400 before anything is looked up
         raise InvalidInput(f"wait must be 0..{max_wait:g}", code="invalid_wait")
-    job = await authorize(request, job_id, token)
-    events, watcher = await get_hub(request).events_after(job, after, wait, BATCH)
+    job, slot = await admit(request, job_id, token)
+    with slot:  # held while the long-poll waits, whether or not the client is still there
+        events, watcher = await get_hub(request).events_after(job, after, wait, BATCH)
     return {"events": [e.public() for e in events], "status": str(watcher.status),
             "done": watcher.done, "next_after": events[-1].seq if events else after}
 
