@@ -50,14 +50,17 @@ def step_started(stack: Stack, job_id: str, index: int) -> bool:
 
 def test_worker_sigkilled_mid_step_resumes_without_rerunning_completed_steps(stack: Stack) -> None:
     # GIVEN a job whose steps take long enough to be killed in the middle of one
-    first = stack.start_worker(ALFRED_DEMO_STEP_SECONDS="0.5")
+    # A 6 s lease (not the suite's 2 s): on AWS's semantics a renewal can wait out a throttled
+    # retry or two, and with 2 s that could cost the resumed attempt its lease too, a second
+    # takeover this test does not mean to make (the kill is the one takeover it is about).
+    first = stack.start_worker(ALFRED_DEMO_STEP_SECONDS="0.5", ALFRED_LEASE_SECONDS="6")
     stack.start_sweeper()
     job = submit(stack, "chicken [steps=5]")
     wait_until(lambda: step_started(stack, job.job_id, 3), what="step 3 to start")
     # WHEN the worker is SIGKILLed during step 3 and a new worker comes up
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    stack.start_worker(ALFRED_DEMO_STEP_SECONDS="0.05")
+    stack.start_worker(ALFRED_DEMO_STEP_SECONDS="0.05", ALFRED_LEASE_SECONDS="6")
     # THEN the job finishes, each completed step recorded once, and only step 3 may have run twice
     events = wait_terminal(stack, job.job_id)
     assert_contiguous_single_terminal(events)
