@@ -55,7 +55,9 @@ class Settings(BaseSettings):
 
     # --- limits on input ---------------------------------------------------------------
     max_message_chars: int = 8000
-    max_body_bytes: int = 64 * 1024
+    # Bodies: read no further than this (a 413 at once, chunked or not); JSON nested no deeper.
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    max_json_depth: int = Field(default=32, ge=1, le=256)
     max_wait_seconds: float = 20.0
     max_list_limit: int = 100
 

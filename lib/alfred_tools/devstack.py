@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from alfred_jobs.domain.ids import is_user_name
+from alfred_jobs.entry.http.common import ResponseHeaders
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.entry.http.stream_api import router as stream_router
 from alfred_jobs.exceptions import InvalidInput
@@ -52,6 +54,25 @@ _NO_WEB = """<!doctype html><meta charset="utf-8"><title>alfred-jobs</title>
 The API is up: <a href="/docs">/docs</a>.</p>"""
 
 
+def _origin(url: str | None) -> str | None:
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def page_headers(settings: Settings) -> dict[str, str]:
+    """The web page's and its files' headers: a strict CSP (scripts, styles and connections from
+    this origin only, plus the stream's origin if it has its own; no inline script or style; never
+    framed), no MIME sniffing, no referrer (stream links carry a token). See docs/web.md."""
+    connect = ["'self'"]
+    stream = _origin(settings.stream_url)
+    if stream is not None and stream != _origin(settings.api_url):
+        connect.append(stream)
+    csp = (f"default-src 'self'; img-src 'self' data:; connect-src {' '.join(connect)}; "
+           "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": csp, "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
 def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
     """Job API, stream endpoints and the web client on one origin, plus a dev-only token route.
 
@@ -71,13 +92,14 @@ def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
 
     static = static_dir or web_dir(settings)
     if (static / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=static, html=True), name="web")
+        app.mount("/", ResponseHeaders(StaticFiles(directory=static, html=True), page_headers(settings)),
+                  name="web")
     else:
         page = _NO_WEB.format(path=static)
 
         @app.get("/", include_in_schema=False)
         def no_web() -> HTMLResponse:
-            return HTMLResponse(page)
+            return HTMLResponse(page, headers=page_headers(settings))
 
     return app
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -323,6 +327,239 @@ def test_no_cors_at_all_by_default() -> None:
     with TestClient(create_app(memory_deps(Settings()))) as client:
         resp = client.get("/healthz", headers={"Origin": "https://app.example"})
         assert "access-control-allow-origin" not in resp.headers
+
+
+# ---- request bodies: depth and size (issue 17, findings 1 and 2) -------------------------------
+
+
+def nested_bodies(depth: int) -> list[str]:
+    """JSON (or almost-JSON) nested ``depth`` levels: arrays, objects, inside a valid request."""
+    return ["[" * depth + "]" * depth,
+            '{"":' * (depth // 3) + "1" + "}" * (depth // 3),
+            '{"message": ' + "[" * depth + "]" * depth + "}",
+            '{"message": "x", "conversation_id": ' + '[{"k":' * (depth // 4) + "0" + "}]" * (depth // 4) + "}",
+            "[" * depth]  # never closed
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(api: TestClient) -> None:
+    # The attack: 30,000 brackets each way, 60 KB (under the body limit), was a RecursionError.
+    for body in nested_bodies(30_000):
+        assert len(body.encode()) <= SETTINGS.max_body_bytes
+        resp = api.post("/api/chat", content=body, headers={**bearer("alice"), "Content-Type": "application/json"})
+        assert_error(resp, 400)
+        assert resp.json()["error"]["code"] == "invalid_json", resp.text
+    # One level past the limit is refused as such; at the limit the body is parsed (and then
+    # refused by the model, since a message is a string): the bound is exactly the setting.
+    limit = SETTINGS.max_json_depth
+    past = api.post("/api/chat", content='{"message": ' + "[" * limit + "]" * limit + "}", headers=bearer("alice"))
+    assert_error(past, 400)
+    assert past.json()["error"]["code"] == "invalid_json"
+    at = api.post("/api/chat", content='{"message": ' + "[" * (limit - 1) + "]" * (limit - 1) + "}",
+                  headers=bearer("alice"))
+    assert_error(at, 400)
+    assert at.json()["error"]["code"] == "invalid_input"
+    # Brackets inside strings are text, not nesting.
+    ok = api.post("/api/chat", json={"message": "[{" * 1900 + ' \\" ' + "}]" * 1900}, headers=bearer("alice"))
+    assert ok.status_code == 202, ok.text
+
+
+@pytest.fixture
+def served(deps: Deps) -> Iterator[str]:
+    """The job API on a real uvicorn server (the body limit is about what a server reads)."""
+    with serve(create_app(deps)) as base:
+        yield base
+
+
+def raw_exchange(base: str, head: str, body: bytes = b"", timeout: float = 10) -> tuple[bytes, bool]:
+    """Send ``head`` (and ``body``) on a fresh connection; the bytes answered, and whether the
+    server closed the connection after answering."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)  # a server that waits for the body times out here
+            if not chunk:
+                return data, True
+            data += chunk
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", data[:head_end])
+                if length and len(data) >= head_end + 4 + int(length.group(1)):
+                    sock.settimeout(2)  # the answer is whole; is the connection closed after it?
+                    try:
+                        return data, sock.recv(1) == b""
+                    except (TimeoutError, ConnectionResetError):
+                        return data, False
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(served: str) -> None:
+    token = issue_local_token(SETTINGS, "alice")
+    head = (f"POST /api/chat HTTP/1.1\r\nHost: {served.removeprefix('http://')}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {2**30}\r\n\r\n")
+    data, closed = raw_exchange(served, head)  # not one byte of the 1 GiB body is sent
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", data[:300]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert closed, "the server closes the connection instead of reading the rest"
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_the_rest(served: str) -> None:
+    sent, too_much = 0, 32 * 2**20
+
+    def upload() -> Iterator[bytes]:  # 1 GiB, no Content-Length: the server must count as it reads
+        nonlocal sent
+        yield b'{"message": "'
+        chunk = b"x" * 65536
+        while sent < 2**30:
+            if sent >= too_much:
+                return  # the server is reading it all (the assertion below fails): stop here
+            sent += len(chunk)
+            yield chunk
+
+    resp = httpx.post(f"{served}/api/chat", content=upload(), headers=bearer("alice"), timeout=30)
+    assert_error(resp, 413)
+    assert resp.json()["error"]["code"] == "payload_too_large"
+    # What was sent past the limit is what the sockets' buffers held before the server closed.
+    assert sent < too_much, f"the server read {sent / 2**20:.0f} MiB of a body limited to 64 KiB"
+
+
+def test_a_body_at_the_limit_still_goes_through(served: str) -> None:
+    body = json.dumps({"message": "soup"}).encode()
+    body = body[:-1] + b" " * (SETTINGS.max_body_bytes - len(body)) + b"}"  # exactly the limit
+    assert len(body) == SETTINGS.max_body_bytes
+    chunked = httpx.post(f"{served}/api/chat", content=iter([body[:1000], body[1000:]]), headers=bearer("alice"))
+    assert chunked.status_code == 202, chunked.text
+    declared = httpx.post(f"{served}/api/chat", content=body, headers=bearer("alice"))
+    assert declared.status_code == 202, declared.text
+    over = httpx.post(f"{served}/api/chat", content=body + b" ", headers=bearer("alice"))
+    assert_error(over, 413)
+
+
+# ---- headers (finding 8) -----------------------------------------------------------------------
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+
+def assert_api_headers(resp: object) -> None:
+    from httpx import Response
+
+    assert isinstance(resp, Response)
+    where = f"{resp.request.method} {resp.request.url.path} -> {resp.status_code}"
+    assert "no-store" in resp.headers.get("cache-control", ""), where
+    assert resp.headers.get("x-content-type-options") == "nosniff", where
+    assert resp.headers.get("referrer-policy") == "no-referrer", where
+
+
+def test_api_responses_are_never_stored_nor_sniffed(api: TestClient, stream: TestClient, deps: Deps) -> None:
+    submitted = api.post("/api/chat", json={"message": "soup [steps=1]"}, headers=bearer("alice"))
+    job_id = submitted.json()["job_id"]
+    run_job(deps, job_id)
+    token = submitted.json()["links"]["stream"].split("token=")[1]
+    conv = submitted.json()["conversation_id"]
+    responses = [
+        submitted,  # a stream token in links
+        api.get(f"/api/jobs/{job_id}", headers=bearer("alice")),
+        api.get("/api/jobs", headers=bearer("alice")),
+        api.post(f"/api/jobs/{job_id}/cancel", headers=bearer("alice")),
+        api.get(f"/api/conversations/{conv}", headers=bearer("alice")),
+        api.get(f"/api/jobs/{job_id}/events", headers=bearer("alice")),
+        api.get("/api/jobs"),  # 401
+        api.get(f"/api/jobs/{'0' * 32}", headers=bearer("alice")),  # 404
+        api.post("/api/chat", content="[" * 1000, headers=bearer("alice")),  # 400
+        api.post("/api/chat", content=b" " * (SETTINGS.max_body_bytes + 1), headers=bearer("alice")),  # 413
+        api.get("/healthz"),
+        stream.get(f"/api/jobs/{job_id}/events?token={token}"),
+        stream.get(f"/api/jobs/{job_id}/stream?token={'a' * 10}"),  # 401
+        stream.get("/healthz"),
+    ]
+    with stream.stream("GET", f"/api/jobs/{job_id}/stream?token={token}") as sse:
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        "".join(sse.iter_text())
+        responses.append(sse)
+    for resp in responses:
+        assert_api_headers(resp)
+
+
+def csp_directives(header: str) -> dict[str, list[str]]:
+    parts = [p.split() for p in header.split(";") if p.strip()]
+    return {p[0]: p[1:] for p in parts}
+
+
+def test_the_dev_page_and_its_files_send_a_strict_csp(deps: Deps) -> None:
+    from alfred_tools.devstack import create_dev_app
+
+    with TestClient(create_dev_app(deps, static_dir=WEB_DIR)) as dev:
+        for path in ("/", "/index.html", "/app.js", "/alfred-client.js", "/style.css"):
+            resp = dev.get(path)
+            assert resp.status_code == 200, path
+            csp = csp_directives(resp.headers.get("content-security-policy", ""))
+            assert csp.get("default-src") == ["'self'"], (path, csp)
+            assert csp.get("frame-ancestors") == ["'none'"], (path, csp)
+            assert csp.get("connect-src") == ["'self'"], (path, csp)
+            assert csp.get("object-src") == ["'none'"] and csp.get("base-uri") == ["'none'"], (path, csp)
+            for sources in csp.values():
+                assert not {"'unsafe-inline'", "'unsafe-eval'", "*"} & set(sources), (path, csp)
+            assert resp.headers.get("x-frame-options") == "DENY", path
+            assert resp.headers.get("x-content-type-options") == "nosniff", path
+            assert resp.headers.get("referrer-policy") == "no-referrer", path
+        # the dev token route is an API response: never stored
+        assert_api_headers(dev.get("/api/dev/token?user=alice"))
+        assert_api_headers(dev.post("/api/chat", json={"message": "x"}, headers=bearer("alice")))
+
+
+def test_the_csp_lets_the_page_reach_a_stream_on_another_origin() -> None:
+    from alfred_tools.devstack import create_dev_app
+
+    deps = memory_deps(Settings(stream_url="https://stream.example:8443/prefix"))
+    with TestClient(create_dev_app(deps, static_dir=WEB_DIR)) as dev:
+        csp = csp_directives(dev.get("/").headers["content-security-policy"])
+        assert csp["connect-src"] == ["'self'", "https://stream.example:8443"]
+
+
+# ---- the event loop (finding 9) -----------------------------------------------------------------
+
+
+class StalledJobs:
+    """A job store whose ``create`` waits for the test's go-ahead (a slow DynamoDB put)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def create(self, job: object) -> object:
+        self.entered.set()
+        self.release.wait(30)
+        return self._inner.create(job)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_slow_submit_does_not_block_other_requests() -> None:
+    deps = memory_deps(SETTINGS)
+    stalled = StalledJobs(deps.jobs)
+    deps.jobs = stalled  # type: ignore[assignment]
+    with serve(create_app(deps)) as base:
+        submitted: dict[str, httpx.Response] = {}
+        submit = threading.Thread(target=lambda: submitted.update(
+            r=httpx.post(f"{base}/api/chat", json={"message": "soup"}, headers=bearer("alice"), timeout=30)))
+        submit.start()
+        try:
+            assert stalled.entered.wait(10), "the submit reached the store"
+            # While the submit is stuck in the store, the same server answers others at once
+            # (the timeout only bounds a failure: a blocked event loop answers nothing).
+            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            assert httpx.get(f"{base}/api/jobs", headers=bearer("bob"), timeout=5).status_code == 200
+            assert "r" not in submitted, "the submit was still waiting"
+        finally:
+            stalled.release.set()
+            submit.join(30)
+    assert submitted["r"].status_code == 202, submitted["r"].text
 
 
 # ---- ids and user names with a trailing newline (issue 17, finding 6) --------------------------

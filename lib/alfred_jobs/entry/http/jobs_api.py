@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from alfred_jobs.domain.models import ChatRequest, ErrorResponse, Job
-from alfred_jobs.entry.http.common import CurrentUser, Service, add_cors, install_error_handlers
+from alfred_jobs.entry.http.common import (
+    CurrentUser,
+    RawBody,
+    Service,
+    add_cors,
+    harden,
+    install_error_handlers,
+    parse_json,
+)
 from alfred_jobs.entry.http.stream_api import events_router
 from alfred_jobs.entry.wiring import aws_deps, get_settings
-from alfred_jobs.exceptions import InvalidInput, PayloadTooLarge
+from alfred_jobs.exceptions import InvalidInput
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
@@ -39,24 +46,19 @@ def healthz() -> dict[str, bool]:
     return {"ok": True}
 
 
-# The handler reads the raw body (to enforce the size limit before parsing), so FastAPI cannot see
-# it: declare it, so that clients and fuzzers (tests/fuzz) know the body.
+# The handler parses the raw body itself (the one parser, which bounds nesting), so FastAPI cannot
+# see it: declare it, so that clients and fuzzers (tests/fuzz) know the body.
 CHAT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ChatRequest.model_json_schema()}}}}
 
 
 @router.post("/api/chat", status_code=202, responses=ERRORS, openapi_extra=CHAT_BODY)
-async def submit_chat(request: Request, user: CurrentUser, svc: Service,
-                      idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-                      ) -> JSONResponse:
+def submit_chat(user: CurrentUser, svc: Service, raw: RawBody,
+                idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
     """Create a job; returns at once with its id and links (202)."""
-    raw = await request.body()
-    if len(raw) > svc.settings.max_body_bytes:
-        raise PayloadTooLarge(f"body is larger than {svc.settings.max_body_bytes} bytes")
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("body must be JSON: {\"message\": \"...\"}", code="invalid_json") from None
+    # A sync handler: FastAPI runs it in its threadpool, so the blocking store and queue calls
+    # never hold the event loop. The body was read (within the body limit) by ``RawBody``.
+    payload = parse_json(raw, svc.settings.max_json_depth)
     try:
         req = ChatRequest.model_validate(payload)
     except ValidationError as exc:
@@ -118,6 +120,7 @@ def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()
     app.state.service = JobService(deps)
     install_error_handlers(app)
     add_cors(app, deps.settings)
+    harden(app, deps.settings)
     for first in routers_first:
         app.include_router(first)
     app.include_router(router)

@@ -20,7 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from alfred_jobs.domain.models import ErrorResponse, Event, Job
-from alfred_jobs.entry.http.common import add_cors, current_user, get_deps, install_error_handlers
+from alfred_jobs.entry.http.common import add_cors, current_user, get_deps, harden, install_error_handlers
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import EventsExpired, InvalidInput, Unauthorized
 from alfred_jobs.ports import Deps
@@ -137,7 +137,7 @@ class SSEResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(self, stream: AsyncIterator[str], slot: Slot | None = None) -> None:
-        super().__init__(stream, headers={"Cache-Control": "no-cache, no-transform",
+        super().__init__(stream, headers={"Cache-Control": "no-store, no-transform",
                                           "X-Accel-Buffering": "no"})
         self._stream = stream
         self._slot = slot
@@ -201,6 +201,7 @@ def create_stream_app(deps: Deps | None = None, *, heartbeat_seconds: float | No
         else deps.settings.stream_heartbeat_seconds)
     install_error_handlers(app)
     add_cors(app, deps.settings)
+    harden(app, deps.settings)
 
     @app.get("/healthz")
     def healthz() -> dict[str, bool]:
