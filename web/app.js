@@ -59,7 +59,9 @@ async function devToken(user) {
   } catch {
     throw new AlfredApiError(0, 'network', 'Could not reach Alfred (network error).');
   }
-  if (res.status === 404 || res.status === 405) return null;
+  // 404/405: not a dev server (deployed). 403: a dev server reached from another machine, which
+  // mints no tokens for it. Either way, sign in with a token.
+  if (res.status === 404 || res.status === 405 || res.status === 403) return null;
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new AlfredApiError(res.status, body?.error?.code || 'error', body?.error?.message || 'sign-in failed');
   return body?.token || null;

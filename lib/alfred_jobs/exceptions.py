@@ -4,6 +4,7 @@
     ├── ClientError (4xx: the caller sent something wrong)     .status, .code
     │   ├── InvalidInput          400 invalid_input
     │   ├── Unauthorized          401 unauthorized
+    │   ├── Forbidden             403 forbidden (dev_token_local_only)
     │   ├── NotFound              404 not_found
     │   ├── Conflict              409 conflict
     │   ├── Gone                  410 gone (events_expired)
@@ -63,6 +64,13 @@ class InvalidInput(ClientError):
 class Unauthorized(ClientError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(ClientError):
+    """Who is asking is known (or need not be), and the answer is still no."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(ClientError):

@@ -15,6 +15,7 @@ endpoints, nothing rewrites its environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
@@ -32,7 +33,7 @@ from alfred_jobs.domain.ids import is_user_name
 from alfred_jobs.entry.http.common import ResponseHeaders
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.entry.http.stream_api import router as stream_router
-from alfred_jobs.exceptions import InvalidInput
+from alfred_jobs.exceptions import Forbidden, InvalidInput
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
@@ -73,18 +74,54 @@ def page_headers(settings: Settings) -> dict[str, str]:
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without port) is this machine's loopback."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8000`` -> ``::1``)."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def token_request_is_local(request: Request) -> bool:
+    """The dev token route answers a request only when both ends are this machine.
+
+    The ``Host`` must name the loopback (``localhost``, ``127.0.0.1``, ``[::1]``): a page on
+    ``evil.example`` that rebinds its name to 127.0.0.1 sends ``Host: evil.example`` and gets
+    nothing. The peer must be on the loopback too: with ``dev --host 0.0.0.0`` the API is on the
+    network, but no other machine can mint a token (it signs in with one from ``alfred-jobs
+    token``).
+    """
+    peer = request.client.host if request.client else ""
+    return is_loopback(host_name(request.headers.get("host", ""))) and is_loopback(peer)
+
+
 def create_dev_app(deps: Deps, static_dir: Path | None = None) -> FastAPI:
     """Job API, stream endpoints and the web client on one origin, plus a dev-only token route.
 
     ``GET /api/dev/token`` exists only here, never in the Lambda apps: it hands a local token to
-    anyone who asks, which is the point on a laptop and a hole anywhere else.
+    anyone on this machine who asks, which is the point on a laptop and a hole anywhere else; so
+    it answers only requests from and addressed to the loopback (``token_request_is_local``).
     """
     app = create_app(deps, routers_first=[stream_router])
     settings = deps.settings
 
     @app.get("/api/dev/token", tags=["dev"])
-    def dev_token(user: Annotated[str, Query(max_length=128)] = "local") -> dict[str, str]:
-        """A local API token for ``user`` (dev server only)."""
+    def dev_token(request: Request, user: Annotated[str, Query(max_length=128)] = "local") -> dict[str, str]:
+        """A local API token for ``user`` (dev server only, asked from this machine by its loopback name)."""
+        if not token_request_is_local(request):
+            raise Forbidden("the dev token route answers only this machine, addressed as localhost or "
+                            "127.0.0.1; from elsewhere, paste a token from 'alfred-jobs token --user NAME'",
+                            code="dev_token_local_only")
         if not is_user_name(user):
             raise InvalidInput("user names are 1-128 characters of letters, digits and _.@:|+-",
                                code="invalid_user")
@@ -163,6 +200,8 @@ def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | No
                     return 0
                 base = f"http://{host}:{port}"
                 out(_banner(stack, base, workers))
+                if not is_loopback(host):
+                    out(_exposed_warning(host))
                 server.run()  # installs its own SIGINT/SIGTERM handlers and returns on either
                 if server.started is False and not stopping():
                     out(f"error: could not serve on {host}:{port} (is the port in use?)")
@@ -171,6 +210,15 @@ def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | No
             pass
     out("alfred-jobs dev: stopped")
     return 0
+
+
+def _exposed_warning(host: str) -> str:
+    return (
+        f"\nWARNING: listening on {host}, beyond this machine. Anyone who can reach this port can reach\n"
+        "  the API, which runs on the public development secrets: any token made with them is accepted.\n"
+        "  The dev token route answers this machine only; other devices sign in with a token from\n"
+        "  'alfred-jobs token --user NAME'. Use --host 127.0.0.1 (the default) unless you mean it."
+    )
 
 
 def _banner(stack: LocalStack, base: str, workers: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,12 +112,13 @@ def dev_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def start_dev(workers: int = 2, base: dict[str, str] | None = None, **extra: str) -> Iterator[DevProcess]:
+def start_dev(workers: int = 2, base: dict[str, str] | None = None, host: str = "127.0.0.1",
+              **extra: str) -> Iterator[DevProcess]:
     """``alfred-jobs dev`` as a real process on free ports; stopped (and checked gone) on exit."""
     port, emulator_port = free_port(), free_port()
     env = dev_env(base, **extra)
-    proc = subprocess.Popen([*CLI, "dev", "--port", str(port), "--emulator-port", str(emulator_port),
-                             "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*CLI, "dev", "--host", host, "--port", str(port), "--emulator-port",
+                             str(emulator_port), "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     dev = DevProcess(proc, port, emulator_port, env)
     try:
@@ -259,8 +261,44 @@ def test_dev_token_route_exists_only_in_the_dev_app() -> None:
 
     deps = memory_deps()
     assert TestClient(create_app(deps)).get("/api/dev/token").status_code == 404
-    dev = TestClient(create_dev_app(deps)).get("/api/dev/token", params={"user": "ann"})
+    local = TestClient(create_dev_app(deps), base_url="http://localhost:8000", client=("127.0.0.1", 50000))
+    dev = local.get("/api/dev/token", params={"user": "ann"})
     assert dev.status_code == 200 and dev.json()["user"] == "ann"
+
+
+def _lan_address() -> str | None:
+    """This machine's address on a network, if it has one (a UDP connect sends no packet)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_dev_beyond_the_loopback_warns_and_mints_tokens_for_this_machine_only() -> None:
+    # GIVEN dev listening on every interface (issue 17, finding 5)
+    with start_dev(workers=1, host="0.0.0.0") as dev:
+        # THEN this machine, by its loopback name, still gets a token
+        assert httpx.get(f"{dev.url}/api/dev/token", params={"user": "ann"}).status_code == 200
+        # a page on another name rebound to 127.0.0.1 (DNS rebinding) gets none
+        rebound = httpx.get(f"{dev.url}/api/dev/token", params={"user": "ann"},
+                            headers={"Host": f"evil.example:{dev.port}"})
+        assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "dev_token_local_only"
+        assert "token" not in rebound.json()
+        # and another machine (here: this one by its network address, so not the loopback) none
+        lan = _lan_address()
+        if lan is not None:
+            remote = httpx.get(f"http://{lan}:{dev.port}/api/dev/token", params={"user": "ann"},
+                               headers={"Host": f"127.0.0.1:{dev.port}"})
+            assert remote.status_code == 403, remote.text
+            assert httpx.get(f"http://{lan}:{dev.port}/healthz").status_code == 200  # the API is there
+        code = dev.stop(signal.SIGINT)
+        out = dev.proc.stdout.read() if dev.proc.stdout else ""
+    # AND it said loudly that it listens beyond this machine
+    assert code == 0, out
+    assert "WARNING: listening on 0.0.0.0" in out and "alfred-jobs token --user NAME" in out, out
 
 
 def _demo(**extra: str) -> subprocess.CompletedProcess[str]:

@@ -507,7 +507,9 @@ def test_the_dev_page_and_its_files_send_a_strict_csp(deps: Deps) -> None:
             assert resp.headers.get("x-content-type-options") == "nosniff", path
             assert resp.headers.get("referrer-policy") == "no-referrer", path
         # the dev token route is an API response: never stored
-        assert_api_headers(dev.get("/api/dev/token?user=alice"))
+        token = dev.get("/api/dev/token?user=alice", headers={"Host": "localhost"})
+        assert token.status_code == 403  # the TestClient's peer is not the loopback; headers all the same
+        assert_api_headers(token)
         assert_api_headers(dev.post("/api/chat", json={"message": "x"}, headers=bearer("alice")))
 
 
@@ -598,10 +600,46 @@ def test_ids_with_a_trailing_newline_are_400s(api: TestClient, stream: TestClien
     assert_error(body, 400)
 
 
+LOOPBACK_PEER = ("127.0.0.1", 50000)
+
+
+@pytest.mark.parametrize(("host", "peer"), [
+    ("localhost:8000", "127.0.0.1"), ("127.0.0.1:8000", "127.0.0.1"), ("[::1]:8000", "::1"),
+    ("localhost", "127.0.0.1"), ("app.localhost:8000", "127.0.0.1"), ("127.0.0.2:8000", "127.0.0.2"),
+])
+def test_the_dev_token_route_answers_this_machine_by_its_loopback_names(deps: Deps, host: str, peer: str) -> None:
+    from alfred_tools.devstack import create_dev_app
+
+    with TestClient(create_dev_app(deps), base_url=f"http://{host}", client=(peer, 50000)) as dev:
+        resp = dev.get("/api/dev/token?user=alice")
+        assert resp.status_code == 200, resp.text
+        assert dev.get("/api/jobs", headers={"Authorization": f"Bearer {resp.json()['token']}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("host", "peer"), [
+    # DNS rebinding: a page on evil.example whose name now points at 127.0.0.1
+    ("evil.example:8000", "127.0.0.1"), ("evil.example", "::1"), ("localhost.evil.example:8000", "127.0.0.1"),
+    ("127.0.0.1.nip.io:8000", "127.0.0.1"), ("", "127.0.0.1"),
+    # another machine, however it names the server (dev --host 0.0.0.0)
+    ("127.0.0.1:8000", "192.168.1.7"), ("localhost:8000", "10.0.0.3"), ("192.168.1.2:8000", "192.168.1.7"),
+    ("localhost:8000", "testclient"),
+])
+def test_the_dev_token_route_refuses_other_hosts_and_other_machines(deps: Deps, host: str, peer: str) -> None:
+    """Issue 17, finding 5: ``Host: evil.example`` minted a token (DNS rebinding), and ``dev --host
+    0.0.0.0`` gave tokens to the whole network."""
+    from alfred_tools.devstack import create_dev_app
+
+    with TestClient(create_dev_app(deps), base_url="http://127.0.0.1:8000", client=(peer, 50000)) as dev:
+        resp = dev.get("/api/dev/token?user=alice", headers={"Host": host})
+        assert_error(resp, 403)
+        assert resp.json()["error"]["code"] == "dev_token_local_only"
+        assert "alfred-jobs token" in resp.json()["error"]["message"]
+
+
 def test_the_dev_token_route_refuses_a_user_name_with_a_newline(deps: Deps) -> None:
     from alfred_tools.devstack import create_dev_app
 
-    with TestClient(create_dev_app(deps), base_url="http://127.0.0.1:8000") as dev:
+    with TestClient(create_dev_app(deps), base_url="http://127.0.0.1:8000", client=LOOPBACK_PEER) as dev:
         assert dev.get("/api/dev/token?user=alice").status_code == 200
         for user in ("alice%0A", "alice%0D%0A", "alice%00"):
             resp = dev.get(f"/api/dev/token?user={user}")
