@@ -13,4 +13,5 @@ from alfred_jobs.service.sweeper import Sweeper
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled (EventBridge) entry point."""
     report = Sweeper(aws_deps(get_settings())).sweep()
-    return {"requeued": len(report.requeued), "errors": report.errors}
+    return {"requeued": len(report.requeued), "waiting": len(report.waiting), "queued": len(report.queued),
+            "repaired": len(report.repaired), "errors": report.errors}

@@ -7,11 +7,13 @@
     │   ├── Forbidden             403 forbidden (dev_token_local_only)
     │   ├── NotFound              404 not_found
     │   ├── Conflict              409 conflict
+    │   │   └── ConversationBusy  409 conversation_busy                .job_id
     │   ├── Gone                  410 gone (events_expired)
     │   ├── PayloadTooLarge       413 payload_too_large
-    │   └── TooManyRequests       429 too_many_requests (too_many_streams)   .retry_after
+    │   └── TooManyRequests       429 too_many_requests (too_many_streams, too_many_jobs)   .retry_after
     ├── StoreError (storage and queue trouble)
     │   ├── ConditionFailed       a conditional write lost (adapters raise it, services decide)
+    │   │   └── GateFull          a user's gate holds its limit of active jobs   .gate
     │   └── TransientStoreError   throttling, 5xx, timeouts: retry helps
     ├── ConfigurationError        the process cannot start as configured
     │   └── SecretUnavailable     a secret named by ARN cannot be read (retryable: IAM, throttling)
@@ -83,6 +85,16 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class ConversationBusy(Conflict):
+    """``multitask: reject`` on a conversation with an active job; ``job_id`` names that job."""
+
+    code = "conversation_busy"
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class Gone(ClientError):
     status = 410
     code = "gone"
@@ -117,6 +129,14 @@ class StoreError(AlfredError):
 
 class ConditionFailed(StoreError):
     """A conditional write found the item in another state."""
+
+
+class GateFull(ConditionFailed):
+    """A user's gate already holds ``max_active`` active jobs (the service answers 429)."""
+
+    def __init__(self, gate: object) -> None:
+        super().__init__("gate full")
+        self.gate = gate
 
 
 class TransientStoreError(StoreError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
 from alfred_jobs.settings import Settings
 
@@ -42,16 +43,19 @@ class JobStore(Protocol):
                     last_seq: int, status: JobStatus, progress: Progress) -> Job:
         """Extend the lease and refresh the projection; ``Fenced`` if ``owner`` lost the job."""
 
-    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+    def release_lease(self, job_id: str, owner: str, due_at: float, *, undo_attempt: bool = False) -> None:
         """Give the job back (retry later). Idempotent: a job no longer held by ``owner`` (released
-        by an earlier try whose answer was lost, taken over, ended) is left as it is."""
+        by an earlier try whose answer was lost, taken over, ended) is left as it is.
+        ``undo_attempt``: the delivery did not start the job (it must wait its turn), so the
+        attempt its lease counted is taken back."""
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         """Write a folded job record. With ``owner``, only while that owner holds the lease;
         terminal projections are written by anyone and only move forward in ``last_seq``."""
 
-    def request_cancel(self, job_id: str) -> Job:
-        """Set ``cancel_requested`` on an active job; ``ConditionFailed`` if it is terminal."""
+    def request_cancel(self, job_id: str, by: str | None = None) -> Job:
+        """Set ``cancel_requested`` on an active job (``by``: the job that interrupts it);
+        ``ConditionFailed`` if it is terminal."""
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
@@ -62,6 +66,38 @@ class JobStore(Protocol):
 
     def postpone(self, job_id: str, due_at: float) -> None:
         """Move an active job's sweep deadline (after the sweeper re-enqueued it)."""
+
+    def delete_unstarted(self, job_id: str, created_at: float) -> None:
+        """Delete a job record no worker ever took (a submit refused after its put): only the
+        record created at ``created_at`` with no attempt. ``ConditionFailed`` if a worker took it
+        meanwhile (the job runs after all); a record already gone is no error."""
+
+
+class GateStore(Protocol):
+    """Each user's gate (``domain/gate.py``): one item per user, every change one conditional
+    write that returns the gate as it is after it. Reads are strongly consistent: every decision
+    taken from a gate is taken from its latest state."""
+
+    def read(self, user_id: str) -> Gate:
+        """The user's gate (empty if there is none, or it expired)."""
+
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+        """Add a waiting entry; returns the gate after it. Idempotent: a job already enrolled is
+        left as it is (and the gate returned). ``GateFull`` if the gate holds ``max_active``
+        entries (``None``: no limit, for repairs)."""
+
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+        """Mark a waiting entry running, if its conversation has no running job and fewer than
+        ``max_running`` slots are held; ``ConditionFailed`` otherwise (the caller reads and
+        decides: already running, not enrolled, or must wait)."""
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        """Remove the job's entry, waiting or running (freeing its slot); returns the gate after
+        it. Idempotent: a job not enrolled leaves the gate as it is. ``conversation_id`` (the
+        job's, if known) lets the store write at once instead of reading first. ``only_waiting``: a running
+        entry is left alone and the call raises ``ConditionFailed`` (a refused submit's undo,
+        which a worker beat to the job)."""
 
 
 class EventLog(Protocol):
@@ -107,6 +143,10 @@ class JobQueue(Protocol):
     def send(self, job_id: str, delay_seconds: int = 0) -> None:
         """Enqueue a job for a worker."""
 
+    def backlog(self) -> int:
+        """About how many messages wait to be received (SQS's approximate count: it can lag, so
+        it only ever decides *when* the sweeper sends again, never whether a job runs)."""
+
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         """Hide an in-flight message for ``seconds`` more (heartbeat and retry backoff)."""
 
@@ -137,3 +177,4 @@ class Deps:
     conversations: ConversationStore
     queue: JobQueue
     agent_data: AgentDataStore
+    gates: GateStore

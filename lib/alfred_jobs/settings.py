@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     max_wait_seconds: float = 20.0
     max_list_limit: int = 100
 
+    # --- per user (guarantee 12 and fairness; see docs/architecture.md, "The gate") -----------
+    # Jobs of one user that run at once; the others wait pending, holding no worker or message.
+    max_running_per_user: int = Field(default=2, ge=1)
+    # Active (pending, running) jobs of one user; past it a submit is a 429 too_many_jobs. The
+    # gate item holds one entry per active job (~120 bytes), so it is bounded far below 400 KB.
+    max_active_per_user: int = Field(default=20, ge=1, le=1000)
+    # While the queue holds a backlog, a job that was sent but never picked up is presumed
+    # queued, not lost, for up to this long (then the sweeper sends it again anyway).
+    max_queue_wait_seconds: float = Field(default=900.0, gt=0)
+
     # --- the stream function ---------------------------------------------------------------
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     stream_poll_min_seconds: float = Field(default=0.05, gt=0)

@@ -45,6 +45,8 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SubmitFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
     ("SubmitFunction", "dynamodb", "Query", "ConversationsTable", None),
     ("SubmitFunction", "sqs", "SendMessage", "JobsQueue", None),
+    # a submit refused after its put (429, 409) deletes the record
+    ("SubmitFunction", "dynamodb", "DeleteItem", "JobsTable", None),
     # worker: lease, journal, projection, conversation turn, step effects, agent data
     ("WorkerFunction", "dynamodb", "GetItem", "JobsTable", None),
     ("WorkerFunction", "dynamodb", "UpdateItem", "JobsTable", None),
@@ -65,10 +67,15 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("WorkerFunction", "sqs", "DeleteMessage", "JobsQueue", None),
     ("WorkerFunction", "sqs", "DeleteMessageBatch", "JobsQueue", None),
     ("WorkerFunction", "sqs", "GetQueueAttributes", "JobsQueue", None),
+    # the hand-off: a job that ends sends the jobs its end lets start
+    ("WorkerFunction", "sqs", "SendMessage", "JobsQueue", None),
     # sweeper: the due index, postpone, re-send
     ("SweeperFunction", "dynamodb", "Query", "JobsTable", "due"),
     ("SweeperFunction", "dynamodb", "UpdateItem", "JobsTable", None),
     ("SweeperFunction", "sqs", "SendMessage", "JobsQueue", None),
+    # the users' gates and the jobs blocking them; the queue's backlog
+    ("SweeperFunction", "dynamodb", "GetItem", "JobsTable", None),
+    ("SweeperFunction", "sqs", "GetQueueAttributes", "JobsQueue", None),
     # stream: its secret at start, the job, the log (key reads)
     ("StreamFunction", "secretsmanager", "GetSecretValue", "StreamTokenSecret", None),
     ("StreamFunction", "dynamodb", "GetItem", "JobsTable", None),
@@ -84,6 +91,7 @@ NOT_ALLOWED: list[tuple[str, str, str, str]] = [
     ("SweeperFunction", "secretsmanager", "GetSecretValue", "CursorSecret"),
     ("SweeperFunction", "dynamodb", "GetItem", "ConversationsTable"),
     ("SweeperFunction", "dynamodb", "PutItem", "EventsTable"),
+    ("SweeperFunction", "sqs", "ReceiveMessage", "JobsQueue"),
     ("SubmitFunction", "dynamodb", "PutItem", "ConversationsTable"),
     ("SubmitFunction", "sqs", "ChangeMessageVisibility", "JobsQueue"),
     ("SubmitFunction", "sqs", "SendMessage", "JobsDeadLetterQueue"),

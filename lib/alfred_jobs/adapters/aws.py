@@ -21,9 +21,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
+from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
 from alfred_jobs.domain.retention import expired
-from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld, StoreError, TransientStoreError
+from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld, StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
@@ -156,6 +157,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "output_json": json.dumps(job.output) if job.output is not None else None,
         "error_json": json.dumps(job.error) if job.error is not None else None,
         "cancel_requested": job.cancel_requested,
+        "cancel_by": job.cancel_by,
         "lease_owner": job.lease_owner,
         "lease_expires": job.lease_expires,
         "expires_at": job.expires_at,
@@ -183,6 +185,7 @@ def item_to_job(item: dict[str, Any]) -> Job:
         output=json.loads(item["output_json"]) if item.get("output_json") else None,
         error=json.loads(item["error_json"]) if item.get("error_json") else None,
         cancel_requested=bool(item.get("cancel_requested", False)),
+        cancel_by=item.get("cancel_by"),
         lease_owner=item.get("lease_owner"),
         lease_expires=float(item.get("lease_expires", 0)),
     )
@@ -267,13 +270,16 @@ class DynamoJobStore:
             raise Fenced(job_id) from None
         return item_to_job(attrs)
 
-    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+    def release_lease(self, job_id: str, owner: str, due_at: float, *, undo_attempt: bool = False) -> None:
+        # The condition on our lease makes the undo count once: the SDK's retry of a landed
+        # release fails it.
         try:
             self._update(
                 Key=serialize({"job_id": job_id}),
-                UpdateExpression="REMOVE lease_owner SET lease_expires = :zero, due_at = :due",
+                UpdateExpression=("REMOVE lease_owner SET lease_expires = :zero, due_at = :due"
+                                  + (" ADD attempts :m1" if undo_attempt else "")),
                 ConditionExpression="lease_owner = :me AND attribute_exists(active_shard)",
-                values={":me": owner, ":zero": 0, ":due": due_at})
+                values={":me": owner, ":zero": 0, ":due": due_at, **({":m1": -1} if undo_attempt else {})})
         except ConditionFailed:
             # Not ours any more: released by an earlier try whose answer was lost, taken over, or
             # ended. Either way the job is not held by us, which is all a release asks for.
@@ -310,13 +316,14 @@ class DynamoJobStore:
                 raise Fenced(job.job_id) from None
             # A later projection is already there: nothing to do.
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, by: str | None = None) -> Job:
+        update = "SET cancel_requested = :t" + (", cancel_by = :by" if by else "")
         attrs = self._update(
             Key=serialize({"job_id": job_id}),
-            UpdateExpression="SET cancel_requested = :t",
+            UpdateExpression=update,
             ConditionExpression="attribute_exists(job_id) AND #s IN (:pending, :running)",
             ExpressionAttributeNames={"#s": "status"},
-            values={":t": True, **_ACTIVE_VALUES},
+            values={":t": True, **({":by": by} if by else {}), **_ACTIVE_VALUES},
             ReturnValues="ALL_NEW")
         return item_to_job(attrs)
 
@@ -375,6 +382,138 @@ class DynamoJobStore:
                          ConditionExpression="attribute_exists(active_shard)", values={":d": due_at})
         except ConditionFailed:
             pass  # it became terminal meanwhile
+
+    def delete_unstarted(self, job_id: str, created_at: float) -> None:
+        try:
+            with mapped_errors():
+                self._c.dynamodb.delete_item(
+                    TableName=self._table, Key=serialize({"job_id": job_id}),
+                    ConditionExpression="attribute_not_exists(job_id) OR (created_at = :c AND attempts = :zero)",
+                    ExpressionAttributeValues=serialize({":c": created_at, ":zero": 0}))
+        except ConditionFailed:
+            # Ours, and a worker took it (or the SDK retried our landed delete and met... nothing:
+            # that passes the first clause). Let the caller tell.
+            current = self.get(job_id)
+            if current is not None and current.created_at == created_at:
+                raise
+
+
+# ---- gates -----------------------------------------------------------------------------------
+
+
+def _gate_key(user_id: str) -> dict[str, Any]:
+    # In the jobs table beside the job records (job ids are 32 hex characters: no collision). No
+    # ``user_id``/``created_sk`` and no ``active_shard``: the gate is in neither index.
+    return serialize({"job_id": f"gate#{user_id}"})
+
+
+def item_to_gate(item: dict[str, Any] | None, now: float | None = None) -> Gate:
+    if not item or expired(int(item.get("expires_at", 0)), now):
+        return Gate()
+    entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")))
+                    for j, e in (item.get("m") or {}).items())
+    return Gate(entries=entries, running=int(item.get("running", 0)))
+
+
+class DynamoGateStore:
+    """Each user's gate as one item of the jobs table (``gate#<user>``): ``m`` maps each active job
+    id to ``{c: conversation, k: order, r: running}``, ``busy`` maps each conversation with a
+    running job to that job, ``running`` counts the slots held. Every change is one UpdateItem
+    whose condition is the state it changes from (so the SDK's retry of a landed write fails the
+    condition instead of applying twice), returning ALL_NEW. See docs/data-model.md."""
+
+    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+        self._c = clients
+        self._table = settings.jobs_table
+
+    def _raw(self, user_id: str) -> dict[str, Any] | None:
+        with mapped_errors():
+            out = self._c.dynamodb.get_item(TableName=self._table, Key=_gate_key(user_id), ConsistentRead=True)
+        return deserialize(out["Item"]) if "Item" in out else None
+
+    def read(self, user_id: str) -> Gate:
+        return item_to_gate(self._raw(user_id))
+
+    def _write(self, user_id: str, update: str, condition: str, names: dict[str, str],
+               values: dict[str, Any]) -> Gate:
+        with mapped_errors():
+            out = self._c.dynamodb.update_item(
+                TableName=self._table, Key=_gate_key(user_id), UpdateExpression=update,
+                ConditionExpression=condition, ExpressionAttributeNames=names,
+                ExpressionAttributeValues=serialize(values), ReturnValues="ALL_NEW")
+        return item_to_gate(deserialize(out.get("Attributes", {})))
+
+    def _create_empty(self, user_id: str, expires_at: int) -> None:
+        """A new (or expired, so gone) gate becomes an empty one. Losing the race is fine."""
+        try:
+            with mapped_errors():
+                self._c.dynamodb.put_item(
+                    TableName=self._table,
+                    Item=serialize({"job_id": f"gate#{user_id}", "gate_user": user_id, "m": {}, "busy": {},
+                                    "running": 0, "expires_at": expires_at}),
+                    ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
+                    ExpressionAttributeValues=serialize({":now": int(now_ts())}))
+        except ConditionFailed:
+            pass  # someone else made it first
+
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+        condition = "attribute_exists(m) AND expires_at > :now AND attribute_not_exists(m.#j)"
+        values: dict[str, Any] = {":e": {"c": entry.conversation_id, "k": entry.order, "r": False},
+                                  ":x": expires_at}
+        if max_active is not None:
+            condition += " AND size(m) < :max"
+            values[":max"] = max_active
+        for _ in range(3):
+            values[":now"] = int(now_ts())
+            try:
+                return self._write(user_id, "SET m.#j = :e, expires_at = :x", condition,
+                                   {"#j": entry.job_id}, values)
+            except ConditionFailed:
+                raw = self._raw(user_id)
+                gate = item_to_gate(raw)
+                if gate.entry(entry.job_id) is not None:
+                    return gate  # enrolled already (a replay, or our own write landed unanswered)
+                if raw is not None and not expired(int(raw.get("expires_at", 0))):
+                    if max_active is not None and len(gate.entries) >= max_active:
+                        raise GateFull(gate) from None
+                    continue  # it changed between the write and the read: try again
+                self._create_empty(user_id, expires_at)
+        raise TransientStoreError(f"could not enroll {entry.job_id}")
+
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+        return self._write(
+            user_id, "SET m.#j.r = :t, busy.#c = :j, expires_at = :x ADD running :one",
+            "attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c)",
+            {"#j": entry.job_id, "#c": entry.conversation_id},
+            {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running, ":x": expires_at})
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        # With the conversation known, guess the state (running, unless only a waiting entry may
+        # go) and write at once: a job that ends removes itself in one write. A wrong guess fails
+        # its condition, and the gate is read.
+        entry = GateEntry(job_id, conversation_id, "", running=not only_waiting) if conversation_id else None
+        for _ in range(4):
+            if entry is None:
+                gate = self.read(user_id)
+                entry = gate.entry(job_id)
+                if entry is None:
+                    return gate  # not enrolled (removed already, by us or by an earlier try)
+            names = {"#j": job_id}
+            try:
+                if entry.running:
+                    if only_waiting:
+                        raise ConditionFailed(f"{job_id} is running")
+                    names["#c"] = entry.conversation_id
+                    return self._write(user_id, "REMOVE m.#j, busy.#c ADD running :m1",
+                                       "m.#j.r = :t AND busy.#c = :j", names,
+                                       {":t": True, ":j": job_id, ":m1": -1})
+                return self._write(user_id, "REMOVE m.#j", "m.#j.r = :f", names, {":f": False})
+            except ConditionFailed:
+                if only_waiting and entry.running:
+                    raise
+                entry = None  # another state than guessed, or it moved: read and go again
+        raise TransientStoreError(f"could not remove {job_id} from its gate")
 
 
 # ---- events ------------------------------------------------------------------------------
@@ -577,6 +716,15 @@ class SqsJobQueue:
         with mapped_errors():
             self._c.sqs.send_message(QueueUrl=self._c.queue_url, MessageBody=json.dumps({"job_id": job_id}),
                                      DelaySeconds=max(0, min(900, delay_seconds)))
+
+    def backlog(self) -> int:
+        with mapped_errors():
+            out = self._c.sqs.get_queue_attributes(
+                QueueUrl=self._c.queue_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"])
+        attrs = out.get("Attributes", {})
+        return sum(int(attrs.get(name, 0)) for name in ("ApproximateNumberOfMessages",
+                                                         "ApproximateNumberOfMessagesDelayed"))
 
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         with mapped_errors():

@@ -11,8 +11,9 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
-from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld
+from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld
 from alfred_jobs.ports import Deps, JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
@@ -67,12 +68,13 @@ class MemoryJobStore:
             self.due[job_id] = now + lease_seconds
             return job
 
-    def release_lease(self, job_id: str, owner: str, due_at: float) -> None:
+    def release_lease(self, job_id: str, owner: str, due_at: float, *, undo_attempt: bool = False) -> None:
         with self.lock:
             job = self.items.get(job_id)
             if job is None or job.lease_owner != owner or job_id not in self.due:
                 return  # not ours any more: nothing to release
-            self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0)
+            self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0,
+                                         attempts=job.attempts - (1 if undo_attempt else 0))
             self.due[job_id] = due_at
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
@@ -96,12 +98,12 @@ class MemoryJobStore:
                 self.due.pop(job.job_id, None)
             self.items[job.job_id] = new
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, by: str | None = None) -> Job:
         with self.lock:
             job = self.items.get(job_id)
             if job is None or job.status not in ACTIVE_STATUSES:
                 raise ConditionFailed(job_id)
-            job = replace(job, cancel_requested=True)
+            job = replace(job, cancel_requested=True, cancel_by=by or job.cancel_by)
             self.items[job_id] = job
             return job
 
@@ -133,6 +135,75 @@ class MemoryJobStore:
         with self.lock:
             if job_id in self.due:
                 self.due[job_id] = due_at
+
+    def delete_unstarted(self, job_id: str, created_at: float) -> None:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None or job.expired() or job.created_at != created_at:
+                return
+            if job.attempts:
+                raise ConditionFailed(job_id)
+            del self.items[job_id]
+            self.due.pop(job_id, None)
+
+
+class MemoryGateStore:
+    """Each user's gate, with the conditions of ``DynamoGateStore`` (and its expiry)."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, tuple[dict[str, GateEntry], int]] = {}  # user -> (entries, expires_at)
+        self.lock = threading.RLock()
+        self.writes = 0
+
+    def _live(self, user_id: str) -> dict[str, GateEntry]:
+        entries, expires_at = self.gates.get(user_id, ({}, 0))
+        return entries if expires_at > now_ts() else {}
+
+    @staticmethod
+    def _gate(entries: dict[str, GateEntry]) -> Gate:
+        return Gate(tuple(entries.values()), sum(e.running for e in entries.values()))
+
+    def read(self, user_id: str) -> Gate:
+        with self.lock:
+            return self._gate(self._live(user_id))
+
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            if entry.job_id in entries:
+                return self._gate(entries)
+            if max_active is not None and len(entries) >= max_active:
+                raise GateFull(self._gate(entries))
+            entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, entry.order, running=False)
+            self.gates[user_id] = (entries, expires_at)
+            self.writes += 1
+            return self._gate(entries)
+
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            mine = entries.get(entry.job_id)
+            busy = any(e.running and e.conversation_id == entry.conversation_id for e in entries.values())
+            if mine is None or mine.running or busy or sum(e.running for e in entries.values()) >= max_running:
+                raise ConditionFailed(entry.job_id)
+            entries[entry.job_id] = replace(mine, running=True)
+            self.gates[user_id] = (entries, expires_at)
+            self.writes += 1
+            return self._gate(entries)
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            mine = entries.get(job_id)
+            if mine is None:
+                return self._gate(entries)
+            if only_waiting and mine.running:
+                raise ConditionFailed(job_id)
+            del entries[job_id]
+            self.gates[user_id] = (entries, self.gates[user_id][1])
+            self.writes += 1
+            return self._gate(entries)
 
 
 class MemoryEventLog:
@@ -234,6 +305,9 @@ class MemoryJobQueue:
     def dead_letter(self, job_id: str, body: str, reason: str) -> None:
         self.dead.append((job_id, reason))
 
+    def backlog(self) -> int:
+        return 0  # the fake only records sends: nothing waits in it
+
 
 class MemoryAgentDataStore:
     def __init__(self) -> None:
@@ -263,4 +337,4 @@ def memory_deps(settings: Settings | None = None) -> Deps:
     s = settings or Settings()
     return Deps(settings=s, jobs=MemoryJobStore(s.pending_grace_seconds), log=MemoryEventLog(),
                 conversations=MemoryConversationStore(), queue=MemoryJobQueue(),
-                agent_data=MemoryAgentDataStore())
+                agent_data=MemoryAgentDataStore(), gates=MemoryGateStore())

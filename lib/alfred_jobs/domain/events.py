@@ -198,9 +198,17 @@ class FailedPayload(Payload):
 
 
 class CancelledPayload(Payload):
-    """Written as ``{}`` (by a worker at a step boundary, or by the API on a job nobody holds)."""
+    """``{}`` (a cancel: by a worker at a step boundary, or by the API on a job nobody holds), or
+    ``{"reason": "interrupted", "by": <job id>}``: a later job of the conversation submitted with
+    ``multitask: interrupt`` ended it."""
 
     event_type = EventType.CANCELLED
+    reason: Literal["interrupted"] | None = None
+    by: str | None = None
+
+    @classmethod
+    def interrupted_by(cls, job_id: str | None) -> CancelledPayload:
+        return cls(reason="interrupted", by=job_id) if job_id else cls()
 
 
 AnyPayload = (StatusPayload | PhasePayload | PlanPayload | StepPayload | DeltaPayload | ResumedPayload

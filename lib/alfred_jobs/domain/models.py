@@ -7,7 +7,7 @@ so ``from alfred_jobs.domain.models import Event`` keeps working.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,7 @@ class Job:
     output: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     cancel_requested: bool = False
+    cancel_by: str | None = None  # the job that interrupts this one (multitask "interrupt")
     lease_owner: str | None = None
     lease_expires: float = 0.0
 
@@ -118,11 +119,15 @@ class ChatRequest(BaseModel):
     # message_too_long), so the configured value is the one that holds.
     message: str = Field(min_length=1)
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN)
+    # What to do when the conversation already has an active job (docs/architecture.md, "The
+    # gate"): wait behind it, refuse (409 conversation_busy), or end it (cancelled, interrupted).
+    multitask: Literal["enqueue", "reject", "interrupt"] = "enqueue"
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
+    job_id: str | None = None  # conversation_busy: the conversation's active job
 
 
 class ErrorResponse(BaseModel):

@@ -23,7 +23,7 @@ class LeaseKeeper:
 
     def __init__(self, deps: Deps, job_id: str, owner: str, lease_expires: float,
                  receipt_handle: str | None, state: Callable[[], tuple[int, JobStatus, Progress]],
-                 cancel_requested: bool) -> None:
+                 cancel_requested: bool, cancel_by: str | None = None) -> None:
         self.deps = deps
         self.job_id = job_id
         self.owner = owner
@@ -31,6 +31,7 @@ class LeaseKeeper:
         self.receipt = receipt_handle
         self.state = state
         self.cancel_requested = cancel_requested
+        self.cancel_by = cancel_by  # the job that interrupts this one, if that is why it is cancelled
         self.fenced = False
         self._stop = threading.Event()
         self._last_renew = time.monotonic()
@@ -65,6 +66,7 @@ class LeaseKeeper:
                     # stops us then.
                     job = self.deps.jobs.get(self.job_id)
                     if job is not None and (job.terminal or job.cancel_requested):
+                        self.cancel_by = self.cancel_by or job.cancel_by
                         self.cancel_requested = True  # cancelled or ended elsewhere: stop at the boundary
             except Fenced:
                 self.fenced = True
@@ -87,6 +89,7 @@ class LeaseKeeper:
                                          progress)
         self.expires = now + s.lease_seconds
         self._last_renew = time.monotonic()
+        self.cancel_by = self.cancel_by or job.cancel_by
         self.cancel_requested = self.cancel_requested or job.cancel_requested
         if self.receipt:
             try:

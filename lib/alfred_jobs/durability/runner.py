@@ -42,6 +42,7 @@ from alfred_jobs.domain.events import (
     replay,
 )
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
+from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.exceptions import (
@@ -99,6 +100,7 @@ class JobRunner:
         self.agent = agent
         self.settings = deps.settings
         self.journal = Journal(deps.log, deps.settings.retention_seconds)
+        self.admission = Admission(deps)
 
     def run(self, delivery: Delivery) -> RunResult:
         """Run (or resume, or finish) the job of one delivery; tells the caller what to do with it."""
@@ -143,7 +145,7 @@ class _Attempt:
         self.events: list[Event] = []
         self.view = job  # job record folded with every event we know of
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
-                                  self._state, job.cancel_requested)
+                                  self._state, job.cancel_requested, job.cancel_by)
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -177,7 +179,10 @@ class _Attempt:
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         if self.keeper.cancel_requested:
-            self.finish(CancelledPayload())
+            self.finish(self._cancelled())
+
+    def _cancelled(self) -> CancelledPayload:
+        return CancelledPayload.interrupted_by(self.keeper.cancel_by)
 
     def finish(self, payload: Payload) -> None:
         self.append(payload)
@@ -201,6 +206,9 @@ class _Attempt:
                                                 outcome.reply, term.at, self.journal.expires_at())
         elif isinstance(outcome, FailedPayload):
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
+        # Hand the job's place on before the terminal projection takes it off the sweeper's
+        # index: a crash in between finalizes (and hands on) again (docs/architecture.md).
+        self.r.admission.release(job)
         self.deps.jobs.save_projection(job, owner=None)
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
                EventType.CANCELLED: "JobsCancelled"}.get(term.type, "JobsFinished"))
@@ -215,6 +223,13 @@ class _Attempt:
             if self.events and self.events[-1].terminal:
                 self.finalize()
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
+            if not self.events:
+                try:
+                    admitted = self._admitted()
+                except StoreError:
+                    return self._give_back("store_unavailable", retry_after=1)
+                if not admitted:
+                    return self._give_back("waiting its turn")
             self.keeper.start()
             self._open()
             self._execute()
@@ -238,6 +253,31 @@ class _Attempt:
             log.exception("agent raised", extra={"job_id": self.job.job_id})
             return self._failure("agent_crashed", f"{type(err).__name__} in the agent", True)
 
+    def _admitted(self) -> bool:
+        """Take a run slot in the user's gate before the first event (a job with events took one
+        before: it keeps it until it ends, retries included)."""
+        verdict = self.r.admission.take(self.job)
+        if verdict is Verdict.NOT_ENROLLED:
+            # An active job its submit never enrolled (it died between its put and its enroll):
+            # enroll it now, past the limit (the job exists; the submit's answer was lost).
+            self.r.admission.enroll(self.job, limit=False)
+            verdict = self.r.admission.take(self.job)
+        return verdict is Verdict.RUN
+
+    def _give_back(self, reason: str, retry_after: int = 0) -> RunResult:
+        """The job did not start: give the delivery back as if it never came (no attempt counted).
+        Not its turn: drop the message (whoever frees its way sends a new one; the sweeper checks on
+        it meanwhile). The gate could not be reached: let the message come back (``retry_after``)."""
+        try:
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         now_ts() + self.s.pending_grace_seconds, undo_attempt=True)
+        except StoreError:
+            pass  # the lease runs out by itself; the sweeper finds the job then
+        if retry_after:
+            return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
+        count("DeliveriesWaiting")
+        return RunResult(Outcome.DROPPED, reason, status=JobStatus.PENDING)
+
     def _lost_slot(self, taken: SlotTaken) -> RunResult:
         if taken.existing.terminal:
             # Someone else (a cancel, a newer attempt) ended the job: make sure it is finalized.
@@ -255,7 +295,7 @@ class _Attempt:
                     self.finalize()  # ended by someone else while we read: never write past it
                     raise _Stop(RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status))
                 if self.keeper.cancel_requested:
-                    self.finish(CancelledPayload())
+                    self.finish(self._cancelled())
                 if self.attempt > self.s.max_attempts:
                     self.finish(FailedPayload(error=ErrorInfo(
                         code="attempts_exhausted",

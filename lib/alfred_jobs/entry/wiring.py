@@ -14,6 +14,7 @@ from alfred_jobs.adapters.aws import (
     DynamoAgentDataStore,
     DynamoConversationStore,
     DynamoEventLog,
+    DynamoGateStore,
     DynamoJobStore,
     SqsJobQueue,
 )
@@ -40,4 +41,4 @@ def aws_deps(settings: Settings, clients: AwsClients | None = None) -> Deps:
     c = clients or AwsClients(settings)
     return Deps(settings=settings, jobs=DynamoJobStore(c, settings), log=DynamoEventLog(c, settings),
                 conversations=DynamoConversationStore(c, settings), queue=SqsJobQueue(c),
-                agent_data=DynamoAgentDataStore(c, settings))
+                agent_data=DynamoAgentDataStore(c, settings), gates=DynamoGateStore(c, settings))

@@ -5,22 +5,37 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from alfred_jobs.domain.events import CancelledPayload
+from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.ids import is_conversation_id, is_idempotency_key, is_job_id
 from alfred_jobs.domain.models import (
     ACTIVE_STATUSES,
     ChatRequest,
     Event,
-    EventType,
     Job,
     JobStatus,
     fold,
     now_ts,
 )
 from alfred_jobs.domain.retention import expiry
+from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.journal import Journal
-from alfred_jobs.exceptions import ConditionFailed, Conflict, InvalidInput, NotFound, SlotTaken, TransientStoreError
+from alfred_jobs.exceptions import (
+    ClientError,
+    ConditionFailed,
+    Conflict,
+    ConversationBusy,
+    GateFull,
+    InvalidInput,
+    NotFound,
+    SlotTaken,
+    StoreError,
+    TooManyRequests,
+    TransientStoreError,
+)
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
@@ -44,7 +59,8 @@ def validate_job_id(job_id: str) -> str:
 
 
 def body_hash(req: ChatRequest) -> str:
-    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+    # ``multitask`` says what to do on arrival, not what was asked: a replay may differ in it.
+    return hashlib.sha256(json.dumps(req.model_dump(exclude={"multitask"}), sort_keys=True).encode()).hexdigest()
 
 
 class JobService:
@@ -54,15 +70,25 @@ class JobService:
         self.deps = deps
         self.settings = deps.settings
         self.journal = Journal(deps.log, deps.settings.retention_seconds)
+        self.admission = Admission(deps)
+        # The gate's write at submit runs beside the job's put (see ``submit``).
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gate")
 
     # ---- submit -----------------------------------------------------------------------
 
     def submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
-        """Create a job and enqueue it; returns before any agent work starts (guarantee 1).
+        """Create a job, enroll it in its user's gate, and send it if it may start now; returns
+        before any agent work starts (guarantee 1).
 
         With an idempotency key the job id is derived from (user, key), so the job record itself
         is the idempotency record: a second submit hits the conditional put and finds the first
         job (guarantee 5) at the cost of one PutItem, not a transaction.
+
+        The record and the gate entry are two items, written at the same time (the gate's write
+        in a thread of its own): a submit costs the time of one write and a send, as it did
+        before the gate. Every way the two can part (a crash between them, a refusal after the
+        put) is repaired: a job without an entry is enrolled by its first delivery, an entry
+        without a job is dropped by the sweeper (docs/architecture.md, "The gate").
         """
         if len(req.message) > self.settings.max_message_chars:
             raise InvalidInput(f"message is longer than {self.settings.max_message_chars} characters",
@@ -80,20 +106,80 @@ class JobService:
                   conversation_id=req.conversation_id or uuid.uuid4().hex,
                   created_at=now, expires_at=expiry(now, self.settings.retention_seconds),
                   body_hash=digest)
-        existing = self._create(job)
+        enrolling = self._pool.submit(self._enroll, job)
+        try:
+            existing = self._create(job)
+        except Exception:
+            self._undo_enroll(enrolling, job)
+            raise
+        gate, full = enrolling.result()  # a store error here leaves the job to the repairs
         if existing is not None:
-            if existing.user_id != user_id or existing.body_hash != digest:
-                raise Conflict("this Idempotency-Key was already used with a different request",
-                               code="idempotency_key_reused")
-            if existing.status is JobStatus.PENDING and existing.last_seq == 0:
-                # The first submit may have died between its put and its send: send again. A
-                # duplicate message is harmless (the worker drops messages of held jobs).
-                self.deps.queue.send(job_id)
-            return Submitted(self.fold_tail(existing), created=False)
-        self.deps.queue.send(job_id)
+            return self._replayed(existing, user_id, digest, gate)
+        if full:
+            self._refuse(job, TooManyRequests(
+                f"you have {self.settings.max_active_per_user} jobs under way; wait for one to end",
+                code="too_many_jobs", retry_after=10))
+        ahead = gate.ahead_of(job.job_id)
+        if ahead and req.multitask == "reject":
+            busy = next((e for e in ahead if e.running), ahead[0])
+            if self._undo_enroll(None, job):
+                self._refuse(job, ConversationBusy("this conversation has a job under way",
+                                                   job_id=busy.job_id))
+            gate = self.deps.gates.read(user_id)  # a worker took it meanwhile: it runs after all
+        if ahead and req.multitask == "interrupt":
+            for earlier in ahead:
+                self._interrupt(user_id, earlier.job_id, by=job.job_id)
+            gate = self.deps.gates.read(user_id)  # ending a waiting job may have handed its place on
+        if gate.may_start(job.job_id, self.settings.max_running_per_user):
+            self.deps.queue.send(job_id)
         count("JobsSubmitted")
-        log.info("job submitted", extra={"job_id": job_id, "user": user_id})
+        log.info("job submitted", extra={"job_id": job_id, "user": user_id, "queued_behind": len(ahead)})
         return Submitted(job, created=True)
+
+    def _enroll(self, job: Job) -> tuple[Gate, bool]:
+        """The gate after the job's entry went in, and whether it was full (no entry then)."""
+        try:
+            return self.admission.enroll(job), False
+        except GateFull as full:
+            return full.gate, True
+
+    def _undo_enroll(self, enrolling: Future[tuple[Gate, bool]] | None, job: Job) -> bool:
+        """Take a refused or failed job's entry out again; False if a worker already runs it."""
+        try:
+            if enrolling is not None:
+                enrolling.result()
+            self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
+                                   only_waiting=True)
+            return True
+        except ConditionFailed:
+            return False  # running: a worker took it between the enroll and now
+        except StoreError:
+            return True  # the sweeper drops an entry whose job does not exist
+
+    def _refuse(self, job: Job, error: ClientError) -> None:
+        """Raise ``error`` for a job whose record was put, after deleting that record. A worker
+        can only have taken it if its way was clear (then it runs and the submit says 202)."""
+        try:
+            self.deps.jobs.delete_unstarted(job.job_id, job.created_at)
+        except ConditionFailed:
+            return
+        raise error
+
+    def _replayed(self, existing: Job, user_id: str, digest: str, gate: Gate) -> Submitted:
+        """The answer to a submit whose job id (an Idempotency-Key) was taken."""
+        existing = self.fold_tail(existing)
+        if existing.terminal:
+            # Our enroll may have put an ended job back in the gate: take it out (and hand on).
+            self.admission.release(existing)
+        if existing.user_id != user_id or existing.body_hash != digest:
+            raise Conflict("this Idempotency-Key was already used with a different request",
+                           code="idempotency_key_reused")
+        if (existing.status is JobStatus.PENDING and existing.last_seq == 0
+                and gate.may_start(existing.job_id, self.settings.max_running_per_user)):
+            # The first submit may have died between its put and its send: send again. A
+            # duplicate message is harmless (the worker drops messages of held jobs).
+            self.deps.queue.send(existing.job_id)
+        return Submitted(existing, created=False)
 
     def _create(self, job: Job) -> Job | None:
         """Put the new record; returns the live job that already has this id, or None if ours
@@ -157,36 +243,53 @@ class JobService:
     # ---- cancel ---------------------------------------------------------------------------
 
     def cancel(self, user_id: str, job_id: str) -> tuple[Job, bool]:
-        """Request cancellation. Returns (job, done): done once the job is cancelled.
+        """Request cancellation. Returns (job, done): done once the job is cancelled."""
+        return self._cancel(self.get(user_id, job_id), by=None)
 
-        A job no worker holds (not started yet, or waiting for a retry) is cancelled here at once,
-        by putting the terminal event at the
-        head of its log (the same fence workers use). A running job gets a flag its worker reads
-        at the next step boundary, or within a second while the reply streams.
-        """
-        job = self.get(user_id, job_id)
+    def _interrupt(self, user_id: str, job_id: str, by: str) -> None:
+        """``multitask: interrupt``: end an earlier job of the conversation, as cancelled by ``by``."""
+        try:
+            self._cancel(self.get(user_id, job_id), by=by)
+        except (NotFound, Conflict):
+            pass  # it ended meanwhile (or expired): nothing to interrupt
+        count("JobsInterrupted")
+
+    def _cancel(self, job: Job, by: str | None) -> tuple[Job, bool]:
+        """A job no worker holds (not started yet, waiting its turn, or waiting for a retry) is
+        cancelled here at once, by putting the terminal event at the head of its log (the same
+        fence workers use), then handing its place in the gate on, then projecting it. A running
+        job gets a flag its worker reads at the next step boundary, or within a second while the
+        reply streams."""
+        job_id = job.job_id
         if job.status is JobStatus.CANCELLED:
             return job, True
         if job.terminal:
             raise Conflict(f"job is already {job.status}", code="job_finished")
         unheld = not job.lease_live()
         if job.status is JobStatus.PENDING and unheld:
-            ev = Event.new(job.last_seq + 1, EventType.CANCELLED, {}, attempt=job.attempts,
-                           writer=API_WRITER)
+            ev = Event.of(job.last_seq + 1, CancelledPayload.interrupted_by(by), attempt=job.attempts,
+                          writer=API_WRITER)
             try:
                 self.journal.append(job_id, ev, job.expires_at)
             except SlotTaken:
                 pass  # a worker started it meanwhile: fall through to the flag
             else:
                 done = fold(job, [ev])
-                self.deps.jobs.save_projection(done, owner=None)
+                try:
+                    # Before the projection (which takes it off the sweeper's index): if this
+                    # fails, a worker finalizes it, hand-off included.
+                    self.admission.release(done)
+                    self.deps.jobs.save_projection(done, owner=None)
+                except StoreError as exc:
+                    log.warning("cancelled; finalizing is left to a worker",
+                                extra={"job_id": job_id, "error": str(exc)})
                 count("JobsCancelled")
                 return done, True
         try:
             # The update returns the record: fold its tail instead of reading it again.
-            job = self.fold_tail(self.deps.jobs.request_cancel(job_id))
+            job = self.fold_tail(self.deps.jobs.request_cancel(job_id, by=by))
         except ConditionFailed:
-            job = self.get(user_id, job_id)  # it ended meanwhile; report what it is now
+            job = self.get(job.user_id, job_id)  # it ended meanwhile; report what it is now
         if job.status is JobStatus.CANCELLED:
             return job, True
         if job.terminal:

@@ -1,15 +1,35 @@
-"""The sweeper: nothing stays pending or running forever (guarantee 9).
+"""The sweeper: nothing stays pending or running forever (guarantee 9), and a backlog is not a fault.
 
-It finds active jobs whose deadline passed — pending past the grace period (the queue message was
-lost) or running past the lease (the worker died) — and sends their message again. Re-enqueueing
-a healthy job is harmless: the worker drops a delivery whose job holds a live lease, or is done.
+It reads the active jobs whose deadline passed and tells four cases apart:
+
+- **stranded**: running past its lease (the worker died), or admitted to run (it holds a slot,
+  or nothing stops it) with no message under way: its message is sent again. Only these count
+  as ``StuckJobs``, the metric behind the stuck-jobs alarm.
+- **queued**: it may start and was sent, but never picked up, while the queue holds a backlog:
+  its message is presumed still queued (for up to ``max_queue_wait_seconds``); it is checked
+  again a grace period later, not sent twice.
+- **waiting**: its user's gate says it must wait (an earlier job of its conversation, or the
+  user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone.
+- **finished**: its terminal event is there but not its projection: sent, so that a worker
+  finalizes it (hand-off included).
+
+Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
+lease, or is done), so every mistake here costs a message, never a second run. The one read that
+can be stale (the queue's approximate backlog) only decides *when* a job is sent again.
+
+The sweeper also repairs gates: an entry whose job record is gone (its submit died between the
+two writes) or has ended is removed, and its place handed on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alfred_jobs.domain.models import now_ts
+from alfred_jobs.domain.events import parse_iso
+from alfred_jobs.domain.gate import Gate
+from alfred_jobs.domain.models import Job, now_ts
+from alfred_jobs.durability.admission import Admission
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
@@ -19,29 +39,92 @@ log = get_logger()
 
 @dataclass
 class SweepReport:
-    requeued: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # stranded: sent again
+    waiting: list[str] = field(default_factory=list)   # waiting their turn in their gate
+    queued: list[str] = field(default_factory=list)    # sent, presumed still in the queue's backlog
+    repaired: list[str] = field(default_factory=list)  # gate entries of jobs gone or ended, removed
+    handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     errors: int = 0
 
 
 class Sweeper:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        self.admission = Admission(deps)
 
     def sweep(self, limit: int = 200) -> SweepReport:
-        """Re-enqueue every stranded job found (at most ``limit`` per shard)."""
-        s = self.deps.settings
+        """Look at every active job past its deadline (at most ``limit`` per shard)."""
         now = now_ts()
         report = SweepReport()
+        gates: dict[str, Gate] = {}
+        backlog: list[int] = []
+
+        def queue_backlog() -> int:  # asked once per sweep, and only if needed
+            if not backlog:
+                backlog.append(self.deps.queue.backlog())
+            return backlog[0]
+
         for job in self.deps.jobs.find_due(now, limit):
             try:
-                self.deps.queue.send(job.job_id)
-                # Not again before a worker had the time to take it.
-                self.deps.jobs.postpone(job.job_id, now + max(s.lease_seconds, s.pending_grace_seconds))
-                report.requeued.append(job.job_id)
+                self._sweep_one(job, now, gates, queue_backlog, report)
             except StoreError as exc:
                 report.errors += 1
-                log.warning("sweeper could not requeue", extra={"job_id": job.job_id, "error": str(exc)})
+                log.warning("sweeper could not handle a job", extra={"job_id": job.job_id, "error": str(exc)})
         count("StuckJobs", len(report.requeued))
-        if report.requeued:
-            log.info("sweeper requeued jobs", extra={"count": len(report.requeued)})
+        count("JobsWaiting", len(report.waiting))
+        count("JobsQueued", len(report.queued))
+        if report.requeued or report.repaired:
+            log.info("sweeper requeued jobs", extra={"count": len(report.requeued),
+                                                      "repaired": len(report.repaired)})
         return report
+
+    def _sweep_one(self, job: Job, now: float, gates: dict[str, Gate], queue_backlog: Callable[[], int],
+                   report: SweepReport) -> None:
+        s = self.deps.settings
+        later = now + max(s.lease_seconds, s.pending_grace_seconds)
+        if job.lease_owner is None or not job.lease_live(now):
+            gate = gates.get(job.user_id)
+            if gate is None:
+                gate = gates[job.user_id] = self._repaired(self.deps.gates.read(job.user_id), job, now, report)
+            if job.job_id in report.handed_on:
+                return  # a repair just sent it
+            entry = gate.entry(job.job_id)
+            if entry is not None and not entry.running:
+                if not gate.may_start(job.job_id, s.max_running_per_user):
+                    self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
+                    report.waiting.append(job.job_id)
+                    return
+                if (job.attempts == 0 and now - job.created_at < s.max_queue_wait_seconds
+                        and job.job_id not in report.requeued and queue_backlog() > 0):
+                    self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
+                    report.queued.append(job.job_id)
+                    return
+        # Stranded: a dead worker's job, an admitted job without a message, a job its submit
+        # never enrolled (its first delivery enrolls it), or one whose finalize did not finish.
+        self.deps.queue.send(job.job_id)
+        # Not again before a worker had the time to take it.
+        self.deps.jobs.postpone(job.job_id, later)
+        report.requeued.append(job.job_id)
+
+    def _repaired(self, gate: Gate, due: Job, now: float, report: SweepReport) -> Gate:
+        """``gate`` without the entries that block ``due`` but belong to no live job: a job whose
+        record is gone (a submit that died between its two writes: only once the entry is older
+        than the grace period, since the record may still be on its way) or that has ended."""
+        s = self.deps.settings
+        entry = gate.entry(due.job_id)
+        if entry is None or entry.running:
+            return gate
+        blockers = gate.ahead_of(due.job_id)
+        if not blockers and gate.running >= s.max_running_per_user:
+            blockers = [e for e in gate.entries if e.running]
+        for blocker in blockers:
+            job = self.deps.jobs.get(blocker.job_id)  # strongly consistent
+            submitted = parse_iso(blocker.order.split("#", 1)[0])
+            gone = job is None and now - submitted > s.pending_grace_seconds
+            if gone or (job is not None and job.terminal):
+                gate = self.deps.gates.remove(due.user_id, blocker.job_id)
+                report.handed_on += self.admission.hand_on(due.user_id, gate)
+                report.repaired.append(blocker.job_id)
+                log.warning("gate entry of a job gone or ended removed",
+                            extra={"job_id": blocker.job_id, "user": due.user_id})
+        return gate

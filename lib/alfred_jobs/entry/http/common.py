@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alfred_jobs.exceptions import (
     ClientError,
+    ConversationBusy,
     InvalidInput,
     PayloadTooLarge,
     TooManyRequests,
@@ -55,7 +56,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
-        return error_response(exc.status, exc.code, exc.message, headers)
+        body = error_body(exc.code, exc.message)
+        if isinstance(exc, ConversationBusy):
+            body["error"]["job_id"] = exc.job_id  # the active job the caller may watch or interrupt
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

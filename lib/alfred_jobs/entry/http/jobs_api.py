@@ -29,7 +29,7 @@ from alfred_jobs.settings import SUBMIT_SECRETS, Settings
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413)}
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429)}
 
 
 def job_links(settings: Settings, user_id: str, job: Job) -> dict[str, str]:

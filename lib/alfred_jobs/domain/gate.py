@@ -1,0 +1,76 @@
+"""A user's gate: which of their active jobs may run now (guarantee 12 and per-user fairness).
+
+Every active job of a user has an entry in the user's gate, from submit until it ends. An entry
+is *waiting* or *running* (it holds one of the user's run slots). A waiting job may start when
+
+- no other job of its conversation is running, and it is the oldest waiting job of its
+  conversation (jobs of one conversation run one at a time, in submit order), and
+- fewer than ``max_running`` of the user's jobs hold a slot (per-user fairness).
+
+A waiting job holds nothing: no queue message, no worker, no lease. Whoever changes the gate
+so that a job may start (the job that ends, the submit that finds the way clear, the sweeper as
+the backstop) sends its message. The store applies every change as one conditional write and
+returns the gate as it is after it, so each party decides from a state nobody else has moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GateEntry:
+    job_id: str
+    conversation_id: str
+    # Submit order: the job's ``created_sk`` (creation time, then job id). Ties between two
+    # submits closer together than the API hosts' clock skew are concurrent: either order is one.
+    order: str
+    running: bool = False
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A user's gate as one consistent read or one write returned it."""
+
+    entries: tuple[GateEntry, ...] = ()
+    running: int = 0  # slots held (the store keeps it with the entries, in the same writes)
+
+    def entry(self, job_id: str) -> GateEntry | None:
+        return next((e for e in self.entries if e.job_id == job_id), None)
+
+    def in_order(self) -> list[GateEntry]:
+        return sorted(self.entries, key=lambda e: e.order)
+
+    def conversation(self, conversation_id: str) -> list[GateEntry]:
+        """The active jobs of one conversation, in submit order."""
+        return [e for e in self.in_order() if e.conversation_id == conversation_id]
+
+    def ahead_of(self, job_id: str) -> list[GateEntry]:
+        """The other active jobs of ``job_id``'s conversation that it must wait for: the one
+        running, and every waiting one submitted before it."""
+        me = self.entry(job_id)
+        if me is None:
+            return []
+        return [e for e in self.conversation(me.conversation_id)
+                if e.job_id != job_id and (e.running or e.order < me.order)]
+
+    def may_start(self, job_id: str, max_running: int) -> bool:
+        me = self.entry(job_id)
+        return (me is not None and not me.running and not self.ahead_of(job_id)
+                and self.running < max_running)
+
+    def startable(self, max_running: int) -> list[GateEntry]:
+        """The jobs to send now, oldest first: each conversation's next job, while slots are free."""
+        free = max_running - self.running
+        chosen: list[GateEntry] = []
+        seen: set[str] = set()
+        for e in self.in_order():
+            if free <= 0:
+                break
+            if e.conversation_id in seen:
+                continue
+            seen.add(e.conversation_id)
+            if not e.running and not any(o.running for o in self.conversation(e.conversation_id)):
+                chosen.append(e)
+                free -= 1
+        return chosen

@@ -1,0 +1,96 @@
+"""Admission through each user's gate (``domain/gate.py``): who may run now, and the hand-off.
+
+- **Submit** enrolls the job (the 429 past ``max_active_per_user`` is the gate's condition) and
+  sends its message only if the gate, as its own write left it, lets the job start.
+- **A worker** takes a run slot before it opens the job (``take``); a job that may not start yet
+  gives its delivery back without counting an attempt and without a message: it holds nothing.
+- **A job that ends** (the runner's finalize, the API's cancel of a job nobody holds) removes its
+  entry, then sends the message of every job its removal lets start (``release``), and only then
+  writes its terminal projection. A crash anywhere before that projection leaves the job active
+  on the sweeper's index, so the whole finalize runs again: the hand-off is never lost.
+- **The sweeper** is the backstop: a due job that may start is sent again, one that must wait is
+  left alone (``classify``).
+
+Each decision is taken from the gate as a strongly consistent read or the caller's own
+conditional write returned it; a duplicate message is harmless (the lease drops it).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from alfred_jobs.domain.gate import Gate, GateEntry
+from alfred_jobs.domain.models import Job, iso, now_ts
+from alfred_jobs.domain.retention import expiry
+from alfred_jobs.exceptions import ConditionFailed
+from alfred_jobs.observability import count, get_logger
+from alfred_jobs.ports import Deps
+
+log = get_logger()
+
+
+class Verdict(StrEnum):
+    RUN = "run"            # the job holds a slot: run it
+    WAIT = "wait"          # it must wait for an earlier job of its conversation, or a free slot
+    NOT_ENROLLED = "not_enrolled"
+
+
+def gate_entry(job: Job) -> GateEntry:
+    """The job's entry: its conversation, and its place in submit order (as ``created_sk``)."""
+    return GateEntry(job.job_id, job.conversation_id, f"{iso(job.created_at)}#{job.job_id}")
+
+
+class Admission:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+
+    def _expires(self) -> int:
+        return expiry(now_ts(), self.settings.retention_seconds)
+
+    def enroll(self, job: Job, *, limit: bool = True) -> Gate:
+        """Add the job to its user's gate (``GateFull`` past the limit, unless ``limit`` is off:
+        a repair); returns the gate after it."""
+        return self.deps.gates.enroll(job.user_id, gate_entry(job),
+                                      self.settings.max_active_per_user if limit else None, self._expires())
+
+    def take(self, job: Job) -> Verdict:
+        """Take a run slot for ``job`` (the caller holds its lease)."""
+        s = self.settings
+        entry = gate_entry(job)
+        for _ in range(3):
+            try:
+                self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires())
+                return Verdict.RUN
+            except ConditionFailed:
+                gate = self.deps.gates.read(job.user_id)
+                mine = gate.entry(job.job_id)
+                if mine is None:
+                    return Verdict.NOT_ENROLLED
+                if mine.running:
+                    return Verdict.RUN  # ours already: an earlier attempt took it, or our write landed unanswered
+                if not gate.may_start(job.job_id, s.max_running_per_user):
+                    return Verdict.WAIT
+                # It changed between the write and the read in our favour: try again.
+        return Verdict.WAIT
+
+    def release(self, job: Job) -> list[str]:
+        """Remove the ending job from its gate and hand its place on; idempotent (call it again
+        after a crash: the removal is done once, the hand-off again, which is harmless)."""
+        gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id)
+        return self.hand_on(job.user_id, gate)
+
+    def hand_on(self, user_id: str, gate: Gate) -> list[str]:
+        """Send every job ``gate`` lets start. Its sweep deadline moves first, so a message lost
+        after this is found by the sweeper a grace period later, and one in flight is not sent
+        twice by it."""
+        s = self.settings
+        sent = []
+        for entry in gate.startable(s.max_running_per_user):
+            self.deps.jobs.postpone(entry.job_id, now_ts() + s.pending_grace_seconds)
+            self.deps.queue.send(entry.job_id)
+            sent.append(entry.job_id)
+        if sent:
+            count("JobsHandedOn", len(sent))
+            log.info("handed on", extra={"user": user_id, "jobs": sent})
+        return sent
