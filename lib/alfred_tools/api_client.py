@@ -32,13 +32,20 @@ class CliError(Exception):
 
 
 class ApiError(CliError):
-    """The API answered with an error (its ``{"error": {code, message}}`` shape)."""
+    """The API answered with an error (its ``{"error": {code, message}}`` shape).
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    ``job_id``: the conversation's active job, on a 409 ``conversation_busy``. ``retry_after``:
+    the ``Retry-After`` header in seconds, when the answer had one (a 429, a 503).
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, job_id: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(f"{message} ({code}, HTTP {status})")
         self.status = status
         self.code = code
         self.message = message
+        self.job_id = job_id
+        self.retry_after = retry_after
 
 
 class Unreachable(CliError):
@@ -67,11 +74,20 @@ def resolve_token(settings: Settings) -> str:
                    "prints a local one)")
 
 
+def _retry_after(resp: httpx.Response) -> int | None:
+    """``Retry-After`` in seconds (the API sends seconds, never an HTTP date)."""
+    value = resp.headers.get("Retry-After", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 def _api_error(resp: httpx.Response) -> ApiError:
     try:
         err = resp.json()["error"]
-        return ApiError(resp.status_code, str(err["code"]), str(err["message"]))
-    except (ValueError, KeyError, TypeError):
+        job_id = err.get("job_id")
+        return ApiError(resp.status_code, str(err["code"]), str(err["message"]),
+                        job_id=job_id if isinstance(job_id, str) else None,
+                        retry_after=_retry_after(resp))
+    except (ValueError, KeyError, TypeError, AttributeError):
         text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else resp.reason_phrase
         return ApiError(resp.status_code, "http_error", text or f"HTTP {resp.status_code}")
 
@@ -109,10 +125,14 @@ class ApiClient:
         return resp.json()
 
     def submit(self, message: str, conversation_id: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+               idempotency_key: str | None = None, multitask: str | None = None) -> dict[str, Any]:
+        """``POST /api/chat``. ``multitask`` (enqueue, reject, interrupt) says what to do if the
+        conversation has a job under way; None leaves it to the server (enqueue)."""
         body: dict[str, Any] = {"message": message}
         if conversation_id:
             body["conversation_id"] = conversation_id
+        if multitask:
+            body["multitask"] = multitask
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self.request("POST", "/api/chat", json=body, headers=headers)
         return result
@@ -375,7 +395,12 @@ class Renderer:
             err = d.get("error") or {}
             self._line(f"✗ failed: {err.get('message')} ({err.get('code')})")
         elif t == "cancelled":
-            self._line("■ cancelled")
+            self._line("■ cancelled" + (f" (interrupted by job {d.get('by')})" if interrupted(d) else ""))
+
+
+def interrupted(d: dict[str, Any]) -> bool:
+    """A cancel made by a later job of the conversation (``multitask: interrupt``)."""
+    return d.get("reason") == "interrupted"
 
 
 def summarize(t: str, d: dict[str, Any]) -> str:
@@ -398,4 +423,6 @@ def summarize(t: str, d: dict[str, Any]) -> str:
     if t == "failed":
         err = d.get("error") or {}
         return f"{err.get('code')}: {err.get('message')}"
+    if t == "cancelled" and interrupted(d):
+        return f"interrupted by={d.get('by')}"
     return json.dumps(d, ensure_ascii=False) if d else ""

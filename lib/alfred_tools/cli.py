@@ -1,7 +1,8 @@
 """``alfred-jobs``: run the system locally, and a real HTTP client of the job API.
 
-Exit codes: 0 success (a followed job completed); 1 an API error (its message is printed), an
-unreachable API, or a followed job that ended failed or cancelled; 2 bad usage.
+Exit codes: 0 success (a followed job completed); 1 an API error (its message is printed; a
+refused ``chat``, conversation busy or too many jobs, says what to do next), an unreachable API,
+or a followed job that ended failed or cancelled; 2 bad usage.
 
 Identity for the client commands: ``ALFRED_TOKEN`` when set. Otherwise, and only when
 ``ALFRED_API_URL`` is on this machine (localhost, 127.0.0.1, ::1), a local token is minted for
@@ -84,9 +85,27 @@ def _watch(client: ApiClient, job_id: str, after: int, args: argparse.Namespace)
     return 0 if status == "complete" else 1
 
 
+def submit_refusal(exc: ApiError) -> CliError | None:
+    """A clearer message for the two refusals of a submit that the caller can act on, or None."""
+    if exc.code == "conversation_busy":
+        active = exc.job_id or "?"
+        return CliError(f"this conversation has a job under way: {active} (conversation_busy, HTTP 409)\n"
+                        "  send anyway with --multitask enqueue (runs after it) or --multitask interrupt "
+                        "(stops it),\n"
+                        f"  or follow it: alfred-jobs watch {active}")
+    if exc.code == "too_many_jobs":
+        wait = f"try again in {exc.retry_after} s" if exc.retry_after else "try again later"
+        return CliError(f"{exc.message} (too_many_jobs, HTTP 429); {wait}\n"
+                        "  see them: alfred-jobs list --status active")
+    return None
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     client = _client()
-    job = client.submit(args.message, args.conversation, args.idempotency_key)
+    try:
+        job = client.submit(args.message, args.conversation, args.idempotency_key, args.multitask)
+    except ApiError as exc:
+        raise submit_refusal(exc) or exc from None
     if not args.follow:
         print(json.dumps(job) if args.json else job["job_id"])
         return 0
@@ -207,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--follow", "-f", action="store_true", help="show progress live until the job ends")
     c.add_argument("--conversation", metavar="ID")
     c.add_argument("--idempotency-key", metavar="KEY")
+    c.add_argument("--multitask", choices=["enqueue", "reject", "interrupt"],
+                   help="if the conversation has a job under way: run after it (the server's default), "
+                        "refuse, or stop it")
     follow_opts(c)
     c.set_defaults(func=cmd_chat)
 

@@ -8,9 +8,12 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from alfred_jobs.service.auth import verify_local_token
@@ -249,3 +252,81 @@ def test_bench_dispatches_lazily() -> None:
     t0 = time.monotonic()
     assert subprocess.run([*CLI, "token", "--user", "x"], capture_output=True, timeout=20).returncode == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_chat_multitask_reject_names_the_active_job_then_interrupt_stops_it(dev: DevProcess) -> None:
+    # GIVEN a conversation with a long job under way
+    conv = uuid.uuid4().hex
+    # 20 steps of 3 s: still running when the next messages arrive, however slow the machine
+    first = run(dev, "chat", "slow soup [steps=20] [pace=3]", "--conversation", conv).stdout.strip()
+    assert len(first) == 32
+    # WHEN another message is sent with --multitask reject
+    busy = run(dev, "chat", "and a salad", "--conversation", conv, "--multitask", "reject")
+    # THEN it is refused with a message naming the active job and what to do instead; nothing is created
+    assert busy.returncode == 1, (busy.stdout, busy.stderr)
+    assert busy.stdout == ""
+    assert busy.stderr.startswith(f"error: this conversation has a job under way: {first} (conversation_busy, "
+                                  "HTTP 409)"), busy.stderr
+    assert "--multitask enqueue" in busy.stderr and "--multitask interrupt" in busy.stderr
+    assert f"alfred-jobs watch {first}" in busy.stderr
+    assert "Traceback" not in busy.stderr
+    assert [j["job_id"] for j in json.loads(run(dev, "list", "--json").stdout)["jobs"]
+            if j["conversation_id"] == conv] == [first]
+    # WHEN it is sent with --multitask interrupt (and followed)
+    second = run(dev, "chat", "just a salad [steps=1]", "--conversation", conv, "--multitask", "interrupt",
+                 "--follow", "--json")
+    # THEN the new job runs to completion, and the first ended cancelled, interrupted by it
+    assert second.returncode == 0, second.stderr
+    second_id = second.stderr.split()[1]
+    assert events_of(second.stdout)[-1]["type"] == "complete"
+    assert json.loads(run(dev, "status", first, "--json").stdout)["status"] == "cancelled"
+    shown = run(dev, "watch", first)
+    assert shown.returncode == 1
+    assert shown.stdout.splitlines()[-1].endswith(f"cancelled interrupted by={second_id}"), shown.stdout
+    last = events_of(run(dev, "watch", first, "--json").stdout)[-1]
+    assert (last["type"], last["data"]) == ("cancelled", {"reason": "interrupted", "by": second_id})
+
+
+def test_chat_enqueued_in_a_busy_conversation_runs_after_the_earlier_job(dev: DevProcess) -> None:
+    conv = uuid.uuid4().hex
+    first = run(dev, "chat", "rice [steps=3]", "--conversation", conv).stdout.strip()
+    # --multitask enqueue is the server's default, sent explicitly here; it waits, then runs
+    second = run(dev, "chat", "and beans [steps=1]", "--conversation", conv, "--multitask", "enqueue",
+                 "--follow", "--json")
+    assert second.returncode == 0, second.stderr
+    events = events_of(second.stdout)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "complete"
+    done_first = json.loads(run(dev, "status", first, "--json").stdout)
+    assert done_first["status"] == "complete"
+    # it started only after the first job had ended
+    done_second = json.loads(run(dev, "status", second.stderr.split()[1], "--json").stdout)
+    started, ended = (datetime.fromisoformat(t.replace("Z", "+00:00"))
+                      for t in (done_second["started_at"], done_first["completed_at"]))
+    assert started >= ended, (done_second, done_first)
+
+
+def test_chat_past_the_active_jobs_limit_says_when_to_try_again(dev: DevProcess) -> None:
+    # GIVEN a user with as many jobs under way as allowed (20): one long job, the rest queued behind it
+    user = f"busy{uuid.uuid4().hex[:6]}"
+    token = run(dev, "token", "--user", user).stdout.strip()
+    conv = uuid.uuid4().hex
+    jobs: list[str] = []
+    with httpx.Client(base_url=dev.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        for i in range(20):
+            message = "slow soup [steps=20] [pace=3]" if i == 0 else f"then dish {i}"
+            r = http.post("/api/chat", json={"message": message, "conversation_id": conv})
+            assert r.status_code == 202, r.text
+            jobs.append(r.json()["job_id"])
+        try:
+            # WHEN one more is sent
+            out = run(dev, "chat", "one too many", ALFRED_TOKEN=token)
+            # THEN it is refused with the server's reason and when to try again
+            assert out.returncode == 1, (out.stdout, out.stderr)
+            assert re.match(r"error: you have 20 jobs under way; wait for one to end \(too_many_jobs, HTTP 429\); "
+                            r"try again in \d+ s\n", out.stderr), out.stderr
+            assert "alfred-jobs list --status active" in out.stderr
+            assert "Traceback" not in out.stderr
+        finally:
+            for job_id in reversed(jobs):  # the queued ones first: cancelling them starts nothing
+                http.post(f"/api/jobs/{job_id}/cancel")
