@@ -5,6 +5,8 @@ export type JobStatus = 'pending' | 'running' | 'complete' | 'failed' | 'cancell
 export interface ApiErrorBody {
   code: string;
   message: string;
+  /** conversation_busy: the conversation's active job. */
+  job_id?: string;
 }
 
 export interface JobLinks {
@@ -76,6 +78,10 @@ export interface JobView {
   /** Set while an attempt failed and the job waits to be retried. */
   retry: { inSeconds: number; error: ApiErrorBody | null; at: string } | null;
   lastSeq: number;
+  /** Cancelled: 'interrupted' when a later message of the conversation (multitask "interrupt") ended it. */
+  cancelReason: 'interrupted' | null;
+  /** Cancelled by an interrupt: the job that interrupted it. */
+  cancelledBy: string | null;
 }
 
 /** What the client remembers per job in storage (localStorage by default). */
@@ -135,16 +141,20 @@ export interface SubmitOptions {
   conversationId?: string | null;
   /** Same key and same body → the same job. Defaults to a new random key (no dedupe across calls). */
   idempotencyKey?: string;
-  /** Retries on network errors, 429 and 5xx, with the same key. Default 3. */
+  /** Retries on network errors, 429 (but too_many_jobs) and 5xx, with the same key. Default 3. */
   retries?: number;
+  /** If the conversation has a job under way: wait for it (the server's default), refuse
+   * (409 conversation_busy, `AlfredApiError.jobId`), or stop it (it ends cancelled, `cancelReason: 'interrupted'`). */
+  multitask?: 'enqueue' | 'reject' | 'interrupt';
   signal?: AbortSignal;
 }
 
 export interface DraftKey {
   /** The key for this text: the same until `sent()`, a new one when the text changes. */
   keyFor(text: string): string;
-  /** The server accepted the draft; the next draft gets a new key. */
-  sent(): void;
+  /** The server accepted the draft; the next draft gets a new key. With `text`: only if the
+   * stored draft is still that text (another draft may have been keyed meanwhile). */
+  sent(text?: string): void;
 }
 
 export interface StorageLike {
@@ -207,7 +217,12 @@ export declare class AlfredApiError extends Error {
   readonly code: string;
   /** Network, 429 or 5xx: the same request may succeed later. */
   readonly retryable: boolean;
-  constructor(status: number, code: string, message: string);
+  /** The Retry-After header in seconds (429, 503), or null. */
+  readonly retryAfter: number | null;
+  /** 409 conversation_busy: the conversation's active job; else null. */
+  readonly jobId: string | null;
+  constructor(status: number, code: string, message: string,
+    extra?: { retryAfter?: number | null; jobId?: string | null });
 }
 
 export declare function createAlfredClient(options?: ClientOptions): AlfredClient;

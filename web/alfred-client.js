@@ -16,13 +16,19 @@ const TERMINAL = new Set(['complete', 'failed', 'cancelled']);
 const TERMINAL_EVENTS = { complete: 'complete', failed: 'failed', cancelled: 'cancelled' };
 const DAY_MS = 24 * 3600 * 1000;
 
-/** An error answer from the API ({error: {code, message}}) or a network failure (status 0). */
+/**
+ * An error answer from the API ({error: {code, message}}) or a network failure (status 0).
+ * `retryAfter`: the Retry-After header in seconds (a 429, a 503), else null. `jobId`: on a 409
+ * conversation_busy, the conversation's active job.
+ */
 export class AlfredApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, { retryAfter = null, jobId = null } = {}) {
     super(message);
     this.name = 'AlfredApiError';
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;
+    this.jobId = jobId;
   }
 
   /** True when sending the same request again may succeed (network, 5xx, 429). */
@@ -49,6 +55,7 @@ export function emptyView(jobId, status = 'pending') {
   return {
     jobId, status, phase: null, attempt: 1, totalSteps: null, steps: [], currentStep: null,
     completedSteps: 0, label: null, reply: '', error: null, retry: null, lastSeq: 0,
+    cancelReason: null, cancelledBy: null,
   };
 }
 
@@ -109,6 +116,10 @@ export function applyEvent(view, ev) {
       break;
     case 'cancelled':
       v.status = 'cancelled';
+      // {reason: "interrupted", by: <job id>}: a later message of the conversation sent with
+      // multitask "interrupt" ended it; {} for a plain cancel.
+      v.cancelReason = d.reason || null;
+      v.cancelledBy = d.by || null;
       v.currentStep = null;
       v.retry = null;
       break;
@@ -231,7 +242,10 @@ export function createAlfredClient(options = {}) {
     try { data = await res.json(); } catch { /* empty or not JSON */ }
     if (!res.ok) {
       const e = data?.error || {};
-      throw new AlfredApiError(res.status, e.code || `http_${res.status}`, e.message || res.statusText || 'request failed');
+      // Readable on the same origin; another origin's API must list it in Access-Control-Expose-Headers.
+      const wait = Number.parseInt(res.headers.get('Retry-After') || '', 10);
+      throw new AlfredApiError(res.status, e.code || `http_${res.status}`, e.message || res.statusText || 'request failed',
+        { retryAfter: Number.isFinite(wait) && wait >= 0 ? wait : null, jobId: typeof e.job_id === 'string' ? e.job_id : null });
     }
     return data;
   }
@@ -245,11 +259,15 @@ export function createAlfredClient(options = {}) {
   /**
    * Submit a message as a job. The Idempotency-Key makes a double tap or a resend after a lost
    * answer return the same job; network errors and 5xx are retried with that same key.
+   * `multitask` (enqueue | reject | interrupt) says what to do if the conversation has a job under
+   * way; unset, the server's default (enqueue: the new job waits its turn). A 429 too_many_jobs
+   * is not retried here: it frees up only when one of the user's jobs ends (see `retryAfter`).
    */
   async function submitChat(message, opts = {}) {
     const key = opts.idempotencyKey || newId();
     const body = { message };
     if (opts.conversationId) body.conversation_id = opts.conversationId;
+    if (opts.multitask) body.multitask = opts.multitask;
     const tries = opts.retries ?? 3;
     for (let attempt = 0; ; attempt += 1) {
       try {
@@ -262,7 +280,9 @@ export function createAlfredClient(options = {}) {
         });
         return job;
       } catch (err) {
-        if (!(err instanceof AlfredApiError) || !err.retryable || attempt >= tries) throw err;
+        if (!(err instanceof AlfredApiError) || !err.retryable || err.code === 'too_many_jobs' || attempt >= tries) {
+          throw err;
+        }
         await sleep(Math.min(4000, 300 * 2 ** attempt), opts.signal);
       }
     }
@@ -272,6 +292,8 @@ export function createAlfredClient(options = {}) {
    * An idempotency key bound to a draft's text: the same text gets the same key until
    * `sent()` is called (after the server accepted it); different text gets a new key
    * (the server answers 409 to the same key with another body). Survives reloads.
+   * `sent(text)` forgets the key only if it is still that text's (the user may have sent
+   * another draft while this one was on its way).
    */
   function draftKey(name = 'draft') {
     const k = `${prefix}${name}`;
@@ -284,7 +306,14 @@ export function createAlfredClient(options = {}) {
         try { storage.setItem(k, JSON.stringify({ text, key })); } catch { /* ignore */ }
         return key;
       },
-      sent() { storage.removeItem(k); },
+      sent(text) {
+        if (text !== undefined) {
+          let d = null;
+          try { d = JSON.parse(storage.getItem(k) || 'null'); } catch { d = null; }
+          if (d && d.text !== text) return;
+        }
+        storage.removeItem(k);
+      },
     };
   }
 

@@ -23,6 +23,7 @@ const els = {
   empty: $('#empty-state'),
   messages: $('#messages'),
   composer: $('#composer'),
+  composerNote: $('#composer-note'),
   message: $('#message'),
   live: $('#live'),
   jobTemplate: $('#job-template'),
@@ -40,7 +41,14 @@ let auth = null;
 let client = null;
 let conversationId = null;
 let draft = null;
+let sending = Promise.resolve(); // submits go one after another: the server sees them in the order sent
 const lastAnnounced = new Map();
+// For "Queued": each job's conversation and its place in submit order (as the server's gate orders
+// jobs: created_at, then job id), whether it is active, its last view, and the jobs shown queued.
+const jobMeta = new Map();
+const activeJobs = new Map();
+const lastViews = new Map();
+const queuedJobs = new Set();
 const debug = (window.alfredDebug = { seen: {}, modes: {}, apiBase });
 
 // ---- auth ----------------------------------------------------------------------------
@@ -138,6 +146,12 @@ function showNotice(text) {
   els.notice.hidden = !text;
 }
 
+/** A note just above the message box: why the message in it was not sent ('' hides it). */
+function showComposerNote(text) {
+  els.composerNote.textContent = text;
+  els.composerNote.hidden = !text;
+}
+
 function updateOnline() {
   els.offline.hidden = navigator.onLine !== false;
   document.body.classList.toggle('is-offline', navigator.onLine === false);
@@ -195,11 +209,67 @@ function jobEntry(jobId, message) {
   return li;
 }
 
+// ---- queued: sent while an earlier message of the conversation is still being worked on ----
+/** Remember a job's conversation and creation time (ISO, from the server's job object). */
+function noteJob(jobId, conversation, createdAt) {
+  if (!conversation) return;
+  const prev = jobMeta.get(jobId);
+  jobMeta.set(jobId, { conversation, order: createdAt ? `${createdAt}#${jobId}` : prev?.order ?? null });
+}
+
+function metaOf(jobId) {
+  const known = jobMeta.get(jobId);
+  if (known?.order) return known;
+  const rec = client.record(jobId);
+  const conversation = known?.conversation || rec?.conversationId;
+  if (!conversation || !rec?.createdAt) return null;
+  return { conversation, order: `${new Date(rec.createdAt).toISOString()}#${jobId}` };
+}
+
+/** True when an earlier job of the same conversation is still active: this one waits for it. */
+function behindAnother(jobId) {
+  const me = metaOf(jobId);
+  if (!me) return false;
+  for (const [other, active] of activeJobs) {
+    if (other === jobId || !active) continue;
+    const m = metaOf(other);
+    if (m && m.conversation === me.conversation && m.order < me.order) return true;
+  }
+  return false;
+}
+
+/** Show jobs of this conversation that have not started again: one ahead of them began or ended. */
+function refreshWaiting(jobId) {
+  const conversation = metaOf(jobId)?.conversation;
+  if (!conversation) return;
+  for (const [other, v] of lastViews) {
+    if (other !== jobId && v.status === 'pending' && !v.lastSeq && metaOf(other)?.conversation === conversation) {
+      render(other, v);
+    }
+  }
+}
+
 function render(jobId, view) {
   const li = jobEntry(jobId, client.record(jobId)?.message);
   const active = !isTerminal(view.status);
+  const wasActive = activeJobs.get(jobId);
+  activeJobs.set(jobId, active);
+  lastViews.set(jobId, view);
   li.classList.toggle('is-active', active);
   for (const s of ['complete', 'failed', 'cancelled']) li.classList.toggle(`is-${s}`, view.status === s);
+
+  // Queued: not started, behind an earlier job of the conversation. It stays "Queued" until its
+  // own first event (it runs), even in the moment between the earlier job's end and its start.
+  const notStarted = active && view.status === 'pending' && !view.lastSeq;
+  if (!notStarted) queuedJobs.delete(jobId);
+  else if (behindAnother(jobId)) queuedJobs.add(jobId);
+  const queued = notStarted && queuedJobs.has(jobId);
+  li.classList.toggle('is-queued', queued);
+  els.messages.querySelector(`li.msg-user[data-job-id="${CSS.escape(jobId)}"]`)?.classList.toggle('is-queued', queued);
+  $('.working-title', li).hidden = queued;
+  $('.queued', li).hidden = !queued;
+  $('.bar', li).hidden = queued;
+  $('.step-line', li).hidden = queued;
 
   const working = $('.working', li);
   working.hidden = !active;
@@ -245,7 +315,10 @@ function render(jobId, view) {
   const failed = $('.state-failed', li);
   failed.hidden = view.status !== 'failed';
   if (view.status === 'failed') failed.textContent = `Alfred couldn't finish: ${view.error?.message || 'something went wrong'}`;
-  $('.state-cancelled', li).hidden = view.status !== 'cancelled';
+  const interrupted = view.status === 'cancelled' && view.cancelReason === 'interrupted';
+  li.classList.toggle('is-interrupted', interrupted);
+  $('.state-cancelled', li).hidden = view.status !== 'cancelled' || interrupted;
+  $('.state-interrupted', li).hidden = !interrupted;
 
   // The plan, each step once, with its state.
   const box = $('.steps-box', li);
@@ -276,10 +349,14 @@ function render(jobId, view) {
     $('.step-state', item).textContent = { done: ' (done)', running: ' (in progress)', todo: '' }[status];
   }
 
-  if (active) announce(jobId, stepLabel ? `${stepText}: ${stepLabel}` : stepText);
+  if (queued) announce(jobId, 'Queued: starts when Alfred has finished your earlier message.');
+  else if (active) announce(jobId, stepLabel ? `${stepText}: ${stepLabel}` : stepText);
   else if (view.status === 'complete') announce(jobId, 'Alfred finished.');
   else if (view.status === 'failed') announce(jobId, `Alfred couldn't finish: ${view.error?.message || ''}`);
+  else if (interrupted) announce(jobId, 'Interrupted by your next message.');
   else if (view.status === 'cancelled') announce(jobId, 'Cancelled.');
+
+  if (wasActive !== active) refreshWaiting(jobId);
 }
 
 async function cancel(jobId, li) {
@@ -317,7 +394,8 @@ function showAwayCard(jobId) {
     heading = "Alfred couldn't finish while you were away";
     body.textContent = view.error?.message || 'Something went wrong.';
   } else {
-    heading = 'Cancelled while you were away';
+    heading = view.cancelReason === 'interrupted' ? 'Interrupted by your next message while you were away'
+      : 'Cancelled while you were away';
     body.textContent = rec.message || '';
   }
   title.append(icon, heading);
@@ -340,6 +418,9 @@ function showAwayCard(jobId) {
 // ---- watching --------------------------------------------------------------------------
 function handlersFor(jobId) {
   return {
+    onJob(job) {
+      noteJob(jobId, job.conversation_id, job.created_at);
+    },
     onEvent(ev) {
       (debug.seen[jobId] ||= []).push(ev.seq);
     },
@@ -369,6 +450,7 @@ function handlersFor(jobId) {
 }
 
 function watch(job) {
+  noteJob(job.job_id, job.conversation_id, job.created_at);
   jobEntry(job.job_id, client.record(job.job_id)?.message);
   client.watchJob(job, handlersFor(job.job_id));
 }
@@ -376,15 +458,28 @@ function watch(job) {
 // ---- sending ---------------------------------------------------------------------------
 function convKey() { return `alfred:${auth.user}:conversation`; }
 
-async function send() {
+// The box is never locked while Alfred works: a message sent meanwhile is a job of its own that
+// the server queues behind the earlier ones of the conversation (shown "Queued"), then runs.
+function send() {
   const text = els.message.value.trim();
-  if (!text || !client) return;
-  // Same draft text → same Idempotency-Key: a double tap or a resend is one job.
+  if (!text || !client) return undefined;
+  // Same draft text → same Idempotency-Key: a double tap or a resend is one job. Keyed now, sent
+  // in turn: each submit waits for the one before (so it has the conversation id and its place).
   const key = draft.keyFor(text);
+  const c = client;
+  const run = sending.then(() => submit(c, text, key));
+  sending = run.catch(() => {});
+  return run;
+}
+
+async function submit(c, text, key) {
+  if (client !== c) return; // signed out or switched user meanwhile
   showNotice('');
+  showComposerNote('');
   try {
-    const job = await client.submitChat(text, { conversationId, idempotencyKey: key });
-    draft.sent();
+    const job = await c.submitChat(text, { conversationId, idempotencyKey: key });
+    draft.sent(text);
+    if (client !== c) return;
     if (els.message.value.trim() === text) {
       els.message.value = '';
       autoGrow();
@@ -399,6 +494,10 @@ async function send() {
       showNotice("Couldn't reach Alfred. Your message is still here — send it again; it won't be sent twice.");
     } else if (err instanceof AlfredApiError && err.status === 401) {
       openAccountDialog();
+    } else if (err instanceof AlfredApiError && err.code === 'too_many_jobs') {
+      const when = err.retryAfter ? `in ${err.retryAfter} s` : 'in a moment';
+      showComposerNote('Too many requests under way: Alfred is already working on as many of yours as he can. '
+        + `Wait for one to finish and send again (try ${when}). Your message is still here.`);
     } else {
       showNotice(`Couldn't send: ${err.message}`);
     }
@@ -425,7 +524,9 @@ async function start(nextAuth) {
   els.messages.replaceChildren();
   els.awayCards.replaceChildren();
   els.empty.hidden = false;
+  showComposerNote('');
   lastAnnounced.clear();
+  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs]) m.clear();
   auth = nextAuth;
   els.accountName.textContent = auth.user;
   client = createAlfredClient({
@@ -456,6 +557,7 @@ async function start(nextAuth) {
   // 3. Resume every job still running (this device's and the user's others).
   try {
     await client.resumeActiveJobs((job) => {
+      noteJob(job.job_id, job.conversation_id, job.created_at);
       jobEntry(job.job_id, client.record(job.job_id)?.message);
       return handlersFor(job.job_id);
     });
