@@ -941,8 +941,9 @@ def _index_project(item: JsonDict, table: _Table, index: _Index | None) -> JsonD
 
 # ---- rules scripted over the control API -----------------------------------------------------------
 
-SCRIPT_FAULTS = frozenset({"ambiguous", "throttle", "5xx", "lost_delete", "duplicate"})
-_PRE_FAULTS = frozenset({"ambiguous", "throttle", "5xx", "lost_delete"})
+SCRIPT_FAULTS = frozenset({"ambiguous", "throttle", "5xx", "lost_delete", "duplicate", "hold"})
+_PRE_FAULTS = frozenset({"ambiguous", "throttle", "5xx", "lost_delete", "hold"})
+HOLD_SECONDS = 120.0  # the longest a held call waits for its release
 
 
 @dataclass
@@ -954,12 +955,15 @@ class _Rule:
     principal: str | None = None
     times: int = 1
     skip: int = 0
+    # Only calls whose UpdateExpression contains this text (e.g. the gate's ``REMOVE m.``).
+    expression_contains: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> _Rule:
         if not isinstance(data, dict):
             raise ValueError("a rule is a JSON object")
-        unknown = set(data) - {"fault", "action", "table", "queue_url_contains", "principal", "times", "skip"}
+        unknown = set(data) - {"fault", "action", "table", "queue_url_contains", "principal", "times", "skip",
+                               "expression_contains"}
         if unknown:
             raise ValueError(f"unknown rule fields: {sorted(unknown)}")
         fault = str(data.get("fault", ""))
@@ -967,7 +971,8 @@ class _Rule:
             raise ValueError(f"fault must be one of {sorted(SCRIPT_FAULTS)}, not {fault!r}")
         rule = cls(fault=fault, action=data.get("action"), table=data.get("table"),
                    queue_url_contains=data.get("queue_url_contains"), principal=data.get("principal"),
-                   times=int(data.get("times", 1)), skip=int(data.get("skip", 0)))
+                   times=int(data.get("times", 1)), skip=int(data.get("skip", 0)),
+                   expression_contains=data.get("expression_contains"))
         if fault == "duplicate" and rule.action not in (None, "ReceiveMessage"):
             raise ValueError("duplicate applies to ReceiveMessage")
         if fault == "lost_delete" and rule.action not in (None, "DeleteMessage", "DeleteMessageBatch"):
@@ -994,6 +999,9 @@ class _Rule:
             res = _resource(call)
             if not (res == self.table or (isinstance(res, list) and self.table in res)):
                 return False
+        if (self.expression_contains is not None
+                and self.expression_contains not in str(call.payload.get("UpdateExpression", ""))):
+            return False
         return self.queue_url_contains is None or self.queue_url_contains in str(call.payload.get("QueueUrl", ""))
 
     def to_json(self) -> JsonDict:
@@ -1029,6 +1037,8 @@ class Fidelity:
         self._regions: dict[str, str] = {}
         self._calls: deque[JsonDict] = deque(maxlen=calls_max)
         self._rules: list[_Rule] = []
+        self._held: list[JsonDict] = []  # calls a "hold" rule stopped, in order
+        self._release = threading.Event()
         self._faulted = _Lru(50_000)  # invocation id -> random faults injected
         self._handles = _Lru(200_000)  # receipt handle -> message id
         self._latest = _Lru(200_000)  # message id -> newest receipt handle
@@ -1067,7 +1077,9 @@ class Fidelity:
                 self._regions.setdefault(call.region, call.principal)
         fault = self._pre_fault(call, spec) if call.service in FAULTED_SERVICES and call.payload else None
         try:
-            if fault in ("throttle", "5xx"):
+            if fault == "hold":
+                reply = self._hold(call)
+            elif fault in ("throttle", "5xx"):
                 reply = _error_reply(call.service, str(fault), self._draws.next("variant"))
             elif call.service == "dynamodb" and call.payload:
                 reply = self._dynamodb(call, spec)
@@ -1150,6 +1162,16 @@ class Fidelity:
     def _count(self, kind: str, op: str, n: int = 1) -> None:
         with self._lock:
             self._injected[(kind, op)] += n
+
+    def _hold(self, call: _Call) -> _Reply:
+        """A scripted ``hold``: the call is never forwarded; it waits (listed under ``/_fidelity/held``)
+        until the test releases it (or ``HOLD_SECONDS``), then its connection is closed. Tests use
+        it to stop a process at an exact call and kill it there."""
+        with self._lock:
+            self._held.append({"principal": call.principal, "action": call.action, "resource": _resource(call),
+                               "expression": call.payload.get("UpdateExpression")})
+        self._release.wait(HOLD_SECONDS)
+        return _Reply(0, [], b"", close=True)
 
     def _lost_answer(self, call: _Call, spec: FidelitySpec) -> _Reply:
         """The request was applied; its answer never reaches the caller."""
@@ -1704,8 +1726,10 @@ class Fidelity:
           "fault"[, "index"]}, ...]`` in order (status 0: connection closed);
           ``POST /_fidelity/calls/reset`` (or ``DELETE /_fidelity/calls``) empties it
         - ``POST /_fidelity/script`` with a rule or a list of rules ``{"fault", "action", "table",
-          "queue_url_contains", "principal", "times": 1, "skip": 0}`` appends them; ``GET`` lists
-          the active ones, ``DELETE`` clears them
+          "queue_url_contains", "principal", "expression_contains", "times": 1, "skip": 0}`` appends
+          them; ``GET`` lists the active ones, ``DELETE`` clears them (and lets held calls go)
+        - ``GET /_fidelity/held``: the calls a ``hold`` rule stopped; ``POST /_fidelity/held/release``
+          lets them (and any later one) go, their connections closed, never forwarded
         - ``POST /_fidelity/config`` with ``{"spec": "...", "replace": false}`` (or the spec as
           text) applies clauses over the current spec; ``GET`` -> ``{"spec": ...}``
         - ``GET /_fidelity/stats``; ``POST /_fidelity/stats/reset``
@@ -1730,9 +1754,18 @@ class Fidelity:
                 if method == "DELETE":
                     with self._lock:
                         self._rules.clear()
+                        self._held.clear()
+                    self._release.set()  # nothing stays held once the script is cleared
+                    self._release = threading.Event()
                 with self._lock:
                     self._rules = [r for r in self._rules if r.times > 0]
                     return _control_reply(200, [r.to_json() for r in self._rules])
+            if route == "/_fidelity/held":
+                with self._lock:
+                    return _control_reply(200, list(self._held))
+            if route == "/_fidelity/held/release" and method == "POST":
+                self._release.set()  # every held call, now and later, until cleared
+                return _control_reply(200, {"ok": True})
             if route == "/_fidelity/config":
                 if method == "POST":
                     self._configure(body)
@@ -1913,6 +1946,13 @@ class FidelityProxy:
 
     def clear_script(self) -> None:
         httpx.delete(self._url("script"), timeout=10).raise_for_status()
+
+    def held(self) -> list[JsonDict]:
+        """The calls a ``hold`` rule is holding (or held since the script was last cleared)."""
+        return cast(list[JsonDict], httpx.get(self._url("held"), timeout=10).raise_for_status().json())
+
+    def release_held(self) -> None:
+        httpx.post(self._url("held/release"), timeout=10).raise_for_status()
 
     def configure(self, spec: str = "", replace: bool = False, **settings: float | str | None) -> str:
         """Change the spec at run time: ``spec`` clauses, then ``settings`` (``stale_ms=4000``; a

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
-from alfred_jobs.domain.models import ACTIVE_STATUSES, Event
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.entry.http.stream_api import create_stream_app
 from alfred_jobs.service.auth import issue_local_token
@@ -124,7 +124,8 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
         def post(i: int) -> tuple[str, str, str, str, str]:
             user = USERS[i % len(USERS)]
             with httpx.Client(base_url=api, timeout=10) as c:
-                body = {"message": messages[i]}
+                # Conversations of three messages each, sent concurrently (double-texting).
+                body = {"message": messages[i], "conversation_id": f"chat-{user}-{i // (3 * len(USERS))}"}
                 r = c.post("/api/chat", json=body, headers={**tokens[user], "Idempotency-Key": f"chaos-{i}"})
                 assert r.status_code == 202, r.text
                 if i % 5 == 0:  # a client retry of the same submit: the same job
@@ -215,6 +216,7 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
         assert str(record.status) == expected, f"{where}: {record.error}; chaos: {chaos.log}"
         assert_effects_once_per_completed_step(stack, job_id, events)
         assert_conversation_once(stack, user, conv, job_id, events)
+    assert_conversations_ran_one_job_at_a_time(stack, jobs, logs, ctx)
     for rec in records:
         assert rec.done, f"watcher of {rec.job_id} never saw the end {ctx}: {rec.errors[-3:]}"
         assert_watcher_saw_the_log(rec, logs[rec.job_id])
@@ -228,6 +230,26 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
     assert parked == poison, f"the DLQ holds non-poison jobs {parked - poison} {ctx}"
     print(f"chaos seed {seed}: {n_jobs} jobs, {len(records)} watchers "
           f"({sum(r.reconnects for r in records)} reconnects), {elapsed:.1f}s; {chaos.log}")
+
+
+def assert_conversations_ran_one_job_at_a_time(stack: Stack, jobs: dict[str, tuple[str, str, str, str, str]],
+                                               logs: dict[str, list[Event]], ctx: str) -> None:
+    """Guarantee 12 under chaos: the jobs of a conversation never overlap (each starts after the
+    one before it ended, whatever was killed or duplicated), and its turns are committed in the
+    order its jobs ran."""
+    by_conv: dict[tuple[str, str], list[str]] = {}
+    for job_id, (_, user, conv, _, _) in jobs.items():
+        by_conv.setdefault((user, conv), []).append(job_id)
+    for (user, conv), ids in by_conv.items():
+        started = [j for j in ids if any(e.data.get("status") == "running" for e in logs[j])]
+        ran = sorted(started, key=lambda j: _ts(next(e.at for e in logs[j] if e.data.get("status") == "running")))
+        for before, after in itertools.pairwise(ran):
+            first = next(e.at for e in logs[after] if e.data.get("status") == "running")
+            assert _ts(first) >= _ts(logs[before][-1].at), (
+                f"{conv}: {after} started before {before} ended {ctx}")
+        committed = [m["job_id"] for m in stack.deps.conversations.messages(user, conv, 100) if m["role"] == "user"]
+        assert committed == [j for j in ran if logs[j][-1].type is EventType.COMPLETE], f"{conv} {ctx}"
+    assert any(len(ids) > 1 for ids in by_conv.values()), "the run has multi-message conversations"
 
 
 @pytest.mark.chaos

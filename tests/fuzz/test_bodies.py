@@ -30,7 +30,8 @@ from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 from tests.support.servers import serve
 
-SETTINGS = Settings(demo_step_seconds=0)
+# Many submits of one user and no worker: the per-user limit of active jobs is not what this fuzzes.
+SETTINGS = Settings(demo_step_seconds=0, max_active_per_user=1000)
 LIMIT = SETTINGS.max_body_bytes
 DEPTH = SETTINGS.max_json_depth
 AUTH = {"Authorization": f"Bearer {issue_local_token(SETTINGS, 'fuzzer')}"}

@@ -407,6 +407,11 @@ def _gate_key(user_id: str) -> dict[str, Any]:
     return serialize({"job_id": f"gate#{user_id}"})
 
 
+def after(last: str, entry: GateEntry) -> str:
+    """An order for ``entry`` greater than ``last`` (its own, if that is greater already)."""
+    return entry.order if entry.order > last else f"{last}|{entry.job_id}"
+
+
 def item_to_gate(item: dict[str, Any] | None, now: float | None = None) -> Gate:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return Gate()
@@ -457,27 +462,37 @@ class DynamoGateStore:
             pass  # someone else made it first
 
     def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
-        condition = "attribute_exists(m) AND expires_at > :now AND attribute_not_exists(m.#j)"
-        values: dict[str, Any] = {":e": {"c": entry.conversation_id, "k": entry.order, "r": False},
-                                  ":x": expires_at}
+        # ``last`` is the order of the latest entry: each entry's order must be greater, so the
+        # order is the order in which the enrolls landed (submit order), whatever the clocks of
+        # the API hosts say. Two submits in the same millisecond, or a host whose clock is
+        # behind, fail that condition once and go in with an order just after ``last``.
+        condition = ("attribute_exists(m) AND expires_at > :now AND attribute_not_exists(m.#j) "
+                     "AND (attribute_not_exists(#last) OR #last < :k)")
+        order = entry.order
+        values: dict[str, Any] = {":x": expires_at}
         if max_active is not None:
             condition += " AND size(m) < :max"
             values[":max"] = max_active
-        for _ in range(3):
+        # Enrolls of one user race only each other (on ``last``), and every round one of them lands:
+        # a burst of n concurrent submits settles within n rounds.
+        for _ in range(max_active + 8 if max_active is not None else 64):
             values[":now"] = int(now_ts())
+            values[":k"] = order
+            values[":e"] = {"c": entry.conversation_id, "k": order, "r": False}
             try:
-                return self._write(user_id, "SET m.#j = :e, expires_at = :x", condition,
-                                   {"#j": entry.job_id}, values)
+                return self._write(user_id, "SET m.#j = :e, #last = :k, expires_at = :x", condition,
+                                   {"#j": entry.job_id, "#last": "last"}, values)
             except ConditionFailed:
                 raw = self._raw(user_id)
                 gate = item_to_gate(raw)
                 if gate.entry(entry.job_id) is not None:
                     return gate  # enrolled already (a replay, or our own write landed unanswered)
-                if raw is not None and not expired(int(raw.get("expires_at", 0))):
-                    if max_active is not None and len(gate.entries) >= max_active:
-                        raise GateFull(gate) from None
-                    continue  # it changed between the write and the read: try again
-                self._create_empty(user_id, expires_at)
+                if raw is None or expired(int(raw.get("expires_at", 0))):
+                    self._create_empty(user_id, expires_at)
+                    continue
+                if max_active is not None and len(gate.entries) >= max_active:
+                    raise GateFull(gate) from None
+                order = after(str(raw.get("last") or ""), entry)
         raise TransientStoreError(f"could not enroll {entry.job_id}")
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:

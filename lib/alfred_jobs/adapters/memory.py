@@ -147,11 +147,17 @@ class MemoryJobStore:
             self.due.pop(job_id, None)
 
 
+def after(last: str, entry: GateEntry) -> str:
+    """As ``adapters.aws.after``: an order greater than ``last``."""
+    return entry.order if entry.order > last else f"{last}|{entry.job_id}"
+
+
 class MemoryGateStore:
     """Each user's gate, with the conditions of ``DynamoGateStore`` (and its expiry)."""
 
     def __init__(self) -> None:
         self.gates: dict[str, tuple[dict[str, GateEntry], int]] = {}  # user -> (entries, expires_at)
+        self.last: dict[str, str] = {}  # user -> the order of the latest entry (as ``last``)
         self.lock = threading.RLock()
         self.writes = 0
 
@@ -174,7 +180,11 @@ class MemoryGateStore:
                 return self._gate(entries)
             if max_active is not None and len(entries) >= max_active:
                 raise GateFull(self._gate(entries))
-            entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, entry.order, running=False)
+            if user_id not in self.gates or self.gates[user_id][1] <= now_ts():
+                self.last.pop(user_id, None)  # an expired gate is gone, its ``last`` with it
+            order = after(self.last.get(user_id, ""), entry)
+            self.last[user_id] = order
+            entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, order, running=False)
             self.gates[user_id] = (entries, expires_at)
             self.writes += 1
             return self._gate(entries)

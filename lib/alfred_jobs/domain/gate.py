@@ -55,9 +55,17 @@ class Gate:
                 if e.job_id != job_id and (e.running or e.order < me.order)]
 
     def may_start(self, job_id: str, max_running: int) -> bool:
+        """Whether ``job_id`` may take a slot now: the oldest of its conversation, none of which
+        runs, and a slot free. (A worker holding its message takes it even if an older job of
+        another conversation could have had the slot: that one's message may be lost.)"""
         me = self.entry(job_id)
         return (me is not None and not me.running and not self.ahead_of(job_id)
                 and self.running < max_running)
+
+    def next_up(self, job_id: str, max_running: int) -> bool:
+        """Whether ``job_id`` is among the jobs to send now (``startable``): it may start, and no
+        older job that may start claims the last free slot before it."""
+        return any(e.job_id == job_id for e in self.startable(max_running))
 
     def startable(self, max_running: int) -> list[GateEntry]:
         """The jobs to send now, oldest first: each conversation's next job, while slots are free."""

@@ -55,23 +55,30 @@ class Admission:
                                       self.settings.max_active_per_user if limit else None, self._expires())
 
     def take(self, job: Job) -> Verdict:
-        """Take a run slot for ``job`` (the caller holds its lease)."""
+        """Take a run slot for ``job`` (the caller holds its lease).
+
+        The gate is read first: only the oldest job of its conversation may start, and the store's
+        condition cannot see order (it checks the slot count and that no job of the conversation
+        runs). Being the oldest cannot be undone (an entry goes in only after every earlier one),
+        so the read's answer still holds when the write lands. A message of a job that must wait
+        (a duplicate, a stray) is thereby harmless too.
+        """
         s = self.settings
         entry = gate_entry(job)
         for _ in range(3):
+            gate = self.deps.gates.read(job.user_id)
+            mine = gate.entry(job.job_id)
+            if mine is None:
+                return Verdict.NOT_ENROLLED
+            if mine.running:
+                return Verdict.RUN  # ours already: an earlier attempt took it, or our write landed unanswered
+            if not gate.may_start(job.job_id, s.max_running_per_user):
+                return Verdict.WAIT
             try:
                 self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires())
                 return Verdict.RUN
             except ConditionFailed:
-                gate = self.deps.gates.read(job.user_id)
-                mine = gate.entry(job.job_id)
-                if mine is None:
-                    return Verdict.NOT_ENROLLED
-                if mine.running:
-                    return Verdict.RUN  # ours already: an earlier attempt took it, or our write landed unanswered
-                if not gate.may_start(job.job_id, s.max_running_per_user):
-                    return Verdict.WAIT
-                # It changed between the write and the read in our favour: try again.
+                continue  # it moved between the read and the write: read again
         return Verdict.WAIT
 
     def release(self, job: Job) -> list[str]:

@@ -272,7 +272,9 @@ class _Attempt:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                          now_ts() + self.s.pending_grace_seconds, undo_attempt=True)
         except StoreError:
-            pass  # the lease runs out by itself; the sweeper finds the job then
+            # Our lease stays live until it runs out: a message sent meanwhile (the hand-off's)
+            # would be dropped as a duplicate. Keep this one, to come back once the lease is gone.
+            retry_after = max(retry_after, int(self.s.lease_seconds) + 1)
         if retry_after:
             return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
         count("DeliveriesWaiting")

@@ -130,7 +130,7 @@ class JobService:
             for earlier in ahead:
                 self._interrupt(user_id, earlier.job_id, by=job.job_id)
             gate = self.deps.gates.read(user_id)  # ending a waiting job may have handed its place on
-        if gate.may_start(job.job_id, self.settings.max_running_per_user):
+        if gate.next_up(job.job_id, self.settings.max_running_per_user):
             self.deps.queue.send(job_id)
         count("JobsSubmitted")
         log.info("job submitted", extra={"job_id": job_id, "user": user_id, "queued_behind": len(ahead)})
@@ -175,7 +175,7 @@ class JobService:
             raise Conflict("this Idempotency-Key was already used with a different request",
                            code="idempotency_key_reused")
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
-                and gate.may_start(existing.job_id, self.settings.max_running_per_user)):
+                and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
             # duplicate message is harmless (the worker drops messages of held jobs).
             self.deps.queue.send(existing.job_id)

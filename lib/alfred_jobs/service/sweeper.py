@@ -90,7 +90,7 @@ class Sweeper:
                 return  # a repair just sent it
             entry = gate.entry(job.job_id)
             if entry is not None and not entry.running:
-                if not gate.may_start(job.job_id, s.max_running_per_user):
+                if not gate.next_up(job.job_id, s.max_running_per_user):
                     self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
                     report.waiting.append(job.job_id)
                     return

@@ -153,8 +153,10 @@ def throughput_scenario(stack: BenchStack, sizes: Sizes, trace: list[dict[str, A
     n, m = sizes.workers, sizes.throughput_jobs
 
     def submit_all(count: int) -> None:
+        # Many users, as in production: one user's jobs would queue behind each other in its gate
+        # (ALFRED_MAX_RUNNING_PER_USER), which is not the workers' throughput.
         for _ in range(count):
-            svc.submit(USER, req, None)
+            svc.submit(f"{USER}-{uuid.uuid4().hex[:8]}", req, None)
 
     workers: list[CountedWorker] = [start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS="0") for _ in range(n)]
     try:

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from alfred_jobs.adapters.aws import serialize
+from alfred_jobs.domain.gate import GateEntry
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, iso, now_ts
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.service.jobs import JobService
@@ -35,8 +36,13 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     req = ChatRequest(message="chicken and rice, something quick")
     table, queue_url = stack.settings.jobs_table, c.queue_url
 
+    # One user per sample, each with a gate and no job under way (a user sending a message to a
+    # conversation that is idle: the case this ratio is about). The gates exist before timing, as
+    # they do for any user who has sent a message before.
+    users = iter(ready_users(deps, sizes.samples + 10))
+
     def ours() -> None:
-        svc.submit(USER, req, None)
+        svc.submit(next(users), req, None)
 
     def floor() -> None:
         job_id = uuid.uuid4().hex
@@ -54,6 +60,17 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     stack.purge()
     return {"submit_ratio": round(p50(t_ours) / p50(t_floor), 3),
             "submit_p50_ms": ms(p50(t_ours)), "submit_floor_p50_ms": ms(p50(t_floor))}
+
+
+def ready_users(deps: Any, n: int) -> list[str]:
+    """``n`` fresh users, each with an empty gate (enrolled and removed once)."""
+    users = [f"{USER}-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    expires = int(now_ts()) + 3600
+    for user in users:
+        warm = GateEntry(uuid.uuid4().hex, "warm-up", f"{iso(now_ts())}#warm")
+        deps.gates.enroll(user, warm, None, expires)
+        deps.gates.remove(user, warm.job_id)
+    return users
 
 
 class _Appender:

@@ -97,6 +97,8 @@ def add_cors(app: FastAPI, settings: Settings) -> None:
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
                                           "Last-Event-ID"],
+                           # A page on another origin reads how long to wait after a 429 or 503.
+                           expose_headers=["Retry-After"],
                            max_age=600)
 
 

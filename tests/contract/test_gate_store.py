@@ -1,0 +1,110 @@
+"""GateStore: the contract of ``alfred_jobs.ports.GateStore``, on the fake and on DynamoDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from alfred_jobs.domain.gate import Gate, GateEntry
+from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.exceptions import ConditionFailed, GateFull
+from tests.contract.support import Backend, live, uid
+from tests.support.stack import wait_until
+
+
+def entry(conv: str = "c1", at: float | None = None) -> GateEntry:
+    job = uid("job")
+    return GateEntry(job, conv, f"{iso(now_ts() if at is None else at)}#{job}")
+
+
+def ids(gate: Gate) -> list[str]:
+    return [e.job_id for e in gate.in_order()]
+
+
+def test_a_user_without_a_gate_has_an_empty_one(backend: Backend) -> None:
+    assert backend.deps.gates.read(uid("user")) == Gate()
+
+
+def test_enroll_returns_the_gate_after_it_and_is_idempotent(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a, b = entry(), entry()
+    assert ids(gates.enroll(user, a, 5, live())) == [a.job_id]
+    after = gates.enroll(user, b, 5, live())
+    assert ids(after) == [a.job_id, b.job_id] and after.running == 0
+    assert gates.enroll(user, a, 5, live()) == after, "enrolling again changes nothing"
+    assert gates.read(user) == after
+
+
+def test_the_order_is_the_order_the_enrolls_landed_whatever_the_clocks_say(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    first = entry(at=now_ts())
+    behind = entry(at=now_ts() - 60)  # a host whose clock is a minute behind, enrolling second
+    same_ms = GateEntry(uid("job"), "c1", first.order)  # the same order key, enrolling third
+    gates.enroll(user, first, None, live())
+    gates.enroll(user, behind, None, live())
+    gate = gates.enroll(user, same_ms, None, live())
+    assert ids(gate) == [first.job_id, behind.job_id, same_ms.job_id]
+    assert [e.job_id for e in gate.ahead_of(same_ms.job_id)] == [first.job_id, behind.job_id]
+
+
+def test_enroll_past_the_limit_raises_gate_full_with_the_gate(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a, b = entry(), entry()
+    gates.enroll(user, a, 2, live())
+    gates.enroll(user, b, 2, live())
+    with pytest.raises(GateFull) as full:
+        gates.enroll(user, entry(), 2, live())
+    assert ids(full.value.gate) == [a.job_id, b.job_id]
+    assert len(gates.enroll(user, entry(), None, live()).entries) == 3, "no limit: a repair goes in"
+
+
+def test_take_holds_a_slot_once_per_conversation_and_within_the_limit(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a, b, c, d = entry("c1"), entry("c1"), entry("c2"), entry("c3")
+    for e in (a, b, c, d):
+        gates.enroll(user, e, None, live())
+    gate = gates.take(user, a, 2, live())
+    assert gate.entry(a.job_id) == GateEntry(a.job_id, "c1", a.order, running=True) and gate.running == 1
+    with pytest.raises(ConditionFailed):
+        gates.take(user, a, 2, live())  # taken already (the SDK's retry of a landed take fails too)
+    with pytest.raises(ConditionFailed):
+        gates.take(user, b, 2, live())  # its conversation runs a job
+    assert gates.take(user, c, 2, live()).running == 2
+    with pytest.raises(ConditionFailed):
+        gates.take(user, d, 2, live())  # both slots held
+    with pytest.raises(ConditionFailed):
+        gates.take(user, entry("c9"), 5, live())  # not enrolled
+
+
+def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a, b = entry("c1"), entry("c1")
+    gates.enroll(user, a, None, live())
+    gates.enroll(user, b, None, live())
+    gates.take(user, a, 1, live())
+    after = gates.remove(user, a.job_id, conversation_id="c1")
+    assert ids(after) == [b.job_id] and after.running == 0
+    assert gates.remove(user, a.job_id, conversation_id="c1") == after
+    assert gates.remove(user, a.job_id) == after
+    assert gates.take(user, b, 1, live()).running == 1, "the conversation and the slot are free"
+    assert gates.remove(user, b.job_id).entries == ()  # running, removed without the hint
+    assert gates.read(user) == Gate()
+
+
+def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a, b = entry("c1"), entry("c2")
+    gates.enroll(user, a, None, live())
+    gates.enroll(user, b, None, live())
+    gates.take(user, a, 2, live())
+    with pytest.raises(ConditionFailed):
+        gates.remove(user, a.job_id, conversation_id="c1", only_waiting=True)
+    assert ids(gates.remove(user, b.job_id, conversation_id="c2", only_waiting=True)) == [a.job_id]
+
+
+def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    old = entry()
+    gates.enroll(user, old, None, int(now_ts()) + 1)  # the store keeps it past that (TTL deletes days late)
+    wait_until(lambda: gates.read(user) == Gate(), timeout=10, what="the gate to expire")
+    new = entry(at=now_ts() - 3600)  # an order below the expired gate's last one
+    assert ids(gates.enroll(user, new, 1, live())) == [new.job_id]

@@ -1,0 +1,308 @@
+"""Guarantee 12 and per-user fairness against the in-memory ports: the gate, the three multitask
+policies, the hand-off and its crash points, the sweeper telling waiting from stranded."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
+from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.domain.agent import AgentContext, PlanStep
+from alfred_jobs.domain.gate import Gate, GateEntry
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.durability.admission import gate_entry
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.exceptions import ConversationBusy, StoreError, TooManyRequests
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.sweeper import Sweeper
+from alfred_jobs.settings import Settings
+
+
+def make_deps(**overrides: Any) -> Deps:
+    return memory_deps(Settings(**{"demo_step_seconds": 0, "lease_seconds": 5, "cancel_poll_seconds": 0.02,
+                                   "pending_grace_seconds": 30, **overrides}))
+
+
+def sent(deps: Deps) -> list[str]:
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue)
+    return [m.job_id for m in queue.sent]
+
+
+def log(deps: Deps, job_id: str) -> list[Event]:
+    store = deps.log
+    assert isinstance(store, MemoryEventLog)
+    return store.all(job_id)
+
+
+def chat(svc: JobService, message: str, conv: str | None = "c1", user: str = "u", **kw: Any) -> Job:
+    return svc.submit(user, ChatRequest(message=message, conversation_id=conv, **kw), None).job
+
+
+def run(deps: Deps, job_id: str, agent: DemoAgent | None = None) -> Outcome:
+    return JobRunner(deps, agent or DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).outcome
+
+
+# ---- the gate itself ---------------------------------------------------------------------------
+
+
+def e(job: str, conv: str, order: str, running: bool = False) -> GateEntry:
+    return GateEntry(job, conv, order, running)
+
+
+def test_one_job_of_a_conversation_at_a_time_in_submit_order() -> None:
+    gate = Gate((e("b", "c1", "2"), e("a", "c1", "1"), e("x", "c2", "3")), running=0)
+    assert [g.job_id for g in gate.startable(2)] == ["a", "x"]
+    assert gate.may_start("a", 2) and not gate.may_start("b", 2) and gate.may_start("x", 2)
+    assert [g.job_id for g in gate.ahead_of("b")] == ["a"]
+    running = Gate((e("a", "c1", "1", True), e("b", "c1", "2"), e("x", "c2", "3")), running=1)
+    assert [g.job_id for g in running.startable(2)] == ["x"]
+    assert [g.job_id for g in running.startable(1)] == []
+
+
+def test_a_running_job_blocks_its_conversation_whatever_its_order() -> None:
+    # Clock skew between API hosts can give a later submit an earlier order: the running job
+    # still holds the conversation.
+    gate = Gate((e("late", "c1", "2", True), e("early", "c1", "1")), running=1)
+    assert not gate.may_start("early", 5) and gate.startable(5) == []
+    assert [g.job_id for g in gate.ahead_of("early")] == ["late"]
+
+
+# ---- enqueue: in order, history, hand-off ------------------------------------------------------------
+
+
+def test_a_second_message_waits_then_starts_with_the_first_turn_in_its_history() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "chicken [steps=2]")
+    second = chat(svc, "and make it vegetarian [steps=1]")
+    assert sent(deps) == [first.job_id], "the second message holds no queue message while it waits"
+    seen: dict[str, Any] = {}
+
+    class Recording(DemoAgent):
+        def think(self, ctx: AgentContext) -> Any:
+            seen[ctx.job_id] = [m["job_id"] for m in ctx.history]
+            return super().think(ctx)
+
+    agent = Recording(deps.agent_data, deps.settings)
+    assert run(deps, first.job_id, agent) is Outcome.DONE
+    assert sent(deps) == [first.job_id, second.job_id], "the first job's end hands its place on"
+    assert run(deps, second.job_id, agent) is Outcome.DONE
+    assert seen == {first.job_id: [], second.job_id: [first.job_id, first.job_id]}
+    turns = deps.conversations.messages("u", "c1", 10)
+    assert [(m["job_id"], m["role"]) for m in turns] == [
+        (first.job_id, "user"), (first.job_id, "assistant"), (second.job_id, "user"), (second.job_id, "assistant")]
+    assert deps.gates.read("u") == Gate()
+
+
+def test_a_delivery_of_a_waiting_job_is_given_back_without_counting_an_attempt() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    # a duplicate (or a stray) message of the waiting job
+    assert run(deps, second.job_id) is Outcome.DROPPED
+    record = deps.jobs.get(second.job_id)
+    assert record is not None and record.attempts == 0 and record.lease_owner is None
+    assert log(deps, second.job_id) == []
+    assert run(deps, first.job_id) is Outcome.DONE and run(deps, second.job_id) is Outcome.DONE
+
+
+# ---- reject, interrupt, the limits ------------------------------------------------------------------
+
+
+def test_reject_is_a_409_naming_the_active_job_and_creates_nothing() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    with pytest.raises(ConversationBusy) as busy:
+        chat(svc, "two", multitask="reject")
+    assert busy.value.job_id == first.job_id and busy.value.status == 409
+    assert [g.job_id for g in deps.gates.read("u").entries] == [first.job_id]
+    assert len(deps.jobs.items) == 1  # type: ignore[attr-defined]
+    # an idle conversation takes a "reject" like any other message
+    assert run(deps, first.job_id) is Outcome.DONE
+    third = chat(svc, "three", multitask="reject")
+    assert sent(deps)[-1] == third.job_id
+
+
+def test_interrupt_cancels_a_waiting_job_at_once_and_runs_the_new_one() -> None:
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    busy = chat(svc, "elsewhere", conv="c0")  # holds the user's one slot
+    first = chat(svc, "one")
+    second = chat(svc, "two", multitask="interrupt")
+    assert log(deps, first.job_id)[-1].type is EventType.CANCELLED
+    assert log(deps, first.job_id)[-1].data == {"reason": "interrupted", "by": second.job_id}
+    record = deps.jobs.get(first.job_id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert [g.job_id for g in deps.gates.read("u").in_order()] == [busy.job_id, second.job_id]
+    assert run(deps, busy.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == second.job_id
+
+
+class BlockingAgent(DemoAgent):
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.entered = threading.Event()
+
+    def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        self.entered.set()
+        while not ctx.cancelled():
+            threading.Event().wait(0.01)
+        return super().act(step, ctx)
+
+
+def test_interrupt_ends_a_running_job_at_its_next_boundary_with_the_reason() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "long [steps=3]")
+    agent = BlockingAgent(deps)
+    outcome: list[Outcome] = []
+    worker = threading.Thread(target=lambda: outcome.append(run(deps, first.job_id, agent)))
+    worker.start()
+    assert agent.entered.wait(10)
+    second = chat(svc, "no, something else", multitask="interrupt")
+    worker.join(10)
+    assert outcome == [Outcome.DONE]
+    end = log(deps, first.job_id)[-1]
+    assert end.type is EventType.CANCELLED and end.data == {"reason": "interrupted", "by": second.job_id}
+    assert sent(deps)[-1] == second.job_id, "the interrupted job hands its place to the new one"
+    assert run(deps, second.job_id) is Outcome.DONE
+
+
+def test_at_most_max_running_jobs_of_a_user_run_and_others_are_not_held_up() -> None:
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    x = chat(svc, "x", conv="c1")
+    y = chat(svc, "y", conv="c2")
+    z = chat(svc, "z", conv="c3", user="bystander")
+    assert sent(deps) == [x.job_id, z.job_id]
+    assert run(deps, x.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == y.job_id
+
+
+def test_past_max_active_a_submit_is_a_429_and_leaves_no_record() -> None:
+    deps = make_deps(max_active_per_user=2)
+    svc = JobService(deps)
+    chat(svc, "a", conv=None)
+    chat(svc, "b", conv=None)
+    with pytest.raises(TooManyRequests) as too_many:
+        chat(svc, "c", conv=None)
+    assert too_many.value.code == "too_many_jobs" and too_many.value.retry_after >= 1
+    assert len(deps.jobs.items) == 2  # type: ignore[attr-defined]
+    assert len(chat(svc, "d", conv=None, user="someone-else").job_id) == 32
+
+
+def test_a_replayed_submit_of_an_ended_job_leaves_no_entry_behind() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="m", conversation_id="c1"), "key-1").job
+    assert run(deps, job.job_id) is Outcome.DONE
+    again = svc.submit("u", ChatRequest(message="m", conversation_id="c1"), "key-1")
+    assert not again.created and again.job.job_id == job.job_id
+    assert deps.gates.read("u") == Gate()
+    later = chat(svc, "next")
+    assert sent(deps)[-1] == later.job_id, "the conversation is free"
+
+
+# ---- the hand-off's crash points ---------------------------------------------------------------------
+
+
+class FlakyGates(MemoryGateStore):
+    """Fails the first ``remove`` as a crash would (after the terminal event, before the hand-off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_removes = 1
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        if self.fail_removes:
+            self.fail_removes -= 1
+            raise StoreError("the process died here")
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting)
+
+
+def test_a_job_that_dies_before_handing_on_is_finalized_again_and_hands_on() -> None:
+    deps = make_deps()
+    deps.gates = FlakyGates()
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    run(deps, first.job_id)  # ends: terminal event written, the hand-off "crashes"
+    assert log(deps, first.job_id)[-1].type is EventType.COMPLETE
+    record = deps.jobs.get(first.job_id)
+    assert record is not None and not record.terminal, "no terminal projection before the hand-off"
+    assert second.job_id not in sent(deps)
+    # THEN the sweeper finds the first job (still on its index) and its finalize runs again
+    deps.jobs.due[first.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    assert Sweeper(deps).sweep().requeued == [first.job_id]
+    assert run(deps, first.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == second.job_id
+    assert len([m for m in deps.conversations.messages("u", "c1", 10) if m["job_id"] == first.job_id]) == 2
+
+
+def test_two_jobs_ending_at_once_each_hand_on_and_nothing_runs_twice() -> None:
+    deps = make_deps(max_running_per_user=2)
+    svc = JobService(deps)
+    a, b = chat(svc, "a", conv="c1"), chat(svc, "b", conv="c2")
+    c, d = chat(svc, "c", conv="c1"), chat(svc, "d", conv="c2")
+    threads = [threading.Thread(target=run, args=(deps, j.job_id)) for j in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert {c.job_id, d.job_id} <= set(sent(deps))
+    for job in (c, d, c, d):  # with duplicate deliveries
+        run(deps, job.job_id)
+    for job in (a, b, c, d):
+        assert [ev.type for ev in log(deps, job.job_id)].count(EventType.COMPLETE) == 1
+
+
+def test_a_job_its_submit_never_enrolled_is_enrolled_by_its_first_delivery() -> None:
+    deps = make_deps()
+    now = now_ts()
+    orphan = Job(job_id="a" * 32, user_id="u", message="hi", conversation_id="c1", created_at=now,
+                 expires_at=int(now) + 3600)
+    deps.jobs.create(orphan)  # the submit died between its put and its enroll
+    assert run(deps, orphan.job_id) is Outcome.DONE
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- the sweeper: waiting, queued, stranded, repaired --------------------------------------------------
+
+
+def test_the_sweeper_leaves_a_backlog_of_waiting_jobs_alone() -> None:
+    deps = make_deps(max_running_per_user=1, max_active_per_user=300)
+    svc = JobService(deps)
+    jobs = [chat(svc, f"m{i}", conv=f"c{i % 3}") for i in range(200)]
+    for j in jobs:
+        deps.jobs.due[j.job_id] = now_ts() - 1  # type: ignore[attr-defined]  # every job past its grace
+    before = len(sent(deps))
+    report = Sweeper(deps).sweep(limit=500)
+    # the one job that may run was sent and never picked up (the fake queue delivers nothing): it
+    # is the one stranded; the 199 behind it wait their turn, and get no message
+    assert report.requeued == [jobs[0].job_id]
+    assert len(report.waiting) == 199 and len(sent(deps)) - before == 1
+    assert Sweeper(deps).sweep(limit=500).waiting == [], "each waiting job is looked at once per grace period"
+
+
+def test_the_sweeper_repairs_a_gate_entry_whose_job_never_got_a_record() -> None:
+    deps = make_deps()
+    old = now_ts() - 300
+    ghost = Job(job_id="b" * 32, user_id="u", message="", conversation_id="c1", created_at=old,
+                expires_at=int(old) + 3600)
+    deps.gates.enroll("u", gate_entry(ghost), None, int(now_ts()) + 3600)  # its put never landed
+    svc = JobService(deps)
+    waiting = chat(svc, "stuck behind a ghost")
+    assert waiting.job_id not in sent(deps)
+    deps.jobs.due[waiting.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    assert report.repaired == [ghost.job_id] and report.handed_on == [waiting.job_id]
+    assert report.requeued == [], "sent by the repair's hand-off, not counted as stuck"
+    assert sent(deps)[-1] == waiting.job_id
