@@ -34,13 +34,15 @@ schema.app = APP
 
 @schemathesis.check
 def errors_have_the_one_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx/5xx body is exactly {"error": {"code": str, "message": str}}."""
+    """Every 4xx/5xx body is exactly {"error": {"code": str, "message": str}}; a 409
+    ``conversation_busy`` adds the active job's ``job_id`` (SPEC, "Conversations")."""
     if response.status_code < 400:
         return None
     body = response.json()
     assert isinstance(body, dict) and set(body) == {"error"}, f"not the error shape: {body!r}"
     err = body["error"]
-    assert isinstance(err, dict) and set(err) == {"code", "message"}, f"not the error shape: {body!r}"
+    keys = {"code", "message"} | ({"job_id"} if err.get("code") == "conversation_busy" else set())
+    assert isinstance(err, dict) and set(err) == keys, f"not the error shape: {body!r}"
     assert isinstance(err["code"], str) and isinstance(err["message"], str), body
     return True
 

@@ -6,6 +6,7 @@ import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, now_ts
+from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import SlotTaken, TransientStoreError
 from alfred_jobs.service.jobs import JobService
@@ -93,16 +94,19 @@ def test_read_after_is_contiguous_and_probes_past_the_known_head() -> None:
 def test_sweeper_requeues_only_stranded_jobs_and_postpones_them() -> None:
     deps = memory_deps(Settings(pending_grace_seconds=30, lease_seconds=10))
     svc = JobService(deps)
-    fresh = svc.submit("u", ChatRequest(message="fresh"), None).job
-    lost = svc.submit("u", ChatRequest(message="lost"), None).job
-    dead = svc.submit("u", ChatRequest(message="dead"), None).job
+    # three users, so that each job may start (the gate is tests/unit/test_gate.py's subject)
+    fresh = svc.submit("u1", ChatRequest(message="fresh"), None).job
+    lost = svc.submit("u2", ChatRequest(message="lost"), None).job
+    dead = svc.submit("u3", ChatRequest(message="dead"), None).job
     jobs = deps.jobs
     queue = deps.queue
     assert isinstance(queue, MemoryJobQueue)
     queue.sent.clear()
-    # the lost message's job is pending past its grace; the dead worker's lease expired
+    # the lost message's job is pending past its grace; the dead worker took its slot and its
+    # lease, which expired
     jobs.due[lost.job_id] = now_ts() - 1  # type: ignore[attr-defined]
     jobs.acquire_lease(dead.job_id, "w", now_ts() - 20, 10)
+    assert Admission(deps).take(dead) is Verdict.RUN
     report = Sweeper(deps).sweep()
     assert sorted(report.requeued) == sorted([lost.job_id, dead.job_id])
     assert fresh.job_id not in report.requeued
