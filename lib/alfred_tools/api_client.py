@@ -5,6 +5,7 @@ long-poll fallback, and a renderer of events for a terminal (``alfred-jobs chat 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from alfred_jobs.settings import Settings
 
 TERMINAL_TYPES = {"complete", "failed", "cancelled"}
 TERMINAL_STATUSES = {"complete", "failed", "cancelled"}
+YES = {"yes", "y", "true"}
+NO = {"no", "n", "false"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -153,6 +156,26 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"/api/jobs/{job_id}/cancel")
         return result
+
+    def answer(self, job_id: str, input_id: str, answer: bool | str) -> tuple[int, dict[str, Any]]:
+        """``POST /api/jobs/{id}/input``: (202, job) when the answer was taken and the job goes on,
+        (200, job) for the same answer again; an error status is an ``ApiError`` (409, 400)."""
+        try:
+            resp = self.http.post(f"/api/jobs/{job_id}/input", json={"input_id": input_id, "answer": answer})
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the API at {self.base_url}: {exc or type(exc).__name__}") from exc
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        return resp.status_code, dict(resp.json())
+
+    def all_events(self, job_id: str) -> list[dict[str, Any]]:
+        """Every event of the job so far (long-poll pages read with no wait)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self.events(job_id, out[-1]["seq"] if out else 0, wait=0)
+            if not page["events"]:
+                return out
+            out.extend(page["events"])
 
     def events(self, job_id: str, after: int, wait: float = 20.0) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}/events",
@@ -310,6 +333,81 @@ class Follower:
             raise AlreadyOver(str(page.get("status", "")))
 
 
+# ---- questions (the job asks, the user answers) -------------------------------------------------
+
+
+def last_question(events: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+    """The job's latest question (``input_required`` event) and whether it has an answer in the log."""
+    question: dict[str, Any] | None = None
+    answered = False
+    for ev in events:
+        if ev["type"] == "input_required":
+            question, answered = ev, False
+        elif ev["type"] == "input_received" and question is not None \
+                and (ev.get("data") or {}).get("input_id") == question["data"].get("input_id"):
+            answered = True
+    return question, answered
+
+
+def expected_answers(q: dict[str, Any]) -> str:
+    """What a question takes, in words (``q``: an ``input_required`` event's data)."""
+    if q.get("kind") == "confirm":
+        return "yes or no"
+    if q.get("kind") == "choice":
+        return "one of " + ", ".join(json.dumps(o, ensure_ascii=False) for o in q.get("options") or [])
+    return "any text"
+
+
+def parse_answer(q: dict[str, Any], text: str) -> bool | str:
+    """The answer to send for what the user typed: a bool for confirm (yes/no/y/n/true/false), one
+    of the options for choice (or its number, 1-based), the text itself otherwise."""
+    kind, word = q.get("kind"), text.strip()
+    if kind == "confirm":
+        if word.lower() in YES:
+            return True
+        if word.lower() in NO:
+            return False
+        raise CliError(f"this question takes yes or no, not {json.dumps(text, ensure_ascii=False)}")
+    if kind == "choice":
+        options = [str(o) for o in q.get("options") or []]
+        if word in options:
+            return word
+        folded = [o for o in options if o.casefold() == word.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        if word.isdigit() and 1 <= int(word) <= len(options):
+            return options[int(word) - 1]
+        raise CliError(f"this question takes {expected_answers(q)} (or its number)")
+    if not word:
+        raise CliError("the answer is empty")
+    return text
+
+
+def show_answer(answer: Any) -> str:
+    """An answer as the user would say it."""
+    if isinstance(answer, bool):
+        return "yes" if answer else "no"
+    return str(answer)
+
+
+def answer_command(job_id: str, q: dict[str, Any]) -> str:
+    """The ``alfred-jobs answer`` command lines for a question, one per possible answer when few."""
+    if q.get("kind") == "confirm":
+        choices = ["yes", "no"]
+    elif q.get("kind") == "choice":
+        choices = [str(o) for o in q.get("options") or []]
+    else:
+        choices = ["YOUR ANSWER"]
+    return "\n".join(f"  alfred-jobs answer {job_id} {shlex.quote(c)}" for c in choices[:6])
+
+
+def question_hint(job_id: str, q: dict[str, Any]) -> str:
+    """The question and how to answer it, for output that is not a terminal we may prompt on."""
+    return (f"Alfred asks: {q.get('prompt')} ({expected_answers(q)})\n"
+            f"answer it with one of:\n{answer_command(job_id, q)}\n"
+            f"the job waits for the answer (until {q.get('expires_at')})")
+
+
 class AlreadyOver(Exception):
     """Following from a cursor at or past the terminal event: there is nothing more to show."""
 
@@ -387,6 +485,10 @@ class Renderer:
             else:
                 self._write(("\r\033[K" if self.open_line else "") + f"  ✓ {text}\n")
                 self.open_line = False
+        elif t == "input_required":
+            self._line(f"? {d.get('prompt')}")
+        elif t == "input_received":
+            self._line(f"  ✓ answered: {show_answer(d.get('answer'))}")
         elif t == "resumed":
             self._line(f"↻ resumed by attempt {d.get('attempt')} (after seq {d.get('from_seq')})")
         elif t == "complete":
@@ -416,6 +518,11 @@ def summarize(t: str, d: dict[str, Any]) -> str:
     if t == "delta":
         delta = DeltaPayload.model_validate(d)
         return ("replace " if delta.replace else "") + json.dumps(delta.text, ensure_ascii=False)
+    if t == "input_required":
+        options = f" [{'|'.join(str(o) for o in d.get('options') or [])}]" if d.get("options") else ""
+        return f"{d.get('kind')} {d.get('input_id')}: {d.get('prompt')}{options}"
+    if t == "input_received":
+        return f"{d.get('input_id')} = {show_answer(d.get('answer'))}"
     if t == "resumed":
         return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
     if t == "complete":

@@ -18,7 +18,10 @@ import importlib
 import importlib.util
 import json
 import os
+import select
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from alfred_jobs.entry.wiring import get_settings
@@ -31,6 +34,10 @@ from alfred_tools.api_client import (
     CliError,
     Follower,
     Renderer,
+    last_question,
+    parse_answer,
+    question_hint,
+    show_answer,
 )
 
 
@@ -66,6 +73,88 @@ def _client() -> ApiClient:
     return ApiClient.from_settings(get_settings())
 
 
+# ---- questions: the job asks, the user answers ------------------------------------------------
+
+
+def answer_refusal(exc: ApiError, job_id: str) -> CliError | None:
+    """A clearer message for a 409 to an answer, or None."""
+    why = {"input_answered": "this question was already answered, with another answer",
+           "stale_input": "this question is not the one the job is waiting for any more",
+           "input_expired": "this question expired unanswered; the job gave up (input_timeout)",
+           "job_finished": "the job has already ended"}.get(exc.code)
+    if why is None:
+        return None
+    return CliError(f"{why} ({exc.code}, HTTP {exc.status})\n  see it: alfred-jobs status {job_id}")
+
+
+def question_open(client: ApiClient, job_id: str, seq: int) -> bool:
+    """Whether the job still waits on the question at ``seq`` (nothing came after it)."""
+    try:
+        job = client.job(job_id)
+    except CliError:
+        return True  # cannot tell: keep asking; the follower reports the connection
+    return job["status"] == "waiting" and int(job["last_seq"]) <= seq
+
+
+def read_line(fd: int, still_open: Callable[[], bool], check_every: float = 2.0) -> str | None:
+    """One line typed on the terminal ``fd``; '' at end of input; None once ``still_open`` says
+    the question was answered elsewhere (checked every ``check_every`` seconds)."""
+    next_check = time.monotonic() + check_every
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.25)
+        if ready:
+            return os.read(fd, 65536).decode(errors="replace")
+        if time.monotonic() >= next_check:
+            if not still_open():
+                return None
+            next_check = time.monotonic() + check_every
+
+
+def ask_in_terminal(client: ApiClient, job_id: str, ev: dict[str, Any], fd: int, out: TextIO) -> None:
+    """Prompt for the answer (y/n, a numbered choice, or a line) and post it. Returns when it was
+    taken, when the question was answered elsewhere or ended, or at the end of input (then the
+    answer command is shown: the job keeps waiting)."""
+    q, seq = ev["data"], int(ev["seq"])
+    options = [str(o) for o in q.get("options") or []]
+    if q.get("kind") == "choice":
+        out.write("".join(f"    {i}) {o}\n" for i, o in enumerate(options, 1)))
+    prompt = {"confirm": "  answer [y/n]: ", "choice": f"  choose 1-{len(options)}: "}.get(
+        str(q.get("kind")), "  your answer: ")
+    while True:
+        out.write(prompt)
+        out.flush()
+        line = read_line(fd, lambda: question_open(client, job_id, seq))
+        if line is None:
+            out.write("\n  (answered elsewhere, or the job moved on)\n")
+            return
+        if line == "":
+            out.write("\n" + question_hint(job_id, q) + "\n")
+            return
+        if not line.strip():
+            continue
+        try:
+            client.answer(job_id, q["input_id"], parse_answer(q, line.rstrip("\r\n")))
+            return  # taken (202) or the same answer already (200): input_received follows
+        except ApiError as exc:
+            refusal = answer_refusal(exc, job_id)
+            out.write(f"  {refusal or exc.message}\n")
+            if refusal is not None:
+                return
+        except CliError as exc:
+            out.write(f"  {exc}\n")
+
+
+def on_question(client: ApiClient, job_id: str, ev: dict[str, Any], renderer: Renderer) -> None:
+    """A followed job asked: prompt on a terminal, else show how to answer (the job waits)."""
+    if not question_open(client, job_id, int(ev["seq"])):
+        return  # answered or ended already: what followed is in the log
+    if renderer.mode == "tty" and sys.stdin.isatty():
+        ask_in_terminal(client, job_id, ev, sys.stdin.fileno(), sys.stdout)
+    else:
+        print(question_hint(job_id, ev["data"]), file=sys.stdout if renderer.mode == "tty" else sys.stderr,
+              flush=True)
+
+
 def _watch(client: ApiClient, job_id: str, after: int, args: argparse.Namespace) -> int:
     renderer = Renderer(sys.stdout, output_mode(args, sys.stdout))
     follower = Follower(client, notice=lambda m: print(m, file=sys.stderr, flush=True),
@@ -73,6 +162,8 @@ def _watch(client: ApiClient, job_id: str, after: int, args: argparse.Namespace)
     try:
         for ev in follower.follow(job_id, after):
             renderer.event(ev)
+            if ev["type"] == "input_required":
+                on_question(client, job_id, ev, renderer)
     except AlreadyOver:
         pass
     status = renderer.status
@@ -149,6 +240,31 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"{job['job_id']} cancelled")
     else:
         print(f"{job['job_id']} cancel requested (takes effect at the next step boundary)")
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    client = _client()
+    question, _answered = last_question(client.all_events(args.job_id))
+    if question is None:
+        status = client.job(args.job_id)["status"]
+        raise CliError(f"job {args.job_id} has asked nothing (it is {status})")
+    q = question["data"]
+    input_id = args.input_id or q["input_id"]
+    answer = parse_answer(q, args.answer)
+    try:
+        code, job = client.answer(args.job_id, input_id, answer)
+    except ApiError as exc:
+        if exc.code == "invalid_answer":
+            raise CliError(f"{exc.message} (invalid_answer, HTTP 400)") from None
+        raise answer_refusal(exc, args.job_id) or exc from None
+    if args.json:
+        print(json.dumps(job))
+    elif code == 202:
+        print(f"answered: {show_answer(answer)} (to \"{q.get('prompt')}\"); Alfred goes on\n"
+              f"  follow it: alfred-jobs watch {args.job_id} --after {question['seq']}")
+    else:
+        print(f"already answered: {show_answer(answer)} (the same answer; nothing changed)")
     return 0
 
 
@@ -238,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     ls = sub.add_parser("list", help="your jobs, newest first")
-    ls.add_argument("--status", choices=["pending", "running", "complete", "failed", "cancelled", "active"])
+    ls.add_argument("--status", choices=["pending", "running", "waiting", "complete", "failed", "cancelled",
+                                         "active"])
     ls.add_argument("--limit", type=_positive, default=20)
     ls.add_argument("--cursor")
     ls.add_argument("--json", action="store_true")
@@ -254,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("job_id", metavar="ID")
     ca.add_argument("--json", action="store_true")
     ca.set_defaults(func=cmd_cancel)
+
+    an = sub.add_parser("answer", help="answer the question a job is waiting on")
+    an.add_argument("job_id", metavar="ID")
+    an.add_argument("answer", metavar="ANSWER",
+                    help="yes/no (true/false) for a confirm, one of the options (or its number) for a choice, "
+                         "else any text")
+    an.add_argument("--input-id", metavar="QID", help="the question's input_id (default: its latest question)")
+    an.add_argument("--json", action="store_true", help="print the job object")
+    an.set_defaults(func=cmd_answer)
 
     t = sub.add_parser("token", help="print a local API token")
     t.add_argument("--user", required=True)

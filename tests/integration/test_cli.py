@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import queue
 import re
+import select
 import socket
 import subprocess
 import threading
@@ -330,3 +334,192 @@ def test_chat_past_the_active_jobs_limit_says_when_to_try_again(dev: DevProcess)
         finally:
             for job_id in reversed(jobs):  # the queued ones first: cancelling them starts nothing
                 http.post(f"/api/jobs/{job_id}/cancel")
+
+
+# ---- questions: a job that asks (the demo agent asks before it changes the pantry) ------------
+
+PANTRY = "chicken from my pantry [steps=2]"
+
+
+class Lines:
+    """A process's pipe read line by line in a thread, so a test can wait for a line with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self.q: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self.q.put(line)
+        self.q.put(None)
+
+    def until(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if m := re.search(pattern, line):
+                    return m
+            try:
+                line = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in {timeout}s: {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"the output ended without {pattern!r}: {self.seen}")
+            self.seen.append(line)
+
+
+class Terminal:
+    """A CLI process on a pseudo-terminal (stdin and stdout are a TTY), as a user at a shell sees it."""
+
+    def __init__(self, dev: DevProcess, *args: str) -> None:
+        master, slave = pty.openpty()
+        self.master = master
+        self.proc = subprocess.Popen([*CLI, *args], env=dev.cli_env(), stdin=slave, stdout=slave,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        os.close(slave)
+        self.text = ""
+
+    def _read(self, timeout: float) -> bool | None:
+        """Read what is there: True if something was, None if nothing came in time, False at the end."""
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # the process ended and closed the terminal
+            return False
+        self.text += data.decode(errors="replace")
+        return bool(data)
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            if time.monotonic() > deadline or self._read(0.2) is False:
+                raise AssertionError(f"{text!r} not shown in {timeout}s; the terminal shows:\n{self.text}")
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:  # a failed test: the prompt would wait forever
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.2)
+        code = self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        while self._read(0.1):  # what it wrote last
+            pass
+        return code
+
+
+def job_id_of(text: str) -> str:
+    m = re.search(r"job ([0-9a-f]{32})", text)
+    assert m, text
+    return m.group(1)
+
+
+def test_chat_follow_piped_shows_the_question_and_the_answer_command_then_goes_on(dev: DevProcess) -> None:
+    # GIVEN a job that asks, followed with its output piped (not a terminal)
+    proc = subprocess.Popen([*CLI, "chat", PANTRY, "--follow"], env=dev.cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        err = Lines(proc.stderr)
+        # THEN it prints the question and the exact command that answers it, and keeps following
+        err.until(r"Alfred asks: Use the 2 lb of chicken from your pantry\? \(yes or no\)")
+        command = err.until(r"^  alfred-jobs answer ([0-9a-f]{32}) yes$")
+        err.until(r"^  alfred-jobs answer [0-9a-f]{32} no$")
+        job_id = command.group(1)
+        assert proc.poll() is None  # the job waits, and so does the follower
+        # WHEN that command is run (from another shell)
+        answered = run(dev, "answer", job_id, "yes")
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.startswith('answered: yes (to "Use the 2 lb of chicken from your pantry?")')
+        # AND again: the same answer is fine; another answer is refused
+        again = run(dev, "answer", job_id, "y")
+        assert again.returncode == 0 and again.stdout.startswith("already answered: yes"), again
+        other = run(dev, "answer", job_id, "no")
+        assert other.returncode == 1, other
+        assert other.stderr.startswith("error: this question was already answered, with another answer "
+                                       "(input_answered, HTTP 409)"), other.stderr
+        # THEN the follower sees the answer and the job completes with the pantry used
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    lines = out.splitlines()
+    assert [int(line.split()[0]) for line in lines] == list(range(1, len(lines) + 1))
+    assert any(line.endswith("input_required confirm s1q1: Use the 2 lb of chicken from your pantry?")
+               for line in lines), out
+    assert any(line.endswith("input_received s1q1 = yes") for line in lines), out
+    assert lines[-1].split()[1] == "complete" and "I used the 2 lb of chicken from your pantry." in lines[-1]
+
+
+def test_chat_follow_on_a_terminal_asks_and_goes_on(dev: DevProcess) -> None:
+    # GIVEN a job that asks, followed on a terminal
+    with Terminal(dev, "chat", PANTRY, "--follow") as term:
+        # THEN the question is asked in the terminal; an answer that does not fit is asked again
+        term.expect("? Use the 2 lb of chicken from your pantry?")
+        term.expect("answer [y/n]: ")
+        term.type("perhaps")
+        term.expect('this question takes yes or no, not "perhaps"')
+        term.type("n")
+        # AND the job goes on with the answer, to completion
+        code = term.wait()
+    assert code == 0, term.text
+    assert "✓ answered: no" in term.text
+    assert "I left your pantry as it was: the chicken is still there." in term.text
+    assert term.text.rstrip().endswith("✓ complete"), term.text
+
+
+def test_a_terminal_question_answered_on_another_device_stops_asking(dev: DevProcess) -> None:
+    # GIVEN a job asking in a terminal
+    with Terminal(dev, "chat", PANTRY, "--follow") as term:
+        term.expect("answer [y/n]: ")
+        job_id = job_id_of(term.text)
+        # WHEN the question is answered elsewhere (the phone, through the API)
+        token = run(dev, "token", "--user", "you").stdout.strip()
+        r = httpx.post(f"{dev.url}/api/jobs/{job_id}/input", json={"input_id": "s1q1", "answer": True},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 202, r.text
+        # THEN the terminal stops asking, shows the answer, and follows the job to its end
+        term.expect("(answered elsewhere, or the job moved on)")
+        code = term.wait()
+    assert code == 0, term.text
+    assert "✓ answered: yes" in term.text and "I used the 2 lb of chicken from your pantry." in term.text
+
+
+def test_answer_errors_are_clear(dev: DevProcess) -> None:
+    # a job that asked nothing
+    plain = run(dev, "chat", "rice [steps=1]", "--follow").stderr
+    nothing = run(dev, "answer", job_id_of(plain), "yes")
+    assert nothing.returncode == 1 and "has asked nothing (it is complete)" in nothing.stderr, nothing.stderr
+    # an answer that does not fit the question: refused before it is sent, the job still waits
+    job_id = run(dev, "chat", PANTRY).stdout.strip()
+    wait_until(lambda: json.loads(run(dev, "status", job_id, "--json").stdout)["status"] == "waiting",
+               timeout=30, interval=0.2, what="the job to ask")
+    status = run(dev, "status", job_id)
+    assert "status       waiting" in status.stdout and "Waiting for your answer" in status.stdout
+    assert job_id in run(dev, "list", "--status", "waiting").stdout
+    bad = run(dev, "answer", job_id, "maybe")
+    assert bad.returncode == 1 and 'error: this question takes yes or no, not "maybe"' in bad.stderr
+    stale = run(dev, "answer", job_id, "yes", "--input-id", "s9q9")
+    assert stale.returncode == 1 and "(stale_input, HTTP 409)" in stale.stderr, stale.stderr
+    # a job that ended while it waited (cancel works while waiting)
+    assert run(dev, "cancel", job_id).returncode == 0
+    wait_until(lambda: json.loads(run(dev, "status", job_id, "--json").stdout)["status"] == "cancelled",
+               timeout=20, interval=0.2, what="the waiting job to be cancelled")
+    late = run(dev, "answer", job_id, "yes")
+    assert late.returncode == 1 and "the job has already ended (job_finished, HTTP 409)" in late.stderr, late.stderr
+    assert "Traceback" not in bad.stderr + stale.stderr + late.stderr
+    missing = run(dev, "answer", "0" * 32, "yes")
+    assert missing.returncode == 1 and "not found" in missing.stderr
