@@ -72,6 +72,8 @@ LAYER="$WORK/SubmitFunction/AlfredLibLayer/python"
 test -f "$LAYER/alfred_jobs/__init__.py" || { echo "layer: alfred_jobs missing" >&2; exit 1; }
 compgen -G "$LAYER/pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu.so" >/dev/null \
     || { echo "layer: no cp312 manylinux pydantic_core (wrong platform flags?)" >&2; exit 1; }
+compgen -G "$LAYER/cryptography/hazmat/bindings/_rust.abi3.so" >/dev/null \
+    || { echo "layer: no manylinux cryptography (Web Push needs it)" >&2; exit 1; }
 if compgen -G "$LAYER/moto" >/dev/null; then echo "layer: moto (local only) must not ship" >&2; exit 1; fi
 echo "layer: $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
 

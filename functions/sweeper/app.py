@@ -14,4 +14,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled (EventBridge) entry point."""
     report = Sweeper(aws_deps(get_settings())).sweep()
     return {"requeued": len(report.requeued), "waiting": len(report.waiting), "queued": len(report.queued),
-            "repaired": len(report.repaired), "errors": report.errors}
+            "repaired": len(report.repaired), "timed_out": len(report.timed_out), "errors": report.errors}

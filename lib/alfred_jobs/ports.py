@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
+from alfred_jobs.domain.push import PushMessage, PushSubscription
 from alfred_jobs.settings import Settings
 
 
@@ -91,6 +92,13 @@ class GateStore(Protocol):
         ``max_running`` slots are held; ``ConditionFailed`` otherwise (the caller reads and
         decides: already running, not enrolled, or must wait)."""
 
+    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+        """A running entry asks the user: it gives its slot back but keeps its conversation
+        (``asking``); returns the gate after it. Idempotent (an entry not running is left as is)."""
+
+    def unpause(self, user_id: str, job_id: str) -> Gate:
+        """The user answered: the entry waits to run again. Idempotent; returns the gate after it."""
+
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
                only_waiting: bool = False) -> Gate:
         """Remove the job's entry, waiting or running (freeing its slot); returns the gate after
@@ -166,6 +174,26 @@ class AgentDataStore(Protocol):
 
 
 
+class PushStore(Protocol):
+    """The users' Web Push subscriptions (a few per user: one per browser)."""
+
+    def add(self, user_id: str, subscription: PushSubscription) -> None:
+        """Store (or replace, by endpoint) one of the user's subscriptions."""
+
+    def remove(self, user_id: str, endpoint: str) -> None:
+        """Forget one; idempotent."""
+
+    def list(self, user_id: str) -> list[PushSubscription]:
+        """The user's subscriptions."""
+
+
+class Notifier(Protocol):
+    """Tells the user's browsers that a job ended or asks for input (Web Push)."""
+
+    def notify(self, user_id: str, message: PushMessage) -> None:
+        """Best effort, at most once per (job, seq): never raises, never blocks a job for long."""
+
+
 @dataclass
 class Deps:
     """Every port the services use, and the settings. Built by the composition root
@@ -178,3 +206,6 @@ class Deps:
     queue: JobQueue
     agent_data: AgentDataStore
     gates: GateStore
+    # Web Push (issue 14): None where a process sends or stores no pushes.
+    push: PushStore | None = None
+    notifier: Notifier | None = None

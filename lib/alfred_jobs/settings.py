@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_wait_seconds: float = 20.0
     max_list_limit: int = 100
 
+    # --- asking the user ------------------------------------------------------------------
+    # A question unanswered this long fails its job (``input_timeout``), enforced by the sweeper.
+    input_timeout_seconds: float = Field(default=24 * 3600.0, gt=0)
+
     # --- per user (guarantee 12 and fairness; see docs/architecture.md, "The gate") -----------
     # Jobs of one user that run at once; the others wait pending, holding no worker or message.
     max_running_per_user: int = Field(default=2, ge=1)
@@ -97,6 +101,22 @@ class Settings(BaseSettings):
     # "aws": a deployment (Lambda, a container service); "local": a laptop or a test run, the only
     # place the public development secrets are accepted (see check_deployable).
     deployment: Literal["aws", "local"] = "aws"
+
+    # --- Web Push (docs/notifications.md) ------------------------------------------------------
+    # The VAPID key (RFC 8292): a P-256 private key as PEM, or its 32-byte scalar in base64url. On
+    # AWS the template-managed secret (ALFRED_VAPID_SECRET_ARN, resolved at start into
+    # ``vapid_secret``) holds a random string the key is derived from (service/push.py). None of
+    # them: no pushes are sent and GET /api/push/key answers 404 push_disabled.
+    vapid_private_key: str | None = None
+    vapid_secret: str | None = None
+    vapid_secret_arn: str | None = None
+    vapid_subject: str = "mailto:alfred-jobs@example.com"  # the sender's contact, in every VAPID token
+    # Comma-separated hosts a subscription endpoint may name even over http or on a private
+    # address (local tests: "127.0.0.1"); every other endpoint is https to a public address.
+    push_endpoint_allow: str = ""
+    max_push_subscriptions: int = Field(default=10, ge=1, le=50)  # per user; the oldest is dropped
+    push_budget_seconds: float = Field(default=5.0, gt=0)  # all of one notify, retries included
+    push_ttl_seconds: int = Field(default=24 * 3600, ge=0)  # how long a push service keeps a push
 
     # --- drills --------------------------------------------------------------------------
     # Fault injection at the AWS client layer (see faults.py for the format); never set in production.

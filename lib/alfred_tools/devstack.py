@@ -39,6 +39,7 @@ from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
 from alfred_tools.emulator import LOCAL_CREDENTIALS
 from alfred_tools.localstack import ENDPOINT_VARS, LocalStack, external_endpoints
+from alfred_tools.vapid_keys import with_dev_vapid
 
 __all__ = ["ENDPOINT_VARS", "Shutdown", "create_dev_app", "dev_stack", "external_endpoints", "graceful_signals",
            "run_dev", "web_dir"]
@@ -192,7 +193,10 @@ def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | No
 
     with graceful_signals() as stopping:
         try:
-            with dev_stack(settings, host=host, emulator_port=emulator_port, workers=workers) as stack:
+            # Web Push: one VAPID key, kept in .alfred/vapid.pem, for the API and every worker.
+            settings, vapid_env = with_dev_vapid(settings)
+            with dev_stack(settings, host=host, emulator_port=emulator_port, workers=workers,
+                           base_env={**os.environ, **vapid_env}) as stack:
                 app = create_dev_app(stack.deps)
                 server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                        access_log=False, lifespan="off"))

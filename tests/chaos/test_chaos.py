@@ -47,7 +47,7 @@ from tests.chaos.support import (
     sse_session,
     terminal_log,
 )
-from tests.integration.helpers import assert_contiguous_single_terminal, submit
+from tests.integration.helpers import assert_contiguous_single_terminal, log_of, submit
 from tests.support.servers import serve
 from tests.support.stack import Stack, make_stack, wait_until
 
@@ -116,7 +116,9 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
             messages.append(f"poison {i} [fail] [steps=2]")
         else:
             extra = " [flaky=2]" if i % 7 == 5 else ""
-            messages.append(f"meal {i} [steps={2 + i % 3}]{extra}")
+            # Some jobs ask the user (guarantee 13); the answers come at random moments below.
+            asks = " from my pantry" if i % 5 == 1 else ""
+            messages.append(f"meal {i}{asks} [steps={2 + i % 3}]{extra}")
 
     with serve(create_app(stack.deps)) as api, serve(create_stream_app(stack.deps, heartbeat_seconds=1)) as sse:
         t0 = time.monotonic()
@@ -162,6 +164,39 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
         watchers = [threading.Thread(target=watch, args=(r,), daemon=True) for r in records]
         for w in watchers:
             w.start()
+
+        # ---- answers: each question gets one, at a random moment, sometimes from two devices ----
+        asking = {jid for jid, sub in jobs.items() if "pantry" in sub[3] and jid not in poison}
+        taken: dict[str, bool] = {}
+        answer_rng = random.Random(f"{seed}:answers")
+
+        def answer_questions() -> None:
+            deadline = time.monotonic() + budget
+            with httpx.Client(base_url=api, timeout=10) as c:
+                while time.monotonic() < deadline and len(taken) < len(asking):
+                    for jid in sorted(asking - set(taken)):
+                        events = log_of(stack, jid)
+                        if not events or events[-1].type is not EventType.INPUT_REQUIRED:
+                            continue
+                        if answer_rng.random() < 0.5:
+                            continue  # not yet: the user is away
+                        yes = answer_rng.random() < 0.5
+                        input_id = events[-1].data["input_id"]
+                        user = jobs[jid][1]
+                        r = c.post(f"/api/jobs/{jid}/input", headers=tokens[user],
+                                   json={"input_id": input_id, "answer": yes})
+                        if r.status_code in (200, 202):
+                            taken[jid] = yes
+                            if answer_rng.random() < 0.3:  # another device answers otherwise: refused
+                                other = c.post(f"/api/jobs/{jid}/input", headers=tokens[user],
+                                               json={"input_id": input_id, "answer": not yes})
+                                assert other.status_code == 409, other.text
+                        else:
+                            assert r.status_code in (409, 503), r.text
+                    time.sleep(answer_rng.uniform(0.1, 0.5))  # the user's pace, not a synchronisation
+
+        answerer = threading.Thread(target=answer_questions, daemon=True)
+        answerer.start()
 
         # ---- the chaos schedule, until every job has ended ----
         lease = stack.settings.lease_seconds
@@ -217,6 +252,14 @@ def run_chaos(stack: Stack, n_jobs: int, n_watchers: int, seed: int, budget: flo
         assert_effects_once_per_completed_step(stack, job_id, events)
         assert_conversation_once(stack, user, conv, job_id, events)
     assert_conversations_ran_one_job_at_a_time(stack, jobs, logs, ctx)
+    answerer.join(5)
+    assert asking, "the run has jobs that ask"
+    for jid in asking:  # guarantee 13: one answer continued each asking job exactly once
+        events = logs[jid]
+        received = [e for e in events if e.type is EventType.INPUT_RECEIVED]
+        assert len(received) == 1 and received[0].data["answer"] == taken[jid], f"{jid} {ctx}"
+        reply = events[-1].data["output"]["reply"]
+        assert ("I used" in reply) == taken[jid], f"{jid}: the reply ignores the answer {ctx}"
     for rec in records:
         assert rec.done, f"watcher of {rec.job_id} never saw the end {ctx}: {rec.errors[-3:]}"
         assert_watcher_saw_the_log(rec, logs[rec.job_id])

@@ -232,8 +232,10 @@ def test_past_the_active_limit_a_submit_is_a_429_with_retry_after(faithful_env: 
             assert refused.status_code == 429
             assert refused.json()["error"]["code"] == "too_many_jobs"
             assert int(refused.headers["Retry-After"]) >= 1
-            listed = client.get("/api/jobs", params={"status": "active"}).json()["jobs"]
-            assert len(listed) == 3, "the refused submit left no job behind"
+            # The list reads the by_user index, eventually consistent (the proxy answers it stale):
+            # it settles on the three jobs, never on a fourth left behind by the refused submit.
+            wait_until(lambda: len(client.get("/api/jobs", params={"status": "active"}).json()["jobs"]) == 3,
+                       what="the active list to settle on the three jobs")
             assert client.post("/api/chat", json={"message": "mine"},
                                headers={"Authorization": f"Bearer {issue_local_token(stack.settings, 'bob')}"},
                                ).status_code == 202

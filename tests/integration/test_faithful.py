@@ -113,14 +113,16 @@ def test_a_key_reused_after_retention_makes_a_new_job_with_a_fresh_log(faithful:
     while the old record was still stored, and once TTL had deleted the record but not all of its
     events, the new job's puts landed on old items and it never ran."""
     env, proxy = faithful
-    with make_stack(env, ALFRED_RETENTION_SECONDS="3") as stack:
+    # 8 s of retention: long enough for the first job to run on a busy machine (it must end before
+    # it expires), short enough to wait out.
+    with make_stack(env, ALFRED_RETENTION_SECONDS="8") as stack:
         svc = JobService(stack.deps)
         start_worker(stack)
         first = submit(stack, "soup [steps=3]", key="reused")
         old = wait_terminal(stack, first.job_id)
         assert old[-1].type is EventType.COMPLETE
         # Retention ends; TTL deletes the old items late and in any order meanwhile.
-        wait_until(lambda: stack.deps.jobs.get(first.job_id) is None, timeout=30, what="retention to end")
+        wait_until(lambda: stack.deps.jobs.get(first.job_id) is None, timeout=40, what="retention to end")
         again = submit(stack, "stew [steps=2]", key="reused")
         assert again.job_id == first.job_id and again.message == "stew [steps=2]"
         events = wait_terminal(stack, again.job_id)

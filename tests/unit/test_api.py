@@ -42,7 +42,7 @@ def test_submit_returns_202_with_links(client: TestClient) -> None:
     assert r.status_code == 202
     job = r.json()
     assert job["status"] == "pending" and len(job["job_id"]) == 32
-    assert set(job["links"]) == {"self", "events", "stream", "cancel"}
+    assert set(job["links"]) == {"self", "events", "stream", "cancel", "input"}
     assert "token=" in job["links"]["stream"]
 
 

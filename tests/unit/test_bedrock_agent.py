@@ -504,3 +504,27 @@ def test_dynamo_kitchen_applies_each_write_once_per_key() -> None:
         assert k.items(USER, "c1", "pantry") == [{"name": "eggs", "quantity": 4.0, "unit": "pcs"}]
         assert [r["title"] for r in k.items(USER, "c1", "recipe")] == ["Frittata"]
         assert k.items(USER, "other", "pantry") == []
+
+
+def test_the_model_may_ask_the_user_before_a_destructive_step() -> None:
+    # GIVEN a plan whose first step asks (the ask_user tool) before removing eggs from the pantry
+    w = World()
+    ask = {"kind": "ask_user", "label": "Check with you", "prompt": "Use 2 of your eggs?"}
+    remove = {"kind": "remove_from_pantry", "label": "Take 2 eggs", "name": "Eggs", "quantity": 2}
+    w.kitchen.add_quantity(USER, "c1", "eggs", 6, "", "seed", 2_000_000_000)
+    w.model.plan(ask, remove)
+    w.model.stream(text_frames("Omelette it is."))
+    job_id = w.service.submit(USER, ChatRequest(message="omelette?", conversation_id="c1"), None).job.job_id
+    # WHEN it runs: the job asks and waits, holding nothing
+    assert w.run(job_id).status is JobStatus.WAITING
+    question = w.events(job_id)[-1]
+    assert question["type"] == "input_required" and question["data"]["prompt"] == "Use 2 of your eggs?"
+    assert w.kitchen.items(USER, "c1", "pantry")[0]["quantity"] == 6.0, "nothing removed before the answer"
+    # AND the user says yes: it resumes from its checkpoint (no second plan) and removes them once
+    w.service.answer(USER, job_id, question["data"]["input_id"], True)
+    assert w.run(job_id).status is JobStatus.COMPLETE
+    w.model.done()
+    done = {e["data"]["index"]: e["data"]["output"] for e in w.events(job_id)
+            if e["type"] == "step" and e["data"]["status"] == "completed"}
+    assert done[1] == {"question": "Use 2 of your eggs?", "answer": True}
+    assert w.kitchen.items(USER, "c1", "pantry")[0]["quantity"] == 4.0

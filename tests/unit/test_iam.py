@@ -45,6 +45,8 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SubmitFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
     ("SubmitFunction", "dynamodb", "Query", "ConversationsTable", None),
     ("SubmitFunction", "sqs", "SendMessage", "JobsQueue", None),
+    # Web Push: the VAPID secret (for the public key); subscriptions are push#<user> items
+    ("SubmitFunction", "secretsmanager", "GetSecretValue", "VapidSecret", None),
     # a submit refused after its put (429, 409) deletes the record
     ("SubmitFunction", "dynamodb", "DeleteItem", "JobsTable", None),
     # worker: lease, journal, projection, conversation turn, step effects, agent data
@@ -67,6 +69,10 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("WorkerFunction", "sqs", "DeleteMessage", "JobsQueue", None),
     ("WorkerFunction", "sqs", "DeleteMessageBatch", "JobsQueue", None),
     ("WorkerFunction", "sqs", "GetQueueAttributes", "JobsQueue", None),
+    # Web Push: the VAPID key; the once-per-event claim (PutItem, and GetItem of an ambiguous
+    # one), the subscriptions (GetItem), a gone one removed (UpdateItem)
+    ("WorkerFunction", "secretsmanager", "GetSecretValue", "VapidSecret", None),
+    ("WorkerFunction", "dynamodb", "PutItem", "JobsTable", None),
     # the hand-off: a job that ends sends the jobs its end lets start
     ("WorkerFunction", "sqs", "SendMessage", "JobsQueue", None),
     # sweeper: the due index, postpone, re-send
@@ -88,6 +94,8 @@ NOT_ALLOWED: list[tuple[str, str, str, str]] = [
     ("StreamFunction", "dynamodb", "PutItem", "EventsTable"),
     ("StreamFunction", "secretsmanager", "GetSecretValue", "CursorSecret"),
     ("WorkerFunction", "secretsmanager", "GetSecretValue", "StreamTokenSecret"),
+    ("StreamFunction", "secretsmanager", "GetSecretValue", "VapidSecret"),
+    ("SweeperFunction", "secretsmanager", "GetSecretValue", "VapidSecret"),
     ("SweeperFunction", "secretsmanager", "GetSecretValue", "CursorSecret"),
     ("SweeperFunction", "dynamodb", "GetItem", "ConversationsTable"),
     ("SweeperFunction", "dynamodb", "PutItem", "EventsTable"),

@@ -279,7 +279,7 @@ def test_api_verifies_jwts_from_parameters_and_cors_is_never_a_wildcard() -> Non
 
 def test_secrets_are_generated_and_passed_by_arn_only() -> None:
     secrets = {lid for lid, r in RESOURCES.items() if r["Type"] == "AWS::SecretsManager::Secret"}
-    assert secrets == {"StreamTokenSecret", "CursorSecret"}
+    assert secrets == {"StreamTokenSecret", "CursorSecret", "VapidSecret"}
     for lid in secrets:
         props = RESOURCES[lid]["Properties"]
         assert "SecretString" not in props and "GenerateSecretString" in props
@@ -319,9 +319,10 @@ def test_each_function_gets_only_the_tables_it_needs() -> None:
     def secret_arns(lid: str) -> set[str]:
         return {p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["Ref"]
                 for p in policies(lid) if isinstance(p, dict) and "AWSSecretsManagerGetSecretValuePolicy" in p}
-    assert secret_arns("SubmitFunction") == {"StreamTokenSecret", "CursorSecret"}
+    assert secret_arns("SubmitFunction") == {"StreamTokenSecret", "CursorSecret", "VapidSecret"}
     assert secret_arns("StreamFunction") == {"StreamTokenSecret"}
-    assert secret_arns("WorkerFunction") == secret_arns("SweeperFunction") == set()
+    assert secret_arns("WorkerFunction") == {"VapidSecret"}  # Web Push: signs with the VAPID key
+    assert secret_arns("SweeperFunction") == set()
     # No managed "full access" policies, no inline statement on every resource.
     for lid in [*functions(), "StreamFunction"]:
         for p in policies(lid):

@@ -191,7 +191,8 @@ def item_to_job(item: dict[str, Any]) -> Job:
     )
 
 
-_ACTIVE_VALUES = {":pending": JobStatus.PENDING.value, ":running": JobStatus.RUNNING.value}
+_ACTIVE_VALUES = {":pending": JobStatus.PENDING.value, ":running": JobStatus.RUNNING.value,
+                  ":waiting": JobStatus.WAITING.value}
 
 
 class DynamoJobStore:
@@ -236,7 +237,7 @@ class DynamoJobStore:
                 Key=serialize({"job_id": job_id}),
                 UpdateExpression=("SET lease_owner = :me, lease_expires = :exp, due_at = :exp, "
                                   "attempts = attempts + :one"),
-                ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running) "
+                ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running, :waiting) "
                                      "AND expires_at > :now "
                                      "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
                 ExpressionAttributeNames={"#s": "status"},
@@ -261,7 +262,7 @@ class DynamoJobStore:
                 Key=serialize({"job_id": job_id}),
                 UpdateExpression=("SET lease_expires = :exp, due_at = :exp, last_seq = :ls, #s = :st, "
                                   "progress_json = :p"),
-                ConditionExpression="lease_owner = :me AND #s IN (:pending, :running) AND last_seq <= :ls",
+                ConditionExpression="lease_owner = :me AND #s IN (:pending, :running, :waiting) AND last_seq <= :ls",
                 ExpressionAttributeNames={"#s": "status"},
                 values={":me": owner, ":exp": now + lease_seconds, ":ls": last_seq, ":st": str(status),
                         ":p": json.dumps(progress.public()), **_ACTIVE_VALUES},
@@ -304,7 +305,7 @@ class DynamoJobStore:
             # already holds the terminal event); it only ever moves forward.
             removes += ["active_shard", "due_at", "lease_owner"]
         elif owner is not None:
-            condition += " AND lease_owner = :me AND #s IN (:pending, :running)"
+            condition += " AND lease_owner = :me AND #s IN (:pending, :running, :waiting)"
             values[":me"] = owner
             values.update(_ACTIVE_VALUES)
         expr = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
@@ -321,7 +322,7 @@ class DynamoJobStore:
         attrs = self._update(
             Key=serialize({"job_id": job_id}),
             UpdateExpression=update,
-            ConditionExpression="attribute_exists(job_id) AND #s IN (:pending, :running)",
+            ConditionExpression="attribute_exists(job_id) AND #s IN (:pending, :running, :waiting)",
             ExpressionAttributeNames={"#s": "status"},
             values={":t": True, **({":by": by} if by else {}), **_ACTIVE_VALUES},
             ReturnValues="ALL_NEW")
@@ -415,7 +416,8 @@ def after(last: str, entry: GateEntry) -> str:
 def item_to_gate(item: dict[str, Any] | None, now: float | None = None) -> Gate:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return Gate()
-    entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")))
+    entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")),
+                              asking=bool(e.get("a")))
                     for j, e in (item.get("m") or {}).items())
     return Gate(entries=entries, running=int(item.get("running", 0)))
 
@@ -498,9 +500,25 @@ class DynamoGateStore:
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
         return self._write(
             user_id, "SET m.#j.r = :t, busy.#c = :j, expires_at = :x ADD running :one",
-            "attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c)",
+            "attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c) "
+            "AND (attribute_not_exists(m.#j.a) OR m.#j.a = :f)",
             {"#j": entry.job_id, "#c": entry.conversation_id},
             {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running, ":x": expires_at})
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+        try:
+            return self._write(user_id, "SET m.#j.r = :f, m.#j.a = :t REMOVE busy.#c ADD running :m1",
+                               "m.#j.r = :t AND busy.#c = :j", {"#j": job_id, "#c": conversation_id},
+                               {":t": True, ":f": False, ":j": job_id, ":m1": -1})
+        except ConditionFailed:
+            return self.read(user_id)  # paused already (a landed earlier try), or not running
+
+    def unpause(self, user_id: str, job_id: str) -> Gate:
+        try:
+            return self._write(user_id, "SET m.#j.a = :f", "m.#j.a = :t", {"#j": job_id},
+                               {":t": True, ":f": False})
+        except ConditionFailed:
+            return self.read(user_id)  # not asking (answered already, or never paused yet)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
                only_waiting: bool = False) -> Gate:

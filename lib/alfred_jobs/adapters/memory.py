@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld
@@ -194,11 +195,32 @@ class MemoryGateStore:
             entries = dict(self._live(user_id))
             mine = entries.get(entry.job_id)
             busy = any(e.running and e.conversation_id == entry.conversation_id for e in entries.values())
-            if mine is None or mine.running or busy or sum(e.running for e in entries.values()) >= max_running:
+            if (mine is None or mine.running or mine.asking or busy
+                    or sum(e.running for e in entries.values()) >= max_running):
                 raise ConditionFailed(entry.job_id)
             entries[entry.job_id] = replace(mine, running=True)
             self.gates[user_id] = (entries, expires_at)
             self.writes += 1
+            return self._gate(entries)
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            mine = entries.get(job_id)
+            if mine is not None and mine.running:
+                entries[job_id] = replace(mine, running=False, asking=True)
+                self.gates[user_id] = (entries, self.gates[user_id][1])
+                self.writes += 1
+            return self._gate(entries)
+
+    def unpause(self, user_id: str, job_id: str) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            mine = entries.get(job_id)
+            if mine is not None and mine.asking:
+                entries[job_id] = replace(mine, asking=False)
+                self.gates[user_id] = (entries, self.gates[user_id][1])
+                self.writes += 1
             return self._gate(entries)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
@@ -347,4 +369,5 @@ def memory_deps(settings: Settings | None = None) -> Deps:
     s = settings or Settings()
     return Deps(settings=s, jobs=MemoryJobStore(s.pending_grace_seconds), log=MemoryEventLog(),
                 conversations=MemoryConversationStore(), queue=MemoryJobQueue(),
-                agent_data=MemoryAgentDataStore(), gates=MemoryGateStore())
+                agent_data=MemoryAgentDataStore(), gates=MemoryGateStore(),
+                push=MemoryPushStore(s.max_push_subscriptions), notifier=RecordingNotifier())

@@ -19,6 +19,7 @@ from alfred_jobs.settings import Settings
 SECRET_FIELDS = {
     "stream_token_secret_arn": "stream_token_secret",
     "cursor_secret_arn": "cursor_secret",
+    "vapid_secret_arn": "vapid_secret",  # the VAPID key's seed (service/push.py derives the key)
 }
 
 _cache: dict[str, str] = {}

@@ -146,13 +146,23 @@ class SaveRecipe(_Step):
     instructions: str = Field(min_length=1, max_length=4000)
 
 
+class AskUser(_Step):
+    """The ``ask_user`` tool: ask the user and wait (durably) for the answer."""
+
+    kind: Literal["ask_user"]
+    prompt: str = Field(min_length=1, max_length=500, description="The question, as the user will read it")
+    answer_kind: Literal["confirm", "choice", "text"] = Field(
+        default="confirm", description="confirm: yes/no; choice: one of options; text: free text")
+    options: list[str] | None = Field(default=None, max_length=10, description="The choices (choice only)")
+
+
 class ModelCall(_Step):
     kind: Literal["model"]
     prompt: str = Field(min_length=1, max_length=4000, description="The instruction for this step")
 
 
 StepSpec = Annotated[
-    ListPantry | AddToPantry | RemoveFromPantry | ListRecipes | SaveRecipe | ModelCall,
+    ListPantry | AddToPantry | RemoveFromPantry | ListRecipes | SaveRecipe | AskUser | ModelCall,
     Field(discriminator="kind"),
 ]
 _STEP = TypeAdapter(StepSpec)
@@ -345,7 +355,9 @@ _SYSTEM = (
 )
 _THINK = (
     "Plan how to answer the user's latest message. Call the make_plan tool exactly once. Each step is "
-    "either a kitchen tool (list_pantry, add_to_pantry, remove_from_pantry, list_recipes, save_recipe) "
+    "either a kitchen tool (list_pantry, add_to_pantry, remove_from_pantry, list_recipes, save_recipe), "
+    "an 'ask_user' step (a question for the user, answered later: put one before any step that removes "
+    "something from the pantry, or when a choice is the user's to make), "
     "or a 'model' step with a prompt for work that needs thinking (e.g. choosing a recipe). Use at most "
     "{max_steps} steps and no step that is not needed; an empty plan is fine for small talk. "
     "The final answer is written after the steps; do not add a step for it."
@@ -449,6 +461,12 @@ class BedrockAgent:
         except ValidationError as exc:
             raise TerminalAgentError(f"step {step.index} is not a step this agent knows: {exc}",
                                      code="bad_step") from exc
+        if isinstance(spec, AskUser):
+            # Before anything else in the step: after the answer the step runs again from its start.
+            options = spec.options if spec.answer_kind == "choice" else None
+            if spec.answer_kind == "choice" and not options:
+                raise TerminalAgentError(f"step {step.index} asks a choice without options", code="bad_step")
+            return {"question": spec.prompt, "answer": ctx.ask(spec.prompt, spec.answer_kind, options)}
         key = ctx.idempotency_key(step.index)
         expires = ctx.expires_at or int(time.time()) + self.config.retention_seconds
         # Recorded first, so "never executed twice" can be checked like the demo agent's steps.

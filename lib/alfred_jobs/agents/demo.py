@@ -9,6 +9,10 @@ by counting. Directives in the message steer it, for demos and tests:
 - ``[fatal]``: step 1 fails with a terminal error
 - ``[flaky=K]``: step K fails on the first attempt only
 - ``[flaky-reply]``: the reply fails on the first attempt, after its text has started
+
+A message that mentions the pantry makes step 1 ("Check the pantry") ask ``confirm`` before it
+changes the pantry (``PANTRY_QUESTION``): yes, it uses the chicken; no, it leaves the pantry be and
+the reply says so.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ LABELS = [
     "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
     "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
 ]
+PANTRY_QUESTION = "Use the 2 lb of chicken from your pantry?"
 STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
               "make", "i", "what", "can", "recipes", "recipe", "give", "show", "my"}
 
@@ -70,6 +75,10 @@ class DemoAgent:
                      for i in range(1, n + 1)])
 
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        pantry: str | None = None
+        if step.index == 1 and "pantry" in ctx.message.lower():
+            # Asked before the step's side effect: after the answer the step runs from its start.
+            pantry = "used" if ctx.ask(PANTRY_QUESTION, "confirm") else "kept"
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
                                             ctx.expires_at or expiry(now_ts(), self.settings.retention_seconds))
@@ -81,13 +90,19 @@ class DemoAgent:
         if flaky and int(flaky) == step.index and ctx.attempt == 1:
             raise RetryableAgentError("the recipe service timed out", code="recipe_timeout")
         self._sleep(self._pace(ctx), ctx)
-        return {"step": step.index, "label": step.label, "ingredients": _ingredients(ctx.message),
-                "runs": runs}
+        out: dict[str, Any] = {"step": step.index, "label": step.label,
+                               "ingredients": _ingredients(ctx.message), "runs": runs}
+        if pantry is not None:
+            out["pantry"] = pantry
+        return out
 
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
         items = _ingredients(ctx.message) or ["what you have"]
+        pantry = (ctx.step_outputs.get(1) or {}).get("pantry") if isinstance(ctx.step_outputs.get(1), dict) else None
+        note = {"used": " I used the 2 lb of chicken from your pantry.",
+                "kept": " I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
         text = (f"Here are 3 recipes using {', '.join(items)}: a quick skillet, a sheet-pan bake and "
-                f"a warming soup. I went through {len(plan.steps)} steps: "
+                f"a warming soup.{note} I went through {len(plan.steps)} steps: "
                 + "; ".join(s.label.lower() for s in plan.steps) + ". Enjoy your cooking!")
         words = text.split(" ")
         pause = (self.step_seconds / 2) / max(1, len(words))

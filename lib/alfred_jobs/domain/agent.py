@@ -10,6 +10,11 @@ the work. What the runner promises an agent:
 - ``reply`` yields text chunks; the runner coalesces them into ``delta`` events and stops
   consuming within about a second of a cancel.
 
+- ``ask`` (in ``think`` or ``act``) asks the user and returns the answer. The first time, the
+  question is recorded and the attempt ends there (the job is ``waiting``, holding no worker); once
+  answered, the job resumes from its checkpoint and the same ``ask`` returns the recorded answer.
+  A step that asks runs again from its start after the answer: ask before its side effects.
+
 What an agent promises: side effects only inside ``act``; raise ``RetryableAgentError`` when
 another attempt could help and ``TerminalAgentError`` when it cannot.
 """
@@ -48,6 +53,18 @@ class AgentContext:
     # job should expire with it.
     created_at: float = 0.0
     expires_at: int = 0
+    # The runner's durable question (see ``ask``); None where a job cannot ask.
+    asker: Callable[[str, str, list[str] | None], Any] | None = None
+
+    def ask(self, prompt: str, kind: str = "confirm", options: list[str] | None = None) -> Any:
+        """Ask the user; returns ``True``/``False`` (confirm), one of ``options`` (choice) or text.
+
+        Never returns before the user answered: the first call ends the attempt (the job waits,
+        for a day by default), and the resumed attempt's call returns the answer at once.
+        """
+        if self.asker is None:
+            raise RuntimeError("this job cannot ask the user")
+        return self.asker(prompt, kind, options)
 
     def idempotency_key(self, step_index: int) -> str:
         """The stable key for side effects of one step (job id + step index, and the job's

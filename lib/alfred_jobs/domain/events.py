@@ -33,6 +33,7 @@ from alfred_jobs.domain.agent import Plan, PlanStep
 class JobStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"  # for the user's answer: active, holding no worker, lease or run slot
     COMPLETE = "complete"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -43,7 +44,7 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
-ACTIVE_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+ACTIVE_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.WAITING})
 
 
 class EventType(StrEnum):
@@ -56,6 +57,8 @@ class EventType(StrEnum):
     COMPLETE = "complete"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INPUT_REQUIRED = "input_required"
+    INPUT_RECEIVED = "input_received"
 
 
 TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED})
@@ -211,13 +214,45 @@ class CancelledPayload(Payload):
         return cls(reason="interrupted", by=job_id) if job_id else cls()
 
 
+InputKind = Literal["confirm", "choice", "text"]
+
+
+class InputRequiredPayload(Payload):
+    """The agent asks the user (``AgentContext.ask``); the job is ``waiting`` until the answer."""
+
+    event_type = EventType.INPUT_REQUIRED
+    input_id: str
+    prompt: str
+    kind: InputKind
+    options: list[str] | None = None
+    expires_at: str  # iso8601: unanswered by then, the job fails with ``input_timeout``
+
+    def fits(self, answer: Any) -> bool:
+        """Whether ``answer`` answers this question: a bool for confirm, one of the options for
+        choice, non-blank text for text."""
+        if self.kind == "confirm":
+            return isinstance(answer, bool)
+        if not isinstance(answer, str) or isinstance(answer, bool):
+            return False
+        if self.kind == "choice":
+            return answer in (self.options or [])
+        return bool(answer.strip())
+
+
+class InputReceivedPayload(Payload):
+    event_type = EventType.INPUT_RECEIVED
+    input_id: str
+    answer: bool | str
+
+
 AnyPayload = (StatusPayload | PhasePayload | PlanPayload | StepPayload | DeltaPayload | ResumedPayload
-              | CompletePayload | FailedPayload | CancelledPayload)
+              | CompletePayload | FailedPayload | CancelledPayload | InputRequiredPayload
+              | InputReceivedPayload)
 
 PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     cls.event_type: cls
     for cls in (StatusPayload, PhasePayload, PlanPayload, StepPayload, DeltaPayload, ResumedPayload,
-                CompletePayload, FailedPayload, CancelledPayload)
+                CompletePayload, FailedPayload, CancelledPayload, InputRequiredPayload, InputReceivedPayload)
 }
 
 
@@ -333,6 +368,15 @@ class LogState:
     started: set[int] = field(default_factory=set)  # steps with a ``started`` event
     phases: set[str] = field(default_factory=set)  # phases with a ``phase`` event
     shown: str = ""  # the reply text the deltas show so far
+    asked: dict[str, InputRequiredPayload] = field(default_factory=dict)  # questions, by input_id
+    answers: dict[str, bool | str] = field(default_factory=dict)  # their answers, by input_id
+
+    @property
+    def question(self) -> InputRequiredPayload | None:
+        """The question the job waits on (asked, not answered), if it is ``waiting``."""
+        if self.status is not JobStatus.WAITING:
+            return None
+        return next((q for i, q in reversed(self.asked.items()) if i not in self.answers), None)
 
     def apply(self, ev: Event) -> None:
         """Take one event; events at or below ``last_seq`` are already in and are skipped."""
@@ -363,6 +407,13 @@ class LogState:
                                     completed_steps=max(progress.completed_steps, done_before))
         elif isinstance(p, DeltaPayload):
             self.shown = apply_delta(self.shown, p)
+        elif isinstance(p, InputRequiredPayload):
+            self.asked[p.input_id] = p
+            self.status = JobStatus.WAITING
+            self.progress = replace(progress, label="Waiting for your answer")
+        elif isinstance(p, InputReceivedPayload):
+            self.answers[p.input_id] = p.answer
+            self.status = JobStatus.PENDING  # until an attempt picks it up again (``resumed``)
         else:  # terminal: complete, failed, cancelled
             self.status = TERMINAL_STATUS_OF_EVENT[ev.type]
             self.completed_at = ev.ts

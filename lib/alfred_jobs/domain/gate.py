@@ -26,6 +26,13 @@ class GateEntry:
     # submits closer together than the API hosts' clock skew are concurrent: either order is one.
     order: str
     running: bool = False
+    # Waiting for the user's answer: it gave its slot back but still holds its conversation
+    # (the next message of the conversation waits for it), and is never sent until answered.
+    asking: bool = False
+
+    @property
+    def holds_conversation(self) -> bool:
+        return self.running or self.asking
 
 
 @dataclass(frozen=True)
@@ -52,14 +59,14 @@ class Gate:
         if me is None:
             return []
         return [e for e in self.conversation(me.conversation_id)
-                if e.job_id != job_id and (e.running or e.order < me.order)]
+                if e.job_id != job_id and (e.holds_conversation or e.order < me.order)]
 
     def may_start(self, job_id: str, max_running: int) -> bool:
         """Whether ``job_id`` may take a slot now: the oldest of its conversation, none of which
         runs, and a slot free. (A worker holding its message takes it even if an older job of
         another conversation could have had the slot: that one's message may be lost.)"""
         me = self.entry(job_id)
-        return (me is not None and not me.running and not self.ahead_of(job_id)
+        return (me is not None and not me.holds_conversation and not self.ahead_of(job_id)
                 and self.running < max_running)
 
     def next_up(self, job_id: str, max_running: int) -> bool:
@@ -78,7 +85,7 @@ class Gate:
             if e.conversation_id in seen:
                 continue
             seen.add(e.conversation_id)
-            if not e.running and not any(o.running for o in self.conversation(e.conversation_id)):
+            if not any(o.holds_conversation for o in self.conversation(e.conversation_id)):
                 chosen.append(e)
                 free -= 1
         return chosen

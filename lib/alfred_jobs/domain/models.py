@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from alfred_jobs.domain.events import (
     ACTIVE_STATUSES,
@@ -122,6 +122,16 @@ class ChatRequest(BaseModel):
     # What to do when the conversation already has an active job (docs/architecture.md, "The
     # gate"): wait behind it, refuse (409 conversation_busy), or end it (cancelled, interrupted).
     multitask: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+
+
+class InputAnswer(BaseModel):
+    """Body of ``POST /api/jobs/{id}/input``: the answer to the question ``input_id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_id: str = Field(min_length=1, max_length=64)
+    # StrictBool first: "true" stays text, true stays a bool (a confirm takes only a bool).
+    answer: StrictBool | StrictStr = Field(union_mode="left_to_right")
 
 
 class ErrorBody(BaseModel):

@@ -87,6 +87,22 @@ class Admission:
         gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id)
         return self.hand_on(job.user_id, gate)
 
+    def pause(self, job: Job) -> list[str]:
+        """The job asks the user: its slot goes back (handed on to the user's other jobs), its
+        conversation stays held until it ends."""
+        gate = self.deps.gates.pause(job.user_id, job.job_id, job.conversation_id)
+        return self.hand_on(job.user_id, gate)
+
+    def resume(self, job: Job) -> bool:
+        """The user answered: the job waits to run again, and is sent if it may start now
+        (otherwise whoever frees a slot sends it). Idempotent."""
+        gate = self.deps.gates.unpause(job.user_id, job.job_id)
+        if not gate.next_up(job.job_id, self.settings.max_running_per_user):
+            return False
+        self.deps.jobs.postpone(job.job_id, now_ts() + self.settings.pending_grace_seconds)
+        self.deps.queue.send(job.job_id)
+        return True
+
     def hand_on(self, user_id: str, gate: Gate) -> list[str]:
         """Send every job ``gate`` lets start. Its sweep deadline moves first, so a message lost
         after this is found by the sweeper a grace period later, and one in flight is not sent

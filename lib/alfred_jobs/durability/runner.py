@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from alfred_jobs.domain.agent import Agent, AgentContext, Plan
 from alfred_jobs.domain.events import (
@@ -32,6 +32,8 @@ from alfred_jobs.domain.events import (
     DeltaPayload,
     ErrorInfo,
     FailedPayload,
+    InputKind,
+    InputRequiredPayload,
     Payload,
     PhasePayload,
     PlanPayload,
@@ -39,9 +41,11 @@ from alfred_jobs.domain.events import (
     StatusPayload,
     StepPayload,
     apply_delta,
+    parse_iso,
     replay,
 )
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, now_ts
+from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
@@ -52,6 +56,7 @@ from alfred_jobs.exceptions import (
     LeaseHeld,
     SlotTaken,
     StoreError,
+    TerminalAgentError,
     TransientStoreError,
 )
 from alfred_jobs.observability import bind_job, clear_job, count, get_logger
@@ -84,12 +89,29 @@ class RunResult:
     status: JobStatus | None = None
 
 
+class _AskUser(BaseException):  # not an Exception: no agent's ``except Exception`` may eat it
+    """Internal: the agent asked the user; the attempt ends with the job waiting for the answer."""
+
+
 class _Stop(Exception):
     """Internal: leave the attempt with this result."""
 
     def __init__(self, result: RunResult) -> None:
         super().__init__(result.reason)
         self.result = result
+
+
+def finished_message(job: Job, term: Event) -> PushMessage:
+    """The push for a job's end: what the user would want on a locked screen."""
+    p = term.payload
+    if isinstance(p, CompletePayload):
+        title, body = "Alfred finished", p.reply
+    elif isinstance(p, FailedPayload):
+        title, body = "Alfred could not finish", p.error.message
+    else:
+        title, body = "Alfred stopped", "Cancelled."
+    body = body if len(body) <= 160 else body[:157].rstrip() + "…"
+    return PushMessage(job_id=job.job_id, status=str(job.status), seq=term.seq, title=title, body=body)
 
 
 class JobRunner:
@@ -144,6 +166,8 @@ class _Attempt:
         self.attempt = job.attempts
         self.events: list[Event] = []
         self.view = job  # job record folded with every event we know of
+        self._step = 0  # where the agent is: 0 thinking, a step's index while acting, past them replying
+        self._asks: dict[int, int] = {}  # questions asked so far in each step (their input ids)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -210,6 +234,7 @@ class _Attempt:
         # index: a crash in between finalizes (and hands on) again (docs/architecture.md).
         self.r.admission.release(job)
         self.deps.jobs.save_projection(job, owner=None)
+        self._notify(finished_message(job, term))
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
                EventType.CANCELLED: "JobsCancelled"}.get(term.type, "JobsFinished"))
         log.info("job finished", extra={"job_id": job.job_id, "status": str(job.status),
@@ -223,7 +248,10 @@ class _Attempt:
             if self.events and self.events[-1].terminal:
                 self.finalize()
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
-            if not self.events:
+            if self.view.status is JobStatus.WAITING:
+                return self._wait_for_answer()  # a delivery while it waits (or its asker died leaving)
+            if not self.events or self.events[-1].type is EventType.INPUT_RECEIVED:
+                # A first attempt, or the first after an answer (asking gave the slot back).
                 try:
                     admitted = self._admitted()
                 except StoreError:
@@ -236,6 +264,8 @@ class _Attempt:
             raise AssertionError("unreachable: _execute always finishes")  # pragma: no cover
         except _Stop as stop:
             return stop.result
+        except _AskUser:
+            return self._wait_for_answer()
         except SlotTaken as taken:
             if taken.existing.writer == self.owner:
                 # Our own write is in the slot (it landed while we saw errors): not fenced.
@@ -279,6 +309,78 @@ class _Attempt:
             return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
         count("DeliveriesWaiting")
         return RunResult(Outcome.DROPPED, reason, status=JobStatus.PENDING)
+
+    # ---- asking the user ---------------------------------------------------------------------
+
+    def _ask(self, prompt: str, kind: str, options: list[str] | None) -> Any:
+        """``AgentContext.ask``: the recorded answer, or record the question and end the attempt.
+
+        Questions are numbered within the step that asks them (``s<step>q<n>``): a step runs again
+        from its start after an answer, asking in the same order, so each question finds its own
+        answer; completed steps are not run again, so their questions are never asked again.
+        """
+        if kind not in ("confirm", "choice", "text") or (kind == "choice" and not options):
+            raise TerminalAgentError(f"the agent asked a malformed question ({kind})", code="bad_question")
+        n = self._asks.get(self._step, 0) + 1
+        self._asks[self._step] = n
+        input_id = f"s{self._step}q{n}"
+        state = replay(self.events)
+        if input_id in state.answers:
+            return state.answers[input_id]
+        self.boundary()  # cancelled meanwhile: stop here rather than ask
+        if input_id not in state.asked:
+            self.append(InputRequiredPayload(
+                input_id=input_id, prompt=prompt[:2000], kind=cast(InputKind, kind),
+                options=list(options) if kind == "choice" and options else None,
+                expires_at=iso(now_ts() + self.s.input_timeout_seconds)))
+            count("QuestionsAsked")
+        raise _AskUser()
+
+    def _wait_for_answer(self) -> RunResult:
+        """End the attempt with the job waiting: it holds no lease, no slot, no message.
+
+        In order: the projection says ``waiting``; the lease goes, its sweep deadline set to the
+        question's expiry (the sweeper fails it then: ``input_timeout``); the slot is handed on;
+        the user is notified. Then the log is read once more: an answer that arrived while we were
+        leaving is seen here, or its sender saw us gone (``Admission.resume`` is idempotent).
+        """
+        self.keeper.stop()
+        question = replay(self.events).question
+        expires = parse_iso(question.expires_at) if question else now_ts() + self.s.input_timeout_seconds
+        released = False
+        try:
+            try:
+                self.deps.jobs.save_projection(self.view, owner=self.owner)
+            except Fenced:
+                pass  # a newer projection is there (the answer's): it says more than ours
+            self.deps.jobs.release_lease(self.job.job_id, self.owner, expires)
+            released = True
+            self.r.admission.pause(self.view)
+            if question is not None:
+                self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
+                                         seq=self.head, title="Alfred needs your answer",
+                                         body=question.prompt[:160]))
+            tail = self.journal.read_after(self.job.job_id, self.head)
+            if any(e.type is EventType.INPUT_RECEIVED for e in tail):
+                self.r.admission.resume(self.view)
+        except StoreError:
+            # Let the message come back and leave again (every step above is idempotent); past
+            # our lease if we still hold it, or the redelivery would be dropped as a duplicate.
+            wait = 1 if released else int(self.s.lease_seconds) + 1
+            return RunResult(Outcome.RETRY, "store_unavailable", retry_after=wait, status=JobStatus.WAITING)
+        count("JobsWaitingForInput")
+        log.info("waiting for the user's answer", extra={"job_id": self.job.job_id})
+        return RunResult(Outcome.DONE, "waiting for the user's answer", status=JobStatus.WAITING)
+
+    def _notify(self, message: PushMessage) -> None:
+        """Web Push, best effort: a push never delays a job for long nor fails it."""
+        notifier = self.deps.notifier
+        if notifier is None:
+            return
+        try:
+            notifier.notify(self.job.user_id, message)
+        except Exception:  # the notifier promises not to raise; a bug there must not fail a job
+            log.exception("notifier raised", extra={"job_id": self.job.job_id})
 
     def _lost_slot(self, taken: SlotTaken) -> RunResult:
         if taken.existing.terminal:
@@ -325,7 +427,8 @@ class _Attempt:
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
                            step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested,
-                           created_at=job.created_at, expires_at=job.expires_at)
+                           created_at=job.created_at, expires_at=job.expires_at, asker=self._ask)
+        self._step = 0
         if plan is None:
             self.boundary()
             if "think" not in done.phases:
@@ -340,6 +443,7 @@ class _Attempt:
             if step.index in outputs:
                 continue  # recorded as completed: never run again (guarantee 4)
             self.boundary()
+            self._step = step.index
             if step.index not in done.started:
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             t0 = time.monotonic()
@@ -349,6 +453,7 @@ class _Attempt:
                                     output=step_output))
             outputs[step.index] = step_output
         self.boundary()
+        self._step = total + 1
         if "reply" not in done.phases:
             self.append(PhasePayload(phase="reply"))
         reply = self._stream_reply(plan, ctx, done.shown)

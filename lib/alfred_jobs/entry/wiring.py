@@ -18,6 +18,7 @@ from alfred_jobs.adapters.aws import (
     DynamoJobStore,
     SqsJobQueue,
 )
+from alfred_jobs.adapters.push import aws_push
 from alfred_jobs.adapters.secrets import resolve_secrets
 from alfred_jobs.observability import set_level
 from alfred_jobs.ports import Deps
@@ -39,6 +40,8 @@ def aws_deps(settings: Settings, clients: AwsClients | None = None) -> Deps:
     """Ports backed by DynamoDB and SQS (AWS, LocalStack or moto, by endpoint variables), over
     ``clients`` if given (injected boto3 clients), else clients built from ``settings``."""
     c = clients or AwsClients(settings)
+    push, notifier = aws_push(settings, c)  # the notifier only where a VAPID key is configured
     return Deps(settings=settings, jobs=DynamoJobStore(c, settings), log=DynamoEventLog(c, settings),
                 conversations=DynamoConversationStore(c, settings), queue=SqsJobQueue(c),
-                agent_data=DynamoAgentDataStore(c, settings), gates=DynamoGateStore(c, settings))
+                agent_data=DynamoAgentDataStore(c, settings), gates=DynamoGateStore(c, settings),
+                push=push, notifier=notifier)

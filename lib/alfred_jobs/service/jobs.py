@@ -8,7 +8,13 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from alfred_jobs.domain.events import CancelledPayload
+from alfred_jobs.domain.events import (
+    CancelledPayload,
+    InputReceivedPayload,
+    InputRequiredPayload,
+    parse_iso,
+    replay,
+)
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.ids import is_conversation_id, is_idempotency_key, is_job_id
 from alfred_jobs.domain.models import (
@@ -22,6 +28,7 @@ from alfred_jobs.domain.models import (
 )
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.durability.admission import Admission
+from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import (
     ClientError,
@@ -61,6 +68,14 @@ def validate_job_id(job_id: str) -> str:
 def body_hash(req: ChatRequest) -> str:
     # ``multitask`` says what to do on arrival, not what was asked: a replay may differ in it.
     return hashlib.sha256(json.dumps(req.model_dump(exclude={"multitask"}), sort_keys=True).encode()).hexdigest()
+
+
+def _answer_hint(question: InputRequiredPayload) -> str:
+    if question.kind == "confirm":
+        return "this question takes true or false"
+    if question.kind == "choice":
+        return f"this question takes one of: {', '.join(question.options or [])}"
+    return "this question takes some text"
 
 
 class JobService:
@@ -266,25 +281,12 @@ class JobService:
         if job.terminal:
             raise Conflict(f"job is already {job.status}", code="job_finished")
         unheld = not job.lease_live()
-        if job.status is JobStatus.PENDING and unheld:
-            ev = Event.of(job.last_seq + 1, CancelledPayload.interrupted_by(by), attempt=job.attempts,
-                          writer=API_WRITER)
-            try:
-                self.journal.append(job_id, ev, job.expires_at)
-            except SlotTaken:
-                pass  # a worker started it meanwhile: fall through to the flag
-            else:
-                done = fold(job, [ev])
-                try:
-                    # Before the projection (which takes it off the sweeper's index): if this
-                    # fails, a worker finalizes it, hand-off included.
-                    self.admission.release(done)
-                    self.deps.jobs.save_projection(done, owner=None)
-                except StoreError as exc:
-                    log.warning("cancelled; finalizing is left to a worker",
-                                extra={"job_id": job_id, "error": str(exc)})
+        if job.status in (JobStatus.PENDING, JobStatus.WAITING) and unheld:
+            done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(by), API_WRITER)
+            if done is not None:
                 count("JobsCancelled")
                 return done, True
+            # a worker started it meanwhile: fall through to the flag
         try:
             # The update returns the record: fold its tail instead of reading it again.
             job = self.fold_tail(self.deps.jobs.request_cancel(job_id, by=by))
@@ -295,6 +297,62 @@ class JobService:
         if job.terminal:
             raise Conflict(f"job is already {job.status}", code="job_finished")
         return replace(job, cancel_requested=True), False
+
+    # ---- answering a question -----------------------------------------------------------------
+
+    def answer(self, user_id: str, job_id: str, input_id: str, answer: object) -> tuple[Job, bool]:
+        """Answer the job's question. Returns (job, taken): taken for the answer that continues
+        the job (202); the same answer again is not taken twice (200).
+
+        The answer is an event at the head of the log, so it is fenced like every write: two
+        answers at once (two devices), an answer and a cancel, an answer and the sweeper's
+        timeout: one of them lands, the others find it there. Before it the sweep deadline moves
+        to a grace period from now, after it the job is projected and resumed: a crash in between
+        leaves a job the sweeper resumes (docs/architecture.md, "Asking the user").
+        """
+        job = self.owned(user_id, job_id)
+        for _ in range(3):
+            events = self.journal.read_all(job_id, known_head=job.last_seq)
+            state = replay(events)
+            question = state.asked.get(input_id)
+            if question is None:
+                raise Conflict("no such question for this job", code="stale_input")
+            if input_id in state.answers:
+                if state.answers[input_id] == answer and type(state.answers[input_id]) is type(answer):
+                    return self._folded(job, events), False
+                raise Conflict("this question was already answered otherwise", code="input_answered")
+            if state.status.terminal:
+                raise Conflict(f"job is already {state.status}", code="job_finished")
+            if not question.fits(answer):
+                raise InvalidInput(_answer_hint(question), code="invalid_answer")
+            current = state.question
+            if current is None or current.input_id != input_id:
+                raise Conflict("this is not the question the job waits on", code="stale_input")
+            if parse_iso(question.expires_at) <= now_ts():
+                raise Conflict("this question has expired", code="input_expired")
+            self.deps.jobs.postpone(job_id, now_ts() + self.settings.pending_grace_seconds)
+            received = InputReceivedPayload(input_id=input_id, answer=answer)
+            ev = Event.of(state.last_seq + 1, received, attempt=job.attempts, writer=API_WRITER)
+            try:
+                self.journal.append(job_id, ev, job.expires_at)
+            except SlotTaken:
+                continue  # another answer, a cancel or the timeout got there first: read and say so
+            answered = self._folded(job, [*events, ev])
+            try:
+                self.deps.jobs.save_projection(answered, owner=None)
+                self.admission.resume(answered)
+            except StoreError as exc:  # the sweeper resumes it (its deadline is a grace period away)
+                log.warning("answered; resuming is left to the sweeper", extra={"job_id": job_id, "error": str(exc)})
+            count("QuestionsAnswered")
+            return answered, True
+        raise TransientStoreError(f"could not answer {job_id}")
+
+    def _folded(self, job: Job, events: list[Event]) -> Job:
+        """``job`` with its whole log folded in (from the start: the record may lag)."""
+        state = replay(events)
+        return replace(job, status=state.status, last_seq=state.last_seq, progress=state.progress,
+                       started_at=state.started_at, completed_at=state.completed_at,
+                       output=state.output, error=state.error)
 
     # ---- conversations ------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone.
 - **finished**: its terminal event is there but not its projection: sent, so that a worker
   finalizes it (hand-off included).
+- **asking the user**: left alone until its question expires (``ALFRED_INPUT_TIMEOUT_SECONDS``),
+  then ended ``failed`` with ``input_timeout``; an answered one whose resume was lost is sent.
 
 Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
 lease, or is done), so every mistake here costs a message, never a second run. The one read that
@@ -26,15 +28,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alfred_jobs.domain.events import parse_iso
+from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, replay
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import Job, now_ts
+from alfred_jobs.domain.models import Job, fold, now_ts
 from alfred_jobs.durability.admission import Admission
+from alfred_jobs.durability.ending import end_unheld
+from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 
 log = get_logger()
+SWEEPER_WRITER = "sweeper"
 
 
 @dataclass
@@ -44,6 +49,7 @@ class SweepReport:
     queued: list[str] = field(default_factory=list)    # sent, presumed still in the queue's backlog
     repaired: list[str] = field(default_factory=list)  # gate entries of jobs gone or ended, removed
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
+    timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
     errors: int = 0
 
 
@@ -89,6 +95,9 @@ class Sweeper:
             if job.job_id in report.handed_on:
                 return  # a repair just sent it
             entry = gate.entry(job.job_id)
+            if entry is not None and entry.asking:
+                self._asking(job, now, report)
+                return
             if entry is not None and not entry.running:
                 if not gate.next_up(job.job_id, s.max_running_per_user):
                     self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
@@ -105,6 +114,32 @@ class Sweeper:
         # Not again before a worker had the time to take it.
         self.deps.jobs.postpone(job.job_id, later)
         report.requeued.append(job.job_id)
+
+    def _asking(self, job: Job, now: float, report: SweepReport) -> None:
+        """A job that asked the user: wait for the answer until the question expires, then fail
+        it (``input_timeout``); resume it if the answer is there but the job was not sent."""
+        s = self.deps.settings
+        journal = Journal(self.deps.log, s.retention_seconds)
+        events = journal.read_all(job.job_id, known_head=job.last_seq)
+        job = fold(job, [e for e in events if e.seq > job.last_seq])
+        question = replay(events).question
+        if job.terminal:  # ended, not finalized: a worker finishes it
+            self.deps.queue.send(job.job_id)
+            self.deps.jobs.postpone(job.job_id, now + max(s.lease_seconds, s.pending_grace_seconds))
+            report.requeued.append(job.job_id)
+        elif question is None:  # answered, and its resume was lost
+            self.admission.resume(job)
+            self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
+            report.requeued.append(job.job_id)
+        elif parse_iso(question.expires_at) <= now:
+            timeout = FailedPayload(error=ErrorInfo(
+                code="input_timeout", message="no answer came in time; the job was given up"))
+            if end_unheld(self.deps, job, timeout, SWEEPER_WRITER) is not None:
+                report.timed_out.append(job.job_id)
+                count("QuestionsTimedOut")
+        else:  # the user has until the question expires
+            self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
+            report.waiting.append(job.job_id)
 
     def _repaired(self, gate: Gate, due: Job, now: float, report: SweepReport) -> Gate:
         """``gate`` without the entries that block ``due`` but belong to no live job: a job whose

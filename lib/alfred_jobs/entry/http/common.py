@@ -94,7 +94,7 @@ def add_cors(app: FastAPI, settings: Settings) -> None:
     """CORS only for the configured origins (none by default: the local stack is same-origin)."""
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
                                           "Last-Event-ID"],
                            # A page on another origin reads how long to wait after a 429 or 503.

@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from alfred_jobs.domain.models import ChatRequest, ErrorResponse, Job
+from alfred_jobs.domain.models import ChatRequest, ErrorResponse, InputAnswer, Job
 from alfred_jobs.entry.http.common import (
     CurrentUser,
     RawBody,
@@ -19,6 +19,7 @@ from alfred_jobs.entry.http.common import (
     install_error_handlers,
     parse_json,
 )
+from alfred_jobs.entry.http.push_api import router as push_router
 from alfred_jobs.entry.http.stream_api import events_router
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import InvalidInput
@@ -36,7 +37,7 @@ def job_links(settings: Settings, user_id: str, job: Job) -> dict[str, str]:
     base = f"/api/jobs/{job.job_id}"
     token = issue_stream_token(settings, user_id, job.job_id)
     stream_base = (settings.stream_url or "").rstrip("/")
-    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
+    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel", "input": f"{base}/input",
             "stream": f"{stream_base}{base}/stream?token={token}"}
 
 
@@ -94,6 +95,18 @@ def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
     return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=200 if done else 202)
 
 
+@router.post("/api/jobs/{job_id}/input", responses=ERRORS)
+def answer_job(job_id: str, body: InputAnswer, user: CurrentUser, svc: Service) -> JSONResponse:
+    """Answer the job's question: 202 when the answer continues the job, 200 for the same answer
+    again, 409 for another answer or a question that is not the one waiting, 400 for an answer
+    that does not fit the question."""
+    if isinstance(body.answer, str) and len(body.answer) > svc.settings.max_message_chars:
+        raise InvalidInput(f"answer is longer than {svc.settings.max_message_chars} characters",
+                           code="invalid_answer")
+    job, taken = svc.answer(user, job_id, body.input_id, body.answer)
+    return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=202 if taken else 200)
+
+
 @router.get("/api/conversations/{conversation_id}", responses=ERRORS)
 def conversation(conversation_id: str, user: CurrentUser, svc: Service,
                  limit: Annotated[int | None, Query()] = None,  # 1..settings.max_list_limit (the default)
@@ -126,4 +139,5 @@ def create_app(deps: Deps | None = None, routers_first: Sequence[APIRouter] = ()
     app.include_router(router)
     # The long-poll is the stream function's own (one long-poll, one shared poller per job).
     app.include_router(events_router)
+    app.include_router(push_router)  # Web Push: the key, the subscriptions
     return app

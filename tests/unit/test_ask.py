@@ -1,0 +1,227 @@
+"""Guarantee 13 against the in-memory ports: a question survives anything, one answer continues the
+job exactly once; the races (two answers, an answer and a cancel, an answer while the asker leaves),
+expiry, and a waiting job holding nothing."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
+from alfred_jobs.agents.demo import PANTRY_QUESTION, DemoAgent
+from alfred_jobs.domain.gate import Gate
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.exceptions import Conflict, InvalidInput
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.sweeper import Sweeper
+from alfred_jobs.settings import Settings
+
+
+def make_deps(**overrides: Any) -> Deps:
+    return memory_deps(Settings(**{"demo_step_seconds": 0, "lease_seconds": 5, "cancel_poll_seconds": 0.02,
+                                   **overrides}))
+
+
+def log(deps: Deps, job_id: str) -> list[Event]:
+    store = deps.log
+    assert isinstance(store, MemoryEventLog)
+    return store.all(job_id)
+
+
+def sent(deps: Deps) -> list[str]:
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue)
+    return [m.job_id for m in queue.sent]
+
+
+def run(deps: Deps, job_id: str) -> Outcome:
+    return JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).outcome
+
+
+def ask_job(deps: Deps, conv: str = "c1", user: str = "u") -> Job:
+    job = JobService(deps).submit(user, ChatRequest(message="chicken from my pantry [steps=2]",
+                                                    conversation_id=conv), None).job
+    assert run(deps, job.job_id) is Outcome.DONE
+    return job
+
+
+def record(deps: Deps, job_id: str) -> Job:
+    job = deps.jobs.get(job_id)
+    assert job is not None
+    return job
+
+
+def test_asking_ends_the_attempt_and_the_job_waits_holding_nothing() -> None:
+    deps = make_deps()
+    job = ask_job(deps)
+    last = log(deps, job.job_id)[-1]
+    assert last.type is EventType.INPUT_REQUIRED
+    assert last.data["input_id"] == "s1q1" and last.data["kind"] == "confirm"
+    assert last.data["prompt"] == PANTRY_QUESTION and "expires_at" in last.data
+    waiting = record(deps, job.job_id)
+    assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+    gate = deps.gates.read("u")
+    assert gate.running == 0 and gate.entries[0].asking, "its slot is back, its conversation held"
+    assert deps.agent_data.step_effects(job.job_id) == {}, "asked before the step's side effect"
+    # a duplicate delivery while it waits writes nothing
+    before = len(log(deps, job.job_id))
+    assert run(deps, job.job_id) is Outcome.DONE and len(log(deps, job.job_id)) == before
+
+
+@pytest.mark.parametrize(("answer", "said"), [(True, "I used the 2 lb of chicken"), (False, "left your pantry")])
+def test_one_answer_continues_the_job_once_from_its_checkpoint(answer: bool, said: str) -> None:
+    deps = make_deps()
+    job = ask_job(deps)
+    answered, taken = JobService(deps).answer("u", job.job_id, "s1q1", answer)
+    assert taken and answered.status is JobStatus.PENDING
+    assert sent(deps)[-1] == job.job_id
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE and said in events[-1].data["output"]["reply"]
+    assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+    assert deps.agent_data.step_effects(job.job_id) == {1: 1, 2: 1}
+    assert record(deps, job.job_id).status is JobStatus.COMPLETE
+    assert deps.gates.read("u") == Gate()
+
+
+def test_the_same_answer_again_is_200_and_any_other_is_refused() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    with pytest.raises(InvalidInput) as wrong_kind:
+        svc.answer("u", job.job_id, "s1q1", "yes")  # a confirm takes a bool
+    assert wrong_kind.value.code == "invalid_answer"
+    with pytest.raises(Conflict) as stale:
+        svc.answer("u", job.job_id, "s9q9", True)
+    assert stale.value.code == "stale_input"
+    assert svc.answer("u", job.job_id, "s1q1", True)[1] is True
+    assert svc.answer("u", job.job_id, "s1q1", True)[1] is False  # the same answer again: 200
+    with pytest.raises(Conflict) as other:
+        svc.answer("u", job.job_id, "s1q1", False)
+    assert other.value.code == "input_answered"
+    assert [e.type for e in log(deps, job.job_id)].count(EventType.INPUT_RECEIVED) == 1
+
+
+def test_two_answers_at_once_from_two_devices_one_is_taken() -> None:
+    deps = make_deps()
+    job = ask_job(deps)
+    results: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def answer(value: bool) -> None:
+        svc = JobService(deps)
+        barrier.wait()
+        try:
+            results.append(svc.answer("u", job.job_id, "s1q1", value)[1])
+        except Conflict as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=answer, args=(v,)) for v in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(map(str, results)) == ["True", "input_answered"]
+    assert [e.type for e in log(deps, job.job_id)].count(EventType.INPUT_RECEIVED) == 1
+
+
+def test_an_answer_and_a_cancel_at_once_end_consistently() -> None:
+    deps = make_deps()
+    job = ask_job(deps)
+    svc = JobService(deps)
+    barrier = threading.Barrier(2)
+    outcome: dict[str, Any] = {}
+
+    def answer() -> None:
+        barrier.wait()
+        try:
+            outcome["answer"] = svc.answer("u", job.job_id, "s1q1", True)[1]
+        except Conflict as exc:
+            outcome["answer"] = exc.code
+
+    def cancel() -> None:
+        barrier.wait()
+        outcome["cancel"] = svc.cancel("u", job.job_id)[1]
+
+    threads = [threading.Thread(target=answer), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    # Either the cancel landed first (the answer is refused) or the answer did (the cancel is a
+    # flag the resumed attempt obeys at its first boundary). Either way: cancelled, once.
+    for _ in range(2):
+        run(deps, job.job_id)
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.CANCELLED
+    assert [e.terminal for e in events].count(True) == 1
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert deps.gates.read("u") == Gate()
+
+
+def test_an_answer_while_the_asker_is_still_leaving_is_not_lost() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+
+    class AnswerDuringPause(MemoryGateStore):
+        def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+            # the user answers between the question's event and the asker giving its slot back
+            svc.answer(user_id, job_id, "s1q1", True)
+            return super().pause(user_id, job_id, conversation_id)
+
+    deps.gates = AnswerDuringPause()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    assert sent(deps)[-1] == job.job_id, "the asker saw the answer and sent the job on"
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert log(deps, job.job_id)[-1].type is EventType.COMPLETE
+
+
+def test_cancel_while_waiting_ends_it_and_hands_the_conversation_on() -> None:
+    deps = make_deps()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
+    assert later.job_id not in sent(deps), "the asking job still holds its conversation"
+    cancelled, done = svc.cancel("u", job.job_id)
+    assert done and cancelled.status is JobStatus.CANCELLED
+    assert sent(deps)[-1] == later.job_id
+
+
+def test_a_waiting_job_gives_its_slot_to_the_users_other_jobs() -> None:
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="from my pantry [steps=1]", conversation_id="c1"), None).job
+    other = svc.submit("u", ChatRequest(message="other", conversation_id="c2"), None).job
+    assert other.job_id not in sent(deps)
+    assert run(deps, job.job_id) is Outcome.DONE  # asks, gives its slot back
+    assert sent(deps)[-1] == other.job_id
+
+
+def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
+    deps = make_deps(input_timeout_seconds=0.01)
+    job = ask_job(deps)
+    deps.jobs.due[job.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    threading.Event().wait(0.02)  # the question's 10 ms expiry (the timeout under test is time itself)
+    report = Sweeper(deps).sweep()
+    assert report.timed_out == [job.job_id] and report.requeued == []
+    end = log(deps, job.job_id)[-1]
+    assert end.type is EventType.FAILED and end.data["error"]["code"] == "input_timeout"
+    assert record(deps, job.job_id).status is JobStatus.FAILED
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue) and (job.job_id, "input_timeout") in queue.dead
+    with pytest.raises(Conflict):
+        JobService(deps).answer("u", job.job_id, "s1q1", True)
+
+
+def test_the_sweeper_leaves_a_job_waiting_for_its_answer_alone_until_it_expires() -> None:
+    deps = make_deps()
+    job = ask_job(deps)
+    deps.jobs.due[job.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    assert report.waiting == [job.job_id] and report.requeued == [] and report.timed_out == []
+    assert deps.jobs.due[job.job_id] > now_ts() + 3600  # type: ignore[attr-defined]  # until the expiry
