@@ -1,6 +1,7 @@
 // Types of alfred-client.js (the browser client of alfred-jobs). See docs/web.md.
 
-export type JobStatus = 'pending' | 'running' | 'complete' | 'failed' | 'cancelled';
+/** `waiting`: the job asked the user (an `input_required` event) and waits for the answer; active. */
+export type JobStatus = 'pending' | 'running' | 'waiting' | 'complete' | 'failed' | 'cancelled';
 
 export interface ApiErrorBody {
   code: string;
@@ -13,6 +14,8 @@ export interface JobLinks {
   self: string;
   events: string;
   cancel: string;
+  /** POST `{input_id, answer}` here to answer the job's question. */
+  input?: string;
   /** SSE URL carrying a short-lived, job-scoped `token` query parameter (EventSource cannot send headers). */
   stream: string;
 }
@@ -42,7 +45,32 @@ export interface Job {
 }
 
 export type EventType =
-  | 'status' | 'phase' | 'plan' | 'step' | 'delta' | 'resumed' | 'complete' | 'failed' | 'cancelled';
+  | 'status' | 'phase' | 'plan' | 'step' | 'delta' | 'resumed' | 'input_required' | 'input_received'
+  | 'complete' | 'failed' | 'cancelled';
+
+export type QuestionKind = 'confirm' | 'choice' | 'text';
+
+/** The data of an `input_required` event: Alfred asks, the job waits (until `expires_at`). */
+export interface InputRequiredData {
+  input_id: string;
+  prompt: string;
+  kind: QuestionKind;
+  options?: string[] | null;
+  expires_at: string;
+}
+
+/** A question waiting for the user's answer, from the job's `input_required` event. */
+export interface QuestionView {
+  inputId: string;
+  prompt: string;
+  /** confirm: answer true/false; choice: one of `options`; text: any non-blank text. */
+  kind: QuestionKind;
+  options: string[] | null;
+  /** ISO time: unanswered by then, the job fails with `input_timeout`. */
+  expiresAt: string | null;
+  /** The seq of the event that asked. */
+  seq: number;
+}
 
 /** One event of a job's ordered log (seq 1..N, no gaps). */
 export interface JobEvent<D = Record<string, any>> {
@@ -82,6 +110,10 @@ export interface JobView {
   cancelReason: 'interrupted' | null;
   /** Cancelled by an interrupt: the job that interrupted it. */
   cancelledBy: string | null;
+  /** The open question (status `waiting`); null once answered on any device (`input_received`) or ended. */
+  question: QuestionView | null;
+  /** The last answer taken (from `input_received`, whichever device sent it). */
+  answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
 }
 
 /** What the client remembers per job in storage (localStorage by default). */
@@ -200,6 +232,17 @@ export interface AlfredClient {
   getConversation(conversationId: string, page?: { limit?: number; cursor?: string }): Promise<{
     conversation_id: string; next_cursor: string | null;
     messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
+  /** Answer the job's question at `links.input` (or `/api/jobs/{id}/input`). `taken`: true on 202 (the job
+   * goes on), false on 200 (the same answer was already taken). Rejects with an AlfredApiError: 409
+   * `input_answered` (answered otherwise, e.g. on another device), `stale_input`, `input_expired`,
+   * `job_finished`; 400 `invalid_answer`. Network errors and 5xx are retried (the same answer again is a 200). */
+  answerInput(job: Job | string, inputId: string, answer: boolean | string): Promise<{ taken: boolean; job: Job }>;
+  /** `GET /api/push/key`: the VAPID application server key (base64url), or null when the server sends no pushes (404). */
+  getPushKey(): Promise<string | null>;
+  /** `POST /api/push/subscriptions` with the browser's PushSubscription (or its toJSON()). */
+  savePushSubscription(subscription: PushSubscription | PushSubscriptionJSON): Promise<{ endpoint: string }>;
+  /** `DELETE /api/push/subscriptions?endpoint=...`. */
+  deletePushSubscription(endpoint: string): Promise<null>;
   draftKey(name?: string): DraftKey;
   /** Jobs that ended while away and are not acknowledged yet. */
   finishedWhileAway(): JobRecord[];

@@ -55,7 +55,7 @@ export function emptyView(jobId, status = 'pending') {
   return {
     jobId, status, phase: null, attempt: 1, totalSteps: null, steps: [], currentStep: null,
     completedSteps: 0, label: null, reply: '', error: null, retry: null, lastSeq: 0,
-    cancelReason: null, cancelledBy: null,
+    cancelReason: null, cancelledBy: null, question: null, answered: null,
   };
 }
 
@@ -101,8 +101,28 @@ export function applyEvent(view, ev) {
     case 'delta':
       v.reply = d.replace ? d.text : v.reply + d.text;
       break;
+    case 'input_required':
+      // Alfred asks and waits (for seconds or for a day): the job holds nothing meanwhile.
+      v.status = 'waiting';
+      v.question = {
+        inputId: d.input_id, prompt: d.prompt, kind: d.kind, options: d.options || null,
+        expiresAt: d.expires_at || null, seq: ev.seq,
+      };
+      v.retry = null;
+      break;
+    case 'input_received':
+      // Answered, on this device or any other: the question is closed and the job goes on.
+      if (v.question && v.question.inputId === d.input_id) {
+        v.answered = { inputId: d.input_id, answer: d.answer, prompt: v.question.prompt, kind: v.question.kind };
+        v.question = null;
+      } else {
+        v.answered = { inputId: d.input_id, answer: d.answer, prompt: null, kind: null };
+      }
+      if (v.status === 'waiting') v.status = 'running';
+      break;
     case 'complete':
       v.status = 'complete';
+      v.question = null;
       v.reply = d.output?.reply ?? v.reply;
       v.label = 'Done';
       v.currentStep = null;
@@ -110,12 +130,14 @@ export function applyEvent(view, ev) {
       break;
     case 'failed':
       v.status = 'failed';
+      v.question = null;
       v.error = d.error || { code: 'failed', message: 'Alfred could not finish this request.' };
       v.currentStep = null;
       v.retry = null;
       break;
     case 'cancelled':
       v.status = 'cancelled';
+      v.question = null;
       // {reason: "interrupted", by: <job id>}: a later message of the conversation sent with
       // multitask "interrupt" ended it; {} for a plain cancel.
       v.cancelReason = d.reason || null;
@@ -223,7 +245,7 @@ export function createAlfredClient(options = {}) {
     return `${baseUrl}${url}`;
   }
 
-  async function api(path, { method = 'GET', body, headers = {}, signal } = {}) {
+  async function api(path, { method = 'GET', body, headers = {}, signal, raw = false } = {}) {
     const token = await getToken();
     const h = { Accept: 'application/json', ...headers };
     if (token) h.Authorization = `Bearer ${token}`;
@@ -247,7 +269,7 @@ export function createAlfredClient(options = {}) {
       throw new AlfredApiError(res.status, e.code || `http_${res.status}`, e.message || res.statusText || 'request failed',
         { retryAfter: Number.isFinite(wait) && wait >= 0 ? wait : null, jobId: typeof e.job_id === 'string' ? e.job_id : null });
     }
-    return data;
+    return raw ? { status: res.status, data } : data;
   }
 
   const sleep = (ms, signal) => new Promise((resolve) => {
@@ -325,6 +347,48 @@ export function createAlfredClient(options = {}) {
     if (cursor) q.set('cursor', cursor);
     return api(`/api/jobs?${q}`);
   };
+  /**
+   * Answer the job's question (`input_id` from its `input_required` event) at `links.input`.
+   * Resolves {taken: true} on 202 (the job goes on), {taken: false} on 200 (the same answer was
+   * already taken). Rejects with an AlfredApiError: 409 `input_answered` (answered otherwise, on
+   * another device), `stale_input`, `input_expired`, `job_finished`; 400 `invalid_answer`.
+   */
+  async function answerInput(jobOrId, inputId, answer) {
+    const job = typeof jobOrId === 'string' ? null : jobOrId;
+    const id = job ? job.job_id : jobOrId;
+    const url = job?.links?.input || `/api/jobs/${encodeURIComponent(id)}/input`;
+    const tries = 3;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const res = await api(url, { method: 'POST', body: { input_id: inputId, answer }, raw: true });
+        return { taken: res.status === 202, job: res.data };
+      } catch (err) {
+        // The same answer again is a 200, so a retry after a lost answer is safe.
+        if (!(err instanceof AlfredApiError) || !err.retryable || attempt >= tries) throw err;
+        await sleep(Math.min(4000, 300 * 2 ** attempt));
+      }
+    }
+  }
+
+  // ---- Web Push: the server's key and this browser's subscription -------------------
+  /** The VAPID application server key (base64url), or null when the server sends no pushes (404). */
+  async function getPushKey() {
+    try {
+      return (await api('/api/push/key')).public_key || null;
+    } catch (err) {
+      if (err instanceof AlfredApiError && err.status === 404) return null;
+      throw err;
+    }
+  }
+  /** Store a PushSubscription (or its toJSON()) for the signed-in user. */
+  const savePushSubscription = (sub) => api('/api/push/subscriptions', {
+    method: 'POST', body: typeof sub.toJSON === 'function' ? sub.toJSON() : sub,
+  });
+  /** Forget a subscription by its endpoint. */
+  const deletePushSubscription = (endpoint) => api(
+    `/api/push/subscriptions?endpoint=${encodeURIComponent(endpoint)}`, { method: 'DELETE' },
+  );
+
   const cancelJob = (id) => api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' })
     .catch((err) => {
       if (err instanceof AlfredApiError && err.status === 409) return null; // already over
@@ -456,7 +520,8 @@ export function createAlfredClient(options = {}) {
       };
       // The server names each frame by its type; listen to every type of the contract and to
       // unnamed messages, and dedupe by seq (each event handled once whatever arrives twice).
-      for (const t of ['status', 'phase', 'plan', 'step', 'delta', 'resumed', 'complete', 'failed', 'cancelled']) {
+      for (const t of ['status', 'phase', 'plan', 'step', 'delta', 'resumed', 'input_required', 'input_received',
+        'complete', 'failed', 'cancelled']) {
         es.addEventListener(t, onFrame);
       }
       es.onmessage = onFrame;
@@ -617,7 +682,8 @@ export function createAlfredClient(options = {}) {
   }
 
   return {
-    submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation,
+    submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation, answerInput,
+    getPushKey, savePushSubscription, deletePushSubscription,
     draftKey, finishedWhileAway, acknowledge, records: allRecords, record: readRecord, close,
     watching: () => Array.from(watchers.keys()),
   };

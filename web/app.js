@@ -27,6 +27,10 @@ const els = {
   message: $('#message'),
   live: $('#live'),
   jobTemplate: $('#job-template'),
+  notifyPrompt: $('#notify-prompt'),
+  notifyYes: $('#notify-yes'),
+  notifyNo: $('#notify-no'),
+  notifyError: $('#notify-error'),
 };
 
 // ---- configuration -------------------------------------------------------------------
@@ -49,6 +53,11 @@ const jobMeta = new Map();
 const activeJobs = new Map();
 const lastViews = new Map();
 const queuedJobs = new Set();
+// Questions: each job's latest job object (for links.input), and a question this page closed itself
+// (answered here, or refused as answered elsewhere) before its input_received event arrived.
+const jobObjects = new Map();
+const closedQuestions = new Map();
+let focusWanted = null; // a job opened from a notification: focus its question once it shows
 const debug = (window.alfredDebug = { seen: {}, modes: {}, apiBase });
 
 // ---- auth ----------------------------------------------------------------------------
@@ -204,6 +213,11 @@ function jobEntry(jobId, message) {
   li = els.jobTemplate.content.firstElementChild.cloneNode(true);
   li.dataset.jobId = jobId;
   $('.cancel', li).addEventListener('click', () => cancel(jobId, li));
+  $('.question-form', li).addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = lastViews.get(jobId)?.question;
+    if (q) answerQuestion(jobId, q, $('.question-input', li).value);
+  });
   els.messages.append(li);
   scrollToEnd();
   return li;
@@ -273,10 +287,16 @@ function render(jobId, view) {
 
   const working = $('.working', li);
   working.hidden = !active;
+  const waiting = active && view.status === 'waiting';
+  li.classList.toggle('is-waiting', waiting);
+  $('.working-text', li).textContent = waiting ? 'Waiting for your answer' : 'Alfred is still working...';
   const so = stepOf(view);
   let stepText;
   let stepLabel = '';
-  if (view.phase === 'reply') {
+  if (waiting) {
+    stepText = 'Waiting for your answer';
+    if (so) stepLabel = view.steps.find((s) => s.index === so.k)?.label || '';
+  } else if (view.phase === 'reply') {
     stepText = 'Writing the reply';
   } else if (so) {
     stepText = `Step ${so.k} of ${so.n}`;
@@ -349,7 +369,10 @@ function render(jobId, view) {
     $('.step-state', item).textContent = { done: ' (done)', running: ' (in progress)', todo: '' }[status];
   }
 
+  renderQuestion(jobId, li, view, active);
+
   if (queued) announce(jobId, 'Queued: starts when Alfred has finished your earlier message.');
+  else if (waiting && view.question) announce(jobId, `Alfred asks: ${view.question.prompt}`);
   else if (active) announce(jobId, stepLabel ? `${stepText}: ${stepLabel}` : stepText);
   else if (view.status === 'complete') announce(jobId, 'Alfred finished.');
   else if (view.status === 'failed') announce(jobId, `Alfred couldn't finish: ${view.error?.message || ''}`);
@@ -358,6 +381,226 @@ function render(jobId, view) {
 
   if (wasActive !== active) refreshWaiting(jobId);
 }
+
+// ---- questions: Alfred asks mid-run and waits for the answer ------------------------------
+const ANSWERED_KEY = () => `alfred:${auth.user}:answered`;
+
+/** Questions answered from this device (kept across reloads, to tell "you" from "another device"). */
+function answeredHere() {
+  try { return JSON.parse(localStorage.getItem(ANSWERED_KEY()) || '[]'); } catch { return []; }
+}
+function rememberAnswered(jobId, inputId) {
+  const list = answeredHere().filter((k) => k !== `${jobId}#${inputId}`).concat(`${jobId}#${inputId}`).slice(-50);
+  try { localStorage.setItem(ANSWERED_KEY(), JSON.stringify(list)); } catch { /* best effort */ }
+}
+
+function answerText(answer) {
+  if (answer === true) return 'Yes';
+  if (answer === false) return 'No';
+  return String(answer);
+}
+
+/** The question card of a job's bubble: built from its input_required event, gone once answered. */
+function renderQuestion(jobId, li, view, active) {
+  const box = $('.question', li);
+  const q = active ? view.question : null;
+  const closed = q ? closedQuestions.get(jobId) : null;
+  const open = Boolean(q) && !(closed && closed.inputId === q.inputId);
+  if (q && box.dataset.inputId !== q.inputId) buildQuestion(jobId, box, q);
+  if (!q) delete box.dataset.inputId;
+  box.hidden = !open;
+  li.classList.toggle('has-question', open);
+  if (open && focusWanted === jobId) {
+    focusWanted = null;
+    box.querySelector('button:not([disabled]), input:not([disabled])')?.focus({ preventScroll: true });
+  }
+
+  const note = $('.answer-note', li);
+  let text = '';
+  if (closed && q && closed.inputId === q.inputId) {
+    text = closed.text;
+  } else if (view.answered) {
+    const a = view.answered;
+    const who = answeredHere().includes(`${jobId}#${a.inputId}`) ? 'You answered' : 'Answered on another device';
+    text = `${a.prompt ? `${a.prompt} — ` : ''}${who}: ${answerText(a.answer)}.`;
+  }
+  note.textContent = text;
+  note.hidden = !text;
+}
+
+function buildQuestion(jobId, box, q) {
+  box.dataset.inputId = q.inputId;
+  $('.question-prompt', box).textContent = q.prompt;
+  $('.question-error', box).hidden = true;
+  const form = $('.question-form', box);
+  const choices = $('.question-choices', box);
+  form.hidden = q.kind !== 'text';
+  $('.question-input', box).value = '';
+  const opts = q.kind === 'confirm' ? [['Yes', true], ['No', false]]
+    : q.kind === 'choice' ? (q.options || []).map((o) => [o, o]) : [];
+  choices.replaceChildren(...opts.map(([label, value], i) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = q.kind === 'confirm' && i === 1 ? 'secondary answer' : 'answer';
+    b.textContent = label;
+    b.addEventListener('click', () => answerQuestion(jobId, q, value));
+    return b;
+  }));
+  for (const c of box.querySelectorAll('button, input')) c.disabled = false;
+}
+
+const CLOSED_BY_SERVER = {
+  input_answered: 'This question was answered on another device.',
+  stale_input: 'This question was already answered.',
+  input_expired: 'This question expired before it was answered.',
+  job_finished: 'Alfred has already finished this one.',
+};
+
+async function answerQuestion(jobId, q, value) {
+  const li = jobEntry(jobId);
+  const box = $('.question', li);
+  const error = $('.question-error', box);
+  if (box.dataset.inputId !== q.inputId) return;
+  if (q.kind === 'text' && !String(value).trim()) {
+    error.textContent = 'Type your answer first.';
+    error.hidden = false;
+    return;
+  }
+  const controls = box.querySelectorAll('button, input');
+  for (const c of controls) c.disabled = true;
+  error.hidden = true;
+  const answer = q.kind === 'text' ? String(value).trim() : value;
+  try {
+    await client.answerInput(jobObjects.get(jobId) || jobId, q.inputId, answer);
+    rememberAnswered(jobId, q.inputId);
+    closedQuestions.set(jobId, { inputId: q.inputId, text: `You answered: ${answerText(answer)}. Alfred goes on…` });
+  } catch (err) {
+    if (err instanceof AlfredApiError && err.status === 409) {
+      closedQuestions.set(jobId, { inputId: q.inputId, text: CLOSED_BY_SERVER[err.code] || err.message });
+    } else {
+      if (err instanceof AlfredApiError && err.status === 401) openAccountDialog();
+      for (const c of controls) c.disabled = false;
+      error.textContent = err instanceof AlfredApiError && err.status === 0
+        ? "Couldn't reach Alfred: your answer was not sent. Try again."
+        : `Couldn't send your answer: ${err.message}`;
+      error.hidden = false;
+      return;
+    }
+  }
+  const view = lastViews.get(jobId);
+  if (view) render(jobId, view);
+  announce(jobId, closedQuestions.get(jobId).text);
+}
+
+/** Bring a job's bubble into view (a notification was tapped, or the page opened on #job=ID). */
+async function openJob(jobId) {
+  if (!jobId || !client) return;
+  let li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
+  if (!li) {
+    try {
+      const job = await client.getJob(jobId);
+      jobObjects.set(jobId, job);
+      li = jobEntry(jobId, job.message);
+      watch(job);
+    } catch { return; }
+  }
+  li.scrollIntoView({ block: 'center' });
+  li.classList.add('is-opened');
+  setTimeout(() => li.classList.remove('is-opened'), 2000);
+  const first = li.querySelector('.question:not([hidden]) button:not([disabled]), .question:not([hidden]) input');
+  if (first) first.focus({ preventScroll: true });
+  else focusWanted = jobId; // its question may be on its way (the events are being read again)
+}
+
+function jobFromHash() {
+  const m = /^#job=([0-9A-Za-z_-]{1,64})$/.exec(window.location.hash);
+  return m ? m[1] : null;
+}
+window.addEventListener('hashchange', () => openJob(jobFromHash()));
+
+// ---- notifications: a service worker shows Web Push messages -----------------------------
+const pushSupported = () => 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+let pushKey; // undefined: not asked yet; null: the server sends no pushes (404); else the VAPID key
+let swRegistration = null;
+const NOTIFY_KEY = () => `alfred:${auth.user}:notify-prompt`;
+const NOT_NOW_MS = 7 * 24 * 3600 * 1000;
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  navigator.serviceWorker.register('sw.js').then((reg) => { swRegistration = reg; }).catch(() => {});
+  navigator.serviceWorker.addEventListener('message', (e) => {
+    if (e.data?.type === 'alfred:open-job') openJob(e.data.jobId);
+  });
+  navigator.serviceWorker.startMessages?.();
+}
+
+function base64UrlBytes(text) {
+  const b64 = text.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(text.length / 4) * 4, '=');
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+}
+
+async function knownPushKey() {
+  if (pushKey === undefined) pushKey = await client.getPushKey();
+  return pushKey;
+}
+
+/** Subscribe this browser (or renew its subscription) and give it to the server. */
+async function subscribePush() {
+  const key = await knownPushKey();
+  if (!key) return false;
+  const reg = swRegistration || await navigator.serviceWorker.ready;
+  let sub = await reg.pushManager.getSubscription();
+  const want = base64UrlBytes(key);
+  const have = sub?.options?.applicationServerKey ? new Uint8Array(sub.options.applicationServerKey) : null;
+  if (sub && have && (have.length !== want.length || have.some((b, i) => b !== want[i]))) {
+    await sub.unsubscribe(); // made with another server key: it could not be used
+    sub = null;
+  }
+  sub ||= await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: want });
+  await client.savePushSubscription(sub);
+  return true;
+}
+
+function hideNotifyPrompt() {
+  els.notifyPrompt.hidden = true;
+  els.notifyError.hidden = true;
+}
+
+/** After a message was sent: offer notifications, once, if the browser and the server can. */
+async function offerNotifications() {
+  if (!pushSupported() || Notification.permission !== 'default' || !els.notifyPrompt.hidden) return;
+  const notNow = Number(localStorage.getItem(NOTIFY_KEY()) || 0);
+  if (notNow && Date.now() - notNow < NOT_NOW_MS) return;
+  try {
+    if (!(await knownPushKey())) return; // 404 push_disabled: nothing to offer
+  } catch { return; }
+  els.notifyError.hidden = true;
+  els.notifyYes.disabled = false;
+  els.notifyPrompt.hidden = false;
+}
+
+els.notifyNo.addEventListener('click', () => {
+  try { localStorage.setItem(NOTIFY_KEY(), String(Date.now())); } catch { /* ignore */ }
+  hideNotifyPrompt();
+});
+els.notifyYes.addEventListener('click', async () => {
+  els.notifyYes.disabled = true;
+  try {
+    const permission = await Notification.requestPermission();
+    if (permission !== 'granted') {
+      hideNotifyPrompt();
+      showNotice("Notifications are off. You can turn them on in your browser's site settings.");
+      return;
+    }
+    await subscribePush();
+    hideNotifyPrompt();
+    showNotice("Notifications are on: we'll tell you when Alfred finishes or needs your answer.");
+  } catch (err) {
+    els.notifyYes.disabled = false;
+    els.notifyError.textContent = `Couldn't turn on notifications: ${err.message || err}`;
+    els.notifyError.hidden = false;
+  }
+});
 
 async function cancel(jobId, li) {
   const btn = $('.cancel', li);
@@ -419,6 +662,7 @@ function showAwayCard(jobId) {
 function handlersFor(jobId) {
   return {
     onJob(job) {
+      jobObjects.set(jobId, job);
       noteJob(jobId, job.conversation_id, job.created_at);
     },
     onEvent(ev) {
@@ -450,6 +694,7 @@ function handlersFor(jobId) {
 }
 
 function watch(job) {
+  if (job.links) jobObjects.set(job.job_id, job);
   noteJob(job.job_id, job.conversation_id, job.created_at);
   jobEntry(job.job_id, client.record(job.job_id)?.message);
   client.watchJob(job, handlersFor(job.job_id));
@@ -489,6 +734,7 @@ async function submit(c, text, key) {
       localStorage.setItem(convKey(), conversationId);
     }
     watch(job);
+    offerNotifications();
   } catch (err) {
     if (err instanceof AlfredApiError && err.status === 0) {
       showNotice("Couldn't reach Alfred. Your message is still here — send it again; it won't be sent twice.");
@@ -526,7 +772,9 @@ async function start(nextAuth) {
   els.empty.hidden = false;
   showComposerNote('');
   lastAnnounced.clear();
-  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs]) m.clear();
+  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions]) m.clear();
+  hideNotifyPrompt();
+  pushKey = undefined;
   auth = nextAuth;
   els.accountName.textContent = auth.user;
   client = createAlfredClient({
@@ -557,6 +805,7 @@ async function start(nextAuth) {
   // 3. Resume every job still running (this device's and the user's others).
   try {
     await client.resumeActiveJobs((job) => {
+      if (job.links) jobObjects.set(job.job_id, job);
       noteJob(job.job_id, job.conversation_id, job.created_at);
       jobEntry(job.job_id, client.record(job.job_id)?.message);
       return handlersFor(job.job_id);
@@ -568,6 +817,12 @@ async function start(nextAuth) {
   // 4. Jobs that ended while the page was closed, not yet acknowledged.
   for (const r of client.finishedWhileAway()) showAwayCard(r.jobId);
   scrollToEnd();
+
+  // 5. Opened from a notification (#job=ID): show that job.
+  if (jobFromHash()) await openJob(jobFromHash());
+
+  // 6. Notifications allowed before: renew this browser's subscription (it lives a retention period).
+  if (pushSupported() && Notification.permission === 'granted') subscribePush().catch(() => {});
 }
 
 function mergeConversation(messages) {
@@ -585,6 +840,7 @@ function mergeConversation(messages) {
 
 async function boot() {
   updateOnline();
+  registerServiceWorker();
   try {
     const a = await signIn();
     if (!a) {

@@ -2,7 +2,10 @@
 
 Submit a 5-step request, watch it over SSE, drop the watcher after step 1 (the phone locks),
 SIGKILL the worker process in the middle of step 3, start a new worker, reconnect from the last
-seq seen (the phone unlocks), and check what the guarantees promise. Exit 0 only if all held.
+seq seen (the phone unlocks), and check what the guarantees promise. Then a question: a request
+that touches the pantry makes Alfred ask before changing it; the phone locks while the job waits
+(holding no worker), unlocks later, sees the question, answers yes, and the job completes with the
+pantry used. Exit 0 only if all held.
 
 ``ALFRED_DEMO_SABOTAGE=duplicate-event`` (hidden, for tests) makes the demo's own client resume
 one seq too early, so it sees an event twice: the "every event once" check must catch it and the
@@ -24,11 +27,13 @@ from alfred_jobs.durability.journal import Journal
 from alfred_jobs.observability import LOGGER_NAME
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
-from alfred_tools.api_client import ApiClient, Follower, summarize
+from alfred_tools.api_client import ApiClient, Follower, last_question, show_answer, summarize
 from alfred_tools.devstack import ENDPOINT_VARS, Shutdown, create_dev_app, dev_stack, graceful_signals
 from alfred_tools.localstack import LocalStack, serve_app, settings_from_env
 
 MESSAGE = "Find me recipes with chicken, rice and spinach [steps=5]"
+PANTRY_MESSAGE = "Cook something with the chicken from my pantry [steps=3]"
+PANTRY_USED = "I used the 2 lb of chicken from your pantry."
 KILL_STEP = 3
 DEMO_ENV = {
     "ALFRED_LEASE_SECONDS": "2",
@@ -174,7 +179,76 @@ def _story(n: Narrator, stack: LocalStack, api_url: str, settings: Settings, sab
     n.check("the client saw every event once", same,
             f"{len(first)} events before the lock + {len(second)} after = seqs "
             f"{_ranges(got)}; stored log {_ranges(seqs)}" + (f"; seen twice: {dupes}" if dupes else ""))
+    _question_story(n, stack, client, journal, settings)
     return _verdict(n)
+
+
+def _question_story(n: Narrator, stack: LocalStack, client: ApiClient, journal: Journal,
+                    settings: Settings) -> None:
+    """Alfred asks before changing the pantry; the phone is locked meanwhile; the answer comes later."""
+    n.say("part 2: Alfred asks before he changes your pantry, and you answer after the phone was locked")
+    job_id = client.submit(PANTRY_MESSAGE)["job_id"]
+    n.say(f"📱 submitted {PANTRY_MESSAGE!r}: job {job_id}")
+    first: list[dict[str, Any]] = []
+    watcher = Follower(client, notice=lambda m: n.say(f"   (watcher: {m})"), transport="sse")
+    for ev in watcher.follow(job_id, 0):
+        first.append(ev)
+        n.event("  ←", ev)
+        if ev["type"] == "input_required":
+            break
+    last_seen = first[-1]["seq"] if first else 0
+    n.say(f"🔒 the phone locks while Alfred waits for the answer: the watcher disconnects after seq {last_seen}")
+
+    # While it waits, the job holds nothing: no worker, no lease (it could wait for a day). The phone
+    # stays locked longer than a worker's lease and a few sweeps: nothing gives up on the job.
+    deadline = time.monotonic() + 30
+    while True:
+        record = stack.deps.jobs.get(job_id)
+        idle = record is not None and str(record.status) == "waiting" and record.lease_owner is None
+        if idle or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    locked = settings.lease_seconds + 4 * settings.sweep_seconds
+    n.say("⏳ the job waits: status " + (f"{record.status}, no lease held, no worker busy on it" if idle
+                                        else f"{record.status if record else 'missing'}, still held")
+          + f"; the phone stays locked {locked:g}s (longer than a lease, several sweeps)")
+    time.sleep(locked)
+
+    # The phone unlocks: the job is read again, and with it the question still open.
+    job = client.job(job_id)
+    question, answered = last_question(client.all_events(job_id))
+    asked = question is not None and not answered and job["status"] == "waiting"
+    prompt = question["data"]["prompt"] if question else "?"
+    n.say(f"🔓 the phone unlocks: job {job['status']}; Alfred asks {prompt!r} (Yes / No)")
+    code = 0
+    if question is not None:
+        code, _ = client.answer(job_id, question["data"]["input_id"], True)
+        n.say(f"👆 you tap Yes: POST {job['links']['input']} → {code}")
+    second: list[dict[str, Any]] = []
+    resumer = Follower(client, notice=lambda m: n.say(f"   (watcher: {m})"), transport="sse", give_up_after=30)
+    for ev in resumer.follow(job_id, last_seen):
+        second.append(ev)
+        if ev["type"] != "delta":
+            n.event("  ←", ev)
+    final = _wait_terminal_record(client, job_id)
+    stored = journal.read_all(job_id)
+
+    n.say("checks (part 2):")
+    n.check("the job waited for the answer holding nothing", idle,
+            "status waiting with no lease while the phone was locked")
+    types = [e.type.value for e in stored]
+    answers = [show_answer(e.data.get("answer")) for e in stored if e.type.value == "input_received"]
+    n.check("the question was there after the lock, and answered once", asked and code == 202
+            and types.count("input_required") == 1 and answers == ["yes"],
+            f"still asking at unlock: {asked}; the answer: {code}; the log: 1 question, answers {answers}")
+    reply = str((final.get("output") or {}).get("reply", ""))
+    n.check("the job completed with the pantry used", final["status"] == "complete" and PANTRY_USED in reply,
+            f"status {final['status']}; reply says {PANTRY_USED!r}: {PANTRY_USED in reply}")
+    got = [int(e["seq"]) for e in first + second]
+    seqs = [e.seq for e in stored]
+    n.check("the phone saw every event of it once", got == seqs,
+            f"{len(first)} events before the lock + {len(second)} after = seqs {_ranges(got)}; "
+            f"stored log {_ranges(seqs)}")
 
 
 def _check_effects(n: Narrator, effects: dict[int, int], before: list[int], cut_off: int | None,
@@ -206,7 +280,8 @@ def _verdict(n: Narrator) -> int:
     if failed:
         n.out(f"✗ {len(failed)} of {len(n.checks)} checks failed: {', '.join(c.name for c in failed)}")
         return 1
-    n.out(f"✓ all {len(n.checks)} checks held: the job survived the phone lock and the worker crash")
+    n.out(f"✓ all {len(n.checks)} checks held: the job survived the phone lock and the worker crash, "
+          "and Alfred's question was answered after the lock")
     return 0
 
 

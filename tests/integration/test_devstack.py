@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -314,7 +315,15 @@ def test_demo_tells_the_story_and_exits_0() -> None:
     out = _demo()
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SIGKILL" in out.stdout and "reconnecting with Last-Event-ID" in out.stdout
-    assert out.stdout.count("✓") >= 6 and "✗" not in out.stdout
+    assert out.stdout.count("✓") >= 10 and "✗" not in out.stdout
+    # part 2: a question answered after the phone lock, and the job completes with the pantry used
+    assert "input_required confirm s1q1: Use the 2 lb of chicken from your pantry?" in out.stdout
+    assert "the phone locks while Alfred waits for the answer" in out.stdout
+    assert "🔓 the phone unlocks: job waiting; Alfred asks 'Use the 2 lb of chicken from your pantry?'" in out.stdout
+    assert re.search(r"you tap Yes: POST /api/jobs/[0-9a-f]{32}/input → 202", out.stdout), out.stdout
+    assert "input_received s1q1 = yes" in out.stdout
+    assert "✓ the job completed with the pantry used" in out.stdout
+    assert "✓ the question was there after the lock, and answered once" in out.stdout
 
 
 def test_demo_exits_nonzero_when_a_guarantee_it_checks_is_broken() -> None:
