@@ -172,6 +172,12 @@ class AgentDataStore(Protocol):
     def step_effects(self, job_id: str) -> dict[int, int]:
         """Step index → executions, for checking "never executed twice"."""
 
+    def record_usage(self, job_key: str, call: str, usage: dict[str, int], expires_at: int) -> None:
+        """Record one model call's token usage under ``(job_key, call)``; recording it again replaces it."""
+
+    def usage_records(self, job_key: str) -> dict[str, dict[str, int]]:
+        """Every unexpired usage record of a job, by call."""
+
 
 
 class PushStore(Protocol):

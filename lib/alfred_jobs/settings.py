@@ -46,9 +46,15 @@ class Settings(BaseSettings):
     # --- the agent ---------------------------------------------------------------------
     agent: Literal["demo", "bedrock"] = "demo"
     demo_step_seconds: float = Field(default=1.0, ge=0)
-    bedrock_model_id: str = "anthropic.claude-3-5-haiku-20241022-v1:0"
+    # A cross-region inference profile of a current Claude model (docs/agents.md, "Choosing a model").
+    bedrock_model_id: str = "us.anthropic.claude-sonnet-4-6"
     bedrock_region: str | None = None  # None: the same region as everything else
-    bedrock_max_tokens: int = Field(default=1024, gt=0)
+    bedrock_max_tokens: int = Field(default=2048, gt=0)  # a model step's answer, the reply
+    bedrock_plan_max_tokens: int = Field(default=4096, gt=0)  # the plan (may carry a pasted recipe)
+    # One model call, connect + read, must fit in the worker's Lambda timeout (120 s) with room to
+    # checkpoint: botocore makes one attempt, the runner retries with backoff.
+    bedrock_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    bedrock_read_timeout_seconds: float = Field(default=60.0, gt=0)
     bedrock_temperature: float = Field(default=0.2, ge=0, le=1)
     bedrock_max_steps: int = Field(default=6, ge=1, le=20)
     bedrock_history_messages: int = Field(default=20, ge=0)

@@ -737,6 +737,30 @@ class DynamoAgentDataStore:
                 result[int(d["sk"].split("#")[1])] = len(d.get("runs", ()))
         return result
 
+    def record_usage(self, job_key: str, call: str, usage: dict[str, int], expires_at: int) -> None:
+        # One item per (job, call): a put, so the SDK's retry of a lost answer writes the same item.
+        with mapped_errors():
+            self._c.dynamodb.put_item(TableName=self._table, Item=serialize({
+                "pk": f"USAGE#{job_key}", "sk": f"CALL#{call}",
+                "usage_json": json.dumps(usage, sort_keys=True), "expires_at": expires_at}))
+
+    def usage_records(self, job_key: str) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {}
+        kwargs: dict[str, Any] = {"TableName": self._table, "KeyConditionExpression": "pk = :p",
+                                  "ExpressionAttributeValues": serialize({":p": f"USAGE#{job_key}"}),
+                                  "ConsistentRead": True}
+        now = now_ts()
+        while True:
+            with mapped_errors():
+                out = self._c.dynamodb.query(**kwargs)
+            for raw in out.get("Items", []):
+                d = deserialize(raw)
+                if not expired(int(d.get("expires_at", 0)), now):
+                    result[d["sk"].split("#", 1)[1]] = json.loads(d["usage_json"])
+            if "LastEvaluatedKey" not in out:
+                return result
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
 
 # ---- queue -------------------------------------------------------------------------------
 

@@ -345,6 +345,7 @@ class MemoryAgentDataStore:
     def __init__(self) -> None:
         self.executions: dict[tuple[str, int], int] = {}
         self.expiry: dict[tuple[str, int], int] = {}
+        self.usage: dict[str, dict[str, tuple[dict[str, int], int]]] = {}  # job key -> call -> (usage, expiry)
         self.lock = threading.Lock()
 
     def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
@@ -362,6 +363,15 @@ class MemoryAgentDataStore:
             now = now_ts()
             return {i: n for (j, i), n in self.executions.items()
                     if j == job_id and self.expiry.get((j, i), 0) > now}
+
+    def record_usage(self, job_key: str, call: str, usage: dict[str, int], expires_at: int) -> None:
+        with self.lock:
+            self.usage.setdefault(job_key, {})[call] = (dict(usage), expires_at)
+
+    def usage_records(self, job_key: str) -> dict[str, dict[str, int]]:
+        with self.lock:
+            now = now_ts()
+            return {c: dict(u) for c, (u, e) in self.usage.get(job_key, {}).items() if e > now}
 
 
 def memory_deps(settings: Settings | None = None) -> Deps:

@@ -19,14 +19,21 @@ limit (``stopReason == "max_tokens"``) is terminal too (``plan_truncated``: rais
 ``ALFRED_BEDROCK_MAX_TOKENS``), and so is a refusal (``content_filtered`` / ``guardrail_intervened``:
 ``refused``). Throttling and service errors during ``think`` are retryable like anywhere else.
 
-Token usage: model-call steps put their usage in their (checkpointed) output; ``think`` and
-``reply`` usage is counted per job in this process. ``usage(ctx)`` returns the job's total, which
-the runner merges into the ``complete`` output as ``{"usage": {...}}``.
+Token usage: every model call's usage is recorded in the agent data store right after the call
+(one record per job, attempt and call, expiring with the job), so it is counted whichever process
+made the call and whether or not its attempt was checkpointed. A stream cut off before its
+``metadata`` event (a cancel, a reset, an error event) is recorded as an estimate (4 characters a
+token) and marked as such. ``usage(ctx)`` sums the records; the runner merges the total into the
+``complete`` output as ``{"usage": {...}}``.
+
+Truncation: a reply whose stream ends without ``messageStop`` was cut off in transit (retryable
+``model_unavailable``); one that stops on ``max_tokens`` ends with a visible note saying so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +44,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.exceptions import MalformedPlan, RetryableAgentError, TerminalAgentError
@@ -45,13 +53,26 @@ if TYPE_CHECKING:
     from alfred_jobs.ports import AgentDataStore, Deps
     from alfred_jobs.settings import Settings
 
-DEFAULT_MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
-DEFAULT_MAX_TOKENS = 1024
+# Claude Sonnet 4.6 through the US cross-region inference profile (docs/agents.md, "Choosing a model").
+DEFAULT_MODEL_ID = "us.anthropic.claude-sonnet-4-6"
+DEFAULT_MAX_TOKENS = 2048
+DEFAULT_PLAN_MAX_TOKENS = 4096
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_MAX_STEPS = 6
 DEFAULT_HISTORY_MESSAGES = 20
 PLAN_TOOL = "make_plan"
 USAGE_KEYS = ("inputTokens", "outputTokens", "totalTokens")
+CHARS_PER_TOKEN = 4  # for estimating a cut-off stream's usage (Bedrock sends usage only at its end)
+TRUNCATED_NOTE = "\n\n[Alfred's answer was cut off here: it reached its length limit.]"
+_INFERENCE_PROFILE_PREFIXES = ("us", "eu", "apac", "global", "jp", "au", "ca", "us-gov")
+# Bedrock's answers that mean "this model cannot be used here", whatever the request.
+_MODEL_UNUSABLE = ("end of its life", "end-of-life", "on-demand throughput", "inference profile",
+                   "model identifier is invalid", "provided model identifier", "doesn't support tool use",
+                   "does not support tool use", "don't have access to the model", "not authorized to access this model",
+                   "model is not supported", "isn't supported in this region", "marked by provider as legacy")
+log = logging.getLogger("alfred_jobs.agents.bedrock")
 
 # Error codes as Bedrock sends them. Mid-stream errors arrive as camelCase event names
 # (``throttlingException``), so codes are compared case-insensitively.
@@ -82,6 +103,9 @@ class BedrockConfig:
     max_steps: int = DEFAULT_MAX_STEPS
     history_messages: int = DEFAULT_HISTORY_MESSAGES
     retention_seconds: int = 7 * 24 * 3600
+    plan_max_tokens: int = DEFAULT_PLAN_MAX_TOKENS
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BedrockConfig:
@@ -94,20 +118,44 @@ class BedrockConfig:
             max_steps=settings.bedrock_max_steps,
             history_messages=settings.bedrock_history_messages,
             retention_seconds=settings.retention_seconds,
+            plan_max_tokens=settings.bedrock_plan_max_tokens,
+            connect_timeout=settings.bedrock_connect_timeout_seconds,
+            read_timeout=settings.bedrock_read_timeout_seconds,
         )
+
+    @property
+    def base_model(self) -> str:
+        """The model an id, ARN or inference profile id names (``us.anthropic.x`` -> ``anthropic.x``)."""
+        model = self.model_id.rsplit("/", 1)[-1]
+        head, _, rest = model.partition(".")
+        return rest if head in _INFERENCE_PROFILE_PREFIXES and rest else model
+
+    @property
+    def forced_tool_choice(self) -> bool:
+        """Whether the model takes ``toolChoice: {tool}``: Anthropic Claude 3 and later, Amazon Nova
+        (the ToolChoice API reference); any other model gets ``auto`` and the instruction."""
+        return self.base_model.startswith((
+            "anthropic.claude-3", "anthropic.claude-sonnet", "anthropic.claude-haiku", "anthropic.claude-opus",
+            "amazon.nova"))
+
+
+CLIENT_ATTEMPTS = 1
 
 
 def build_client(config: BedrockConfig) -> Any:
     """A ``bedrock-runtime`` client (endpoint from ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` if set).
 
-    botocore's own retries are kept to one extra try: the runner owns retries with backoff and a
-    Lambda should not sleep through a throttle. The read timeout bounds a stalled stream.
+    One attempt per call: the runner owns retries with backoff (a Lambda should not sleep through a
+    throttle), and one call, connect + read timeout, must fit in the worker's Lambda timeout with
+    room to checkpoint (``tests/unit/test_bedrock_wire.py`` checks it against template.yaml). The
+    read timeout bounds a stalled stream and a ``converse`` that does not answer.
     """
     import boto3
     from botocore.config import Config
 
     return boto3.client("bedrock-runtime", region_name=config.region, config=Config(
-        connect_timeout=5, read_timeout=60, retries={"mode": "standard", "total_max_attempts": 2}))
+        connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+        retries={"mode": "standard", "total_max_attempts": CLIENT_ATTEMPTS}))
 
 
 # ---- the plan the model makes --------------------------------------------------------------
@@ -202,7 +250,7 @@ class KitchenStore(Protocol):
 
     def put_recipe(self, user_id: str, conversation_id: str, recipe: dict[str, Any], key: str,
                    expires_at: int) -> dict[str, Any]:
-        """Save a recipe by title (a put: idempotent by nature; ``key`` is recorded)."""
+        """Save a recipe by title once per ``key``: a step run again does not overwrite a newer save."""
 
 
 class MemoryKitchenStore:
@@ -234,7 +282,10 @@ class MemoryKitchenStore:
     def put_recipe(self, user_id: str, conversation_id: str, recipe: dict[str, Any], key: str,
                    expires_at: int) -> dict[str, Any]:
         with self._lock:
-            self.data[(user_id, conversation_id, "recipe", recipe["title"].lower())] = {**recipe, "key": key}
+            at = (user_id, conversation_id, "recipe", recipe["title"].lower())
+            applied = list(self.data.get(at, {}).get("applied", []))
+            if key not in applied:
+                self.data[at] = {**recipe, "applied": [*applied, key]}
             return dict(recipe)
 
 
@@ -287,48 +338,83 @@ class DynamoKitchenStore:
 
     def add_quantity(self, user_id: str, conversation_id: str, name: str, delta: float, unit: str,
                      key: str, expires_at: int) -> dict[str, Any]:
+        """Read, compute the floored quantity, write it only if nobody changed it meanwhile.
+
+        ``ADD`` cannot floor at 0 (+4, -10, +6 would end at 0 while the in-memory store says 6), so
+        the new quantity is computed here and written under a condition on the quantity read and on
+        the key not being applied yet; a lost race reads again. Same contract as the memory store.
+        """
         name = name.lower()
         item_key = {"pk": {"S": self._pk(user_id, conversation_id)}, "sk": {"S": f"pantry#{name}"}}
+        with _mapped_errors("kitchen", "kitchen"):
+            for _ in range(8):
+                got = self.client.get_item(TableName=self._table, Key=item_key, ConsistentRead=True).get("Item")
+                if got is not None and key in got.get("applied", {}).get("SS", []):
+                    return self._pantry_item(got)  # already applied by an earlier run of this step
+                old = got["quantity"]["N"] if got is not None and "quantity" in got else None
+                new = max(0.0, (float(old) if old is not None else 0.0) + delta)
+                item_unit = unit or (got or {}).get("unit", {}).get("S", "")
+                try:
+                    self.client.update_item(
+                        TableName=self._table, Key=item_key,
+                        UpdateExpression="SET quantity = :q, #n = :n, #u = :u, expires_at = :e ADD applied :ks",
+                        ConditionExpression=("attribute_not_exists(pk)" if got is None else
+                                             "quantity = :old AND NOT contains(applied, :k)"),
+                        ExpressionAttributeNames={"#n": "name", "#u": "unit"},
+                        ExpressionAttributeValues={
+                            ":q": {"N": repr(new)}, ":ks": {"SS": [key]}, ":n": {"S": name},
+                            ":u": {"S": item_unit}, ":e": {"N": str(expires_at)},
+                            **({":old": {"N": old}, ":k": {"S": key}} if got is not None else {})})
+                    return {"name": name, "quantity": new, "unit": item_unit}
+                except BotoClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                        raise
+                    # changed meanwhile (another step, or this one's earlier write): read again
+        raise RetryableAgentError(f"the pantry item {name!r} kept changing", code="kitchen_unavailable")
+
+    @staticmethod
+    def _pantry_item(raw: dict[str, Any]) -> dict[str, Any]:
+        return {"name": raw["name"]["S"], "quantity": max(0.0, float(raw.get("quantity", {}).get("N", 0))),
+                "unit": raw.get("unit", {}).get("S", "")}
+
+    def put_recipe(self, user_id: str, conversation_id: str, recipe: dict[str, Any], key: str,
+                   expires_at: int) -> dict[str, Any]:
+        """A write guarded by the step's key: run again (even after a newer save of the same title),
+        it changes nothing."""
+        item_key = {"pk": {"S": self._pk(user_id, conversation_id)},
+                    "sk": {"S": f"recipe#{recipe['title'].lower()}"}}
         with _mapped_errors("kitchen", "kitchen"):
             try:
                 self.client.update_item(
                     TableName=self._table, Key=item_key,
-                    UpdateExpression="ADD quantity :d, applied :ks SET #n = :n, expires_at = :e"
-                                     + (", #u = :u" if unit else ""),
+                    UpdateExpression="SET doc = :d, expires_at = :e ADD applied :ks",
                     ConditionExpression="attribute_not_exists(applied) OR NOT contains(applied, :k)",
-                    ExpressionAttributeNames={"#n": "name", **({"#u": "unit"} if unit else {})},
-                    ExpressionAttributeValues={
-                        ":d": {"N": repr(delta)}, ":ks": {"SS": [key]}, ":k": {"S": key},
-                        ":n": {"S": name}, ":e": {"N": str(expires_at)},
-                        **({":u": {"S": unit}} if unit else {})})
+                    ExpressionAttributeValues={":d": {"S": json.dumps(recipe)}, ":e": {"N": str(expires_at)},
+                                               ":ks": {"SS": [key]}, ":k": {"S": key}})
             except BotoClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
-                # Already applied by an earlier run of this step: fall through and read it.
-            got = self.client.get_item(TableName=self._table, Key=item_key, ConsistentRead=True)["Item"]
-        # A removal may take the stored quantity below zero; readers see the floor.
-        return {"name": name, "quantity": max(0.0, float(got["quantity"]["N"])),
-                "unit": got.get("unit", {}).get("S", "")}
-
-    def put_recipe(self, user_id: str, conversation_id: str, recipe: dict[str, Any], key: str,
-                   expires_at: int) -> dict[str, Any]:
-        with _mapped_errors("kitchen", "kitchen"):
-            self.client.put_item(TableName=self._table, Item={
-                "pk": {"S": self._pk(user_id, conversation_id)},
-                "sk": {"S": f"recipe#{recipe['title'].lower()}"},
-                "doc": {"S": json.dumps(recipe)}, "key": {"S": key}, "expires_at": {"N": str(expires_at)}})
         return dict(recipe)
 
 
 # ---- errors --------------------------------------------------------------------------------
 
 
+def _what_to_do(config: BedrockConfig) -> str:
+    return (f"Set ALFRED_BEDROCK_MODEL_ID (the template's BedrockModelId, now {config.model_id!r}) to a "
+            f"current model or inference profile offered in {config.region}, with model access enabled "
+            "for the account: docs/agents.md, 'Choosing a model'.")
+
+
 @contextmanager
-def _mapped_errors(what: str, source: str = "model") -> Iterator[None]:
-    """Turn botocore errors into the runner's retryable / terminal agent errors.
+def _mapped_errors(what: str, source: str = "model", config: BedrockConfig | None = None) -> Iterator[None]:
+    """Turn botocore (and urllib3) errors into the runner's retryable / terminal agent errors.
 
     Codes: ``{source}_throttled`` / ``{source}_unavailable`` (retryable), ``{source}_access_denied``
     / ``{source}_rejected`` (terminal); ``source`` is ``model`` (Bedrock) or ``kitchen`` (DynamoDB).
+    With ``config``, an answer that means the configured model cannot be used at all (end of life,
+    an id that needs an inference profile, no such model, no tool use) is the terminal
+    ``model_not_available``, and its message names the model and says what to do.
     """
     try:
         yield
@@ -336,15 +422,27 @@ def _mapped_errors(what: str, source: str = "model") -> Iterator[None]:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        message = f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": ")
+        text = str(err.get("Message", ""))
+        message = f"{what}: {code or status}: {text}".rstrip(": ")
         low = code.lower()
         if low in _RETRYABLE_CODES or (low not in _TERMINAL_CODES and (status >= 500 or status == 429)):
             kind = "throttled" if any(w in low for w in ("throttl", "throughput", "quota")) else "unavailable"
             raise RetryableAgentError(message, code=f"{source}_{kind}") from exc
-        kind = "access_denied" if low == "accessdeniedexception" else "rejected"
-        raise TerminalAgentError(message, code=f"{source}_{kind}") from exc
-    except BotoCoreError as exc:  # connection errors, read timeouts: another attempt may work
-        raise RetryableAgentError(f"{what}: {type(exc).__name__}", code=f"{source}_unavailable") from exc
+        if config is not None and (low == "resourcenotfoundexception" or (
+                low in ("validationexception", "accessdeniedexception")
+                and any(p in text.lower() for p in _MODEL_UNUSABLE))):
+            raise TerminalAgentError(
+                f"the Bedrock model {config.model_id!r} is not available in {config.region}: {code}: {text} "
+                f"{_what_to_do(config)}", code="model_not_available") from exc
+        if low == "accessdeniedexception":
+            hint = f" (model {config.model_id!r}: check the worker role and model access)" if config else ""
+            raise TerminalAgentError(message + hint, code=f"{source}_access_denied") from exc
+        raise TerminalAgentError(message, code=f"{source}_rejected") from exc
+    except (BotoCoreError, Urllib3Error, ConnectionError) as exc:
+        # Connection errors and read timeouts: another attempt may work. A stall or a reset in the
+        # middle of a stream surfaces as urllib3's ReadTimeoutError / ProtocolError, not botocore's.
+        raise RetryableAgentError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}",
+                                  code=f"{source}_unavailable") from exc
 
 
 # ---- the agent -----------------------------------------------------------------------------
@@ -362,6 +460,8 @@ _THINK = (
     "{max_steps} steps and no step that is not needed; an empty plan is fine for small talk. "
     "The final answer is written after the steps; do not add a step for it."
 )
+_EMPTY_MESSAGE = "(an empty message)"
+_TRUNCATING_STOPS = ("max_tokens", "model_context_window_exceeded")
 
 
 def _usage_of(raw: Any) -> dict[str, int]:
@@ -369,9 +469,11 @@ def _usage_of(raw: Any) -> dict[str, int]:
     return {k: int(raw.get(k, 0) or 0) for k in USAGE_KEYS}
 
 
-def _add_usage(total: dict[str, int], more: Any) -> None:
-    for k, v in _usage_of(more).items():
-        total[k] = total.get(k, 0) + v
+def _estimate(request: dict[str, Any], output_chars: int) -> dict[str, int]:
+    """A cut-off stream's usage, estimated: Bedrock sends it only in the stream's last event."""
+    chars = len(json.dumps(request.get("messages", []))) + len(json.dumps(request.get("system", [])))
+    i, o = -(-chars // CHARS_PER_TOKEN), -(-output_chars // CHARS_PER_TOKEN)
+    return {"inputTokens": i, "outputTokens": o, "totalTokens": i + o, "estimated": 1}
 
 
 @dataclass
@@ -383,11 +485,14 @@ class BedrockAgent:
     kitchen: KitchenStore
     client_factory: Callable[[], Any] | None = None
     _client: Any = None
-    _usage: dict[str, dict[str, int]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     # The context of the job this thread is running: lets ``usage()`` without arguments find its job
     # (the runner runs think, act and reply of one job on one thread; jobs may share the agent).
     _local: threading.local = field(default_factory=threading.local)
+
+    def __post_init__(self) -> None:
+        if not self.config.forced_tool_choice:
+            log.warning("Bedrock model %s: forced tool choice is for Anthropic Claude 3+ and Amazon Nova; "
+                        "planning asks for make_plan with toolChoice auto", self.config.model_id)
 
     @classmethod
     def from_deps(cls, deps: Deps, *, client: Any = None,
@@ -405,32 +510,44 @@ class BedrockAgent:
             self._client = (self.client_factory or (lambda: build_client(self.config)))()
         return self._client
 
+    def check_model(self) -> None:
+        """One tiny ``converse`` (1 token) to tell at start whether the model can be used here.
+
+        Raises ``TerminalAgentError(code="model_not_available" / "model_access_denied")`` with what to
+        do; retryable errors (throttling, a timeout) say nothing about the model and are raised as is.
+        """
+        self._converse([{"role": "user", "content": [{"text": "ping"}]}], system=[{"text": _SYSTEM}],
+                       what="model check", max_tokens=1)
+
     # -- think ----------------------------------------------------------------------------
 
     def think(self, ctx: AgentContext) -> Plan:
-        """One Converse call forced to call ``make_plan``; one repair turn if the plan is malformed."""
+        """One Converse call made to call ``make_plan``; one repair turn if the plan is malformed."""
         self._local.ctx = ctx
         messages = self._conversation(ctx, ctx.message)
-        tool_config = {
-            "tools": [{"toolSpec": {
-                "name": PLAN_TOOL, "description": "Record the plan of steps that answers the user.",
-                "inputSchema": {"json": PlanSpec.model_json_schema()}}}],
-            "toolChoice": {"tool": {"name": PLAN_TOOL}},
-        }
+        tool_config: dict[str, Any] = {"tools": [{"toolSpec": {
+            "name": PLAN_TOOL, "description": "Record the plan of steps that answers the user.",
+            "inputSchema": {"json": PlanSpec.model_json_schema()}}}]}
+        if self.config.forced_tool_choice:
+            tool_config["toolChoice"] = {"tool": {"name": PLAN_TOOL}}
         system = [{"text": _SYSTEM}, {"text": _THINK.format(max_steps=self.config.max_steps)}]
         for turn in range(2):
-            out = self._converse(messages, system=system, toolConfig=tool_config, what="think")
-            self._count(ctx.job_id, out.get("usage"))
+            out = self._plan_call(ctx, messages, system, tool_config, turn)
             stop = out.get("stopReason")
             if stop in ("content_filtered", "guardrail_intervened"):
                 raise TerminalAgentError(f"the model refused to plan ({stop})", code="refused")
-            if stop == "max_tokens":
-                raise TerminalAgentError("the plan was cut off by the token limit", code="plan_truncated")
+            if stop in _TRUNCATING_STOPS:
+                raise TerminalAgentError(
+                    f"the plan was cut off by the token limit ({self.config.plan_max_tokens} tokens: raise "
+                    "ALFRED_BEDROCK_PLAN_MAX_TOKENS)", code="plan_truncated")
             content = out.get("output", {}).get("message", {}).get("content", [])
-            uses = [c["toolUse"] for c in content if "toolUse" in c and c["toolUse"].get("name") == PLAN_TOOL]
+            all_uses = [c["toolUse"] for c in content if "toolUse" in c]
+            uses = [u for u in all_uses if u.get("name") == PLAN_TOOL]
             try:
                 if not uses:
                     raise MalformedPlan(f"no {PLAN_TOOL} tool call in the answer")
+                if len(uses) > 1:
+                    raise MalformedPlan(f"{len(uses)} {PLAN_TOOL} calls in one answer; call it exactly once")
                 return parse_plan(uses[0].get("input"), self.config.max_steps)
             except MalformedPlan as exc:
                 if turn == 1:
@@ -438,18 +555,36 @@ class BedrockAgent:
                                              code="bad_plan") from exc
                 answer = out.get("output", {}).get("message") or {"role": "assistant",
                                                                    "content": [{"text": "(no answer)"}]}
-                messages = [*messages, answer, self._repair_turn(uses, str(exc))]
+                messages = [*messages, answer, self._repair_turn(all_uses, str(exc))]
         raise AssertionError("unreachable")
+
+    def _plan_call(self, ctx: AgentContext, messages: list[dict[str, Any]], system: list[dict[str, Any]],
+                   tool_config: dict[str, Any], turn: int) -> dict[str, Any]:
+        """The planning call; a model that refuses ``toolChoice`` is asked again with ``auto``."""
+        try:
+            return self._converse(messages, system=system, toolConfig=tool_config, what="think",
+                                  max_tokens=self.config.plan_max_tokens, ctx=ctx, call=f"think.{turn + 1}")
+        except TerminalAgentError as exc:
+            if "toolChoice" not in tool_config or "toolchoice" not in str(exc).lower():
+                raise
+            log.warning("Bedrock model %s refused toolChoice; planning with auto", self.config.model_id)
+            auto = {k: v for k, v in tool_config.items() if k != "toolChoice"}
+            tool_config.pop("toolChoice")
+            return self._converse(messages, system=system, toolConfig=auto, what="think",
+                                  max_tokens=self.config.plan_max_tokens, ctx=ctx, call=f"think.{turn + 1}.auto")
 
     @staticmethod
     def _repair_turn(uses: list[dict[str, Any]], error: str) -> dict[str, Any]:
-        """The user turn that shows the model what was wrong with its plan."""
+        """The user turn that shows the model what was wrong with its plan.
+
+        Bedrock wants a ``toolResult`` for every ``toolUse`` of the answer, whatever tool it named.
+        """
         text = f"That plan is invalid: {error[:1500]}. Call {PLAN_TOOL} again with a valid plan."
         if not uses:
             return {"role": "user", "content": [{"text": text}]}
-        # A toolUse must be answered by a toolResult in the next user turn.
         return {"role": "user", "content": [{"toolResult": {
-            "toolUseId": uses[0].get("toolUseId", "plan"), "status": "error", "content": [{"text": text}]}}]}
+            "toolUseId": u.get("toolUseId", f"plan-{i}"), "status": "error", "content": [{"text": text}]}}
+            for i, u in enumerate(uses)]}
 
     # -- act ------------------------------------------------------------------------------
 
@@ -468,7 +603,7 @@ class BedrockAgent:
                 raise TerminalAgentError(f"step {step.index} asks a choice without options", code="bad_step")
             return {"question": spec.prompt, "answer": ctx.ask(spec.prompt, spec.answer_kind, options)}
         key = ctx.idempotency_key(step.index)
-        expires = ctx.expires_at or int(time.time()) + self.config.retention_seconds
+        expires = self._expires(ctx)
         # Recorded first, so "never executed twice" can be checked like the demo agent's steps.
         self.agent_data.record_step_effect(ctx.job_id, step.index, ctx.attempt, {"kind": spec.kind}, expires)
         u, c = ctx.user_id, ctx.conversation_id
@@ -487,92 +622,141 @@ class BedrockAgent:
         return self._model_step(spec, step, ctx)
 
     def _model_step(self, spec: ModelCall, step: PlanStep, ctx: AgentContext) -> dict[str, Any]:
-        prompt = (f"The user asked: {ctx.message}\n\nResults of the earlier steps (JSON):\n"
+        prompt = (f"The user asked: {self._message(ctx)}\n\nResults of the earlier steps (JSON):\n"
                   f"{json.dumps(self._earlier(ctx, step.index))}\n\nThis step: {spec.prompt}")
         out = self._converse([{"role": "user", "content": [{"text": prompt}]}],
-                             system=[{"text": _SYSTEM}], what=f"step {step.index}")
+                             system=[{"text": _SYSTEM}], what=f"step {step.index}", ctx=ctx,
+                             call=f"step.{step.index}")
         text = "".join(c.get("text", "") for c in out.get("output", {}).get("message", {}).get("content", []))
-        return {"text": text, "usage": _usage_of(out.get("usage"))}
+        result: dict[str, Any] = {"text": text, "usage": _usage_of(out.get("usage"))}
+        if out.get("stopReason") in _TRUNCATING_STOPS:
+            result["truncated"] = True
+        return result
 
     # -- reply ----------------------------------------------------------------------------
 
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
-        """Stream the answer with ``converse_stream``; a cancel or the runner closing us closes the stream."""
+        """Stream the answer with ``converse_stream``; a cancel or the runner closing us closes the stream.
+
+        The stream must end with ``messageStop``: one that just ends was cut off in transit
+        (retryable). ``max_tokens`` is a real end, but of a truncated answer: it ends with a note.
+        Usage is recorded when the stream ends, whichever way (estimated without ``metadata``).
+        """
         self._local.ctx = ctx
         results = {str(s.index): {"label": s.label, "output": ctx.step_outputs.get(s.index)}
                    for s in plan.steps}
-        text = ctx.message if not results else (
-            f"{ctx.message}\n\n(Results of the steps you ran, JSON — use them, do not repeat them "
+        message = self._message(ctx)
+        text = message if not results else (
+            f"{message}\n\n(Results of the steps you ran, JSON — use them, do not repeat them "
             f"verbatim: {json.dumps(results)})")
-        with _mapped_errors("reply"):
-            response = self.client.converse_stream(**self._request(self._conversation(ctx, text),
-                                                                    system=[{"text": _SYSTEM}]))
+        request = self._request(self._conversation(ctx, text), system=[{"text": _SYSTEM}])
+        with self._errors("reply"):
+            response = self.client.converse_stream(**request)
         stream = response["stream"]
+        shown = 0
+        usage: dict[str, int] | None = None
+        stop: str | None = None
         try:
-            with _mapped_errors("reply"):
+            with self._errors("reply"):
                 for event in stream:
                     if ctx.cancelled():
                         return  # the finally closes the HTTP stream: no more tokens are billed
                     if "contentBlockDelta" in event:
                         chunk = event["contentBlockDelta"].get("delta", {}).get("text")
                         if chunk:
+                            shown += len(chunk)
                             yield chunk
+                    elif "messageStop" in event:
+                        stop = str(event["messageStop"].get("stopReason") or "")
+                        if stop in ("content_filtered", "guardrail_intervened"):
+                            raise TerminalAgentError("the model refused to answer", code="refused")
                     elif "metadata" in event:
-                        self._count(ctx.job_id, event["metadata"].get("usage"))
-                    elif "messageStop" in event and event["messageStop"].get("stopReason") in (
-                            "content_filtered", "guardrail_intervened"):
-                        raise TerminalAgentError("the model refused to answer", code="refused")
+                        usage = _usage_of(event["metadata"].get("usage"))
+            if stop is None:
+                raise RetryableAgentError("reply: the stream ended before messageStop (cut off in transit)",
+                                          code="model_unavailable")
+            if stop in _TRUNCATING_STOPS:
+                log.warning("job %s: the reply stopped on %s", ctx.job_id, stop)
+                yield TRUNCATED_NOTE
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+            self._record(ctx, "reply", usage if usage is not None else _estimate(request, shown))
 
     # -- usage ----------------------------------------------------------------------------
 
     def usage(self, ctx: AgentContext | None = None) -> dict[str, int] | None:
-        """The job's token usage: recorded model steps plus think and reply run in this process.
-
-        Call once, after ``reply`` finished; it forgets the job's in-process counters. Without
-        ``ctx``, the job this thread last ran is meant.
-        """
+        """The job's token usage: the sum of every model call's record, whichever attempt or process
+        made it. Estimated records (cut-off streams) are counted and their number is given as
+        ``estimatedCalls``. Without ``ctx``, the job this thread last ran is meant."""
         ctx = ctx or getattr(self._local, "ctx", None)
         if ctx is None:
             return None
-        with self._lock:
-            total = dict(self._usage.pop(ctx.job_id, {}))
-        for output in ctx.step_outputs.values():
-            if isinstance(output, dict) and "usage" in output:
-                _add_usage(total, output["usage"])
-        return total or None
+        records = self.agent_data.usage_records(self._job_key(ctx))
+        if not records:
+            return None
+        total = {k: 0 for k in USAGE_KEYS}
+        estimated = 0
+        for record in records.values():
+            for k in USAGE_KEYS:
+                total[k] += int(record.get(k, 0) or 0)
+            estimated += 1 if record.get("estimated") else 0
+        if estimated:
+            total["estimatedCalls"] = estimated
+        return total
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _count(self, job_id: str, usage: Any) -> None:
-        with self._lock:
-            _add_usage(self._usage.setdefault(job_id, {}), usage)
+    @staticmethod
+    def _job_key(ctx: AgentContext) -> str:
+        """The job, told apart from an earlier job with the same id (reused after retention)."""
+        return f"{ctx.job_id}.{int(ctx.created_at * 1000)}" if ctx.created_at else ctx.job_id
+
+    def _expires(self, ctx: AgentContext) -> int:
+        return ctx.expires_at or int(time.time()) + self.config.retention_seconds
+
+    def _record(self, ctx: AgentContext, call: str, usage: dict[str, int]) -> None:
+        """Record one call's usage at once, keyed by attempt and call: exact across processes."""
+        self.agent_data.record_usage(self._job_key(ctx), f"a{ctx.attempt}.{call}", usage, self._expires(ctx))
+
+    def _errors(self, what: str) -> Any:
+        return _mapped_errors(what, "model", self.config)
 
     def _request(self, messages: list[dict[str, Any]], *, system: list[dict[str, Any]],
-                 **extra: Any) -> dict[str, Any]:
+                 max_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
         return {"modelId": self.config.model_id, "messages": messages, "system": system,
-                "inferenceConfig": {"maxTokens": self.config.max_tokens,
+                "inferenceConfig": {"maxTokens": max_tokens or self.config.max_tokens,
                                     "temperature": self.config.temperature}, **extra}
 
     def _converse(self, messages: list[dict[str, Any]], *, system: list[dict[str, Any]], what: str,
+                  max_tokens: int | None = None, ctx: AgentContext | None = None, call: str = "",
                   **extra: Any) -> dict[str, Any]:
-        with _mapped_errors(what):
-            out: dict[str, Any] = self.client.converse(**self._request(messages, system=system, **extra))
+        with self._errors(what):
+            out: dict[str, Any] = self.client.converse(
+                **self._request(messages, system=system, max_tokens=max_tokens, **extra))
+        if ctx is not None:
+            self._record(ctx, call, _usage_of(out.get("usage")))
         return out
 
     @staticmethod
     def _earlier(ctx: AgentContext, index: int) -> dict[str, Any]:
         return {str(i): o for i, o in sorted(ctx.step_outputs.items()) if i < index}
 
+    @staticmethod
+    def _message(ctx: AgentContext) -> str:
+        """The user's message; Bedrock refuses a blank text block (terminally), so never send one."""
+        return ctx.message if ctx.message.strip() else _EMPTY_MESSAGE
+
     def _conversation(self, ctx: AgentContext, last: str) -> list[dict[str, Any]]:
-        """History plus the new user turn, shaped as Converse wants: user first, roles alternating."""
+        """History plus the new user turn, shaped as Converse wants: user first, roles alternating,
+        no blank text (a blank turn of the history is left out)."""
+        n = self.config.history_messages
+        history = ctx.history[-n:] if n > 0 else []  # [-0:] would be the whole history
         messages: list[dict[str, Any]] = []
-        for m in [*ctx.history[-self.config.history_messages:], {"role": "user", "text": last}]:
+        for m in [*history, {"role": "user", "text": last if last.strip() else _EMPTY_MESSAGE}]:
             role, text = m.get("role"), str(m.get("text", ""))
-            if role not in ("user", "assistant") or not text or (not messages and role != "user"):
+            if role not in ("user", "assistant") or not text.strip() or (not messages and role != "user"):
                 continue
             if messages and messages[-1]["role"] == role:
                 messages[-1]["content"][0]["text"] += "\n\n" + text
