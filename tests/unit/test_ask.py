@@ -62,6 +62,7 @@ def test_asking_ends_the_attempt_and_the_job_waits_holding_nothing() -> None:
     assert last.type is EventType.INPUT_REQUIRED
     assert last.data["input_id"] == "s1q1" and last.data["kind"] == "confirm"
     assert last.data["prompt"] == PANTRY_QUESTION and "expires_at" in last.data
+    assert "options" not in last.data, "a confirm has no options (SPEC: options only on a choice)"
     waiting = record(deps, job.job_id)
     assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
     gate = deps.gates.read("u")

@@ -329,10 +329,11 @@ class _Attempt:
             return state.answers[input_id]
         self.boundary()  # cancelled meanwhile: stop here rather than ask
         if input_id not in state.asked:
+            # ``options`` only on a choice: the field is absent otherwise, as SPEC writes it.
+            extra = {"options": list(options)} if kind == "choice" and options else {}
             self.append(InputRequiredPayload(
                 input_id=input_id, prompt=prompt[:2000], kind=cast(InputKind, kind),
-                options=list(options) if kind == "choice" and options else None,
-                expires_at=iso(now_ts() + self.s.input_timeout_seconds)))
+                expires_at=iso(now_ts() + self.s.input_timeout_seconds), **extra))
             count("QuestionsAsked")
         raise _AskUser()
 
