@@ -525,8 +525,8 @@ def summarize(t: str, d: dict[str, Any]) -> str:
         return f"{d.get('input_id')} = {show_answer(d.get('answer'))}"
     if t == "resumed":
         return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
-    if t == "complete":
-        return str((d.get("output") or {}).get("reply", ""))
+    if t == "complete":  # one line per event: a reply's lines are joined
+        return " ".join(str((d.get("output") or {}).get("reply", "")).split("\n"))
     if t == "failed":
         err = d.get("error") or {}
         return f"{err.get('code')}: {err.get('message')}"

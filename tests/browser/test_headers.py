@@ -50,7 +50,7 @@ def test_the_page_works_under_a_strict_csp(page: Any, user: str, web_stack: WebS
     job_id = send(page, "[steps=2] chicken and rice")
     b = bubble(page, job_id)
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 2"))
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using chicken, rice", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with chicken and rice", timeout=20_000)
     assert page.evaluate("id => window.alfredDebug.modes[id]", job_id) == ["sse"]
     # the progress bar's width is set from script (CSSOM, which the policy allows)
     expect(b.locator(".bar-fill")).to_have_attribute("style", re.compile(r"width: \d+%"))

@@ -68,13 +68,13 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(bubble(page, second).locator(".queued-label")).to_have_text("Queued")
     b1, b2 = bubble(page, first), bubble(page, second)
     # WHEN the first one ends, THEN the second starts by itself: the label goes, its progress shows
-    expect(b1.locator(".reply")).to_contain_text("Here are 3 recipes using chicken, rice", timeout=30_000)
+    expect(b1.locator(".reply")).to_contain_text("Here are 3 recipes with chicken and rice", timeout=30_000)
     expect(b2.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 2"), timeout=20_000)
     expect(b2.locator(".queued")).to_be_hidden()
     expect(b2.locator(".working-title")).to_have_text("Alfred is still working...")
     expect(user_bubble(page, second)).not_to_have_class(re.compile(r"\bis-queued\b"))
     screenshot(page, "21-queued-one-running")
-    expect(b2.locator(".reply")).to_contain_text("Here are 3 recipes using salad", timeout=20_000)
+    expect(b2.locator(".reply")).to_contain_text("Here are 3 salads with what you have", timeout=20_000)
     assert_each_step_once(page, second, 2)
     seqs = seen_seqs(page, second)
     assert seqs == list(range(1, len(seqs) + 1)), seqs

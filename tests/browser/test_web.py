@@ -63,7 +63,7 @@ def test_send_shows_steps_then_reply(page: Any, user: str, web_stack: WebStack) 
     expect(page.locator("#live")).to_contain_text("Step 1 of 3")
     screenshot(page, "02-working-step-1")
     # AND then the reply, with the panel gone and each step shown once
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using chicken, rice", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with chicken and rice", timeout=20_000)
     expect(b.locator(".working")).to_be_hidden()
     assert_each_step_once(page, job_id, 3)
     seqs = seen_seqs(page, job_id)
@@ -89,7 +89,7 @@ def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack
     # WHEN the network comes back, the page catches up at once: the reply, every step once
     context.set_offline(False)
     expect(page.locator("#offline-banner")).to_be_hidden()
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using salmon, leeks", timeout=10_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with salmon and leeks", timeout=10_000)
     assert_each_step_once(page, job_id, 4)
     # AND no event was applied twice or skipped
     seqs = seen_seqs(page, job_id)
@@ -114,7 +114,7 @@ def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: Web
     assert job["progress"]["completed_steps"] >= shown - 1, (shown, job["progress"])
     expect(page.locator("li.msg-user")).to_have_text("[steps=5] lentils")
     # AND it still ends normally, each step once
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using lentils", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with lentils", timeout=20_000)
     assert_each_step_once(page, job_id, 5)
 
 
@@ -131,7 +131,7 @@ def test_finished_while_away_then_got_it(context: Any, user: str, web_stack: Web
     page.goto("/")
     card = page.locator(f'.away-card[data-job-id="{job_id}"]')
     expect(card.get_by_text("Alfred finished while you were away")).to_be_visible()
-    expect(card).to_contain_text("Here are 3 recipes using tofu, broccoli")
+    expect(card).to_contain_text("Here are 3 recipes with tofu and broccoli")
     expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
     screenshot(page, "07-finished-while-away")
     # WHEN it is dismissed, it is gone, also after a reload
@@ -248,7 +248,7 @@ def test_falls_back_to_long_poll_when_the_stream_is_blocked(page: Any, user: str
     b = bubble(page, job_id)
     # THEN the page still shows the job from start to end, by long-poll, each step once
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using mushrooms", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with mushrooms", timeout=20_000)
     assert_each_step_once(page, job_id, 3)
     assert "poll" in page.evaluate("id => window.alfredDebug.modes[id]", job_id)
     seqs = seen_seqs(page, job_id)
@@ -281,7 +281,7 @@ def test_locked_phone_hidden_and_frozen_then_back(page: Any, user: str, web_stac
     # THEN the page says so, with the reply
     card = page.locator(f'.away-card[data-job-id="{job_id}"]')
     expect(card.get_by_role("heading", name=re.compile("Alfred finished while you were away"))).to_be_visible()
-    expect(card).to_contain_text("Here are 3 recipes using peppers")
+    expect(card).to_contain_text("Here are 3 recipes with peppers")
     assert_each_step_once(page, job_id, 3)
     seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
@@ -296,6 +296,6 @@ def test_hidden_briefly_while_still_running_is_not_away(page: Any, user: str, we
     page.evaluate(HIDE)
     page.evaluate(SHOW)
     expect(b.get_by_text("Alfred is still working...")).to_be_visible()
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes using beans", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with beans", timeout=20_000)
     expect(page.locator(".away-card")).to_have_count(0)
     assert_each_step_once(page, job_id, 4)

@@ -106,7 +106,7 @@ def test_chat_follow_shows_progress_to_completion(dev: DevProcess) -> None:
     assert "step 1/3 started: Check the pantry" in out.stdout
     assert "step 3/3 completed" in out.stdout
     assert " delta " in out.stdout
-    assert lines[-1].split()[1] == "complete" and "Here are 3 recipes using chicken, rice" in lines[-1]
+    assert lines[-1].split()[1] == "complete" and "Here are 3 recipes with chicken and rice" in lines[-1]
     assert out.stderr.startswith("job ")
 
 

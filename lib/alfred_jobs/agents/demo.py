@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from alfred_jobs.agents.demo_text import reply_text
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.models import now_ts
 from alfred_jobs.domain.retention import expiry
@@ -32,6 +33,9 @@ from alfred_jobs.settings import Settings
 LABELS = [
     "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
     "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
+    "Find substitutions", "Scale the portions", "Check for allergens", "Sort the shopping list by aisle",
+    "Time the prep", "Pick side dishes", "Check the oven plan", "Suggest leftovers",
+    "Write storage tips", "Check seasonality", "Estimate the cost", "Plan the plating",
 ]
 PANTRY_QUESTION = "Use the 2 lb of chicken from your pantry?"
 STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
@@ -71,8 +75,7 @@ class DemoAgent:
         self._sleep(self.step_seconds / 2, ctx)
         raw = _directive(ctx.message, "steps")
         n = max(1, min(20, int(raw))) if raw else 5
-        return Plan([PlanStep(i, LABELS[(i - 1) % len(LABELS)] + ("" if i <= len(LABELS) else f" ({i})"))
-                     for i in range(1, n + 1)])
+        return Plan([PlanStep(i, LABELS[i - 1]) for i in range(1, n + 1)])
 
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         pantry: str | None = None
@@ -97,14 +100,13 @@ class DemoAgent:
         return out
 
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
-        items = _ingredients(ctx.message) or ["what you have"]
-        pantry = (ctx.step_outputs.get(1) or {}).get("pantry") if isinstance(ctx.step_outputs.get(1), dict) else None
-        note = {"used": " I used the 2 lb of chicken from your pantry.",
-                "kept": " I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
-        text = (f"Here are 3 recipes using {', '.join(items)}: a quick skillet, a sheet-pan bake and "
-                f"a warming soup.{note} I went through {len(plan.steps)} steps: "
-                + "; ".join(s.label.lower() for s in plan.steps) + ". Enjoy your cooking!")
-        words = text.split(" ")
+        first = ctx.step_outputs.get(1)
+        pantry = first.get("pantry") if isinstance(first, dict) else None
+        note = {"used": "I used the 2 lb of chicken from your pantry.",
+                "kept": "I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
+        text = reply_text(ctx.message, note)
+        # Streamed a few words at a time; a chunk never ends mid-word.
+        words = re.split(r"(?<=[ \n])", text)
         pause = (self.step_seconds / 2) / max(1, len(words))
         for i, word in enumerate(words):
             if ctx.cancelled():
@@ -112,7 +114,7 @@ class DemoAgent:
             if (_directive(ctx.message, "flaky-reply") is not None and ctx.attempt == 1
                     and i == len(words) // 2):
                 raise RetryableAgentError("the connection to the writer dropped", code="reply_interrupted")
-            yield word if i == 0 else " " + word
+            yield word
             if pause:
                 self._sleep(pause, ctx)
 
