@@ -2,7 +2,7 @@
 // Everything about jobs (submit, watch, resume, dedupe) lives in alfred-client.js; this file only
 // renders what the client reports.
 
-import { AlfredApiError, createAlfredClient, isTerminal, stepOf } from './alfred-client.js';
+import { AlfredApiError, createAlfredClient, emptyView, isTerminal, newId, stepOf } from './alfred-client.js';
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const els = {
@@ -16,7 +16,9 @@ const els = {
   apiToken: $('#api-token'),
   accountError: $('#account-error'),
   accountCancel: $('#account-cancel'),
+  newChat: $('#new-chat'),
   offline: $('#offline-banner'),
+  offlineText: $('#offline-text'),
   notice: $('#notice'),
   awayCards: $('#away-cards'),
   conversation: $('#conversation'),
@@ -162,10 +164,21 @@ function showComposerNote(text) {
 }
 
 function updateOnline() {
-  els.offline.hidden = navigator.onLine !== false;
-  document.body.classList.toggle('is-offline', navigator.onLine === false);
+  const offline = navigator.onLine === false;
+  els.offline.hidden = !offline;
+  document.body.classList.toggle('is-offline', offline);
+  if (!offline) return;
+  // One banner: the offline one says it all (no "Reconnecting…" or "Couldn't reach" under it), and
+  // it claims Alfred keeps working only when something of yours is under way on the server.
+  showNotice('');
+  const working = Array.from(activeJobs.values()).some(Boolean);
+  const waiting = outbox().length;
+  let text = working ? "You're offline — Alfred keeps working; we'll catch up when you're back"
+    : "You're offline — we'll catch up when you're back";
+  if (waiting) text += `. ${waiting === 1 ? '1 message waits' : `${waiting} messages wait`} to be sent.`;
+  els.offlineText.textContent = text;
 }
-window.addEventListener('online', () => { updateOnline(); showNotice(''); });
+window.addEventListener('online', () => { updateOnline(); showNotice(''); flushOutbox(); });
 window.addEventListener('offline', updateOnline);
 
 function announce(jobId, text) {
@@ -179,49 +192,188 @@ function scrollToEnd() {
   els.conversation.scrollTop = els.conversation.scrollHeight;
 }
 
+const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+
+/** "You" / "Alfred" for screen readers, and a time shown on demand (tap the message). */
+function speaker(li, who) {
+  const label = document.createElement('span');
+  label.className = 'visually-hidden speaker';
+  label.textContent = `${who}: `;
+  const time = document.createElement('time');
+  time.className = 'msg-time';
+  time.hidden = true;
+  li.firstElementChild.prepend(label);
+  li.append(time);
+}
+
+function setTime(li, ms) {
+  const time = $('time.msg-time', li);
+  if (!time || !ms || Number.isNaN(ms)) return;
+  time.dateTime = new Date(ms).toISOString();
+  time.textContent = timeFormat.format(new Date(ms));
+}
+
 function userBubble(text, jobId) {
   const li = document.createElement('li');
   li.className = 'msg msg-user';
   if (jobId) li.dataset.jobId = jobId;
   const b = document.createElement('div');
   b.className = 'bubble';
-  b.textContent = text;
+  const t = document.createElement('span');
+  t.className = 'msg-text';
+  t.textContent = text;
+  b.append(t);
   li.append(b);
+  speaker(li, 'You');
   return li;
 }
 
-function staticAlfredBubble(text, jobId) {
-  const li = document.createElement('li');
-  li.className = 'msg msg-alfred is-complete';
-  if (jobId) li.dataset.jobId = jobId;
-  const b = document.createElement('div');
-  b.className = 'bubble';
-  const r = document.createElement('div');
-  r.className = 'reply';
-  r.textContent = text;
-  b.append(r);
-  li.append(b);
-  return li;
+// ---- simple markdown, built as DOM nodes (never innerHTML): **bold**, lists, line breaks ----
+function inline(parent, text) {
+  const parts = text.split(/(\*\*[^*\n]+?\*\*)/g);
+  for (const part of parts) {
+    if (!part) continue;
+    if (/^\*\*[^*\n]+?\*\*$/.test(part)) {
+      const strong = document.createElement('strong');
+      strong.textContent = part.slice(2, -2);
+      parent.append(strong);
+    } else {
+      parent.append(document.createTextNode(part));
+    }
+  }
 }
 
-/** The Alfred bubble of a job, created (with the user's message above it) if missing. */
+/** Replace `el`'s children with `text` as paragraphs, bullet and numbered lists, bold, line breaks. */
+function renderMarkdown(el, text) {
+  const nodes = [];
+  let list = null;
+  let para = null;
+  for (const line of String(text || '').split('\n')) {
+    const bullet = /^\s*[-*•]\s+(.*)$/.exec(line);
+    const numbered = /^\s*\d+[.)]\s+(.*)$/.exec(line);
+    if (bullet || numbered) {
+      const tag = bullet ? 'UL' : 'OL';
+      if (!list || list.tagName !== tag) { list = document.createElement(tag.toLowerCase()); nodes.push(list); }
+      para = null;
+      const item = document.createElement('li');
+      inline(item, (bullet || numbered)[1]);
+      list.append(item);
+    } else if (!line.trim()) {
+      list = null;
+      para = null;
+    } else {
+      list = null;
+      if (para) para.append(document.createElement('br'));
+      else { para = document.createElement('p'); nodes.push(para); }
+      inline(para, line);
+    }
+  }
+  el.replaceChildren(...nodes);
+  el.dataset.source = String(text || '');
+}
+
+// ---- one conversation, in the server's order -------------------------------------------
+// Each job is a pair of entries (your message, Alfred's bubble) with a place: turns that ended
+// (committed, failed, cancelled) by when they were sent; jobs still under way after all of them
+// (jobs of a conversation run one at a time in submit order, so an active one comes after every
+// committed one) by when they were sent; messages not sent yet (offline) last.
+const committedAt = new Map(); // job id → ms of its committed turn (from the conversation)
+
+function createdMs(jobId) {
+  const order = metaOf(jobId)?.order;
+  if (order) return Date.parse(order.split('#')[0]);
+  return committedAt.get(jobId) ?? null;
+}
+
+function placeKey(jobId) {
+  const active = activeJobs.get(jobId) && !committedAt.has(jobId);
+  const t = createdMs(jobId) ?? committedAt.get(jobId) ?? Date.now();
+  return [active ? 1 : 0, t, jobId];
+}
+
+function before(a, b) {
+  for (let i = 0; i < a.length; i += 1) {
+    if (a[i] < b[i]) return true;
+    if (a[i] > b[i]) return false;
+  }
+  return false;
+}
+
+/** Put a job's two entries where they belong among the others. */
+function place(jobId) {
+  const entries = Array.from(els.messages.querySelectorAll(`li[data-job-id="${CSS.escape(jobId)}"]`));
+  if (!entries.length) return;
+  const key = placeKey(jobId);
+  const sig = key.join('|');
+  if (entries[0].dataset.place === sig && entries.every((e) => e.parentNode === els.messages)) return;
+  for (const e of entries) e.dataset.place = sig;
+  let anchor = null;
+  const seen = new Set([jobId]);
+  for (const li of els.messages.children) {
+    if (li.dataset.outbox) { anchor = li; break; }
+    const other = li.dataset.jobId;
+    if (!other || seen.has(other)) continue;
+    seen.add(other);
+    if (before(key, placeKey(other))) { anchor = li; break; }
+  }
+  for (const e of entries) els.messages.insertBefore(e, anchor);
+}
+
+/** Whether a job belongs on the page: the conversation shown (or one asked for explicitly). */
+function shownHere(jobId) {
+  const conv = metaOf(jobId)?.conversation || jobObjects.get(jobId)?.conversation_id
+    || client.record(jobId)?.conversationId;
+  return !conv || conv === conversationId || pinned.has(jobId);
+}
+const pinned = new Set(); // jobs opened from a notification, shown whatever the conversation
+
+function messageOf(jobId) {
+  return client.record(jobId)?.message || jobObjects.get(jobId)?.message || '';
+}
+
+/** The Alfred bubble of a job, created (with the user's message above it) if missing. A job of
+ * another conversation gets a bubble that is not on the page (it is still watched). */
 function jobEntry(jobId, message) {
-  let li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
-  if (li) return li;
-  els.empty.hidden = true;
-  els.messages.append(userBubble(message || 'Message sent from another device', jobId));
+  let li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`)
+    || detached.get(jobId);
+  if (li) {
+    const user = els.messages.querySelector(`li.msg-user[data-job-id="${CSS.escape(jobId)}"]`);
+    const text = message || messageOf(jobId);
+    if (user && text && !$('.msg-text', user).textContent) $('.msg-text', user).textContent = text;
+    return li;
+  }
+  const user = userBubble(message || messageOf(jobId), jobId);
   li = els.jobTemplate.content.firstElementChild.cloneNode(true);
   li.dataset.jobId = jobId;
+  speaker(li, 'Alfred');
   $('.cancel', li).addEventListener('click', () => cancel(jobId, li));
+  $('.retry', li).addEventListener('click', () => retryJob(jobId, li));
+  $('.steps-summary', li).addEventListener('click', () => { $('.steps-box', li).dataset.touched = '1'; });
   $('.question-form', li).addEventListener('submit', (e) => {
     e.preventDefault();
     const q = lastViews.get(jobId)?.question;
     if (q) answerQuestion(jobId, q, $('.question-input', li).value);
   });
-  els.messages.append(li);
-  scrollToEnd();
+  li.user = user;
+  if (shownHere(jobId)) {
+    els.empty.hidden = true;
+    els.messages.append(user, li);
+    place(jobId);
+    scrollToEnd();
+  } else {
+    detached.set(jobId, li);
+  }
   return li;
 }
+const detached = new Map(); // bubbles of jobs of other conversations
+
+// Tap a message: its time, on demand.
+els.messages.addEventListener('click', (e) => {
+  if (e.target.closest('button, a, input, summary, details, form')) return;
+  const li = e.target.closest('li.msg');
+  const time = li && $('time.msg-time', li);
+  if (time && time.textContent) time.hidden = !time.hidden;
+});
 
 // ---- queued: sent while an earlier message of the conversation is still being worked on ----
 /** Remember a job's conversation and creation time (ISO, from the server's job object). */
@@ -269,6 +421,10 @@ function render(jobId, view) {
   const wasActive = activeJobs.get(jobId);
   activeJobs.set(jobId, active);
   lastViews.set(jobId, view);
+  if (wasActive !== active && li.parentNode) place(jobId);
+  if (li.user) setTime(li.user, createdMs(jobId));
+  setTime(li, committedAt.get(jobId));
+  if (wasActive !== active && navigator.onLine === false) updateOnline();
   li.classList.toggle('is-active', active);
   for (const s of ['complete', 'failed', 'cancelled']) li.classList.toggle(`is-${s}`, view.status === s);
 
@@ -329,12 +485,14 @@ function render(jobId, view) {
   }
 
   const reply = $('.reply', li);
-  reply.textContent = view.reply || '';
+  if (reply.dataset.source !== (view.reply || '')) renderMarkdown(reply, view.reply || '');
   reply.hidden = !view.reply || view.status === 'cancelled';
 
   const failed = $('.state-failed', li);
   failed.hidden = view.status !== 'failed';
   if (view.status === 'failed') failed.textContent = `Alfred couldn't finish: ${view.error?.message || 'something went wrong'}`;
+  const retryBtn = $('.retry', li);
+  retryBtn.hidden = view.status !== 'failed' || !messageOf(jobId);
   const interrupted = view.status === 'cancelled' && view.cancelReason === 'interrupted';
   li.classList.toggle('is-interrupted', interrupted);
   $('.state-cancelled', li).hidden = view.status !== 'cancelled' || interrupted;
@@ -343,8 +501,9 @@ function render(jobId, view) {
   // The plan, each step once, with its state.
   const box = $('.steps-box', li);
   box.hidden = !view.steps.length;
-  if (active && !box.dataset.touched) box.open = true;
-  if (!active && !box.dataset.touched) box.open = false;
+  // Closed unless tapped: the step line already says where Alfred is (8–20 rows per job would
+  // fill the screen).
+  if (!box.dataset.touched) box.open = false;
   $('.steps-summary', li).textContent = active ? `Steps (${view.completedSteps} of ${total} done)`
     : `${view.completedSteps} of ${total} steps done`;
   const list = $('.steps', li);
@@ -495,6 +654,8 @@ async function answerQuestion(jobId, q, value) {
 /** Bring a job's bubble into view (a notification was tapped, or the page opened on #job=ID). */
 async function openJob(jobId) {
   if (!jobId || !client) return;
+  pinned.add(jobId);
+  attach(jobId);
   let li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
   if (!li) {
     try {
@@ -510,6 +671,16 @@ async function openJob(jobId) {
   const first = li.querySelector('.question:not([hidden]) button:not([disabled]), .question:not([hidden]) input');
   if (first) first.focus({ preventScroll: true });
   else focusWanted = jobId; // its question may be on its way (the events are being read again)
+}
+
+/** Put a job kept off the page (another conversation) on it. */
+function attach(jobId) {
+  const li = detached.get(jobId);
+  if (!li) return;
+  detached.delete(jobId);
+  els.empty.hidden = true;
+  els.messages.append(li.user, li);
+  place(jobId);
 }
 
 function jobFromHash() {
@@ -617,44 +788,54 @@ async function cancel(jobId, li) {
 
 // ---- "finished while you were away" ----------------------------------------------------
 function showAwayCard(jobId) {
-  if (els.awayCards.querySelector(`[data-job-id="${CSS.escape(jobId)}"]`)) return;
+  if (document.querySelector(`.away-card[data-job-id="${CSS.escape(jobId)}"]`)) return;
   const rec = client.record(jobId);
   const view = rec?.view;
   if (!view) return;
-  const card = document.createElement('article');
+  // It sits in the bubble it is about (whose reply or error is right under it), not above the
+  // conversation; only a job of another conversation gets a card up top, with what it said.
+  const bubble = jobEntry(jobId, rec.message);
+  const inPlace = bubble.parentNode === els.messages;
+  const card = document.createElement(inPlace ? 'section' : 'article');
   card.className = `away-card away-${view.status}`;
   card.dataset.jobId = jobId;
-  const title = document.createElement('h2');
+  const title = document.createElement(inPlace ? 'h3' : 'h2');
   const icon = document.createElement('span');
   icon.className = 'away-icon';
   icon.setAttribute('aria-hidden', 'true');
-  const body = document.createElement('blockquote');
   let heading;
-  if (view.status === 'complete') {
-    heading = 'Alfred finished while you were away';
-    body.textContent = view.reply;
-  } else if (view.status === 'failed') {
-    heading = "Alfred couldn't finish while you were away";
-    body.textContent = view.error?.message || 'Something went wrong.';
-  } else {
+  if (view.status === 'complete') heading = 'Alfred finished while you were away';
+  else if (view.status === 'failed') heading = "Alfred couldn't finish while you were away";
+  else {
     heading = view.cancelReason === 'interrupted' ? 'Interrupted by your next message while you were away'
       : 'Cancelled while you were away';
-    body.textContent = rec.message || '';
   }
   title.append(icon, heading);
   const ok = document.createElement('button');
   ok.type = 'button';
+  ok.className = 'secondary';
   ok.textContent = 'Got it';
   ok.addEventListener('click', () => {
     client.acknowledge(jobId);
     card.remove();
-    const bubble = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
-    bubble?.scrollIntoView({ block: 'nearest' });
+    if (bubble.parentNode) bubble.scrollIntoView({ block: 'nearest' });
     els.message.focus({ preventScroll: true });
   });
   card.setAttribute('aria-labelledby', (title.id = `away-${jobId}`));
-  card.append(title, body, ok);
-  els.awayCards.append(card);
+  card.append(title);
+  if (!inPlace) {
+    const body = document.createElement('blockquote');
+    body.textContent = view.status === 'complete' ? view.reply
+      : view.status === 'failed' ? view.error?.message || 'Something went wrong.' : rec.message || '';
+    card.append(body);
+  }
+  card.append(ok);
+  if (inPlace) {
+    $('.bubble', bubble).prepend(card);
+    bubble.scrollIntoView({ block: 'nearest' });
+  } else {
+    els.awayCards.append(card);
+  }
   announce(jobId, heading);
 }
 
@@ -676,10 +857,16 @@ function handlersFor(jobId) {
       if (whileAway) showAwayCard(jobId);
     },
     onGone() {
+      // 404: expired, or the local stack was restarted and forgot it. Stop spinning and say so.
       const li = jobEntry(jobId);
-      li.classList.remove('is-active');
+      activeJobs.set(jobId, false);
+      li.classList.remove('is-active', 'is-queued');
+      li.classList.add('is-gone');
       $('.working', li).hidden = true;
       $('.state-gone', li).hidden = false;
+      if (li.parentNode) place(jobId);
+      refreshWaiting(jobId);
+      if (navigator.onLine === false) updateOnline();
     },
     onConnection(state, { mode }) {
       if (state === 'live') (debug.modes[jobId] ||= []).push(mode);
@@ -696,12 +883,48 @@ function handlersFor(jobId) {
 function watch(job) {
   if (job.links) jobObjects.set(job.job_id, job);
   noteJob(job.job_id, job.conversation_id, job.created_at);
-  jobEntry(job.job_id, client.record(job.job_id)?.message);
+  jobEntry(job.job_id, job.message || messageOf(job.job_id));
   client.watchJob(job, handlersFor(job.job_id));
 }
 
 // ---- sending ---------------------------------------------------------------------------
 function convKey() { return `alfred:${auth.user}:conversation`; }
+
+// The outbox: every message is written here (text, Idempotency-Key, conversation) before it leaves,
+// and removed once the server has its job. A message sent offline, or while the tab is being
+// closed, is sent from here on reconnect or on the next visit, with the same key: one job, never two.
+const OUTBOX_KEY = () => `alfred:${auth.user}:outbox`;
+function outbox() {
+  if (!auth) return [];
+  try { return JSON.parse(localStorage.getItem(OUTBOX_KEY()) || '[]'); } catch { return []; }
+}
+function saveOutbox(list) {
+  try { localStorage.setItem(OUTBOX_KEY(), JSON.stringify(list)); } catch { /* best effort */ }
+}
+function updateEntry(key, patch) {
+  saveOutbox(outbox().map((e) => (e.key === key ? { ...e, ...patch } : e)));
+}
+function dropEntry(key) {
+  saveOutbox(outbox().filter((e) => e.key !== key));
+  els.messages.querySelector(`li[data-outbox="${CSS.escape(key)}"]`)?.remove();
+}
+
+/** A message waiting to be sent: your bubble, "Waiting for the network", at the bottom. */
+function showWaiting(entry) {
+  if (els.messages.querySelector(`li[data-outbox="${CSS.escape(entry.key)}"]`)) return;
+  if (entry.conv && conversationId && entry.conv !== conversationId) return;
+  const li = userBubble(entry.text);
+  li.dataset.outbox = entry.key;
+  li.classList.add('is-unsent');
+  const note = document.createElement('span');
+  note.className = 'unsent-note';
+  note.textContent = navigator.onLine === false ? 'Not sent yet — it goes when you are back online'
+    : 'Sending…';
+  $('.bubble', li).append(note);
+  els.empty.hidden = true;
+  els.messages.append(li);
+  scrollToEnd();
+}
 
 // The box is never locked while Alfred works: a message sent meanwhile is a job of its own that
 // the server queues behind the earlier ones of the conversation (shown "Queued"), then runs.
@@ -711,34 +934,84 @@ function send() {
   // Same draft text → same Idempotency-Key: a double tap or a resend is one job. Keyed now, sent
   // in turn: each submit waits for the one before (so it has the conversation id and its place).
   const key = draft.keyFor(text);
+  if (!outbox().some((e) => e.key === key)) saveOutbox([...outbox(), { key, text, conv: null, tried: false }]);
+  if (navigator.onLine === false) {
+    offlineQueued(key, text);
+    return undefined;
+  }
+  return enqueueSubmit(key);
+}
+
+function offlineQueued(key, text) {
+  draft.sent(text);
+  if (els.message.value.trim() === text) {
+    els.message.value = '';
+    autoGrow();
+  }
+  const entry = outbox().find((e) => e.key === key);
+  if (entry) showWaiting(entry);
+  updateOnline();
+}
+
+function enqueueSubmit(key) {
   const c = client;
-  const run = sending.then(() => submit(c, text, key));
+  const run = sending.then(() => submit(c, key));
   sending = run.catch(() => {});
   return run;
 }
 
-async function submit(c, text, key) {
+/** Send what waits in the outbox (back online, or a new visit), in the order it was written. */
+function flushOutbox() {
+  if (!client || navigator.onLine === false) return;
+  for (const e of outbox()) {
+    showWaiting(e);
+    const li = els.messages.querySelector(`li[data-outbox="${CSS.escape(e.key)}"] .unsent-note`);
+    if (li) li.textContent = 'Sending…';
+    enqueueSubmit(e.key);
+  }
+}
+
+async function submit(c, key) {
   if (client !== c) return; // signed out or switched user meanwhile
+  const entry = outbox().find((e) => e.key === key);
+  if (!entry) return; // already sent (a double tap, or a flush that raced the first send)
   showNotice('');
   showComposerNote('');
+  // The body is fixed at the first try: a resend (after a reload) must be the same request.
+  if (!entry.tried) {
+    entry.conv = entry.conv || conversationId;
+    entry.tried = true;
+    updateEntry(key, { conv: entry.conv, tried: true });
+  }
   try {
-    const job = await c.submitChat(text, { conversationId, idempotencyKey: key });
-    draft.sent(text);
+    const job = await c.submitChat(entry.text, { conversationId: entry.conv || undefined, idempotencyKey: key });
+    draft.sent(entry.text);
+    dropEntry(key);
     if (client !== c) return;
-    if (els.message.value.trim() === text) {
+    if (els.message.value.trim() === entry.text) {
       els.message.value = '';
       autoGrow();
     }
-    if (!conversationId) {
+    if (!conversationId && !entry.conv) { // the first message of a new chat: this is its conversation
       conversationId = job.conversation_id;
+      debug.conversationId = conversationId;
       localStorage.setItem(convKey(), conversationId);
+      // Seen (from the job list) before its answer came back: it is this conversation's after all.
+      for (const id of Array.from(detached.keys())) if (shownHere(id)) attach(id);
     }
     watch(job);
+    if (navigator.onLine === false) updateOnline();
     offerNotifications();
   } catch (err) {
     if (err instanceof AlfredApiError && err.status === 0) {
-      showNotice("Couldn't reach Alfred. Your message is still here — send it again; it won't be sent twice.");
-    } else if (err instanceof AlfredApiError && err.status === 401) {
+      // No network: it stays in the outbox and goes when the browser is back online.
+      offlineQueued(key, entry.text);
+      const note = els.messages.querySelector(`li[data-outbox="${CSS.escape(key)}"] .unsent-note`);
+      if (note) note.textContent = 'Not sent yet — it goes when you are back online';
+      return;
+    }
+    dropEntry(key);
+    if (err instanceof AlfredApiError && err.status === 401) {
       openAccountDialog();
     } else if (err instanceof AlfredApiError && err.code === 'too_many_jobs') {
       const when = err.retryAfter ? `in ${err.retryAfter} s` : 'in a moment';
@@ -748,6 +1021,19 @@ async function submit(c, text, key) {
       showNotice(`Couldn't send: ${err.message}`);
     }
   }
+}
+
+/** Retry a failed job: its message again, as a new job in the same conversation. */
+function retryJob(jobId, li) {
+  const text = messageOf(jobId);
+  if (!text) return;
+  const btn = $('.retry', li);
+  btn.disabled = true;
+  const conv = metaOf(jobId)?.conversation || client.record(jobId)?.conversationId || conversationId;
+  const key = newId();
+  saveOutbox([...outbox(), { key, text, conv, tried: false }]);
+  if (navigator.onLine === false) { showWaiting({ key, text, conv }); updateOnline(); return; }
+  enqueueSubmit(key).finally(() => { btn.disabled = false; });
 }
 
 function autoGrow() {
@@ -765,14 +1051,20 @@ els.message.addEventListener('keydown', (e) => {
 els.message.addEventListener('input', autoGrow);
 
 // ---- start -----------------------------------------------------------------------------
-async function start(nextAuth) {
-  client?.close();
+function resetPage() {
   els.messages.replaceChildren();
   els.awayCards.replaceChildren();
   els.empty.hidden = false;
+}
+
+async function start(nextAuth) {
+  client?.close();
+  resetPage();
   showComposerNote('');
   lastAnnounced.clear();
-  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions]) m.clear();
+  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions, committedAt, detached, pinned]) {
+    m.clear();
+  }
   hideNotifyPrompt();
   pushKey = undefined;
   auth = nextAuth;
@@ -782,61 +1074,138 @@ async function start(nextAuth) {
   });
   debug.client = client;
   draft = client.draftKey();
-  conversationId = localStorage.getItem(convKey());
+  const c = client;
 
-  // 1. What this device already knows, at once (works offline too).
-  const records = client.records().filter((r) => !r.gone);
-  const inConversation = (r) => r.conversationId === conversationId;
-  for (const r of records) {
-    if ((inConversation(r) || r.active || r.finishedAway) && r.view) {
+  // 1. Which conversation: the last one this browser used, else the user's most recent (the job
+  // list also tells when each recent job was sent, for the order of their turns).
+  conversationId = localStorage.getItem(convKey());
+  try {
+    const recent = (await c.listJobs({ limit: 50 })).jobs || [];
+    if (client !== c) return;
+    for (const j of recent) {
+      noteJob(j.job_id, j.conversation_id, j.created_at);
+      if (!jobObjects.has(j.job_id)) jobObjects.set(j.job_id, j);
+    }
+    if (!conversationId && recent.length) {
+      conversationId = recent[0].conversation_id;
+      localStorage.setItem(convKey(), conversationId);
+    }
+  } catch (err) {
+    if (err instanceof AlfredApiError && err.status === 401) openAccountDialog();
+    /* offline: what this device knows is shown */
+  }
+  debug.conversationId = conversationId;
+  await showConversation(c);
+}
+
+/** Render the conversation: what this device knows at once, then the server's committed turns,
+ * then every job still under way (from any device), then messages not sent yet. */
+async function showConversation(c) {
+  // What this device already knows, at once (works offline too).
+  for (const r of client.records().filter((x) => !x.gone && x.view)) {
+    if (r.conversationId === conversationId || r.active || r.finishedAway) {
       jobEntry(r.jobId, r.message);
       render(r.jobId, r.view);
     }
   }
 
-  // 2. The committed conversation from the server (history sent from other devices too).
+  // The committed conversation from the server (turns sent from other devices too).
   if (conversationId) {
     try {
       const conv = await client.getConversation(conversationId);
+      if (client !== c) return;
       mergeConversation(conv.messages || []);
     } catch { /* offline or expired: what we have is shown */ }
   }
 
-  // 3. Resume every job still running (this device's and the user's others).
+  // Resume every job still running (this device's and the user's others, with their own text).
   try {
     await client.resumeActiveJobs((job) => {
-      if (job.links) jobObjects.set(job.job_id, job);
+      if (job.links) jobObjects.set(job.job_id, { ...jobObjects.get(job.job_id), ...job });
       noteJob(job.job_id, job.conversation_id, job.created_at);
-      jobEntry(job.job_id, client.record(job.job_id)?.message);
+      jobEntry(job.job_id, job.message || messageOf(job.job_id));
       return handlersFor(job.job_id);
     });
   } catch (err) {
     if (err instanceof AlfredApiError && err.status === 401) openAccountDialog();
   }
+  if (client !== c) return;
 
-  // 4. Jobs that ended while the page was closed, not yet acknowledged.
+  // Jobs that ended while the page was closed, not yet acknowledged.
   for (const r of client.finishedWhileAway()) showAwayCard(r.jobId);
+
+  // Messages written but not sent (offline, or the tab closed at once): shown, and sent now.
+  for (const e of outbox()) showWaiting(e);
+  flushOutbox();
+  updateOnline();
   scrollToEnd();
 
-  // 5. Opened from a notification (#job=ID): show that job.
+  // Opened from a notification (#job=ID): show that job.
   if (jobFromHash()) await openJob(jobFromHash());
 
-  // 6. Notifications allowed before: renew this browser's subscription (it lives a retention period).
+  // Notifications allowed before: renew this browser's subscription (it lives a retention period).
   if (pushSupported() && Notification.permission === 'granted') subscribePush().catch(() => {});
 }
 
+/** The server's committed turns, merged by job id with what is on the page, each in its place. */
 function mergeConversation(messages) {
-  const known = new Set(Array.from(els.messages.querySelectorAll('li[data-job-id]'), (li) => li.dataset.jobId));
-  const frag = document.createDocumentFragment();
+  const turns = new Map();
   for (const m of messages) {
-    if (m.job_id && known.has(m.job_id)) continue;
-    frag.append(m.role === 'user' ? userBubble(m.text, m.job_id) : staticAlfredBubble(m.text, m.job_id));
+    if (!m.job_id) continue;
+    const t = turns.get(m.job_id) || {};
+    t[m.role] = m.text;
+    t.at = m.at;
+    turns.set(m.job_id, t);
   }
-  if (frag.childNodes.length) {
-    els.empty.hidden = true;
-    els.messages.prepend(frag);
+  for (const [jobId, t] of turns) {
+    committedAt.set(jobId, Date.parse(t.at));
+    if (!jobMeta.has(jobId)) noteJob(jobId, conversationId, null);
+    jobEntry(jobId, t.user);
+    if (!lastViews.has(jobId)) {
+      lastAnnounced.set(jobId, 'Alfred finished.'); // history is not news
+      render(jobId, { ...emptyView(jobId, 'complete'), reply: t.assistant || '' });
+    } else {
+      place(jobId);
+    }
   }
 }
+
+/** Back online or back on the page: the turns committed meanwhile and the jobs sent meanwhile
+ * (from the CLI, another device) join the conversation, each in its place. */
+async function syncConversation() {
+  const c = client;
+  if (!c || navigator.onLine === false) return;
+  try {
+    if (conversationId) {
+      const conv = await c.getConversation(conversationId);
+      if (client !== c) return;
+      mergeConversation(conv.messages || []);
+    }
+    const active = (await c.listJobs({ status: 'active', limit: 50 })).jobs || [];
+    if (client !== c) return;
+    const watching = new Set(c.watching());
+    for (const job of active) {
+      if (watching.has(job.job_id) || lastViews.get(job.job_id)?.status && isTerminal(lastViews.get(job.job_id).status)) continue;
+      watch(job);
+    }
+  } catch { /* the watchers retry by themselves */ }
+}
+window.addEventListener('online', () => { syncConversation(); });
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible') syncConversation();
+});
+
+// "New chat": an empty conversation; the next message starts a new one on the server.
+els.newChat.addEventListener('click', () => {
+  if (!client) return;
+  for (const li of els.messages.querySelectorAll('li.msg-alfred[data-job-id]')) detached.set(li.dataset.jobId, li);
+  pinned.clear();
+  resetPage();
+  conversationId = null;
+  debug.conversationId = null;
+  try { localStorage.removeItem(convKey()); } catch { /* ignore */ }
+  els.message.focus();
+});
 
 async function boot() {
   updateOnline();

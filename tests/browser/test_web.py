@@ -112,7 +112,7 @@ def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: Web
     shown = int(re.search(r"Step (\d)", b.locator(".step-text").inner_text()).group(1))  # type: ignore[union-attr]
     job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
     assert job["progress"]["completed_steps"] >= shown - 1, (shown, job["progress"])
-    expect(page.locator("li.msg-user")).to_have_text("[steps=5] lentils")
+    expect(page.locator("li.msg-user .msg-text")).to_have_text("[steps=5] lentils")
     # AND it still ends normally, each step once
     expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with lentils", timeout=20_000)
     assert_each_step_once(page, job_id, 5)
@@ -131,8 +131,10 @@ def test_finished_while_away_then_got_it(context: Any, user: str, web_stack: Web
     page.goto("/")
     card = page.locator(f'.away-card[data-job-id="{job_id}"]')
     expect(card.get_by_text("Alfred finished while you were away")).to_be_visible()
-    expect(card).to_contain_text("Here are 3 recipes with tofu and broccoli")
-    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
+    # AND the card sits in the bubble it is about, right above the reply, which it does not repeat
+    expect(bubble(page, job_id).locator(".away-card")).to_have_count(1)
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes with tofu and broccoli")
+    expect(card).not_to_contain_text("Here are 3 recipes")
     screenshot(page, "07-finished-while-away")
     # WHEN it is dismissed, it is gone, also after a reload
     card.get_by_role("button", name="Got it").click()
@@ -281,7 +283,8 @@ def test_locked_phone_hidden_and_frozen_then_back(page: Any, user: str, web_stac
     # THEN the page says so, with the reply
     card = page.locator(f'.away-card[data-job-id="{job_id}"]')
     expect(card.get_by_role("heading", name=re.compile("Alfred finished while you were away"))).to_be_visible()
-    expect(card).to_contain_text("Here are 3 recipes with peppers")
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes with peppers")
+    expect(card).not_to_contain_text("Here are 3 recipes")  # in the bubble, not repeating the reply
     assert_each_step_once(page, job_id, 3)
     seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
