@@ -74,7 +74,7 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(b2.locator(".working-title")).to_have_text("Alfred is still working...")
     expect(user_bubble(page, second)).not_to_have_class(re.compile(r"\bis-queued\b"))
     screenshot(page, "21-queued-one-running")
-    expect(b2.locator(".reply")).to_contain_text("Here are 3 salads with what you have", timeout=20_000)
+    expect(b2.locator(".reply")).to_contain_text("Here is 1 salad with what you have", timeout=20_000)
     assert_each_step_once(page, second, 2)
     seqs = seen_seqs(page, second)
     assert seqs == list(range(1, len(seqs) + 1)), seqs

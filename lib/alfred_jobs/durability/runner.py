@@ -250,6 +250,9 @@ class _Attempt:
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
             if self.view.status is JobStatus.WAITING:
                 return self._wait_for_answer()  # a delivery while it waits (or its asker died leaving)
+            # The keeper renews the lease from here on: taking a slot costs a read and a write,
+            # which a busy store can stretch past a short lease.
+            self.keeper.start()
             if not self.events or self.events[-1].type is EventType.INPUT_RECEIVED:
                 # A first attempt, or the first after an answer (asking gave the slot back).
                 try:
@@ -258,7 +261,6 @@ class _Attempt:
                     return self._give_back("store_unavailable", retry_after=1)
                 if not admitted:
                     return self._give_back("waiting its turn")
-            self.keeper.start()
             self._open()
             self._execute()
             raise AssertionError("unreachable: _execute always finishes")  # pragma: no cover
@@ -298,6 +300,7 @@ class _Attempt:
         """The job did not start: give the delivery back as if it never came (no attempt counted).
         Not its turn: drop the message (whoever frees its way sends a new one; the sweeper checks on
         it meanwhile). The gate could not be reached: let the message come back (``retry_after``)."""
+        self.keeper.stop()
         try:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                          now_ts() + self.s.pending_grace_seconds, undo_attempt=True)
