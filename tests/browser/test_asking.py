@@ -196,7 +196,9 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     context.grant_permissions(["notifications"], origin=web_stack.base_url)
     open_page(page, user)
     # GIVEN the page's service worker, active
-    assert page.evaluate(READY) == "activated"
+    # ``ready`` resolves once there is an active worker, which may still be "activating": wait for
+    # its activation to finish (the event, not the clock).
+    page.wait_for_function(f"() => {READY}.then(state => state === 'activated')")
     assert page.evaluate("navigator.serviceWorker.getRegistration().then(r => new URL(r.active.scriptURL).pathname)") \
         == "/sw.js"
     cdp = context.new_cdp_session(page)
