@@ -23,6 +23,7 @@ TERMINAL_STATUSES = {"complete", "failed", "cancelled"}
 YES = {"yes", "y", "true"}
 NO = {"no", "n", "false"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+MIN_PREFIX = 6  # the shortest job id prefix taken for a whole id
 
 
 # ---- errors -----------------------------------------------------------------------------
@@ -53,6 +54,16 @@ class ApiError(CliError):
 
 class Unreachable(CliError):
     """The API could not be reached at all."""
+
+
+def unreachable(base_url: str, exc: Exception) -> Unreachable:
+    """``Unreachable`` for ``exc``; for an API on this machine that refused the connection, how to start it."""
+    reason = str(exc) or type(exc).__name__
+    hint = ""
+    if isinstance(exc, httpx.ConnectError) and (urlsplit(base_url).hostname or "") in LOOPBACK:
+        hint = ("\n  is the local system running? start it in another terminal: ./run.sh (from the repository), "
+                "or alfred-jobs dev\n  (running it on another port? export ALFRED_API_URL=http://127.0.0.1:PORT)")
+    return Unreachable(f"cannot reach the API at {base_url}: {reason}{hint}")
 
 
 # ---- the HTTP client --------------------------------------------------------------------
@@ -121,8 +132,7 @@ class ApiClient:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Unreachable(f"cannot reach the API at {self.base_url}: {reason}") from exc
+            raise unreachable(self.base_url, exc) from exc
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp.json()
@@ -139,6 +149,29 @@ class ApiClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self.request("POST", "/api/chat", json=body, headers=headers)
         return result
+
+    def resolve(self, ident: str) -> str:
+        """A job id from a unique prefix of one of the caller's jobs (at least ``MIN_PREFIX``
+        characters, as git takes a commit); a full id, or anything shorter, is left to the server."""
+        ident = ident.strip().lower()
+        if not (MIN_PREFIX <= len(ident) < 32) or any(c not in "0123456789abcdef" for c in ident):
+            return ident
+        matches: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self.jobs(limit=100, cursor=cursor)
+            matches += [j for j in page["jobs"] if str(j["job_id"]).startswith(ident)]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        if len(matches) == 1:
+            return str(matches[0]["job_id"])
+        if not matches:
+            raise CliError(f"no job of yours starts with {ident} (see them: alfred-jobs list)")
+        shown = "".join(f"\n  {j['job_id']}  {j['status']:<9}  {j.get('created_at')}" for j in matches[:10])
+        more = f"\n  … and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise CliError(f"{ident} is ambiguous: {len(matches)} of your jobs start with it; give more of the id:"
+                       f"{shown}{more}")
 
     def job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
@@ -163,7 +196,7 @@ class ApiClient:
         try:
             resp = self.http.post(f"/api/jobs/{job_id}/input", json={"input_id": input_id, "answer": answer})
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the API at {self.base_url}: {exc or type(exc).__name__}") from exc
+            raise unreachable(self.base_url, exc) from exc
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp.status_code, dict(resp.json())

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import select
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -47,17 +48,32 @@ def output_mode(args: argparse.Namespace, out: TextIO) -> str:
     return "tty" if out.isatty() else "plain"
 
 
+def progress_text(job: dict[str, Any]) -> str:
+    """Where a job is, in the web page's words: a running job is on "Step k of n" from the moment
+    step k starts (k = completed + 1), with its label; an ended one says how many steps were done."""
+    p = job.get("progress") or {}
+    n, done = int(p.get("total_steps") or 0), int(p.get("completed_steps") or 0)
+    if not n:
+        return ""
+    if job["status"] in TERMINAL_STATUSES:
+        return f"{done} of {n} steps done"
+    if job["status"] == "waiting":
+        return f"Waiting for your answer (Step {min(n, done + 1)} of {n}, {done} done)"
+    if p.get("phase") == "reply":
+        return f"Writing the reply ({done} of {n} steps done)"
+    label = f" — {p['label']}" if p.get("label") else ""
+    return f"Step {min(n, done + 1)} of {n}{label} ({done} done)"
+
+
 def describe_job(job: dict[str, Any]) -> str:
     """A job in a few lines (``status``)."""
-    p = job.get("progress") or {}
     lines = [f"job          {job['job_id']}",
              f"status       {job['status']}" + ("  (cancel requested)" if job.get("cancel_requested")
                                                  and job["status"] not in TERMINAL_STATUSES else ""),
              f"conversation {job.get('conversation_id')}",
              f"created      {job.get('created_at')}"]
-    if p.get("total_steps"):
-        lines.append(f"progress     step {p.get('completed_steps')}/{p.get('total_steps')}"
-                     + (f" · {p['label']}" if p.get("label") else ""))
+    if progress_text(job):
+        lines.append(f"progress     {progress_text(job)}")
     lines.append(f"attempts     {job.get('attempts')}    events {job.get('last_seq')}")
     if job.get("output"):
         lines.append(f"reply        {job['output'].get('reply', '')}")
@@ -159,13 +175,44 @@ def _watch(client: ApiClient, job_id: str, after: int, args: argparse.Namespace)
     renderer = Renderer(sys.stdout, output_mode(args, sys.stdout))
     follower = Follower(client, notice=lambda m: print(m, file=sys.stderr, flush=True),
                         transport=args.transport)
+    last = after
+    # Ctrl-C while an event is being shown waits until it is shown and counted, so the command
+    # printed below resumes exactly after the last event on the screen (none lost, none twice).
+    state = {"showing": False, "interrupted": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if state["showing"]:
+            state["interrupted"] = True
+            return
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (embedded use): Ctrl-C is not ours to handle
+        previous = None
     try:
         for ev in follower.follow(job_id, after):
+            state["showing"] = True
             renderer.event(ev)
+            last = max(last, int(ev["seq"]))
+            state["showing"] = False
+            if state["interrupted"]:
+                raise KeyboardInterrupt
             if ev["type"] == "input_required":
                 on_question(client, job_id, ev, renderer)
     except AlreadyOver:
         pass
+    except KeyboardInterrupt:
+        # Only this client stops: the job runs on the server; say how to pick it up again.
+        if renderer.mode == "tty" and (renderer.open_line or renderer.in_reply):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        print(f"\nstopped following; the job goes on: alfred-jobs watch {job_id} --after {last}",
+              file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     status = renderer.status
     if status is None:  # resumed after the end: the job record says how it ended
         job = client.job(job_id)
@@ -206,11 +253,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    return _watch(_client(), args.job_id, args.after, args)
+    client = _client()
+    return _watch(client, client.resolve(args.job_id), args.after, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = _client().job(args.job_id)
+    client = _client()
+    job = client.job(client.resolve(args.job_id))
     print(json.dumps(job, indent=2) if args.json else describe_job(job))
     return 0
 
@@ -222,10 +271,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if not page["jobs"]:
         print("no jobs")
+    else:
+        print(f"{'JOB':<32}  {'STATUS':<9}  {'CREATED':<24}  {'STEPS':<5}  LABEL")
     for job in page["jobs"]:
         p = job.get("progress") or {}
         steps = f"{p.get('completed_steps')}/{p.get('total_steps')}" if p.get("total_steps") else "-"
-        print(f"{job['job_id']}  {job['status']:<9}  {job['created_at']}  steps {steps:<5}  "
+        print(f"{job['job_id']:<32}  {job['status']:<9}  {job['created_at']:<24}  {steps:<5}  "
               f"{p.get('label') or ''}".rstrip())
     if page.get("next_cursor"):
         print(f"more: alfred-jobs list --cursor {page['next_cursor']}")
@@ -233,7 +284,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = _client().cancel(args.job_id)
+    client = _client()
+    job = client.cancel(client.resolve(args.job_id))
     if args.json:
         print(json.dumps(job))
     elif job["status"] == "cancelled":
@@ -245,6 +297,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_answer(args: argparse.Namespace) -> int:
     client = _client()
+    args.job_id = client.resolve(args.job_id)
     question, _answered = last_question(client.all_events(args.job_id))
     if question is None:
         status = client.job(args.job_id)["status"]
@@ -316,6 +369,9 @@ def _positive(value: str) -> int:
     return n
 
 
+ID_HELP = "a job id, or a unique prefix of one of your jobs' ids (6 characters or more, as git takes a commit)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="alfred-jobs", description="Durable background jobs for Alfred.")
@@ -349,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("status", help="a job's status, progress and result")
-    s.add_argument("job_id", metavar="ID")
+    s.add_argument("job_id", metavar="ID", help=ID_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
@@ -362,18 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     wa = sub.add_parser("watch", help="follow a job's events live (resumes after a dropped connection)")
-    wa.add_argument("job_id", metavar="ID")
+    wa.add_argument("job_id", metavar="ID", help=ID_HELP)
     wa.add_argument("--after", type=int, default=0, metavar="N", help="start after seq N")
     follow_opts(wa)
     wa.set_defaults(func=cmd_watch)
 
     ca = sub.add_parser("cancel", help="cancel a job")
-    ca.add_argument("job_id", metavar="ID")
+    ca.add_argument("job_id", metavar="ID", help=ID_HELP)
     ca.add_argument("--json", action="store_true")
     ca.set_defaults(func=cmd_cancel)
 
     an = sub.add_parser("answer", help="answer the question a job is waiting on")
-    an.add_argument("job_id", metavar="ID")
+    an.add_argument("job_id", metavar="ID", help=ID_HELP)
     an.add_argument("answer", metavar="ANSWER",
                     help="yes/no (true/false) for a confirm, one of the options (or its number) for a choice, "
                          "else any text")

@@ -52,6 +52,16 @@ class Check:
     detail: str
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut at a word boundary with "…" (never mid-word)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    if not text[limit - 1].isspace() and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "…"
+
+
 @dataclass
 class Narrator:
     out: Callable[[str], None]
@@ -63,7 +73,7 @@ class Narrator:
 
     def event(self, prefix: str, ev: dict[str, Any]) -> None:
         text = summarize(ev["type"], ev.get("data") or {})
-        self.say(f"{prefix} seq {ev['seq']:>2} {ev['type']:<9} {text}"[:150])
+        self.say(clip(f"{prefix} seq {ev['seq']:>2} {ev['type']:<9} {text}", 150))
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(name, ok, detail))
@@ -162,7 +172,7 @@ def _story(n: Narrator, stack: LocalStack, api_url: str, settings: Settings, sab
     n.say("checks:")
     reply = str((final.get("output") or {}).get("reply", ""))
     n.check("the job finished", final["status"] == "complete",
-            f"status {final['status']} after {final['attempts']} attempts; reply {reply[:60]!r}…")
+            f"status {final['status']} after {final['attempts']} attempts; reply {clip(reply, 60)!r}")
     seqs = [e.seq for e in stored]
     terminals = [e for e in stored if e.terminal]
     n.check("one ordered log", seqs == list(range(1, len(stored) + 1)) and len(terminals) == 1

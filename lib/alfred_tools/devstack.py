@@ -16,9 +16,12 @@ endpoints, nothing rewrites its environment.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,11 +189,59 @@ def graceful_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (as uvicorn binds it: SO_REUSEADDR, so a port in
+    TIME_WAIT is free)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # not ours to judge: uvicorn reports a bad host itself
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return True
+    return False
+
+
+def busy_port_message(host: str, port: int) -> str:
+    return (f"error: port {port} on {host} is in use (another 'alfred-jobs dev' or './run.sh' running?)\n"
+            f"  stop it, or pick another port: alfred-jobs dev --port {port + 1}  (./run.sh dev --port {port + 1})\n"
+            f"  then point the CLI at it: export ALFRED_API_URL=http://{host}:{port + 1}")
+
+
+# Streams get this long to end by themselves on Ctrl-C when the data outlives us (LocalStack, AWS);
+# with our own in-memory moto server nothing outlives us, so they are cut at once.
+DRAIN_SECONDS = 5
+
+
+class _DevServer:
+    """uvicorn's server, saying what it does when told to stop."""
+
+    @staticmethod
+    def create(config: Any, on_exit: Callable[[], None]) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if not self.should_exit:
+                    on_exit()
+                super().handle_exit(sig, frame)
+
+        return Server(config)
+
+
 def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | None, workers: int,
-            out: Callable[[str], None] = print) -> int:
+            out: Callable[..., None] = print) -> int:
     """``alfred-jobs dev``: run until Ctrl-C / SIGTERM, then stop everything. Returns an exit code."""
     import uvicorn
 
+    if port_in_use(host, port):  # before anything starts, and before any banner
+        out(busy_port_message(host, port))
+        return 1
+    started = [0.0]
     with graceful_signals() as stopping:
         try:
             # Web Push: one VAPID key, kept in .alfred/vapid.pem, for the API and every worker.
@@ -198,21 +249,44 @@ def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | No
             with dev_stack(settings, host=host, emulator_port=emulator_port, workers=workers,
                            base_env={**os.environ, **vapid_env}) as stack:
                 app = create_dev_app(stack.deps)
-                server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                       access_log=False, lifespan="off"))
+                in_memory = stack.emulator is not None
+                drain = 0 if in_memory else DRAIN_SECONDS
+
+                if in_memory:
+                    stack.stop_timeout = 1.0  # a job cut off here is forgotten with the emulator anyway
+
+                def on_exit() -> None:
+                    started[0] = time.monotonic()
+                    logging.getLogger("uvicorn.error").disabled = True  # streams cut on purpose: no tracebacks
+                    if in_memory:
+                        out("\nalfred-jobs dev: stopping: open streams are closed now and workers get "
+                            f"{stack.stop_timeout:g}s to let go (the in-memory emulator forgets every job anyway), "
+                            "then the emulator", flush=True)
+                    else:
+                        out(f"\nalfred-jobs dev: stopping: open streams get up to {drain}s to end and workers up to "
+                            f"{stack.stop_timeout:g}s to finish (the jobs stay in {stack.endpoint_text}; a job cut "
+                            "off resumes at the next start)", flush=True)
+
+                server = _DevServer.create(
+                    uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                   lifespan="off", timeout_graceful_shutdown=drain), on_exit)
                 if stopping():
                     return 0
+                if port_in_use(host, port):  # taken while the stack started
+                    out(busy_port_message(host, port))
+                    return 1
                 base = f"http://{host}:{port}"
                 out(_banner(stack, base, workers))
                 if not is_loopback(host):
                     out(_exposed_warning(host))
                 server.run()  # installs its own SIGINT/SIGTERM handlers and returns on either
-                if server.started is False and not stopping():
-                    out(f"error: could not serve on {host}:{port} (is the port in use?)")
+                if server.started is False and not stopping() and not server.should_exit:
+                    out(busy_port_message(host, port))
                     return 1
         except Shutdown:
             pass
-    out("alfred-jobs dev: stopped")
+    out("alfred-jobs dev: stopped" + (f" in {time.monotonic() - started[0]:.1f}s" if started[0] else ""),
+        flush=True)
     return 0
 
 

@@ -153,6 +153,7 @@ class LocalStack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sweeper: subprocess.Popen[bytes] | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)  # every live child, in start order
+    stop_timeout: float = 10.0  # how long stop_all lets the children end by themselves before SIGKILL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], settings: Settings | None = None, **fields: Any) -> Self:
@@ -233,7 +234,7 @@ class LocalStack:
 
     def stop_all(self) -> None:
         """Every child first (they still need the emulator to let go), then the emulator if ours."""
-        self.stop(*self.children)
+        self.stop(*self.children, timeout=self.stop_timeout)
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None

@@ -8,6 +8,7 @@ import pty
 import queue
 import re
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -206,7 +207,7 @@ def test_cancel_of_a_complete_job_is_an_api_error(dev: DevProcess) -> None:
     (["status", "0" * 32], 1, "not found"),
     (["watch", "f" * 32], 1, "not found"),
     (["cancel", "0" * 32], 1, "not found"),
-    (["chat", ""], 1, "error: message"),
+    (["chat", ""], 1, "error: message: must not be empty"),
     (["chat"], 2, "usage:"),
     (["list", "--status", "bogus"], 2, "invalid choice"),
     (["watch", "0" * 32, "--after", "-1"], 2, "--after"),
@@ -227,6 +228,7 @@ def test_auth_errors_and_an_unreachable_api(dev: DevProcess) -> None:
     assert remote.returncode == 1 and "set ALFRED_TOKEN" in remote.stderr
     down = run(dev, "list", ALFRED_API_URL=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "cannot reach the API" in down.stderr
+    assert "is the local system running?" in down.stderr and "./run.sh" in down.stderr
 
 
 def test_users_see_only_their_own_jobs(dev: DevProcess) -> None:
@@ -523,3 +525,82 @@ def test_answer_errors_are_clear(dev: DevProcess) -> None:
     assert "Traceback" not in bad.stderr + stale.stderr + late.stderr
     missing = run(dev, "answer", "0" * 32, "yes")
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_ctrl_c_on_chat_follow_exits_cleanly_and_the_job_goes_on(dev: DevProcess) -> None:
+    # GIVEN a followed job under way
+    proc = subprocess.Popen([*CLI, "chat", "soup [steps=6] [pace=0.5]", "--follow"], env=dev.cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    while not any(" step 1/6 completed" in line for line in seen):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        seen.append(line)
+    # WHEN the user hits Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    # (read through the same buffered pipes: communicate() would skip what readline read ahead)
+    out, err = proc.stdout.read(), proc.stderr.read() if proc.stderr else ""
+    # THEN it exits 130 without a traceback, saying how to pick the job up again
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    m = re.search(r"the job goes on: alfred-jobs watch ([0-9a-f]{32}) --after (\d+)", err)
+    assert m, err
+    last = max(int(line.split()[0]) for line in seen + out.splitlines() if line.strip()[:1].isdigit())
+    assert int(m.group(2)) == last
+    # AND the job does go on, and that command follows it from there to the end
+    follow = run(dev, "watch", m.group(1), "--after", m.group(2))
+    assert follow.returncode == 0, follow.stderr
+    seqs = [int(line.split()[0]) for line in follow.stdout.splitlines()]
+    assert seqs[0] == last + 1 and "complete" in follow.stdout.splitlines()[-1]
+
+
+def test_a_unique_id_prefix_is_taken_like_git(dev: DevProcess) -> None:
+    job_id = run(dev, "chat", "rice [steps=1]").stdout.strip()
+    # a unique prefix of 6 characters or more works for status, watch and cancel
+    status = run(dev, "status", job_id[:8])
+    assert status.returncode == 0 and f"job          {job_id}" in status.stdout, status.stderr
+    assert run(dev, "watch", job_id[:6]).returncode == 0
+    # a prefix matching none of the caller's jobs says so; a shorter one is not a prefix
+    none = run(dev, "status", "f" * 31 if not job_id.startswith("f") else "0" * 31)
+    assert none.returncode == 1 and "no job of yours starts with" in none.stderr
+    assert "malformed" in run(dev, "status", job_id[:5]).stderr
+
+
+def test_an_ambiguous_prefix_lists_the_matches() -> None:
+    from alfred_tools.api_client import ApiClient, CliError
+
+    class Fake(ApiClient):
+        def jobs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+            ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24, "99" * 16]
+            return {"jobs": [{"job_id": i, "status": "complete", "created_at": "t"} for i in ids],
+                    "next_cursor": None}
+
+    client = Fake("http://127.0.0.1:1", "t")
+    assert client.resolve("abcdef01") == "abcdef01" + "0" * 24
+    with pytest.raises(CliError) as err:
+        client.resolve("abcdef")
+    assert "ambiguous: 2 of your jobs" in str(err.value)
+    assert "abcdef01" + "0" * 24 in str(err.value) and "abcdef02" + "0" * 24 in str(err.value)
+    assert client.resolve("a" * 32) == "a" * 32 and client.resolve("abc") == "abc"
+
+
+def test_status_says_step_k_of_n_as_the_web_does_and_list_has_a_header(dev: DevProcess) -> None:
+    job_id = run(dev, "chat", "stew [steps=2] [pace=6]").stdout.strip()
+    token = run(dev, "token", "--user", "you").stdout.strip()
+
+    def phase() -> str:
+        job = httpx.get(f"{dev.url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}).json()
+        return str(job["progress"].get("phase"))
+
+    wait_until(lambda: phase() == "act", timeout=20, what="a step under way")
+    # while step k runs (k-1 completed), status says "Step k of n", as the web page's stepOf does
+    line = next(ln for ln in run(dev, "status", job_id).stdout.splitlines() if ln.startswith("progress"))
+    m = re.search(r"Step (\d) of 2 — .+ \((\d) done\)", line)
+    assert m and int(m.group(1)) == int(m.group(2)) + 1, line
+    run(dev, "watch", job_id)
+    assert "progress     2 of 2 steps done" in run(dev, "status", job_id).stdout
+    listed = run(dev, "list").stdout.splitlines()
+    assert listed[0].split() == ["JOB", "STATUS", "CREATED", "STEPS", "LABEL"]
+    assert any(ln.startswith(job_id) for ln in listed[1:])

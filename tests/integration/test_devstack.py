@@ -332,3 +332,64 @@ def test_demo_exits_nonzero_when_a_guarantee_it_checks_is_broken() -> None:
     # THEN the demo catches it and fails
     assert out.returncode == 1, out.stdout + out.stderr
     assert "✗ the client saw every event once" in out.stdout
+
+
+def test_dev_refuses_a_busy_port_before_any_banner_and_suggests_another() -> None:
+    # GIVEN a port someone else listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        # WHEN dev is asked to serve there
+        started = time.monotonic()
+        out = subprocess.run([*CLI, "dev", "--port", str(port), "--workers", "1"], env=dev_env(),
+                             capture_output=True, text=True, timeout=60)
+    # THEN it says so at once, before starting anything or printing the "is up" banner, and names --port
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert f"port {port} on 127.0.0.1 is in use" in out.stdout and f"--port {port + 1}" in out.stdout
+    assert "is up" not in out.stdout and "Traceback" not in out.stdout + out.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_ctrl_c_on_dev_says_what_it_waits_for_and_does_not_wait_for_open_streams() -> None:
+    with start_dev(workers=1, ALFRED_DEMO_STEP_SECONDS="3") as dev:
+        # GIVEN a long job, a client following its stream, and a worker busy on it
+        token = httpx.get(f"{dev.url}/api/dev/token").json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        job = httpx.post(f"{dev.url}/api/chat", json={"message": "stew [steps=10]"}, headers=auth).json()
+        first: list[str] = []
+
+        def follow() -> None:
+            try:
+                with httpx.stream("GET", f"{dev.url}{job['links']['stream']}", timeout=60) as resp:
+                    for line in resp.iter_lines():
+                        first.append(line)
+            except httpx.HTTPError:
+                pass
+
+        import threading
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        wait_until(lambda: any("step" in line for line in first), timeout=20, what="the job to start a step")
+        # WHEN dev gets Ctrl-C
+        started = time.monotonic()
+        code = dev.stop(signal.SIGINT)
+        took = time.monotonic() - started
+        out = dev.proc.stdout.read() if dev.proc.stdout else ""
+        reader.join(5)
+    # THEN it says what it waits for, and stops in a few seconds (no 20 s drain), without a traceback
+    assert code == 0, out
+    assert "alfred-jobs dev: stopping:" in out and "alfred-jobs dev: stopped in" in out
+    if not EXTERNAL:
+        assert "open streams are closed now" in out and "forgets every job" in out
+        assert took < 8, (took, out)
+    assert "Traceback" not in out, out
+
+
+def test_the_demo_never_cuts_a_reply_mid_word() -> None:
+    from alfred_tools.demo import clip
+
+    reply = "Here are 3 recipes using chicken, rice, spinach: a quick skillet, a sheet-pan bake and a soup"
+    for limit in range(20, len(reply)):
+        cut = clip(reply, limit)
+        assert len(cut) <= limit and cut.endswith("…"), (limit, cut)
+        assert reply.startswith(cut[:-1]) and reply[len(cut) - 1] in " ,:", (limit, cut)
+    assert clip(reply, 200) == reply

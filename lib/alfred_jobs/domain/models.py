@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from alfred_jobs.domain.events import (
     ACTIVE_STATUSES,
@@ -122,6 +123,14 @@ class ChatRequest(BaseModel):
     # What to do when the conversation already has an active job (docs/architecture.md, "The
     # gate"): wait behind it, refuse (409 conversation_busy), or end it (cancelled, interrupted).
     multitask: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        """An empty message says so (not pydantic's "at least 1 character")."""
+        if value == "":
+            raise PydanticCustomError("string_too_short", "must not be empty: type what to ask Alfred")
+        return value
 
 
 class InputAnswer(BaseModel):
