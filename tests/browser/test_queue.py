@@ -75,12 +75,13 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(user_bubble(page, second)).not_to_have_class(re.compile(r"\bis-queued\b"))
     screenshot(page, "21-queued-one-running")
     expect(b2.locator(".reply")).to_contain_text("Here is 1 salad with what you have", timeout=20_000)
+    expect(b2.locator(".reply")).to_contain_text("Want the full recipe?", timeout=20_000)  # the whole reply
     assert_each_step_once(page, second, 2)
     seqs = seen_seqs(page, second)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
     # AND both replies are there, in order, on the page and in the system
     replies = page.locator("li.msg-alfred .reply").all_text_contents()
-    assert len(replies) == 2 and "chicken, rice" in replies[0] and "salad" in replies[1], replies
+    assert len(replies) == 2 and "chicken and rice" in replies[0] and "salad" in replies[1], replies
     one = web_stack.wait_status(user, first, TERMINAL)
     two = web_stack.wait_status(user, second, TERMINAL)
     assert (one["status"], two["status"]) == ("complete", "complete")
