@@ -32,7 +32,7 @@ from alfred_jobs.domain.retention import expired
 __all__ = [
     "ACTIVE_STATUSES", "TERMINAL_EVENT_TYPES", "TERMINAL_STATUSES", "TERMINAL_STATUS_OF_EVENT",
     "ChatRequest", "ErrorBody", "ErrorResponse", "Event", "EventType", "Job", "JobStatus", "Progress",
-    "fold", "iso", "now_ts",
+    "fold", "iso", "now_ts", "refold",
 ]
 
 
@@ -106,6 +106,11 @@ def fold(job: Job, events: list[Event]) -> Job:
                                     last_seq=job.last_seq, progress=job.progress))
     return replace(job, status=state.status, started_at=state.started_at, completed_at=state.completed_at,
                    output=state.output, error=state.error, last_seq=state.last_seq, progress=state.progress)
+
+
+def refold(job: Job, events: list[Event]) -> Job:
+    """``job`` projected afresh from its whole log (``events`` from seq 1): the record may lag."""
+    return fold(replace(job, last_seq=0, progress=Progress(), status=JobStatus.PENDING), events)
 
 
 # ---- HTTP request bodies ---------------------------------------------------------------

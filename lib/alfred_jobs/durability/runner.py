@@ -44,7 +44,7 @@ from alfred_jobs.domain.events import (
     parse_iso,
     replay,
 )
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, now_ts, refold
 from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
@@ -183,8 +183,7 @@ class _Attempt:
 
     def _load(self) -> None:
         self.events = self.journal.read_all(self.job.job_id, known_head=self.job.last_seq)
-        base = replace(self.job, last_seq=0, progress=Progress(), status=JobStatus.PENDING)
-        self.view = fold(base, self.events)
+        self.view = refold(self.job, self.events)
 
     def append(self, payload: Payload) -> Event:
         """Checkpoint: one conditional PutItem at the head of the log."""

@@ -25,6 +25,7 @@ from alfred_jobs.domain.models import (
     JobStatus,
     fold,
     now_ts,
+    refold,
 )
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.durability.admission import Admission
@@ -319,7 +320,7 @@ class JobService:
                 raise Conflict("no such question for this job", code="stale_input")
             if input_id in state.answers:
                 if state.answers[input_id] == answer and type(state.answers[input_id]) is type(answer):
-                    return self._folded(job, events), False
+                    return refold(job, events), False
                 raise Conflict("this question was already answered otherwise", code="input_answered")
             if state.status.terminal:
                 raise Conflict(f"job is already {state.status}", code="job_finished")
@@ -337,7 +338,7 @@ class JobService:
                 self.journal.append(job_id, ev, job.expires_at)
             except SlotTaken:
                 continue  # another answer, a cancel or the timeout got there first: read and say so
-            answered = self._folded(job, [*events, ev])
+            answered = refold(job, [*events, ev])
             try:
                 self.deps.jobs.save_projection(answered, owner=None)
                 self.admission.resume(answered)
@@ -346,13 +347,6 @@ class JobService:
             count("QuestionsAnswered")
             return answered, True
         raise TransientStoreError(f"could not answer {job_id}")
-
-    def _folded(self, job: Job, events: list[Event]) -> Job:
-        """``job`` with its whole log folded in (from the start: the record may lag)."""
-        state = replay(events)
-        return replace(job, status=state.status, last_seq=state.last_seq, progress=state.progress,
-                       started_at=state.started_at, completed_at=state.completed_at,
-                       output=state.output, error=state.error)
 
     # ---- conversations ------------------------------------------------------------------------
 

@@ -121,7 +121,7 @@ class Sweeper:
         s = self.deps.settings
         journal = Journal(self.deps.log, s.retention_seconds)
         events = journal.read_all(job.job_id, known_head=job.last_seq)
-        job = fold(job, [e for e in events if e.seq > job.last_seq])
+        job = fold(job, events)  # the events after the record's projection
         question = replay(events).question
         if job.terminal:  # ended, not finalized: a worker finishes it
             self.deps.queue.send(job.job_id)
