@@ -22,6 +22,8 @@ CONTRACT_KEYS = [
     "submit_ratio", "checkpoint_ratio", "checkpoint_growth", "delivery_p50_ms", "delivery_p99_ms",
     "reconnect_p50_ms", "watcher_read_ratio", "idle_sse_rss_mb", "overhead_ratio", "zero_step_job_ms",
     "peer_celery_sqs", "jobs_per_s", "floor_jobs_per_s", "cost_per_million_jobs_usd",
+    # issue 16: what a user waits for
+    "cancel_p99_ms", "first_event_p50_ms", "submit_floor_ms", "submit_cold_start_ms",
 ]
 
 
@@ -62,4 +64,11 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     assert calls["sqs.SendMessage"] >= 1
     assert res["machine"]["nproc"] >= 1
     assert res["prices"]["usd"]
+    # a cancel lands within the job (a few seconds), the first event comes after the submit's answer
+    assert res["cancel_samples"] >= 1 and res["cancel_p99_ms"] < 30_000
+    assert res["cancel_p99_ms"] >= res["cancel_p50_ms"]
+    assert res["first_event_p50_ms"] > res["submit_floor_ms"]
+    cold = res["submit_cold_start_detail"]
+    assert _positive(cold["import_ms"]) and _positive(cold["first_request_ms"])
+    assert 0 < cold["import_share"] < 1
     assert set(res["goals"]) >= set(CONTRACT_KEYS)
