@@ -81,6 +81,21 @@ echo "layer: $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
 step "checkov -f template.yaml"
 # --skip-download: no calls to the vendor's platform (CI has no account, and may have no network).
 "$BIN/checkov" -f template.yaml --framework cloudformation --quiet --compact --skip-download
+# checkov drops the resources whose Condition is false with the parameters' defaults, so the
+# service hosting of the stream (StreamHosting=service) and SnapStart are scanned, and
+# translated by SAM, in a copy whose defaults select them.
+step "checkov and sam validate with StreamHosting=service, SubmitSnapStart=Enabled"
+SERVICE="$WORK/template-service.yaml"
+"$BIN/python" - template.yaml "$SERVICE" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+for name, old, new in (("StreamHosting", "lambda", "service"), ("SubmitSnapStart", "Disabled", "Enabled")):
+    text, n = re.subn(rf"(\n  {name}:\n    Type: String\n    Default: ){old}\n", rf"\g<1>{new}\n", text)
+    assert n == 1, f"{name}: default {old} not found"
+open(sys.argv[2], "w", encoding="utf-8").write(text)
+PY
+"$BIN/sam" validate --lint --template-file "$SERVICE"
+"$BIN/checkov" -f "$SERVICE" --framework cloudformation --quiet --compact --skip-download
 
 # ---- 5: hadolint ----------------------------------------------------------------------------
 DOCKERFILE=functions/stream/Dockerfile
@@ -92,5 +107,5 @@ else
     echo "hadolint: $DOCKERFILE not present yet, skipped"
 fi
 
-printf '\ncheck-template: OK (cfn-lint, sam validate, sam build %s, checkov, hadolint) in %ss\n' \
+printf '\ncheck-template: OK (cfn-lint, sam validate, sam build %s, checkov (both stream hostings), hadolint) in %ss\n' \
     "${FUNCTIONS[*]}" "$((SECONDS - START))"
