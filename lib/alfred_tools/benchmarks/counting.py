@@ -10,7 +10,12 @@ Two ways in:
 
 Per call the counter keeps the operation (``dynamodb.PutItem``), the table or queue it hit, and an
 estimate of DynamoDB capacity units (write units from the item size, read units from the keys
-read or the bytes returned), which is what the cost model prices. ``ReceiveMessage`` calls that
+read or the bytes returned), which is what the cost model prices. Read units are also kept by
+target and consistency (``rru_by_target``: ``"dynamodb.GetItem <table> eventual"``), because an
+eventually consistent read costs half a strongly consistent one and DynamoDB's default is
+eventual: the request's ``ConsistentRead`` says which (a GSI query is always eventual). Write units
+are kept by target too (``wru_by_target``), so the bill can set apart the agent's own tables and
+the event log. ``ReceiveMessage`` calls that
 returned nothing are counted apart (``sqs.ReceiveMessage(empty)``): they are the idle polling of
 an event source mapping, a fixed cost per queue, not a cost per job.
 
@@ -68,7 +73,9 @@ class RequestCounter:
         self.calls: Counter[str] = Counter()
         self.by_target: Counter[str] = Counter()
         self.wru: Counter[str] = Counter()  # write request units by operation
-        self.rru: Counter[str] = Counter()  # read request units by operation (strongly consistent)
+        self.rru: Counter[str] = Counter()  # read units by operation, each read counted as a full unit
+        self.wru_by_target: Counter[str] = Counter()  # "op target" → write units
+        self.rru_by_target: Counter[str] = Counter()  # "op target strong|eventual" → full read units
         self.tracing = trace
         self.trace: list[dict[str, Any]] = []
 
@@ -85,14 +92,17 @@ class RequestCounter:
             op = EMPTY_RECEIVE
         target = str(params.get("TableName") or params.get("QueueUrl", "").rsplit("/", 1)[-1] or "")
         wru, rru = _units(model.name, params, parsed) if service == "dynamodb" else (0, 0)
+        consistency = "strong" if _consistent(model.name, params) else "eventual"
         with self.lock:
             self.calls[op] += 1
             if target:
                 self.by_target[f"{op} {target}"] += 1
             if wru:
                 self.wru[op] += wru
+                self.wru_by_target[f"{op} {target}"] += wru
             if rru:
                 self.rru[op] += rru
+                self.rru_by_target[f"{op} {target} {consistency}"] += rru
             if self.tracing and op != EMPTY_RECEIVE:
                 self.trace.append({"service": service, "op": model.name, "params": params})
 
@@ -111,7 +121,8 @@ class RequestCounter:
         """Everything counted so far, as plain JSON."""
         with self.lock:
             out = {"calls": dict(self.calls), "by_target": dict(self.by_target), "wru": dict(self.wru),
-                   "rru": dict(self.rru), "trace": list(self.trace)}
+                   "rru": dict(self.rru), "wru_by_target": dict(self.wru_by_target),
+                   "rru_by_target": dict(self.rru_by_target), "trace": list(self.trace)}
             if reset:
                 self.reset_locked()
         return out
@@ -125,6 +136,8 @@ class RequestCounter:
         self.by_target.clear()
         self.wru.clear()
         self.rru.clear()
+        self.wru_by_target.clear()
+        self.rru_by_target.clear()
         self.trace.clear()
 
 
@@ -153,6 +166,19 @@ def _units(op: str, params: dict[str, Any], parsed: dict[str, Any]) -> tuple[int
     return 0, 0
 
 
+def _consistent(op: str, params: dict[str, Any]) -> bool:
+    """Whether a read was strongly consistent: ``ConsistentRead`` true, never on a GSI (always eventual).
+
+    DynamoDB's default is eventually consistent; a BatchGetItem sets it per table (strong if any
+    table of the call asks for it: our batches read one table).
+    """
+    if op == "BatchGetItem":
+        return any(spec.get("ConsistentRead") for spec in params.get("RequestItems", {}).values())
+    if op in ("Query", "Scan") and params.get("IndexName"):
+        return False
+    return bool(params.get("ConsistentRead"))
+
+
 def install_process_wide(counter: RequestCounter) -> None:
     """Attach ``counter`` to every botocore session (and so every client) built from now on."""
     from botocore import handlers
@@ -175,8 +201,9 @@ def dump(counter: RequestCounter, path: str | os.PathLike[str], reset: bool = Tr
 
 
 def merge(*snapshots: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Sum the calls / wru / rru / by_target of several snapshots."""
-    out: dict[str, dict[str, float]] = {"calls": {}, "wru": {}, "rru": {}, "by_target": {}}
+    """Sum the calls / wru / rru / by_target (and the units by target) of several snapshots."""
+    out: dict[str, dict[str, float]] = {"calls": {}, "wru": {}, "rru": {}, "by_target": {},
+                                        "wru_by_target": {}, "rru_by_target": {}}
     for snap in snapshots:
         for key in out:
             for op, n in snap.get(key, {}).items():
