@@ -33,6 +33,7 @@ from tests.support.iam import arns_for, denied_calls, role_statements, without_a
 from tests.support.stack import wait_until
 from tests.support.template_env import (
     FUNCTIONS,
+    SERVICE_PARAMETERS,
     Deployment,
     EventSourceMapping,
     FunctionProcess,
@@ -44,6 +45,7 @@ from tests.support.template_env import (
     jwt_claims,
     nominal_resolver,
     scheduled_event,
+    task_environment,
     template_environment,
     wait_for,
 )
@@ -332,6 +334,68 @@ def test_stream_function_image_serves_the_job_over_sse_with_the_submitted_link(d
     assert frames[-1]["event"] in TERMINAL and frames[-1]["event"] == "complete"
     check_role(d, "StreamFunction")
     check_role(d, "WorkerFunction")
+
+
+@pytest.fixture
+def service_deployment(faithful: tuple[dict[str, str], FidelityProxy], tmp_path: Any) -> Iterator[Deployment]:
+    """The same, with StreamHosting=service: the stream is the ECS task, not the function."""
+    env, proxy = faithful
+    with deploy(env, tmp_path, calls=proxy, parameters=SERVICE_PARAMETERS) as d:
+        yield d
+
+
+def test_stream_service_image_serves_the_job_with_its_task_definition_environment(
+        service_deployment: Deployment) -> None:
+    d = service_deployment
+    # GIVEN the stream image's own start command, run with exactly the ECS task definition's
+    # environment (what Fargate adds, the endpoints, the port aside), credentials of StreamTaskRole
+    stream = d.start_stream(service=True)
+    submit, worker = d.start("SubmitFunction"), d.start("WorkerFunction")
+    stream.wait_ready()
+    task_env = task_environment(d.resolver)
+    assert not {k for k in stream.env if k.startswith("AWS_LWA_")} - set(image_config()[0]), stream.env
+    assert {k: stream.env[k] for k in task_env} == task_env
+    assert not {k for k in stream.env if k.startswith(("ALFRED_", "POWERTOOLS_"))} - set(task_env)
+    environ = Path(f"/proc/{stream.proc.pid}/environ")
+    if environ.exists():
+        entries = environ.read_bytes().split(b"\0")
+        started_with = dict(e.decode().split("=", 1) for e in entries if e)
+        assert {k: v for k, v in started_with.items() if k not in ("LC_CTYPE", "PWD")} == stream.env
+    # WHEN the job API hands out a link to the service's https name, and a client follows it through
+    # the load balancer (which ends TLS and forwards the path and query to a task)
+    body = submit_chat(submit, d, "toast [steps=1]")
+    job_id = body["job_id"]
+    link = httpx.URL(body["links"]["stream"])
+    assert (link.scheme, link.host) == ("https", SERVICE_PARAMETERS["StreamDomainName"])
+    assert link.path == f"/api/jobs/{job_id}/stream" and link.params["token"]
+    local = link.copy_with(scheme="http", host="127.0.0.1", port=d.stream_port)
+    # the app answers CORS for the web client's origin (the Function URL did it on Lambda)
+    origin = d.physical.parameters["CorsAllowedOrigins"][0]
+    preflight = httpx.options(str(local), headers={"Origin": origin, "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Headers": "last-event-id"})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == origin
+    refused = httpx.options(str(local), headers={"Origin": "https://elsewhere.test",
+                                                 "Access-Control-Request-Method": "GET"})
+    assert refused.headers.get("access-control-allow-origin") != "https://elsewhere.test"
+    frames: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    reader = threading.Thread(target=read_sse, args=(str(local), frames, errors), daemon=True)
+    reader.start()
+    esm = EventSourceMapping(d)
+    out, _ = run_worker_once(worker, esm, job_id)
+    assert out.ok and out.payload == {"batchItemFailures": []}, f"{out}\n{worker.logs()}"
+    reader.join(30)
+    # THEN the token the submit function signed is accepted, the whole log arrives, the stream closes
+    assert not reader.is_alive(), f"the stream did not close after the terminal event\n{stream.logs()}"
+    assert not errors, f"{errors[0]!r}\n{stream.logs()}"
+    stored = [e.public() for e in Store(d).log(job_id)]
+    assert [json.loads(f["data"]) for f in frames] == stored
+    assert frames[-1]["event"] == "complete"
+    # and every AWS call the task made is one the task role allows
+    calls = check_role(d, "StreamTaskRole")
+    assert {(c["service"], c["action"]) for c in calls} >= {("secretsmanager", "GetSecretValue")}
+    assert not d.calls.of("StreamFunction")
 
 
 # ---- a broken environment fails at start, loudly ---------------------------------------------------------

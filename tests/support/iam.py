@@ -84,7 +84,10 @@ def _statements(document: Mapping[str, Any]) -> list[Statement]:
 
 
 def role_logical_id(function_id: str, template: Mapping[str, Any]) -> str:
-    """The logical id of the role SAM made for a function (its Role is !GetAtt <Role>.Arn)."""
+    """The logical id of the role SAM made for a function (its Role is !GetAtt <Role>.Arn), or
+    ``function_id`` itself when it names a role (an ECS task role: StreamTaskRole)."""
+    if template["Resources"][function_id]["Type"] == "AWS::IAM::Role":
+        return function_id
     role = template["Resources"][function_id]["Properties"]["Role"]
     if not (isinstance(role, dict) and "Fn::GetAtt" in role):
         raise ValueError(f"{function_id}: Role {role!r} is not a role of this template")

@@ -68,6 +68,18 @@ TEST_PARAMETERS: dict[str, Any] = {
     "JwtAudience": "alfred-test-client",
     "CorsAllowedOrigins": "https://alfred.test",
 }
+# StreamHosting=service: the stream image on ECS behind a load balancer (its parameters default to
+# "", for StreamHosting=lambda; these are values of their declared shape).
+SERVICE_PARAMETERS: dict[str, Any] = {
+    "StreamHosting": "service",
+    "StreamDomainName": "stream.alfred.test",
+    "StreamCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+    "StreamImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/alfred/stream:1.0.0",
+    "StreamVpcId": "vpc-0123456789abcdef0",
+    "StreamLoadBalancerSubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "StreamTaskSubnetIds": "subnet-0123456789abcdef2,subnet-0123456789abcdef3",
+}
+STREAM_TASK = ("StreamTaskDefinition", "stream")  # the service's task definition and its container
 SECRET_ACCESS_KEY = "testing"  # every principal's secret; the access key id names the principal
 HARNESS_PRINCIPAL = "inspector"  # the test's own calls: exempt from the proxy's faults, never role-checked
 NO_VALUE = object()  # AWS::NoValue
@@ -278,6 +290,42 @@ def template_environment(logical_id: str, resolver: Resolver) -> dict[str, str]:
     return out
 
 
+def task_environment(resolver: Resolver, task: tuple[str, str] = STREAM_TASK) -> dict[str, str]:
+    """A task definition container's Environment (Name/Value pairs), resolved."""
+    logical_id, container = task
+    props = resolver.template["Resources"][logical_id]["Properties"]
+    (definition,) = [c for c in props["ContainerDefinitions"] if c["Name"] == container]
+    out: dict[str, str] = {}
+    for pair in definition.get("Environment", []):
+        name = pair["Name"]
+        try:
+            value = resolver.resolve(pair["Value"])
+        except Unresolvable as exc:
+            raise Unresolvable(f"{logical_id}/{container}: {name}: {exc}") from None
+        if name in out:
+            raise AssertionError(f"{logical_id}/{container}: {name} is set twice")
+        out[name] = env_string(f"{logical_id}/{container}: {name}", value)
+    return out
+
+
+def ecs_environment(resolver: Resolver, principal: str, home: Path) -> dict[str, str]:
+    """What ECS on Fargate sets in a task's container, the task role's credentials as static keys
+    (the access key id names the role, as for the functions; on ECS they come from the
+    container credentials endpoint)."""
+    region = resolver.physical.region
+    return {
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
+        "ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/00000000000000000000000000000000-0000000000",
+        "AWS_ACCESS_KEY_ID": principal,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_SESSION_TOKEN": f"session-{principal}",
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+    }
+
+
 def nominal_physical(parameters: Mapping[str, Any] | None = None, region: str = "us-east-1",
                      account_id: str = "123456789012", stack: str = "alfred-jobs") -> Physical:
     """Names and ARNs of a hypothetical deployment on AWS (no emulator): for checks of the roles."""
@@ -297,6 +345,7 @@ def nominal_physical(parameters: Mapping[str, Any] | None = None, region: str = 
             refs[logical_id] = f"arn:aws:secretsmanager:{region}:{account_id}:secret:{logical_id}-AbCdEf"
         elif kind == "AWS::Logs::LogGroup":
             refs[logical_id] = name
+            attrs[(logical_id, "Arn")] = f"arn:aws:logs:{region}:{account_id}:log-group:{name}:*"
         elif kind == "AWS::Serverless::Function":
             refs[logical_id] = name
             attrs[(logical_id, "Arn")] = f"arn:aws:lambda:{region}:{account_id}:function:{name}"
@@ -708,13 +757,26 @@ class Deployment:
         env["PORT"] = env["AWS_LWA_PORT"] = str(self.stream_port)
         return env
 
-    def start_stream(self, *, drop: tuple[str, ...] = ()) -> StreamProcess:
-        """Run the image's CMD (functions/stream/Dockerfile) with the stream function's environment."""
-        env = self.stream_environment()
+    def service_environment(self) -> dict[str, str]:
+        """Exactly what the stream task's container starts with on ECS (StreamHosting=service): the
+        image's ENV, what Fargate sets, the endpoints, the task definition's Environment; the
+        one deliberate change is the port, as for the function."""
+        image_env, _, _ = image_config()
+        home = self.workdir / "home"
+        home.mkdir(exist_ok=True)
+        env = {**image_env, **ecs_environment(self.resolver, "StreamTaskRole", home), **self.endpoints}
+        env.update(task_environment(self.resolver))
+        env["PORT"] = str(self.stream_port)
+        return env
+
+    def start_stream(self, *, drop: tuple[str, ...] = (), service: bool = False) -> StreamProcess:
+        """Run the image's CMD (functions/stream/Dockerfile) with the stream function's environment
+        (``service``: with the ECS task definition's, StreamHosting=service)."""
+        env = self.service_environment() if service else self.stream_environment()
         for name in drop:
             del env[name]
         _, cmd, _ = image_config()
-        log_path = self.workdir / f"StreamFunction-{len(self.processes)}.log"
+        log_path = self.workdir / f"{'StreamService' if service else 'StreamFunction'}-{len(self.processes)}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -791,6 +853,9 @@ def deploy(emulator_env: Mapping[str, str], workdir: Path | None = None, *, call
             attrs[(logical_id, "Id")] = arn
         elif resource["Type"] == "AWS::Logs::LogGroup":
             refs[logical_id] = f"/alfred-jobs-test/{prefix}/{logical_id}"
+        elif resource["Type"] == "AWS::IAM::Role":
+            refs[logical_id] = f"{prefix}-{logical_id}"
+            attrs[(logical_id, "Arn")] = f"arn:aws:iam::{account_id}:role/{prefix}-{logical_id}"
     stream_port = free_port()
     attrs[("StreamFunctionUrl", "FunctionUrl")] = f"http://127.0.0.1:{stream_port}/"
     for logical_id in FUNCTIONS:

@@ -359,3 +359,269 @@ def test_outputs_give_the_urls_clients_need() -> None:
     outputs = TEMPLATE["Outputs"]
     assert {"ApiUrl", "StreamUrl", "JobsTableName", "EventsTableName", "JobsQueueUrl",
             "JobsDeadLetterQueueUrl"} <= set(outputs)
+
+
+# ---- where the stream runs: StreamHosting (lambda | service) -----------------------------------
+
+SERVICE_TYPES = ("AWS::ECS::", "AWS::ElasticLoadBalancingV2::", "AWS::ApplicationAutoScaling::",
+                 "AWS::EC2::", "AWS::IAM::", "AWS::Route53::")
+
+
+def service_resources() -> dict[str, dict[str, Any]]:
+    return {lid: r for lid, r in RESOURCES.items() if r["Type"].startswith(SERVICE_TYPES)}
+
+
+def service_resolver() -> Any:
+    from tests.support.template_env import SERVICE_PARAMETERS, nominal_resolver
+
+    return nominal_resolver(SERVICE_PARAMETERS)
+
+
+def test_stream_hosting_creates_exactly_one_of_the_function_and_the_service() -> None:
+    from tests.support.template_env import SERVICE_PARAMETERS, cloudformation, parameter_values
+
+    param = TEMPLATE["Parameters"]["StreamHosting"]
+    assert param["Default"] == "lambda" and param["AllowedValues"] == ["lambda", "service"]
+    conditions = TEMPLATE["Conditions"]
+    assert conditions["StreamOnLambda"] == {"Fn::Equals": [{"Ref": "StreamHosting"}, "lambda"]}
+    assert conditions["StreamOnService"] == {"Fn::Equals": [{"Ref": "StreamHosting"}, "service"]}
+    assert RESOURCES["StreamFunction"]["Condition"] == "StreamOnLambda"
+    # every resource of the service exists only with StreamHosting=service (the DNS record also
+    # needs a hosted zone: its condition includes StreamOnService)
+    assert {"StreamCluster", "StreamService", "StreamTaskDefinition", "StreamLoadBalancer", "StreamTargetGroup",
+            "StreamHttpsListener", "StreamTaskRole", "StreamTaskExecutionRole",
+            "StreamScalableTarget"} <= set(service_resources())
+    for lid, r in service_resources().items():
+        assert r.get("Condition") in ("StreamOnService", "StreamHasHostedZone"), lid
+    assert conditions["StreamOnService"] in conditions["StreamHasHostedZone"]["Fn::And"]
+    # what SAM generates for the function (its role, its URL) carries the function's condition
+    for params in (parameter_values(), parameter_values(SERVICE_PARAMETERS)):
+        generated = cloudformation(params)["Resources"]
+        for lid in ("StreamFunction", "StreamFunctionRole", "StreamFunctionUrl"):
+            assert generated[lid]["Condition"] == "StreamOnLambda", lid
+    # the shared pieces exist either way: the log group, the secret, the tables
+    for lid in ("StreamLogGroup", "StreamTokenSecret", "JobsTable", "EventsTable"):
+        assert "Condition" not in RESOURCES[lid], lid
+
+
+def test_the_stream_url_and_the_links_follow_the_hosting() -> None:
+    chosen = {"Fn::If": ["StreamOnService", {"Fn::Sub": "https://${StreamDomainName}/"},
+                         {"Fn::GetAtt": ["StreamFunctionUrl", "FunctionUrl"]}]}
+    assert TEMPLATE["Outputs"]["StreamUrl"]["Value"] == chosen
+    # the job API's links.stream point at the same base
+    assert functions()["SubmitFunction"]["Environment"]["Variables"]["ALFRED_STREAM_URL"] == chosen
+    for name, output in TEMPLATE["Outputs"].items():
+        if "StreamLoadBalancer" in json.dumps(output) or "StreamService" in json.dumps(output):
+            assert output.get("Condition") == "StreamOnService", name
+    resolver = service_resolver()
+    assert resolver.resolve(chosen) == "https://stream.alfred.test/"
+
+
+def test_stream_service_parameters_are_grouped_and_checked_by_a_rule() -> None:
+    params = TEMPLATE["Parameters"]
+    groups = TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [p for g in groups for p in g["Parameters"]]
+    assert sorted(grouped) == sorted(params), "every parameter in exactly one group"
+    service = [p for p in params if p.startswith("Stream") and p != "StreamHosting"]
+    assert {"StreamVpcId", "StreamLoadBalancerSubnetIds", "StreamTaskSubnetIds", "StreamCertificateArn",
+            "StreamImageUri", "StreamDesiredCount", "StreamMinCount", "StreamMaxCount", "StreamTaskCpu",
+            "StreamTaskMemory"} <= set(service)
+    # they default to nothing for StreamHosting=lambda, and a rule refuses nothing for service
+    rule = TEMPLATE["Rules"]["StreamServiceNeedsItsSettings"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "StreamHosting"}, "service"]}
+    asserted = json.dumps(rule["Assertions"])
+    for name in ("StreamDomainName", "StreamCertificateArn", "StreamImageUri", "StreamVpcId",
+                 "StreamLoadBalancerSubnetIds", "StreamTaskSubnetIds"):
+        assert params[name]["Default"] == "", name
+        assert f'"Ref": "{name}"' in asserted, name
+    assert (params["StreamTaskCpu"]["Default"], params["StreamTaskMemory"]["Default"]) == ("256", "512")
+    # the test values (tests/support/template_env.py) match the declared patterns
+    from tests.support.template_env import SERVICE_PARAMETERS
+    for name, value in SERVICE_PARAMETERS.items():
+        pattern = params[name].get("AllowedPattern")
+        if pattern:
+            assert re.fullmatch(pattern, value), (name, value)
+
+
+def test_stream_task_role_grants_exactly_what_the_stream_function_role_grants() -> None:
+    from tests.support.iam import role_statements
+
+    resolver = service_resolver()
+
+    def grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(a, r) for st in statements for a in st["Action"] for r in st["Resource"]}
+
+    # The function's own policies (SAM's policy templates); its managed policies are the Lambda
+    # runtime's (logs, X-Ray), which on ECS the execution role and the log driver cover.
+    function_role = resolver.template["Resources"]["StreamFunctionRole"]["Properties"]
+    managed = {str(a).rsplit("/", 1)[-1] for a in resolver.resolve(function_role.get("ManagedPolicyArns", []))}
+    assert managed <= {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}, managed
+    function_inline = [{**st, "Action": st["Action"] if isinstance(st["Action"], list) else [st["Action"]],
+                        "Resource": st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]}
+                       for p in resolver.resolve(function_role["Policies"])
+                       for st in p["PolicyDocument"]["Statement"]]
+    task = role_statements("StreamTaskRole", resolver)
+    assert grants(task) == grants(function_inline)
+    assert all(st["Effect"] == "Allow" for st in task)
+    assert not RESOURCES["StreamTaskRole"]["Properties"].get("ManagedPolicyArns")
+    # both roles are for ECS tasks of this account only
+    for lid in ("StreamTaskRole", "StreamTaskExecutionRole"):
+        (trust,) = RESOURCES[lid]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+
+
+def test_stream_task_execution_role_pulls_only_its_repository_and_writes_only_its_logs() -> None:
+    resolver = service_resolver()
+    (policy,) = RESOURCES["StreamTaskExecutionRole"]["Properties"]["Policies"]
+    statements = resolver.resolve(policy["PolicyDocument"]["Statement"])
+    grants = {(a, r) for st in statements for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+              for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])}
+    repo = "arn:aws:ecr:us-east-1:123456789012:repository/alfred/stream"  # from StreamImageUri
+    log = "arn:aws:logs:us-east-1:123456789012:log-group:alfred-jobs-StreamLogGroup-ABC123:*:log-stream:*"
+    assert grants == {("ecr:GetAuthorizationToken", "*"), ("ecr:BatchGetImage", repo),
+                      ("ecr:GetDownloadUrlForLayer", repo), ("ecr:BatchCheckLayerAvailability", repo),
+                      ("logs:CreateLogStream", log), ("logs:PutLogEvents", log)}
+    # a digest instead of a tag names the same repository
+    from tests.support.template_env import SERVICE_PARAMETERS, nominal_resolver
+    digest = "123456789012.dkr.ecr.us-east-1.amazonaws.com/alfred/stream@sha256:" + "ab" * 32
+    other = nominal_resolver({**SERVICE_PARAMETERS, "StreamImageUri": digest})
+    assert repo in json.dumps(other.resolve(policy["PolicyDocument"]["Statement"]))
+
+
+def test_stream_task_environment_is_the_stream_functions_without_the_adapter() -> None:
+    from tests.support.template_env import task_environment, template_environment
+
+    resolver = service_resolver()
+    function_env = template_environment("StreamFunction", resolver)
+    task_env = task_environment(resolver)
+    adapter_only = {k for k in function_env if k.startswith("AWS_LWA_")}
+    assert adapter_only == {"AWS_LWA_INVOKE_MODE", "AWS_LWA_PORT", "AWS_LWA_READINESS_CHECK_PATH"}
+    # what the Lambda platform gave the function, given here by the task definition
+    platform = {"AWS_DEFAULT_REGION", "ALFRED_CORS_ORIGINS"}
+    assert {k: v for k, v in task_env.items() if k not in platform} == {
+        k: v for k, v in function_env.items() if k not in adapter_only}
+    assert task_env["AWS_DEFAULT_REGION"] == "us-east-1"
+    # the app answers CORS for the same origins the Function URL did (a JSON list, as settings read it)
+    settings = Settings(_env_file=None, **{"cors_origins": json.loads(task_env["ALFRED_CORS_ORIGINS"])})
+    assert settings.cors_origins == resolver.resolve({"Ref": "CorsAllowedOrigins"}) == ["https://alfred.test"]
+    two = service_resolver_with(CorsAllowedOrigins="https://a.example,https://b.example")
+    assert json.loads(task_environment(two)["ALFRED_CORS_ORIGINS"]) == ["https://a.example", "https://b.example"]
+
+
+def service_resolver_with(**overrides: Any) -> Any:
+    from tests.support.template_env import SERVICE_PARAMETERS, nominal_resolver
+
+    return nominal_resolver({**SERVICE_PARAMETERS, **overrides})
+
+
+def load_balancer_attributes() -> dict[str, str]:
+    attrs = RESOURCES["StreamLoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+    return {a["Key"]: a["Value"] for a in attrs}
+
+
+def test_load_balancer_idle_timeout_outlasts_the_heartbeat_and_the_long_poll() -> None:
+    from tests.support.template_env import image_config
+
+    idle = int(load_balancer_attributes()["idle_timeout.timeout_seconds"])
+    settings = Settings(_env_file=None)
+    # a quiet stream writes a keepalive comment every stream_heartbeat_seconds; a long-poll writes
+    # nothing for up to max_wait_seconds: the load balancer must not cut either
+    assert idle > 2 * settings.stream_heartbeat_seconds
+    assert idle > settings.max_wait_seconds
+    # and uvicorn keeps an idle pooled connection longer than the load balancer does (no 502s)
+    _, cmd, _ = image_config()
+    keep_alive = re.search(r"--timeout-keep-alive (\d+)", " ".join(cmd))
+    assert keep_alive and int(keep_alive.group(1)) > idle
+
+
+def test_load_balancer_is_https_only_and_checks_the_stream_health() -> None:
+    assert load_balancer_attributes()["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    lb = RESOURCES["StreamLoadBalancer"]["Properties"]
+    assert lb["Scheme"] == "internet-facing"
+    listeners = {lid: r["Properties"] for lid, r in RESOURCES.items()
+                 if r["Type"] == "AWS::ElasticLoadBalancingV2::Listener"}
+    https = [p for p in listeners.values() if p["Protocol"] == "HTTPS"]
+    assert len(https) == 1 and https[0]["Port"] == 443
+    assert re.match(r"ELBSecurityPolicy-TLS13-1-2-", https[0]["SslPolicy"])
+    assert https[0]["Certificates"] == [{"CertificateArn": {"Ref": "StreamCertificateArn"}}]
+    for p in listeners.values():
+        if p["Protocol"] != "HTTPS":  # plain HTTP only redirects
+            assert [a["Type"] for a in p["DefaultActions"]] == ["redirect"]
+            assert p["DefaultActions"][0]["RedirectConfig"]["Protocol"] == "HTTPS"
+    tg = RESOURCES["StreamTargetGroup"]["Properties"]
+    assert tg["TargetType"] == "ip" and tg["Port"] == 8080 and tg["HealthCheckPath"] == "/healthz"
+    tg_attrs = {a["Key"]: a["Value"] for a in tg["TargetGroupAttributes"]}
+    # short enough for deploys; the streams cut after it reconnect with Last-Event-ID
+    assert 0 < int(tg_attrs["deregistration_delay.timeout_seconds"]) <= 60
+
+
+def test_stream_tasks_are_reachable_only_from_the_load_balancer() -> None:
+    lb_sg = RESOURCES["StreamLoadBalancerSecurityGroup"]["Properties"]
+    assert {(r["FromPort"], r["CidrIp"]) for r in lb_sg["SecurityGroupIngress"]} == {
+        (443, "0.0.0.0/0"), (80, "0.0.0.0/0")}
+    task_sg = RESOURCES["StreamTaskSecurityGroup"]["Properties"]
+    (ingress,) = task_sg["SecurityGroupIngress"]
+    assert ingress["SourceSecurityGroupId"] == {"Ref": "StreamLoadBalancerSecurityGroup"}
+    assert (ingress["FromPort"], ingress["ToPort"]) == (8080, 8080) and "CidrIp" not in ingress
+    service = RESOURCES["StreamService"]["Properties"]
+    (target,) = service["LoadBalancers"]
+    assert (target["ContainerPort"], target["TargetGroupArn"]) == (8080, {"Ref": "StreamTargetGroup"})
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["SecurityGroups"] == [{"Ref": "StreamTaskSecurityGroup"}]
+    assert network["Subnets"] == {"Ref": "StreamTaskSubnetIds"}
+    assert TEMPLATE["Parameters"]["StreamTaskPublicIp"]["Default"] == "DISABLED"
+    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+
+
+def test_stream_task_runs_the_image_with_the_shared_log_group_and_insights() -> None:
+    task = RESOURCES["StreamTaskDefinition"]["Properties"]
+    assert task["RequiresCompatibilities"] == ["FARGATE"] and task["NetworkMode"] == "awsvpc"
+    (container,) = task["ContainerDefinitions"]
+    assert container["Image"] == {"Ref": "StreamImageUri"} and "Command" not in container  # the image's CMD
+    assert container["PortMappings"] == [{"ContainerPort": 8080, "Protocol": "tcp"}]
+    assert container["ReadonlyRootFilesystem"] is True and container["User"] != "0"
+    logs = container["LogConfiguration"]
+    assert logs["LogDriver"] == "awslogs" and logs["Options"]["awslogs-group"] == {"Ref": "StreamLogGroup"}
+    assert RESOURCES["StreamLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["StreamTaskRole", "Arn"]}
+    assert task["ExecutionRoleArn"] == {"Fn::GetAtt": ["StreamTaskExecutionRole", "Arn"]}
+    cluster = RESOURCES["StreamCluster"]["Properties"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+
+
+def test_stream_service_scales_on_connections_per_task() -> None:
+    target = RESOURCES["StreamScalableTarget"]["Properties"]
+    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == ({"Ref": "StreamMinCount"}, {"Ref": "StreamMaxCount"})
+    policy = RESOURCES["StreamConnectionsScalingPolicy"]["Properties"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == {"Ref": "StreamConnectionsPerTask"}
+    metrics = {m["Id"]: m for m in config["CustomizedMetricSpecification"]["Metrics"]}
+    assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["connections_per_task"]
+    assert metrics["connections_per_task"]["Expression"] == "connections / tasks"
+    assert metrics["connections"]["MetricStat"]["Metric"]["MetricName"] == "ActiveConnectionCount"
+    assert metrics["tasks"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
+
+
+# ---- SnapStart on the submit function -----------------------------------------------------------
+
+
+def test_submit_snapstart_is_a_parameter_and_the_api_invokes_the_published_alias() -> None:
+    from tests.support.template_env import SERVICE_PARAMETERS, cloudformation, parameter_values
+
+    param = TEMPLATE["Parameters"]["SubmitSnapStart"]
+    assert param["Default"] == "Disabled" and set(param["AllowedValues"]) == {"Enabled", "Disabled"}
+    submit = functions()["SubmitFunction"]
+    assert submit["SnapStart"] == {"ApplyOn": {"Fn::If": ["SubmitSnapStartOn", "PublishedVersions", "None"]}}
+    assert submit["AutoPublishAlias"] == "live"
+    for overrides in ({"SubmitSnapStart": "Enabled"}, {"SubmitSnapStart": "Disabled"},
+                      {**SERVICE_PARAMETERS, "SubmitSnapStart": "Enabled"}):
+        generated = cloudformation(parameter_values(overrides))["Resources"]
+        assert "SubmitFunctionAliaslive" in generated
+        # API Gateway may invoke the alias, and every route's integration targets it
+        for lid in ("SubmitFunctionApiPermission", "SubmitFunctionHealthPermission"):
+            assert generated[lid]["Properties"]["FunctionName"] == {"Ref": "SubmitFunctionAliaslive"}, lid
+        body = json.dumps(generated["HttpApi"]["Properties"]["Body"])
+        assert "SubmitFunctionAliaslive" in body and '"SubmitFunction.Arn"' not in body
