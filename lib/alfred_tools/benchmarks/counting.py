@@ -90,7 +90,10 @@ class RequestCounter:
         params: dict[str, Any] = context.get("bench_params") or {}
         if op == "sqs.ReceiveMessage" and not parsed.get("Messages"):
             op = EMPTY_RECEIVE
-        target = str(params.get("TableName") or params.get("QueueUrl", "").rsplit("/", 1)[-1] or "")
+        # a batch names its tables in RequestItems (ours read or write one table a call)
+        batch_tables = list(params.get("RequestItems", {}))
+        target = str(params.get("TableName") or params.get("QueueUrl", "").rsplit("/", 1)[-1]
+                     or (batch_tables[0] if batch_tables else ""))
         wru, rru = _units(model.name, params, parsed) if service == "dynamodb" else (0, 0)
         consistency = "strong" if _consistent(model.name, params) else "eventual"
         with self.lock:
