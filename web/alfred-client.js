@@ -67,6 +67,8 @@ export function applyEvent(view, ev) {
   switch (ev.type) {
     case 'status':
       v.status = d.status || v.status;
+      // A job starts by thinking: `status: running` opens that phase (no `phase` event says so).
+      if (d.status === 'running' && !v.totalSteps && !v.phase) { v.phase = 'think'; v.label = 'Thinking'; }
       v.retry = d.retry_in != null ? { inSeconds: d.retry_in, error: d.error || null, at: ev.at } : null;
       break;
     case 'resumed':
@@ -86,6 +88,7 @@ export function applyEvent(view, ev) {
       break;
     }
     case 'step': {
+      v.phase = 'act'; // steps are the act phase: no `phase` event opens it
       v.totalSteps = d.total ?? v.totalSteps;
       const done = d.status === 'completed';
       upsertStep(v.steps, d.index, { label: d.label, status: done ? 'completed' : 'started' });
@@ -94,6 +97,13 @@ export function applyEvent(view, ev) {
       if (!wasDone) {
         v.currentStep = done ? null : d.index;
         v.label = d.label;
+      }
+      // A completed step may start the next one in the same event (`next`): one write, not two.
+      const next = done && d.next && typeof d.next.index === 'number' ? d.next : null;
+      if (next && !view.steps.some((s) => s.index === next.index && s.status === 'completed')) {
+        upsertStep(v.steps, next.index, { label: next.label, status: 'started' });
+        v.currentStep = next.index;
+        v.label = next.label;
       }
       v.retry = null;
       break;

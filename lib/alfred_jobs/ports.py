@@ -148,8 +148,9 @@ class ConversationStore(Protocol):
 
 
 class JobQueue(Protocol):
-    def send(self, job_id: str, delay_seconds: int = 0) -> None:
-        """Enqueue a job for a worker."""
+    def send(self, job_id: str, delay_seconds: int = 0, *, next_up: bool = False) -> None:
+        """Enqueue a job for a worker. ``next_up``: the sender read (or wrote) the job's gate and
+        found it the next to start in its conversation, which stays true (``Admission.take``)."""
 
     def backlog(self) -> int:
         """About how many messages wait to be received (SQS's approximate count: it can lag, so

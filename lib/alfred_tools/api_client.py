@@ -500,6 +500,8 @@ class Renderer:
             extra = f" (retry in {d['retry_in']}s: {d['error']['message']})" if d.get("error") else ""
             self._line({"pending": "… queued", "running": "▶ running"}.get(d.get("status", ""),
                                                                           str(d.get("status"))) + extra)
+            if d.get("status") == "running":
+                self._line("… thinking")  # a job starts by thinking: no ``phase`` event says so
         elif t == "phase":
             if d.get("phase") == "think":
                 self._line("… thinking")
@@ -518,6 +520,10 @@ class Renderer:
             else:
                 self._write(("\r\033[K" if self.open_line else "") + f"  ✓ {text}\n")
                 self.open_line = False
+                nxt = d.get("next")
+                if isinstance(nxt, dict):  # the next step started with this one's completion
+                    self._write(f"  ◦ {nxt.get('index')}/{d.get('total')} {nxt.get('label')}…")
+                    self.open_line = True
         elif t == "input_required":
             self._line(f"? {d.get('prompt')}")
         elif t == "input_received":
@@ -547,7 +553,9 @@ def summarize(t: str, d: dict[str, Any]) -> str:
     if t == "plan":
         return f"{d.get('total_steps')} steps"
     if t == "step":
-        return f"{d.get('index')}/{d.get('total')} {d.get('status')}: {d.get('label')}"
+        nxt = d.get("next")
+        then = f"; {nxt.get('index')}/{d.get('total')} started: {nxt.get('label')}" if isinstance(nxt, dict) else ""
+        return f"{d.get('index')}/{d.get('total')} {d.get('status')}: {d.get('label')}{then}"
     if t == "delta":
         delta = DeltaPayload.model_validate(d)
         return ("replace " if delta.replace else "") + json.dumps(delta.text, ensure_ascii=False)

@@ -187,8 +187,11 @@ def test_deltas_add_up_through_replay() -> None:
 
 
 def legacy_fold(job: Job, events: list[Event]) -> Job:
-    """``models.fold`` before the one reader."""
+    """``models.fold`` before the one reader, with the two rules of issue 16 (the runner writes no
+    ``phase`` event for think and act): ``status: running`` before a plan opens thinking, a step
+    event the act phase."""
     p = job.progress
+    planned = False
     status, started, completed = job.status, job.started_at, job.completed_at
     output, error, last_seq = job.output, job.error, job.last_seq
     for ev in events:
@@ -200,6 +203,8 @@ def legacy_fold(job: Job, events: list[Event]) -> Job:
             status = JobStatus(ev.data.get("status", "running"))
             if status is JobStatus.RUNNING:
                 started = started or ts
+                if not planned:
+                    p = replace(p, phase="think", label="Thinking")
         elif ev.type is EventType.RESUMED:
             status = JobStatus.RUNNING
         elif ev.type is EventType.PHASE:
@@ -207,11 +212,12 @@ def legacy_fold(job: Job, events: list[Event]) -> Job:
                         label={"think": "Thinking", "reply": "Writing the reply"}.get(
                             ev.data.get("phase", ""), p.label))
         elif ev.type is EventType.PLAN:
+            planned = True
             p = replace(p, total_steps=int(ev.data.get("total_steps", 0)))
         elif ev.type is EventType.STEP:
             done = ev.data.get("status") == "completed"
             idx = int(ev.data.get("index", 0))
-            p = replace(p, total_steps=int(ev.data.get("total", p.total_steps or 0)),
+            p = replace(p, phase="act", total_steps=int(ev.data.get("total", p.total_steps or 0)),
                         label=ev.data.get("label"),
                         completed_steps=max(p.completed_steps, idx if done else idx - 1))
         elif ev.type in TERMINAL_EVENT_TYPES:
@@ -437,14 +443,15 @@ def test_what_the_runner_writes_round_trips_and_folds_like_the_record() -> None:
     by_type = {t: [e.data for e in events if e.type is t] for t in EventType}
     assert by_type[EventType.STATUS] == [{"status": "running"}, {"status": "pending", "retry_in": 2, "error": {
         "code": "agent_retryable", "message": "dropped"}}]
-    assert by_type[EventType.PHASE] == [{"phase": "think"}, {"phase": "act"}, {"phase": "reply"}]
+    assert by_type[EventType.PHASE] == [{"phase": "reply"}]  # think and act are opened by their neighbours
     assert by_type[EventType.STEP][:2] == [
         {"index": 1, "total": 2, "label": "Check the pantry", "status": "started"},
         {"index": 1, "total": 2, "label": "Check the pantry", "status": "completed",
-         "output": {"step": 1, "label": "Check the pantry", "ingredients": [], "runs": 1}}]
+         "output": {"step": 1, "label": "Check the pantry", "ingredients": [], "runs": 1},
+         "next": {"index": 2, "label": "Search recipes"}}]  # step 2 starts in the same write
     assert by_type[EventType.PLAN][0]["specs"] == {"1": {"tool": "search"}}
     assert by_type[EventType.DELTA] == [{"text": "Hello wor"}, {"text": "Good", "replace": True}, {"text": "bye"}]
-    assert by_type[EventType.RESUMED] == [{"attempt": 2, "from_seq": 11}]
+    assert by_type[EventType.RESUMED] == [{"attempt": 2, "from_seq": 8}]
     assert by_type[EventType.COMPLETE] == [{"output": {"reply": "Goodbye"}}]
     record = deps.jobs.get(job_id)
     assert record is not None

@@ -8,6 +8,7 @@ built lazily from settings, never at import time (moto and tests rely on that).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -629,12 +630,22 @@ class DynamoConversationStore:
                     at: str, expires_at: int) -> None:
         key = f"{user_id}#{conversation_id}"
         # Keyed by job id: a repeated commit overwrites the same two items with the same content
-        # (both come from the stored terminal event), so the turn exists exactly once.
-        for n, (role, text) in enumerate((("user", message), ("assistant", reply))):
-            item = {"conversation_key": key, "sk": f"{at}#{job_id}#{n}", "role": role, "text": text,
-                    "job_id": job_id, "at": at, "expires_at": expires_at}
+        # (both come from the stored terminal event), so the turn exists exactly once. Both go in
+        # one BatchWriteItem (one round trip, the same write units): it is not atomic, which needs
+        # no atomicity here: a crash between the two is repaired by the next finalize, which
+        # writes both again before the terminal projection takes the job off the sweeper's index.
+        requests = [{"PutRequest": {"Item": serialize({
+            "conversation_key": key, "sk": f"{at}#{job_id}#{n}", "role": role, "text": text,
+            "job_id": job_id, "at": at, "expires_at": expires_at})}}
+            for n, (role, text) in enumerate((("user", message), ("assistant", reply)))]
+        for attempt in range(8):
             with mapped_errors():
-                self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item))
+                out = self._c.dynamodb.batch_write_item(RequestItems={self._table: requests})
+            requests = out.get("UnprocessedItems", {}).get(self._table, [])
+            if not requests:
+                return
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))  # throttled: back off, as the SDK would
+        raise TransientStoreError("the conversation turn was not written (throttled)")
 
     def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
         """Newest first from ``before``, ``Limit`` = what is still wanted: a page of 50 reads 51
@@ -769,9 +780,10 @@ class SqsJobQueue:
     def __init__(self, clients: AwsClients) -> None:
         self._c = clients
 
-    def send(self, job_id: str, delay_seconds: int = 0) -> None:
+    def send(self, job_id: str, delay_seconds: int = 0, *, next_up: bool = False) -> None:
+        body = {"job_id": job_id, "next_up": True} if next_up else {"job_id": job_id}
         with mapped_errors():
-            self._c.sqs.send_message(QueueUrl=self._c.queue_url, MessageBody=json.dumps({"job_id": job_id}),
+            self._c.sqs.send_message(QueueUrl=self._c.queue_url, MessageBody=json.dumps(body),
                                      DelaySeconds=max(0, min(900, delay_seconds)))
 
     def backlog(self) -> int:

@@ -320,6 +320,7 @@ class MemoryConversationStore:
 class SentMessage:
     job_id: str
     delay_seconds: int
+    next_up: bool = False
 
 
 @dataclass
@@ -328,8 +329,8 @@ class MemoryJobQueue:
     visibility: dict[str, int] = field(default_factory=dict)
     dead: list[tuple[str, str]] = field(default_factory=list)
 
-    def send(self, job_id: str, delay_seconds: int = 0) -> None:
-        self.sent.append(SentMessage(job_id, delay_seconds))
+    def send(self, job_id: str, delay_seconds: int = 0, *, next_up: bool = False) -> None:
+        self.sent.append(SentMessage(job_id, delay_seconds, next_up))
 
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         self.visibility[receipt_handle] = seconds

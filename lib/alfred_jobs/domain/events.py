@@ -157,8 +157,20 @@ class PlanPayload(Payload):
         return Plan([PlanStep(st.index, st.label, specs.get(str(st.index), {})) for st in self.steps])
 
 
+class NextStep(_Data):
+    """The step that starts as the one before it completes."""
+
+    index: int
+    label: str
+
+
 class StepPayload(Payload):
-    """A step started, or completed with its ``output`` (set, even when it is null)."""
+    """A step started, or completed with its ``output`` (set, even when it is null).
+
+    A completed step may say which step starts with it (``next``): the runner goes from one step
+    to the next in one write, not two, and that write is the fence before the next step acts, as a
+    ``started`` event would be. A reader takes it as that step's ``started`` event.
+    """
 
     event_type = EventType.STEP
     index: int
@@ -166,6 +178,7 @@ class StepPayload(Payload):
     label: str
     status: Literal["started", "completed"]
     output: Any = None
+    next: NextStep | None = None
 
     @property
     def completed(self) -> bool:
@@ -389,6 +402,8 @@ class LogState:
             self.status = p.status
             if p.status is JobStatus.RUNNING:
                 self.started_at = self.started_at or ev.ts
+                if self.plan is None:  # a job starts by thinking: no ``phase`` event says so
+                    self.progress = replace(progress, phase="think", label=PHASE_LABELS["think"])
         elif isinstance(p, ResumedPayload):
             self.status = JobStatus.RUNNING
         elif isinstance(p, PhasePayload):
@@ -403,7 +418,12 @@ class LogState:
             else:
                 self.started.add(p.index)
             done_before = p.index if p.completed else p.index - 1
-            self.progress = replace(progress, total_steps=p.total, label=p.label,
+            label = p.label
+            if p.completed and p.next is not None:
+                self.started.add(p.next.index)
+                label = p.next.label
+            # Steps are the act phase: no ``phase`` event opens it.
+            self.progress = replace(progress, phase="act", total_steps=p.total, label=label,
                                     completed_steps=max(progress.completed_steps, done_before))
         elif isinstance(p, DeltaPayload):
             self.shown = apply_delta(self.shown, p)

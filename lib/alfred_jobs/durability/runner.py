@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, cast
@@ -34,6 +35,7 @@ from alfred_jobs.domain.events import (
     FailedPayload,
     InputKind,
     InputRequiredPayload,
+    NextStep,
     Payload,
     PhasePayload,
     PlanPayload,
@@ -64,6 +66,10 @@ from alfred_jobs.ports import Deps
 
 log = get_logger()
 
+# Reads and projections a job does not wait for (the conversation's history while the slot is
+# taken, the first projection while the agent thinks). Shared by the attempts of a process.
+_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="attempt-bg")
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -73,6 +79,9 @@ class Delivery:
     receipt_handle: str | None = None
     receive_count: int = 1
     body: str = ""
+    # Its sender found it the next to start in its conversation (see ``Admission.take``); a
+    # message without it (a stray, a hand-made one) is checked against the gate first.
+    next_up: bool = False
 
 
 class Outcome(StrEnum):
@@ -168,6 +177,8 @@ class _Attempt:
         self.view = job  # job record folded with every event we know of
         self._step = 0  # where the agent is: 0 thinking, a step's index while acting, past them replying
         self._asks: dict[int, int] = {}  # questions asked so far in each step (their input ids)
+        self._history: Future[list[dict[str, Any]]] | None = None
+        self._projection: Future[None] | None = None
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -184,6 +195,36 @@ class _Attempt:
     def _load(self) -> None:
         self.events = self.journal.read_all(self.job.job_id, known_head=self.job.last_seq)
         self.view = refold(self.job, self.events)
+
+    def _first_load(self) -> None:
+        """The log as this attempt starts. A first attempt (``attempts`` is 1: no attempt before it
+        took the lease, and one that gave its delivery back undid its count before any event) of a
+        job whose record projects no event finds an empty log, and does not read it. The one writer
+        of a job's log without its lease, the API ending a job nobody holds, projects its terminal
+        event; if it died before that projection, our first event's put meets its event in slot 1
+        (``SlotTaken``, terminal) and we finalize it then."""
+        if self.attempt == 1 and self.job.last_seq == 0:
+            self.events, self.view = [], refold(self.job, [])
+            return
+        self._load()
+
+    def _in_background(self, fn: Any, *args: Any) -> Future[Any]:
+        return _BACKGROUND.submit(fn, *args)
+
+    def _project(self, job: Job) -> None:
+        self.deps.jobs.save_projection(job, owner=self.owner)
+
+    def _settle_projection(self) -> None:
+        """Wait for the first projection (running in the background) before a later one is
+        written: projections only move forward, and a stale one failing its condition is fine."""
+        future, self._projection = self._projection, None
+        if future is not None:
+            try:
+                future.result()
+            except (Fenced, StoreError) as exc:
+                # A later projection (the keeper's renewal) is there, or the store failed: the
+                # keeper's next renewal projects the same state; the fence is the log, not this.
+                log.info("first projection not written", extra={"job_id": self.job.job_id, "error": str(exc)})
 
     def append(self, payload: Payload) -> Event:
         """Checkpoint: one conditional PutItem at the head of the log."""
@@ -221,6 +262,7 @@ class _Attempt:
         projection, a lost SendMessage would leave a failed job that is never parked (guarantee 8).
         """
         self.keeper.stop()
+        self._settle_projection()
         term = self.events[-1]
         job = self.view
         outcome = term.payload
@@ -243,12 +285,17 @@ class _Attempt:
 
     def run(self) -> RunResult:
         try:
-            self._load()
+            self._first_load()
             if self.events and self.events[-1].terminal:
                 self.finalize()
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
             if self.view.status is JobStatus.WAITING:
                 return self._wait_for_answer()  # a delivery while it waits (or its asker died leaving)
+            # The agent plans from the conversation's history: read it while the slot is taken and
+            # the attempt's first event written, not after.
+            job = self.job
+            self._history = self._in_background(self.deps.conversations.messages, job.user_id,
+                                                job.conversation_id, 50)
             # The keeper renews the lease from here on: taking a slot costs a read and a write,
             # which a busy store can stretch past a short lease.
             self.keeper.start()
@@ -287,7 +334,7 @@ class _Attempt:
     def _admitted(self) -> bool:
         """Take a run slot in the user's gate before the first event (a job with events took one
         before: it keeps it until it ends, retries included)."""
-        verdict = self.r.admission.take(self.job)
+        verdict = self.r.admission.take(self.job, next_up=self.delivery.next_up)
         if verdict is Verdict.NOT_ENROLLED:
             # An active job its submit never enrolled (it died between its put and its enroll):
             # enroll it now, past the limit (the job exists; the submit's answer was lost).
@@ -351,6 +398,7 @@ class _Attempt:
         question = replay(self.events).question
         expires = parse_iso(question.expires_at) if question else now_ts() + self.s.input_timeout_seconds
         released = False
+        self._settle_projection()
         try:
             try:
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
@@ -414,7 +462,14 @@ class _Attempt:
                 else:
                     self.append(ResumedPayload(attempt=self.attempt, from_seq=self.head))
                     count("JobsResumed")
-                self.deps.jobs.save_projection(replace(self.view, attempts=self.attempt), owner=self.owner)
+                projection = replace(self.view, attempts=self.attempt)
+                if len(self.events) == 1:
+                    # A first attempt's projection (running, started_at) is for readers: nothing
+                    # waits for it, so it is written while the agent thinks. A resumed attempt's is
+                    # written before it goes on (it moves the record off an earlier attempt's state).
+                    self._projection = self._in_background(self._project, projection)
+                else:
+                    self.deps.jobs.save_projection(projection, owner=self.owner)
                 return
             except SlotTaken as taken:
                 if taken.existing.terminal:
@@ -426,35 +481,44 @@ class _Attempt:
         job = self.view
         done = replay(self.events)  # what the log says was done: plan, step outputs, phases, reply shown
         plan, outputs = done.plan, done.outputs
-        history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
+        if self._history is not None:
+            history = self._history.result()
+        else:
+            history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
                            step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested,
                            created_at=job.created_at, expires_at=job.expires_at, asker=self._ask)
         self._step = 0
+        # No ``phase`` event for think and act: the attempt's first event (``status: running``,
+        # ``resumed``) opens thinking, and the first step event the act phase. One write each less.
         if plan is None:
             self.boundary()
-            if "think" not in done.phases:
-                self.append(PhasePayload(phase="think"))
             plan = self.agent.think(ctx)
             self.append(PlanPayload.of(plan))
-        if plan.steps and "act" not in done.phases:
-            self.boundary()
-            self.append(PhasePayload(phase="act"))
         total = len(plan.steps)
-        for step in plan.steps:
-            if step.index in outputs:
-                continue  # recorded as completed: never run again (guarantee 4)
-            self.boundary()
-            self._step = step.index
-            if step.index not in done.started:
+        todo = [step for step in plan.steps if step.index not in outputs]  # completed: never again (guarantee 4)
+        started = set(done.started)
+        for n, step in enumerate(todo):
+            if step.index not in started:
+                self.boundary()
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
+            self._step = step.index
             t0 = time.monotonic()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", time.monotonic() - t0, "Seconds")
+            # The next step starts in the same write (``next``), unless the job stops here: the
+            # boundary between them is checked before it, as before a ``started`` event.
+            following = todo[n + 1] if n + 1 < len(todo) else None
+            if following is not None and (following.index in started or self.keeper.cancel_requested):
+                following = None
             self.append(StepPayload(index=step.index, total=total, label=step.label, status="completed",
-                                    output=step_output))
+                                    output=step_output,
+                                    **({"next": NextStep(index=following.index, label=following.label)}
+                                       if following is not None else {})))
             outputs[step.index] = step_output
+            if following is not None:
+                started.add(following.index)
         self.boundary()
         self._step = total + 1
         if "reply" not in done.phases:
@@ -533,6 +597,7 @@ class _Attempt:
                 delay = int(min(self.s.retry_max_seconds, backoff))
                 self.keeper.stop()
                 self.append(StatusPayload(status=JobStatus.PENDING, retry_in=delay, error=error))
+                self._settle_projection()
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
                 self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                              now_ts() + delay + self.s.pending_grace_seconds)

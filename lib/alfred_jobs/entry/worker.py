@@ -47,14 +47,16 @@ def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str
                    receive_count: int) -> RunResult | None:
     """Run one message. Raises ``RetryLater`` when the job should be tried again later."""
     try:
-        job_id = json.loads(body)["job_id"]
+        message = json.loads(body)
+        job_id = message["job_id"]
         if not is_job_id(job_id):
             raise ValueError("bad job id")
+        next_up = message.get("next_up") is True
     except (ValueError, KeyError, TypeError):
         log.error("malformed queue message parked in the DLQ")
         deps.queue.dead_letter("-", body[:1024], "malformed_message")
         return None
-    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body))
+    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body, next_up))
     if result.outcome is Outcome.RETRY:
         if receipt_handle:
             deps.queue.change_visibility(receipt_handle, result.retry_after)

@@ -147,7 +147,7 @@ class JobService:
                 self._interrupt(user_id, earlier.job_id, by=job.job_id)
             gate = self.deps.gates.read(user_id)  # ending a waiting job may have handed its place on
         if gate.next_up(job.job_id, self.settings.max_running_per_user):
-            self.deps.queue.send(job_id)
+            self.deps.queue.send(job_id, next_up=True)
         count("JobsSubmitted")
         log.info("job submitted", extra={"job_id": job_id, "user": user_id, "queued_behind": len(ahead)})
         return Submitted(job, created=True)
@@ -194,7 +194,7 @@ class JobService:
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
             # duplicate message is harmless (the worker drops messages of held jobs).
-            self.deps.queue.send(existing.job_id)
+            self.deps.queue.send(existing.job_id, next_up=True)
         return Submitted(existing, created=False)
 
     def _create(self, job: Job) -> Job | None:

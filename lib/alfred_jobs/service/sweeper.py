@@ -88,6 +88,7 @@ class Sweeper:
                    report: SweepReport) -> None:
         s = self.deps.settings
         later = now + max(s.lease_seconds, s.pending_grace_seconds)
+        next_up = False
         if job.lease_owner is None or not job.lease_live(now):
             gate = gates.get(job.user_id)
             if gate is None:
@@ -108,9 +109,10 @@ class Sweeper:
                     self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
                     report.queued.append(job.job_id)
                     return
+                next_up = True
         # Stranded: a dead worker's job, an admitted job without a message, a job its submit
         # never enrolled (its first delivery enrolls it), or one whose finalize did not finish.
-        self.deps.queue.send(job.job_id)
+        self.deps.queue.send(job.job_id, next_up=next_up)
         # Not again before a worker had the time to take it.
         self.deps.jobs.postpone(job.job_id, later)
         report.requeued.append(job.job_id)
