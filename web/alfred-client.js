@@ -85,6 +85,14 @@ export function applyEvent(view, ev) {
     case 'plan': {
       v.totalSteps = d.total_steps ?? (d.steps || []).length;
       for (const s of d.steps || []) upsertStep(v.steps, s.index, { label: s.label });
+      // The first step may start with the plan (`next`): one write, not two.
+      if (d.next && typeof d.next.index === 'number'
+          && !view.steps.some((s) => s.index === d.next.index && s.status)) {
+        upsertStep(v.steps, d.next.index, { label: d.next.label, status: 'started' });
+        v.phase = 'act';
+        v.currentStep = d.next.index;
+        v.label = d.next.label;
+      }
       break;
     }
     case 'step': {

@@ -509,6 +509,10 @@ class Renderer:
                 self._line("✎ reply:")
         elif t == "plan":
             self._line(f"  plan: {d.get('total_steps')} steps")
+            nxt = d.get("next")
+            if isinstance(nxt, dict):  # the first step started with the plan
+                self._write(f"  ◦ {nxt.get('index')}/{d.get('total_steps')} {nxt.get('label')}…")
+                self.open_line = True
         elif t == "step":
             text = f"{d.get('index')}/{d.get('total')} {d.get('label')}"
             if d.get("status") == "started":
@@ -551,10 +555,14 @@ def summarize(t: str, d: dict[str, Any]) -> str:
     if t == "phase":
         return str(d.get("phase"))
     if t == "plan":
-        return f"{d.get('total_steps')} steps"
+        nxt = d.get("next")
+        then = f"; step {nxt.get('index')}/{d.get('total_steps')} started: {nxt.get('label')}" \
+            if isinstance(nxt, dict) else ""
+        return f"{d.get('total_steps')} steps{then}"
     if t == "step":
         nxt = d.get("next")
-        then = f"; {nxt.get('index')}/{d.get('total')} started: {nxt.get('label')}" if isinstance(nxt, dict) else ""
+        then = f"; step {nxt.get('index')}/{d.get('total')} started: {nxt.get('label')}" \
+            if isinstance(nxt, dict) else ""
         return f"{d.get('index')}/{d.get('total')} {d.get('status')}: {d.get('label')}{then}"
     if t == "delta":
         delta = DeltaPayload.model_validate(d)

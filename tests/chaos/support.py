@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from alfred_jobs.domain.events import step_started_by
 from alfred_jobs.domain.models import Event, EventType
 from alfred_jobs.exceptions import TransientStoreError
 from tests.integration.helpers import TERMINAL, log_of
@@ -142,8 +143,7 @@ def assert_effects_once_per_completed_step(stack: Stack, job_id: str, events: li
     """
     effects = stack.deps.agent_data.step_effects(job_id)
     for index, runs in effects.items():
-        starts = [e.seq for e in events if e.type is EventType.STEP and e.data["index"] == index
-                  and e.data["status"] == "started"]
+        starts = [e.seq for e in events if step_started_by(e) == index]
         done = [e.seq for e in events if e.type is EventType.STEP and e.data["index"] == index
                 and e.data["status"] == "completed"]
         assert starts, f"{job_id}: step {index} ran {runs}x but was never recorded as started"

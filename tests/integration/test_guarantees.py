@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from alfred_jobs.domain.events import replay
+from alfred_jobs.domain.events import replay, step_started_by
 from alfred_jobs.domain.models import EventType, JobStatus, now_ts
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.fidelity import FidelityProxy
@@ -44,8 +44,7 @@ def stack(faithful: tuple[dict[str, str], FidelityProxy]) -> Iterator[Stack]:
 
 
 def step_started(stack: Stack, job_id: str, index: int) -> bool:
-    return any(e.type is EventType.STEP and e.data["index"] == index and e.data["status"] == "started"
-               for e in log_of(stack, job_id))
+    return any(step_started_by(e) == index for e in log_of(stack, job_id))
 
 
 def test_worker_sigkilled_mid_step_resumes_without_rerunning_completed_steps(stack: Stack) -> None:

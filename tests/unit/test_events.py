@@ -444,14 +444,15 @@ def test_what_the_runner_writes_round_trips_and_folds_like_the_record() -> None:
     assert by_type[EventType.STATUS] == [{"status": "running"}, {"status": "pending", "retry_in": 2, "error": {
         "code": "agent_retryable", "message": "dropped"}}]
     assert by_type[EventType.PHASE] == [{"phase": "reply"}]  # think and act are opened by their neighbours
-    assert by_type[EventType.STEP][:2] == [
-        {"index": 1, "total": 2, "label": "Check the pantry", "status": "started"},
+    # step 1 starts with the plan, step 2 with step 1's completion: in the same writes
+    assert by_type[EventType.PLAN][0]["next"] == {"index": 1, "label": "Check the pantry"}
+    assert by_type[EventType.STEP][:1] == [
         {"index": 1, "total": 2, "label": "Check the pantry", "status": "completed",
          "output": {"step": 1, "label": "Check the pantry", "ingredients": [], "runs": 1},
-         "next": {"index": 2, "label": "Search recipes"}}]  # step 2 starts in the same write
+         "next": {"index": 2, "label": "Search recipes"}}]
     assert by_type[EventType.PLAN][0]["specs"] == {"1": {"tool": "search"}}
     assert by_type[EventType.DELTA] == [{"text": "Hello wor"}, {"text": "Good", "replace": True}, {"text": "bye"}]
-    assert by_type[EventType.RESUMED] == [{"attempt": 2, "from_seq": 8}]
+    assert by_type[EventType.RESUMED] == [{"attempt": 2, "from_seq": 7}]
     assert by_type[EventType.COMPLETE] == [{"output": {"reply": "Goodbye"}}]
     record = deps.jobs.get(job_id)
     assert record is not None

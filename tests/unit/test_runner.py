@@ -78,12 +78,13 @@ def test_happy_path_checkpoints_every_phase_and_step(deps: Deps) -> None:
     result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
     assert result.outcome is Outcome.DONE and result.status is JobStatus.COMPLETE
     got = types(deps, job_id)
-    # No phase event for think and act (status running and the first step open them), and each
-    # completed step but the last starts the next one in the same write (issue 16).
-    assert got == ["status:running", "plan:", "step:started", "step:completed", "step:completed",
+    # No phase event for think and act (status running and the first step open them); the plan
+    # starts step 1, and each completed step but the last the next one, in the same write (issue 16).
+    assert got == ["status:running", "plan:", "step:completed", "step:completed",
                    "step:completed", "phase:reply", *["delta:"] * got.count("delta:"), "complete:"]
-    steps = [e.data for e in events(deps, job_id) if e.type is EventType.STEP]
-    assert [s.get("next", {}).get("index") for s in steps] == [None, 2, 3, None]
+    evs = events(deps, job_id)
+    assert [e.data.get("next", {}).get("index") for e in evs if e.type in (EventType.PLAN, EventType.STEP)] \
+        == [1, 2, 3, None]
     assert [e.seq for e in events(deps, job_id)] == list(range(1, len(got) + 1))
     job = deps.jobs.get(job_id)
     assert job is not None and job.status is JobStatus.COMPLETE and job.last_seq == len(got)

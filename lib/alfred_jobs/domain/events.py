@@ -134,34 +134,40 @@ class PlanStepRef(_Data):
     label: str
 
 
+class NextStep(_Data):
+    """The step that starts in the same write as the event that carries it (``plan``, a completed
+    ``step``): one write instead of two, and that write is the fence before the step acts, as a
+    ``started`` event would be. A reader takes it as that step's ``started`` event."""
+
+    index: int
+    label: str
+
+
 class PlanPayload(Payload):
-    """The plan; ``specs`` (agent-private step detail by str(index)) never leaves the service."""
+    """The plan; ``specs`` (agent-private step detail by str(index)) never leaves the service.
+    ``next``: the first step starts with it."""
 
     event_type = EventType.PLAN
     steps: list[PlanStepRef]
     total_steps: int
     specs: dict[str, dict[str, Any]] | None = None
+    next: NextStep | None = None
 
     @classmethod
-    def of(cls, plan: Plan) -> PlanPayload:
-        """The payload recording ``plan`` (``specs`` only when some step has one)."""
+    def of(cls, plan: Plan, *, start_first: bool = False) -> PlanPayload:
+        """The payload recording ``plan`` (``specs`` only when some step has one); with
+        ``start_first``, its first step starts with it (``next``)."""
         steps = [PlanStepRef(index=st.index, label=st.label) for st in plan.steps]
         specs = {str(st.index): st.spec for st in plan.steps if st.spec}
-        if specs:
-            return cls(steps=steps, total_steps=len(steps), specs=specs)
-        return cls(steps=steps, total_steps=len(steps))
+        extra: dict[str, Any] = {"specs": specs} if specs else {}
+        if start_first and plan.steps:
+            extra["next"] = NextStep(index=plan.steps[0].index, label=plan.steps[0].label)
+        return cls(steps=steps, total_steps=len(steps), **extra)
 
     def plan(self) -> Plan:
         """The recorded plan, specs included, as the agent made it."""
         specs = self.specs or {}
         return Plan([PlanStep(st.index, st.label, specs.get(str(st.index), {})) for st in self.steps])
-
-
-class NextStep(_Data):
-    """The step that starts as the one before it completes."""
-
-    index: int
-    label: str
 
 
 class StepPayload(Payload):
@@ -412,6 +418,9 @@ class LogState:
         elif isinstance(p, PlanPayload):
             self.plan = p.plan()
             self.progress = replace(progress, total_steps=p.total_steps)
+            if p.next is not None:
+                self.started.add(p.next.index)
+                self.progress = replace(self.progress, phase="act", label=p.next.label)
         elif isinstance(p, StepPayload):
             if p.completed:
                 self.outputs[p.index] = p.output
@@ -442,6 +451,17 @@ class LogState:
             elif isinstance(p, FailedPayload):
                 self.error = p.error.to_data()
             self.progress = replace(progress, label=TERMINAL_LABELS[ev.type])
+
+
+def step_started_by(ev: Event) -> int | None:
+    """The index of the step ``ev`` starts, if it starts one: a ``started`` step event, or the
+    ``next`` of a plan or of a completed step."""
+    p = ev.payload
+    if isinstance(p, StepPayload):
+        return p.next.index if p.completed and p.next is not None else (None if p.completed else p.index)
+    if isinstance(p, PlanPayload) and p.next is not None:
+        return p.next.index
+    return None
 
 
 def replay(events: Iterable[Event], state: LogState | None = None) -> LogState:

@@ -492,13 +492,17 @@ class _Attempt:
         self._step = 0
         # No ``phase`` event for think and act: the attempt's first event (``status: running``,
         # ``resumed``) opens thinking, and the first step event the act phase. One write each less.
+        started = set(done.started)
         if plan is None:
             self.boundary()
             plan = self.agent.think(ctx)
-            self.append(PlanPayload.of(plan))
+            # The first step starts with the plan (``next``), unless a cancel came meanwhile.
+            start_first = bool(plan.steps) and not self.keeper.cancel_requested
+            self.append(PlanPayload.of(plan, start_first=start_first))
+            if start_first:
+                started.add(plan.steps[0].index)
         total = len(plan.steps)
         todo = [step for step in plan.steps if step.index not in outputs]  # completed: never again (guarantee 4)
-        started = set(done.started)
         for n, step in enumerate(todo):
             if step.index not in started:
                 self.boundary()
