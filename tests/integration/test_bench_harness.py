@@ -24,7 +24,11 @@ CONTRACT_KEYS = [
     "peer_celery_sqs", "jobs_per_s", "floor_jobs_per_s", "cost_per_million_jobs_usd",
     # issue 16: what a user waits for
     "cancel_p99_ms", "first_event_p50_ms", "submit_floor_ms", "submit_cold_start_ms",
+    # issue 16: the whole bill of a 15 s job, ours and the peers'
+    "aws_cost_per_million_jobs_usd",
 ]
+BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "lambda_durable_functions",
+             "temporal_cloud"]
 
 
 def _positive(v: object) -> bool:
@@ -48,7 +52,7 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     for key in CONTRACT_KEYS:
         assert key in res, key
     for key in CONTRACT_KEYS:
-        if key in ("peer_celery_sqs", "cost_per_million_jobs_usd"):
+        if key in ("peer_celery_sqs", "cost_per_million_jobs_usd", "aws_cost_per_million_jobs_usd"):
             continue
         assert _positive(res[key]), (key, res[key])
     assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
@@ -64,6 +68,15 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     assert calls["sqs.SendMessage"] >= 1
     assert res["machine"]["nproc"] >= 1
     assert res["prices"]["usd"]
+    # the whole bill: every option priced, each a plausible figure for a 15 s job ($100-$5,000 per
+    # million: at least the agent's 15 s of Lambda at 1 GB, $250, and not twenty times that)
+    bill = res["aws_cost_per_million_jobs_usd"]
+    assert sorted(bill) == sorted(BILL_KEYS)
+    for key in BILL_KEYS:
+        assert _positive(bill[key]) and 100 < bill[key] < 5_000, (key, bill[key])
+    detail = res["aws_cost_detail"]
+    assert detail["load_jobs_per_hour"] > 0 and detail["service_stream_break_even_jobs_per_hour"] > 0
+    assert detail["units_per_job"]["wru"] >= 10 and detail["units_per_job"]["rru_eventual"] > 0
     # a cancel lands within the job (a few seconds), the first event comes after the submit's answer
     assert res["cancel_samples"] >= 1 and res["cancel_p99_ms"] < 30_000
     assert res["cancel_p99_ms"] >= res["cancel_p50_ms"]
