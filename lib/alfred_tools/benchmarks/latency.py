@@ -86,15 +86,23 @@ class Follower:
         return self.frames[-1]
 
     def phase(self) -> str:
-        """Where the job was by the frames seen so far: think, step N, reply (for the report)."""
+        """Where the job was by the frames seen so far: think, step N, reply (for the report). A
+        step may be started by its own event, or by the ``next`` of a plan or a completed step."""
         where = "pending"
         for f in self.frames:
-            if f.type == "phase":
-                where = str(f.data.get("data", {}).get("phase", where))
-            elif f.type == "step" and f.data.get("data", {}).get("status") == "started":
-                where = f"step {f.data['data'].get('index')}"
-            elif f.type == "status" and where == "pending":
-                where = "started"
+            data = f.data.get("data", {})
+            nxt = data.get("next") if isinstance(data.get("next"), dict) else None
+            if f.type == "status":
+                where = "think"
+            elif f.type == "plan" and nxt:
+                where = f"step {nxt.get('index')}"
+            elif f.type == "step":
+                if data.get("status") == "started":
+                    where = f"step {data.get('index')}"
+                elif nxt:
+                    where = f"step {nxt.get('index')}"
+            elif f.type == "phase" and data.get("phase") == "reply":
+                where = "reply"
         return where
 
 
