@@ -10,6 +10,7 @@ the HTTP round trips, i.e. the cost of the calls themselves.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from typing import Any
@@ -20,13 +21,20 @@ from botocore.exceptions import ClientError
 
 RECEIPT_OPS = {"DeleteMessage", "ChangeMessageVisibility"}
 BATCH_RECEIPT_OPS = {"DeleteMessageBatch", "ChangeMessageVisibilityBatch"}
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _old_job_id(trace: list[dict[str, Any]]) -> str:
+    """The recorded job's id: the first key or item naming a job (32 hex characters). Not "the
+    first GetItem": a first attempt no longer reads its job, and the gate's key (``gate#user``) is
+    in the same table."""
     for call in trace:
-        if call["op"] == "GetItem" and "job_id" in call["params"].get("Key", {}):
-            return str(call["params"]["Key"]["job_id"]["S"])
-    raise ValueError("no job read in the trace")
+        params = call["params"]
+        for where in (params.get("Key"), params.get("Item")):
+            job_id = (where or {}).get("job_id", {}).get("S", "")
+            if JOB_ID.fullmatch(job_id):
+                return str(job_id)
+    raise ValueError("no job id in the trace")
 
 
 def main() -> None:
