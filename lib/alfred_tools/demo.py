@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alfred_jobs.domain.events import Event, ResumedPayload, StepPayload
+from alfred_jobs.domain.events import Event, ResumedPayload, StepPayload, step_started_by
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.observability import LOGGER_NAME
 from alfred_jobs.service.auth import issue_local_token
@@ -269,8 +269,10 @@ def _runs_allowed(events: list[Event]) -> dict[int, int]:
     done: dict[int, int] = {}
     for e in events:
         p = e.payload
-        if isinstance(p, StepPayload):
-            (done if p.completed else started).setdefault(p.index, e.seq)
+        if isinstance(p, StepPayload) and p.completed:
+            done.setdefault(p.index, e.seq)
+        if (begun := step_started_by(e)) is not None:
+            started.setdefault(begun, e.seq)
     resumed = [e.seq for e in events if isinstance(e.payload, ResumedPayload)]
     return {i: 1 + sum(started[i] < r < done.get(i, 10**9) for r in resumed) for i in started}
 
@@ -326,7 +328,7 @@ def _steps(events: list[Event]) -> list[StepPayload]:
 
 
 def _started(events: list[Event], index: int) -> bool:
-    return any(st.index == index for st in _steps(events))
+    return any(step_started_by(e) == index for e in events)
 
 
 def _terminal(events: list[Event]) -> bool:

@@ -11,11 +11,13 @@ import pytest
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, PlanStep
+from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, now_ts
 from alfred_jobs.durability.admission import gate_entry
+from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import ConversationBusy, StoreError, TooManyRequests
+from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
@@ -110,6 +112,46 @@ def test_a_delivery_of_a_waiting_job_is_given_back_without_counting_an_attempt()
     assert record is not None and record.attempts == 0 and record.lease_owner is None
     assert log(deps, second.job_id) == []
     assert run(deps, first.job_id) is Outcome.DONE and run(deps, second.job_id) is Outcome.DONE
+
+
+@pytest.mark.parametrize("slot_free", [True, False])
+def test_a_delivery_racing_an_api_cancel_does_not_enroll_the_ended_job_again(slot_free: bool) -> None:
+    # GIVEN a job that may start, its message sent (next_up), and the API cancelling it as the
+    # worker takes it: the API read the job before the worker's lease, so it ends the job itself
+    # (terminal event, entry removed) between the worker's lease and its take
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    if not slot_free:
+        busy = chat(svc, "busy", conv="c0")
+        assert run(deps, busy.job_id, agent=_Parked(deps)) is Outcome.RETRY  # holds the one slot
+    job = chat(svc, "one")
+    stale = deps.jobs.get(job.job_id)
+    assert stale is not None
+    real_take = deps.gates.take
+
+    def take_after_the_cancel(*args: Any, **kwargs: Any) -> Gate:
+        deps.gates.take = real_take  # type: ignore[method-assign]
+        assert end_unheld(deps, stale, CancelledPayload(), "api") is not None
+        return real_take(*args, **kwargs)
+
+    deps.gates.take = take_after_the_cancel  # type: ignore[method-assign]
+    # WHEN the delivery runs
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job.job_id, next_up=True))
+    # THEN it finishes the ended job and gives the gate no entry for it (an entry of an ended job
+    # would hold its conversation for good)
+    assert result.outcome is Outcome.DONE and result.status is JobStatus.CANCELLED
+    assert deps.gates.read("u").entry(job.job_id) is None
+    assert [e.type for e in log(deps, job.job_id)] == [EventType.CANCELLED]
+
+
+class _Parked(DemoAgent):
+    """An agent whose think fails retryably: its job keeps its slot through the backoff."""
+
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+
+    def think(self, ctx: AgentContext) -> Any:
+        raise AgentError("later", code="later", retryable=True)
 
 
 # ---- reject, interrupt, the limits ------------------------------------------------------------------

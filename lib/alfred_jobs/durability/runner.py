@@ -102,6 +102,10 @@ class _AskUser(BaseException):  # not an Exception: no agent's ``except Exceptio
     """Internal: the agent asked the user; the attempt ends with the job waiting for the answer."""
 
 
+class _Ended(Exception):
+    """Internal: the job turned out to be ended already (by the API) before this attempt began."""
+
+
 class _Stop(Exception):
     """Internal: leave the attempt with this result."""
 
@@ -303,6 +307,10 @@ class _Attempt:
                 # A first attempt, or the first after an answer (asking gave the slot back).
                 try:
                     admitted = self._admitted()
+                except _Ended:
+                    self.keeper.stop()
+                    self.finalize()
+                    return RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status)
                 except StoreError:
                     return self._give_back("store_unavailable", retry_after=1)
                 if not admitted:
@@ -336,8 +344,15 @@ class _Attempt:
         before: it keeps it until it ends, retries included)."""
         verdict = self.r.admission.take(self.job, next_up=self.delivery.next_up)
         if verdict is Verdict.NOT_ENROLLED:
-            # An active job its submit never enrolled (it died between its put and its enroll):
-            # enroll it now, past the limit (the job exists; the submit's answer was lost).
+            # Either the job's entry is gone because the job ended meanwhile (the API cancelled it
+            # while nobody held it, racing this delivery: it puts the terminal event first, then
+            # removes the entry), or its submit died between its put and its enroll. The log tells
+            # which: never enroll an ended job again (its entry would block its conversation).
+            self._load()
+            if self.events and self.events[-1].terminal:
+                raise _Ended()
+            # Never enrolled: enroll it now, past the limit (the job exists; the submit's answer
+            # was lost).
             self.r.admission.enroll(self.job, limit=False)
             verdict = self.r.admission.take(self.job)
         return verdict is Verdict.RUN
