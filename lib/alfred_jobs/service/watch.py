@@ -48,6 +48,7 @@ from alfred_jobs.ports import EventLog
 
 log = get_logger()
 
+FIRST_EVENT_WINDOW = 2.0  # seconds a watched job with no event yet is polled at MIN_INTERVAL
 MIN_INTERVAL = 0.05  # poll period right after something new (checkpoint -> client latency)
 MAX_INTERVAL = 0.2  # poll period after a quiet spell (cost of an idle watched job: 5 GetItem/s)
 ERROR_BACKOFF_MAX = 2.0
@@ -87,6 +88,12 @@ class _Channel:
             # record can lag behind its log, and the last event may already be the terminal one.
             self.end = None
             self.base = max(0, min(cursor, job.last_seq - 1))
+        # A reconnect mid-job brings a cursor past the record's head (the record lags its log by
+        # the events since the keeper's last refresh): the client has seen those events, so they
+        # exist, and the first read fetches them in one batch instead of probing them one by one.
+        # (They are still read: the status is folded from them. A cursor from nowhere only makes
+        # that batch come back short, and the read stops at the first missing seq.)
+        self.hint = cursor
         self.events: list[Event] = []
         self.watchers = 0
         self.polls_started = 0
@@ -165,12 +172,14 @@ class _Channel:
         """Read new events until the terminal one is in the buffer (or the task is cancelled)."""
         interval = self.hub.min_interval
         failures = 0
+        opened = time.monotonic()
         while not self.finished:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
             self.polls_started += 1
             try:
-                evs = await self._read(self.head, known_head=max(self.job.last_seq, self.head),
+                evs = await self._read(self.head, known_head=max(self.job.last_seq, self.head, self.hint),
                                        limit=READ_LIMIT)
+                self.hint = 0
             except Exception:
                 # Throttling, a 5xx, a dropped connection: keep watchers waiting (they get
                 # heartbeats) and try again; the log is durable, nothing is lost by waiting.
@@ -180,8 +189,11 @@ class _Channel:
                 interval = min(ERROR_BACKOFF_MAX, self.hub.min_interval * 2 ** failures)
             else:
                 failures = 0
-                # Something new: the job is busy, look again soon. Nothing: back off gently.
-                interval = (self.hub.min_interval if evs
+                # Something new: the job is busy, look again soon. Nothing: back off gently, but
+                # not while a just-submitted job has yet to start (its first event is a moment
+                # away: the time to the first event is what a user waits on after sending).
+                starting = self.head == 0 and time.monotonic() - opened < FIRST_EVENT_WINDOW
+                interval = (self.hub.min_interval if evs or starting
                             else min(self.hub.max_interval, interval * 1.5))
             self.polls_done += 1
             if evs:

@@ -6,6 +6,10 @@ SQS transport's long polling included). The worker is ``celery worker --pool sol
 process; the client waits with ``AsyncResult.get(interval=0.05)``, the same 50 ms cadence our
 stream's poller uses, so the peer is not penalised by its client's default 0.5 s polling.
 
+Each task does what a step of our demo agent does: its keyed side-effect write into the agent
+data table (the same ``record_step_effect`` UpdateItem), then its work (a sleep). So both sides
+do the same agent work, and the difference is the orchestration.
+
 Measured: ``zero_step_job_ms`` (5 zero-length tasks, ``apply_async`` → result known to the
 client) and ``overhead_ratio`` (5 x 1 s tasks / the same 5 task bodies called inline).
 
@@ -43,11 +47,29 @@ def make_app(broker: str, backend: str, queue: str, transport: dict[str, Any] | 
     return app
 
 
-def step_body(done: list[int] | None, index: int, seconds: float) -> list[int]:
-    """One step: wait ``seconds`` (the work), return the steps done so far."""
+def step_body(done: list[int] | None, index: int, seconds: float, effect: Any = None,
+              job_id: str = "") -> list[int]:
+    """One step: the demo agent's side effect (``effect``: its agent data store, the same keyed
+    UpdateItem our steps make, so both sides do the same agent work), wait ``seconds`` (the work),
+    return the steps done so far."""
+    if effect is not None:
+        effect.record_step_effect(job_id, index, 1, {"label": f"step {index}"}, int(time.time()) + 86400)
     if seconds:
         time.sleep(seconds)
     return [*(done or []), index]
+
+
+_effects: Any = None
+
+
+def effects() -> Any:
+    """This process's agent data store, from the stack's environment (the Celery worker's)."""
+    global _effects
+    if _effects is None:
+        from alfred_jobs.entry.wiring import aws_deps, get_settings
+
+        _effects = aws_deps(get_settings()).agent_data
+    return _effects
 
 
 app: Any = None
@@ -57,8 +79,8 @@ if Celery is not None and os.environ.get("BENCH_CELERY_BROKER"):
                    os.environ["BENCH_CELERY_QUEUE"], json.loads(os.environ.get("BENCH_CELERY_TRANSPORT", "{}")))
 
     @app.task(name="bench.step", acks_late=True)
-    def _step(done: list[int] | None, index: int, seconds: float) -> list[int]:
-        return step_body(done, index, seconds)
+    def _step(done: list[int] | None, index: int, seconds: float, job_id: str = "") -> list[int]:
+        return step_body(done, index, seconds, effects(), job_id)
 
     step = _step
 
@@ -75,8 +97,9 @@ def celery_env(endpoint: str, prefix: str) -> dict[str, str]:
 
 
 def run_chain(client_app: Any, n: int, seconds: float) -> float:
-    sig = chain(client_app.signature("bench.step", args=(None, 1, seconds)),
-                *(client_app.signature("bench.step", args=(i, seconds)) for i in range(2, n + 1)))
+    job = {"job_id": uuid.uuid4().hex}  # the steps' side effects are keyed by it, as ours are
+    sig = chain(client_app.signature("bench.step", args=(None, 1, seconds), kwargs=job),
+                *(client_app.signature("bench.step", args=(i, seconds), kwargs=job) for i in range(2, n + 1)))
     t0 = time.perf_counter()
     result = sig.apply_async()
     out = result.get(timeout=120, interval=0.05)
@@ -110,8 +133,9 @@ def _measure(stack: BenchStack, endpoint: str, transport: dict[str, Any], zero_r
             chained.append(run_chain(client_app, 5, step_seconds))
             t0 = time.perf_counter()
             done: list[int] | None = None
+            job_id = uuid.uuid4().hex
             for i in range(1, 6):
-                done = step_body(done, i, step_seconds)
+                done = step_body(done, i, step_seconds, stack.deps.agent_data, job_id)
             inline.append(time.perf_counter() - t0)
     finally:
         stack.stop(proc)
