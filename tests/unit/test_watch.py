@@ -477,3 +477,40 @@ def test_a_hole_that_is_really_there_below_the_buffer_is_an_error_not_a_skip() -
         await head
 
     run(go())
+
+
+class CountingLog(MemoryEventLog):
+    """Counts the store calls a reader makes (each ``read_range`` is one GetItem/BatchGetItem)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: list[tuple[int, int]] = []
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        self.ranges.append((first, last))
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_a_stream_reconnect_reads_through_its_cursor_in_one_batch_and_serves_the_next_frame_first() -> None:
+    # GIVEN a job 30 events in, whose record still says 1 (the record lags its log mid-job)
+    world = World()
+    counting = CountingLog()
+    world.deps = replace(world.deps, log=counting)
+    world.journal = Journal(counting, world.deps.settings.retention_seconds)
+    world.append(30)
+    assert world.record().last_seq == 0
+
+    async def reconnect(stream: bool) -> list[int]:
+        counting.ranges.clear()
+        hub = world.hub(min_interval=5.0, max_interval=5.0)
+        async with hub.watch(world.record(), 20, stream=stream) as w:
+            return [e.seq for e in await w.next_batch(5.0)]
+
+    # WHEN a stream reconnects with Last-Event-ID: 20
+    # THEN one read fetched 1..21 (the events it folds the status from, and its next frame), and
+    # frame 21 is served before the rest of the backlog is read
+    assert run(reconnect(stream=True), timeout=4) == [21]
+    assert counting.ranges[0] == (1, 21) and len(counting.ranges) == 1
+    # AND a long-poll from the same cursor answers with everything there is, in one response
+    assert run(reconnect(stream=False), timeout=4) == list(range(21, 31))
+    assert counting.ranges[0] == (1, 21)

@@ -75,7 +75,7 @@ class ChannelStats:
 class _Channel:
     """The shared state of one watched job inside one process."""
 
-    def __init__(self, hub: WatchHub, job: Job, cursor: int) -> None:
+    def __init__(self, hub: WatchHub, job: Job, cursor: int, stream: bool = False) -> None:
         self.hub = hub
         self.job_id = job.job_id
         self.job = job  # the record, folded forward with every event the poller sees
@@ -94,6 +94,10 @@ class _Channel:
         # (They are still read: the status is folded from them. A cursor from nowhere only makes
         # that batch come back short, and the read stops at the first missing seq.)
         self.hint = cursor
+        # A stream serves frame by frame: its first read stops at the client's next event, so
+        # that frame goes out without waiting for the rest of a long backlog (read right after).
+        # A long-poll answers with everything it finds in one response: no cut.
+        self.cut_at_hint = stream
         self.events: list[Event] = []
         self.watchers = 0
         self.polls_started = 0
@@ -176,10 +180,16 @@ class _Channel:
         while not self.finished:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
             self.polls_started += 1
+            known, limit = max(self.job.last_seq, self.head), READ_LIMIT
+            if self.hint > self.head:
+                # A reconnect: read through the client's next event in one batch (a stream serves
+                # it at once; the rest of the log follows with the next read, right after).
+                known = max(known, self.hint + 1)
+                if self.cut_at_hint:
+                    limit = self.hint + 1 - self.head
+            self.hint = 0
             try:
-                evs = await self._read(self.head, known_head=max(self.job.last_seq, self.head, self.hint),
-                                       limit=READ_LIMIT)
-                self.hint = 0
+                evs = await self._read(self.head, known_head=known, limit=limit)
             except Exception:
                 # Throttling, a 5xx, a dropped connection: keep watchers waiting (they get
                 # heartbeats) and try again; the log is durable, nothing is lost by waiting.
@@ -193,7 +203,8 @@ class _Channel:
                 # not while a just-submitted job has yet to start (its first event is a moment
                 # away: the time to the first event is what a user waits on after sending).
                 starting = self.head == 0 and time.monotonic() - opened < FIRST_EVENT_WINDOW
-                interval = (self.hub.min_interval if evs or starting
+                interval = (0 if len(evs) >= limit  # cut short by the limit: there may be more now
+                            else self.hub.min_interval if evs or starting
                             else min(self.hub.max_interval, interval * 1.5))
             self.polls_done += 1
             if evs:
@@ -347,11 +358,12 @@ class WatchHub:
     # ---- watching ------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def watch(self, job: Job, after: int) -> AsyncIterator[Watcher]:
-        """Watch ``job`` from cursor ``after``; leaving the block releases everything at once."""
+    async def watch(self, job: Job, after: int, *, stream: bool = False) -> AsyncIterator[Watcher]:
+        """Watch ``job`` from cursor ``after`` (``stream``: an SSE stream, served frame by frame);
+        leaving the block releases everything at once."""
         ch = self._channels.get(job.job_id)
         if ch is None:
-            ch = _Channel(self, job, after)
+            ch = _Channel(self, job, after, stream)
             self._channels[job.job_id] = ch
         ch.watchers += 1
         if ch.task is None and not ch.finished:

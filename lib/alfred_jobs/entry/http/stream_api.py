@@ -110,7 +110,7 @@ def sse_frame(event: Event) -> str:
 async def sse_stream(hub: WatchHub, job: Job, after: int, heartbeat: float,
                      retry_ms: int = RETRY_MS) -> AsyncIterator[str]:
     """Replay after ``after``, then live frames, a comment heartbeat when idle; ends after the terminal."""
-    async with hub.watch(job, after) as watcher:
+    async with hub.watch(job, after, stream=True) as watcher:
         yield f"retry: {retry_ms}\n\n"
         while not watcher.done:
             try:
