@@ -52,3 +52,29 @@ def test_an_unreadable_secret_is_a_domain_error_without_its_value() -> None:
         arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing-AbCdEf"
         with pytest.raises(SecretUnavailable, match="missing"):
             resolve_secrets(DeployedSettings(cursor_secret_arn=arn), sm)
+
+
+def test_a_cold_start_fetches_every_secret_once_with_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import alfred_jobs.adapters.secrets as secrets
+
+    class Fake:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+            self.lock = threading.Lock()
+
+        def get_secret_value(self, SecretId: str) -> dict[str, str]:
+            with self.lock:
+                self.asked.append(SecretId)
+            return {"SecretString": f"value-of-{SecretId}"}
+
+    made: list[Fake] = []
+    monkeypatch.setattr(secrets, "_client", lambda settings: made.append(Fake()) or made[-1])
+    arns = {"stream_token_secret_arn": "arn:s", "cursor_secret_arn": "arn:c", "vapid_secret_arn": "arn:v"}
+    settings = resolve_secrets(Settings().model_copy(update=arns))
+    assert len(made) == 1 and sorted(made[0].asked) == ["arn:c", "arn:s", "arn:v"]
+    assert (settings.stream_token_secret, settings.cursor_secret, settings.vapid_secret) == (
+        "value-of-arn:s", "value-of-arn:c", "value-of-arn:v")
+    resolve_secrets(Settings().model_copy(update=arns))  # cached: no client, no call
+    assert len(made) == 1 and len(made[0].asked) == 3

@@ -10,6 +10,7 @@ logs. Locally no ARN is set and the settings' own values are used, so nothing he
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alfred_jobs.exceptions import SecretUnavailable
@@ -27,13 +28,30 @@ _lock = threading.Lock()
 
 
 def resolve_secrets(settings: Settings, client: Any = None) -> Settings:
-    """``settings`` with every ``*_secret_arn`` that is set replaced by the secret's value."""
-    updates: dict[str, str] = {}
-    for arn_field, value_field in SECRET_FIELDS.items():
-        arn = getattr(settings, arn_field, None)
-        if arn:
-            updates[value_field] = secret_value(str(arn), settings, client)
-    return settings.model_copy(update=updates) if updates else settings
+    """``settings`` with every ``*_secret_arn`` that is set replaced by the secret's value.
+
+    A cold start fetches them with one client, at the same time: one round trip's wait, not three,
+    and one client made, not three (measured: a third of the submit function's first request).
+    """
+    wanted = {value_field: str(arn) for arn_field, value_field in SECRET_FIELDS.items()
+              if (arn := getattr(settings, arn_field, None))}
+    if not wanted:
+        return settings
+    with _lock:
+        missing = [arn for arn in wanted.values() if arn not in _cache]
+    if missing and client is None:
+        client = _client(settings)
+    if len(missing) > 1:
+        with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="secrets") as pool:
+            list(pool.map(lambda arn: secret_value(arn, settings, client), missing))
+    updates = {field: secret_value(arn, settings, client) for field, arn in wanted.items()}
+    return settings.model_copy(update=updates)
+
+
+def _client(settings: Settings) -> Any:
+    import boto3  # only when a secret is configured: never at import
+
+    return boto3.session.Session().client("secretsmanager", region_name=settings.region)
 
 
 def secret_value(arn: str, settings: Settings, client: Any = None) -> str:
@@ -42,9 +60,7 @@ def secret_value(arn: str, settings: Settings, client: Any = None) -> str:
         if arn in _cache:
             return _cache[arn]
     if client is None:
-        import boto3  # only when a secret is configured: never at import
-
-        client = boto3.session.Session().client("secretsmanager", region_name=settings.region)
+        client = _client(settings)
     try:
         value = client.get_secret_value(SecretId=arn)["SecretString"]
     except Exception as exc:  # botocore stays out of this module: any failure is the same to callers
