@@ -13,7 +13,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -167,6 +167,21 @@ NOTIFICATIONS = """async () => (await (await navigator.serviceWorker.ready).getN
     .map(n => ({title: n.title, body: n.body, tag: n.tag, data: n.data}))"""
 
 
+def wait_until(page: Any, expression: str, accept: Callable[[Any], bool], what: str) -> Any:
+    """The value of ``expression`` (awaited in the page) once ``accept`` takes it.
+
+    Not ``page.wait_for_function``: it does not await a promise, and a promise is truthy, so it
+    would return the first read whatever it held. Each ``evaluate`` here awaits the browser's answer.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        value = page.evaluate(expression)
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r}")
+
+
 def registration_id(page: Any, cdp: Any, base_url: str) -> str:
     """The service worker registration of the page's origin, as the DevTools protocol names it."""
     found: dict[str, str] = {}
@@ -198,7 +213,7 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     # GIVEN the page's service worker, active
     # ``ready`` resolves once there is an active worker, which may still be "activating": wait for
     # its activation to finish (the event, not the clock).
-    page.wait_for_function(f"() => {READY}.then(state => state === 'activated')")
+    wait_until(page, READY, lambda state: state == "activated", "the service worker's activation")
     assert page.evaluate("navigator.serviceWorker.getRegistration().then(r => new URL(r.active.scriptURL).pathname)") \
         == "/sw.js"
     cdp = context.new_cdp_session(page)
@@ -208,14 +223,15 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
                                            "title": "Alfred needs your answer", "body": PROMPT})
     # THEN the service worker shows it, tagged with the job
     # The list is taken from the very read that saw it (a second read could race the browser).
-    shown = page.wait_for_function(f"({NOTIFICATIONS})().then(n => n.length === 1 ? n : null)").json_value()
+    shown = wait_until(page, f"({NOTIFICATIONS})()", lambda n: len(n) == 1, "the question's notification")
     assert shown == [{"title": "Alfred needs your answer", "body": PROMPT, "tag": "alfred-job-job1",
                       "data": {"jobId": "job1", "status": "waiting", "seq": 6}}], shown
     # WHEN the job then finishes: its notification replaces the question's (one per job)
     deliver(cdp, web_stack.base_url, reg, {"job_id": "job1", "status": "complete", "seq": 17,
                                            "title": "Alfred finished", "body": "Chicken from my pantry: …"})
-    replaced = page.wait_for_function(
-        f"({NOTIFICATIONS})().then(n => n.length === 1 && n[0].title === 'Alfred finished' ? n : null)").json_value()
+    replaced = wait_until(page, f"({NOTIFICATIONS})()",
+                          lambda n: len(n) == 1 and n[0]["title"] == "Alfred finished",
+                          "the finished job's notification")
     assert replaced[0]["body"] == "Chicken from my pantry: …"
     assert page.errors == []
 
