@@ -207,15 +207,16 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     deliver(cdp, web_stack.base_url, reg, {"job_id": "job1", "status": "waiting", "seq": 6,
                                            "title": "Alfred needs your answer", "body": PROMPT})
     # THEN the service worker shows it, tagged with the job
-    page.wait_for_function(f"({NOTIFICATIONS})().then(n => n.length === 1)")
-    shown = page.evaluate(NOTIFICATIONS)
+    # The list is taken from the very read that saw it (a second read could race the browser).
+    shown = page.wait_for_function(f"({NOTIFICATIONS})().then(n => n.length === 1 ? n : null)").json_value()
     assert shown == [{"title": "Alfred needs your answer", "body": PROMPT, "tag": "alfred-job-job1",
                       "data": {"jobId": "job1", "status": "waiting", "seq": 6}}], shown
     # WHEN the job then finishes: its notification replaces the question's (one per job)
     deliver(cdp, web_stack.base_url, reg, {"job_id": "job1", "status": "complete", "seq": 17,
                                            "title": "Alfred finished", "body": "Chicken from my pantry: …"})
-    page.wait_for_function(f"({NOTIFICATIONS})().then(n => n.length === 1 && n[0].title === 'Alfred finished')")
-    assert page.evaluate(NOTIFICATIONS)[0]["body"] == "Chicken from my pantry: …"
+    replaced = page.wait_for_function(
+        f"({NOTIFICATIONS})().then(n => n.length === 1 && n[0].title === 'Alfred finished' ? n : null)").json_value()
+    assert replaced[0]["body"] == "Chicken from my pantry: …"
     assert page.errors == []
 
 
