@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus, now_ts
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import RetryableAgentError
+from alfred_jobs.exceptions import RetryableAgentError, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
@@ -257,3 +258,41 @@ def test_reply_resume_replaces_diverging_text(deps: Deps) -> None:
     deltas = [e.data for e in events(deps, job_id) if e.type is EventType.DELTA]
     assert deltas[0] == {"text": "Hello wor"}
     assert deltas[-1] == {"text": "Goodbye", "replace": True}
+
+
+class FailingDeltaLog(MemoryEventLog):
+    """A log whose puts of ``delta`` events fail while ``failing`` (throttled past every retry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+        self.failed = 0
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.DELTA and self.failing:
+            self.failed += 1
+            raise TransientStoreError("throttled")
+        super().append(job_id, event, expires_at)
+
+
+def test_a_reply_delta_written_behind_the_agent_that_fails_leaves_no_gap() -> None:
+    # GIVEN a log whose first reply delta cannot be written (the deltas are written while the
+    # agent goes on generating: a failure is raised at the next write, not where it happened)
+    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, max_attempts=3, retry_base_seconds=0,
+                                delta_flush_seconds=0.001))
+    log = FailingDeltaLog()
+    deps = replace(base, log=log)
+    job_id = submit(deps, "soup [steps=1]")
+    runner = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings))
+    # WHEN the attempt meets it, and the next delivery runs the job again
+    first = runner.run(Delivery(job_id))
+    assert log.failed and first.outcome is Outcome.RETRY
+    log.failing = False
+    assert runner.run(Delivery(job_id)).status is JobStatus.COMPLETE
+    # THEN the log is 1..N with no gap (the failed put added nothing; the next write took its seq),
+    # the failure is recorded where the delta would have been, and the reply is whole
+    evs = events(deps, job_id)
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    kinds = [e.type for e in evs]
+    assert kinds.index(EventType.STATUS, 1) == kinds.index(EventType.PHASE) + 1, kinds  # pending after the phase
+    assert evs[-1].type is EventType.COMPLETE and evs[-1].data["output"]["reply"]

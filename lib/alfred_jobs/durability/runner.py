@@ -161,6 +161,7 @@ class JobRunner:
         try:
             return attempt.run()
         finally:
+            attempt.settle_behind()
             attempt.keeper.stop()
 
 
@@ -183,6 +184,7 @@ class _Attempt:
         self._asks: dict[int, int] = {}  # questions asked so far in each step (their input ids)
         self._history: Future[list[dict[str, Any]]] | None = None
         self._projection: Future[None] | None = None
+        self._behind: Future[Event] | None = None  # the one write still in flight (append_behind)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -197,6 +199,7 @@ class _Attempt:
         return self.events[-1].seq if self.events else 0
 
     def _load(self) -> None:
+        self.settle_behind()
         self.events = self.journal.read_all(self.job.job_id, known_head=self.job.last_seq)
         self.view = refold(self.job, self.events)
 
@@ -231,7 +234,36 @@ class _Attempt:
                 log.info("first projection not written", extra={"job_id": self.job.job_id, "error": str(exc)})
 
     def append(self, payload: Payload) -> Event:
-        """Checkpoint: one conditional PutItem at the head of the log."""
+        """Checkpoint: one conditional PutItem at the head of the log, after the write still
+        behind (``append_behind``), if any."""
+        self._drain()
+        return self._put(payload)
+
+    def append_behind(self, payload: Payload) -> None:
+        """The same put, written while the agent goes on: for events that fence nothing (the reply
+        phase and the reply's deltas: no side effect follows them). At most one is in flight, and
+        every later append waits for it first, so the log is written in order; its failure is
+        raised there, as the put's own would have been. A put that failed added nothing to
+        ``events``, so the next one takes its seq: no gap."""
+        self._drain()
+        self._behind = _BACKGROUND.submit(self._put, payload)
+
+    def _drain(self) -> None:
+        pending, self._behind = self._behind, None
+        if pending is not None:
+            pending.result()
+
+    def settle_behind(self) -> None:
+        """Wait for the write behind, whatever became of it: before the log is read afresh (the
+        read supersedes it), and before the attempt returns (nothing of it may land later)."""
+        pending, self._behind = self._behind, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # its failure is already what the caller is handling
+                log.info("a write behind failed", extra={"job_id": self.job.job_id})
+
+    def _put(self, payload: Payload) -> Event:
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         if self.events and self.events[-1].terminal:
@@ -541,7 +573,7 @@ class _Attempt:
         self.boundary()
         self._step = total + 1
         if "reply" not in done.phases:
-            self.append(PhasePayload(phase="reply"))
+            self.append_behind(PhasePayload(phase="reply"))  # the agent starts replying meanwhile
         reply = self._stream_reply(plan, ctx, done.shown)
         self.boundary()
         output: dict[str, Any] = {"reply": reply}
@@ -564,7 +596,7 @@ class _Attempt:
 
         def put(delta: DeltaPayload) -> None:
             nonlocal shown
-            self.append(delta)
+            self.append_behind(delta)  # the agent goes on generating while it is written
             shown = apply_delta(shown, delta)
 
         def flush() -> None:
