@@ -26,6 +26,8 @@ CONTRACT_KEYS = [
     "cancel_p99_ms", "first_event_p50_ms", "submit_floor_ms", "submit_cold_start_ms",
     # issue 16: the whole bill of a 15 s job, ours and the peers'
     "aws_cost_per_million_jobs_usd",
+    # the floor of any design with one fence per step, in the same run
+    "zero_step_floor_ms", "overhead_floor_ratio",
 ]
 BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "lambda_durable_functions",
              "temporal_cloud"]
@@ -58,6 +60,7 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
     assert 0.5 < res["watcher_read_ratio"] < 50
     assert res["overhead_ratio"] > 0.9
+    assert res["overhead_floor_ratio"] > 1 and 0 < res["zero_step_floor_agent_ms"] < res["zero_step_floor_ms"]
     assert _positive(res["peer_celery_sqs"]["zero_step_job_ms"])
     assert _positive(res["peer_celery_sqs"]["overhead_ratio"])
     cost = res["cost_per_million_jobs_usd"]

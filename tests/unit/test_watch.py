@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -514,3 +516,52 @@ def test_a_stream_reconnect_reads_through_its_cursor_in_one_batch_and_serves_the
     # AND a long-poll from the same cursor answers with everything there is, in one response
     assert run(reconnect(stream=False), timeout=4) == list(range(21, 31))
     assert counting.ranges[0] == (1, 21)
+
+
+class TimedLog(MemoryEventLog):
+    """Records when each read happened; the read of ``hold`` waits until ``release`` is set."""
+
+    def __init__(self, hold: int) -> None:
+        super().__init__()
+        self.timeline: list[tuple[int, float]] = []
+        self.hold = hold
+        self.release = threading.Event()
+        self.enough = threading.Event()  # set once 6 reads have been made
+        self.lock = threading.Lock()
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        if first == self.hold:
+            self.release.wait(10)
+        with self.lock:
+            self.timeline.append((first, time.monotonic()))
+            if len(self.timeline) >= 6:
+                self.enough.set()
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_a_stream_serves_a_live_event_from_the_read_that_found_it_and_keeps_its_pace_after() -> None:
+    # GIVEN a stream on a running job whose log has one event, and a store whose read of the next
+    # seq does not answer until released
+    world = World()
+    timed = TimedLog(hold=2)
+    world.deps = replace(world.deps, log=timed)
+    world.journal = Journal(timed, world.deps.settings.retention_seconds)
+    world.append(1)
+    pace = 0.05
+
+    async def watch() -> list[int]:
+        hub = world.hub(min_interval=pace, max_interval=4 * pace)
+        async with hub.watch(world.record(), 0, stream=True) as w:
+            # WHEN the poller reads the live tail
+            got = [e.seq for e in await w.next_batch(5.0)]
+            # THEN event 1 is served before the store has answered the read after it
+            assert not timed.release.is_set()
+            timed.release.set()
+            # AND with nothing more to find, the reads that follow keep the poll's pace
+            assert await asyncio.to_thread(timed.enough.wait, 10)
+            return got
+
+    assert run(watch(), timeout=8) == [1]
+    misses = [t for first, t in timed.timeline if first == 2]
+    gaps = [b - a for a, b in itertools.pairwise(misses[1:])]  # the first miss may come at once
+    assert gaps and min(gaps) >= 0.9 * pace, gaps

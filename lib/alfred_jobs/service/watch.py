@@ -95,9 +95,10 @@ class _Channel:
         # that batch come back short, and the read stops at the first missing seq.)
         self.hint = cursor
         # A stream serves frame by frame: its first read stops at the client's next event, so
-        # that frame goes out without waiting for the rest of a long backlog (read right after).
+        # that frame goes out without waiting for the rest of a long backlog (read right after),
+        # and a read of its live tail returns the event it finds at once (``poll_forever``).
         # A long-poll answers with everything it finds in one response: no cut.
-        self.cut_at_hint = stream
+        self.frame_by_frame = stream
         self.events: list[Event] = []
         self.watchers = 0
         self.polls_started = 0
@@ -181,11 +182,17 @@ class _Channel:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
             self.polls_started += 1
             known, limit = max(self.job.last_seq, self.head), READ_LIMIT
+            if self.frame_by_frame and known <= self.head:
+                # A stream's live tail: read the next event alone and serve it at once, instead
+                # of after a second read that finds nothing yet (one round trip sooner). A hit
+                # is cut short by the limit, so the next read starts right away: a burst drains
+                # with the same reads as before.
+                limit = 1
             if self.hint > self.head:
                 # A reconnect: read through the client's next event in one batch (a stream serves
                 # it at once; the rest of the log follows with the next read, right after).
                 known = max(known, self.hint + 1)
-                if self.cut_at_hint:
+                if self.frame_by_frame:
                     limit = self.hint + 1 - self.head
             self.hint = 0
             try:
@@ -203,9 +210,11 @@ class _Channel:
                 # not while a just-submitted job has yet to start (its first event is a moment
                 # away: the time to the first event is what a user waits on after sending).
                 starting = self.head == 0 and time.monotonic() - opened < FIRST_EVENT_WINDOW
-                interval = (0 if len(evs) >= limit  # cut short by the limit: there may be more now
-                            else self.hub.min_interval if evs or starting
+                interval = (self.hub.min_interval if evs or starting
                             else min(self.hub.max_interval, interval * 1.5))
+            # Cut short by the limit: there may be more now, read again at once. The pace after
+            # that read is still ``interval`` (never backed off from zero: a tight loop).
+            wait = 0.0 if len(evs) >= limit else interval
             self.polls_done += 1
             if evs:
                 self._add(evs)
@@ -213,7 +222,7 @@ class _Channel:
             if self.finished:
                 break
             try:
-                await asyncio.wait_for(self.kick.wait(), interval)
+                await asyncio.wait_for(self.kick.wait(), wait)
             except TimeoutError:
                 pass
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
+from alfred_jobs.adapters.aws import serialize
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext
-from alfred_jobs.domain.models import ChatRequest
+from alfred_jobs.domain.models import ChatRequest, now_ts
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.benchmarks.common import (
     USER,
@@ -125,6 +126,63 @@ def zero_step_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dict[
         stack.stop(worker.proc)
     return {"zero_step_job_ms": ms(p50(times)), "trace": traced["trace"],
             "requests": per_job([server_counts, traced], 1)}
+
+
+# ---- the floor of any durable design -----------------------------------------------------------
+
+
+def durable_floor_run(stack: BenchStack, steps: int = 5) -> tuple[float, float]:
+    """One zero-step job as the fewest serial calls any design with our guarantees makes, bare
+    boto3 from one process (no HTTP, no runner, no poll cadence): the job written before the
+    answer (1), handed to a worker through the queue (2, 3), leased (4), one conditional put per
+    step, the fence before it acts, carrying the previous step's completion (5 x 2, with the
+    agent's own side-effect write), the terminal put (6) and one read that sees it (7).
+    Returns (seconds in all, seconds of them in the agent's writes)."""
+    c, s = stack.clients, stack.settings
+    job_id, now = uuid.uuid4().hex, now_ts()
+    expires = int(now) + 86400
+    t0 = time.perf_counter()
+    c.dynamodb.put_item(TableName=s.jobs_table, ConditionExpression="attribute_not_exists(job_id)",
+                        Item=serialize({"job_id": job_id, "user_id": USER, "status": "pending", "attempts": 0,
+                                        "message": MESSAGE, "created_at": now, "expires_at": expires}))
+    c.sqs.send_message(QueueUrl=c.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    receipt = ""
+    while not receipt:
+        for msg in c.sqs.receive_message(QueueUrl=c.queue_url, MaxNumberOfMessages=1,
+                                         WaitTimeSeconds=1).get("Messages", []):
+            if json.loads(msg["Body"]).get("job_id") == job_id:
+                receipt = msg["ReceiptHandle"]
+    c.dynamodb.update_item(
+        TableName=s.jobs_table, Key=serialize({"job_id": job_id}), ReturnValues="ALL_NEW",
+        UpdateExpression="SET lease_owner = :me, lease_expires = :exp ADD attempts :one",
+        ConditionExpression="attribute_exists(job_id) AND (attribute_not_exists(lease_owner) OR lease_expires < :now)",
+        ExpressionAttributeValues=serialize({":me": "floor", ":exp": now + 30, ":one": 1, ":now": now}))
+
+    def put(seq: int, kind: str) -> None:
+        c.dynamodb.put_item(TableName=s.events_table, ConditionExpression="attribute_not_exists(seq)",
+                            Item=serialize({"job_id": job_id, "seq": seq, "type": kind, "expires_at": expires,
+                                            "data_json": json.dumps({"index": seq, "output": {"step": seq}})}))
+
+    agent = 0.0
+    for index in range(1, steps + 1):
+        put(index, "step")
+        a0 = time.perf_counter()
+        stack.deps.agent_data.record_step_effect(job_id, index, 1, {"label": f"step {index}"}, expires)
+        agent += time.perf_counter() - a0
+    put(steps + 1, "complete")
+    c.dynamodb.query(TableName=s.events_table, KeyConditionExpression="job_id = :j AND seq > :s",
+                     ExpressionAttributeValues=serialize({":j": job_id, ":s": 0}))
+    elapsed = time.perf_counter() - t0
+    c.sqs.delete_message(QueueUrl=c.queue_url, ReceiptHandle=receipt)
+    return elapsed, agent
+
+
+def durable_floor_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
+    """``zero_step_floor_ms``: p50 of ``durable_floor_run``; ``floor_agent_ms``: its agent writes."""
+    durable_floor_run(stack)  # warm-up: connections
+    runs = [durable_floor_run(stack) for _ in range(sizes.zero_step_runs)]
+    return {"zero_step_floor_ms": ms(p50([t for t, _ in runs])),
+            "zero_step_floor_agent_ms": ms(p50([a for _, a in runs]))}
 
 
 # ---- throughput -----------------------------------------------------------------------------
