@@ -178,15 +178,16 @@ class _Channel:
         interval = self.hub.min_interval
         failures = 0
         opened = time.monotonic()
+        quiet = True  # the last read found nothing
         while not self.finished:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
             self.polls_started += 1
             known, limit = max(self.job.last_seq, self.head), READ_LIMIT
-            if self.frame_by_frame and known <= self.head:
-                # A stream's live tail: read the next event alone and serve it at once, instead
-                # of after a second read that finds nothing yet (one round trip sooner). A hit
-                # is cut short by the limit, so the next read starts right away: a burst drains
-                # with the same reads as before.
+            if self.frame_by_frame and quiet and known <= self.head:
+                # A stream's live tail after a quiet read: read the next event alone and serve
+                # it at once, instead of after a second read that finds nothing yet (one round
+                # trip sooner). A hit is cut short by the limit, so the next read, a whole one,
+                # starts right away: a burst drains with the reads it took before.
                 limit = 1
             if self.hint > self.head:
                 # A reconnect: read through the client's next event in one batch (a stream serves
@@ -215,6 +216,7 @@ class _Channel:
             # Cut short by the limit: there may be more now, read again at once. The pace after
             # that read is still ``interval`` (never backed off from zero: a tight loop).
             wait = 0.0 if len(evs) >= limit else interval
+            quiet = not evs
             self.polls_done += 1
             if evs:
                 self._add(evs)
