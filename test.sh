@@ -23,5 +23,11 @@ if [ -f infra/check-template.sh ]; then
   echo "==> template checks (cfn-lint, sam validate --lint, sam build, checkov, hadolint)"
   bash infra/check-template.sh
 fi
-echo "==> pytest"
-.venv/bin/pytest "$@"
+# Two pytest processes, each a file at a time (module fixtures such as the browser's stack stay in
+# one process; each process starts its own emulator): most tests wait on processes and the
+# network, not the CPU. ALFRED_TEST_WORKERS=0 runs them in this one process.
+workers="${ALFRED_TEST_WORKERS:-2}"
+parallel=()
+if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist loadfile); fi
+echo "==> pytest${parallel:+ (${workers} processes)}"
+.venv/bin/pytest "${parallel[@]}" "$@"
