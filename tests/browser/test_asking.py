@@ -182,28 +182,32 @@ def wait_until(page: Any, expression: str, accept: Callable[[Any], bool], what: 
             raise AssertionError(f"{what}: still {value!r}")
 
 
-def registration_id(page: Any, cdp: Any, base_url: str) -> str:
-    """The service worker registration of the page's origin, as the DevTools protocol names it."""
-    found: dict[str, str] = {}
+def registration_ids(page: Any, cdp: Any, base_url: str) -> set[str]:
+    """The live service worker registrations of the page's origin, as the DevTools protocol names
+    them. The protocol reports the registrations of the whole browser, and the contexts of earlier
+    tests (same origin) may still have theirs: the test delivers to all of them, ours among them
+    (picking one, the last reported, once sent the push to an earlier test's worker)."""
+    found: dict[str, bool] = {}
 
     def on_update(params: dict[str, Any]) -> None:
         for reg in params.get("registrations", []):
-            if reg["scopeURL"].startswith(base_url) and not reg.get("isDeleted"):
-                found["id"] = reg["registrationId"]
+            if reg["scopeURL"].startswith(base_url):
+                found[reg["registrationId"]] = not reg.get("isDeleted")
 
     cdp.on("ServiceWorker.workerRegistrationUpdated", on_update)
     cdp.send("ServiceWorker.enable")
     deadline = time.monotonic() + 10
-    while "id" not in found:  # each call below lets the protocol's events in
+    while not any(found.values()):  # each call below lets the protocol's events in
         if time.monotonic() > deadline:
             raise AssertionError("no service worker registration reported")
         page.evaluate(READY)
-    return found["id"]
+    return {reg for reg, live in found.items() if live}
 
 
-def deliver(cdp: Any, base_url: str, reg: str, payload: dict[str, Any]) -> None:
-    cdp.send("ServiceWorker.deliverPushMessage",
-             {"origin": base_url, "registrationId": reg, "data": json.dumps(payload)})
+def deliver(cdp: Any, base_url: str, regs: set[str], payload: dict[str, Any]) -> None:
+    for reg in sorted(regs):
+        cdp.send("ServiceWorker.deliverPushMessage",
+                 {"origin": base_url, "registrationId": reg, "data": json.dumps(payload)})
 
 
 def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: Any, user: str,
@@ -217,9 +221,9 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     assert page.evaluate("navigator.serviceWorker.getRegistration().then(r => new URL(r.active.scriptURL).pathname)") \
         == "/sw.js"
     cdp = context.new_cdp_session(page)
-    reg = registration_id(page, cdp, web_stack.base_url)
+    regs = registration_ids(page, cdp, web_stack.base_url)
     # WHEN a push says the job needs an answer (as the job API sends it)
-    deliver(cdp, web_stack.base_url, reg, {"job_id": "job1", "status": "waiting", "seq": 6,
+    deliver(cdp, web_stack.base_url, regs, {"job_id": "job1", "status": "waiting", "seq": 6,
                                            "title": "Alfred needs your answer", "body": PROMPT})
     # THEN the service worker shows it, tagged with the job
     # The list is taken from the very read that saw it (a second read could race the browser).
@@ -227,7 +231,7 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     assert shown == [{"title": "Alfred needs your answer", "body": PROMPT, "tag": "alfred-job-job1",
                       "data": {"jobId": "job1", "status": "waiting", "seq": 6}}], shown
     # WHEN the job then finishes: its notification replaces the question's (one per job)
-    deliver(cdp, web_stack.base_url, reg, {"job_id": "job1", "status": "complete", "seq": 17,
+    deliver(cdp, web_stack.base_url, regs, {"job_id": "job1", "status": "complete", "seq": 17,
                                            "title": "Alfred finished", "body": "Chicken from my pantry: …"})
     replaced = wait_until(page, f"({NOTIFICATIONS})()",
                           lambda n: len(n) == 1 and n[0]["title"] == "Alfred finished",
