@@ -12,9 +12,7 @@ import pytest
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
-from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus, now_ts
-from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError, TransientStoreError
 from alfred_jobs.ports import Deps
@@ -298,57 +296,3 @@ def test_a_reply_delta_written_behind_the_agent_that_fails_leaves_no_gap() -> No
     kinds = [e.type for e in evs]
     assert kinds.index(EventType.STATUS, 1) == kinds.index(EventType.PHASE) + 1, kinds  # pending after the phase
     assert evs[-1].type is EventType.COMPLETE and evs[-1].data["output"]["reply"]
-
-
-class ThinkingAgent(DemoAgent):
-    """The demo agent, telling when it starts thinking."""
-
-    def __init__(self, deps: Deps) -> None:
-        super().__init__(deps.agent_data, deps.settings)
-        self.thinking = threading.Event()
-
-    def think(self, ctx: AgentContext) -> Plan:
-        self.thinking.set()
-        return super().think(ctx)
-
-
-class CancelRacingFirstPut(MemoryEventLog):
-    """A log whose first put of a job waits until the agent thinks, and meets the API's cancel in
-    slot 1 (the API read the job before the worker's lease, so it ends the job itself)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.before_first: Any = None
-
-    def append(self, job_id: str, event: Event, expires_at: int) -> None:
-        racer, self.before_first = self.before_first, None
-        if racer is not None and event.seq == 1:
-            racer()
-        super().append(job_id, event, expires_at)
-
-
-def test_a_first_attempt_writes_its_first_event_while_the_agent_thinks_and_meets_a_racing_cancel() -> None:
-    # GIVEN a fresh job, a stale read of it (the API's), and a log whose first put waits for the
-    # agent to think, then finds the API's cancel in slot 1
-    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, max_attempts=3))
-    log = CancelRacingFirstPut()
-    deps = replace(base, log=log)
-    job_id = submit(deps, "soup [steps=2]")
-    stale = deps.jobs.get(job_id)
-    assert stale is not None
-    agent = ThinkingAgent(deps)
-
-    def cancel_once_thinking() -> None:
-        # A put made before the agent thinks would wait here in vain (the test fails, not hangs).
-        assert agent.thinking.wait(5), "the first event was not written while the agent thought"
-        assert end_unheld(deps, stale, CancelledPayload(), "api") is not None
-
-    log.before_first = cancel_once_thinking
-    # WHEN the first attempt runs
-    result = JobRunner(deps, agent).run(Delivery(job_id, next_up=True))
-    # THEN it ends there, cancelled, no step acted and nothing written after the cancel
-    assert result.outcome is Outcome.DONE and result.status is JobStatus.CANCELLED
-    assert [e.type for e in events(deps, job_id)] == [EventType.CANCELLED]
-    assert deps.agent_data.step_effects(job_id) == {}
-    job = deps.jobs.get(job_id)
-    assert job is not None and job.status is JobStatus.CANCELLED

@@ -215,13 +215,6 @@ class _Attempt:
             return
         self._load()
 
-    def _start_first(self) -> Event:
-        """A first attempt's first event, then its projection (running, started_at): that one is
-        for readers, nothing waits for it, so it goes on in the background too."""
-        ev = self._put(StatusPayload(status=JobStatus.RUNNING))
-        self._projection = self._in_background(self._project, replace(self.view, attempts=self.attempt))
-        return ev
-
     def _in_background(self, fn: Any, *args: Any) -> Future[Any]:
         return _BACKGROUND.submit(fn, *args)
 
@@ -231,7 +224,6 @@ class _Attempt:
     def _settle_projection(self) -> None:
         """Wait for the first projection (running in the background) before a later one is
         written: projections only move forward, and a stale one failing its condition is fine."""
-        self.settle_behind()  # a first attempt's projection is started by its write behind
         future, self._projection = self._projection, None
         if future is not None:
             try:
@@ -510,28 +502,21 @@ class _Attempt:
                     self.finish(FailedPayload(error=ErrorInfo(
                         code="attempts_exhausted",
                         message=f"the job was interrupted {self.attempt - 1} times and was given up")))
-                if not self.events and self.attempt == 1:
-                    # A first attempt: ``status: running`` and then its projection are written
-                    # while the agent thinks (thinking acts on nothing). The plan's put waits for
-                    # it; if it failed, the failure is raised there. Its one possible racer is the
-                    # API ending a job nobody holds (a terminal event in slot 1), which ends the
-                    # attempt there as it would here (``_lost_slot``).
-                    self._drain()
-                    self._behind = _BACKGROUND.submit(self._start_first)
-                    count("JobsStarted")
-                    count("QueueToStartSeconds", now_ts() - self.job.created_at, "Seconds")
-                    return
                 if not self.events:
-                    # A later attempt whose predecessors left no event: one of them may still put
-                    # its first event in our slot, so this put waits, and retries over it.
                     self.append(StatusPayload(status=JobStatus.RUNNING))
                     count("JobsStarted")
+                    count("QueueToStartSeconds", now_ts() - self.job.created_at, "Seconds")
                 else:
                     self.append(ResumedPayload(attempt=self.attempt, from_seq=self.head))
                     count("JobsResumed")
-                # A resumed attempt's projection is written before it goes on: it moves the
-                # record off an earlier attempt's state.
-                self.deps.jobs.save_projection(replace(self.view, attempts=self.attempt), owner=self.owner)
+                projection = replace(self.view, attempts=self.attempt)
+                if len(self.events) == 1:
+                    # A first attempt's projection (running, started_at) is for readers: nothing
+                    # waits for it, so it is written while the agent thinks. A resumed attempt's is
+                    # written before it goes on (it moves the record off an earlier attempt's state).
+                    self._projection = self._in_background(self._project, projection)
+                else:
+                    self.deps.jobs.save_projection(projection, owner=self.owner)
                 return
             except SlotTaken as taken:
                 if taken.existing.terminal:
