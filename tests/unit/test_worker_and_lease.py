@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,6 +121,24 @@ def test_the_keeper_sees_a_cancel_request(deps: Deps) -> None:
         wait_until(lambda: keeper.cancel_requested, timeout=10, what="the cancel to be seen")
     finally:
         keeper.stop()
+
+
+def test_a_boundary_sees_a_cancel_the_stalled_keeper_has_not_read_yet(deps: Deps,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper's thread can fall behind (a slow renewal, a shared CPU): a cancel recorded more
+    than two poll periods before a step boundary still stops the job there."""
+    job_id, expires = running(deps)
+    keeper = keeper_for(deps, job_id, expires)  # its thread never runs: as stalled as it gets
+    reads: list[str] = []
+    get = deps.jobs.get
+    monkeypatch.setattr(deps.jobs, "get", lambda jid, consistent=True: reads.append(jid) or get(jid, consistent))
+    deps.jobs.request_cancel(job_id)
+    # On time (the acquisition's read is fresh), a boundary costs nothing and trusts the keeper...
+    assert not keeper.cancel_seen() and reads == []
+    # ... and once the newest read is two periods old, the boundary reads the record itself.
+    time.sleep(2 * deps.settings.cancel_poll_seconds + 0.01)  # the passing of time is what is tested
+    assert keeper.cancel_seen() and reads == [job_id]
+    assert keeper.cancel_seen() and reads == [job_id], "seen once, never read again"
 
 
 def test_a_keeper_past_its_own_expiry_does_not_renew(deps: Deps) -> None:

@@ -35,6 +35,9 @@ class LeaseKeeper:
         self.fenced = False
         self._stop = threading.Event()
         self._last_renew = time.monotonic()
+        # When the newest read of the record that has come back was sent (the acquisition's, to
+        # begin with): what it says was true then. See ``cancel_seen``.
+        self._read_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
 
     @property
@@ -64,15 +67,36 @@ class LeaseKeeper:
                     # unit per poll instead of half, off the job's critical path. "No item" is not
                     # news: a record that is really gone fails the next renewal and the fence
                     # stops us then.
-                    job = self.deps.jobs.get(self.job_id)
-                    if job is not None and (job.terminal or job.cancel_requested):
-                        self.cancel_by = self.cancel_by or job.cancel_by
-                        self.cancel_requested = True  # cancelled or ended elsewhere: stop at the boundary
+                    self._poll()
             except Fenced:
                 self.fenced = True
                 return
             except StoreError as exc:
                 log.warning("lease keeper: store error", extra={"job_id": self.job_id, "error": str(exc)})
+
+    def _poll(self) -> None:
+        sent = time.monotonic()
+        job = self.deps.jobs.get(self.job_id)
+        if job is not None and (job.terminal or job.cancel_requested):
+            self.cancel_by = self.cancel_by or job.cancel_by
+            self.cancel_requested = True  # cancelled or ended elsewhere: stop at the boundary
+        self._read_at = max(self._read_at, sent)
+
+    def cancel_seen(self) -> bool:
+        """Whether to stop at this step boundary: always True for a cancel recorded more than two poll
+        periods ago, however late the keeper's thread runs.
+
+        Why: the thread can fall behind (a renewal's SQS call that takes a second, a CPU shared
+        with other work), and a step or two then ran past a cancel (seen on a busy CI machine).
+        When the newest read is older than two periods, the boundary reads the record itself; on
+        time, it costs nothing. Two periods, not one: a poll that is merely due is not late.
+        """
+        if not self.cancel_requested and time.monotonic() - self._read_at > 2 * self.deps.settings.cancel_poll_seconds:
+            try:
+                self._poll()
+            except StoreError as exc:  # the keeper's next poll tries again; the fence is not ours
+                log.warning("step boundary: cancel check failed", extra={"job_id": self.job_id, "error": str(exc)})
+        return self.cancel_requested
 
     def _renew(self) -> None:
         s = self.deps.settings
@@ -85,12 +109,14 @@ class LeaseKeeper:
             # worker may own the job now. Renewing would be a lie; let the fence decide.
             self.fenced = True
             return
+        sent = time.monotonic()
         job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, last_seq, status,
                                          progress)
         self.expires = now + s.lease_seconds
         self._last_renew = time.monotonic()
         self.cancel_by = self.cancel_by or job.cancel_by
         self.cancel_requested = self.cancel_requested or job.cancel_requested
+        self._read_at = max(self._read_at, sent)  # the renewal returns the record as it now is
         if self.receipt:
             try:
                 self.deps.queue.change_visibility(self.receipt, int(s.lease_seconds * 2) + 5)

@@ -278,7 +278,7 @@ class _Attempt:
         """A step boundary: stop here if fenced or cancelled."""
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
-        if self.keeper.cancel_requested:
+        if self.keeper.cancel_seen():
             self.finish(self._cancelled())
 
     def _cancelled(self) -> CancelledPayload:
@@ -544,7 +544,7 @@ class _Attempt:
             self.boundary()
             plan = self.agent.think(ctx)
             # The first step starts with the plan (``next``), unless a cancel came meanwhile.
-            start_first = bool(plan.steps) and not self.keeper.cancel_requested
+            start_first = bool(plan.steps) and not self.keeper.cancel_seen()
             self.append(PlanPayload.of(plan, start_first=start_first))
             if start_first:
                 started.add(plan.steps[0].index)
@@ -561,7 +561,7 @@ class _Attempt:
             # The next step starts in the same write (``next``), unless the job stops here: the
             # boundary between them is checked before it, as before a ``started`` event.
             following = todo[n + 1] if n + 1 < len(todo) else None
-            if following is not None and (following.index in started or self.keeper.cancel_requested):
+            if following is not None and (following.index in started or self.keeper.cancel_seen()):
                 following = None
             self.append(StepPayload(index=step.index, total=total, label=step.label, status="completed",
                                     output=step_output,
