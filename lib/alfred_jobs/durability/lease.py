@@ -38,6 +38,7 @@ class LeaseKeeper:
         # When the newest read of the record that has come back was sent (the acquisition's, to
         # begin with): what it says was true then. See ``cancel_seen``.
         self._read_at = time.monotonic()
+        self._asked_at = 0.0  # when ``cancel_seen`` last read the record itself
         self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
 
     @property
@@ -83,15 +84,17 @@ class LeaseKeeper:
         self._read_at = max(self._read_at, sent)
 
     def cancel_seen(self) -> bool:
-        """Whether to stop at this step boundary: always True for a cancel recorded more than two poll
-        periods ago, however late the keeper's thread runs.
+        """Whether the job is to stop (at a step boundary, in the reply): always True for a cancel
+        recorded more than two poll periods ago, however late the keeper's thread runs.
 
         Why: the thread can fall behind (a renewal's SQS call that takes a second, a CPU shared
         with other work), and a step or two then ran past a cancel (seen on a busy CI machine).
         When the newest read is older than two periods, the boundary reads the record itself; on
         time, it costs nothing. Two periods, not one: a poll that is merely due is not late.
         """
-        if not self.cancel_requested and time.monotonic() - self._read_at > 2 * self.deps.settings.cancel_poll_seconds:
+        now, late = time.monotonic(), 2 * self.deps.settings.cancel_poll_seconds
+        if not self.cancel_requested and now - max(self._read_at, self._asked_at) > late:
+            self._asked_at = now  # a store that fails is asked again two periods later, not per call
             try:
                 self._poll()
             except StoreError as exc:  # the keeper's next poll tries again; the fence is not ours

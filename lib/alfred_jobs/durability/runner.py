@@ -534,7 +534,7 @@ class _Attempt:
             history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
-                           step_outputs=outputs, cancelled=lambda: self.keeper.cancel_requested,
+                           step_outputs=outputs, cancelled=self.keeper.cancel_seen,
                            created_at=job.created_at, expires_at=job.expires_at, asker=self._ask)
         self._step = 0
         # No ``phase`` event for think and act: the attempt's first event (``status: running``,
@@ -609,7 +609,7 @@ class _Attempt:
                 put(DeltaPayload(text=full, replace=True))
 
         for chunk in self.agent.reply(plan, ctx):
-            if self.keeper.cancel_requested or self.keeper.lost:
+            if self.keeper.cancel_seen() or self.keeper.lost:
                 break
             full += chunk
             if (time.monotonic() - last_flush >= self.s.delta_flush_seconds
