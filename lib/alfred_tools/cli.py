@@ -449,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true")
     b.add_argument("--json", metavar="FILE")
     b.set_defaults(func=cmd_bench)
+
+    from alfred_tools.sim.cli import add_parser as add_sim
+
+    add_sim(sub)
     return p
 
 

@@ -1,0 +1,93 @@
+"""The invariants checked once a history is quiet, each named after the guarantee it proves.
+
+The ones checked as the history runs live beside the actors (``world.py``):
+``no_5xx_unless_the_store_fails`` (every API answer), ``watchers_see_each_event_once_in_order``
+(every event a watcher receives), ``max_running_per_user`` and ``completed_step_never_runs_again``
+(every agent call), ``gate_within_max_active`` (every virtual second).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from alfred_jobs.domain.events import CompletePayload, replay
+from alfred_jobs.domain.models import JobStatus, refold
+
+if TYPE_CHECKING:
+    from alfred_tools.sim.world import World
+
+from alfred_tools.sim.world import CANCEL_SECONDS, SETTLE_SECONDS
+
+
+def check_end(w: World) -> None:
+    """Every quiescence invariant, over the stores' true contents (no round trips, no staleness)."""
+    f = w.found
+    quiet_from = w.cfg.fault_seconds
+    live_by_user: dict[str, set[str]] = {}
+    for job_id, rec in w.inner_jobs.items.items():
+        events = w.log.events_of(job_id)
+        job, state = refold(rec, events), replay(events)
+        a = w.accepted.get(job_id)
+
+        # Guarantee 2 and the fence: seqs 1..N without a hole, nothing after a terminal event.
+        seqs = [e.seq for e in events]
+        f.check("log_contiguous", seqs == list(range(1, len(seqs) + 1)),
+                lambda job_id=job_id, seqs=seqs: f"{job_id}'s log has seqs {seqs}")
+        ends = [e.seq for e in events if e.terminal]
+        f.check("nothing_after_terminal", not ends or ends[0] == seqs[-1],
+                lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
+
+        # Guarantee 9: nothing stays pending or running for ever.
+        waiting = job.status is JobStatus.WAITING and state.question is not None
+        f.check("every_job_ends_or_waits_on_a_question", job.terminal or waiting,
+                lambda job_id=job_id, job=job: (f"{job_id} is {job.status} (record {rec.status}, "
+                                                f"attempts {rec.attempts}) {SETTLE_SECONDS:.0f}s after faults stopped"))
+        if waiting and a is not None and not a.abandoned:
+            f.check("an_answered_question_continues", False,
+                    lambda job_id=job_id: f"{job_id} waits on a question its user meant to answer")
+
+        # Guarantee 7: a cancel answered 202 ends the job within the cancel bound.
+        if job_id in w.cancels:
+            at = w.cancels[job_id]
+            ended = w.log.terminal.get(job_id)
+            bound = max(at, quiet_from) + CANCEL_SECONDS
+            f.check("cancel_ends_the_job", ended is not None and ended <= bound,
+                    lambda job_id=job_id, at=at, ended=ended, job=job: (
+                        f"{job_id} cancelled (202) at {at:.1f}, is {job.status}, ended at {ended}")) 
+
+        # Guarantee 8: a failed job's message is parked.
+        if job.status is JobStatus.FAILED:
+            f.check("failed_jobs_are_parked", any(j == job_id for j, _ in w.queue.dead),
+                    lambda job_id=job_id: f"{job_id} failed and was never dead-lettered")
+        if not job.terminal:
+            live_by_user.setdefault(rec.user_id, set()).add(job_id)
+
+        # Conversation turns: a completed job's turn is committed, once.
+        if isinstance(events[-1].payload if events else None, CompletePayload) and rec.terminal:
+            conv = w.inner_conversations.items.get((rec.user_id, rec.conversation_id), {})
+            mine = [m for m in conv.values() if m["job_id"] == job_id]
+            f.check("turn_committed_once", len(mine) == 2,
+                    lambda job_id=job_id, mine=mine: f"{job_id}'s turn has {len(mine)} messages")
+
+    # Conversation turns in submit order (jobs of one conversation run one at a time, in order).
+    for (user, conv), msgs in w.inner_conversations.items.items():
+        order = []
+        for sk in sorted(msgs):
+            j = msgs[sk]["job_id"]
+            if j not in order:
+                order.append(j)
+        created = [w.inner_jobs.items[j].created_at for j in order if j in w.inner_jobs.items]
+        f.check("turns_in_submit_order", created == sorted(created),
+                lambda conv=conv: f"conversation {conv[:6]}'s turns are out of submit order")
+
+    # The gate: every entry belongs to a live job; a user with no live job has an empty gate.
+    for user, (entries, _) in w.inner_gates.gates.items():
+        for job_id in entries:
+            f.check("gate_entries_belong_to_live_jobs", job_id in live_by_user.get(user, set()),
+                    lambda job_id=job_id, user=user: f"{user}'s gate holds {job_id}, which is gone or ended")
+
+    # Web Push: only to the job's owner (at most once per event: the claim, modelled by the notifier).
+    for user, message in w.notifier.calls:
+        owner = w.inner_jobs.items.get(message.job_id)
+        f.check("push_only_to_the_owner", owner is not None and owner.user_id == user,
+                lambda user=user, message=message: f"push about {message.job_id} sent to {user}")

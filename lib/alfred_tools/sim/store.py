@@ -1,0 +1,325 @@
+"""The simulated store: the in-memory fakes' conditions, with AWS's timing, faults and staleness.
+
+The conditions (conditional puts, leases, gate limits, expiry) are the in-memory fakes' own
+(``alfred_jobs.adapters.memory``), which ``tests/contract`` holds to the DynamoDB adapters: the
+simulator does not restate them. What it adds is what the fakes, like moto, leave out:
+
+- **every call is a round trip**: the request travels (a switch point), the operation applies
+  at once, the answer travels back (another switch point), each leg a seeded latency;
+- **faults that reach the application after the SDK's retries** (``Faults``): a throttle or 5xx
+  (``TransientStoreError``, nothing applied), a timeout that never landed, and the ambiguous
+  write: applied, its answer lost, the SDK's retry meeting its own write (a conditional write then
+  fails its condition: the adapters' "own write" paths), or every retry failing (applied, and
+  the caller sees an error);
+- **eventually consistent reads** (``consistent=False``, and the index reads ``find_due`` and
+  ``list_for_user``, which DynamoDB serves only eventually): the item as it was a seeded lag ago
+  (mostly milliseconds, sometimes past a second), from each item's version history.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore
+from alfred_jobs.domain.events import StepPayload
+from alfred_jobs.domain.models import Event, Job, JobStatus, iso
+from alfred_jobs.exceptions import StoreError, TransientStoreError
+from alfred_jobs.ports import JobPage
+
+from alfred_tools.sim.kernel import Kernel
+
+
+@dataclass
+class FaultPlan:
+    """How often each fault strikes a call, while faults are on (a history's profile)."""
+
+    throttle: float = 0.0       # a read or write refused after the SDK's retries (nothing applied)
+    lost_write: float = 0.0     # a write timed out and never landed
+    ambiguous: float = 0.0      # a write applied whose answer was lost (the SDK retries it)
+    stale: float = 0.0          # an eventually consistent read answered from the past
+    long_lag: float = 0.0       # of those, the share that lag past half a second
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+class Wire:
+    """Every store and queue call goes through here: latency, faults, the trace."""
+
+    def __init__(self, k: Kernel, plan: FaultPlan, stats: Stats) -> None:
+        self.k = k
+        self.plan = plan
+        self.stats = stats
+        self.faults_on = True
+        self.rng = k.rng
+
+    def latency(self) -> float:
+        r = self.rng.random()
+        return 0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * self.rng.random()
+
+    def _fault(self, kind: str, p: float) -> bool:
+        if self.faults_on and p > 0 and self.rng.random() < p:
+            self.stats.faults[kind] += 1
+            return True
+        return False
+
+    def lag(self) -> float:
+        """How far in the past an eventually consistent read is answered from."""
+        if not self._fault("stale_read", self.plan.stale):
+            return 0.0
+        if self.rng.random() < self.plan.long_lag:
+            return 0.5 + 1.5 * self.rng.random()
+        return 0.3 * self.rng.random()
+
+    def call(self, name: str, write: bool, op: Callable[[], Any]) -> Any:
+        """One round trip: request, apply, answer (or the fault's version of it)."""
+        k = self.k
+        self.stats.calls += 1
+        k.sleep(self.latency())
+        plan = self.plan
+        if self._fault("throttled", plan.throttle):
+            self._note(name, "! throttled")
+            raise TransientStoreError(f"{name}: throttled (simulated, after the SDK's retries)")
+        if write and self._fault("lost_write", plan.lost_write):
+            k.sleep(1.0 + self.rng.random())
+            self._note(name, "! timed out, not applied")
+            raise TransientStoreError(f"{name}: timed out (simulated)")
+        ambiguous = write and self._fault("ambiguous", plan.ambiguous)
+        try:
+            result = op()
+            error: BaseException | None = None
+        except StoreError as exc:  # conditions and lease errors are answers, not faults
+            result, error = None, exc
+        except Exception as exc:  # noqa: BLE001 - the adapters' LeaseError family
+            result, error = None, exc
+        if ambiguous:
+            if self.rng.random() < 0.5:
+                k.sleep(self.latency())
+                self._note(name, "! applied, answer lost")
+                raise TransientStoreError(f"{name}: applied, answer lost (simulated)")
+            # The SDK's retry of the same request, after the lost answer.
+            k.sleep(self.latency())
+            try:
+                result, error = op(), None
+            except Exception as exc:  # noqa: BLE001
+                result, error = None, exc
+            self._note(name, f"~ applied, retried: {_brief(result, error)}")
+        k.sleep(self.latency())
+        if k._trace is not None and not ambiguous:
+            self._note(name, _brief(result, error))
+        if error is not None:
+            raise error
+        return result
+
+    def _note(self, name: str, what: str) -> None:
+        if self.k._trace is not None:
+            cur = self.k.current
+            self.k.log(cur.name if cur else "-", f"{name} -> {what}")
+
+
+def _brief(result: Any, error: BaseException | None) -> str:
+    if error is not None:
+        return type(error).__name__
+    if result is None:
+        return "ok"
+    if isinstance(result, Job):
+        return f"job {result.status} seq={result.last_seq} att={result.attempts}"
+    if isinstance(result, list):
+        return f"{len(result)} items"
+    return type(result).__name__
+
+
+class Versions:
+    """When each version of an item was written: what an eventually consistent read sees."""
+
+    def __init__(self) -> None:
+        self.at: dict[Any, list[float]] = {}
+        self.values: dict[Any, list[Any]] = {}
+
+    def record(self, key: Any, t: float, value: Any) -> None:
+        ts = self.at.setdefault(key, [])
+        vs = self.values.setdefault(key, [])
+        if vs and vs[-1] == value:
+            return
+        ts.append(t)
+        vs.append(value)
+
+    def as_of(self, key: Any, t: float) -> Any:
+        ts = self.at.get(key)
+        if not ts:
+            return None
+        i = bisect.bisect_right(ts, t)
+        return self.values[key][i - 1] if i else None
+
+
+class SimJobStore:
+    """``JobStore`` over ``MemoryJobStore``, through the wire; index reads are eventually consistent."""
+
+    WRITES = ("create", "acquire_lease", "renew_lease", "release_lease", "save_projection",
+              "request_cancel", "postpone", "delete_unstarted")
+
+    def __init__(self, wire: Wire, inner: MemoryJobStore) -> None:
+        self.wire = wire
+        self.inner = inner
+        self.versions = Versions()
+        for name in self.WRITES:
+            setattr(self, name, self._writer(name))
+
+    def _writer(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self.inner, name)
+
+        def call(job_id_or_job: Any, *args: Any, **kwargs: Any) -> Any:
+            job_id = job_id_or_job.job_id if isinstance(job_id_or_job, Job) else job_id_or_job
+
+            def op() -> Any:
+                try:
+                    return fn(job_id_or_job, *args, **kwargs)
+                finally:
+                    self._record(job_id)
+
+            return self.wire.call(f"jobs.{name}", True, op)
+
+        return call
+
+    def _record(self, job_id: str) -> None:
+        self.versions.record(job_id, self.wire.k.t, (self.inner.items.get(job_id), self.inner.due.get(job_id)))
+
+    def get(self, job_id: str, consistent: bool = True) -> Job | None:
+        lag = 0.0 if consistent else self.wire.lag()
+
+        def op() -> Job | None:
+            if lag:
+                found = self.versions.as_of(job_id, self.wire.k.t - lag)
+                job = found[0] if found else None
+                return None if job is None or job.expired(self.wire.k.now()) else job
+            return self.inner.get(job_id)
+
+        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op)  # type: ignore[no-any-return]
+
+    def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
+        t = self.wire.k.t
+        out = {}
+        for job_id in self.versions.at:
+            lag = self.wire.lag()
+            out[job_id] = self.versions.as_of(job_id, t - lag) or (None, None)
+        return out
+
+    def find_due(self, now: float, limit: int) -> list[Job]:
+        def op() -> list[Job]:
+            items = self._stale_items()
+            due = sorted(((d, j) for j, (job, d) in items.items() if job is not None and d is not None and d < now),
+                         key=lambda dj: dj[0])
+            return [items[j][0] for _, j in due[:limit]]  # type: ignore[misc]
+
+        return self.wire.call("jobs.find_due~", False, op)  # type: ignore[no-any-return]
+
+    def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
+                      start_key: dict[str, Any] | None) -> JobPage:
+        def op() -> JobPage:
+            now = self.wire.k.now()
+            jobs = [job for job, _ in self._stale_items().values()
+                    if job is not None and job.user_id == user_id and not job.expired(now)]
+            mine = sorted(jobs, key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
+            if start_key:
+                pos = (start_key["created_sk"].split("#")[0], start_key["job_id"])
+                mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
+            if statuses:
+                mine = [j for j in mine if j.status in statuses]
+            page = mine[:limit]
+            nxt = None
+            if len(mine) > limit:
+                last = page[-1]
+                nxt = {"job_id": last.job_id, "user_id": user_id,
+                       "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
+            return JobPage(page, nxt)
+
+        return self.wire.call("jobs.list~", False, op)  # type: ignore[no-any-return]
+
+
+class SimEventLog:
+    """``EventLog`` over ``MemoryEventLog``; an eventually consistent read misses recent events."""
+
+    def __init__(self, wire: Wire, inner: MemoryEventLog) -> None:
+        self.wire = wire
+        self.inner = inner
+        self.written: dict[tuple[str, int], float] = {}  # when each live event landed
+        # What the invariants read without a round trip: each job's events, when its terminal
+        # event landed, and when each step's ``completed`` event did.
+        self.by_job: dict[str, dict[int, Event]] = {}
+        self.terminal: dict[str, float] = {}
+        self.completed: dict[tuple[str, int], float] = {}
+
+    def events_of(self, job_id: str) -> list[Event]:
+        events = self.by_job.get(job_id, {})
+        return [events[s] for s in sorted(events)]
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        def op() -> None:
+            self.inner.append(job_id, event, expires_at)
+            t = self.wire.k.t
+            self.written[(job_id, event.seq)] = t
+            self.by_job.setdefault(job_id, {})[event.seq] = event
+            if event.terminal:
+                self.terminal.setdefault(job_id, t)
+            p = event.payload
+            if isinstance(p, StepPayload) and p.status == "completed":
+                self.completed.setdefault((job_id, p.index), t)
+
+        self.wire.call("log.append", True, op)
+
+    def _visible(self, job_id: str, ev: Event | None, cutoff: float) -> Event | None:
+        if ev is None:
+            return None
+        return ev if self.written.get((job_id, ev.seq), 0.0) <= cutoff else None
+
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
+        lag = 0.0 if consistent else self.wire.lag()
+        return self.wire.call(  # type: ignore[no-any-return]
+            "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag))
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        lag = 0.0 if consistent else self.wire.lag()
+
+        def op() -> list[Event]:
+            cutoff = self.wire.k.t - lag
+            return [e for e in self.inner.read_range(job_id, first, last)
+                    if self._visible(job_id, e, cutoff) is not None]
+
+        return self.wire.call("log.read" if consistent else "log.read~", False, op)  # type: ignore[no-any-return]
+
+
+class Through:
+    """Any other port over its fake, every method a round trip (``writes``: the ones that write)."""
+
+    def __init__(self, wire: Wire, name: str, inner: Any, writes: frozenset[str]) -> None:
+        self._wire = wire
+        self._name = name
+        self._inner = inner
+        self._writes = writes
+
+    def __getattr__(self, method: str) -> Any:
+        fn = getattr(self._inner, method)
+        if not callable(fn):
+            return fn
+        label, write = f"{self._name}.{method}", method in self._writes
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._wire.call(label, write, lambda: fn(*args, **kwargs))
+
+        return call
+
+
+GATE_WRITES = frozenset({"enroll", "take", "pause", "unpause", "remove"})
+CONVERSATION_WRITES = frozenset({"commit_turn"})
+AGENT_DATA_WRITES = frozenset({"record_step_effect", "record_usage"})
+PUSH_WRITES = frozenset({"add", "remove"})
+
+__all__ = ["AGENT_DATA_WRITES", "CONVERSATION_WRITES", "GATE_WRITES", "PUSH_WRITES", "FaultPlan", "SimEventLog",
+           "SimJobStore", "Stats", "Through", "Versions", "Wire", "replace"]

@@ -1,0 +1,488 @@
+"""One simulated history: the stores, the processes (workers, sweeper, API requests), the users.
+
+Everything is drawn from the seed: the limits, the fault profile, how many users and jobs, what
+each job's agent does, when users cancel, answer or watch, when processes crash or pause. The
+real runtime runs in it: ``JobService`` for every API request, ``entry.worker.handle_message`` and
+``JobRunner`` (with its lease keeper and background writes) in every worker, ``Sweeper`` on its
+schedule. Faults are on for the first part of the history (``fault_seconds``), then off, so
+every liveness bound is measured from a quiet moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from alfred_jobs.adapters.memory import (
+    MemoryAgentDataStore,
+    MemoryConversationStore,
+    MemoryEventLog,
+    MemoryGateStore,
+    MemoryJobStore,
+)
+from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
+from alfred_jobs.domain.events import replay
+from alfred_jobs.domain.models import ChatRequest, JobStatus, refold
+from alfred_jobs.durability.journal import Journal
+from alfred_jobs.durability.runner import JobRunner
+from alfred_jobs.entry.worker import handle_message
+from alfred_jobs.exceptions import ClientError, RetryLater, StoreError, TooManyRequests
+from alfred_jobs.ports import Deps
+from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.sweeper import Sweeper
+from alfred_jobs.settings import Settings
+
+from alfred_tools.sim.agent import Observer, SimAgent
+from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
+from alfred_tools.sim.queue import QueueFaults, SimQueue
+from alfred_tools.sim.store import (
+    AGENT_DATA_WRITES,
+    CONVERSATION_WRITES,
+    GATE_WRITES,
+    PUSH_WRITES,
+    FaultPlan,
+    SimEventLog,
+    SimJobStore,
+    Stats,
+    Through,
+    Wire,
+)
+
+# Bounds, in virtual seconds (docs/testing.md says why each is what it is).
+SETTLE_SECONDS = 600.0   # after faults stop, every job ends or waits on an open question
+CANCEL_SECONDS = 180.0   # a cancel answered 202 ends its job (from when faults stopped, at worst)
+CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
+
+
+@dataclass
+class Config:
+    """One history's shape, drawn from its seed."""
+
+    users: int
+    jobs: int
+    workers: int
+    max_running: int
+    max_active: int
+    fault_seconds: float
+    plan: FaultPlan
+    queue: QueueFaults
+    crash_every: float       # mean seconds between process crashes while faults are on (0: none)
+    pause_every: float       # mean seconds between process pauses (SIGSTOP) while faults are on
+    api_crash: float         # share of API requests whose process dies mid-request
+    flood: bool              # one user submits many jobs at once
+
+
+def draw_config(k: Kernel, min_jobs: int) -> Config:
+    r = k.rng
+    calm = r.random() < 0.15
+    plan = FaultPlan() if calm else FaultPlan(
+        throttle=r.choice([0.0, 0.005, 0.02]), lost_write=r.choice([0.0, 0.003, 0.01]),
+        ambiguous=r.choice([0.0, 0.005, 0.02]), stale=r.choice([0.0, 0.2, 0.6]),
+        long_lag=r.choice([0.0, 0.1, 0.3]))
+    return Config(
+        users=r.randint(1, 4), jobs=min_jobs + r.randint(0, 6), workers=r.randint(1, 3),
+        max_running=r.randint(1, 2), max_active=r.randint(3, 8),
+        fault_seconds=r.uniform(30, 120), plan=plan,
+        queue=QueueFaults(duplicate=0.0 if calm else r.choice([0.0, 0.05, 0.2]),
+                          lost_delete=0.0 if calm else r.choice([0.0, 0.05])),
+        crash_every=0.0 if calm else r.choice([0.0, 20.0, 60.0]),
+        pause_every=0.0 if calm else r.choice([0.0, 30.0, 90.0]),
+        api_crash=0.0 if calm else r.choice([0.0, 0.03, 0.1]),
+        flood=r.random() < 0.3)
+
+
+@dataclass
+class Accepted:
+    user: str
+    conversation: str
+    at: float
+    abandoned: bool = False   # its user will never answer its question
+    answered: bool = False
+
+
+@dataclass
+class Findings:
+    violations: list[str] = field(default_factory=list)
+    checks: dict[str, int] = field(default_factory=dict)
+
+    def check(self, name: str, ok: bool, detail: Callable[[], str]) -> None:
+        self.checks[name] = self.checks.get(name, 0) + 1
+        if not ok:
+            self.violations.append(f"[{name}] {detail()}")
+
+
+class World:
+    def __init__(self, seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10) -> None:
+        self.seed = seed
+        self.k = k = Kernel(seed, trace)
+        self.cfg = cfg = draw_config(k, min_jobs)
+        self.settings = Settings.model_validate({
+            "max_running_per_user": cfg.max_running, "max_active_per_user": cfg.max_active,
+            "agent": "demo", "deployment": "local", "auth_mode": "local"})
+        self.stats = Stats()
+        self.wire = Wire(k, cfg.plan, self.stats)
+        clock = SimClock(k)
+        s = self.settings
+        self.inner_jobs = MemoryJobStore(s.pending_grace_seconds, clock=clock)
+        self.inner_log = MemoryEventLog(clock=clock)
+        self.inner_gates = MemoryGateStore(clock=clock)
+        self.inner_conversations = MemoryConversationStore(clock=clock)
+        self.jobs = SimJobStore(self.wire, self.inner_jobs)
+        self.log = SimEventLog(self.wire, self.inner_log)
+        self.gates = Through(self.wire, "gate", self.inner_gates, GATE_WRITES)
+        self.conversations = Through(self.wire, "conv", self.inner_conversations, CONVERSATION_WRITES)
+        self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
+        self.push = Through(self.wire, "push", MemoryPushStore(s.max_push_subscriptions), PUSH_WRITES)
+        self.notifier = RecordingNotifier()
+        self.queue = SimQueue(k, self.wire, visibility_timeout=720.0, max_receives=5, faults=cfg.queue)
+        self.seen = Observer()
+        self.found = Findings()
+        self.accepted: dict[str, Accepted] = {}
+        self.cancels: dict[str, float] = {}  # job -> when a cancel was answered 202
+        self.users_left = 0
+        self.api_calls = 0
+        self.status_counts: dict[int, int] = {}
+        self._ids = 0
+        self.workers: list[Process] = []
+        self.quiet_at: float | None = None
+
+    # ---- processes -------------------------------------------------------------------------
+
+    def deps(self, proc: Process) -> Deps:
+        return Deps(settings=self.settings, jobs=self.jobs, log=self.log,  # type: ignore[arg-type]
+                    conversations=self.conversations, queue=self.queue,  # type: ignore[arg-type]
+                    agent_data=self.agent_data, gates=self.gates,  # type: ignore[arg-type]
+                    push=self.push, notifier=self.notifier,  # type: ignore[arg-type]
+                    clock=SimClock(self.k), tasks=SimTasks(self.k, proc), ids=self.new_id)
+
+    def new_id(self) -> str:
+        self._ids += 1
+        return f"{self.seed & 0xFFFFFFFF:08x}{self._ids:024x}"
+
+    @property
+    def faulty(self) -> bool:
+        return self.k.t < self.cfg.fault_seconds
+
+    def start_worker(self, n: int) -> Process:
+        proc = Process(f"worker{n}")
+        deps = self.deps(proc)
+        runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering))  # type: ignore[arg-type]
+
+        def loop() -> None:
+            while True:
+                for d in self.queue.receive(1, 20.0):
+                    try:
+                        handle_message(deps, runner, d.body, d.receipt, d.receives)
+                        self.queue.delete(d.receipt)
+                    except RetryLater:
+                        pass
+                    except StoreError:
+                        pass  # a failed delete: the message comes back
+
+        self.k.spawn(proc, f"{proc.name}/poll", loop)
+        return proc
+
+    def start_sweeper(self) -> None:
+        def schedule() -> None:
+            n = 0
+            while True:
+                self.k.sleep(self.settings.sweep_seconds * (0.8 + 0.4 * self.k.rng.random()))
+                n += 1
+                proc = Process(f"sweeper{n}")
+                sweeper = Sweeper(self.deps(proc))
+                task = self.k.spawn(proc, f"sweeper{n}", lambda s=sweeper: s.sweep())
+                if self.faulty and self.cfg.crash_every and self.k.rng.random() < 0.2:
+                    self.k.spawn(Process("chaos"), "chaos", lambda p=proc: self._kill_later(p, 0.0, 0.05))
+                del task
+
+        self.k.spawn(Process("scheduler"), "scheduler", schedule)
+
+    def _kill_later(self, proc: Process, lo: float, hi: float) -> None:
+        self.k.sleep(lo + (hi - lo) * self.k.rng.random())
+        if not proc.dead:
+            self.k.log("chaos", f"SIGKILL {proc.name}")
+            self.k.kill(proc)
+
+    def start_chaos(self) -> None:
+        cfg, r = self.cfg, self.k.rng
+
+        def crashes() -> None:
+            while self.faulty:
+                self.k.sleep(r.expovariate(1 / cfg.crash_every))
+                if not self.faulty:
+                    return
+                i = r.randrange(len(self.workers))
+                self.k.log("chaos", f"SIGKILL {self.workers[i].name}")
+                self.k.kill(self.workers[i])
+                self.k.sleep(r.uniform(0.5, 5.0))
+                self.workers[i] = self.start_worker(len(self.workers) + r.randrange(1000))
+
+        def pauses() -> None:
+            while self.faulty:
+                self.k.sleep(r.expovariate(1 / cfg.pause_every))
+                if not self.faulty:
+                    return
+                w = r.choice(self.workers)
+                until = self.k.t + r.choice([r.uniform(1, 10), r.uniform(25, 90)])
+                self.k.log("chaos", f"SIGSTOP {w.name} until {until:.1f}")
+                w.paused_until = until
+
+        chaos = Process("chaos")
+        if cfg.crash_every:
+            self.k.spawn(chaos, "chaos/crash", crashes)
+        if cfg.pause_every:
+            self.k.spawn(chaos, "chaos/pause", pauses)
+
+    # ---- the API, as a client sees it -------------------------------------------------------
+
+    def api(self, what: str, fn: Callable[[JobService], Any]) -> tuple[int, Any]:
+        """One HTTP request on a process of its own: (status, value or error); status 0 when no
+        answer came (the process died, or took too long)."""
+        self.api_calls += 1
+        proc = Process(f"api{self.api_calls}")
+        service = JobService(self.deps(proc))
+        out: list[tuple[int, Any]] = []
+        faulty = self.faulty
+
+        def request() -> None:
+            try:
+                out.append((200, fn(service)))
+            except ClientError as exc:
+                out.append((exc.status, exc))
+            except StoreError as exc:
+                out.append((503, exc))
+            except Exception as exc:  # noqa: BLE001 - a 500: a finding unless it is the store's
+                out.append((500, exc))
+
+        task = self.k.spawn(proc, f"api{self.api_calls}/{what}", request, quiet=True)
+        if faulty and self.k.rng.random() < self.cfg.api_crash:
+            self.k.spawn(Process("chaos"), "chaos", lambda: self._kill_later(proc, 0.0, 0.03))
+        from alfred_tools.sim.kernel import SimPending
+        try:
+            SimPending(self.k, task).result(CLIENT_TIMEOUT)
+        except TimeoutError:
+            pass
+        except BaseException:  # noqa: BLE001 - the request's process died
+            pass
+        status, value = out[0] if out else (0, None)
+        self.status_counts[status] = self.status_counts.get(status, 0) + 1
+        self.found.check("no_5xx_unless_the_store_fails", status != 500 and (status != 503 or faulty),
+                         lambda: f"{what} answered {status}: {value!r} at t={self.k.t:.2f} (faults on: {faulty})")
+        return status, value
+
+    # ---- users -------------------------------------------------------------------------------
+
+    def start_users(self) -> None:
+        cfg, r = self.cfg, self.k.rng
+        counts = [1] * cfg.users
+        for _ in range(cfg.jobs - cfg.users):
+            counts[r.randrange(cfg.users)] += 1
+        flooder = r.randrange(cfg.users) if cfg.flood else -1
+        for u in range(cfg.users):
+            self.users_left += 1
+            self.k.spawn(Process(f"user{u}"), f"user{u}", lambda u=u, n=counts[u]: self._user(u, n, u == flooder))
+
+    def _message(self) -> str:
+        r = self.k.rng
+        parts = [f"steps={r.randint(0, 4)}", f"think={r.uniform(0.2, 3):.2f}", f"step={r.uniform(0.2, 4):.2f}",
+                 f"chunks={r.randint(1, 8)}"]
+        if r.random() < 0.25:
+            parts.append(f"ask={r.randint(1, 3)}")
+        if r.random() < 0.1:
+            parts.append(f"flaky={r.randint(1, 3)}")
+        return "sim " + " ".join(parts)
+
+    def _user(self, u: int, n: int, flood: bool) -> None:
+        r = self.k.rng
+        user = f"user{u}"
+        conversations: list[str] = []
+        followers = []
+        for i in range(n):
+            self.k.sleep(r.uniform(0, 0.5) if flood else r.uniform(0, 15))
+            if conversations and r.random() < 0.6:
+                conv = r.choice(conversations)
+            else:
+                conv = f"{u:02d}{len(conversations):02d}".ljust(32, "c")
+                conversations.append(conv)
+            multitask = r.choices(["enqueue", "reject", "interrupt"], [0.6, 0.2, 0.2])[0]
+            req = ChatRequest.model_validate({"message": self._message(), "conversation_id": conv,
+                                              "multitask": multitask})
+            key = f"{user}-{i}" if r.random() < 0.8 else None
+            proc = Process(f"{user}.{i}")
+            followers.append(self.k.spawn(proc, f"{user}.{i}", lambda req=req, key=key: self._job(user, req, key)))
+        from alfred_tools.sim.kernel import SimPending
+        for f in followers:
+            SimPending(self.k, f).join()
+        self.users_left -= 1
+
+    def _job(self, user: str, req: ChatRequest, key: str | None) -> None:
+        r = self.k.rng
+        job_id = None
+        for attempt in range(8):
+            status, value = self.api("submit", lambda s: s.submit(user, req, key))
+            if status == 200:
+                job_id = value.job.job_id
+                break
+            if key is None:
+                return  # no key: the user would type it again, as a new message
+            if status == 429 and isinstance(value, TooManyRequests):
+                self.k.sleep(value.retry_after)
+            elif status in (0, 500, 503):
+                self.k.sleep(min(30.0, 2.0 ** attempt) * (0.5 + r.random()))
+            else:
+                return  # 409 (reject) and other 4xx: the client shows it
+        if job_id is None:
+            return
+        self.accepted.setdefault(job_id, Accepted(user, req.conversation_id or "", self.k.t))
+        if r.random() < 0.15:
+            self.k.spawn(Process(f"cancel-{job_id[-4:]}"), "cancel", lambda: self._cancel(user, job_id))
+        if r.random() < 0.3:
+            self.k.spawn(Process(f"watch-{job_id[-4:]}"), "watch", lambda: self._watch(job_id))
+        self._follow(user, job_id)
+
+    def _cancel(self, user: str, job_id: str) -> None:
+        self.k.sleep(self.k.rng.uniform(0, 25))
+        for _ in range(4):
+            status, value = self.api("cancel", lambda s: s.cancel(user, job_id))
+            if status == 200:
+                _, done = value
+                if not done:
+                    self.cancels.setdefault(job_id, self.k.t)  # the 202
+                return
+            if status not in (0, 503):
+                return
+            self.k.sleep(2.0)
+
+    def _follow(self, user: str, job_id: str) -> None:
+        """Poll the job as the page does, answering its questions (late, twice, or never)."""
+        r, a = self.k.rng, self.accepted[job_id]
+        while True:
+            self.k.sleep(r.uniform(1, 5))
+            status, job = self.api("get", lambda s: s.get(user, job_id))
+            if status != 200:
+                continue
+            if job.terminal:
+                return
+            if job.status is JobStatus.WAITING:
+                if a.abandoned:
+                    return
+                if r.random() < 0.15:
+                    a.abandoned = True
+                    return
+                self.k.sleep(r.choice([r.uniform(0, 3), r.uniform(10, 60)]))
+                self._answer(user, job_id)
+                if r.random() < 0.1:
+                    self._answer(user, job_id)  # a second device answers too
+
+    def _answer(self, user: str, job_id: str) -> None:
+        def question(s: JobService) -> str | None:
+            q = replay(s.journal.read_all(job_id)).question
+            return q.input_id if q else None
+
+        status, input_id = self.api("question", question)
+        if status == 200 and input_id:
+            status, _ = self.api("answer", lambda s: s.answer(user, job_id, input_id, True))
+            if status == 200:
+                self.accepted[job_id].answered = True
+
+    def _watch(self, job_id: str) -> None:
+        """A watcher from a random cursor: every event once, in order (as the stream serves it)."""
+        r = self.k.rng
+        self.k.sleep(r.uniform(0, 20))
+        job = self.inner_jobs.items.get(job_id)
+        cursor = r.randint(0, job.last_seq) if job else 0
+        journal = Journal(self.log, self.settings.retention_seconds)  # type: ignore[arg-type]
+        for _ in range(2000):
+            try:
+                got = journal.read_after(job_id, cursor, consistent=False)
+            except StoreError:
+                got = []
+            for ev in got:
+                truth = self.inner_log.items.get((job_id, ev.seq))
+                self.found.check("watchers_see_each_event_once_in_order",
+                                 ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
+                                 lambda ev=ev: f"watcher of {job_id} after {cursor} got seq {ev.seq}")
+                cursor = ev.seq
+                if ev.terminal:
+                    return
+            self.k.sleep(r.uniform(0.05, 1.0))
+
+    # ---- safety, checked as it happens ------------------------------------------------------
+
+    def _entering(self, job_id: str, user_id: str, step: int) -> None:
+        """An agent call starts: no more than ``max_running`` of the user's jobs run at once, and a
+        step whose ``completed`` event is in the log never runs again (guarantee 4)."""
+        if step:
+            self.found.check("completed_step_never_runs_again", (job_id, step) not in self.log.completed,
+                             lambda: f"step {step} of {job_id} starts again after it completed")
+        now = self.k.now()
+        others = set()
+        for j, n in self.seen.inside.items():
+            if n <= 0 or j == job_id:
+                continue
+            rec = self.inner_jobs.items.get(j)
+            if rec is None or rec.user_id != user_id or rec.terminal or not rec.lease_live(now):
+                continue
+            if j in self.log.terminal:
+                continue
+            others.add(j)
+        self.found.check("max_running_per_user", len(others) < self.settings.max_running_per_user,
+                         lambda: f"{job_id} starts while {sorted(others)} of {user_id} run")
+
+    def run(self) -> None:
+        for n in range(self.cfg.workers):
+            self.workers.append(self.start_worker(n))
+        self.start_sweeper()
+        self.start_chaos()
+        self.start_users()
+        self.k.spawn(Process("monitor"), "monitor", self._monitor)
+        horizon = self.cfg.fault_seconds + SETTLE_SECONDS + 600.0
+        self.k.run(horizon, stop=lambda: self.quiet_at is not None)
+        self.wire.faults_on = False
+
+    def _monitor(self) -> None:
+        """Turns the faults off on time, checks the active limit, and ends the history once it is
+        quiet (every user done, every job ended or waiting on a question nobody will answer)."""
+        while True:
+            self.k.sleep(1.0)
+            if not self.faulty and self.wire.faults_on:
+                self.wire.faults_on = False
+                self.k.log("monitor", "faults off")
+            for user, (entries, _) in self.inner_gates.gates.items():
+                self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
+                                 lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")
+            if self.faulty or self.users_left:
+                continue
+            if self.k.t > self.cfg.fault_seconds + SETTLE_SECONDS or self._quiet():
+                self.quiet_at = self.k.t
+                return
+
+    def _state(self, job_id: str) -> tuple[Any, Any]:
+        rec = self.inner_jobs.items.get(job_id)
+        if rec is None:
+            return None, None
+        events = self.log.events_of(job_id)
+        return refold(rec, events), replay(events)
+
+    def _settled(self, job_id: str) -> bool:
+        job, state = self._state(job_id)
+        if job is None or job.terminal:
+            return True
+        a = self.accepted.get(job_id)
+        return (job.status is JobStatus.WAITING and state.question is not None
+                and (a is None or a.abandoned) and job_id not in self.cancels)
+
+    def _quiet(self) -> bool:
+        if not all(self._settled(j) for j in self.inner_jobs.items):
+            return False
+        return all(not entries or any(not self._settled(e) for e in entries)
+                   for entries, _ in self.inner_gates.gates.values()) and self._gates_clean()
+
+    def _gates_clean(self) -> bool:
+        for entries, _ in self.inner_gates.gates.values():
+            for job_id in entries:
+                job, _ = self._state(job_id)
+                if job is None or job.terminal:
+                    return False
+        return True
