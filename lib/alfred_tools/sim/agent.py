@@ -42,12 +42,12 @@ class SimAgent:
     def __init__(self, clock: Clock, observer: Observer, on_enter: Any) -> None:
         self.clock = clock
         self.seen = observer
-        # Called with (job_id, user_id, step index or 0) as a call starts: the invariants' hook.
+        # Called with (job_id, user_id, step index or 0, attempt) as a call starts: the invariants' hook.
         self.on_enter = on_enter
 
     def _enter(self, ctx: AgentContext, step: int = 0) -> None:
         self.seen.first_start.setdefault(ctx.job_id, self.clock.monotonic())
-        self.on_enter(ctx.job_id, ctx.user_id, step)
+        self.on_enter(ctx.job_id, ctx.user_id, step, ctx.attempt)
         self.seen.inside[ctx.job_id] = self.seen.inside.get(ctx.job_id, 0) + 1
 
     def _leave(self, ctx: AgentContext) -> None:

@@ -169,6 +169,7 @@ class SimJobStore:
         self.wire = wire
         self.inner = inner
         self.versions = Versions()
+        self.cancel_at: dict[str, float] = {}  # when each job's cancel flag landed
         for name in self.WRITES:
             setattr(self, name, self._writer(name))
 
@@ -180,7 +181,10 @@ class SimJobStore:
 
             def op() -> Any:
                 try:
-                    return fn(job_id_or_job, *args, **kwargs)
+                    out = fn(job_id_or_job, *args, **kwargs)
+                    if name == "request_cancel":
+                        self.cancel_at.setdefault(job_id, self.wire.k.t)
+                    return out
                 finally:
                     self._record(job_id)
 

@@ -52,6 +52,10 @@ from alfred_tools.sim.store import (
 # Bounds, in virtual seconds (docs/testing.md says why each is what it is).
 SETTLE_SECONDS = 600.0   # after faults stop, every job ends or waits on an open question
 CANCEL_SECONDS = 180.0   # a cancel answered 202 ends its job (from when faults stopped, at worst)
+# Guarantee 7: a cancel recorded this long before a step boundary stops the job there (the
+# keeper polls every ``cancel_poll_seconds``; a boundary whose keeper is two periods behind reads
+# the record itself; the rest is the boundary's own write, which can be slow).
+CANCEL_BOUNDARY_SECONDS = 2 * 0.5 + 2.0
 CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
 
 
@@ -410,9 +414,22 @@ class World:
 
     # ---- safety, checked as it happens ------------------------------------------------------
 
-    def _entering(self, job_id: str, user_id: str, step: int) -> None:
-        """An agent call starts: no more than ``max_running`` of the user's jobs run at once, and a
-        step whose ``completed`` event is in the log never runs again (guarantee 4)."""
+    def _entering(self, job_id: str, user_id: str, step: int, attempt: int) -> None:
+        """An agent call starts: no more than ``max_running`` of the user's jobs run at once, a
+        step whose ``completed`` event is in the log never runs again (guarantee 4), and none
+        starts well after a cancel landed (guarantee 7).
+
+        A call of an attempt older than the record's (a process paused between its last check and
+        the call, woken after another worker took the job over) is not held to the last two: no
+        check can be atomic with the call after it, which is why steps carry idempotency keys.
+        """
+        rec = self.inner_jobs.items.get(job_id)
+        if rec is not None and attempt < rec.attempts:
+            return
+        cancelled = self.jobs.cancel_at.get(job_id)
+        late = self.k.t - cancelled if cancelled is not None else 0.0
+        self.found.check("cancel_stops_at_the_next_boundary", late <= CANCEL_BOUNDARY_SECONDS,
+                         lambda: f"the agent starts on {job_id} (step {step}) {late:.2f}s after its cancel landed")
         if step:
             self.found.check("completed_step_never_runs_again", (job_id, step) not in self.log.completed,
                              lambda: f"step {step} of {job_id} starts again after it completed")

@@ -1,0 +1,72 @@
+"""The simulator's kernel: virtual time, waits with timeouts, background tasks, crashes, pauses."""
+
+from __future__ import annotations
+
+from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
+
+
+def test_time_advances_only_as_tasks_sleep_and_ties_follow_the_seed() -> None:
+    def order(seed: int) -> list[str]:
+        k, out = Kernel(seed), []
+        for name in "abcd":
+            k.spawn(Process(name), name, lambda n=name: (k.sleep(1.0), out.append(n)))
+        k.run(10.0)
+        assert k.t == 10.0
+        return out
+
+    assert order(1) == order(1)  # the seed decides
+    assert {tuple(order(s)) for s in range(20)} != {tuple(order(1))}  # and different seeds differ
+
+
+def test_a_signal_wakes_its_waiter_or_the_timeout_does() -> None:
+    k = Kernel(0)
+    clock = SimClock(k)
+    sig = clock.signal()
+    seen: list[tuple[bool, float]] = []
+    k.spawn(Process("w"), "w", lambda: seen.append((sig.wait(5.0), k.t)))
+    k.spawn(Process("s"), "s", lambda: (k.sleep(2.0), sig.set()))
+    k.spawn(Process("t"), "t", lambda: seen.append((clock.signal().wait(3.0), k.t)))
+    k.run(100.0)
+    assert sorted(seen) == [(False, 3.0), (True, 2.0)]
+
+
+def test_submitted_work_returns_its_value_or_raises_its_error() -> None:
+    k = Kernel(0)
+    proc = Process("p")
+    tasks = SimTasks(k, proc)
+    got: list[object] = []
+
+    def boom() -> int:
+        k.sleep(1.0)
+        raise ValueError("no")
+
+    def main() -> None:
+        ok = tasks.submit(lambda: (k.sleep(2.0), 7)[1])
+        bad = tasks.submit(boom)
+        got.append(ok.result())
+        try:
+            bad.result()
+        except ValueError as exc:
+            got.append(str(exc))
+
+    k.spawn(proc, "main", main)
+    k.run(10.0)
+    assert got == [7, "no"] and k.failure is None
+
+
+def test_a_killed_process_never_runs_again_and_a_paused_one_runs_late() -> None:
+    k = Kernel(0)
+    victim, sleeper = Process("victim"), Process("sleeper")
+    ran: list[str] = []
+    k.spawn(victim, "v", lambda: (k.sleep(5.0), ran.append("victim")))
+    k.spawn(sleeper, "s", lambda: (k.sleep(1.0), ran.append(f"sleeper at {k.t}")))
+    k.spawn(Process("chaos"), "c", lambda: (k.sleep(0.5), k.kill(victim), setattr(sleeper, "paused_until", 30.0)))
+    k.run(100.0)
+    assert ran == ["sleeper at 30.0"]
+
+
+def test_an_escaped_error_is_a_finding() -> None:
+    k = Kernel(0)
+    k.spawn(Process("p"), "p", lambda: 1 / 0)
+    k.run(1.0)
+    assert isinstance(k.failure, ZeroDivisionError)
