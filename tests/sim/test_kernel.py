@@ -70,3 +70,35 @@ def test_an_escaped_error_is_a_finding() -> None:
     k.spawn(Process("p"), "p", lambda: 1 / 0)
     k.run(1.0)
     assert isinstance(k.failure, ZeroDivisionError)
+
+
+def test_asyncio_runs_in_virtual_time_with_its_executor_on_simulated_tasks() -> None:
+    import asyncio
+
+    from alfred_tools.sim.aio import VirtualLoop
+
+    k = Kernel(0)
+    proc = Process("stream")
+    seen: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        await asyncio.sleep(5.0)
+        seen.append(("slept", k.t))
+        value = await asyncio.to_thread(lambda: (k.sleep(2.0), 3)[1])
+        seen.append((f"read {value}", k.t))
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), 1.5)
+        except TimeoutError:
+            seen.append(("timed out", k.t))
+
+    def host() -> None:
+        loop = VirtualLoop(k, proc)
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    k.spawn(proc, "loop", host)
+    k.run(100.0)
+    assert k.failure is None
+    assert seen == [("slept", 5.0), ("read 3", 7.0), ("timed out", 8.5)]

@@ -1,0 +1,91 @@
+"""An asyncio event loop in virtual time, so the stream's watch hub runs in the simulation as it is.
+
+The loop runs inside one simulated task. Where a real loop blocks in ``select`` until a timer is
+due or a file is ready, this one parks its task on a signal for the virtual time until the next
+timer; ``call_soon_threadsafe`` (how work finished elsewhere reports back) sets that signal.
+``run_in_executor`` (``asyncio.to_thread``: the hub's store reads) runs the function as a task of
+the same simulated process, so its store calls interleave with everything else, as a thread's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from alfred_tools.sim.kernel import Kernel, Process, SimSignal
+
+
+class _Selector:
+    """What ``BaseEventLoop._run_once`` asks of a selector: wait up to ``timeout``."""
+
+    def __init__(self, k: Kernel) -> None:
+        self.k = k
+        self.signal: SimSignal | None = None
+        self.woken = False
+
+    def select(self, timeout: float | None) -> list[Any]:
+        if self.woken:
+            self.woken = False
+            return []
+        if timeout == 0:
+            self.k.park(0.0)
+            return []
+        self.signal = SimSignal(self.k)
+        self.signal.wait(timeout)
+        self.signal = None
+        self.woken = False
+        return []
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.signal is not None:
+            self.signal.set()
+
+    def close(self) -> None:
+        pass
+
+
+class VirtualLoop(asyncio.BaseEventLoop):
+    """``asyncio`` on the simulator's clock, its executor the simulated process's tasks."""
+
+    def __init__(self, k: Kernel, proc: Process) -> None:
+        super().__init__()
+        self.k = k
+        self.proc = proc
+        self._selector = _Selector(k)  # type: ignore[attr-defined]
+
+    def time(self) -> float:
+        return self.k.t
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        pass
+
+    def _write_to_self(self) -> None:
+        self._selector.wake()  # type: ignore[attr-defined]
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.create_future()
+
+        def work() -> None:
+            try:
+                value = func(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                if not self.proc.dead:
+                    self.call_soon_threadsafe(_settle, fut, None, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.call_soon_threadsafe(_settle, fut, value, None)
+
+        self.k.spawn(self.proc, f"{self.proc.name}/io", work, quiet=True)
+        return fut
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
