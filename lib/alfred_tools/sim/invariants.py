@@ -24,7 +24,10 @@ def check_end(w: World) -> None:
     f = w.found
     quiet_from = w.cfg.fault_seconds
     live_by_user: dict[str, set[str]] = {}
+    now = w.k.now()
     for job_id, rec in w.inner_jobs.items.items():
+        if rec.expired(now):
+            continue  # retention is over: the job is gone, and nothing of it is asked for
         events = w.log.events_of(job_id)
         job, state = refold(rec, events), replay(events)
         a = w.accepted.get(job_id)
@@ -55,6 +58,13 @@ def check_end(w: World) -> None:
                     lambda job_id=job_id, at=at, ended=ended, job=job: (
                         f"{job_id} cancelled (202) at {at:.1f}, is {job.status}, ended at {ended}")) 
 
+        # A job submitted while nothing failed has no reason to fail (its script's one flaky step
+        # fails only its first attempt), except a question nobody answered.
+        if a is not None and a.at >= quiet_from and job.status is JobStatus.FAILED:
+            code = (job.error or {}).get("code")
+            f.check("quiet_jobs_do_not_fail", code == "input_timeout",
+                    lambda job_id=job_id, job=job: f"{job_id}, submitted after faults stopped, failed: {job.error}")
+
         # Guarantee 8: a failed job's message is parked.
         if job.status is JobStatus.FAILED:
             f.check("failed_jobs_are_parked", any(j == job_id for j, _ in w.queue.dead),
@@ -81,8 +91,8 @@ def check_end(w: World) -> None:
                 lambda conv=conv: f"conversation {conv[:6]}'s turns are out of submit order")
 
     # The gate: every entry belongs to a live job; a user with no live job has an empty gate.
-    for user, (entries, _) in w.inner_gates.gates.items():
-        for job_id in entries:
+    for user in w.inner_gates.gates:
+        for job_id in w.inner_gates._live(user):
             f.check("gate_entries_belong_to_live_jobs", job_id in live_by_user.get(user, set()),
                     lambda job_id=job_id, user=user: f"{user}'s gate holds {job_id}, which is gone or ended")
 

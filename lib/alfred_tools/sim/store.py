@@ -182,6 +182,8 @@ class SimJobStore:
             def op() -> Any:
                 try:
                     out = fn(job_id_or_job, *args, **kwargs)
+                    if name == "create":
+                        self.cancel_at.pop(job_id, None)  # a job id reused after retention
                     if name == "request_cancel":
                         self.cancel_at.setdefault(job_id, self.wire.k.t)
                     return out
@@ -255,10 +257,11 @@ class SimEventLog:
         self.inner = inner
         self.written: dict[tuple[str, int], float] = {}  # when each live event landed
         # What the invariants read without a round trip: each job's events, when its terminal
-        # event landed, and when each step's ``completed`` event did.
+        # event landed, and when each step's ``completed`` event did. A job id reused after
+        # retention starts a new log at seq 1: its old entries go.
         self.by_job: dict[str, dict[int, Event]] = {}
         self.terminal: dict[str, float] = {}
-        self.completed: dict[tuple[str, int], float] = {}
+        self.completed: dict[str, dict[int, float]] = {}
 
     def events_of(self, job_id: str) -> list[Event]:
         events = self.by_job.get(job_id, {})
@@ -269,12 +272,15 @@ class SimEventLog:
             self.inner.append(job_id, event, expires_at)
             t = self.wire.k.t
             self.written[(job_id, event.seq)] = t
+            if event.seq == 1:
+                self.by_job[job_id], self.completed[job_id] = {}, {}
+                self.terminal.pop(job_id, None)
             self.by_job.setdefault(job_id, {})[event.seq] = event
             if event.terminal:
                 self.terminal.setdefault(job_id, t)
             p = event.payload
             if isinstance(p, StepPayload) and p.status == "completed":
-                self.completed.setdefault((job_id, p.index), t)
+                self.completed.setdefault(job_id, {}).setdefault(p.index, t)
 
         self.wire.call("log.append", True, op)
 

@@ -75,6 +75,8 @@ class Config:
     pause_every: float       # mean seconds between process pauses (SIGSTOP) while faults are on
     api_crash: float         # share of API requests whose process dies mid-request
     flood: bool              # one user submits many jobs at once
+    retention: int           # seconds a job lives (short in some histories: ids come back)
+    reuse: bool              # a user reuses an Idempotency-Key after retention (guarantee 11)
 
 
 def draw_config(k: Kernel, min_jobs: int) -> Config:
@@ -93,7 +95,9 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         crash_every=0.0 if calm else r.choice([0.0, 20.0, 60.0]),
         pause_every=0.0 if calm else r.choice([0.0, 30.0, 90.0]),
         api_crash=0.0 if calm else r.choice([0.0, 0.03, 0.1]),
-        flood=r.random() < 0.3)
+        flood=r.random() < 0.3,
+        **({"retention": r.randint(150, 300), "reuse": True} if r.random() < 0.25
+           else {"retention": 7 * 86400, "reuse": False}))
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Accepted:
     user: str
     conversation: str
     at: float
+    key: str | None = None
     abandoned: bool = False   # its user will never answer its question
     answered: bool = False
 
@@ -123,6 +128,7 @@ class World:
         self.cfg = cfg = draw_config(k, min_jobs)
         self.settings = Settings.model_validate({
             "max_running_per_user": cfg.max_running, "max_active_per_user": cfg.max_active,
+            "retention_seconds": cfg.retention, "input_timeout_seconds": min(86400.0, cfg.retention / 2),
             "agent": "demo", "deployment": "local", "auth_mode": "local"})
         self.stats = Stats()
         self.wire = Wire(k, cfg.plan, self.stats)
@@ -318,13 +324,32 @@ class World:
         from alfred_tools.sim.kernel import SimPending
         for f in followers:
             SimPending(self.k, f).join()
+        if self.cfg.reuse and conversations and r.random() < 0.7:
+            self._reuse(user, conversations[0])
         self.users_left -= 1
 
-    def _job(self, user: str, req: ChatRequest, key: str | None) -> None:
+    def _reuse(self, user: str, conversation: str) -> None:
+        """Submit again with the user's first Idempotency-Key once its job expired: a new job."""
+        key = f"{user}-0"
+        old = next((j for j, a in self.accepted.items() if a.key == key), None)
+        if old is None:
+            return
+        rec = self.inner_jobs.items.get(old)
+        if rec is None:
+            return
+        self.k.sleep(max(0.0, rec.expires_at - self.k.now()) + self.k.rng.uniform(1, 30))
+        req = ChatRequest.model_validate({"message": self._message(), "conversation_id": conversation})
+        self._job(user, req, key, reuse=True)
+
+    def _job(self, user: str, req: ChatRequest, key: str | None, reuse: bool = False) -> None:
         r = self.k.rng
         job_id = None
         for attempt in range(8):
             status, value = self.api("submit", lambda s: s.submit(user, req, key))
+            if reuse:
+                self.found.check("key_free_after_retention", status != 409,
+                                 lambda status=status, value=value: f"{user} reused {key} after retention: "
+                                                                    f"{status} {value!r}")
             if status == 200:
                 job_id = value.job.job_id
                 break
@@ -338,7 +363,9 @@ class World:
                 return  # 409 (reject) and other 4xx: the client shows it
         if job_id is None:
             return
-        self.accepted.setdefault(job_id, Accepted(user, req.conversation_id or "", self.k.t))
+        if reuse or job_id not in self.accepted:
+            self.accepted[job_id] = Accepted(user, req.conversation_id or "", self.k.t, key=key)
+            self.cancels.pop(job_id, None)
         if r.random() < 0.15:
             self.k.spawn(Process(f"cancel-{job_id[-4:]}"), "cancel", lambda: self._cancel(user, job_id))
         if r.random() < 0.3:
@@ -431,7 +458,7 @@ class World:
         self.found.check("cancel_stops_at_the_next_boundary", late <= CANCEL_BOUNDARY_SECONDS,
                          lambda: f"the agent starts on {job_id} (step {step}) {late:.2f}s after its cancel landed")
         if step:
-            self.found.check("completed_step_never_runs_again", (job_id, step) not in self.log.completed,
+            self.found.check("completed_step_never_runs_again", step not in self.log.completed.get(job_id, {}),
                              lambda: f"step {step} of {job_id} starts again after it completed")
         now = self.k.now()
         others = set()
@@ -477,7 +504,7 @@ class World:
 
     def _state(self, job_id: str) -> tuple[Any, Any]:
         rec = self.inner_jobs.items.get(job_id)
-        if rec is None:
+        if rec is None or rec.expired(self.k.now()):
             return None, None
         events = self.log.events_of(job_id)
         return refold(rec, events), replay(events)
@@ -493,12 +520,11 @@ class World:
     def _quiet(self) -> bool:
         if not all(self._settled(j) for j in self.inner_jobs.items):
             return False
-        return all(not entries or any(not self._settled(e) for e in entries)
-                   for entries, _ in self.inner_gates.gates.values()) and self._gates_clean()
+        return self._gates_clean()
 
     def _gates_clean(self) -> bool:
-        for entries, _ in self.inner_gates.gates.values():
-            for job_id in entries:
+        for user in self.inner_gates.gates:
+            for job_id in self.inner_gates._live(user):
                 job, _ = self._state(job_id)
                 if job is None or job.terminal:
                     return False
