@@ -55,6 +55,11 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self.proc = proc
         self._selector = _Selector(k)  # type: ignore[attr-defined]
 
+    def __del__(self) -> None:
+        # Never closed behind the history's back: the coroutines a finished history leaves are
+        # collected after it, and their clean-up (a ``finally`` that cancels a task) must not fail.
+        pass
+
     def time(self) -> float:
         return self.k.t
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alfred_jobs.domain.events import CompletePayload, replay
-from alfred_jobs.domain.models import JobStatus, refold
+from alfred_jobs.domain.models import JobStatus, iso, refold
 
 if TYPE_CHECKING:
     from alfred_tools.sim.world import World
@@ -41,11 +41,12 @@ def check_end(w: World) -> None:
                 lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
 
         # Guarantee 9: nothing stays pending or running for ever.
-        waiting = job.status is JobStatus.WAITING and state.question is not None
+        asking = job.status is JobStatus.WAITING and state.question is not None
+        waiting = asking or (job.status is JobStatus.PENDING and w.behind_a_question(rec.user_id, job_id))
         f.check("every_job_ends_or_waits_on_a_question", job.terminal or waiting,
                 lambda job_id=job_id, job=job: (f"{job_id} is {job.status} (record {rec.status}, "
                                                 f"attempts {rec.attempts}) {SETTLE_SECONDS:.0f}s after faults stopped"))
-        if waiting and a is not None and not a.abandoned:
+        if asking and a is not None and not a.abandoned:
             f.check("an_answered_question_continues", False,
                     lambda job_id=job_id: f"{job_id} waits on a question its user meant to answer")
 
@@ -74,21 +75,29 @@ def check_end(w: World) -> None:
 
         # Conversation turns: a completed job's turn is committed, once.
         if isinstance(events[-1].payload if events else None, CompletePayload) and rec.terminal:
-            conv = w.inner_conversations.items.get((rec.user_id, rec.conversation_id), {})
-            mine = [m for m in conv.values() if m["job_id"] == job_id]
+            conv = _live_messages(w, rec.user_id, rec.conversation_id)
+            # (a turn of an earlier job with this id, reused after retention, may outlive that job)
+            mine = [m for m in conv.values() if m["job_id"] == job_id and str(m["at"]) >= iso(rec.created_at)]
             f.check("turn_committed_once", len(mine) == 2,
                     lambda job_id=job_id, mine=mine: f"{job_id}'s turn has {len(mine)} messages")
 
-    # Conversation turns in submit order (jobs of one conversation run one at a time, in order).
-    for (user, conv), msgs in w.inner_conversations.items.items():
-        order = []
-        for sk in sorted(msgs):
-            j = msgs[sk]["job_id"]
-            if j not in order:
-                order.append(j)
-        created = [w.inner_jobs.items[j].created_at for j in order if j in w.inner_jobs.items]
-        f.check("turns_in_submit_order", created == sorted(created),
-                lambda conv=conv: f"conversation {conv[:6]}'s turns are out of submit order")
+    # Conversation turns in submit order: a job accepted (202) before another was sent commits
+    # its turn first (submits that overlapped, a retried one among them, may go either way).
+    for user, conv in w.inner_conversations.items:
+        committed = []
+        for sk, m in sorted(_live_messages(w, user, conv).items()):
+            rec = w.inner_jobs.items.get(str(m["job_id"]))
+            if rec is None or str(m["at"]) < iso(rec.created_at):
+                continue  # an earlier job's turn (its id was reused after retention)
+            if m["job_id"] not in committed:
+                committed.append(m["job_id"])
+        for i, later in enumerate(committed):
+            for earlier in committed[i + 1:]:
+                a, b = w.accepted.get(str(earlier)), w.accepted.get(str(later))
+                f.check("turns_in_submit_order", a is None or b is None or not a.at < b.sent,
+                        lambda earlier=earlier, later=later, conv=conv: (
+                            f"conversation {conv[:6]}: {earlier} was accepted before {later} was sent, "
+                            f"and its turn comes after"))
 
     # The gate: every entry belongs to a live job; a user with no live job has an empty gate.
     for user in w.inner_gates.gates:
@@ -101,3 +110,11 @@ def check_end(w: World) -> None:
         owner = w.inner_jobs.items.get(message.job_id)
         f.check("push_only_to_the_owner", owner is not None and owner.user_id == user,
                 lambda user=user, message=message: f"push about {message.job_id} sent to {user}")
+
+
+def _live_messages(w: World, user: str, conv: str) -> dict[str, dict[str, object]]:
+    """A conversation's unexpired messages, by sort key (an expired one is gone)."""
+    now = w.k.now()
+    store = w.inner_conversations
+    return {sk: m for sk, m in store.items.get((user, conv), {}).items()
+            if store.expiry.get((user, conv, sk), 0) > now}

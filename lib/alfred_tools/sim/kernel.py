@@ -68,6 +68,7 @@ class Kernel:
         self.switches = 0
         self._trace = trace
         self.failure: BaseException | None = None  # an exception a task let escape (a bug)
+        self.procs: dict[int, Process] = {}
 
     # ---- time -----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Kernel:
 
         task = Task(name, proc, greenlet(body, parent=self._main), quiet=quiet)
         proc.tasks.append(task)
+        self.procs[id(proc)] = proc
         self._wake(task, delay)
         return task
 
@@ -164,8 +166,7 @@ class Kernel:
     def close(self) -> None:
         """End every task still parked, so none outlives the history (their ``finally`` blocks see
         a dead process and leave at once)."""
-        procs = {id(t.proc): t.proc for *_, t, _ in self._heap}
-        for p in procs.values():
+        for p in self.procs.values():
             p.dead = True
         for *_, task, _ in self._heap:
             if not task.done and task.glet and not task.glet.dead:

@@ -10,6 +10,7 @@ every liveness bound is measured from a quiet moment.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,16 +25,17 @@ from alfred_jobs.adapters.memory import (
 from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
 from alfred_jobs.domain.events import replay
 from alfred_jobs.domain.models import ChatRequest, JobStatus, refold
-from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.runner import JobRunner
 from alfred_jobs.entry.worker import handle_message
-from alfred_jobs.exceptions import ClientError, RetryLater, StoreError, TooManyRequests
+from alfred_jobs.exceptions import ClientError, EventsExpired, RetryLater, StoreError, TooManyRequests
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
+from alfred_jobs.service.watch import WatchHub
 from alfred_jobs.settings import Settings
 
 from alfred_tools.sim.agent import Observer, SimAgent
+from alfred_tools.sim.aio import VirtualLoop
 from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.store import (
@@ -106,6 +108,7 @@ class Accepted:
     conversation: str
     at: float
     key: str | None = None
+    sent: float = 0.0         # when its first submit went out
     abandoned: bool = False   # its user will never answer its question
     answered: bool = False
 
@@ -156,6 +159,7 @@ class World:
         self._ids = 0
         self.workers: list[Process] = []
         self.quiet_at: float | None = None
+        self.stream = Stream(self)
 
     # ---- processes -------------------------------------------------------------------------
 
@@ -164,7 +168,8 @@ class World:
                     conversations=self.conversations, queue=self.queue,  # type: ignore[arg-type]
                     agent_data=self.agent_data, gates=self.gates,  # type: ignore[arg-type]
                     push=self.push, notifier=self.notifier,  # type: ignore[arg-type]
-                    clock=SimClock(self.k), tasks=SimTasks(self.k, proc), ids=self.new_id)
+                    clock=SimClock(self.k), tasks=SimTasks(self.k, proc),
+                    **({"ids": self.new_id} if "ids" in Deps.__dataclass_fields__ else {}))
 
     def new_id(self) -> str:
         self._ids += 1
@@ -201,12 +206,19 @@ class World:
                 n += 1
                 proc = Process(f"sweeper{n}")
                 sweeper = Sweeper(self.deps(proc))
-                task = self.k.spawn(proc, f"sweeper{n}", lambda s=sweeper: s.sweep())
+                task = self.k.spawn(proc, f"sweeper{n}", lambda s=sweeper: self._sweep(s))
                 if self.faulty and self.cfg.crash_every and self.k.rng.random() < 0.2:
                     self.k.spawn(Process("chaos"), "chaos", lambda p=proc: self._kill_later(p, 0.0, 0.05))
                 del task
 
         self.k.spawn(Process("scheduler"), "scheduler", schedule)
+
+    @staticmethod
+    def _sweep(sweeper: Sweeper) -> None:
+        try:
+            sweeper.sweep()
+        except StoreError:
+            pass  # the invocation fails (its index read did); the next one runs on schedule
 
     def _kill_later(self, proc: Process, lo: float, hi: float) -> None:
         self.k.sleep(lo + (hi - lo) * self.k.rng.random())
@@ -344,6 +356,7 @@ class World:
     def _job(self, user: str, req: ChatRequest, key: str | None, reuse: bool = False) -> None:
         r = self.k.rng
         job_id = None
+        sent = self.k.t
         for attempt in range(8):
             status, value = self.api("submit", lambda s: s.submit(user, req, key))
             if reuse:
@@ -364,7 +377,7 @@ class World:
         if job_id is None:
             return
         if reuse or job_id not in self.accepted:
-            self.accepted[job_id] = Accepted(user, req.conversation_id or "", self.k.t, key=key)
+            self.accepted[job_id] = Accepted(user, req.conversation_id or "", self.k.t, key=key, sent=sent)
             self.cancels.pop(job_id, None)
         if r.random() < 0.15:
             self.k.spawn(Process(f"cancel-{job_id[-4:]}"), "cancel", lambda: self._cancel(user, job_id))
@@ -418,28 +431,14 @@ class World:
                 self.accepted[job_id].answered = True
 
     def _watch(self, job_id: str) -> None:
-        """A watcher from a random cursor: every event once, in order (as the stream serves it)."""
+        """A page that opens the job's stream from a random cursor, and reconnects now and then."""
         r = self.k.rng
         self.k.sleep(r.uniform(0, 20))
         job = self.inner_jobs.items.get(job_id)
         cursor = r.randint(0, job.last_seq) if job else 0
-        journal = Journal(self.log, self.settings.retention_seconds)  # type: ignore[arg-type]
-        for _ in range(2000):
-            try:
-                got = journal.read_after(job_id, cursor, consistent=False)
-            except StoreError:
-                got = []
-            for ev in got:
-                truth = self.inner_log.items.get((job_id, ev.seq))
-                self.found.check("watchers_see_each_event_once_in_order",
-                                 ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
-                                 lambda ev=ev: f"watcher of {job_id} after {cursor} got seq {ev.seq}")
-                cursor = ev.seq
-                if ev.terminal:
-                    return
-            self.k.sleep(r.uniform(0.05, 1.0))
+        self.stream.open(job_id, cursor)
 
-    # ---- safety, checked as it happens ------------------------------------------------------
+    # ---- safety, checked as it happens    # ---- safety, checked as it happens ------------------------------------------------------
 
     def _entering(self, job_id: str, user_id: str, step: int, attempt: int) -> None:
         """An agent call starts: no more than ``max_running`` of the user's jobs run at once, a
@@ -478,6 +477,7 @@ class World:
         for n in range(self.cfg.workers):
             self.workers.append(self.start_worker(n))
         self.start_sweeper()
+        self.stream.start()
         self.start_chaos()
         self.start_users()
         self.k.spawn(Process("monitor"), "monitor", self._monitor)
@@ -514,8 +514,24 @@ class World:
         if job is None or job.terminal:
             return True
         a = self.accepted.get(job_id)
+        if job.status is JobStatus.PENDING and self.behind_a_question(job.user_id, job_id):
+            return True
         return (job.status is JobStatus.WAITING and state.question is not None
                 and (a is None or a.abandoned) and job_id not in self.cancels)
+
+    def behind_a_question(self, user: str, job_id: str) -> bool:
+        """Whether an earlier job of ``job_id``'s conversation waits on its user's answer: by
+        design the conversation's next message waits for it (or for the question to expire)."""
+        entries = self.inner_gates._live(user)
+        me = entries.get(job_id)
+        if me is None:
+            return False
+        for e in entries.values():
+            if e.conversation_id == me.conversation_id and e.asking and e.job_id != job_id:
+                job, state = self._state(e.job_id)
+                if job is not None and not job.terminal and state.question is not None:
+                    return True
+        return False
 
     def _quiet(self) -> bool:
         if not all(self._settled(j) for j in self.inner_jobs.items):
@@ -529,3 +545,68 @@ class World:
                 if job is None or job.terminal:
                     return False
         return True
+
+
+class Stream:
+    """The stream function: the real ``WatchHub`` on an asyncio loop in virtual time, serving
+    watchers that check every event arrives once, in order, from their cursor (guarantee 3)."""
+
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.proc = Process("stream")
+        self.loop: VirtualLoop | None = None
+        self.hub: WatchHub | None = None
+        self.open_watchers = 0
+
+    def start(self) -> None:
+        def host() -> None:
+            self.loop = VirtualLoop(self.w.k, self.proc)
+            self.hub = WatchHub(self.w.log, self.w.settings.retention_seconds,  # type: ignore[arg-type]
+                                clock=SimClock(self.w.k))
+            self.loop.run_until_complete(self._forever())
+
+        self.w.k.spawn(self.proc, "stream/loop", host)
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(3600.0)
+
+    def open(self, job_id: str, cursor: int) -> None:
+        """A client connects (from a user's task: handed to the loop, as a request would be)."""
+        if self.loop is None:
+            return
+        self.open_watchers += 1
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor)))  # type: ignore[union-attr]
+
+    async def _watcher(self, job_id: str, cursor: int) -> None:
+        w, r = self.w, self.w.k.rng
+        try:
+            for _ in range(50):  # connections
+                job = await asyncio.to_thread(w.jobs.get, job_id)
+                if job is None or self.hub is None:
+                    return
+                idle = 0.0
+                async with self.hub.watch(job, cursor, stream=True) as watcher:
+                    while idle < 60.0:
+                        try:
+                            evs = await watcher.next_batch(15.0)
+                        except EventsExpired:
+                            return
+                        idle = idle + 15.0 if not evs else 0.0
+                        for ev in evs:
+                            truth = w.inner_log.items.get((job_id, ev.seq))
+                            w.found.check("watchers_see_each_event_once_in_order",
+                                          ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
+                                          lambda ev=ev, c=cursor: f"a watcher of {job_id} after {c} got seq {ev.seq}")
+                            cursor = ev.seq
+                        if watcher.done:
+                            return
+                        if evs and r.random() < 0.1:
+                            break  # the network blinks: reconnect from the cursor
+                    else:
+                        return  # nothing for a minute: the page was closed
+                await asyncio.sleep(r.uniform(0.1, 3.0))
+        except StoreError:
+            return
+        finally:
+            self.open_watchers -= 1
