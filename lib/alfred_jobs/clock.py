@@ -42,7 +42,9 @@ class Pending(Protocol[T_co]):
     """The result of work submitted to ``Tasks`` (``concurrent.futures.Future``'s shape)."""
 
     def result(self, timeout: float | None = None) -> T_co:
-        """Wait for the work and return its value, or raise its exception."""
+        """Wait for the work and return its value, or raise its exception; ``TimeoutError`` if
+        ``timeout`` seconds pass first (the work goes on: the push resolver and the notifier's
+        budget rely on this)."""
 
     def done(self) -> bool:
         """Whether the work has finished."""

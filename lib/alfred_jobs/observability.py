@@ -29,10 +29,10 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any, TypeVar
 
 SERVICE = "alfred-jobs"
@@ -93,7 +93,9 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as ``HH:MM:SS.mmm LEVEL module message k=v ...``."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        # The record's own time (``logging`` took it when the record was made), formatted in local
+        # time: this reads no clock and decides nothing, so it needs no ``Clock``.
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S") + f".{int(record.msecs):03d}"
         name = record.name.removeprefix(LOGGER_NAME + ".") if record.name != LOGGER_NAME else "alfred"
         extras = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
         ordered = [k for k in JOB_KEYS if k in extras] + sorted(k for k in extras if k not in JOB_KEYS)

@@ -6,9 +6,10 @@ Only adapters know key layouts, expressions and botocore.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
 from alfred_jobs.domain.push import PushMessage, PushSubscription
@@ -204,7 +205,11 @@ class Notifier(Protocol):
 @dataclass
 class Deps:
     """Every port the services use, and the settings. Built by the composition root
-    (``entry/wiring.py``: DynamoDB and SQS) or from the in-memory fakes (``adapters.memory``)."""
+    (``entry/wiring.py``: DynamoDB and SQS) or from the in-memory fakes (``adapters.memory``).
+
+    ``clock`` and ``tasks`` are the only way the runtime reads the time or starts background work
+    (``alfred_jobs.clock``): the real ones by default, the simulator's virtual ones under it. The
+    adapters in a ``Deps`` read the same clock (``memory_deps`` and ``aws_deps`` see to it)."""
 
     settings: Settings
     jobs: JobStore
@@ -216,3 +221,5 @@ class Deps:
     # Web Push (issue 14): None where a process sends or stores no pushes.
     push: PushStore | None = None
     notifier: Notifier | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    tasks: Tasks = field(default_factory=ThreadTasks)

@@ -119,10 +119,10 @@ def test_ambiguous_append_is_recognised_by_its_writer_token(stack: Stack) -> Non
     """The put lands, the caller sees a timeout, retries, finds its own event: success, not a conflict."""
     faulty = stack.make_deps(stack.settings.model_copy(update={"faults": "PutItem:ambiguous=1"}))
     journal = Journal(faulty.log, stack.settings.retention_seconds)
-    ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w-1")
+    ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w-1", at=time.time())
     journal.append("a" * 32, ev, 2_000_000_000)  # every put "fails" after landing; the retry reads it back
     assert [e.writer for e in Journal(stack.deps.log, 60).read_all("a" * 32)] == ["w-1"]
-    rival = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=2, writer="w-2")
+    rival = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=2, writer="w-2", at=time.time())
     with pytest.raises(SlotTaken):  # another writer's event in the slot is a conflict, ambiguous or not
         journal.append("a" * 32, rival, 2_000_000_000)
 

@@ -7,12 +7,13 @@ no difference between a fake and its adapter is silent.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress
 from alfred_jobs.ports import AgentDataStore, ConversationStore, Deps, EventLog, JobQueue, JobStore
 from alfred_jobs.settings import Settings
 from tests.support.stack import Stack
@@ -74,28 +75,28 @@ def uid(prefix: str) -> str:
 
 def live() -> int:
     """An ``expires_at`` an hour ahead."""
-    return int(now_ts()) + HOUR
+    return int(time.time()) + HOUR
 
 
 def past() -> int:
     """An ``expires_at`` already passed (retention over; the store still holds the item)."""
-    return int(now_ts()) - 60
+    return int(time.time()) - 60
 
 
 def new_job(*, user_id: str | None = None, created_at: float | None = None, expires_at: int | None = None,
             message: str = "chicken and rice", **fields: Any) -> Job:
     return Job(job_id=uid("job"), user_id=user_id or uid("user"), message=message, conversation_id=uid("conv"),
-               created_at=now_ts() if created_at is None else created_at,
+               created_at=time.time() if created_at is None else created_at,
                expires_at=live() if expires_at is None else expires_at, body_hash="h", **fields)
 
 
 def event(seq: int, type: EventType = EventType.PHASE, data: dict[str, Any] | None = None) -> Event:
-    return Event.new(seq, type, {"phase": "think"} if data is None else data, attempt=1, writer="w1")
+    return Event.new(seq, type, {"phase": "think"} if data is None else data, attempt=1, writer="w1", at=time.time())
 
 
 def terminal(job: Job, last_seq: int, status: JobStatus = JobStatus.COMPLETE) -> Job:
     """``job`` folded to a terminal state at ``last_seq`` (what the runner's finalize saves)."""
-    now = now_ts()
+    now = time.time()
     return replace(job, status=status, last_seq=last_seq, completed_at=now, started_at=job.started_at or now - 1,
                    output={"reply": "done"}, progress=Progress(phase="reply", completed_steps=2, total_steps=2))
 

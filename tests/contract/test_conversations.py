@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from alfred_jobs.adapters.aws import AwsClients, DynamoConversationStore
 from alfred_jobs.adapters.memory import MemoryConversationStore
-from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.domain.models import iso
 from alfred_jobs.ports import ConversationStore
 from tests.contract.support import Backend, live, past, uid
 
 
 def at(minutes_ago: int) -> str:
-    return iso(now_ts() - 60 * minutes_ago)
+    return iso(time.time() - 60 * minutes_ago)
 
 
 def test_a_turn_is_the_message_then_the_reply(backend: Backend) -> None:
@@ -134,7 +135,7 @@ def commit_turns(backend: Backend, user: str, conv: str, n: int, *, expires_at: 
     return texts
 
 
-BASE = now_ts()
+BASE = time.time()
 
 
 def test_a_page_is_the_newest_messages_oldest_first_and_pages_walk_back(backend: Backend) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.domain.models import iso
 from alfred_jobs.exceptions import ConditionFailed, GateFull
 from tests.contract.support import Backend, live, uid
 from tests.support.stack import wait_until
@@ -13,7 +15,7 @@ from tests.support.stack import wait_until
 
 def entry(conv: str = "c1", at: float | None = None) -> GateEntry:
     job = uid("job")
-    return GateEntry(job, conv, f"{iso(now_ts() if at is None else at)}#{job}")
+    return GateEntry(job, conv, f"{iso(time.time() if at is None else at)}#{job}")
 
 
 def ids(gate: Gate) -> list[str]:
@@ -36,8 +38,8 @@ def test_enroll_returns_the_gate_after_it_and_is_idempotent(backend: Backend) ->
 
 def test_the_order_is_the_order_the_enrolls_landed_whatever_the_clocks_say(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
-    first = entry(at=now_ts())
-    behind = entry(at=now_ts() - 60)  # a host whose clock is a minute behind, enrolling second
+    first = entry(at=time.time())
+    behind = entry(at=time.time() - 60)  # a host whose clock is a minute behind, enrolling second
     same_ms = GateEntry(uid("job"), "c1", first.order)  # the same order key, enrolling third
     gates.enroll(user, first, None, live())
     gates.enroll(user, behind, None, live())
@@ -104,7 +106,7 @@ def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
 def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     old = entry()
-    gates.enroll(user, old, None, int(now_ts()) + 1)  # the store keeps it past that (TTL deletes days late)
+    gates.enroll(user, old, None, int(time.time()) + 1)  # the store keeps it past that (TTL deletes days late)
     wait_until(lambda: gates.read(user) == Gate(), timeout=10, what="the gate to expire")
-    new = entry(at=now_ts() - 3600)  # an order below the expired gate's last one
+    new = entry(at=time.time() - 3600)  # an order below the expired gate's last one
     assert ids(gates.enroll(user, new, 1, live())) == [new.job_id]

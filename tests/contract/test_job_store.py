@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from alfred_jobs.adapters.aws import ACTIVE_SHARDS
-from alfred_jobs.domain.models import TERMINAL_STATUSES, Job, JobStatus, Progress, now_ts
+from alfred_jobs.domain.models import TERMINAL_STATUSES, Job, JobStatus, Progress
 from alfred_jobs.exceptions import ConditionFailed, Fenced, LeaseHeld
 from tests.contract.support import PENDING_GRACE, Backend, new_job, past, terminal, uid
 
@@ -23,7 +24,7 @@ def created(backend: Backend, **fields: Any) -> Job:
 
 def leased(backend: Backend, owner: str = "w1", **fields: Any) -> Job:
     job = created(backend, **fields)
-    return backend.jobs.acquire_lease(job.job_id, owner, now_ts(), LEASE)
+    return backend.jobs.acquire_lease(job.job_id, owner, time.time(), LEASE)
 
 
 def stored(backend: Backend, job_id: str) -> Job:
@@ -66,7 +67,7 @@ def test_create_replaces_an_expired_record(backend: Backend) -> None:
     new = replace(new_job(message="new"), job_id=old.job_id)
     backend.jobs.create(new)
     assert backend.jobs.get(old.job_id) == new, "nothing of the old record is left"
-    assert backend.jobs.acquire_lease(new.job_id, "w1", now_ts(), LEASE).attempts == 1
+    assert backend.jobs.acquire_lease(new.job_id, "w1", time.time(), LEASE).attempts == 1
 
 
 # ---- acquire_lease ---------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_create_replaces_an_expired_record(backend: Backend) -> None:
 @pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.RUNNING])
 def test_acquire_takes_an_active_job_and_bumps_attempts(backend: Backend, status: JobStatus) -> None:
     job = created(backend, status=status)
-    now = now_ts()
+    now = time.time()
     taken = backend.jobs.acquire_lease(job.job_id, "w1", now, LEASE)
     assert (taken.lease_owner, taken.lease_expires, taken.attempts) == ("w1", now + LEASE, 1)
     assert taken.status is status
@@ -85,14 +86,14 @@ def test_acquire_takes_an_active_job_and_bumps_attempts(backend: Backend, status
 def test_acquire_raises_lease_held_while_another_owner_holds_a_live_lease(backend: Backend) -> None:
     job = leased(backend, "w1")
     with pytest.raises(LeaseHeld):
-        backend.jobs.acquire_lease(job.job_id, "w2", now_ts(), LEASE)
+        backend.jobs.acquire_lease(job.job_id, "w2", time.time(), LEASE)
     assert stored(backend, job.job_id) == job, "the holder's lease and the attempts are untouched"
 
 
 def test_acquire_returns_the_job_when_the_same_owner_already_holds_it(backend: Backend) -> None:
     """Our own update landed, its answer was lost and the SDK's retry failed the condition."""
     job = leased(backend, "w1")
-    again = backend.jobs.acquire_lease(job.job_id, "w1", now_ts(), LEASE)
+    again = backend.jobs.acquire_lease(job.job_id, "w1", time.time(), LEASE)
     assert again == job, "returned as taken, attempts not bumped a second time, lease not moved"
     assert stored(backend, job.job_id).attempts == 1
 
@@ -101,8 +102,8 @@ def test_acquire_returns_the_job_when_the_same_owner_already_holds_it(backend: B
 def test_acquire_takes_a_job_whose_lease_ran_out_as_a_new_attempt(backend: Backend, owner: str) -> None:
     """By another worker (take-over), or by the same owner again: either way a new attempt."""
     job = created(backend)
-    backend.jobs.acquire_lease(job.job_id, "w1", now_ts() - 2 * LEASE, LEASE)  # ran out a minute ago
-    now = now_ts()
+    backend.jobs.acquire_lease(job.job_id, "w1", time.time() - 2 * LEASE, LEASE)  # ran out a minute ago
+    now = time.time()
     taken = backend.jobs.acquire_lease(job.job_id, owner, now, LEASE)
     assert (taken.lease_owner, taken.lease_expires, taken.attempts) == (owner, now + LEASE, 2)
 
@@ -122,7 +123,7 @@ def test_acquire_raises_condition_failed_for_a_job_that_is_gone_or_ended(backend
         if case == "ended_under_its_holder":
             owner = "w1"  # its lease had not run out: still not "returned as taken", the job ended
     with pytest.raises(ConditionFailed):
-        backend.jobs.acquire_lease(job_id, owner, now_ts(), LEASE)
+        backend.jobs.acquire_lease(job_id, owner, time.time(), LEASE)
 
 
 # ---- renew_lease -----------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def test_acquire_raises_condition_failed_for_a_job_that_is_gone_or_ended(backend
 
 def test_renew_extends_the_lease_and_refreshes_the_projection(backend: Backend) -> None:
     job = leased(backend, "w1")
-    now = now_ts() + 5
+    now = time.time() + 5
     progress = Progress(phase="act", completed_steps=1, total_steps=3, label="Chopping")
     renewed = backend.jobs.renew_lease(job.job_id, "w1", now, LEASE, 4, JobStatus.RUNNING, progress)
     assert (renewed.lease_owner, renewed.lease_expires) == ("w1", now + LEASE)
@@ -141,40 +142,40 @@ def test_renew_extends_the_lease_and_refreshes_the_projection(backend: Backend) 
 
 def test_renew_at_the_same_last_seq_is_allowed(backend: Backend) -> None:
     job = leased(backend, "w1")
-    backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 3, JobStatus.RUNNING, Progress())
-    again = backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 3, JobStatus.RUNNING, Progress())
+    backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 3, JobStatus.RUNNING, Progress())
+    again = backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 3, JobStatus.RUNNING, Progress())
     assert again.last_seq == 3
 
 
 def test_renew_by_an_owner_whose_lease_ran_out_untaken_is_allowed(backend: Backend) -> None:
     """Fenced means the job was lost (taken over, ended), not that the heartbeat was late."""
     job = created(backend)
-    backend.jobs.acquire_lease(job.job_id, "w1", now_ts() - 2 * LEASE, LEASE)
-    renewed = backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 1, JobStatus.RUNNING, Progress())
+    backend.jobs.acquire_lease(job.job_id, "w1", time.time() - 2 * LEASE, LEASE)
+    renewed = backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 1, JobStatus.RUNNING, Progress())
     assert renewed.lease_owner == "w1"
 
 
 def test_renew_is_fenced_for_another_owner(backend: Backend) -> None:
     job = leased(backend, "w1")
     with pytest.raises(Fenced):
-        backend.jobs.renew_lease(job.job_id, "w2", now_ts(), LEASE, 1, JobStatus.RUNNING, Progress())
+        backend.jobs.renew_lease(job.job_id, "w2", time.time(), LEASE, 1, JobStatus.RUNNING, Progress())
     assert stored(backend, job.job_id) == job
 
 
 def test_renew_is_fenced_after_a_take_over(backend: Backend) -> None:
     job = created(backend)
-    backend.jobs.acquire_lease(job.job_id, "w1", now_ts() - 2 * LEASE, LEASE)
-    backend.jobs.acquire_lease(job.job_id, "w2", now_ts(), LEASE)
+    backend.jobs.acquire_lease(job.job_id, "w1", time.time() - 2 * LEASE, LEASE)
+    backend.jobs.acquire_lease(job.job_id, "w2", time.time(), LEASE)
     with pytest.raises(Fenced):
-        backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 1, JobStatus.RUNNING, Progress())
+        backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 1, JobStatus.RUNNING, Progress())
 
 
 def test_renew_is_fenced_when_last_seq_would_go_back(backend: Backend) -> None:
     job = leased(backend, "w1")
-    backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 5, JobStatus.RUNNING, Progress())
+    backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 5, JobStatus.RUNNING, Progress())
     before = stored(backend, job.job_id)
     with pytest.raises(Fenced):
-        backend.jobs.renew_lease(job.job_id, "w1", now_ts(), LEASE, 4, JobStatus.RUNNING, Progress())
+        backend.jobs.renew_lease(job.job_id, "w1", time.time(), LEASE, 4, JobStatus.RUNNING, Progress())
     assert stored(backend, job.job_id) == before
 
 
@@ -187,7 +188,7 @@ def test_renew_is_fenced_for_a_job_that_is_gone_or_ended(backend: Backend, case:
         backend.jobs.save_projection(terminal(job, 3), owner=None)
         job_id = job.job_id
     with pytest.raises(Fenced):
-        backend.jobs.renew_lease(job_id, "w1", now_ts(), LEASE, 9, JobStatus.RUNNING, Progress())
+        backend.jobs.renew_lease(job_id, "w1", time.time(), LEASE, 9, JobStatus.RUNNING, Progress())
     if case == "unknown":
         assert backend.jobs.get(job_id) is None, "a renew never creates a record"
 
@@ -197,25 +198,25 @@ def test_renew_is_fenced_for_a_job_that_is_gone_or_ended(backend: Backend, case:
 
 def test_release_gives_the_job_back(backend: Backend) -> None:
     job = leased(backend, "w1")
-    backend.jobs.release_lease(job.job_id, "w1", now_ts() + 10)
+    backend.jobs.release_lease(job.job_id, "w1", time.time() + 10)
     released = stored(backend, job.job_id)
     assert (released.lease_owner, released.lease_expires) == (None, 0.0)
     assert released.attempts == 1 and released.status is job.status
-    taken = backend.jobs.acquire_lease(job.job_id, "w2", now_ts(), LEASE)
+    taken = backend.jobs.acquire_lease(job.job_id, "w2", time.time(), LEASE)
     assert (taken.lease_owner, taken.attempts) == ("w2", 2)
 
 
 def test_release_is_idempotent(backend: Backend) -> None:
     job = leased(backend, "w1")
-    backend.jobs.release_lease(job.job_id, "w1", now_ts() + 10)
+    backend.jobs.release_lease(job.job_id, "w1", time.time() + 10)
     after_first = stored(backend, job.job_id)
-    backend.jobs.release_lease(job.job_id, "w1", now_ts() + 99)  # an earlier try landed unanswered
+    backend.jobs.release_lease(job.job_id, "w1", time.time() + 99)  # an earlier try landed unanswered
     assert stored(backend, job.job_id) == after_first
 
 
 def test_release_by_a_non_holder_leaves_the_holders_lease(backend: Backend) -> None:
     job = leased(backend, "w2")
-    backend.jobs.release_lease(job.job_id, "w1", now_ts() + 10)
+    backend.jobs.release_lease(job.job_id, "w1", time.time() + 10)
     assert stored(backend, job.job_id) == job
 
 
@@ -223,10 +224,10 @@ def test_release_of_an_ended_or_unknown_job_is_silent(backend: Backend) -> None:
     job = leased(backend, "w1")
     backend.jobs.save_projection(terminal(job, 3), owner=None)
     ended = stored(backend, job.job_id)
-    backend.jobs.release_lease(job.job_id, "w1", now_ts() + 10)
+    backend.jobs.release_lease(job.job_id, "w1", time.time() + 10)
     assert stored(backend, job.job_id) == ended
     unknown = uid("job")
-    backend.jobs.release_lease(unknown, "w1", now_ts() + 10)
+    backend.jobs.release_lease(unknown, "w1", time.time() + 10)
     assert backend.jobs.get(unknown) is None, "a release never creates a record"
 
 
@@ -234,7 +235,7 @@ def test_release_of_an_ended_or_unknown_job_is_silent(backend: Backend) -> None:
 
 
 def running(job: Job, last_seq: int) -> Job:
-    now = now_ts()
+    now = time.time()
     return replace(job, status=JobStatus.RUNNING, last_seq=last_seq, started_at=now,
                     progress=Progress(phase="act", completed_steps=1, total_steps=2, label="Stirring"))
 
@@ -345,7 +346,7 @@ def test_request_cancel_raises_condition_failed_for_an_ended_or_unknown_job(back
 
 def user_jobs(backend: Backend, user: str, n: int, **fields: Any) -> list[Job]:
     """``n`` jobs of ``user``, a minute apart, oldest first."""
-    base = now_ts() - 3600
+    base = time.time() - 3600
     jobs = [new_job(user_id=user, created_at=base + 60 * i, **fields) for i in range(n)]
     for job in jobs:
         backend.jobs.create(job)
@@ -410,7 +411,7 @@ def test_list_filters_by_status_across_pages(backend: Backend, wanted: str) -> N
     jobs = user_jobs(backend, user, 6)
     for i, job in enumerate(jobs):  # pending, running, complete, pending, running, complete
         if i % 3 == 1:
-            jobs[i] = backend.jobs.acquire_lease(job.job_id, "w1", now_ts(), LEASE)
+            jobs[i] = backend.jobs.acquire_lease(job.job_id, "w1", time.time(), LEASE)
             backend.jobs.save_projection(running(jobs[i], 1), owner="w1")
             jobs[i] = stored(backend, job.job_id)
         elif i % 3 == 2:
@@ -457,7 +458,7 @@ def test_a_pending_job_is_due_once_its_grace_has_run_out(due_backend: Backend) -
 def test_a_leased_job_is_due_once_its_lease_has_run_out(due_backend: Backend) -> None:
     b = due_backend
     job = created(b)
-    now = now_ts()
+    now = time.time()
     b.jobs.acquire_lease(job.job_id, "w1", now, LEASE)
     assert due_ids(b, now + LEASE - 1, job) == set()
     assert due_ids(b, now + LEASE + 1, job) == {job.job_id}
@@ -469,7 +470,7 @@ def test_a_leased_job_is_due_once_its_lease_has_run_out(due_backend: Backend) ->
 def test_a_released_job_is_due_at_the_time_given(due_backend: Backend) -> None:
     b = due_backend
     job = leased(b, "w1")
-    now = now_ts()
+    now = time.time()
     b.jobs.release_lease(job.job_id, "w1", now + 5)
     assert due_ids(b, now + 4, job) == set()
     assert due_ids(b, now + 6, job) == {job.job_id}
@@ -479,9 +480,9 @@ def test_a_terminal_job_leaves_find_due(due_backend: Backend) -> None:
     b = due_backend
     job = leased(b, "w1")
     b.jobs.save_projection(terminal(job, 3), owner=None)
-    assert due_ids(b, now_ts() + 365 * 86400, job) == set()
-    b.jobs.postpone(job.job_id, now_ts() - 100)  # the sweeper's late postpone: a no-op
-    assert due_ids(b, now_ts() + 365 * 86400, job) == set()
+    assert due_ids(b, time.time() + 365 * 86400, job) == set()
+    b.jobs.postpone(job.job_id, time.time() - 100)  # the sweeper's late postpone: a no-op
+    assert due_ids(b, time.time() + 365 * 86400, job) == set()
 
 
 def test_postpone_moves_an_active_jobs_deadline(due_backend: Backend) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from alfred_jobs.domain.events import replay, step_started_by
-from alfred_jobs.domain.models import EventType, JobStatus, now_ts
+from alfred_jobs.domain.models import EventType, JobStatus
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.fidelity import FidelityProxy
 from tests.chaos.support import allow_receives
@@ -197,6 +198,6 @@ def test_expired_items_read_as_gone(stack: Stack) -> None:
     # Make it expire: the store (like DynamoDB for up to ~2 days, moto forever) still holds it.
     stack.clients.dynamodb.update_item(
         TableName=stack.settings.jobs_table, Key={"job_id": {"S": job.job_id}},
-        UpdateExpression="SET expires_at = :e", ExpressionAttributeValues={":e": {"N": str(int(now_ts()) - 1)}})
+        UpdateExpression="SET expires_at = :e", ExpressionAttributeValues={":e": {"N": str(int(time.time()) - 1)}})
     assert jobs.get(job.job_id) is None
     assert JobService(stack.deps).list_jobs("alice", None, 10, None)[0] == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import httpx
 import pytest
 
 from alfred_jobs.adapters.aws import AwsClients, DynamoEventLog, DynamoJobStore
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus
 from alfred_jobs.durability.journal import Journal
 from alfred_tools.fidelity import FidelityProxy
 from tests.support.iam import arns_for, denied_calls, role_statements, without_action
@@ -254,7 +255,7 @@ def test_sweeper_function_requeues_a_stranded_job_on_its_schedule(deployment: De
     assert_started_with_template_env(sweeper, d)
     store = Store(d)
     # GIVEN a pending job whose queue message was lost an hour ago
-    now = now_ts()
+    now = time.time()
     job = Job(job_id=uuid.uuid4().hex, user_id=USER, message="toast [steps=1]", conversation_id=uuid.uuid4().hex,
               created_at=now - 3600, expires_at=int(now + 3600))
     store.jobs.create(job)

@@ -740,7 +740,8 @@ def test_one_user_cannot_hold_more_streams_and_long_polls_than_its_cap(stream_se
     assert_too_many(s.stream(alice))
     # The long-polls answer with the next event and give theirs back too.
     Journal(s.deps.log, SETTINGS.retention_seconds).append(
-        s.job.job_id, Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w"),
+        s.job.job_id, Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w",
+                              at=time.time()),
         s.job.expires_at)
     for t in threads:
         t.join(20)

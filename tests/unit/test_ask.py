@@ -5,6 +5,7 @@ expiry, and a waiting job holding nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import PANTRY_QUESTION, DemoAgent
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import Conflict, InvalidInput
 from alfred_jobs.ports import Deps
@@ -206,7 +207,7 @@ def test_a_waiting_job_gives_its_slot_to_the_users_other_jobs() -> None:
 def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
     deps = make_deps(input_timeout_seconds=0.01)
     job = ask_job(deps)
-    deps.jobs.due[job.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
     threading.Event().wait(0.02)  # the question's 10 ms expiry (the timeout under test is time itself)
     report = Sweeper(deps).sweep()
     assert report.timed_out == [job.job_id] and report.requeued == []
@@ -222,7 +223,7 @@ def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
 def test_the_sweeper_leaves_a_job_waiting_for_its_answer_alone_until_it_expires() -> None:
     deps = make_deps()
     job = ask_job(deps)
-    deps.jobs.due[job.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
     report = Sweeper(deps).sweep()
     assert report.waiting == [job.job_id] and report.requeued == [] and report.timed_out == []
-    assert deps.jobs.due[job.job_id] > now_ts() + 3600  # type: ignore[attr-defined]  # until the expiry
+    assert deps.jobs.due[job.job_id] > time.time() + 3600  # type: ignore[attr-defined]  # until the expiry

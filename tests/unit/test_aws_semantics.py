@@ -7,12 +7,13 @@ proxy in front of moto server, in tests/integration/test_faithful.py.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, memory_deps
-from alfred_jobs.domain.models import ChatRequest, Job, JobStatus, Progress, now_ts
+from alfred_jobs.domain.models import ChatRequest, Job, JobStatus, Progress
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.exceptions import ConditionFailed
 from alfred_jobs.ports import Deps
@@ -30,7 +31,7 @@ def expire(deps: Deps, job: Job) -> None:
     as DynamoDB keeps expired items until TTL gets round to them)."""
     store, log = deps.jobs, deps.log
     assert isinstance(store, MemoryJobStore) and isinstance(log, MemoryEventLog)
-    past = int(now_ts()) - 1
+    past = int(time.time()) - 1
     store.items[job.job_id] = replace(store.items[job.job_id], expires_at=past)
     for key in list(log.expiry):
         if key[0] == job.job_id:
@@ -90,7 +91,7 @@ def test_the_cancel_poll_does_not_take_no_item_for_a_cancel(deps: Deps) -> None:
     deps = replace(deps, jobs=store)
     job = JobService(replace(deps, jobs=MemoryJobStore())).submit("u", ChatRequest(message="soup"), None).job
     store.items[job.job_id] = job
-    taken = store.acquire_lease(job.job_id, "me", now_ts(), 5)
+    taken = store.acquire_lease(job.job_id, "me", time.time(), 5)
 
     def state() -> tuple[int, JobStatus, Progress]:
         return 0, JobStatus.RUNNING, Progress()

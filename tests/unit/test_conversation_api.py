@@ -3,13 +3,14 @@ finding 7: the route used to read the whole conversation for every request)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from alfred_jobs.adapters.memory import MemoryConversationStore, memory_deps
-from alfred_jobs.domain.models import iso, now_ts
+from alfred_jobs.domain.models import iso
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_local_token
@@ -36,10 +37,10 @@ def auth(user: str = "alice") -> dict[str, str]:
 
 def commit(deps: Deps, turns: int, user: str = "alice", conv: str = CONV) -> list[str]:
     texts: list[str] = []
-    base = now_ts() - 10_000
+    base = time.time() - 10_000
     for i in range(turns):
         deps.conversations.commit_turn(user, conv, f"{i:032x}", f"m{i}", f"r{i}", iso(base + i),
-                                       int(now_ts()) + 3600)
+                                       int(time.time()) + 3600)
         texts += [f"m{i}", f"r{i}"]
     return texts
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from alfred_jobs.adapters.memory import MemoryAgentDataStore
 from alfred_jobs.agents.demo import LABELS, DemoAgent
 from alfred_jobs.agents.demo_text import read_request, reply_text
 from alfred_jobs.domain.agent import AgentContext
@@ -57,8 +58,7 @@ def test_the_request_reader_keeps_multiword_ingredients_whole() -> None:
 
 
 def test_step_labels_never_repeat_however_many_steps() -> None:
-    agent = DemoAgent.__new__(DemoAgent)
-    agent.step_seconds = 0
+    agent = DemoAgent(MemoryAgentDataStore(), Settings(demo_step_seconds=0))
     ctx = AgentContext(job_id="j", user_id="u", conversation_id="c", message="x [steps=20]", history=[],
                        attempt=1, step_outputs={}, cancelled=lambda: False)
     labels = [s.label for s in agent.think(ctx).steps]
@@ -66,9 +66,7 @@ def test_step_labels_never_repeat_however_many_steps() -> None:
 
 
 def test_the_streamed_reply_never_cuts_a_word() -> None:
-    agent = DemoAgent.__new__(DemoAgent)
-    agent.step_seconds = 0
-    agent.settings = Settings()
+    agent = DemoAgent(MemoryAgentDataStore(), Settings(demo_step_seconds=0))
     ctx = AgentContext(job_id="j", user_id="u", conversation_id="c", message="chicken and rice", history=[],
                        attempt=1, step_outputs={}, cancelled=lambda: False)
     chunks = list(agent.reply(agent.think(ctx), ctx))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -92,7 +93,7 @@ def test_every_payload_round_trips_its_json_exactly(type: EventType, data: dict[
     assert json.dumps(payload.to_data()) == json.dumps(data), "same keys, same order, same values"
     ev = Event(seq=3, type=type, at="2025-01-01T12:00:00.000Z", attempt=1, data=data)
     assert ev.payload == payload
-    again = Event.of(3, payload, attempt=1, writer="w")
+    again = Event.of(3, payload, attempt=1, writer="w", at=time.time())
     assert again.type is type and json.dumps(again.data) == json.dumps(data)
 
 
@@ -137,7 +138,8 @@ def test_payloads_built_by_writers_have_the_documented_shapes() -> None:
 
 
 def test_public_json_of_a_plan_leaves_specs_out_and_parses_back() -> None:
-    ev = Event.of(4, PlanPayload.of(Plan([PlanStep(1, "Search", {"tool": "t"})])), attempt=1, writer="w")
+    ev = Event.of(4, PlanPayload.of(Plan([PlanStep(1, "Search", {"tool": "t"})])), attempt=1, writer="w",
+                  at=time.time())
     public = ev.public()
     assert public["data"] == {"steps": [{"index": 1, "label": "Search"}], "total_steps": 1}
     assert set(public) == {"seq", "type", "at", "attempt", "data"}

@@ -4,6 +4,7 @@ policies, the hand-off and its crash points, the sweeper telling waiting from st
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, PlanStep
 from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
 from alfred_jobs.durability.admission import gate_entry
 from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
@@ -282,7 +283,7 @@ def test_a_job_that_dies_before_handing_on_is_finalized_again_and_hands_on() -> 
     assert record is not None and not record.terminal, "no terminal projection before the hand-off"
     assert second.job_id not in sent(deps)
     # THEN the sweeper finds the first job (still on its index) and its finalize runs again
-    deps.jobs.due[first.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    deps.jobs.due[first.job_id] = time.time() - 1  # type: ignore[attr-defined]
     assert Sweeper(deps).sweep().requeued == [first.job_id]
     assert run(deps, first.job_id) is Outcome.DONE
     assert sent(deps)[-1] == second.job_id
@@ -308,7 +309,7 @@ def test_two_jobs_ending_at_once_each_hand_on_and_nothing_runs_twice() -> None:
 
 def test_a_job_its_submit_never_enrolled_is_enrolled_by_its_first_delivery() -> None:
     deps = make_deps()
-    now = now_ts()
+    now = time.time()
     orphan = Job(job_id="a" * 32, user_id="u", message="hi", conversation_id="c1", created_at=now,
                  expires_at=int(now) + 3600)
     deps.jobs.create(orphan)  # the submit died between its put and its enroll
@@ -324,7 +325,7 @@ def test_the_sweeper_leaves_a_backlog_of_waiting_jobs_alone() -> None:
     svc = JobService(deps)
     jobs = [chat(svc, f"m{i}", conv=f"c{i % 3}") for i in range(200)]
     for j in jobs:
-        deps.jobs.due[j.job_id] = now_ts() - 1  # type: ignore[attr-defined]  # every job past its grace
+        deps.jobs.due[j.job_id] = time.time() - 1  # type: ignore[attr-defined]  # every job past its grace
     before = len(sent(deps))
     report = Sweeper(deps).sweep(limit=500)
     # the one job that may run was sent and never picked up (the fake queue delivers nothing): it
@@ -336,14 +337,14 @@ def test_the_sweeper_leaves_a_backlog_of_waiting_jobs_alone() -> None:
 
 def test_the_sweeper_repairs_a_gate_entry_whose_job_never_got_a_record() -> None:
     deps = make_deps()
-    old = now_ts() - 300
+    old = time.time() - 300
     ghost = Job(job_id="b" * 32, user_id="u", message="", conversation_id="c1", created_at=old,
                 expires_at=int(old) + 3600)
-    deps.gates.enroll("u", gate_entry(ghost), None, int(now_ts()) + 3600)  # its put never landed
+    deps.gates.enroll("u", gate_entry(ghost), None, int(time.time()) + 3600)  # its put never landed
     svc = JobService(deps)
     waiting = chat(svc, "stuck behind a ghost")
     assert waiting.job_id not in sent(deps)
-    deps.jobs.due[waiting.job_id] = now_ts() - 1  # type: ignore[attr-defined]
+    deps.jobs.due[waiting.job_id] = time.time() - 1  # type: ignore[attr-defined]
     report = Sweeper(deps).sweep()
     assert report.repaired == [ghost.job_id] and report.handed_on == [waiting.job_id]
     assert report.requeued == [], "sent by the repair's hand-off, not counted as stuck"

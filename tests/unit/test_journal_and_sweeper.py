@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, now_ts
+from alfred_jobs.domain.models import ChatRequest, Event, EventType
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import SlotTaken, TransientStoreError
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 EXP = 2_000_000_000  # far in the future
 
 
 def ev(seq: int, writer: str = "w1", type: EventType = EventType.PHASE) -> Event:
-    return Event.new(seq, type, {"phase": "act"}, attempt=1, writer=writer)
+    return Event.new(seq, type, {"phase": "act"}, attempt=1, writer=writer, at=time.time())
 
 
 def test_append_refuses_a_taken_seq_and_says_by_whom() -> None:
@@ -74,7 +77,7 @@ def test_an_append_that_landed_behind_errors_is_a_success() -> None:
 def test_expired_events_read_as_gone_and_their_slots_are_free() -> None:
     log = MemoryEventLog()
     j = Journal(log, 3600)
-    j.append("job", ev(1, "old"), int(now_ts()) - 1)
+    j.append("job", ev(1, "old"), int(time.time()) - 1)
     assert j.read_after("job", 0) == []
     j.append("job", ev(1, "new"), EXP)  # no SlotTaken: the old one is gone for us
     assert [e.writer for e in j.read_after("job", 0)] == ["new"]
@@ -104,8 +107,8 @@ def test_sweeper_requeues_only_stranded_jobs_and_postpones_them() -> None:
     queue.sent.clear()
     # the lost message's job is pending past its grace; the dead worker took its slot and its
     # lease, which expired
-    jobs.due[lost.job_id] = now_ts() - 1  # type: ignore[attr-defined]
-    jobs.acquire_lease(dead.job_id, "w", now_ts() - 20, 10)
+    jobs.due[lost.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    jobs.acquire_lease(dead.job_id, "w", time.time() - 20, 10)
     assert Admission(deps).take(dead) is Verdict.RUN
     report = Sweeper(deps).sweep()
     assert sorted(report.requeued) == sorted([lost.job_id, dead.job_id])
@@ -114,14 +117,14 @@ def test_sweeper_requeues_only_stranded_jobs_and_postpones_them() -> None:
     assert Sweeper(deps).sweep().requeued == [], "postponed: not re-sent on every sweep"
 
 
-def test_sweeper_ignores_finished_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweeper_ignores_finished_jobs() -> None:
     # GIVEN a finished job and a stranded one, both created long before the sweep's "now"
-    deps = memory_deps(Settings(pending_grace_seconds=30))
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(pending_grace_seconds=30), clock=clock)
     svc = JobService(deps)
     finished = svc.submit("u", ChatRequest(message="x"), None).job
     stranded = svc.submit("u", ChatRequest(message="y"), None).job
     svc.cancel("u", finished.job_id)
-    later = now_ts() + 3600  # both are past their grace period by then
-    monkeypatch.setattr("alfred_jobs.service.sweeper.now_ts", lambda: later)
+    clock.offset = 3600  # an hour later: both are past their grace period by then
     # WHEN the sweeper runs, THEN it re-sends the stranded job only: the finished one left the index
     assert Sweeper(deps).sweep().requeued == [stranded.job_id]

@@ -34,6 +34,7 @@ from alfred_jobs.service.push import (
     vapid_key,
 )
 from alfred_jobs.settings import Settings
+from tests.support.clocks import RecordingSleepClock
 from tests.support.push_receiver import Browser, decrypt, unb64u, verify_vapid
 
 # ---- the endpoint rule ---------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_the_subject_must_be_a_contact_url() -> None:
 
 def test_the_vapid_token_is_signed_by_the_key_for_the_push_services_origin() -> None:
     key = VapidKey(ec.generate_private_key(ec.SECP256R1()), "mailto:ops@example.com")
-    header = vapid_authorization(key, "https://fcm.googleapis.com:443/wp/abc?x=y")
+    header = vapid_authorization(key, "https://fcm.googleapis.com:443/wp/abc?x=y", time.time())
     claims = verify_vapid(header, "https://fcm.googleapis.com:443", expected_key=key.public_key)
     assert claims["sub"] == "mailto:ops@example.com"
     assert time.time() < claims["exp"] <= time.time() + 24 * 3600
@@ -285,11 +286,11 @@ class FakeService:
 
 def notifier(service: FakeService, store: MemoryPushStore | None = None, **settings: object
              ) -> tuple[WebPushNotifier, MemoryPushStore, list[float]]:
-    sleeps: list[float] = []
+    clock = RecordingSleepClock()  # backoffs are recorded, not slept
     store = store or MemoryPushStore()
     n = WebPushNotifier(Settings(**settings), store, key=KEY, claims=MemoryClaims(), transport=service,  # type: ignore[arg-type]
-                        resolver=resolving_to("8.8.8.8"), sleep=sleeps.append)
-    return n, store, sleeps
+                        resolver=resolving_to("8.8.8.8"), clock=clock)
+    return n, store, clock.sleeps
 
 
 def subscribed(store: MemoryPushStore, *urls: str) -> list[Browser]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus, now_ts
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError, TransientStoreError
 from alfred_jobs.ports import Deps
@@ -99,7 +100,7 @@ def test_resume_after_crash_never_reruns_completed_steps(deps: Deps) -> None:
     # the dead worker's lease must run out before another may take over
     job = deps.jobs.get(job_id)
     assert job is not None
-    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": now_ts() - 1})  # type: ignore[attr-defined]
+    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": time.time() - 1})  # type: ignore[attr-defined]
     second = ScriptedAgent(deps)
     result = JobRunner(deps, second).run(Delivery(job_id))
     assert result.status is JobStatus.COMPLETE
@@ -144,7 +145,7 @@ def test_fenced_worker_writes_nothing_after_takeover() -> None:
     # GIVEN the zombie's lease has expired (paused past it) and a new worker took over and finished
     job = deps.jobs.get(job_id)
     assert job is not None
-    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": now_ts() - 1})  # type: ignore[attr-defined]
+    deps.jobs.items[job_id] = job.__class__(**{**job.__dict__, "lease_expires": time.time() - 1})  # type: ignore[attr-defined]
     taker = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
     assert taker.status is JobStatus.COMPLETE
     before = events(deps, job_id)

@@ -46,7 +46,7 @@ class World:
             ev = Event.new(self.seq, EventType.COMPLETE if last else EventType.STEP,
                            {"output": {"reply": "ok"}} if last else
                            {"index": self.seq, "total": 99, "label": "x", "status": "completed"},
-                           attempt=1, writer="w")
+                           attempt=1, writer="w", at=time.time())
             self.journal.append(self.job.job_id, ev, self.job.expires_at)
             out.append(ev)
         return out
@@ -398,7 +398,7 @@ def test_a_failing_store_is_retried_and_watchers_keep_waiting() -> None:
 def test_status_is_folded_from_the_log(after: int) -> None:
     world = World()
     job = world.record()
-    ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w")
+    ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w", at=time.time())
     world.journal.append(job.job_id, ev, job.expires_at)
     world.seq = 1
     world.append(1)

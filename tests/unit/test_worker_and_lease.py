@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
-from alfred_jobs.domain.models import ChatRequest, JobStatus, Progress, now_ts
+from alfred_jobs.domain.models import ChatRequest, JobStatus, Progress
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.entry import worker
 from alfred_jobs.ports import Deps
@@ -73,7 +73,7 @@ def test_a_worker_that_cannot_start_fails_the_invocation_not_its_records(monkeyp
 
 def running(deps: Deps, owner: str = "me") -> tuple[str, float]:
     job = JobService(deps).submit("u", ChatRequest(message="soup"), None).job
-    taken = deps.jobs.acquire_lease(job.job_id, owner, now_ts(), deps.settings.lease_seconds)
+    taken = deps.jobs.acquire_lease(job.job_id, owner, time.time(), deps.settings.lease_seconds)
     return job.job_id, taken.lease_expires
 
 
@@ -145,7 +145,7 @@ def test_a_keeper_past_its_own_expiry_does_not_renew(deps: Deps) -> None:
     """A paused process (SIGSTOP, a long GC pause) wakes up past its lease: by its own clock the
     lease is gone, and it must not renew what another worker may own by now."""
     job_id, _ = running(deps)
-    keeper = keeper_for(deps, job_id, now_ts() - 0.01)
+    keeper = keeper_for(deps, job_id, time.time() - 0.01)
     assert keeper.lost
     before = deps.jobs.get(job_id)
     keeper._renew()

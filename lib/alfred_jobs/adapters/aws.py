@@ -8,7 +8,6 @@ built lazily from settings, never at import time (moto and tests rely on that).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +21,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
+from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso, now_ts
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso
 from alfred_jobs.domain.retention import expired
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld, StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage, MessagePage
@@ -199,10 +199,11 @@ _ACTIVE_VALUES = {":pending": JobStatus.PENDING.value, ":running": JobStatus.RUN
 class DynamoJobStore:
     """Job records in the jobs table; see docs/data-model.md for the key layout."""
 
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.jobs_table
         self._pending_grace = settings.pending_grace_seconds
+        self._clock = clock or SystemClock()
 
     def _update(self, **kwargs: Any) -> dict[str, Any]:
         values = kwargs.pop("values", None)
@@ -221,7 +222,7 @@ class DynamoJobStore:
         with mapped_errors():
             self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
                                       ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
-                                      ExpressionAttributeValues=serialize({":now": int(now_ts())}))
+                                      ExpressionAttributeValues=serialize({":now": int(self._clock.now())}))
 
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with mapped_errors():
@@ -230,7 +231,7 @@ class DynamoJobStore:
         if "Item" not in out:
             return None
         job = item_to_job(deserialize(out["Item"]))
-        return None if job.expired() else job
+        return None if job.expired(self._clock.now()) else job
 
     def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
         try:
@@ -331,7 +332,7 @@ class DynamoJobStore:
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
-        now = now_ts()
+        now = self._clock.now()
         jobs: list[Job] = []
         key = start_key
         values: dict[str, Any] = {":u": user_id, ":now": int(now)}
@@ -414,7 +415,7 @@ def after(last: str, entry: GateEntry) -> str:
     return entry.order if entry.order > last else f"{last}|{entry.job_id}"
 
 
-def item_to_gate(item: dict[str, Any] | None, now: float | None = None) -> Gate:
+def item_to_gate(item: dict[str, Any] | None, now: float) -> Gate:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return Gate()
     entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")),
@@ -430,9 +431,10 @@ class DynamoGateStore:
     whose condition is the state it changes from (so the SDK's retry of a landed write fails the
     condition instead of applying twice), returning ALL_NEW. See docs/data-model.md."""
 
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.jobs_table
+        self._clock = clock or SystemClock()
 
     def _raw(self, user_id: str) -> dict[str, Any] | None:
         with mapped_errors():
@@ -440,7 +442,7 @@ class DynamoGateStore:
         return deserialize(out["Item"]) if "Item" in out else None
 
     def read(self, user_id: str) -> Gate:
-        return item_to_gate(self._raw(user_id))
+        return item_to_gate(self._raw(user_id), self._clock.now())
 
     def _write(self, user_id: str, update: str, condition: str, names: dict[str, str],
                values: dict[str, Any]) -> Gate:
@@ -449,7 +451,7 @@ class DynamoGateStore:
                 TableName=self._table, Key=_gate_key(user_id), UpdateExpression=update,
                 ConditionExpression=condition, ExpressionAttributeNames=names,
                 ExpressionAttributeValues=serialize(values), ReturnValues="ALL_NEW")
-        return item_to_gate(deserialize(out.get("Attributes", {})))
+        return item_to_gate(deserialize(out.get("Attributes", {})), self._clock.now())
 
     def _create_empty(self, user_id: str, expires_at: int) -> None:
         """A new (or expired, so gone) gate becomes an empty one. Losing the race is fine."""
@@ -460,7 +462,7 @@ class DynamoGateStore:
                     Item=serialize({"job_id": f"gate#{user_id}", "gate_user": user_id, "m": {}, "busy": {},
                                     "running": 0, "expires_at": expires_at}),
                     ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
-                    ExpressionAttributeValues=serialize({":now": int(now_ts())}))
+                    ExpressionAttributeValues=serialize({":now": int(self._clock.now())}))
         except ConditionFailed:
             pass  # someone else made it first
 
@@ -479,7 +481,7 @@ class DynamoGateStore:
         # Enrolls of one user race only each other (on ``last``), and every round one of them lands:
         # a burst of n concurrent submits settles within n rounds.
         for _ in range(max_active + 8 if max_active is not None else 64):
-            values[":now"] = int(now_ts())
+            values[":now"] = int(self._clock.now())
             values[":k"] = order
             values[":e"] = {"c": entry.conversation_id, "k": order, "r": False}
             try:
@@ -487,10 +489,11 @@ class DynamoGateStore:
                                    {"#j": entry.job_id, "#last": "last"}, values)
             except ConditionFailed:
                 raw = self._raw(user_id)
-                gate = item_to_gate(raw)
+                now = self._clock.now()
+                gate = item_to_gate(raw, now)
                 if gate.entry(entry.job_id) is not None:
                     return gate  # enrolled already (a replay, or our own write landed unanswered)
-                if raw is None or expired(int(raw.get("expires_at", 0))):
+                if raw is None or expired(int(raw.get("expires_at", 0)), now):
                     self._create_empty(user_id, expires_at)
                     continue
                 if max_active is not None and len(gate.entries) >= max_active:
@@ -569,9 +572,10 @@ class DynamoEventLog:
     """One item per event, key (job_id, seq). Reads are GetItem/BatchGetItem by key, never Query:
     seqs are contiguous, so the keys to read are known, and key reads stay flat as the table grows."""
 
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.events_table
+        self._clock = clock or SystemClock()
 
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
         # An expired item is gone as far as we are concerned, although TTL may keep it for days:
@@ -580,7 +584,7 @@ class DynamoEventLog:
             self._c.dynamodb.put_item(TableName=self._table,
                                       Item=serialize(event_to_item(job_id, event, expires_at)),
                                       ConditionExpression="attribute_not_exists(seq) OR expires_at <= :now",
-                                      ExpressionAttributeValues=serialize({":now": int(now_ts())}))
+                                      ExpressionAttributeValues=serialize({":now": int(self._clock.now())}))
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         with mapped_errors():
@@ -591,7 +595,7 @@ class DynamoEventLog:
         if item is None:
             return None
         data = deserialize(item)
-        if expired(int(data.get("expires_at", 0))):
+        if expired(int(data.get("expires_at", 0)), self._clock.now()):
             return None
         return item_to_event(data)
 
@@ -601,7 +605,7 @@ class DynamoEventLog:
         if first == last:
             ev = self.get(job_id, first, consistent)
             return [ev] if ev else []
-        now = now_ts()
+        now = self._clock.now()
         found: list[Event] = []
         for lo in range(first, last + 1, 100):
             keys = [serialize({"job_id": job_id, "seq": s}) for s in range(lo, min(last, lo + 99) + 1)]
@@ -622,9 +626,10 @@ class DynamoEventLog:
 
 
 class DynamoConversationStore:
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.conversations_table
+        self._clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
@@ -644,7 +649,7 @@ class DynamoConversationStore:
             requests = out.get("UnprocessedItems", {}).get(self._table, [])
             if not requests:
                 return
-            time.sleep(min(1.0, 0.05 * 2 ** attempt))  # throttled: back off, as the SDK would
+            self._clock.sleep(min(1.0, 0.05 * 2 ** attempt))  # throttled: back off, as the SDK would
         raise TransientStoreError("the conversation turn was not written (throttled)")
 
     def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
@@ -670,7 +675,7 @@ class DynamoConversationStore:
                 args["ExclusiveStartKey"] = serialize(start)
             with mapped_errors():
                 out = self._c.dynamodb.query(**args)
-            now = now_ts()
+            now = self._clock.now()
             for raw in out.get("Items", []):
                 d = deserialize(raw)
                 if expired(int(d.get("expires_at", 0)), now):
@@ -693,9 +698,10 @@ def _message(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class DynamoAgentDataStore:
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.agent_data_table
+        self._clock = clock or SystemClock()
 
     def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
                            expires_at: int) -> int:
@@ -704,7 +710,7 @@ class DynamoAgentDataStore:
         # it twice). An expired record (a job id reused after retention) is replaced, not added to.
         key = serialize({"pk": f"EFFECT#{job_id}", "sk": f"STEP#{step_index:04d}"})
         token = uuid.uuid4().hex
-        now = int(now_ts())
+        now = int(self._clock.now())
         for _ in range(3):
             try:
                 with mapped_errors():
@@ -741,7 +747,7 @@ class DynamoAgentDataStore:
                 TableName=self._table, KeyConditionExpression="pk = :p",
                 ExpressionAttributeValues=serialize({":p": f"EFFECT#{job_id}"}), ConsistentRead=True)
         result: dict[int, int] = {}
-        now = now_ts()
+        now = self._clock.now()
         for raw in out.get("Items", []):
             d = deserialize(raw)
             if not expired(int(d.get("expires_at", 0)), now):
@@ -760,7 +766,7 @@ class DynamoAgentDataStore:
         kwargs: dict[str, Any] = {"TableName": self._table, "KeyConditionExpression": "pk = :p",
                                   "ExpressionAttributeValues": serialize({":p": f"USAGE#{job_key}"}),
                                   "ConsistentRead": True}
-        now = now_ts()
+        now = self._clock.now()
         while True:
             with mapped_errors():
                 out = self._c.dynamodb.query(**kwargs)

@@ -12,24 +12,26 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
+from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso, now_ts
+from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld
 from alfred_jobs.ports import Deps, JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
 
 class MemoryJobStore:
-    def __init__(self, pending_grace: float = 30.0) -> None:
+    def __init__(self, pending_grace: float = 30.0, clock: Clock | None = None) -> None:
         self.items: dict[str, Job] = {}
         self.due: dict[str, float] = {}
         self.lock = threading.RLock()
         self.pending_grace = pending_grace
+        self.clock = clock or SystemClock()  # what "expired" means: the store's own clock, as DynamoDB's
 
     def create(self, job: Job) -> None:
         with self.lock:
             old = self.items.get(job.job_id)
-            if old is not None and not old.expired():
+            if old is not None and not old.expired(self.clock.now()):
                 raise ConditionFailed(job.job_id)  # an expired record is replaced, as in DynamoDB
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
@@ -37,7 +39,7 @@ class MemoryJobStore:
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with self.lock:
             job = self.items.get(job_id)
-            return None if job is None or job.expired() else job
+            return None if job is None or job.expired(self.clock.now()) else job
 
     def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
         with self.lock:
@@ -111,7 +113,7 @@ class MemoryJobStore:
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
         with self.lock:
-            now = now_ts()
+            now = self.clock.now()
             mine = sorted((j for j in self.items.values() if j.user_id == user_id and not j.expired(now)),
                           key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
             if start_key:
@@ -140,7 +142,7 @@ class MemoryJobStore:
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         with self.lock:
             job = self.items.get(job_id)
-            if job is None or job.expired() or job.created_at != created_at:
+            if job is None or job.expired(self.clock.now()) or job.created_at != created_at:
                 return
             if job.attempts:
                 raise ConditionFailed(job_id)
@@ -156,15 +158,16 @@ def after(last: str, entry: GateEntry) -> str:
 class MemoryGateStore:
     """Each user's gate, with the conditions of ``DynamoGateStore`` (and its expiry)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.gates: dict[str, tuple[dict[str, GateEntry], int]] = {}  # user -> (entries, expires_at)
         self.last: dict[str, str] = {}  # user -> the order of the latest entry (as ``last``)
         self.lock = threading.RLock()
         self.writes = 0
+        self.clock = clock or SystemClock()
 
     def _live(self, user_id: str) -> dict[str, GateEntry]:
         entries, expires_at = self.gates.get(user_id, ({}, 0))
-        return entries if expires_at > now_ts() else {}
+        return entries if expires_at > self.clock.now() else {}
 
     @staticmethod
     def _gate(entries: dict[str, GateEntry]) -> Gate:
@@ -181,7 +184,7 @@ class MemoryGateStore:
                 return self._gate(entries)
             if max_active is not None and len(entries) >= max_active:
                 raise GateFull(self._gate(entries))
-            if user_id not in self.gates or self.gates[user_id][1] <= now_ts():
+            if user_id not in self.gates or self.gates[user_id][1] <= self.clock.now():
                 self.last.pop(user_id, None)  # an expired gate is gone, its ``last`` with it
             order = after(self.last.get(user_id, ""), entry)
             self.last[user_id] = order
@@ -241,15 +244,16 @@ class MemoryGateStore:
 class MemoryEventLog:
     """Events with their expiry: an expired event reads as gone and its slot is free, as in DynamoDB."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.items: dict[tuple[str, int], Event] = {}
         self.expiry: dict[tuple[str, int], int] = {}
         self.lock = threading.RLock()
         self.reads = 0
+        self.clock = clock or SystemClock()
 
     def _live(self, key: tuple[str, int]) -> Event | None:
         ev = self.items.get(key)
-        return ev if ev is not None and self.expiry.get(key, 0) > now_ts() else None
+        return ev if ev is not None and self.expiry.get(key, 0) > self.clock.now() else None
 
     def append(self, job_id: str, event: Event, expires_at: int) -> None:
         with self.lock:
@@ -279,11 +283,12 @@ class MemoryEventLog:
 class MemoryConversationStore:
     """Two messages per turn, keyed by ``at#job_id#n`` as in DynamoDB; expired messages read as gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.expiry: dict[tuple[str, str, str], int] = {}
         self.items_read = 0  # messages looked at by reads (live or expired), for tests
         self.lock = threading.RLock()
+        self.clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
@@ -298,7 +303,7 @@ class MemoryConversationStore:
         # As the adapter reads: newest first from ``before``, stopping at ``limit + 1`` live messages
         # (the one past the page only says there is more). ``items_read`` counts what was looked at.
         with self.lock:
-            now = now_ts()
+            now = self.clock.now()
             conv = self.items.get((user_id, conversation_id), {})
             newest_first = sorted((sk for sk in conv if before is None or sk < before), reverse=True)
             found: list[str] = []
@@ -343,17 +348,18 @@ class MemoryJobQueue:
 
 
 class MemoryAgentDataStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.executions: dict[tuple[str, int], int] = {}
         self.expiry: dict[tuple[str, int], int] = {}
         self.usage: dict[str, dict[str, tuple[dict[str, int], int]]] = {}  # job key -> call -> (usage, expiry)
         self.lock = threading.Lock()
+        self.clock = clock or SystemClock()
 
     def record_step_effect(self, job_id: str, step_index: int, attempt: int, payload: dict[str, Any],
                            expires_at: int) -> int:
         with self.lock:
             key = (job_id, step_index)
-            if self.expiry.get(key, 0) <= now_ts():
+            if self.expiry.get(key, 0) <= self.clock.now():
                 self.executions.pop(key, None)  # an earlier job's record (id reused after retention)
             self.executions[key] = self.executions.get(key, 0) + 1
             self.expiry[key] = expires_at
@@ -361,7 +367,7 @@ class MemoryAgentDataStore:
 
     def step_effects(self, job_id: str) -> dict[int, int]:
         with self.lock:
-            now = now_ts()
+            now = self.clock.now()
             return {i: n for (j, i), n in self.executions.items()
                     if j == job_id and self.expiry.get((j, i), 0) > now}
 
@@ -371,14 +377,18 @@ class MemoryAgentDataStore:
 
     def usage_records(self, job_key: str) -> dict[str, dict[str, int]]:
         with self.lock:
-            now = now_ts()
+            now = self.clock.now()
             return {c: dict(u) for c, (u, e) in self.usage.get(job_key, {}).items() if e > now}
 
 
-def memory_deps(settings: Settings | None = None) -> Deps:
-    """A full set of in-memory ports."""
+def memory_deps(settings: Settings | None = None, clock: Clock | None = None,
+                tasks: Tasks | None = None) -> Deps:
+    """A full set of in-memory ports, every fake on ``clock`` (the real one by default), and
+    ``tasks`` for background work (real threads by default): the simulator passes its own."""
     s = settings or Settings()
-    return Deps(settings=s, jobs=MemoryJobStore(s.pending_grace_seconds), log=MemoryEventLog(),
-                conversations=MemoryConversationStore(), queue=MemoryJobQueue(),
-                agent_data=MemoryAgentDataStore(), gates=MemoryGateStore(),
-                push=MemoryPushStore(s.max_push_subscriptions), notifier=RecordingNotifier())
+    c = clock or SystemClock()
+    return Deps(settings=s, jobs=MemoryJobStore(s.pending_grace_seconds, c), log=MemoryEventLog(c),
+                conversations=MemoryConversationStore(c), queue=MemoryJobQueue(),
+                agent_data=MemoryAgentDataStore(c), gates=MemoryGateStore(c),
+                push=MemoryPushStore(s.max_push_subscriptions, c), notifier=RecordingNotifier(),
+                clock=c, tasks=tasks or ThreadTasks())

@@ -24,11 +24,8 @@ import json
 import os
 import socket
 import ssl
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -39,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from alfred_jobs.adapters.aws import AwsClients, deserialize, mapped_errors, serialize
-from alfred_jobs.domain.models import now_ts
+from alfred_jobs.clock import Clock, Pending, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.push import PushMessage, PushSubscription
 from alfred_jobs.domain.retention import expired, expiry
 from alfred_jobs.exceptions import ConditionFailed, InvalidInput
@@ -53,6 +50,7 @@ from alfred_jobs.service.push import (
     b64url_decode,
     check_endpoint,
     endpoint_id,
+    pooled_resolver,
     vapid_key,
 )
 from alfred_jobs.settings import Settings
@@ -119,10 +117,11 @@ def payload_bytes(message: PushMessage) -> bytes:
 # ---- RFC 8292: who sends it -------------------------------------------------------------------
 
 
-def vapid_authorization(key: VapidKey, endpoint: str, now: float | None = None) -> str:
-    """The ``Authorization: vapid t=<JWT>, k=<public key>`` header for a push to ``endpoint``."""
+def vapid_authorization(key: VapidKey, endpoint: str, now: float) -> str:
+    """The ``Authorization: vapid t=<JWT>, k=<public key>`` header for a push to ``endpoint``,
+    signed at ``now`` (epoch seconds)."""
     parts = urlsplit(endpoint)
-    claims = {"aud": f"{parts.scheme}://{parts.netloc}", "exp": int((now or time.time()) + TOKEN_SECONDS),
+    claims = {"aud": f"{parts.scheme}://{parts.netloc}", "exp": int(now + TOKEN_SECONDS),
               "sub": key.subject}
     token = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"typ": "JWT"})
     return f"vapid t={token}, k={key.public_key}"
@@ -186,9 +185,10 @@ class Claims(Protocol):
 class DynamoClaims:
     """``notify#<job>#<seq>`` items in the jobs table (see the module)."""
 
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.jobs_table
+        self._clock = clock or SystemClock()
 
     def claim(self, job_id: str, seq: int, expires_at: int) -> bool:
         key = f"notify#{job_id}#{seq}"
@@ -199,7 +199,7 @@ class DynamoClaims:
                     TableName=self._table,
                     Item=serialize({"job_id": key, "claim": token, "expires_at": expires_at}),
                     ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
-                    ExpressionAttributeValues=serialize({":now": int(now_ts())}))
+                    ExpressionAttributeValues=serialize({":now": int(self._clock.now())}))
             return True
         except ConditionFailed:
             # Ours after all, if the put landed and its answer was lost (the SDK's retry then
@@ -217,7 +217,7 @@ def _sub_entry(sub: PushSubscription, at: float) -> dict[str, Any]:
     return {"e": sub.endpoint, "p": sub.p256dh, "a": sub.auth, "t": at}
 
 
-def _subs_of(item: dict[str, Any] | None, now: float | None = None) -> dict[str, dict[str, Any]]:
+def _subs_of(item: dict[str, Any] | None, now: float) -> dict[str, dict[str, Any]]:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return {}
     return dict(item.get("subs") or {})
@@ -235,11 +235,12 @@ def _to_sub(entry: dict[str, Any]) -> PushSubscription:
 class DynamoPushStore:
     """Each user's subscriptions as one item of the jobs table (``push#<user>``; see the module)."""
 
-    def __init__(self, clients: AwsClients, settings: Settings) -> None:
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
         self._table = settings.jobs_table
         self._retention = settings.retention_seconds
         self._limit = settings.max_push_subscriptions
+        self._clock = clock or SystemClock()
 
     @staticmethod
     def _key(user_id: str) -> dict[str, Any]:
@@ -255,7 +256,7 @@ class DynamoPushStore:
         # subscribing at once settle in a round or two.
         for _ in range(8):
             raw = self._raw(user_id)
-            now = now_ts()
+            now = self._clock.now()
             subs = _subs_of(raw, now)
             subs[endpoint_id(subscription.endpoint)] = _sub_entry(subscription, now)
             version = int(raw.get("v", 0)) if raw else 0
@@ -287,7 +288,7 @@ class DynamoPushStore:
             pass  # no subscriptions at all: nothing to remove
 
     def list(self, user_id: str) -> list[PushSubscription]:
-        subs = _subs_of(self._raw(user_id))
+        subs = _subs_of(self._raw(user_id), self._clock.now())
         return [_to_sub(e) for _, e in sorted(subs.items(), key=lambda kv: float(kv[1].get("t", 0)))]
 
 
@@ -299,11 +300,18 @@ class WebPushNotifier:
     subscriptions at once (each checked against the endpoint rule again, encrypted for its keys,
     signed with VAPID); a 5xx or a connection error is tried again after a short backoff, a
     404/410 drops the subscription. The whole call stays within ``push_budget_seconds`` and never
-    raises: a push must never delay or fail a job."""
+    raises: a push must never delay or fail a job.
+
+    Time and work are the ports': ``clock`` for the budget, the backoff and the VAPID token;
+    ``tasks`` runs the sends. By default the sends get a pool of their own, the size of a user's
+    subscriptions, and the endpoint lookups another (a send waits for its lookup: sharing a
+    bounded pool, sends could fill it and wait on lookups queued behind them). An injected
+    ``tasks`` (the simulator's) runs both."""
 
     def __init__(self, settings: Settings, store: PushStore, clients: AwsClients | None = None, *,
                  key: VapidKey | None = None, claims: Claims | None = None, transport: Transport | None = None,
-                 resolver: Resolver | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 resolver: Resolver | None = None, clock: Clock | None = None,
+                 tasks: Tasks | None = None) -> None:
         self.settings = settings
         self.store = store
         resolved = key or vapid_key(settings)
@@ -313,19 +321,17 @@ class WebPushNotifier:
         if claims is None:
             if clients is None:
                 raise ValueError("WebPushNotifier needs clients or claims")
-            claims = DynamoClaims(clients, settings)
+            claims = DynamoClaims(clients, settings, clock)
         self.claims = claims
         self.transport = transport or http_post
-        self.resolver = resolver
-        self.sleep = sleep
+        self.clock = clock or SystemClock()
+        self.tasks = tasks or ThreadTasks(max_workers=settings.max_push_subscriptions, name="push-send")
+        self.resolver = resolver or pooled_resolver(tasks or ThreadTasks(name="push-resolve"))
         self.allow = allowed_hosts(settings)
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_push_subscriptions,
-                                        thread_name_prefix="push-send")
-        self._lock = threading.Lock()
 
     def notify(self, user_id: str, message: PushMessage) -> None:
         try:
-            self._notify(user_id, message, time.monotonic() + self.settings.push_budget_seconds)
+            self._notify(user_id, message, self.clock.monotonic() + self.settings.push_budget_seconds)
         except Exception as exc:  # never raises: a push must not fail a job
             log.warning("push not sent", extra={"job_id": message.job_id, "seq": message.seq,
                                                 "error": f"{type(exc).__name__}: {exc}"})
@@ -333,16 +339,21 @@ class WebPushNotifier:
 
     def _notify(self, user_id: str, message: PushMessage, deadline: float) -> None:
         if not self.claims.claim(message.job_id, message.seq,
-                                 expiry(now_ts(), self.settings.retention_seconds)):
+                                 expiry(self.clock.now(), self.settings.retention_seconds)):
             log.info("push already sent", extra={"job_id": message.job_id, "seq": message.seq})
             return
         subs = self.store.list(user_id)
         if not subs:
             return
         body = payload_bytes(message)
-        with self._lock:
-            futures = [self._pool.submit(self._send, user_id, sub, body, deadline, message) for sub in subs]
-        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        sends: list[Pending[None]] = [self.tasks.submit(self._send, user_id, sub, body, deadline, message)
+                                      for sub in subs]
+        # Wait for them all, within the budget: what is left of it for each (``_send`` never raises).
+        for send in sends:
+            try:
+                send.result(timeout=max(0.0, deadline - self.clock.monotonic()))
+            except TimeoutError:
+                return
 
     def _send(self, user_id: str, sub: PushSubscription, body: bytes, deadline: float,
               message: PushMessage) -> None:
@@ -362,9 +373,9 @@ class WebPushNotifier:
             return
         headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "aes128gcm",
                    "TTL": str(self.settings.push_ttl_seconds), "Urgency": "high",
-                   "Authorization": vapid_authorization(self.key, sub.endpoint)}
+                   "Authorization": vapid_authorization(self.key, sub.endpoint, self.clock.now())}
         for attempt in range(RETRIES + 1):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0.05:
                 log.warning("push out of time", extra=where)
                 return
@@ -384,17 +395,19 @@ class WebPushNotifier:
                 self.store.remove(user_id, sub.endpoint)
                 return
             if (status == 0 or status >= 500) and attempt < RETRIES:
-                self.sleep(min(BACKOFF_SECONDS * 2 ** attempt, max(0.0, deadline - time.monotonic())))
+                self.clock.sleep(min(BACKOFF_SECONDS * 2 ** attempt, max(0.0, deadline - self.clock.monotonic())))
                 continue
             log.warning("push refused", extra={**where, "error": error})
             return
 
 
-def aws_push(settings: Settings, clients: AwsClients) -> tuple[DynamoPushStore, WebPushNotifier | None]:
-    """The store, and the notifier where a VAPID key is configured (the composition root's)."""
-    store = DynamoPushStore(clients, settings)
+def aws_push(settings: Settings, clients: AwsClients, clock: Clock | None = None,
+             ) -> tuple[DynamoPushStore, WebPushNotifier | None]:
+    """The store, and the notifier where a VAPID key is configured (the composition root's), on
+    ``clock``. The notifier's sends and lookups get pools of their own (see ``WebPushNotifier``)."""
+    store = DynamoPushStore(clients, settings, clock)
     key = vapid_key(settings)
-    return store, (WebPushNotifier(settings, store, clients, key=key) if key is not None else None)
+    return store, (WebPushNotifier(settings, store, clients, key=key, clock=clock) if key is not None else None)
 
 
 __all__: Sequence[str] = ["DynamoClaims", "DynamoPushStore", "WebPushNotifier", "aws_push", "encrypt",

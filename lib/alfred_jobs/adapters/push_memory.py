@@ -7,21 +7,22 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from alfred_jobs.domain.models import now_ts
+from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.push import PushMessage, PushSubscription
 
 
 class MemoryPushStore:
-    def __init__(self, limit: int = 10) -> None:
+    def __init__(self, limit: int = 10, clock: Clock | None = None) -> None:
         self.limit = limit
         self.items: dict[str, dict[str, tuple[float, PushSubscription]]] = {}
         self.lock = threading.Lock()
         self._tick = 0.0
+        self.clock = clock or SystemClock()
 
     def add(self, user_id: str, subscription: PushSubscription) -> None:
         with self.lock:
             # Strictly increasing times, so "oldest" is well defined within one clock tick too.
-            self._tick = max(now_ts(), self._tick + 1e-6)
+            self._tick = max(self.clock.now(), self._tick + 1e-6)
             subs = self.items.setdefault(user_id, {})
             subs[subscription.endpoint] = (self._tick, subscription)
             for endpoint, _ in sorted(subs.items(), key=lambda kv: kv[1][0])[: max(0, len(subs) - self.limit)]:

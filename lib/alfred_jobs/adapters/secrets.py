@@ -10,9 +10,9 @@ logs. Locally no ARN is set and the settings' own values are used, so nothing he
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from alfred_jobs.clock import Tasks, ThreadTasks
 from alfred_jobs.exceptions import SecretUnavailable
 from alfred_jobs.settings import Settings
 
@@ -27,11 +27,13 @@ _cache: dict[str, str] = {}
 _lock = threading.Lock()
 
 
-def resolve_secrets(settings: Settings, client: Any = None) -> Settings:
+def resolve_secrets(settings: Settings, client: Any = None, tasks: Tasks | None = None) -> Settings:
     """``settings`` with every ``*_secret_arn`` that is set replaced by the secret's value.
 
     A cold start fetches them with one client, at the same time: one round trip's wait, not three,
     and one client made, not three (measured: a third of the submit function's first request).
+    The fetches run on ``tasks`` (this runs before any ``Deps`` exists: by default a pool made for
+    them, left to the garbage collector once they are done).
     """
     wanted = {value_field: str(arn) for arn_field, value_field in SECRET_FIELDS.items()
               if (arn := getattr(settings, arn_field, None))}
@@ -42,8 +44,16 @@ def resolve_secrets(settings: Settings, client: Any = None) -> Settings:
     if missing and client is None:
         client = _client(settings)
     if len(missing) > 1:
-        with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="secrets") as pool:
-            list(pool.map(lambda arn: secret_value(arn, settings, client), missing))
+        pool = tasks or ThreadTasks(max_workers=len(missing), name="secrets")
+        fetches = [pool.submit(secret_value, arn, settings, client) for arn in missing]
+        failures: list[Exception] = []
+        for fetch in fetches:  # every fetch ends before the first failure is raised
+            try:
+                fetch.result()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
     updates = {field: secret_value(arn, settings, client) for field, arn in wanted.items()}
     return settings.model_copy(update=updates)
 

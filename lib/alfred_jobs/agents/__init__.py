@@ -17,4 +17,4 @@ def build_agent(deps: Deps) -> Agent:
         return BedrockAgent.from_deps(deps)
     from alfred_jobs.agents.demo import DemoAgent
 
-    return DemoAgent(deps.agent_data, deps.settings)
+    return DemoAgent(deps.agent_data, deps.settings, deps.clock)

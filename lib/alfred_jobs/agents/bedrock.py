@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from botocore.exceptions import ClientError as BotoClientError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.exceptions import MalformedPlan, RetryableAgentError, TerminalAgentError
 
@@ -488,6 +488,7 @@ class BedrockAgent:
     # The context of the job this thread is running: lets ``usage()`` without arguments find its job
     # (the runner runs think, act and reply of one job on one thread; jobs may share the agent).
     _local: threading.local = field(default_factory=threading.local)
+    clock: Clock = field(default_factory=SystemClock)  # the process's (``from_deps``: ``deps.clock``)
 
     def __post_init__(self) -> None:
         if not self.config.forced_tool_choice:
@@ -501,7 +502,7 @@ class BedrockAgent:
         config = BedrockConfig.from_settings(deps.settings)
         return cls(config=config, agent_data=deps.agent_data,
                    kitchen=kitchen or _default_kitchen(deps), _client=client,
-                   client_factory=lambda: build_client(config))
+                   client_factory=lambda: build_client(config), clock=deps.clock)
 
     @property
     def client(self) -> Any:
@@ -714,7 +715,7 @@ class BedrockAgent:
         return f"{ctx.job_id}.{int(ctx.created_at * 1000)}" if ctx.created_at else ctx.job_id
 
     def _expires(self, ctx: AgentContext) -> int:
-        return ctx.expires_at or int(time.time()) + self.config.retention_seconds
+        return ctx.expires_at or int(self.clock.now()) + self.config.retention_seconds
 
     def _record(self, ctx: AgentContext, call: str, usage: dict[str, int]) -> None:
         """Record one call's usage at once, keyed by attempt and call: exact across processes."""

@@ -18,13 +18,12 @@ the reply says so.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from alfred_jobs.agents.demo_text import reply_text
+from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
-from alfred_jobs.domain.models import now_ts
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
 from alfred_jobs.ports import AgentDataStore
@@ -50,20 +49,22 @@ def _directive(message: str, name: str) -> str | None:
 
 
 class DemoAgent:
-    """Deterministic Think → Act → Reply for demos and tests."""
+    """Deterministic Think → Act → Reply for demos and tests, paced by ``clock`` (``build_agent``
+    passes the process's, ``deps.clock``: under the simulator a step takes virtual time)."""
 
-    def __init__(self, data: AgentDataStore, settings: Settings) -> None:
+    def __init__(self, data: AgentDataStore, settings: Settings, clock: Clock | None = None) -> None:
         self.data = data
         self.settings = settings
         self.step_seconds = settings.demo_step_seconds
+        self.clock = clock or SystemClock()
 
     def _sleep(self, seconds: float, ctx: AgentContext) -> None:
         """Sleep, waking early on cancel (so cancel stops a long step's wait, not its side effect)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        deadline = self.clock.monotonic() + seconds
+        while (left := deadline - self.clock.monotonic()) > 0:
             if ctx.cancelled():
                 return
-            time.sleep(min(left, 0.05))
+            self.clock.sleep(min(left, 0.05))
 
     def _pace(self, ctx: AgentContext) -> float:
         """Seconds per step: ``[pace=N]`` in the message overrides the setting for that job (a test
@@ -84,7 +85,7 @@ class DemoAgent:
             pantry = "used" if ctx.ask(PANTRY_QUESTION, "confirm") else "kept"
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
-                                            ctx.expires_at or expiry(now_ts(), self.settings.retention_seconds))
+                                            ctx.expires_at or expiry(self.clock.now(), self.settings.retention_seconds))
         if _directive(ctx.message, "fatal") is not None and step.index == 1:
             raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
         if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):

@@ -15,7 +15,6 @@ the delta rule (replace, else append) is ``apply_delta``, once.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -67,11 +66,6 @@ TERMINAL_STATUS_OF_EVENT = {
     EventType.FAILED: JobStatus.FAILED,
     EventType.CANCELLED: JobStatus.CANCELLED,
 }
-
-
-def now_ts() -> float:
-    """Seconds since the epoch (one place, so tests and the fault injector can reason about it)."""
-    return time.time()
 
 
 def iso(ts: float) -> str:
@@ -328,15 +322,16 @@ class Event:
                 "data": data}
 
     @classmethod
-    def new(cls, seq: int, type: EventType, data: dict[str, Any], *, attempt: int, writer: str) -> Event:
-        """A fresh event stamped now."""
-        return cls(seq=seq, type=type, at=iso(now_ts()), attempt=attempt, data=data, writer=writer,
+    def new(cls, seq: int, type: EventType, data: dict[str, Any], *, attempt: int, writer: str,
+            at: float) -> Event:
+        """A fresh event stamped ``at`` (epoch seconds: the writer's clock, ``deps.clock.now()``)."""
+        return cls(seq=seq, type=type, at=iso(at), attempt=attempt, data=data, writer=writer,
                    id=uuid.uuid4().hex)
 
     @classmethod
-    def of(cls, seq: int, payload: Payload, *, attempt: int, writer: str) -> Event:
-        """A fresh event carrying ``payload`` (its type is the payload's)."""
-        return cls.new(seq, payload.event_type, payload.to_data(), attempt=attempt, writer=writer)
+    def of(cls, seq: int, payload: Payload, *, attempt: int, writer: str, at: float) -> Event:
+        """A fresh event carrying ``payload`` (its type is the payload's), stamped ``at``."""
+        return cls.new(seq, payload.event_type, payload.to_data(), attempt=attempt, writer=writer, at=at)
 
     def same_write(self, other: Event) -> bool:
         """True if ``other`` is this very event (not just one at the same seq)."""

@@ -23,7 +23,6 @@ from alfred_jobs.domain.events import (
     LogState,
     Progress,
     iso,
-    now_ts,
     replay,
 )
 from alfred_jobs.domain.ids import CONVERSATION_ID_PATTERN
@@ -32,7 +31,7 @@ from alfred_jobs.domain.retention import expired
 __all__ = [
     "ACTIVE_STATUSES", "TERMINAL_EVENT_TYPES", "TERMINAL_STATUSES", "TERMINAL_STATUS_OF_EVENT",
     "ChatRequest", "ErrorBody", "ErrorResponse", "Event", "EventType", "Job", "JobStatus", "Progress",
-    "fold", "iso", "now_ts", "refold",
+    "fold", "iso", "refold",
 ]
 
 
@@ -64,12 +63,12 @@ class Job:
     def terminal(self) -> bool:
         return self.status.terminal
 
-    def lease_live(self, at: float | None = None) -> bool:
-        """True while a worker holds the job: an owner whose lease has not run out."""
-        return self.lease_owner is not None and self.lease_expires >= (now_ts() if at is None else at)
+    def lease_live(self, at: float) -> bool:
+        """True while a worker holds the job at time ``at``: an owner whose lease has not run out."""
+        return self.lease_owner is not None and self.lease_expires >= at
 
-    def expired(self, at: float | None = None) -> bool:
-        """True once retention has passed: the item reads as gone even while the store holds it."""
+    def expired(self, at: float) -> bool:
+        """True once retention has passed at ``at``: the item reads as gone even while the store holds it."""
         return expired(self.expires_at, at)
 
     def public(self, links: dict[str, str] | None = None) -> dict[str, Any]:

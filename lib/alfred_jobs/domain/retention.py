@@ -9,14 +9,13 @@ reused after retention writes over what TTL has not deleted yet).
 
 from __future__ import annotations
 
-from alfred_jobs.domain.events import now_ts
-
 
 def expiry(start: float, retention_seconds: int) -> int:
     """The ``expires_at`` (epoch seconds) of something that starts at ``start``."""
     return int(start + retention_seconds)
 
 
-def expired(expires_at: float, now: float | None = None) -> bool:
-    """True once ``expires_at`` has passed: the item reads as gone even while the store holds it."""
-    return expires_at <= (now_ts() if now is None else now)
+def expired(expires_at: float, now: float) -> bool:
+    """True once ``expires_at`` has passed at ``now``: the item reads as gone even while the store
+    holds it. The time is the caller's (its injected clock): the domain reads no clock."""
+    return expires_at <= now

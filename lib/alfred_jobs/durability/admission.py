@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import Job, iso, now_ts
+from alfred_jobs.domain.models import Job, iso
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.exceptions import ConditionFailed
 from alfred_jobs.observability import count, get_logger
@@ -46,7 +46,7 @@ class Admission:
         self.settings = deps.settings
 
     def _expires(self) -> int:
-        return expiry(now_ts(), self.settings.retention_seconds)
+        return expiry(self.deps.clock.now(), self.settings.retention_seconds)
 
     def enroll(self, job: Job, *, limit: bool = True) -> Gate:
         """Add the job to its user's gate (``GateFull`` past the limit, unless ``limit`` is off:
@@ -109,7 +109,7 @@ class Admission:
         gate = self.deps.gates.unpause(job.user_id, job.job_id)
         if not gate.next_up(job.job_id, self.settings.max_running_per_user):
             return False
-        self.deps.jobs.postpone(job.job_id, now_ts() + self.settings.pending_grace_seconds)
+        self.deps.jobs.postpone(job.job_id, self.deps.clock.now() + self.settings.pending_grace_seconds)
         self.deps.queue.send(job.job_id, next_up=True)
         return True
 
@@ -120,7 +120,7 @@ class Admission:
         s = self.settings
         sent = []
         for entry in gate.startable(s.max_running_per_user):
-            self.deps.jobs.postpone(entry.job_id, now_ts() + s.pending_grace_seconds)
+            self.deps.jobs.postpone(entry.job_id, self.deps.clock.now() + s.pending_grace_seconds)
             self.deps.queue.send(entry.job_id, next_up=True)
             sent.append(entry.job_id)
         if sent:

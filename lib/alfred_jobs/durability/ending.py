@@ -23,7 +23,7 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     """Put ``payload`` (terminal) after ``job.last_seq`` and finish the job; the ended job, or None
     if the slot was taken (a worker, or another ender, wrote first: the caller reads again)."""
     journal = Journal(deps.log, deps.settings.retention_seconds)
-    ev = Event.of(job.last_seq + 1, payload, attempt=job.attempts, writer=writer)
+    ev = Event.of(job.last_seq + 1, payload, attempt=job.attempts, writer=writer, at=deps.clock.now())
     try:
         journal.append(job.job_id, ev, job.expires_at)
     except SlotTaken:

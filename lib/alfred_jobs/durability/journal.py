@@ -9,7 +9,7 @@ cost of an append does not depend on how long the log is.
 
 from __future__ import annotations
 
-from alfred_jobs.domain.models import Event, now_ts
+from alfred_jobs.domain.models import Event
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.exceptions import ConditionFailed, SlotTaken, TransientStoreError
 from alfred_jobs.ports import EventLog
@@ -24,9 +24,9 @@ class Journal:
         self.log = log
         self.retention_seconds = retention_seconds
 
-    def expires_at(self) -> int:
-        """Retention from now (conversation turns; a job's events expire with the job instead)."""
-        return expiry(now_ts(), self.retention_seconds)
+    def expires_at(self, now: float) -> int:
+        """Retention from ``now`` (conversation turns; a job's events expire with the job instead)."""
+        return expiry(now, self.retention_seconds)
 
     def read_after(self, job_id: str, after: int, *, known_head: int = 0, limit: int = 1000,
                    consistent: bool = True) -> list[Event]:

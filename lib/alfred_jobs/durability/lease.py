@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 
-from alfred_jobs.domain.models import JobStatus, Progress, now_ts
+from alfred_jobs.clock import Handle
+from alfred_jobs.domain.models import JobStatus, Progress
 from alfred_jobs.exceptions import Fenced, StoreError
 from alfred_jobs.observability import get_logger
 from alfred_jobs.ports import Deps
@@ -15,16 +14,18 @@ log = get_logger()
 
 
 class LeaseKeeper:
-    """Renews the lease every third of its length and polls for cancel, on a background thread.
+    """Renews the lease every third of its length and polls for cancel, in a background task.
 
-    Why a thread and not a renewal per checkpoint: a checkpoint then costs exactly one PutItem,
-    and a step that runs for longer than the lease still keeps its lease.
+    Why a task of its own and not a renewal per checkpoint: a checkpoint then costs exactly one
+    PutItem, and a step that runs for longer than the lease still keeps its lease. The task, its
+    stop flag and every time it reads are ``deps.tasks``' and ``deps.clock``'s.
     """
 
     def __init__(self, deps: Deps, job_id: str, owner: str, lease_expires: float,
                  receipt_handle: str | None, state: Callable[[], tuple[int, JobStatus, Progress]],
                  cancel_requested: bool, cancel_by: str | None = None) -> None:
         self.deps = deps
+        self.clock = deps.clock
         self.job_id = job_id
         self.owner = owner
         self.expires = lease_expires
@@ -33,33 +34,34 @@ class LeaseKeeper:
         self.cancel_requested = cancel_requested
         self.cancel_by = cancel_by  # the job that interrupts this one, if that is why it is cancelled
         self.fenced = False
-        self._stop = threading.Event()
-        self._last_renew = time.monotonic()
+        self._stop = self.clock.signal()
+        self._last_renew = self.clock.monotonic()
         # When the newest read of the record that has come back was sent (the acquisition's, to
         # begin with): what it says was true then. See ``cancel_seen``.
-        self._read_at = time.monotonic()
+        self._read_at = self.clock.monotonic()
         self._asked_at = 0.0  # when ``cancel_seen`` last read the record itself
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+        self._task: Handle | None = None
 
     @property
     def lost(self) -> bool:
         """True once the lease is gone or past its expiry by our own clock (paused, partitioned)."""
-        return self.fenced or now_ts() >= self.expires
+        return self.fenced or self.clock.now() >= self.expires
 
     def start(self) -> None:
-        self._thread.start()
+        if self._task is None:
+            self._task = self.deps.tasks.start(self._loop, f"lease-{self.job_id[:8]}")
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
+        if self._task is not None and self._task.is_alive():
+            self._task.join(timeout=5)  # at once when the keeper stops itself (``Handle.join``)
 
     def _loop(self) -> None:
         s = self.deps.settings
         renew_every = s.lease_seconds / 3
         while not self._stop.wait(min(s.cancel_poll_seconds, renew_every)):
             try:
-                if time.monotonic() - self._last_renew >= renew_every:
+                if self.clock.monotonic() - self._last_renew >= renew_every:
                     self._renew()
                 else:
                     # Strongly consistent: cancel takes effect at the next step boundary (guarantee
@@ -76,7 +78,7 @@ class LeaseKeeper:
                 log.warning("lease keeper: store error", extra={"job_id": self.job_id, "error": str(exc)})
 
     def _poll(self) -> None:
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         job = self.deps.jobs.get(self.job_id)
         if job is not None and (job.terminal or job.cancel_requested):
             self.cancel_by = self.cancel_by or job.cancel_by
@@ -92,7 +94,7 @@ class LeaseKeeper:
         When the newest read is older than two periods, the boundary reads the record itself; on
         time, it costs nothing. Two periods, not one: a poll that is merely due is not late.
         """
-        now, late = time.monotonic(), 2 * self.deps.settings.cancel_poll_seconds
+        now, late = self.clock.monotonic(), 2 * self.deps.settings.cancel_poll_seconds
         if not self.cancel_requested and now - max(self._read_at, self._asked_at) > late:
             self._asked_at = now  # a store that fails is asked again two periods later, not per call
             try:
@@ -106,17 +108,17 @@ class LeaseKeeper:
         last_seq, status, progress = self.state()
         if status.terminal:
             return
-        now = now_ts()
+        now = self.clock.now()
         if now >= self.expires:
             # Our lease ran out while we were not looking (a long GC pause, SIGSTOP): another
             # worker may own the job now. Renewing would be a lie; let the fence decide.
             self.fenced = True
             return
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, last_seq, status,
                                          progress)
         self.expires = now + s.lease_seconds
-        self._last_renew = time.monotonic()
+        self._last_renew = self.clock.monotonic()
         self.cancel_by = self.cancel_by or job.cancel_by
         self.cancel_requested = self.cancel_requested or job.cancel_requested
         self._read_at = max(self._read_at, sent)  # the renewal returns the record as it now is

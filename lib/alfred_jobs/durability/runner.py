@@ -2,7 +2,7 @@
 
 One attempt, in order:
 1. Take the job's lease (conditional update; a live lease elsewhere means this delivery is a
-   duplicate and is dropped). A ``LeaseKeeper`` thread renews it, extends the message's
+   duplicate and is dropped). A ``LeaseKeeper`` task renews it, extends the message's
    visibility, refreshes the job record's projection and watches for a cancel request.
 2. Read the whole log. A terminal event means an earlier attempt finished: only finalize.
 3. Put ``status: running`` (first attempt) or ``resumed`` (later ones) at the head of the log.
@@ -19,13 +19,13 @@ asks for redelivery after the backoff; the last allowed attempt, or a terminal e
 
 from __future__ import annotations
 
-import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, cast
 
+from alfred_jobs.clock import Pending
 from alfred_jobs.domain.agent import Agent, AgentContext, Plan
 from alfred_jobs.domain.events import (
     CancelledPayload,
@@ -46,7 +46,7 @@ from alfred_jobs.domain.events import (
     parse_iso,
     replay,
 )
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, now_ts, refold
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
 from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.journal import Journal
@@ -65,10 +65,6 @@ from alfred_jobs.observability import bind_job, clear_job, count, get_logger
 from alfred_jobs.ports import Deps
 
 log = get_logger()
-
-# Reads and projections a job does not wait for (the conversation's history while the slot is
-# taken, the first projection while the agent thinks). Shared by the attempts of a process.
-_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="attempt-bg")
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ class JobRunner:
         owner = uuid.uuid4().hex
         try:
             # The conditional update is also the read: a finished, expired or unknown job fails it.
-            job = self.deps.jobs.acquire_lease(delivery.job_id, owner, now_ts(), s.lease_seconds)
+            job = self.deps.jobs.acquire_lease(delivery.job_id, owner, self.deps.clock.now(), s.lease_seconds)
         except LeaseHeld:
             count("DuplicateDeliveries")
             return RunResult(Outcome.DROPPED, "held by a live worker")
@@ -171,6 +167,7 @@ class _Attempt:
     def __init__(self, runner: JobRunner, job: Job, owner: str, delivery: Delivery) -> None:
         self.r = runner
         self.deps = runner.deps
+        self.clock = runner.deps.clock
         self.s = runner.settings
         self.agent = runner.agent
         self.journal = runner.journal
@@ -182,9 +179,9 @@ class _Attempt:
         self.view = job  # job record folded with every event we know of
         self._step = 0  # where the agent is: 0 thinking, a step's index while acting, past them replying
         self._asks: dict[int, int] = {}  # questions asked so far in each step (their input ids)
-        self._history: Future[list[dict[str, Any]]] | None = None
-        self._projection: Future[None] | None = None
-        self._behind: Future[Event] | None = None  # the one write still in flight (append_behind)
+        self._history: Pending[list[dict[str, Any]]] | None = None
+        self._projection: Pending[None] | None = None
+        self._behind: Pending[Event] | None = None  # the one write still in flight (append_behind)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -215,8 +212,11 @@ class _Attempt:
             return
         self._load()
 
-    def _in_background(self, fn: Any, *args: Any) -> Future[Any]:
-        return _BACKGROUND.submit(fn, *args)
+    def _in_background(self, fn: Callable[..., Any], *args: Any) -> Pending[Any]:
+        """Reads and projections the attempt does not wait for (the conversation's history while
+        the slot is taken, the first projection while the agent thinks, the write behind), on the
+        process's tasks (``deps.tasks``)."""
+        return self.deps.tasks.submit(fn, *args)
 
     def _project(self, job: Job) -> None:
         self.deps.jobs.save_projection(job, owner=self.owner)
@@ -246,7 +246,7 @@ class _Attempt:
         raised there, as the put's own would have been. A put that failed added nothing to
         ``events``, so the next one takes its seq: no gap."""
         self._drain()
-        self._behind = _BACKGROUND.submit(self._put, payload)
+        self._behind = self._in_background(self._put, payload)
 
     def _drain(self) -> None:
         pending, self._behind = self._behind, None
@@ -268,7 +268,7 @@ class _Attempt:
             raise Fenced(self.job.job_id)
         if self.events and self.events[-1].terminal:
             raise AssertionError("nothing may follow a terminal event")  # guarantee 2, by construction
-        ev = Event.of(self.head + 1, payload, attempt=self.attempt, writer=self.owner)
+        ev = Event.of(self.head + 1, payload, attempt=self.attempt, writer=self.owner, at=self.clock.now())
         self.journal.append(self.job.job_id, ev, self.job.expires_at)
         self.events.append(ev)
         self.view = fold(self.view, [ev])
@@ -304,7 +304,7 @@ class _Attempt:
         outcome = term.payload
         if isinstance(outcome, CompletePayload):
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                outcome.reply, term.at, self.journal.expires_at())
+                                                outcome.reply, term.at, self.journal.expires_at(self.clock.now()))
         elif isinstance(outcome, FailedPayload):
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's
@@ -396,7 +396,7 @@ class _Attempt:
         self.keeper.stop()
         try:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
-                                         now_ts() + self.s.pending_grace_seconds, undo_attempt=True)
+                                         self.clock.now() + self.s.pending_grace_seconds, undo_attempt=True)
         except StoreError:
             # Our lease stays live until it runs out: a message sent meanwhile (the hand-off's)
             # would be dropped as a duplicate. Keep this one, to come back once the lease is gone.
@@ -429,7 +429,7 @@ class _Attempt:
             extra = {"options": list(options)} if kind == "choice" and options else {}
             self.append(InputRequiredPayload(
                 input_id=input_id, prompt=prompt[:2000], kind=cast(InputKind, kind),
-                expires_at=iso(now_ts() + self.s.input_timeout_seconds), **extra))
+                expires_at=iso(self.clock.now() + self.s.input_timeout_seconds), **extra))
             count("QuestionsAsked")
         raise _AskUser()
 
@@ -443,7 +443,7 @@ class _Attempt:
         """
         self.keeper.stop()
         question = replay(self.events).question
-        expires = parse_iso(question.expires_at) if question else now_ts() + self.s.input_timeout_seconds
+        expires = parse_iso(question.expires_at) if question else self.clock.now() + self.s.input_timeout_seconds
         released = False
         self._settle_projection()
         try:
@@ -505,7 +505,7 @@ class _Attempt:
                 if not self.events:
                     self.append(StatusPayload(status=JobStatus.RUNNING))
                     count("JobsStarted")
-                    count("QueueToStartSeconds", now_ts() - self.job.created_at, "Seconds")
+                    count("QueueToStartSeconds", self.clock.now() - self.job.created_at, "Seconds")
                 else:
                     self.append(ResumedPayload(attempt=self.attempt, from_seq=self.head))
                     count("JobsResumed")
@@ -555,9 +555,9 @@ class _Attempt:
                 self.boundary()
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             self._step = step.index
-            t0 = time.monotonic()
+            t0 = self.clock.monotonic()
             step_output = self.agent.act(step, ctx)
-            count("StepDuration", time.monotonic() - t0, "Seconds")
+            count("StepDuration", self.clock.monotonic() - t0, "Seconds")
             # The next step starts in the same write (``next``), unless the job stops here: the
             # boundary between them is checked before it, as before a ``started`` event.
             following = todo[n + 1] if n + 1 < len(todo) else None
@@ -592,7 +592,7 @@ class _Attempt:
         delta shows is ``apply_delta``'s to say, as for every reader.
         """
         full = ""
-        last_flush = time.monotonic()
+        last_flush = self.clock.monotonic()
 
         def put(delta: DeltaPayload) -> None:
             nonlocal shown
@@ -601,7 +601,7 @@ class _Attempt:
 
         def flush() -> None:
             nonlocal last_flush
-            last_flush = time.monotonic()
+            last_flush = self.clock.monotonic()
             if full.startswith(shown):
                 if len(full) > len(shown):
                     put(DeltaPayload(text=full[len(shown):]))
@@ -612,7 +612,7 @@ class _Attempt:
             if self.keeper.cancel_seen() or self.keeper.lost:
                 break
             full += chunk
-            if (time.monotonic() - last_flush >= self.s.delta_flush_seconds
+            if (self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
                     or len(full) - len(shown) >= self.s.delta_flush_chars):
                 flush()
         self.boundary()
@@ -651,7 +651,7 @@ class _Attempt:
                 self._settle_projection()
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
                 self.deps.jobs.release_lease(self.job.job_id, self.owner,
-                                             now_ts() + delay + self.s.pending_grace_seconds)
+                                             self.clock.now() + delay + self.s.pending_grace_seconds)
                 log.warning("attempt failed, will retry", extra={"job_id": self.job.job_id, "code": code,
                                                                   "retry_in": delay})
                 return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)
@@ -676,7 +676,8 @@ class _Attempt:
         free the lease so that delivery is not dropped as a duplicate."""
         self.keeper.stop()
         try:
-            self.deps.jobs.release_lease(self.job.job_id, self.owner, now_ts() + self.s.pending_grace_seconds)
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         self.clock.now() + self.s.pending_grace_seconds)
         except StoreError:
             pass  # then the sweeper finds it once the lease expires
         return RunResult(Outcome.RETRY, f"finalize failed: {code}", retry_after=1, status=self.view.status)

@@ -20,6 +20,7 @@ from alfred_jobs.adapters.aws import (
 )
 from alfred_jobs.adapters.push import aws_push
 from alfred_jobs.adapters.secrets import resolve_secrets
+from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.observability import set_level
 from alfred_jobs.ports import Deps
 from alfred_jobs.settings import Settings
@@ -36,12 +37,16 @@ def get_settings() -> Settings:
     return settings
 
 
-def aws_deps(settings: Settings, clients: AwsClients | None = None) -> Deps:
+def aws_deps(settings: Settings, clients: AwsClients | None = None, clock: Clock | None = None,
+             tasks: Tasks | None = None) -> Deps:
     """Ports backed by DynamoDB and SQS (AWS, LocalStack or moto, by endpoint variables), over
-    ``clients`` if given (injected boto3 clients), else clients built from ``settings``."""
+    ``clients`` if given (injected boto3 clients), else clients built from ``settings``; every
+    adapter on ``clock``, background work on ``tasks`` (the real ones by default)."""
     c = clients or AwsClients(settings)
-    push, notifier = aws_push(settings, c)  # the notifier only where a VAPID key is configured
-    return Deps(settings=settings, jobs=DynamoJobStore(c, settings), log=DynamoEventLog(c, settings),
-                conversations=DynamoConversationStore(c, settings), queue=SqsJobQueue(c),
-                agent_data=DynamoAgentDataStore(c, settings), gates=DynamoGateStore(c, settings),
-                push=push, notifier=notifier)
+    t = clock or SystemClock()
+    # The notifier only where a VAPID key is configured.
+    push, notifier = aws_push(settings, c, t)
+    return Deps(settings=settings, jobs=DynamoJobStore(c, settings, t), log=DynamoEventLog(c, settings, t),
+                conversations=DynamoConversationStore(c, settings, t), queue=SqsJobQueue(c),
+                agent_data=DynamoAgentDataStore(c, settings, t), gates=DynamoGateStore(c, settings, t),
+                push=push, notifier=notifier, clock=t, tasks=tasks or ThreadTasks())

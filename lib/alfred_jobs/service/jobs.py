@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from alfred_jobs.clock import Pending
 from alfred_jobs.domain.events import (
     CancelledPayload,
     InputReceivedPayload,
@@ -24,7 +24,6 @@ from alfred_jobs.domain.models import (
     Job,
     JobStatus,
     fold,
-    now_ts,
     refold,
 )
 from alfred_jobs.domain.retention import expiry
@@ -87,8 +86,6 @@ class JobService:
         self.settings = deps.settings
         self.journal = Journal(deps.log, deps.settings.retention_seconds)
         self.admission = Admission(deps)
-        # The gate's write at submit runs beside the job's put (see ``submit``).
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gate")
 
     # ---- submit -----------------------------------------------------------------------
 
@@ -101,7 +98,7 @@ class JobService:
         job (guarantee 5) at the cost of one PutItem, not a transaction.
 
         The record and the gate entry are two items, written at the same time (the gate's write
-        in a thread of its own): a submit costs the time of one write and a send, as it did
+        in a task of its own, ``deps.tasks``): a submit costs the time of one write and a send, as it did
         before the gate. Every way the two can part (a crash between them, a refusal after the
         put) is repaired: a job without an entry is enrolled by its first delivery, an entry
         without a job is dropped by the sweeper (docs/architecture.md, "The gate").
@@ -117,12 +114,12 @@ class JobService:
             job_id = hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
         else:
             job_id = uuid.uuid4().hex
-        now = now_ts()
+        now = self.deps.clock.now()
         job = Job(job_id=job_id, user_id=user_id, message=req.message,
                   conversation_id=req.conversation_id or uuid.uuid4().hex,
                   created_at=now, expires_at=expiry(now, self.settings.retention_seconds),
                   body_hash=digest)
-        enrolling = self._pool.submit(self._enroll, job)
+        enrolling = self.deps.tasks.submit(self._enroll, job)
         try:
             existing = self._create(job)
         except Exception:
@@ -159,7 +156,7 @@ class JobService:
         except GateFull as full:
             return full.gate, True
 
-    def _undo_enroll(self, enrolling: Future[tuple[Gate, bool]] | None, job: Job) -> bool:
+    def _undo_enroll(self, enrolling: Pending[tuple[Gate, bool]] | None, job: Job) -> bool:
         """Take a refused or failed job's entry out again; False if a worker already runs it."""
         try:
             if enrolling is not None:
@@ -281,7 +278,7 @@ class JobService:
             return job, True
         if job.terminal:
             raise Conflict(f"job is already {job.status}", code="job_finished")
-        unheld = not job.lease_live()
+        unheld = not job.lease_live(self.deps.clock.now())
         if job.status in (JobStatus.PENDING, JobStatus.WAITING) and unheld:
             done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(by), API_WRITER)
             if done is not None:
@@ -329,11 +326,13 @@ class JobService:
             current = state.question
             if current is None or current.input_id != input_id:
                 raise Conflict("this is not the question the job waits on", code="stale_input")
-            if parse_iso(question.expires_at) <= now_ts():
+            now = self.deps.clock.now()
+            if parse_iso(question.expires_at) <= now:
                 raise Conflict("this question has expired", code="input_expired")
-            self.deps.jobs.postpone(job_id, now_ts() + self.settings.pending_grace_seconds)
+            self.deps.jobs.postpone(job_id, now + self.settings.pending_grace_seconds)
             received = InputReceivedPayload(input_id=input_id, answer=answer)
-            ev = Event.of(state.last_seq + 1, received, attempt=job.attempts, writer=API_WRITER)
+            ev = Event.of(state.last_seq + 1, received, attempt=job.attempts, writer=API_WRITER,
+                          at=self.deps.clock.now())
             try:
                 self.journal.append(job_id, ev, job.expires_at)
             except SlotTaken:

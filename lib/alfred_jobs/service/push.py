@@ -19,10 +19,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-import threading
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -31,6 +28,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from alfred_jobs.clock import Tasks
 from alfred_jobs.domain.push import PushSubscription
 from alfred_jobs.exceptions import ConfigurationError, InvalidInput, NotFound
 from alfred_jobs.ports import Deps
@@ -169,27 +167,31 @@ def is_public(address: IPAddress) -> bool:
 _TRANSLATED = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 
 
-_resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push-resolve")
-_pool_lock = threading.Lock()
+def lookup(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (TCP), in the calling task and without a time limit
+    (getaddrinfo has none of its own): ``check_endpoint``'s default, for addresses written out."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[IPAddress] = []
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if addr not in out:
+            out.append(addr)
+    return out
 
 
-def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> list[IPAddress]:
-    """Every address ``host`` resolves to (TCP), within ``timeout`` (getaddrinfo has none of its own)."""
-    def lookup() -> list[IPAddress]:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        out: list[IPAddress] = []
-        for info in infos:
-            addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            if addr not in out:
-                out.append(addr)
-        return out
+def pooled_resolver(tasks: Tasks, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> Resolver:
+    """A resolver whose lookups run on ``tasks`` and are waited for at most ``timeout`` seconds
+    (a lookup that takes longer goes on in its task; its caller gets an ``OSError``). The caller
+    must not itself be one of the tasks' bounded workers: it would wait on a lookup queued behind
+    it (the notifier's sends have a pool of their own for that reason)."""
+    def resolve(host: str, port: int) -> list[IPAddress]:
+        pending = tasks.submit(lookup, host, port)
+        try:
+            return pending.result(timeout=timeout)
+        except TimeoutError:
+            raise OSError(f"resolving {host} took longer than {timeout:g}s") from None
 
-    with _pool_lock:
-        future = _resolver_pool.submit(lookup)
-    try:
-        return future.result(timeout=timeout)
-    except FutureTimeout:
-        raise OSError(f"resolving {host} took longer than {timeout:g}s") from None
+    return resolve
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,8 @@ def _invalid(why: str) -> InvalidInput:
 
 def check_endpoint(url: str, allow: Collection[str], resolver: Resolver | None = None) -> Target:
     """The endpoint if a push may go there (see the module), else ``InvalidInput``
-    (400 ``invalid_subscription``)."""
+    (400 ``invalid_subscription``). ``resolver`` looks the host up: the runtime's callers pass a
+    ``pooled_resolver`` (bounded in time); without one, ``lookup`` (for addresses written out)."""
     if not isinstance(url, str) or not url or len(url) > MAX_ENDPOINT_CHARS:
         raise _invalid(f"endpoint must be a URL of at most {MAX_ENDPOINT_CHARS} characters")
     if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
@@ -227,7 +230,7 @@ def check_endpoint(url: str, allow: Collection[str], resolver: Resolver | None =
         raise _invalid("endpoint must be https")
     port = port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = (resolver or resolve)(host, port)
+        addresses = (resolver or lookup)(host, port)
     except (OSError, UnicodeError, ValueError):
         raise _invalid(f"endpoint host {host!r} does not resolve") from None
     if not addresses:
@@ -289,7 +292,9 @@ class PushService:
 
     def __init__(self, deps: Deps, resolver: Resolver | None = None) -> None:
         self.deps = deps
-        self.resolver = resolver
+        # Lookups on the process's tasks, bounded in time (a name that never answers costs a
+        # subscribe two seconds, not a request thread for as long as the resolver hangs).
+        self.resolver = resolver or pooled_resolver(deps.tasks)
 
     def public_key(self) -> str:
         key = vapid_key(self.deps.settings)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, replay
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import Job, fold, now_ts
+from alfred_jobs.domain.models import Job, fold
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.journal import Journal
@@ -60,7 +60,7 @@ class Sweeper:
 
     def sweep(self, limit: int = 200) -> SweepReport:
         """Look at every active job past its deadline (at most ``limit`` per shard)."""
-        now = now_ts()
+        now = self.deps.clock.now()
         report = SweepReport()
         gates: dict[str, Gate] = {}
         backlog: list[int] = []

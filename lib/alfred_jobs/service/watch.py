@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.models import Event, Job, JobStatus, fold
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import EventsExpired, TooManyRequests
@@ -177,7 +177,7 @@ class _Channel:
         """Read new events until the terminal one is in the buffer (or the task is cancelled)."""
         interval = self.hub.min_interval
         failures = 0
-        opened = time.monotonic()
+        opened = self.hub.clock.monotonic()
         quiet = True  # the last read found nothing
         while not self.finished:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
@@ -210,7 +210,7 @@ class _Channel:
                 # Something new: the job is busy, look again soon. Nothing: back off gently, but
                 # not while a just-submitted job has yet to start (its first event is a moment
                 # away: the time to the first event is what a user waits on after sending).
-                starting = self.head == 0 and time.monotonic() - opened < FIRST_EVENT_WINDOW
+                starting = self.head == 0 and self.hub.clock.monotonic() - opened < FIRST_EVENT_WINDOW
                 interval = (self.hub.min_interval if evs or starting
                             else min(self.hub.max_interval, interval * 1.5))
             # Cut short by the limit: there may be more now, read again at once. The pace after
@@ -257,7 +257,7 @@ class Watcher:
         must have completed first (a long-poll with ``wait=0`` still sees what is stored).
         """
         ch = self._ch
-        deadline = time.monotonic() + timeout
+        deadline = ch.hub.clock.monotonic() + timeout
         mark = ch.polls_started
         while True:
             if self.cursor < ch.base:
@@ -277,7 +277,7 @@ class Watcher:
                 return evs
             if self.done:
                 return []
-            remaining = deadline - time.monotonic()
+            remaining = deadline - ch.hub.clock.monotonic()
             need_fresh = fresh and ch.polls_done <= mark and not ch.finished
             if remaining <= 0 and not need_fresh:
                 return []
@@ -319,8 +319,11 @@ class WatchHub:
 
     def __init__(self, log: EventLog, retention_seconds: int, *, min_interval: float = MIN_INTERVAL,
                  max_interval: float = MAX_INTERVAL, max_buffer: int = MAX_BUFFER,
-                 max_per_user: int = MAX_PER_USER, max_per_token: int = MAX_PER_TOKEN) -> None:
+                 max_per_user: int = MAX_PER_USER, max_per_token: int = MAX_PER_TOKEN,
+                 clock: Clock | None = None) -> None:
         self.journal = Journal(log, retention_seconds)
+        # Intervals and deadlines on ``clock`` (``deps.clock``; the waits themselves are asyncio's).
+        self.clock = clock or SystemClock()
         self.min_interval = min_interval
         self.max_interval = max(min_interval, max_interval)
         self.max_buffer = max(10, max_buffer)

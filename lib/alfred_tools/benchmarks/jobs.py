@@ -24,7 +24,7 @@ import httpx
 from alfred_jobs.adapters.aws import serialize
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext
-from alfred_jobs.domain.models import ChatRequest, now_ts
+from alfred_jobs.domain.models import ChatRequest
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.benchmarks.common import (
     USER,
@@ -139,7 +139,7 @@ def durable_floor_run(stack: BenchStack, steps: int = 5) -> tuple[float, float]:
     agent's own side-effect write), the terminal put (6) and one read that sees it (7).
     Returns (seconds in all, seconds of them in the agent's writes)."""
     c, s = stack.clients, stack.settings
-    job_id, now = uuid.uuid4().hex, now_ts()
+    job_id, now = uuid.uuid4().hex, time.time()
     expires = int(now) + 86400
     t0 = time.perf_counter()
     c.dynamodb.put_item(TableName=s.jobs_table, ConditionExpression="attribute_not_exists(job_id)",
@@ -259,11 +259,11 @@ class _FloorSubmit:
 
     def __call__(self, count: int) -> None:
         from alfred_jobs.adapters.aws import job_to_item, serialize
-        from alfred_jobs.domain.models import Job, now_ts
+        from alfred_jobs.domain.models import Job
 
         c = self.stack.clients
         for _ in range(count):
-            now = now_ts()
+            now = time.time()
             job = Job(job_id=uuid.uuid4().hex, user_id=USER, message=MESSAGE, conversation_id=uuid.uuid4().hex,
                       created_at=now, expires_at=int(now + 604800), body_hash="0" * 64)
             item = {**job_to_item(job), "active_shard": "A#0", "due_at": now + 30}

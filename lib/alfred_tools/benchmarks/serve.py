@@ -34,20 +34,17 @@ def main() -> None:
     import uvicorn
 
     from alfred_jobs.entry.wiring import aws_deps, get_settings
-    from alfred_jobs.service.watch import WatchHub
+    from alfred_jobs.service.watch import MAX_INTERVAL, MIN_INTERVAL, WatchHub
     from alfred_tools.benchmarks.counting import RequestCounter, install_process_wide
 
     counter = RequestCounter()
     install_process_wide(counter)
     deps = aws_deps(get_settings())
-    hub_kwargs: dict[str, float] = {}
-    if args.min_interval is not None:
-        hub_kwargs["min_interval"] = args.min_interval
-    if args.max_interval is not None:
-        hub_kwargs["max_interval"] = args.max_interval
     # The bench holds up to 1,000 streams of one user on purpose (fan-out, idle memory): no caps.
-    hub = WatchHub(deps.log, deps.settings.retention_seconds, max_per_user=10**9, max_per_token=10**9,
-                   **hub_kwargs)
+    hub = WatchHub(deps.log, deps.settings.retention_seconds,
+                   min_interval=MIN_INTERVAL if args.min_interval is None else args.min_interval,
+                   max_interval=MAX_INTERVAL if args.max_interval is None else args.max_interval,
+                   max_per_user=10**9, max_per_token=10**9, clock=deps.clock)
     if args.app == "stream":
         from alfred_jobs.entry.http.stream_api import create_stream_app
 

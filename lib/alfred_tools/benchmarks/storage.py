@@ -12,12 +12,13 @@ Both sides of every ratio run alternately in the same loop, on the same clients.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 from alfred_jobs.adapters.aws import serialize
 from alfred_jobs.domain.gate import GateEntry
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, iso, now_ts
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, iso
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.service.jobs import JobService
 from alfred_tools.benchmarks.common import USER, BenchStack, Sizes, bench_stack, interleaved, ms, p50
@@ -46,7 +47,7 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
 
     def floor() -> None:
         job_id = uuid.uuid4().hex
-        now = now_ts()
+        now = time.time()
         item = {"job_id": job_id, "user_id": USER, "created_sk": f"{iso(now)}#{job_id}",
                 "message": req.message, "conversation_id": uuid.uuid4().hex, "status": "pending",
                 "body_hash": "0" * 64, "created_at": now, "attempts": 0, "last_seq": 0,
@@ -65,9 +66,9 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
 def ready_users(deps: Any, n: int) -> list[str]:
     """``n`` fresh users, each with an empty gate (enrolled and removed once)."""
     users = [f"{USER}-{uuid.uuid4().hex[:8]}" for _ in range(n)]
-    expires = int(now_ts()) + 3600
+    expires = int(time.time()) + 3600
     for user in users:
-        warm = GateEntry(uuid.uuid4().hex, "warm-up", f"{iso(now_ts())}#warm")
+        warm = GateEntry(uuid.uuid4().hex, "warm-up", f"{iso(time.time())}#warm")
         deps.gates.enroll(user, warm, None, expires)
         deps.gates.remove(user, warm.job_id)
     return users
@@ -83,8 +84,10 @@ class _Appender:
         self.writer = uuid.uuid4().hex
 
     def __call__(self) -> None:
-        ev = Event.new(self.head + 1, EventType.STEP, _step_data(self.head + 1), attempt=1, writer=self.writer)
-        self.journal.append(self.job_id, ev, self.journal.expires_at())
+        now = time.time()
+        ev = Event.new(self.head + 1, EventType.STEP, _step_data(self.head + 1), attempt=1, writer=self.writer,
+                       at=now)
+        self.journal.append(self.job_id, ev, self.journal.expires_at(now))
         self.head += 1
 
 
@@ -97,12 +100,12 @@ def checkpoint_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     bare_job = uuid.uuid4().hex
     seq = [0]
     writer = uuid.uuid4().hex
-    expires = int(now_ts()) + 604800
+    expires = int(time.time()) + 604800
 
     def floor() -> None:
         seq[0] += 1
         item = {"job_id": {"S": bare_job}, "seq": {"N": str(seq[0])}, "type": {"S": "step"},
-                "at": {"S": iso(now_ts())}, "attempt": {"N": "1"},
+                "at": {"S": iso(time.time())}, "attempt": {"N": "1"},
                 "data_json": {"S": json.dumps(_step_data(seq[0]), separators=(",", ":"))},
                 "writer": {"S": writer}, "expires_at": {"N": str(expires)}}
         stack.clients.dynamodb.put_item(TableName=table, Item=item,
@@ -116,9 +119,9 @@ def checkpoint_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
 def bulk_load(stack: BenchStack, job_id: str, n: int) -> None:
     """Store events 1..n of ``job_id`` with BatchWriteItem (25 items a call)."""
     table = stack.settings.events_table
-    expires = int(now_ts()) + 604800
+    expires = int(time.time()) + 604800
     writer = uuid.uuid4().hex
-    at = iso(now_ts())
+    at = iso(time.time())
     for lo in range(1, n + 1, 25):
         reqs = [{"PutRequest": {"Item": {
             "job_id": {"S": job_id}, "seq": {"N": str(s)}, "type": {"S": "step"}, "at": {"S": at},

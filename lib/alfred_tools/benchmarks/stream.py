@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, now_ts
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus
 from alfred_jobs.durability.journal import Journal
 from alfred_tools.benchmarks.common import USER, BenchStack, Server, Sizes, ms, p50, pct, sse_frames, start_server
 
@@ -34,7 +34,7 @@ READ_OPS = ("dynamodb.GetItem", "dynamodb.BatchGetItem", "dynamodb.Query")
 
 def make_job(stack: BenchStack) -> Job:
     """A job record owned by the bench user (no queue message: nobody runs it but us)."""
-    now = now_ts()
+    now = time.time()
     job = Job(job_id=uuid.uuid4().hex, user_id=USER, message="bench", conversation_id=uuid.uuid4().hex,
               created_at=now, expires_at=int(now + stack.settings.retention_seconds))
     stack.deps.jobs.create(job)
@@ -52,7 +52,7 @@ class Writer:
         self.written: dict[int, float] = {}
 
     def put(self, type: EventType, data: dict[str, Any]) -> int:
-        ev = Event.new(self.head + 1, type, data, attempt=1, writer=self.owner)
+        ev = Event.new(self.head + 1, type, data, attempt=1, writer=self.owner, at=time.time())
         self.journal.append(self.job.job_id, ev, self.job.expires_at)
         self.written[ev.seq] = time.perf_counter()
         self.head = ev.seq

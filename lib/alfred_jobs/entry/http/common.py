@@ -136,7 +136,7 @@ def current_user(request: Request) -> str:
     if token is None:
         raise Unauthorized("sign in: send 'Authorization: Bearer <token>' (alfred-jobs token --user NAME)",
                            code="unauthenticated")
-    return verify_local_token(deps.settings, token)
+    return verify_local_token(deps.settings, token, clock=deps.clock)
 
 
 CurrentUser = Annotated[str, Depends(current_user)]

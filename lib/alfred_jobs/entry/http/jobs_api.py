@@ -26,16 +26,17 @@ from alfred_jobs.exceptions import InvalidInput
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
-from alfred_jobs.settings import SUBMIT_SECRETS, Settings
+from alfred_jobs.settings import SUBMIT_SECRETS
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429)}
 
 
-def job_links(settings: Settings, user_id: str, job: Job) -> dict[str, str]:
+def job_links(deps: Deps, user_id: str, job: Job) -> dict[str, str]:
+    settings = deps.settings
     base = f"/api/jobs/{job.job_id}"
-    token = issue_stream_token(settings, user_id, job.job_id)
+    token = issue_stream_token(settings, user_id, job.job_id, clock=deps.clock)
     stream_base = (settings.stream_url or "").rstrip("/")
     return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel", "input": f"{base}/input",
             "stream": f"{stream_base}{base}/stream?token={token}"}
@@ -67,7 +68,7 @@ def submit_chat(user: CurrentUser, svc: Service, raw: RawBody,
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise InvalidInput(f"{where or 'body'}: {first.get('msg')}", code="invalid_input") from None
     result = svc.submit(user, req, idempotency_key)
-    body = result.job.public(job_links(svc.settings, user, result.job))
+    body = result.job.public(job_links(svc.deps, user, result.job))
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/jobs/{result.job.job_id}"})
 
 
@@ -75,7 +76,7 @@ def submit_chat(user: CurrentUser, svc: Service, raw: RawBody,
 def get_job(job_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
     """One job's status, progress and result."""
     job = svc.get(user, job_id)
-    return job.public(job_links(svc.settings, user, job))
+    return job.public(job_links(svc.deps, user, job))
 
 
 @router.get("/api/jobs", responses=ERRORS)
@@ -85,14 +86,14 @@ def list_jobs(user: CurrentUser, svc: Service,
               cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
     """The caller's jobs, newest first."""
     jobs, nxt = svc.list_jobs(user, status, limit, cursor)
-    return {"jobs": [j.public(job_links(svc.settings, user, j)) for j in jobs], "next_cursor": nxt}
+    return {"jobs": [j.public(job_links(svc.deps, user, j)) for j in jobs], "next_cursor": nxt}
 
 
 @router.post("/api/jobs/{job_id}/cancel", responses=ERRORS)
 def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
     """Request cancellation: 200 once cancelled, 202 while it takes effect, 409 if already over."""
     job, done = svc.cancel(user, job_id)
-    return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=200 if done else 202)
+    return JSONResponse(job.public(job_links(svc.deps, user, job)), status_code=200 if done else 202)
 
 
 @router.post("/api/jobs/{job_id}/input", responses=ERRORS)
@@ -104,7 +105,7 @@ def answer_job(job_id: str, body: InputAnswer, user: CurrentUser, svc: Service) 
         raise InvalidInput(f"answer is longer than {svc.settings.max_message_chars} characters",
                            code="invalid_answer")
     job, taken = svc.answer(user, job_id, body.input_id, body.answer)
-    return JSONResponse(job.public(job_links(svc.settings, user, job)), status_code=202 if taken else 200)
+    return JSONResponse(job.public(job_links(svc.deps, user, job)), status_code=202 if taken else 200)
 
 
 @router.get("/api/conversations/{conversation_id}", responses=ERRORS)

@@ -55,7 +55,7 @@ def make_hub(deps: Deps) -> WatchHub:
     s = deps.settings
     return WatchHub(deps.log, s.retention_seconds, min_interval=s.stream_poll_min_seconds,
                     max_interval=s.stream_poll_max_seconds, max_per_user=s.max_streams_per_user,
-                    max_per_token=s.max_streams_per_token)
+                    max_per_token=s.max_streams_per_token, clock=deps.clock)
 
 
 def _service(request: Request) -> JobService:
@@ -85,11 +85,11 @@ async def admit(request: Request, job_id: str, token: str | None) -> tuple[Job, 
     another user's job → 404. The caller must release the slot (``with slot:``, or ``SSEResponse``).
     """
     validate_job_id(job_id)
-    settings = get_deps(request).settings
+    deps = get_deps(request)
     if token is not None:
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("invalid stream token", code="invalid_token")
-        user = verify_stream_token(settings, token, job_id)
+        user = verify_stream_token(deps.settings, token, job_id, clock=deps.clock)
     else:
         user = current_user(request)
     slot = get_hub(request).admit(user, token)
