@@ -2026,7 +2026,3 @@ def main(argv: list[str] | None = None) -> int:
         server.fidelity.stop()
         server.server_close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
