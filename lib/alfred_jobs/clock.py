@@ -9,6 +9,8 @@ imports ``time``, ``threading`` or ``concurrent.futures`` for either.
 
 - ``Clock``: ``now`` (epoch seconds, for records), ``monotonic`` (for intervals), ``sleep``, and
   ``signal()``: a flag another task sets, waited on with a timeout (the lease keeper's stop).
+- ``new_id``: a fresh random id (32 hex digits) for the ids that decide an order (a job's id
+  breaks ties in its gate's submit order) or name an owner; randomness is nondeterminism too.
 - ``Tasks``: ``submit`` runs a function beside the caller and returns a ``Pending`` (a future's
   shape); ``start`` runs a long-lived loop (the lease keeper) and returns a ``Handle``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -134,3 +137,8 @@ class ThreadTasks:
 
     def start(self, fn: Callable[[], None], name: str) -> Handle:
         return _Thread(fn, name)
+
+
+def random_id() -> str:
+    """A fresh random id: 32 hex digits (a uuid4)."""
+    return uuid.uuid4().hex

@@ -6,10 +6,11 @@ Only adapters know key layouts, expressions and botocore.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
+from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks, random_id
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
 from alfred_jobs.domain.push import PushMessage, PushSubscription
@@ -223,3 +224,6 @@ class Deps:
     notifier: Notifier | None = None
     clock: Clock = field(default_factory=SystemClock)
     tasks: Tasks = field(default_factory=ThreadTasks)
+    # Fresh ids (job ids without an Idempotency-Key, lease owners): random by default, the
+    # seed's under the simulator, so a history replays exactly.
+    new_id: Callable[[], str] = random_id

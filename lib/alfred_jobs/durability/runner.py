@@ -19,7 +19,6 @@ asks for redelivery after the backoff; the last allowed attempt, or a terminal e
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -143,7 +142,7 @@ class JobRunner:
 
     def _run(self, delivery: Delivery) -> RunResult:
         s = self.settings
-        owner = uuid.uuid4().hex
+        owner = self.deps.new_id()
         try:
             # The conditional update is also the read: a finished, expired or unknown job fails it.
             job = self.deps.jobs.acquire_lease(delivery.job_id, owner, self.deps.clock.now(), s.lease_seconds)

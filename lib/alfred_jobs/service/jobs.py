@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, replace
 
 from alfred_jobs.clock import Pending
@@ -113,10 +112,10 @@ class JobService:
                                    code="invalid_idempotency_key")
             job_id = hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
         else:
-            job_id = uuid.uuid4().hex
+            job_id = self.deps.new_id()
         now = self.deps.clock.now()
         job = Job(job_id=job_id, user_id=user_id, message=req.message,
-                  conversation_id=req.conversation_id or uuid.uuid4().hex,
+                  conversation_id=req.conversation_id or self.deps.new_id(),
                   created_at=now, expires_at=expiry(now, self.settings.retention_seconds),
                   body_hash=digest)
         enrolling = self.deps.tasks.submit(self._enroll, job)

@@ -50,7 +50,7 @@ def run_one(seed: int, trace: Callable[[str], None] | None = None, min_jobs: int
             check_end(w)
     finally:
         w.k.close()
-    jobs = len(w.inner_jobs.items)
+    jobs = w.cfg.jobs  # submitted (a refused or lost submit leaves no record)
     return Outcome(seed, list(w.found.violations), jobs, w.stats.calls, w.k.switches, w.k.t,
                    Counter(w.stats.faults), Counter(w.found.checks), error)
 

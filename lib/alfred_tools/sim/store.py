@@ -57,7 +57,7 @@ class Wire:
         self.k = k
         self.plan = plan
         self.stats = stats
-        self.faults_on = True
+        self.faults_until = float("inf")  # virtual time at which faults stop
         self.rng = k.rng
 
     def latency(self) -> float:
@@ -65,7 +65,7 @@ class Wire:
         return 0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * self.rng.random()
 
     def _fault(self, kind: str, p: float) -> bool:
-        if self.faults_on and p > 0 and self.rng.random() < p:
+        if p > 0 and self.k.t < self.faults_until and self.rng.random() < p:
             self.stats.faults[kind] += 1
             return True
         return False

@@ -135,6 +135,7 @@ class World:
             "agent": "demo", "deployment": "local", "auth_mode": "local"})
         self.stats = Stats()
         self.wire = Wire(k, cfg.plan, self.stats)
+        self.wire.faults_until = cfg.fault_seconds
         clock = SimClock(k)
         s = self.settings
         self.inner_jobs = MemoryJobStore(s.pending_grace_seconds, clock=clock)
@@ -168,8 +169,7 @@ class World:
                     conversations=self.conversations, queue=self.queue,  # type: ignore[arg-type]
                     agent_data=self.agent_data, gates=self.gates,  # type: ignore[arg-type]
                     push=self.push, notifier=self.notifier,  # type: ignore[arg-type]
-                    clock=SimClock(self.k), tasks=SimTasks(self.k, proc),
-                    **({"ids": self.new_id} if "ids" in Deps.__dataclass_fields__ else {}))
+                    clock=SimClock(self.k), tasks=SimTasks(self.k, proc), new_id=self.new_id)
 
     def new_id(self) -> str:
         self._ids += 1
@@ -483,16 +483,12 @@ class World:
         self.k.spawn(Process("monitor"), "monitor", self._monitor)
         horizon = self.cfg.fault_seconds + SETTLE_SECONDS + 600.0
         self.k.run(horizon, stop=lambda: self.quiet_at is not None)
-        self.wire.faults_on = False
 
     def _monitor(self) -> None:
         """Turns the faults off on time, checks the active limit, and ends the history once it is
         quiet (every user done, every job ended or waiting on a question nobody will answer)."""
         while True:
             self.k.sleep(1.0)
-            if not self.faulty and self.wire.faults_on:
-                self.wire.faults_on = False
-                self.k.log("monitor", "faults off")
             for user, (entries, _) in self.inner_gates.gates.items():
                 self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
                                  lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")
