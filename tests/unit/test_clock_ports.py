@@ -16,6 +16,7 @@ The check reads every module of ``lib/alfred_jobs`` with ``ast`` (never imports 
 
 ``clock.py`` itself is the one module that may: it holds the ports and their real defaults. Every
 other exemption is listed in ``EXEMPT`` with its reason, and an exemption no longer used fails too.
+The last tests check that the injected clock is the one read (the fakes', the tokens').
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from alfred_jobs.adapters.memory import memory_deps
+from alfred_jobs.exceptions import Unauthorized
+from alfred_jobs.service.auth import issue_stream_token, verify_stream_token
+from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "lib" / "alfred_jobs"
@@ -147,3 +154,28 @@ def test_the_check_refuses(source: str) -> None:
 ])
 def test_the_check_lets_pass(source: str) -> None:
     assert not violations(source)
+
+
+# ---- the injected clock is the one read ----------------------------------------------------------
+
+
+def test_memory_deps_builds_every_fake_on_its_clock() -> None:
+    clock = ShiftedClock()
+    deps = memory_deps(clock=clock)
+    fakes = [deps.jobs, deps.log, deps.conversations, deps.agent_data, deps.gates, deps.push]
+    assert deps.clock is clock and all(getattr(f, "clock", None) is clock for f in fakes)
+
+
+def test_tokens_are_checked_on_the_callers_clock() -> None:
+    settings = Settings()
+    clock = ShiftedClock()
+    token = issue_stream_token(settings, "alice", "a" * 32, clock=clock)
+    assert verify_stream_token(settings, token, "a" * 32, clock=clock) == "alice"
+    clock.offset = settings.stream_token_seconds  # the token's exp, on this clock
+    with pytest.raises(Unauthorized) as expired:
+        verify_stream_token(settings, token, "a" * 32, clock=clock)
+    assert expired.value.code == "token_expired"
+    clock.offset = -60  # before its iat: not valid yet, as PyJWT would say
+    with pytest.raises(Unauthorized) as early:
+        verify_stream_token(settings, token, "a" * 32, clock=clock)
+    assert early.value.code == "invalid_token"
