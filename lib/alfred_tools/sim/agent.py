@@ -66,6 +66,12 @@ class SimAgent:
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         s = script(ctx.message)
         if int(s.get("ask", 0)) == step.index:
+            if s.get("ask_after", 0.0):
+                self._enter(ctx, step.index)  # looks around first, then asks (before any side effect)
+                try:
+                    self.clock.sleep(s["ask_after"])
+                finally:
+                    self._leave(ctx)
             ctx.ask(f"May I use the pantry for step {step.index}?", "confirm")
         self._enter(ctx, step.index)
         try:

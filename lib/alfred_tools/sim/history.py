@@ -7,7 +7,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from alfred_tools.sim.invariants import check_end
@@ -70,6 +70,8 @@ class Summary:
     checks: Counter[str] = field(default_factory=Counter)
     failed: list[Outcome] = field(default_factory=list)
     wall_seconds: float = 0.0
+    # Each invariant that failed: the first seed (in the order results came back) and when.
+    first: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def add(self, o: Outcome) -> None:
         self.histories += 1
@@ -80,6 +82,11 @@ class Summary:
         self.checks.update(o.checks)
         if not o.ok:
             self.failed.append(o)
+            names = {v.split("]", 1)[0].lstrip("[") for v in o.violations}
+            if o.error:
+                names.add("escaped_error")
+            for name in names:
+                self.first.setdefault(name, (o.seed, self.wall_seconds))
 
     def report(self) -> str:
         w = max(self.wall_seconds, 1e-9)
@@ -90,6 +97,8 @@ class Summary:
             "faults: " + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
             "invariants checked: " + ", ".join(f"{k} {v}" for k, v in sorted(self.checks.items())),
         ]
+        for name, (seed, at) in sorted(self.first.items(), key=lambda kv: kv[1][1]):
+            lines.append(f"  {name}: first failing seed {seed}, found after {at:.1f} s")
         if self.failed:
             lines.append(f"FAILED: {len(self.failed)} histories; first seeds: "
                          + ", ".join(str(o.seed) for o in self.failed[:10]))
@@ -118,7 +127,9 @@ def run_many(seeds: Iterable[int], processes: int | None = None, deadline: float
             if chunk:
                 pending.add(pool.submit(_run_chunk, chunk))
         while pending:
-            done = next(iter(pending))
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done = min(finished, key=id)
+            summary.wall_seconds = time.monotonic() - started
             for o in done.result():
                 summary.add(o)
             pending.discard(done)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class SimQueue:
     messages: dict[int, Message] = field(default_factory=dict)
     dead: list[tuple[str, str]] = field(default_factory=list)  # (job id or body, reason)
     sends: int = 0
+    others: Callable[[], int] | None = None  # other traffic in a shared queue (its backlog)
     _n: int = 0
     _arrivals: SimSignal | None = None
 
@@ -68,7 +70,7 @@ class SimQueue:
         body = json.dumps({"job_id": job_id, **({"next_up": True} if next_up else {})})
 
         def op() -> None:
-            copies = 2 if self.wire._fault("duplicate_message", self.faults.duplicate) else 1
+            copies = 2 if self.wire._fault("duplicate_message", self.faults.duplicate, always=True) else 1
             for _ in range(copies):
                 self._n += 1
                 self.messages[self._n] = Message(self._n, body, self.k.t + delay_seconds)
@@ -79,8 +81,11 @@ class SimQueue:
         self.wire.call("sqs.send", True, op)
 
     def backlog(self) -> int:
-        return self.wire.call("sqs.backlog", False,  # type: ignore[no-any-return]
-                              lambda: sum(1 for m in self.messages.values() if m.visible_at <= self.k.t))
+        def op() -> int:
+            mine = sum(1 for m in self.messages.values() if m.visible_at <= self.k.t)
+            return mine + (self.others() if self.others is not None else 0)
+
+        return self.wire.call("sqs.backlog", False, op)  # type: ignore[no-any-return]
 
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         def op() -> None:

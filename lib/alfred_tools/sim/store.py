@@ -30,7 +30,7 @@ from alfred_jobs.domain.models import Event, Job, JobStatus, iso
 from alfred_jobs.exceptions import StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
 
-from alfred_tools.sim.kernel import Kernel
+from alfred_tools.sim.kernel import Kernel, Process, Task
 
 
 @dataclass
@@ -42,6 +42,10 @@ class FaultPlan:
     ambiguous: float = 0.0      # a write applied whose answer was lost (the SDK retries it)
     stale: float = 0.0          # an eventually consistent read answered from the past
     long_lag: float = 0.0       # of those, the share that lag past half a second
+    hiccup: float = 0.0         # the caller stalls before its request goes (GC, a busy CPU): 0.3-3 s
+    freeze: float = 0.0         # its whole process freezes there (SIGSTOP, a frozen Lambda): 5-90 s
+    held: float = 0.0           # a write's process freezes with it in flight, and wakes just after
+                                # another process's request for the same job (a few requests on)
 
 
 @dataclass
@@ -58,32 +62,47 @@ class Wire:
         self.plan = plan
         self.stats = stats
         self.faults_until = float("inf")  # virtual time at which faults stop
+        self.holds: dict[str, list[_Hold]] = {}
+        self._timers = Process("held-timers")
         self.rng = k.rng
 
     def latency(self) -> float:
         r = self.rng.random()
         return 0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * self.rng.random()
 
-    def _fault(self, kind: str, p: float) -> bool:
-        if p > 0 and self.k.t < self.faults_until and self.rng.random() < p:
+    def _fault(self, kind: str, p: float, always: bool = False) -> bool:
+        """Whether ``kind`` strikes now. ``always``: a semantic of the service (an eventually
+        consistent read, SQS's duplicate delivery), not a fault: it does not stop with the faults."""
+        if p > 0 and (always or self.k.t < self.faults_until) and self.rng.random() < p:
             self.stats.faults[kind] += 1
             return True
         return False
 
     def lag(self) -> float:
         """How far in the past an eventually consistent read is answered from."""
-        if not self._fault("stale_read", self.plan.stale):
+        if not self._fault("stale_read", self.plan.stale, always=True):
             return 0.0
         if self.rng.random() < self.plan.long_lag:
             return 0.5 + 1.5 * self.rng.random()
         return 0.3 * self.rng.random()
 
-    def call(self, name: str, write: bool, op: Callable[[], Any]) -> Any:
-        """One round trip: request, apply, answer (or the fault's version of it)."""
+    def call(self, name: str, write: bool, op: Callable[[], Any], key: str | None = None) -> Any:
+        """One round trip: request, apply, answer (or the fault's version of it). ``key``: the
+        job the call is about (for ``held`` writes)."""
         k = self.k
         self.stats.calls += 1
-        k.sleep(self.latency())
         plan = self.plan
+        if key is not None and write and self._fault("held", plan.held):
+            self._hold(name, key)
+        # Between the caller's last check and its request landing, anything can stall it: these
+        # are the moments a fenced worker's late write or a step run past a cancel come from.
+        if self._fault("hiccup", plan.hiccup):
+            k.sleep(0.3 + 2.7 * self.rng.random())
+        elif self._fault("freeze", plan.freeze) and k.current is not None:
+            until = k.t + self.rng.choice([5.0 + 20.0 * self.rng.random(), 30.0 + 60.0 * self.rng.random()])
+            k.current.proc.paused_until = max(k.current.proc.paused_until, until)
+            self._note(name, f"! process frozen until {until:.1f}")
+        k.sleep(self.latency())
         if self._fault("throttled", plan.throttle):
             self._note(name, "! throttled")
             raise TransientStoreError(f"{name}: throttled (simulated, after the SDK's retries)")
@@ -111,6 +130,8 @@ class Wire:
             except Exception as exc:  # noqa: BLE001
                 result, error = None, exc
             self._note(name, f"~ applied, retried: {_brief(result, error)}")
+        if key is not None and self.holds:
+            self._nudge(key)
         k.sleep(self.latency())
         if k._trace is not None and not ambiguous:
             self._note(name, _brief(result, error))
@@ -118,10 +139,58 @@ class Wire:
             raise error
         return result
 
+    def _hold(self, name: str, key: str) -> None:
+        """Freeze the caller's process with this write in flight. It wakes (and the write lands)
+        right after the ``after``-th request another process makes about the same job once
+        ``at_least`` seconds have passed, or after two minutes: how a worker frozen past its lease
+        comes to write in the middle of its successor's first steps."""
+        k, task = self.k, self.k.current
+        if task is None:
+            return
+        hold = _Hold(task, key, k.t + 5.0 + 85.0 * self.rng.random(), self.rng.randint(1, 4))
+        self.holds.setdefault(key, []).append(hold)
+        task.proc.paused_until = float("inf")
+        self._note(name, f"! held in flight (process frozen) until {hold.at_least - k.t:.1f}s and "
+                         f"{hold.after} requests about the job")
+
+        def give_up() -> None:
+            k.sleep(120.0)
+            self._release(hold)
+
+        k.spawn(self._timers, "held-timer", give_up)
+        k.park(None)
+
+    def _nudge(self, key: str) -> None:
+        me = self.k.current
+        for hold in list(self.holds.get(key, ())):
+            if me is None or hold.task.proc is me.proc or self.k.t < hold.at_least:
+                continue
+            hold.after -= 1
+            if hold.after <= 0:
+                self._release(hold)
+
+    def _release(self, hold: _Hold) -> None:
+        waiting = self.holds.get(hold.key, [])
+        if hold not in waiting:
+            return
+        waiting.remove(hold)
+        if not waiting:
+            del self.holds[hold.key]
+        hold.task.proc.paused_until = self.k.t
+        self.k.wake(hold.task)
+
     def _note(self, name: str, what: str) -> None:
         if self.k._trace is not None:
             cur = self.k.current
             self.k.log(cur.name if cur else "-", f"{name} -> {what}")
+
+
+@dataclass(eq=False)
+class _Hold:
+    task: Task
+    key: str
+    at_least: float
+    after: int
 
 
 def _brief(result: Any, error: BaseException | None) -> str:
@@ -190,7 +259,7 @@ class SimJobStore:
                 finally:
                     self._record(job_id)
 
-            return self.wire.call(f"jobs.{name}", True, op)
+            return self.wire.call(f"jobs.{name}", True, op, job_id)
 
         return call
 
@@ -207,7 +276,7 @@ class SimJobStore:
                 return None if job is None or job.expired(self.wire.k.now()) else job
             return self.inner.get(job_id)
 
-        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op)  # type: ignore[no-any-return]
+        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id)  # type: ignore[no-any-return]
 
     def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
         t = self.wire.k.t
@@ -282,7 +351,7 @@ class SimEventLog:
             if isinstance(p, StepPayload) and p.status == "completed":
                 self.completed.setdefault(job_id, {}).setdefault(p.index, t)
 
-        self.wire.call("log.append", True, op)
+        self.wire.call("log.append", True, op, job_id)
 
     def _visible(self, job_id: str, ev: Event | None, cutoff: float) -> Event | None:
         if ev is None:
@@ -292,7 +361,7 @@ class SimEventLog:
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         lag = 0.0 if consistent else self.wire.lag()
         return self.wire.call(  # type: ignore[no-any-return]
-            "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag))
+            "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag), job_id)
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         lag = 0.0 if consistent else self.wire.lag()
@@ -302,7 +371,7 @@ class SimEventLog:
             return [e for e in self.inner.read_range(job_id, first, last)
                     if self._visible(job_id, e, cutoff) is not None]
 
-        return self.wire.call("log.read" if consistent else "log.read~", False, op)  # type: ignore[no-any-return]
+        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id)  # type: ignore[no-any-return]
 
 
 class Through:

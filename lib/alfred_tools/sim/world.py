@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alfred_jobs.adapters.memory import (
@@ -24,6 +24,7 @@ from alfred_jobs.adapters.memory import (
 )
 from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
 from alfred_jobs.domain.events import replay
+from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, JobStatus, refold
 from alfred_jobs.durability.runner import JobRunner
 from alfred_jobs.entry.worker import handle_message
@@ -58,6 +59,9 @@ CANCEL_SECONDS = 180.0   # a cancel answered 202 ends its job (from when faults 
 # keeper polls every ``cancel_poll_seconds``; a boundary whose keeper is two periods behind reads
 # the record itself; the rest is the boundary's own write, which can be slow).
 CANCEL_BOUNDARY_SECONDS = 2 * 0.5 + 2.0
+# Once a job's way is clear (a slot free, its turn in its conversation), it starts within this:
+# the hand-off sends it at once; a lost message is the sweeper's after a grace period and a sweep.
+HANDOFF_SECONDS = 30.0 + 2 * 72.0 + 30.0 + 16.0
 CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
 
 
@@ -77,8 +81,14 @@ class Config:
     pause_every: float       # mean seconds between process pauses (SIGSTOP) while faults are on
     api_crash: float         # share of API requests whose process dies mid-request
     flood: bool              # one user submits many jobs at once
+    busy_queue: bool         # the queue is shared with a busy app: its backlog is never zero
     retention: int           # seconds a job lives (short in some histories: ids come back)
     reuse: bool              # a user reuses an Idempotency-Key after retention (guarantee 11)
+
+
+def r_busy(k: Kernel) -> Callable[[], int]:
+    """Other traffic's share of a shared queue's backlog, as ``ApproximateNumberOfMessages`` says it."""
+    return lambda: k.rng.randint(1, 40)
 
 
 def draw_config(k: Kernel, min_jobs: int) -> Config:
@@ -89,15 +99,17 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         ambiguous=r.choice([0.0, 0.005, 0.02]), stale=r.choice([0.0, 0.2, 0.6]),
         long_lag=r.choice([0.0, 0.1, 0.3]))
     return Config(
-        users=r.randint(1, 4), jobs=min_jobs + r.randint(0, 6), workers=r.randint(1, 3),
+        users=r.randint(1, 4), jobs=min_jobs + r.randint(0, 6), workers=r.choice([1, 1, 2, 3]),
         max_running=r.randint(1, 2), max_active=r.randint(3, 8),
-        fault_seconds=r.uniform(30, 120), plan=plan,
+        fault_seconds=r.uniform(30, 120), plan=plan if calm else replace(
+            plan, hiccup=r.choice([0.0, 0.01, 0.03]), freeze=r.choice([0.0, 0.001, 0.003]),
+            held=r.choice([0.0, 0.003, 0.01])),
         queue=QueueFaults(duplicate=0.0 if calm else r.choice([0.0, 0.05, 0.2]),
                           lost_delete=0.0 if calm else r.choice([0.0, 0.05])),
         crash_every=0.0 if calm else r.choice([0.0, 20.0, 60.0]),
         pause_every=0.0 if calm else r.choice([0.0, 30.0, 90.0]),
         api_crash=0.0 if calm else r.choice([0.0, 0.03, 0.1]),
-        flood=r.random() < 0.3,
+        flood=r.random() < 0.3, busy_queue=r.random() < 0.5,
         **({"retention": r.randint(150, 300), "reuse": True} if r.random() < 0.25
            else {"retention": 7 * 86400, "reuse": False}))
 
@@ -149,7 +161,8 @@ class World:
         self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
         self.push = Through(self.wire, "push", MemoryPushStore(s.max_push_subscriptions), PUSH_WRITES)
         self.notifier = RecordingNotifier()
-        self.queue = SimQueue(k, self.wire, visibility_timeout=720.0, max_receives=5, faults=cfg.queue)
+        self.queue = SimQueue(k, self.wire, visibility_timeout=720.0, max_receives=5, faults=cfg.queue,
+                              others=r_busy(k) if cfg.busy_queue else None)
         self.seen = Observer()
         self.found = Findings()
         self.accepted: dict[str, Accepted] = {}
@@ -161,6 +174,8 @@ class World:
         self.workers: list[Process] = []
         self.quiet_at: float | None = None
         self.stream = Stream(self)
+        self.clear_since: dict[str, float] = {}
+        self.late: set[str] = set()
 
     # ---- processes -------------------------------------------------------------------------
 
@@ -311,6 +326,8 @@ class World:
                  f"chunks={r.randint(1, 8)}"]
         if r.random() < 0.25:
             parts.append(f"ask={r.randint(1, 3)}")
+            if r.random() < 0.5:
+                parts.append(f"ask_after={r.uniform(0.2, 3):.2f}")
         if r.random() < 0.1:
             parts.append(f"flaky={r.randint(1, 3)}")
         return "sim " + " ".join(parts)
@@ -393,6 +410,7 @@ class World:
                 _, done = value
                 if not done:
                     self.cancels.setdefault(job_id, self.k.t)  # the 202
+                self.accepted[job_id].abandoned = True  # who pressed Stop answers no question
                 return
             if status not in (0, 503):
                 return
@@ -492,11 +510,38 @@ class World:
             for user, (entries, _) in self.inner_gates.gates.items():
                 self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
                                  lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")
+            if not self.faulty:
+                self._check_handoffs()
             if self.faulty or self.users_left:
                 continue
             if self.k.t > self.cfg.fault_seconds + SETTLE_SECONDS or self._quiet():
                 self.quiet_at = self.k.t
                 return
+
+    def _check_handoffs(self) -> None:
+        """A user's next job starts within ``HANDOFF_SECONDS`` of its way clearing (for ways that
+        cleared after the faults stopped)."""
+        now = self.k.now()
+        clear = set()
+        for user in self.inner_gates.gates:
+            entries = self.inner_gates._live(user)
+            gate = Gate(tuple(entries.values()), sum(e.running for e in entries.values()))
+            for e in gate.startable(self.settings.max_running_per_user):
+                rec = self.inner_jobs.items.get(e.job_id)
+                if rec is None or rec.expired(now) or rec.terminal or rec.lease_live(now):
+                    continue
+                if e.job_id in self.log.terminal:
+                    continue  # ended, its finalize under way
+                clear.add(e.job_id)
+                since = self.clear_since.setdefault(e.job_id, self.k.t)
+                if self.k.t - since > HANDOFF_SECONDS and e.job_id not in self.late:
+                    self.late.add(e.job_id)
+                    self.found.check("next_job_starts_once_its_way_is_clear", False,
+                                     lambda e=e, since=since: f"{e.job_id}'s way has been clear since "
+                                                              f"{since:.1f}; nothing started it")
+        for job_id in list(self.clear_since):
+            if job_id not in clear:
+                del self.clear_since[job_id]
 
     def _state(self, job_id: str) -> tuple[Any, Any]:
         rec = self.inner_jobs.items.get(job_id)
