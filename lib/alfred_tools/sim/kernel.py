@@ -143,8 +143,9 @@ class Kernel:
             if task.done or task.proc.dead or token != task.token:
                 continue
             if task.proc.paused_until > at:
+                # Look again when the pause ends, or within a second (a pause can be cut short).
                 self._n += 1
-                heapq.heappush(heap, (task.proc.paused_until, self.rng.random(), self._n, task, token))
+                heapq.heappush(heap, (min(task.proc.paused_until, at + 1.0), self.rng.random(), self._n, task, token))
                 continue
             self.t = max(self.t, at)
             self.current = task
