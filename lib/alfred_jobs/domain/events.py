@@ -16,6 +16,7 @@ the delta rule (replace, else append) is ``apply_delta``, once.
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -303,9 +304,9 @@ class Event:
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENT_TYPES
 
-    @property
+    @cached_property
     def payload(self) -> AnyPayload:
-        """``data`` as its event type's payload."""
+        """``data`` as its event type's payload (parsed once: every fold and replay reads it)."""
         return parse_payload(self.type, self.data)
 
     @property

@@ -398,7 +398,7 @@ class World:
             self.cancels.pop(job_id, None)
         if r.random() < 0.15:
             self.k.spawn(Process(f"cancel-{job_id[-4:]}"), "cancel", lambda: self._cancel(user, job_id))
-        if r.random() < 0.3:
+        if r.random() < 0.15:
             self.k.spawn(Process(f"watch-{job_id[-4:]}"), "watch", lambda: self._watch(job_id))
         self._follow(user, job_id)
 
@@ -420,7 +420,7 @@ class World:
         """Poll the job as the page does, answering its questions (late, twice, or never)."""
         r, a = self.k.rng, self.accepted[job_id]
         while True:
-            self.k.sleep(r.uniform(1, 5))
+            self.k.sleep(r.uniform(2, 8))
             status, job = self.api("get", lambda s: s.get(user, job_id))
             if status != 200:
                 continue
@@ -503,16 +503,19 @@ class World:
         self.k.run(horizon, stop=lambda: self.quiet_at is not None)
 
     def _monitor(self) -> None:
-        """Turns the faults off on time, checks the active limit, and ends the history once it is
-        quiet (every user done, every job ended or waiting on a question nobody will answer)."""
+        """Checks the active limit every second and the hand-offs every two, and ends the history
+        once it is quiet (every user done, every job ended or waiting on a question nobody will
+        answer), looked at every five."""
+        n = 0
         while True:
             self.k.sleep(1.0)
+            n += 1
             for user, (entries, _) in self.inner_gates.gates.items():
                 self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
                                  lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")
-            if not self.faulty:
+            if not self.faulty and n % 2 == 0:
                 self._check_handoffs()
-            if self.faulty or self.users_left:
+            if self.faulty or self.users_left or n % 5:
                 continue
             if self.k.t > self.cfg.fault_seconds + SETTLE_SECONDS or self._quiet():
                 self.quiet_at = self.k.t
@@ -551,6 +554,9 @@ class World:
         return refold(rec, events), replay(events)
 
     def _settled(self, job_id: str) -> bool:
+        rec = self.inner_jobs.items.get(job_id)
+        if rec is None or rec.terminal or rec.expired(self.k.now()):
+            return True
         job, state = self._state(job_id)
         if job is None or job.terminal:
             return True
@@ -628,12 +634,12 @@ class Stream:
                     return
                 idle = 0.0
                 async with self.hub.watch(job, cursor, stream=True) as watcher:
-                    while idle < 60.0:
+                    while idle < 20.0:
                         try:
-                            evs = await watcher.next_batch(15.0)
+                            evs = await watcher.next_batch(10.0)
                         except EventsExpired:
                             return
-                        idle = idle + 15.0 if not evs else 0.0
+                        idle = idle + 10.0 if not evs else 0.0
                         for ev in evs:
                             truth = w.inner_log.items.get((job_id, ev.seq))
                             w.found.check("watchers_see_each_event_once_in_order",
@@ -645,7 +651,7 @@ class Stream:
                         if evs and r.random() < 0.1:
                             break  # the network blinks: reconnect from the cursor
                     else:
-                        return  # nothing for a minute: the page was closed
+                        return  # nothing for a while: the page was closed
                 await asyncio.sleep(r.uniform(0.1, 3.0))
         except StoreError:
             return
