@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alfred_jobs.domain.events import CompletePayload, replay
-from alfred_jobs.domain.models import JobStatus, iso, refold
+from alfred_jobs.domain.models import EventType, JobStatus, iso, refold
 
 if TYPE_CHECKING:
     from alfred_tools.sim.world import World
@@ -39,6 +39,15 @@ def check_end(w: World) -> None:
         ends = [e.seq for e in events if e.terminal]
         f.check("nothing_after_terminal", not ends or ends[0] == seqs[-1],
                 lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
+
+        # An open question holds the job: after it comes its answer, or the job's end, nothing else.
+        for i, e in enumerate(events):
+            if e.type is EventType.INPUT_REQUIRED:
+                nxt = events[i + 1] if i + 1 < len(events) else None
+                f.check("nothing_runs_past_an_open_question",
+                        nxt is None or nxt.terminal or nxt.type is EventType.INPUT_RECEIVED,
+                        lambda job_id=job_id, e=e, nxt=nxt: (
+                            f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} follows the question at {e.seq}"))
 
         # Guarantee 9: nothing stays pending or running for ever.
         asking = job.status is JobStatus.WAITING and state.question is not None
