@@ -147,7 +147,7 @@ class Wire:
         k, task = self.k, self.k.current
         if task is None:
             return
-        hold = _Hold(task, key, k.t + 5.0 + 85.0 * self.rng.random(), self.rng.randint(1, 4))
+        hold = _Hold(task, key, k.t + 5.0 + 85.0 * self.rng.random(), self.rng.randint(1, 3))
         self.holds.setdefault(key, []).append(hold)
         task.proc.paused_until = float("inf")
         self._note(name, f"! held in flight (process frozen) until {hold.at_least - k.t:.1f}s and "
@@ -161,9 +161,13 @@ class Wire:
         k.park(None)
 
     def _nudge(self, key: str) -> None:
+        """Another request about ``key`` was served: it counts toward waking the processes held on
+        it if it comes from a process of the same role (a worker's successor, not a page's poll)."""
         me = self.k.current
         for hold in list(self.holds.get(key, ())):
             if me is None or hold.task.proc is me.proc or self.k.t < hold.at_least:
+                continue
+            if _role(me.proc.name) != _role(hold.task.proc.name):
                 continue
             hold.after -= 1
             if hold.after <= 0:
@@ -178,6 +182,8 @@ class Wire:
             del self.holds[hold.key]
         hold.task.proc.paused_until = self.k.t
         self.k.wake(hold.task)
+        if self.k._trace is not None:
+            self.k.log(hold.task.name, f"wakes: its held {hold.key[:8]} write goes on")
 
     def _note(self, name: str, what: str) -> None:
         if self.k._trace is not None:
@@ -191,6 +197,10 @@ class _Hold:
     key: str
     at_least: float
     after: int
+
+
+def _role(process: str) -> str:
+    return process.rstrip("0123456789")
 
 
 def _brief(result: Any, error: BaseException | None) -> str:

@@ -103,7 +103,7 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         max_running=r.randint(1, 2), max_active=r.randint(3, 8),
         fault_seconds=r.uniform(30, 120), plan=plan if calm else replace(
             plan, hiccup=r.choice([0.0, 0.01, 0.03]), freeze=r.choice([0.0, 0.001, 0.003]),
-            held=r.choice([0.0, 0.003, 0.01])),
+            held=r.choice([0.0, 0.005, 0.02])),
         queue=QueueFaults(duplicate=0.0 if calm else r.choice([0.0, 0.05, 0.2]),
                           lost_delete=0.0 if calm else r.choice([0.0, 0.05])),
         crash_every=0.0 if calm else r.choice([0.0, 20.0, 60.0]),
@@ -451,10 +451,12 @@ class World:
     def _watch(self, job_id: str) -> None:
         """A page that opens the job's stream from a random cursor, and reconnects now and then."""
         r = self.k.rng
-        self.k.sleep(r.uniform(0, 20))
-        job = self.inner_jobs.items.get(job_id)
-        cursor = r.randint(0, job.last_seq) if job else 0
-        self.stream.open(job_id, cursor)
+        for _ in range(r.choice([1, 1, 2, 3])):  # a second device, a reopened tab
+            self.k.sleep(r.uniform(0, 15))
+            job = self.inner_jobs.items.get(job_id)
+            head = max(self.log.by_job.get(job_id, {0: None}))
+            cursor = r.randint(0, max(head, job.last_seq if job else 0))
+            self.stream.open(job_id, cursor)
 
     # ---- safety, checked as it happens    # ---- safety, checked as it happens ------------------------------------------------------
 
@@ -638,6 +640,11 @@ class Stream:
                         try:
                             evs = await watcher.next_batch(10.0)
                         except EventsExpired:
+                            rec = w.inner_jobs.items.get(job_id)
+                            w.found.check("watchers_see_each_event_once_in_order",
+                                          rec is None or rec.expired(w.k.now()),
+                                          lambda c=cursor: f"a watcher of {job_id} after {c} was told its "
+                                                           f"events expired; they had not")
                             return
                         idle = idle + 10.0 if not evs else 0.0
                         for ev in evs:
