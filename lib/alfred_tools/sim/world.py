@@ -612,7 +612,11 @@ class Stream:
             self.loop = VirtualLoop(self.w.k, self.proc)
             self.hub = WatchHub(self.w.log, self.w.settings.retention_seconds,  # type: ignore[arg-type]
                                 clock=SimClock(self.w.k))
-            self.loop.run_until_complete(self._forever())
+            forever = self._forever()
+            try:
+                self.loop.run_until_complete(forever)
+            finally:
+                forever.close()  # the history ended with the loop parked in it
 
         self.w.k.spawn(self.proc, "stream/loop", host)
 
