@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -349,3 +350,73 @@ def test_the_sweeper_repairs_a_gate_entry_whose_job_never_got_a_record() -> None
     assert report.repaired == [ghost.job_id] and report.handed_on == [waiting.job_id]
     assert report.requeued == [], "sent by the repair's hand-off, not counted as stuck"
     assert sent(deps)[-1] == waiting.job_id
+
+
+# ---- leftover entries (an entry whose job is gone or has ended) never lock a user out ---------------
+
+
+def leftover_of_a_lost_put(deps: Deps, conv: str, age: float = 300) -> str:
+    """An entry whose job never got a record (the put failed after the enroll, and so did the
+    undo; or the submit died between its two writes), older than the grace period. (Enrolled
+    first in its gate: an entry's order, which tells its age, is never before the gate's last.)"""
+    old = deps.clock.now() - age
+    ghost = Job(job_id=deps.new_id(), user_id="u", message="", conversation_id=conv, created_at=old,
+                expires_at=int(old) + 3600)
+    deps.gates.enroll("u", gate_entry(ghost), None, int(deps.clock.now()) + 3600)
+    return ghost.job_id
+
+
+def leftover_of_a_resend(deps: Deps, conv: str) -> str:
+    """An entry of an ended job: what a resend of its submit (same Idempotency-Key) leaves when it
+    enrolls the finished job again and taking it out again fails (``JobService._replayed``)."""
+    now = deps.clock.now()
+    job = Job(job_id=deps.new_id(), user_id="u", message="m", conversation_id=conv, created_at=now,
+              expires_at=int(now) + 3600)
+    deps.jobs.create(job)
+    deps.jobs.save_projection(replace(job, status=JobStatus.COMPLETE, last_seq=3, completed_at=now), owner=None)
+    deps.gates.enroll("u", gate_entry(job), None, int(now) + 3600)
+    return job.job_id
+
+
+def test_the_sweeper_sends_a_job_whose_only_blockers_are_leftovers_of_other_conversations() -> None:
+    # GIVEN two leftovers in other conversations: with the default limits (two run slots) they are
+    # the gate's oldest "jobs to start", so the user's new job is not sent at submit
+    deps = make_deps()
+    svc = JobService(deps)
+    gone = leftover_of_a_lost_put(deps, "old-1")
+    ended = leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")
+    assert job.job_id not in sent(deps)
+    # WHEN the sweeper finds it due
+    deps.jobs.due[job.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    # THEN it removes both leftovers and the job is sent, not left "waiting" for ever
+    assert sorted(report.repaired) == sorted([gone, ended])
+    assert job.job_id not in report.waiting and sent(deps)[-1] == job.job_id
+    assert [e.job_id for e in deps.gates.read("u").entries] == [job.job_id]
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert deps.gates.read("u") == Gate()
+
+
+def test_leftovers_filling_the_gate_are_repaired_instead_of_a_429() -> None:
+    deps = make_deps(max_active_per_user=2)
+    svc = JobService(deps)
+    leftover_of_a_lost_put(deps, "old-1")
+    leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")  # no 429: the gate's two entries belong to no live job
+    assert sent(deps)[-1] == job.job_id
+    assert [e.job_id for e in deps.gates.read("u").entries] == [job.job_id]
+
+
+def test_a_user_whose_last_job_ends_is_left_with_an_empty_gate() -> None:
+    # GIVEN leftovers that block nobody (a third slot is free: the user's job is sent at once)
+    deps = make_deps(max_running_per_user=3)
+    svc = JobService(deps)
+    leftover_of_a_lost_put(deps, "old-1")
+    leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")
+    assert sent(deps)[-1] == job.job_id
+    # WHEN the user's one live job ends, its hand-off meets the leftovers
+    assert run(deps, job.job_id) is Outcome.DONE
+    # THEN the gate is empty: no leftover outlives the user's live jobs
+    assert deps.gates.read("u") == Gate()
