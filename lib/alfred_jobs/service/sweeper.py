@@ -19,8 +19,11 @@ Sending a healthy job again is harmless (the worker drops a delivery whose job h
 lease, or is done), so every mistake here costs a message, never a second run. The one read that
 can be stale (the queue's approximate backlog) only decides *when* a job is sent again.
 
-The sweeper also repairs gates: an entry whose job record is gone (its submit died between the
-two writes) or has ended is removed, and its place handed on.
+The sweeper also repairs gates: for a due job that waits, every entry that keeps it waiting (in
+its conversation, or holding or claiming the user's run slots in any other) is looked at, and an
+entry whose job record is gone (past the grace period: its submit died between the two writes,
+or its undo failed) or has ended is removed, and its place handed on. A job whose only blockers
+were such leftovers is sent then.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Sweeper:
         now = self.deps.clock.now()
         report = SweepReport()
         gates: dict[str, Gate] = {}
+        live: set[str] = set()  # gate entries found to belong to a live job, in this sweep
         backlog: list[int] = []
 
         def queue_backlog() -> int:  # asked once per sweep, and only if needed
@@ -72,7 +76,7 @@ class Sweeper:
 
         for job in self.deps.jobs.find_due(now, limit):
             try:
-                self._sweep_one(job, now, gates, queue_backlog, report)
+                self._sweep_one(job, now, gates, live, queue_backlog, report)
             except StoreError as exc:
                 report.errors += 1
                 log.warning("sweeper could not handle a job", extra={"job_id": job.job_id, "error": str(exc)})
@@ -84,15 +88,16 @@ class Sweeper:
                                                       "repaired": len(report.repaired)})
         return report
 
-    def _sweep_one(self, job: Job, now: float, gates: dict[str, Gate], queue_backlog: Callable[[], int],
-                   report: SweepReport) -> None:
+    def _sweep_one(self, job: Job, now: float, gates: dict[str, Gate], live: set[str],
+                   queue_backlog: Callable[[], int], report: SweepReport) -> None:
         s = self.deps.settings
         later = now + max(s.lease_seconds, s.pending_grace_seconds)
         next_up = False
         if job.lease_owner is None or not job.lease_live(now):
             gate = gates.get(job.user_id)
             if gate is None:
-                gate = gates[job.user_id] = self._repaired(self.deps.gates.read(job.user_id), job, now, report)
+                gate = gates[job.user_id] = self.deps.gates.read(job.user_id)
+            gate = gates[job.user_id] = self._repaired(gate, job, live, report)
             if job.job_id in report.handed_on:
                 return  # a repair just sent it
             entry = gate.entry(job.job_id)
@@ -143,25 +148,21 @@ class Sweeper:
             self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
             report.waiting.append(job.job_id)
 
-    def _repaired(self, gate: Gate, due: Job, now: float, report: SweepReport) -> Gate:
-        """``gate`` without the entries that block ``due`` but belong to no live job: a job whose
-        record is gone (a submit that died between its two writes: only once the entry is older
-        than the grace period, since the record may still be on its way) or that has ended."""
+    def _repaired(self, gate: Gate, due: Job, live: set[str], report: SweepReport) -> Gate:
+        """``gate`` without the leftovers that keep ``due`` waiting: entries whose job record is
+        gone (a submit that died between its two writes, or whose undo failed: only once the
+        entry is older than the grace period, since the record may still be on its way) or has
+        ended (a resend of a finished job whose release failed). Every blocker counts, of any
+        conversation (``Gate.blockers``): two leftovers claiming the user's two slots lock out
+        every other conversation. Each entry is read at most once per sweep (``live``); each
+        removal hands on, which sends ``due`` once nothing but leftovers stood before it."""
         s = self.deps.settings
-        entry = gate.entry(due.job_id)
-        if entry is None or entry.running:
-            return gate
-        blockers = gate.ahead_of(due.job_id)
-        if not blockers and gate.running >= s.max_running_per_user:
-            blockers = [e for e in gate.entries if e.running]
-        for blocker in blockers:
-            job = self.deps.jobs.get(blocker.job_id)  # strongly consistent
-            submitted = parse_iso(blocker.order.split("#", 1)[0])
-            gone = job is None and now - submitted > s.pending_grace_seconds
-            if gone or (job is not None and job.terminal):
-                gate = self.deps.gates.remove(due.user_id, blocker.job_id)
-                report.handed_on += self.admission.hand_on(due.user_id, gate)
-                report.repaired.append(blocker.job_id)
-                log.warning("gate entry of a job gone or ended removed",
-                            extra={"job_id": blocker.job_id, "user": due.user_id})
+        for _ in range(2 * len(gate.entries) + 1):  # each round finds an entry live or removes one
+            suspects = [e for e in gate.blockers(due.job_id, s.max_running_per_user) if e.job_id not in live]
+            if not suspects:
+                break
+            handoff = self.admission.remove_leftovers(due.user_id, gate, suspects, live)
+            gate = handoff.gate
+            report.repaired += handoff.repaired
+            report.handed_on += handoff.sent
         return gate
