@@ -420,3 +420,27 @@ def test_a_user_whose_last_job_ends_is_left_with_an_empty_gate() -> None:
     assert run(deps, job.job_id) is Outcome.DONE
     # THEN the gate is empty: no leftover outlives the user's live jobs
     assert deps.gates.read("u") == Gate()
+
+
+def test_a_cancel_while_a_stray_delivery_holds_the_lease_ends_the_job_at_its_give_back() -> None:
+    # GIVEN a job waiting its turn, and a stray delivery of it holding its lease for a moment: the
+    # API's cancel sees that lease live and only sets the flag (202)
+    deps = make_deps(lease_seconds=60, cancel_poll_seconds=60)
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    real_read = deps.gates.read
+
+    def read_as_the_user_cancels(user_id: str) -> Gate:
+        deps.gates.read = real_read  # type: ignore[method-assign]
+        assert svc.cancel("u", second.job_id)[1] is False
+        return real_read(user_id)
+
+    deps.gates.read = read_as_the_user_cancels  # type: ignore[method-assign]
+    # WHEN the stray delivery gives the job back (not its turn)
+    assert run(deps, second.job_id) is not Outcome.RETRY
+    # THEN the job is cancelled now, not when its turn would have come
+    record = deps.jobs.get(second.job_id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert [e.type for e in log(deps, second.job_id)] == [EventType.CANCELLED]
+    assert [g.job_id for g in deps.gates.read("u").entries] == [first.job_id]
