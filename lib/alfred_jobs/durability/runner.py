@@ -48,6 +48,7 @@ from alfred_jobs.domain.events import (
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
 from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
+from alfred_jobs.durability.ending import end_if_cancelled
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.exceptions import (
@@ -400,10 +401,33 @@ class _Attempt:
             # Our lease stays live until it runs out: a message sent meanwhile (the hand-off's)
             # would be dropped as a duplicate. Keep this one, to come back once the lease is gone.
             retry_after = max(retry_after, int(self.s.lease_seconds) + 1)
+        else:
+            try:
+                if self._cancelled_after_release():
+                    return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+            except StoreError:
+                retry_after = max(retry_after, 1)  # keep the message: it comes back and looks again
         if retry_after:
             return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
         count("DeliveriesWaiting")
         return RunResult(Outcome.DROPPED, reason, status=JobStatus.PENDING)
+
+    def _cancelled_after_release(self) -> bool:
+        """Called right after this attempt let the lease go: whether the job was cancelled here.
+
+        A cancel the API sent while our lease was live is only a flag, and our keeper may not
+        have read it yet (it polls every ``cancel_poll_seconds``; the last boundary trusted its
+        cache). Nobody would act on it before the job runs again: a day for a question. So the
+        flag is read again now, strongly consistent, after the release, and a set flag ends the
+        job (``end_if_cancelled``); the API, for its part, looks at the lease in what its flag's
+        write returned, so whichever of the two came second sees the other."""
+        ended = end_if_cancelled(self.deps, self.job.job_id, self.owner)
+        if ended is None:
+            return False
+        self.view = ended
+        count("JobsCancelled")
+        log.info("cancelled as its lease went", extra={"job_id": self.job.job_id})
+        return True
 
     # ---- asking the user ---------------------------------------------------------------------
 
@@ -452,6 +476,8 @@ class _Attempt:
                 pass  # a newer projection is there (the answer's): it says more than ours
             self.deps.jobs.release_lease(self.job.job_id, self.owner, expires)
             released = True
+            if self._cancelled_after_release():
+                return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
             self.r.admission.pause(self.view)
             if question is not None:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
@@ -651,6 +677,11 @@ class _Attempt:
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
                 self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                              self.clock.now() + delay + self.s.pending_grace_seconds)
+                try:
+                    if self._cancelled_after_release():
+                        return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+                except StoreError:
+                    pass  # the next attempt, after the backoff, reads the flag as it takes the lease
                 log.warning("attempt failed, will retry", extra={"job_id": self.job.job_id, "code": code,
                                                                   "retry_in": delay})
                 return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)

@@ -289,6 +289,16 @@ class JobService:
             job = self.fold_tail(self.deps.jobs.request_cancel(job_id, by=by))
         except ConditionFailed:
             job = self.get(job.user_id, job_id)  # it ended meanwhile; report what it is now
+        if job.status in (JobStatus.PENDING, JobStatus.WAITING) and not job.lease_live(self.deps.clock.now()):
+            # Its worker let the lease go since we read it (it asked the user, gave a stray
+            # delivery back, backs off before a retry), and may have looked at the flag for the
+            # last time before we set it: end the job here. (The worker reads the flag again after
+            # its release: whichever of us comes second sees the other; see ``end_if_cancelled``.)
+            done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(job.cancel_by), API_WRITER)
+            if done is not None:
+                count("JobsCancelled")
+                return done, True
+            job = self.get(job.user_id, job_id)  # someone else wrote first: report what it is now
         if job.status is JobStatus.CANCELLED:
             return job, True
         if job.terminal:

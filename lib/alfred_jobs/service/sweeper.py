@@ -14,6 +14,8 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   finalizes it (hand-off included).
 - **asking the user**: left alone until its question expires (``ALFRED_INPUT_TIMEOUT_SECONDS``),
   then ended ``failed`` with ``input_timeout``; an answered one whose resume was lost is sent.
+- **cancelled, not ended**: nobody holds it and its cancel flag is set (its worker let the lease
+  go and died before it looked at the flag again): ended ``cancelled``, as the API would have.
 
 Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
 lease, or is done), so every mistake here costs a message, never a second run. The one read that
@@ -35,7 +37,7 @@ from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, repla
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import Job, fold
 from alfred_jobs.durability.admission import Admission
-from alfred_jobs.durability.ending import end_unheld
+from alfred_jobs.durability.ending import end_if_cancelled, end_unheld
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import count, get_logger
@@ -53,6 +55,7 @@ class SweepReport:
     repaired: list[str] = field(default_factory=list)  # gate entries of jobs gone or ended, removed
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
+    cancelled: list[str] = field(default_factory=list)  # cancel flags nobody acted on: ended cancelled
     errors: int = 0
 
 
@@ -94,6 +97,11 @@ class Sweeper:
         later = now + max(s.lease_seconds, s.pending_grace_seconds)
         next_up = False
         if job.lease_owner is None or not job.lease_live(now):
+            if job.cancel_requested and end_if_cancelled(self.deps, job.job_id, SWEEPER_WRITER) is not None:
+                # A flag set while a worker held the job, which let the lease go before it saw it
+                # and died before it looked again (a waiting job would otherwise wait a day).
+                report.cancelled.append(job.job_id)
+                return
             gate = gates.get(job.user_id)
             if gate is None:
                 gate = gates[job.user_id] = self.deps.gates.read(job.user_id)
