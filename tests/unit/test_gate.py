@@ -444,3 +444,36 @@ def test_a_cancel_while_a_stray_delivery_holds_the_lease_ends_the_job_at_its_giv
     assert record is not None and record.status is JobStatus.CANCELLED
     assert [e.type for e in log(deps, second.job_id)] == [EventType.CANCELLED]
     assert [g.job_id for g in deps.gates.read("u").entries] == [first.job_id]
+
+
+def test_a_hand_off_that_meets_a_stray_deliverys_lease_is_not_lost() -> None:
+    # GIVEN a job waiting its turn, and a stray delivery of it that has read the gate (not its
+    # turn) while it holds the job's lease
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    real_read = deps.gates.read
+    consumed: list[int] = []
+
+    def read_then_the_first_job_ends(user_id: str) -> Gate:
+        deps.gates.read = real_read  # type: ignore[method-assign]
+        gate = real_read(user_id)
+        # ... and meanwhile the first job ends and hands its place on: the hand-off's message
+        # meets the stray's live lease and is dropped as a duplicate
+        assert run(deps, first.job_id) is Outcome.DONE
+        assert sent(deps)[-1] == second.job_id
+        handed = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(second.job_id, next_up=True))
+        assert handed.outcome is Outcome.DROPPED
+        consumed.append(len(sent(deps)))
+        return gate
+
+    deps.gates.read = read_then_the_first_job_ends  # type: ignore[method-assign]
+    # WHEN the stray delivery gives the job back (its gate read said: not its turn) and drops its own message
+    assert run(deps, second.job_id) is Outcome.DROPPED
+    # THEN a message for the job is under way again (it is next up), and it runs now, not after
+    # the sweeper's queue wait
+    assert second.job_id in sent(deps)[consumed[0]:]
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(
+        Delivery(second.job_id, next_up=True)).status is JobStatus.COMPLETE
+    assert deps.gates.read("u") == Gate()
