@@ -392,7 +392,12 @@ class _Attempt:
     def _give_back(self, reason: str, retry_after: int = 0) -> RunResult:
         """The job did not start: give the delivery back as if it never came (no attempt counted).
         Not its turn: drop the message (whoever frees its way sends a new one; the sweeper checks on
-        it meanwhile). The gate could not be reached: let the message come back (``retry_after``)."""
+        it meanwhile). The gate could not be reached: let the message come back (``retry_after``).
+
+        Whoever frees its way while we hold the lease sends a message that meets our lease and is
+        dropped as a duplicate: so, once the lease is gone, the gate is read again and the job
+        sent if it has become next up (``_sent_if_next_up``).
+        """
         self.keeper.stop()
         try:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
@@ -405,12 +410,32 @@ class _Attempt:
             try:
                 if self._cancelled_after_release():
                     return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+                if not retry_after:
+                    self._sent_if_next_up()
             except StoreError:
                 retry_after = max(retry_after, 1)  # keep the message: it comes back and looks again
         if retry_after:
             return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
         count("DeliveriesWaiting")
         return RunResult(Outcome.DROPPED, reason, status=JobStatus.PENDING)
+
+    def _sent_if_next_up(self) -> None:
+        """After a give-back released the lease: send the job if the gate now lets it start.
+
+        Why: the job's way may have been freed after our gate read and before our release (its
+        predecessor ended, a slot came free). The hand-off then sent its message, which met our
+        live lease and was dropped as a duplicate; we drop ours: nobody would send it, and the
+        sweeper would count it as queued (any backlog of other users' messages would do) for up to
+        ``max_queue_wait_seconds``. Read after the release, the gate shows any hand-off whose
+        message our lease can have met, so one of the two messages always survives. (The other
+        way, a delivery that meets a live lease keeping its message for a retry after the lease,
+        would delay every true duplicate by a lease and needs the record to tell them apart.) One
+        strongly consistent read per give-back: stray and duplicate deliveries only."""
+        gate = self.deps.gates.read(self.job.user_id)
+        if gate.next_up(self.job.job_id, self.s.max_running_per_user):
+            self.deps.queue.send(self.job.job_id, next_up=True)
+            count("GiveBacksResent")
+            log.info("given back, and next up meanwhile: sent again", extra={"job_id": self.job.job_id})
 
     def _cancelled_after_release(self) -> bool:
         """Called right after this attempt let the lease go: whether the job was cancelled here.
