@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import PANTRY_QUESTION, DemoAgent
+from alfred_jobs.domain.events import InputRequiredPayload
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, iso
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import Conflict, InvalidInput
 from alfred_jobs.ports import Deps
@@ -313,4 +315,52 @@ def test_the_sweeper_ends_a_waiting_job_whose_cancel_flag_is_set() -> None:
     # THEN it is cancelled, not left waiting for an answer until the question expires
     assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
     assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- a question from a fenced worker ------------------------------------------------------------------
+
+
+class DiesInStepOne(DemoAgent):
+    def act(self, step: Any, ctx: Any) -> Any:
+        raise SystemExit("the worker froze here (past its lease)")
+
+
+def test_a_question_from_a_worker_past_its_lease_still_gets_its_answer() -> None:
+    # GIVEN a worker that stopped in step 1 (paused, not dead) and lost its lease
+    deps = make_deps()
+    job = JobService(deps).submit("u", ChatRequest(message="chicken from my pantry [steps=2]",
+                                                   conversation_id="c1"), None).job
+    with pytest.raises(SystemExit):
+        JobRunner(deps, DiesInStepOne(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    deps.jobs.items[job.job_id] = replace(record(deps, job.job_id), lease_expires=deps.clock.now() - 1)  # type: ignore[attr-defined]
+    # ... and a new owner that read the log while the old one slept: as it puts its ``resumed``,
+    # the old one wakes up and asks step 1's question in that very slot
+    store = deps.log
+    assert isinstance(store, MemoryEventLog)
+    real_append = store.append
+
+    def old_owner_asks_first(job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.RESUMED:
+            store.append = real_append  # type: ignore[method-assign]
+            question = InputRequiredPayload(input_id="s1q1", prompt=PANTRY_QUESTION, kind="confirm",
+                                            expires_at=iso(deps.clock.now() + 3600))
+            real_append(job_id, Event.of(event.seq, question, attempt=1, writer="the-old-owner",
+                                         at=deps.clock.now()), expires_at)
+        real_append(job_id, event, expires_at)
+
+    store.append = old_owner_asks_first  # type: ignore[method-assign]
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    # THEN the question stands: the job waits for its answer (no ``resumed`` after it), holding nothing
+    assert result.status is JobStatus.WAITING
+    assert [e.type for e in log(deps, job.job_id)][-1] is EventType.INPUT_REQUIRED
+    waiting = record(deps, job.job_id)
+    assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+    assert deps.gates.read("u").entries[0].asking
+    # ... and one answer continues it, once
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
+    assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
     assert deps.gates.read("u") == Gate()
