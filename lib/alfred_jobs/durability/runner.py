@@ -572,6 +572,13 @@ class _Attempt:
                 if taken.existing.terminal:
                     raise
                 self._load()  # an older owner got an event in first: it counts; read and retry
+                if self.view.status is JobStatus.WAITING:
+                    # ... and that event asked the user (the older owner was past its lease, its
+                    # pause anywhere after its last check). The question stands, as if we had
+                    # found it at our first read (``run``): leave the job waiting for its answer.
+                    # A ``resumed`` after it would hide it (replay: no open question), every
+                    # answer a 409, and the job would cycle through the input timeout.
+                    raise _AskUser() from None
         raise Fenced(self.job.job_id)
 
     def _execute(self) -> None:
