@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, MemoryJobStore, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.clock import Clock
 from alfred_jobs.domain.agent import AgentContext, PlanStep
 from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.gate import Gate, GateEntry
@@ -19,7 +20,7 @@ from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobSta
 from alfred_jobs.durability.admission import gate_entry
 from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests
+from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
@@ -477,3 +478,67 @@ def test_a_hand_off_that_meets_a_stray_deliverys_lease_is_not_lost() -> None:
     assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(
         Delivery(second.job_id, next_up=True)).status is JobStatus.COMPLETE
     assert deps.gates.read("u") == Gate()
+
+
+# ---- the active limit: a refused submit whose record could not be deleted --------------------------------
+
+
+class DeleteFails(MemoryJobStore):
+    """Fails the next ``delete_unstarted`` (a store error: throttled past every retry)."""
+
+    def __init__(self, pending_grace: float, clock: Clock) -> None:
+        super().__init__(pending_grace, clock)
+        self.fail_deletes = 1
+
+    def delete_unstarted(self, job_id: str, created_at: float) -> None:
+        if self.fail_deletes:
+            self.fail_deletes -= 1
+            raise TransientStoreError("throttled")
+        super().delete_unstarted(job_id, created_at)
+
+
+def refused_with_its_record_left(deps: Deps, svc: JobService) -> Job:
+    """A submit refused for the full gate (one active job, the limit) whose record's delete failed:
+    the client saw an error, a record without a gate entry remains."""
+    deps.jobs = DeleteFails(deps.settings.pending_grace_seconds, deps.clock)
+    svc = JobService(deps)
+    chat(svc, "the one active job", conv="c0")
+    with pytest.raises(TransientStoreError):
+        svc.submit("u", ChatRequest(message="one too many", conversation_id="c1"), "key-1")
+    left = next(j for j in deps.jobs.items.values() if j.message == "one too many")  # type: ignore[attr-defined]
+    assert deps.gates.read("u").entry(left.job_id) is None
+    return left
+
+
+def test_a_resend_of_a_refused_submit_is_refused_again_while_the_gate_is_full() -> None:
+    deps = make_deps(max_active_per_user=1)
+    left = refused_with_its_record_left(deps, JobService(deps))
+    # WHEN the client sends the same request again (same Idempotency-Key)
+    with pytest.raises(TooManyRequests):
+        JobService(deps).submit("u", ChatRequest(message="one too many", conversation_id="c1"), "key-1")
+    # THEN it is a 429 again, not a 202 for a job past the limit, and the record is gone
+    assert deps.jobs.get(left.job_id) is None
+    assert len(deps.gates.read("u").entries) == 1
+
+
+def test_a_refused_job_never_runs_past_the_active_limit() -> None:
+    deps = make_deps(max_active_per_user=1)
+    svc = JobService(deps)
+    left = refused_with_its_record_left(deps, svc)
+    active = next(e.job_id for e in deps.gates.read("u").entries)
+    # WHEN a delivery of it comes (the sweeper sends a job its submit never enrolled)
+    assert run(deps, left.job_id) is not Outcome.RETRY
+    # THEN it is not enrolled past the limit, and does not run
+    assert [e.job_id for e in deps.gates.read("u").entries] == [active]
+    assert log(deps, left.job_id) == []
+    # ... and the sweeper, finding it due while the gate is full, counts it waiting for room, not stuck
+    deps.jobs.due[left.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    assert left.job_id in report.waiting and left.job_id not in report.requeued
+    # ... until the user's active job ends: then it is admitted under the limit, and runs
+    assert run(deps, active) is Outcome.DONE
+    deps.jobs.due[left.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    Sweeper(deps).sweep()
+    assert sent(deps)[-1] == left.job_id
+    assert run(deps, left.job_id) is Outcome.DONE
+    assert log(deps, left.job_id)[-1].type is EventType.COMPLETE
