@@ -72,16 +72,16 @@ class Admission:
     def _expires(self) -> int:
         return expiry(self.deps.clock.now(), self.settings.retention_seconds)
 
-    def enroll(self, job: Job, *, limit: bool = True) -> Gate:
-        """Add the job to its user's gate (``GateFull`` past the limit, unless ``limit`` is off:
-        a repair); returns the gate after it.
+    def enroll(self, job: Job) -> Gate:
+        """Add the job to its user's gate (``GateFull`` past the active limit: never past it, not
+        even for a job its submit never enrolled); returns the gate after it.
 
         A full gate is looked at before it refuses: leftovers (entries whose job has ended or has
         no record) are taken out, and the enroll tried again: a 429 means "too many jobs under
         way", and a gate that leftovers fill while the user has no live job has nobody else to
         clear it. It costs one strongly consistent read per entry, on a refusal only.
         """
-        cap = self.settings.max_active_per_user if limit else None
+        cap = self.settings.max_active_per_user
         try:
             return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires())
         except GateFull as full:

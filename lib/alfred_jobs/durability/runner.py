@@ -55,6 +55,7 @@ from alfred_jobs.exceptions import (
     AgentError,
     ConditionFailed,
     Fenced,
+    GateFull,
     LeaseHeld,
     SlotTaken,
     StoreError,
@@ -383,9 +384,15 @@ class _Attempt:
             self._load()
             if self.events and self.events[-1].terminal:
                 raise _Ended()
-            # Never enrolled: enroll it now, past the limit (the job exists; the submit's answer
-            # was lost).
-            self.r.admission.enroll(self.job, limit=False)
+            # Never enrolled: its submit died before its enroll, or was refused (the gate full, or
+            # ``reject``) and could not delete the record; either way its client saw an error.
+            # Enroll it now under the active limit, never past it: with the gate full it waits for
+            # room, holding nothing (given back; the sweeper counts it waiting and sends it again
+            # once there is room).
+            try:
+                self.r.admission.enroll(self.job)
+            except GateFull:
+                return False
             verdict = self.r.admission.take(self.job)
         return verdict is Verdict.RUN
 

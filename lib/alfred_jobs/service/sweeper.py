@@ -9,7 +9,9 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   its message is presumed still queued (for up to ``max_queue_wait_seconds``); it is checked
   again a grace period later, not sent twice.
 - **waiting**: its user's gate says it must wait (an earlier job of its conversation, or the
-  user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone.
+  user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone. So is
+  a job never admitted to its gate (no entry, never started) while the gate is full: it is
+  admitted under the active limit only, and sent once there is room.
 - **finished**: its terminal event is there but not its projection: sent, so that a worker
   finalizes it (hand-off included).
 - **asking the user**: left alone until its question expires (``ALFRED_INPUT_TIMEOUT_SECONDS``),
@@ -109,6 +111,10 @@ class Sweeper:
             if job.job_id in report.handed_on:
                 return  # a repair just sent it
             entry = gate.entry(job.job_id)
+            if entry is None and job.attempts == 0 and self._waits_for_room(job, gate, gates, live, report):
+                self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
+                report.waiting.append(job.job_id)
+                return
             if entry is not None and entry.asking:
                 self._asking(job, now, report)
                 return
@@ -129,6 +135,25 @@ class Sweeper:
         # Not again before a worker had the time to take it.
         self.deps.jobs.postpone(job.job_id, later)
         report.requeued.append(job.job_id)
+
+    def _waits_for_room(self, job: Job, gate: Gate, gates: dict[str, Gate], live: set[str],
+                        report: SweepReport) -> bool:
+        """Whether ``job``, never admitted (no entry: its submit died before its enroll, or was
+        refused and could not delete its record), must wait for room under the active limit: its
+        first delivery enrolls it under the limit only. Leftovers filling the gate are removed
+        first; a job whose log holds its end (the API ended it, then died) is not waiting: it is
+        sent, and a worker finalizes it."""
+        s = self.deps.settings
+        if len(gate.entries) < s.max_active_per_user:
+            return False
+        journal = Journal(self.deps.log, s.retention_seconds)
+        if fold(job, journal.read_after(job.job_id, job.last_seq)).terminal:
+            return False
+        handoff = self.admission.remove_leftovers(job.user_id, gate, gate.entries, live)
+        gates[job.user_id] = handoff.gate
+        report.repaired += handoff.repaired
+        report.handed_on += handoff.sent
+        return len(handoff.gate.entries) >= s.max_active_per_user
 
     def _asking(self, job: Job, now: float, report: SweepReport) -> None:
         """A job that asked the user: wait for the answer until the question expires, then fail
