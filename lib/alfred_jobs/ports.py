@@ -67,8 +67,10 @@ class JobStore(Protocol):
     def find_due(self, now: float, limit: int) -> list[Job]:
         """Active jobs whose pending grace or running lease has run out (for the sweeper)."""
 
-    def postpone(self, job_id: str, due_at: float) -> None:
-        """Move an active job's sweep deadline (after the sweeper re-enqueued it)."""
+    def postpone(self, job_id: str, due_at: float) -> bool:
+        """Move an active job's sweep deadline (after the sweeper re-enqueued it). False, and
+        nothing written, if the job is not active (ended, or no record): the hand-off learns from
+        it that a gate entry belongs to no live job."""
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         """Delete a job record no worker ever took (a submit refused after its put): only the

@@ -481,7 +481,7 @@ def test_a_terminal_job_leaves_find_due(due_backend: Backend) -> None:
     job = leased(b, "w1")
     b.jobs.save_projection(terminal(job, 3), owner=None)
     assert due_ids(b, time.time() + 365 * 86400, job) == set()
-    b.jobs.postpone(job.job_id, time.time() - 100)  # the sweeper's late postpone: a no-op
+    assert b.jobs.postpone(job.job_id, time.time() - 100) is False  # the sweeper's late postpone: a no-op
     assert due_ids(b, time.time() + 365 * 86400, job) == set()
 
 
@@ -489,12 +489,12 @@ def test_postpone_moves_an_active_jobs_deadline(due_backend: Backend) -> None:
     b = due_backend
     job = created(b)
     late = job.created_at + PENDING_GRACE + 1
-    b.jobs.postpone(job.job_id, late + 100)
+    assert b.jobs.postpone(job.job_id, late + 100) is True
     assert due_ids(b, late, job) == set()
     assert due_ids(b, late + 101, job) == {job.job_id}
     assert stored(b, job.job_id) == job, "only the deadline moves"
     unknown = uid("job")
-    b.jobs.postpone(unknown, late)  # silent, and creates nothing
+    assert b.jobs.postpone(unknown, late) is False  # says so, and creates nothing
     assert b.jobs.get(unknown) is None
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import PANTRY_QUESTION, DemoAgent
+from alfred_jobs.domain.events import InputRequiredPayload
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, iso
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import Conflict, InvalidInput
 from alfred_jobs.ports import Deps
@@ -227,3 +229,138 @@ def test_the_sweeper_leaves_a_job_waiting_for_its_answer_alone_until_it_expires(
     report = Sweeper(deps).sweep()
     assert report.waiting == [job.job_id] and report.requeued == [] and report.timed_out == []
     assert deps.jobs.due[job.job_id] > time.time() + 3600  # type: ignore[attr-defined]  # until the expiry
+
+
+# ---- a cancel in the second before the agent asks -------------------------------------------------
+# The keeper polls the flag every ``cancel_poll_seconds``: set here to a minute (and the lease too), so
+# that it never reads the record during a test and a boundary trusts what it last saw, as it does
+# for up to two poll periods. The interleavings are made by calling the API at the chosen point.
+
+
+def slow_keeper_deps() -> Deps:
+    return make_deps(lease_seconds=60, cancel_poll_seconds=60)
+
+
+class CancelBeforeAsking(DemoAgent):
+    """Calls ``cancel`` (the API) in step 1, just before the pantry question."""
+
+    def __init__(self, deps: Deps, cancel: Any) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.cancel = cancel
+
+    def act(self, step: Any, ctx: Any) -> Any:
+        if step.index == 1 and self.cancel is not None:
+            cancel, self.cancel = self.cancel, None
+            cancel(ctx.job_id)
+        return super().act(step, ctx)
+
+
+@pytest.mark.parametrize("how", ["cancel", "interrupt"])
+def test_a_cancel_just_before_the_question_ends_the_job(how: str) -> None:
+    deps = slow_keeper_deps()
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1"), None).job
+    later: list[Job] = []
+
+    def cancel(job_id: str) -> None:
+        if how == "cancel":
+            assert svc.cancel("u", job_id)[1] is False  # 202: the worker's lease is live, so a flag
+        else:
+            later.append(svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
+                                                     multitask="interrupt"), None).job)
+
+    result = JobRunner(deps, CancelBeforeAsking(deps, cancel)).run(Delivery(job.job_id))
+    # THEN the job does not sit waiting for an answer (a day, then input_timeout): it is cancelled
+    assert result.status is JobStatus.CANCELLED
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.CANCELLED and [e.terminal for e in events].count(True) == 1
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    if how == "interrupt":
+        assert events[-1].data == {"reason": "interrupted", "by": later[0].job_id}
+        assert sent(deps)[-1] == later[0].job_id, "the interrupting job runs now, not in a day"
+        assert run(deps, later[0].job_id) is Outcome.DONE
+    assert deps.gates.read("u") == Gate()
+
+
+def test_a_cancel_whose_flag_lands_after_the_asker_left_is_ended_by_the_api() -> None:
+    # GIVEN the API read the job while its worker held the lease, and the worker then asked and
+    # left (released its lease, found no flag) before the API's flag landed
+    deps = slow_keeper_deps()
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1"), None).job
+    seen: list[Job] = []
+    agent = CancelBeforeAsking(deps, lambda job_id: seen.append(record(deps, job_id)))
+    assert JobRunner(deps, agent).run(Delivery(job.job_id)).status is JobStatus.WAITING
+    assert seen[0].lease_live(deps.clock.now())
+    real_get = deps.jobs.get
+    deps.jobs.get = lambda job_id, consistent=True: seen.pop() if seen else real_get(job_id, consistent)  # type: ignore[method-assign]
+    # WHEN the API's cancel goes on from that read
+    cancelled, done = svc.cancel("u", job.job_id)
+    # THEN it finds the lease gone in what its flag's write returns, and ends the job itself
+    assert done and cancelled.status is JobStatus.CANCELLED
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert deps.gates.read("u") == Gate()
+
+
+def test_the_sweeper_ends_a_waiting_job_whose_cancel_flag_is_set() -> None:
+    # GIVEN a waiting job whose cancel flag is set and which nobody ended (its worker died after
+    # letting its lease go, before it looked at the flag again)
+    deps = make_deps()
+    job = ask_job(deps)
+    deps.jobs.request_cancel(job.job_id)
+    deps.jobs.due[job.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    # WHEN the sweeper finds it due
+    Sweeper(deps).sweep()
+    # THEN it is cancelled, not left waiting for an answer until the question expires
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- a question from a fenced worker ------------------------------------------------------------------
+
+
+class DiesInStepOne(DemoAgent):
+    def act(self, step: Any, ctx: Any) -> Any:
+        raise SystemExit("the worker froze here (past its lease)")
+
+
+def test_a_question_from_a_worker_past_its_lease_still_gets_its_answer() -> None:
+    # GIVEN a worker that stopped in step 1 (paused, not dead) and lost its lease
+    deps = make_deps()
+    job = JobService(deps).submit("u", ChatRequest(message="chicken from my pantry [steps=2]",
+                                                   conversation_id="c1"), None).job
+    with pytest.raises(SystemExit):
+        JobRunner(deps, DiesInStepOne(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    deps.jobs.items[job.job_id] = replace(record(deps, job.job_id), lease_expires=deps.clock.now() - 1)  # type: ignore[attr-defined]
+    # ... and a new owner that read the log while the old one slept: as it puts its ``resumed``,
+    # the old one wakes up and asks step 1's question in that very slot
+    store = deps.log
+    assert isinstance(store, MemoryEventLog)
+    real_append = store.append
+
+    def old_owner_asks_first(job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.RESUMED:
+            store.append = real_append  # type: ignore[method-assign]
+            question = InputRequiredPayload(input_id="s1q1", prompt=PANTRY_QUESTION, kind="confirm",
+                                            expires_at=iso(deps.clock.now() + 3600))
+            real_append(job_id, Event.of(event.seq, question, attempt=1, writer="the-old-owner",
+                                         at=deps.clock.now()), expires_at)
+        real_append(job_id, event, expires_at)
+
+    store.append = old_owner_asks_first  # type: ignore[method-assign]
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    # THEN the question stands: the job waits for its answer (no ``resumed`` after it), holding nothing
+    assert result.status is JobStatus.WAITING
+    assert [e.type for e in log(deps, job.job_id)][-1] is EventType.INPUT_REQUIRED
+    waiting = record(deps, job.job_id)
+    assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+    assert deps.gates.read("u").entries[0].asking
+    # ... and one answer continues it, once
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
+    assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+    assert deps.gates.read("u") == Gate()

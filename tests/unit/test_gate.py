@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, memory_deps
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryGateStore, MemoryJobQueue, MemoryJobStore, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.clock import Clock
 from alfred_jobs.domain.agent import AgentContext, PlanStep
 from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.gate import Gate, GateEntry
@@ -18,7 +20,7 @@ from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobSta
 from alfred_jobs.durability.admission import gate_entry
 from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests
+from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
@@ -349,3 +351,194 @@ def test_the_sweeper_repairs_a_gate_entry_whose_job_never_got_a_record() -> None
     assert report.repaired == [ghost.job_id] and report.handed_on == [waiting.job_id]
     assert report.requeued == [], "sent by the repair's hand-off, not counted as stuck"
     assert sent(deps)[-1] == waiting.job_id
+
+
+# ---- leftover entries (an entry whose job is gone or has ended) never lock a user out ---------------
+
+
+def leftover_of_a_lost_put(deps: Deps, conv: str, age: float = 300) -> str:
+    """An entry whose job never got a record (the put failed after the enroll, and so did the
+    undo; or the submit died between its two writes), older than the grace period. (Enrolled
+    first in its gate: an entry's order, which tells its age, is never before the gate's last.)"""
+    old = deps.clock.now() - age
+    ghost = Job(job_id=deps.new_id(), user_id="u", message="", conversation_id=conv, created_at=old,
+                expires_at=int(old) + 3600)
+    deps.gates.enroll("u", gate_entry(ghost), None, int(deps.clock.now()) + 3600)
+    return ghost.job_id
+
+
+def leftover_of_a_resend(deps: Deps, conv: str) -> str:
+    """An entry of an ended job: what a resend of its submit (same Idempotency-Key) leaves when it
+    enrolls the finished job again and taking it out again fails (``JobService._replayed``)."""
+    now = deps.clock.now()
+    job = Job(job_id=deps.new_id(), user_id="u", message="m", conversation_id=conv, created_at=now,
+              expires_at=int(now) + 3600)
+    deps.jobs.create(job)
+    deps.jobs.save_projection(replace(job, status=JobStatus.COMPLETE, last_seq=3, completed_at=now), owner=None)
+    deps.gates.enroll("u", gate_entry(job), None, int(now) + 3600)
+    return job.job_id
+
+
+def test_the_sweeper_sends_a_job_whose_only_blockers_are_leftovers_of_other_conversations() -> None:
+    # GIVEN two leftovers in other conversations: with the default limits (two run slots) they are
+    # the gate's oldest "jobs to start", so the user's new job is not sent at submit
+    deps = make_deps()
+    svc = JobService(deps)
+    gone = leftover_of_a_lost_put(deps, "old-1")
+    ended = leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")
+    assert job.job_id not in sent(deps)
+    # WHEN the sweeper finds it due
+    deps.jobs.due[job.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    # THEN it removes both leftovers and the job is sent, not left "waiting" for ever
+    assert sorted(report.repaired) == sorted([gone, ended])
+    assert job.job_id not in report.waiting and sent(deps)[-1] == job.job_id
+    assert [e.job_id for e in deps.gates.read("u").entries] == [job.job_id]
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert deps.gates.read("u") == Gate()
+
+
+def test_leftovers_filling_the_gate_are_repaired_instead_of_a_429() -> None:
+    deps = make_deps(max_active_per_user=2)
+    svc = JobService(deps)
+    leftover_of_a_lost_put(deps, "old-1")
+    leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")  # no 429: the gate's two entries belong to no live job
+    assert sent(deps)[-1] == job.job_id
+    assert [e.job_id for e in deps.gates.read("u").entries] == [job.job_id]
+
+
+def test_a_user_whose_last_job_ends_is_left_with_an_empty_gate() -> None:
+    # GIVEN leftovers that block nobody (a third slot is free: the user's job is sent at once)
+    deps = make_deps(max_running_per_user=3)
+    svc = JobService(deps)
+    leftover_of_a_lost_put(deps, "old-1")
+    leftover_of_a_resend(deps, "old-2")
+    job = chat(svc, "hello", conv="c1")
+    assert sent(deps)[-1] == job.job_id
+    # WHEN the user's one live job ends, its hand-off meets the leftovers
+    assert run(deps, job.job_id) is Outcome.DONE
+    # THEN the gate is empty: no leftover outlives the user's live jobs
+    assert deps.gates.read("u") == Gate()
+
+
+def test_a_cancel_while_a_stray_delivery_holds_the_lease_ends_the_job_at_its_give_back() -> None:
+    # GIVEN a job waiting its turn, and a stray delivery of it holding its lease for a moment: the
+    # API's cancel sees that lease live and only sets the flag (202)
+    deps = make_deps(lease_seconds=60, cancel_poll_seconds=60)
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    real_read = deps.gates.read
+
+    def read_as_the_user_cancels(user_id: str) -> Gate:
+        deps.gates.read = real_read  # type: ignore[method-assign]
+        assert svc.cancel("u", second.job_id)[1] is False
+        return real_read(user_id)
+
+    deps.gates.read = read_as_the_user_cancels  # type: ignore[method-assign]
+    # WHEN the stray delivery gives the job back (not its turn)
+    assert run(deps, second.job_id) is not Outcome.RETRY
+    # THEN the job is cancelled now, not when its turn would have come
+    record = deps.jobs.get(second.job_id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert [e.type for e in log(deps, second.job_id)] == [EventType.CANCELLED]
+    assert [g.job_id for g in deps.gates.read("u").entries] == [first.job_id]
+
+
+def test_a_hand_off_that_meets_a_stray_deliverys_lease_is_not_lost() -> None:
+    # GIVEN a job waiting its turn, and a stray delivery of it that has read the gate (not its
+    # turn) while it holds the job's lease
+    deps = make_deps()
+    svc = JobService(deps)
+    first = chat(svc, "one")
+    second = chat(svc, "two")
+    real_read = deps.gates.read
+    consumed: list[int] = []
+
+    def read_then_the_first_job_ends(user_id: str) -> Gate:
+        deps.gates.read = real_read  # type: ignore[method-assign]
+        gate = real_read(user_id)
+        # ... and meanwhile the first job ends and hands its place on: the hand-off's message
+        # meets the stray's live lease and is dropped as a duplicate
+        assert run(deps, first.job_id) is Outcome.DONE
+        assert sent(deps)[-1] == second.job_id
+        handed = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(second.job_id, next_up=True))
+        assert handed.outcome is Outcome.DROPPED
+        consumed.append(len(sent(deps)))
+        return gate
+
+    deps.gates.read = read_then_the_first_job_ends  # type: ignore[method-assign]
+    # WHEN the stray delivery gives the job back (its gate read said: not its turn) and drops its own message
+    assert run(deps, second.job_id) is Outcome.DROPPED
+    # THEN a message for the job is under way again (it is next up), and it runs now, not after
+    # the sweeper's queue wait
+    assert second.job_id in sent(deps)[consumed[0]:]
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(
+        Delivery(second.job_id, next_up=True)).status is JobStatus.COMPLETE
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- the active limit: a refused submit whose record could not be deleted --------------------------------
+
+
+class DeleteFails(MemoryJobStore):
+    """Fails the next ``delete_unstarted`` (a store error: throttled past every retry)."""
+
+    def __init__(self, pending_grace: float, clock: Clock) -> None:
+        super().__init__(pending_grace, clock)
+        self.fail_deletes = 1
+
+    def delete_unstarted(self, job_id: str, created_at: float) -> None:
+        if self.fail_deletes:
+            self.fail_deletes -= 1
+            raise TransientStoreError("throttled")
+        super().delete_unstarted(job_id, created_at)
+
+
+def refused_with_its_record_left(deps: Deps, svc: JobService) -> Job:
+    """A submit refused for the full gate (one active job, the limit) whose record's delete failed:
+    the client saw an error, a record without a gate entry remains."""
+    deps.jobs = DeleteFails(deps.settings.pending_grace_seconds, deps.clock)
+    svc = JobService(deps)
+    chat(svc, "the one active job", conv="c0")
+    with pytest.raises(TransientStoreError):
+        svc.submit("u", ChatRequest(message="one too many", conversation_id="c1"), "key-1")
+    left = next(j for j in deps.jobs.items.values() if j.message == "one too many")  # type: ignore[attr-defined]
+    assert deps.gates.read("u").entry(left.job_id) is None
+    return left
+
+
+def test_a_resend_of_a_refused_submit_is_refused_again_while_the_gate_is_full() -> None:
+    deps = make_deps(max_active_per_user=1)
+    left = refused_with_its_record_left(deps, JobService(deps))
+    # WHEN the client sends the same request again (same Idempotency-Key)
+    with pytest.raises(TooManyRequests):
+        JobService(deps).submit("u", ChatRequest(message="one too many", conversation_id="c1"), "key-1")
+    # THEN it is a 429 again, not a 202 for a job past the limit, and the record is gone
+    assert deps.jobs.get(left.job_id) is None
+    assert len(deps.gates.read("u").entries) == 1
+
+
+def test_a_refused_job_never_runs_past_the_active_limit() -> None:
+    deps = make_deps(max_active_per_user=1)
+    svc = JobService(deps)
+    left = refused_with_its_record_left(deps, svc)
+    active = next(e.job_id for e in deps.gates.read("u").entries)
+    # WHEN a delivery of it comes (the sweeper sends a job its submit never enrolled)
+    assert run(deps, left.job_id) is not Outcome.RETRY
+    # THEN it is not enrolled past the limit, and does not run
+    assert [e.job_id for e in deps.gates.read("u").entries] == [active]
+    assert log(deps, left.job_id) == []
+    # ... and the sweeper, finding it due while the gate is full, counts it waiting for room, not stuck
+    deps.jobs.due[left.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    assert left.job_id in report.waiting and left.job_id not in report.requeued
+    # ... until the user's active job ends: then it is admitted under the limit, and runs
+    assert run(deps, active) is Outcome.DONE
+    deps.jobs.due[left.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    Sweeper(deps).sweep()
+    assert sent(deps)[-1] == left.job_id
+    assert run(deps, left.job_id) is Outcome.DONE
+    assert log(deps, left.job_id)[-1].type is EventType.COMPLETE

@@ -297,3 +297,29 @@ def test_a_reply_delta_written_behind_the_agent_that_fails_leaves_no_gap() -> No
     kinds = [e.type for e in evs]
     assert kinds.index(EventType.STATUS, 1) == kinds.index(EventType.PHASE) + 1, kinds  # pending after the phase
     assert evs[-1].type is EventType.COMPLETE and evs[-1].data["output"]["reply"]
+
+
+class CancelThenFail(DemoAgent):
+    """The user cancels while the agent thinks (the API sees the live lease: a flag the keeper has
+    not read yet), and the thinking then fails retryably."""
+
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.svc = JobService(deps)
+
+    def think(self, ctx: AgentContext) -> Plan:
+        assert self.svc.cancel(ctx.user_id, ctx.job_id)[1] is False
+        raise RetryableAgentError("model overloaded")
+
+
+def test_a_cancel_before_a_retry_ends_the_job_instead_of_the_backoff() -> None:
+    # A keeper that never polls during the test (a minute's period): the flag is unseen until the
+    # attempt looks at it itself.
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=60, max_attempts=3, cancel_poll_seconds=60))
+    job_id = submit(deps)
+    result = JobRunner(deps, CancelThenFail(deps)).run(Delivery(job_id))
+    # THEN the attempt, having let its lease go for the backoff, sees the flag and ends the job
+    assert (result.outcome, result.status) == (Outcome.DONE, JobStatus.CANCELLED)
+    assert events(deps, job_id)[-1].type is EventType.CANCELLED
+    job = deps.jobs.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELLED

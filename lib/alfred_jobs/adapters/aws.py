@@ -379,12 +379,13 @@ class DynamoJobStore:
             due += [item_to_job(deserialize(i)) for i in out.get("Items", [])]
         return due[:limit * ACTIVE_SHARDS]
 
-    def postpone(self, job_id: str, due_at: float) -> None:
+    def postpone(self, job_id: str, due_at: float) -> bool:
         try:
             self._update(Key=serialize({"job_id": job_id}), UpdateExpression="SET due_at = :d",
                          ConditionExpression="attribute_exists(active_shard)", values={":d": due_at})
         except ConditionFailed:
-            pass  # it became terminal meanwhile
+            return False  # it became terminal meanwhile, or has no record
+        return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         try:

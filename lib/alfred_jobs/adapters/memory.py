@@ -134,10 +134,12 @@ class MemoryJobStore:
             ids = [j for j, d in sorted(self.due.items(), key=lambda kv: kv[1]) if d < now][:limit]
             return [self.items[j] for j in ids]
 
-    def postpone(self, job_id: str, due_at: float) -> None:
+    def postpone(self, job_id: str, due_at: float) -> bool:
         with self.lock:
-            if job_id in self.due:
-                self.due[job_id] = due_at
+            if job_id not in self.due:
+                return False
+            self.due[job_id] = due_at
+            return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         with self.lock:

@@ -74,6 +74,20 @@ class Gate:
         older job that may start claims the last free slot before it."""
         return any(e.job_id == job_id for e in self.startable(max_running))
 
+    def blockers(self, job_id: str, max_running: int) -> list[GateEntry]:
+        """The entries that keep waiting ``job_id`` from being next up (none if it is, or is not
+        waiting): in its conversation, the job holding it and the oldest before it; if nothing
+        there, in any conversation, the jobs holding the user's run slots and the older jobs to
+        start that claim the free ones. (A leftover entry, whose job is gone or has ended, can be
+        any of them: the sweeper looks at exactly these.)"""
+        me = self.entry(job_id)
+        if me is None or me.holds_conversation or self.next_up(job_id, max_running):
+            return []
+        ahead = self.ahead_of(job_id)
+        if ahead:
+            return [e for e in ahead if e.holds_conversation] + [e for e in ahead if not e.holds_conversation][:1]
+        return [e for e in self.in_order() if e.running] + self.startable(max_running)
+
     def startable(self, max_running: int) -> list[GateEntry]:
         """The jobs to send now, oldest first: each conversation's next job, while slots are free."""
         free = max_running - self.running

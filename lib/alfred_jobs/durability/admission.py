@@ -10,6 +10,11 @@
   on the sweeper's index, so the whole finalize runs again: the hand-off is never lost.
 - **The sweeper** is the backstop: a due job that may start is sent again, one that must wait is
   left alone (``classify``).
+- **Leftovers**: an entry whose job has ended or has no record (a submit that failed or died
+  between its two writes, an undo that failed, a resend of a finished job whose release failed)
+  must never hold a user's place. Whoever would hand it a slot (``hand_on``, which learns it from
+  the postpone it writes anyway), the sweeper looking at what keeps a due job waiting, and a
+  submit about to be refused for a full gate (``enroll``) take it out instead.
 
 Each decision is taken from the gate as a strongly consistent read or the caller's own
 conditional write returned it; a duplicate message is harmless (the lease drops it).
@@ -17,12 +22,15 @@ conditional write returned it; a duplicate message is harmless (the lease drops 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from alfred_jobs.domain.events import parse_iso
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Job, iso
 from alfred_jobs.domain.retention import expiry
-from alfred_jobs.exceptions import ConditionFailed
+from alfred_jobs.exceptions import ConditionFailed, GateFull
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 
@@ -40,6 +48,22 @@ def gate_entry(job: Job) -> GateEntry:
     return GateEntry(job.job_id, job.conversation_id, f"{iso(job.created_at)}#{job.job_id}")
 
 
+def entered_at(entry: GateEntry) -> float:
+    """When the entry went in, or later (never earlier: the grace period is measured from it).
+    Its order starts with its job's creation time, or, when that was not after the gate's
+    ``last``, with the time of the entry it was placed after, which is later."""
+    return parse_iso(entry.order.split("#", 1)[0])
+
+
+@dataclass
+class HandOff:
+    """What a hand-off did: the gate it left, the jobs it sent, the leftovers it took out."""
+
+    gate: Gate
+    sent: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+
 class Admission:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -48,11 +72,56 @@ class Admission:
     def _expires(self) -> int:
         return expiry(self.deps.clock.now(), self.settings.retention_seconds)
 
-    def enroll(self, job: Job, *, limit: bool = True) -> Gate:
-        """Add the job to its user's gate (``GateFull`` past the limit, unless ``limit`` is off:
-        a repair); returns the gate after it."""
-        return self.deps.gates.enroll(job.user_id, gate_entry(job),
-                                      self.settings.max_active_per_user if limit else None, self._expires())
+    def enroll(self, job: Job) -> Gate:
+        """Add the job to its user's gate (``GateFull`` past the active limit: never past it, not
+        even for a job its submit never enrolled); returns the gate after it.
+
+        A full gate is looked at before it refuses: leftovers (entries whose job has ended or has
+        no record) are taken out, and the enroll tried again: a 429 means "too many jobs under
+        way", and a gate that leftovers fill while the user has no live job has nobody else to
+        clear it. It costs one strongly consistent read per entry, on a refusal only.
+        """
+        cap = self.settings.max_active_per_user
+        try:
+            return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires())
+        except GateFull as full:
+            if not self.remove_leftovers(job.user_id, full.gate, full.gate.entries).repaired:
+                raise
+            return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires())
+
+    def leftover(self, entry: GateEntry, now: float) -> bool:
+        """Whether ``entry`` belongs to no live job: its job has ended, or has no record and the
+        entry is older than the grace period (a younger one's record may still be on its way).
+        One strongly consistent read. (An ending job removes its own entry before its terminal
+        projection, so an entry of a job its record calls ended is one nobody else removes.)"""
+        job = self.deps.jobs.get(entry.job_id)
+        if job is not None:
+            return job.terminal
+        return now - entered_at(entry) > self.settings.pending_grace_seconds
+
+    def remove_leftovers(self, user_id: str, gate: Gate, entries: Iterable[GateEntry],
+                         live: set[str] | None = None) -> HandOff:
+        """Take those of ``entries`` that are leftovers out of ``gate``, then hand on what they
+        held or claimed. The entries found live are added to ``live``, and those already in it
+        are not read again."""
+        live = set() if live is None else live
+        now = self.deps.clock.now()
+        removed: list[str] = []
+        for entry in entries:
+            if entry.job_id in live or gate.entry(entry.job_id) is None:
+                continue
+            if not self.leftover(entry, now):
+                live.add(entry.job_id)
+                continue
+            gate = self.deps.gates.remove(user_id, entry.job_id)
+            removed.append(entry.job_id)
+            count("GateEntriesRepaired")
+            log.warning("gate entry of a job gone or ended removed", extra={"job_id": entry.job_id, "user": user_id})
+        if not removed:
+            return HandOff(gate)
+        handoff = self.hand_on_from(user_id, gate)
+        handoff.repaired[:0] = removed
+        return handoff
 
     def take(self, job: Job, *, next_up: bool = False) -> Verdict:
         """Take a run slot for ``job`` (the caller holds its lease).
@@ -114,16 +183,41 @@ class Admission:
         return True
 
     def hand_on(self, user_id: str, gate: Gate) -> list[str]:
+        """Send every job ``gate`` lets start; the jobs sent (see ``hand_on_from``)."""
+        return self.hand_on_from(user_id, gate).sent
+
+    def hand_on_from(self, user_id: str, gate: Gate) -> HandOff:
         """Send every job ``gate`` lets start. Its sweep deadline moves first, so a message lost
         after this is found by the sweeper a grace period later, and one in flight is not sent
-        twice by it."""
+        twice by it.
+
+        That postpone also says whether the job is active. An entry whose job is not (it has
+        ended, or has no record past the grace period) is a leftover: it is taken out instead of
+        sent, and the gate its removal leaves is handed on in turn, so a free slot never goes to a
+        leftover and a user's last job to end leaves none behind. (Without a record but younger
+        than the grace period, it may be a submit under way: it is sent, as it always was.)
+        """
         s = self.settings
-        sent = []
-        for entry in gate.startable(s.max_running_per_user):
-            self.deps.jobs.postpone(entry.job_id, self.deps.clock.now() + s.pending_grace_seconds)
-            self.deps.queue.send(entry.job_id, next_up=True)
-            sent.append(entry.job_id)
-        if sent:
-            count("JobsHandedOn", len(sent))
-            log.info("handed on", extra={"user": user_id, "jobs": sent})
-        return sent
+        handoff = HandOff(gate)
+        while True:
+            stale = None
+            for entry in handoff.gate.startable(s.max_running_per_user):
+                if entry.job_id in handoff.sent or entry.job_id in handoff.repaired:
+                    continue
+                now = self.deps.clock.now()
+                if (not self.deps.jobs.postpone(entry.job_id, now + s.pending_grace_seconds)
+                        and self.leftover(entry, now)):
+                    stale = entry
+                    break
+                self.deps.queue.send(entry.job_id, next_up=True)
+                handoff.sent.append(entry.job_id)
+            if stale is None:
+                break
+            handoff.gate = self.deps.gates.remove(user_id, stale.job_id)
+            handoff.repaired.append(stale.job_id)
+            count("GateEntriesRepaired")
+            log.warning("gate entry of a job gone or ended removed", extra={"job_id": stale.job_id, "user": user_id})
+        if handoff.sent:
+            count("JobsHandedOn", len(handoff.sent))
+            log.info("handed on", extra={"user": user_id, "jobs": handoff.sent})
+        return handoff

@@ -1,4 +1,5 @@
-"""Ending a job no worker holds: a cancel from the API, an unanswered question past its expiry.
+"""Ending a job no worker holds: a cancel from the API, an unanswered question past its expiry, a
+cancel flag nobody acted on (``end_if_cancelled``).
 
 The same order as a worker's finalize: the terminal event at the head of the log (the fence: if a
 worker got an event in first, nothing is ended here), the job's place in its gate handed on, then
@@ -8,8 +9,8 @@ projection leaves the job on the index: the sweeper sends it, and a worker final
 
 from __future__ import annotations
 
-from alfred_jobs.domain.events import FailedPayload, Payload
-from alfred_jobs.domain.models import Event, Job, fold
+from alfred_jobs.domain.events import CancelledPayload, FailedPayload, Payload
+from alfred_jobs.domain.models import Event, Job, JobStatus, fold
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import SlotTaken, StoreError
@@ -37,3 +38,24 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     except StoreError as exc:
         log.warning("ended; finalizing is left to a worker", extra={"job_id": job.job_id, "error": str(exc)})
     return done
+
+
+def end_if_cancelled(deps: Deps, job_id: str, writer: str) -> Job | None:
+    """End the job cancelled if its cancel flag is set and nobody holds it; the ended job, or None
+    (no flag, held, running by its log, ended already, or another writer got in first).
+
+    Why: the API's cancel of a job whose lease it sees live only sets the flag, for the worker to
+    act on at a step boundary, and the worker's keeper may not have read it yet when the worker
+    lets the lease go (it asks the user, gives a stray delivery back, backs off before a retry).
+    So whoever lets a lease go calls this *after* the release (a strongly consistent read), and
+    the API looks at the lease in the record its flag's write returns (``JobService._cancel``):
+    of the release and the flag, whichever lands second is seen by its writer, who ends the job.
+    Both may try: the log's slot lets one in. The sweeper calls it too, for a due job nobody holds.
+    """
+    job = deps.jobs.get(job_id)  # strongly consistent
+    if job is None or not job.cancel_requested or job.terminal or job.lease_live(deps.clock.now()):
+        return None
+    job = fold(job, Journal(deps.log, deps.settings.retention_seconds).read_after(job_id, job.last_seq))
+    if job.status not in (JobStatus.PENDING, JobStatus.WAITING):
+        return None  # ended (a worker finalizes it), or running by its log: its next attempt stops at once
+    return end_unheld(deps, job, CancelledPayload.interrupted_by(job.cancel_by), writer)

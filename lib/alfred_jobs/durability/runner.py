@@ -48,12 +48,14 @@ from alfred_jobs.domain.events import (
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
 from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
+from alfred_jobs.durability.ending import end_if_cancelled
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.exceptions import (
     AgentError,
     ConditionFailed,
     Fenced,
+    GateFull,
     LeaseHeld,
     SlotTaken,
     StoreError,
@@ -382,16 +384,27 @@ class _Attempt:
             self._load()
             if self.events and self.events[-1].terminal:
                 raise _Ended()
-            # Never enrolled: enroll it now, past the limit (the job exists; the submit's answer
-            # was lost).
-            self.r.admission.enroll(self.job, limit=False)
+            # Never enrolled: its submit died before its enroll, or was refused (the gate full, or
+            # ``reject``) and could not delete the record; either way its client saw an error.
+            # Enroll it now under the active limit, never past it: with the gate full it waits for
+            # room, holding nothing (given back; the sweeper counts it waiting and sends it again
+            # once there is room).
+            try:
+                self.r.admission.enroll(self.job)
+            except GateFull:
+                return False
             verdict = self.r.admission.take(self.job)
         return verdict is Verdict.RUN
 
     def _give_back(self, reason: str, retry_after: int = 0) -> RunResult:
         """The job did not start: give the delivery back as if it never came (no attempt counted).
         Not its turn: drop the message (whoever frees its way sends a new one; the sweeper checks on
-        it meanwhile). The gate could not be reached: let the message come back (``retry_after``)."""
+        it meanwhile). The gate could not be reached: let the message come back (``retry_after``).
+
+        Whoever frees its way while we hold the lease sends a message that meets our lease and is
+        dropped as a duplicate: so, once the lease is gone, the gate is read again and the job
+        sent if it has become next up (``_sent_if_next_up``).
+        """
         self.keeper.stop()
         try:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
@@ -400,10 +413,53 @@ class _Attempt:
             # Our lease stays live until it runs out: a message sent meanwhile (the hand-off's)
             # would be dropped as a duplicate. Keep this one, to come back once the lease is gone.
             retry_after = max(retry_after, int(self.s.lease_seconds) + 1)
+        else:
+            try:
+                if self._cancelled_after_release():
+                    return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+                if not retry_after:
+                    self._sent_if_next_up()
+            except StoreError:
+                retry_after = max(retry_after, 1)  # keep the message: it comes back and looks again
         if retry_after:
             return RunResult(Outcome.RETRY, reason, retry_after=retry_after, status=JobStatus.PENDING)
         count("DeliveriesWaiting")
         return RunResult(Outcome.DROPPED, reason, status=JobStatus.PENDING)
+
+    def _sent_if_next_up(self) -> None:
+        """After a give-back released the lease: send the job if the gate now lets it start.
+
+        Why: the job's way may have been freed after our gate read and before our release (its
+        predecessor ended, a slot came free). The hand-off then sent its message, which met our
+        live lease and was dropped as a duplicate; we drop ours: nobody would send it, and the
+        sweeper would count it as queued (any backlog of other users' messages would do) for up to
+        ``max_queue_wait_seconds``. Read after the release, the gate shows any hand-off whose
+        message our lease can have met, so one of the two messages always survives. (The other
+        way, a delivery that meets a live lease keeping its message for a retry after the lease,
+        would delay every true duplicate by a lease and needs the record to tell them apart.) One
+        strongly consistent read per give-back: stray and duplicate deliveries only."""
+        gate = self.deps.gates.read(self.job.user_id)
+        if gate.next_up(self.job.job_id, self.s.max_running_per_user):
+            self.deps.queue.send(self.job.job_id, next_up=True)
+            count("GiveBacksResent")
+            log.info("given back, and next up meanwhile: sent again", extra={"job_id": self.job.job_id})
+
+    def _cancelled_after_release(self) -> bool:
+        """Called right after this attempt let the lease go: whether the job was cancelled here.
+
+        A cancel the API sent while our lease was live is only a flag, and our keeper may not
+        have read it yet (it polls every ``cancel_poll_seconds``; the last boundary trusted its
+        cache). Nobody would act on it before the job runs again: a day for a question. So the
+        flag is read again now, strongly consistent, after the release, and a set flag ends the
+        job (``end_if_cancelled``); the API, for its part, looks at the lease in what its flag's
+        write returned, so whichever of the two came second sees the other."""
+        ended = end_if_cancelled(self.deps, self.job.job_id, self.owner)
+        if ended is None:
+            return False
+        self.view = ended
+        count("JobsCancelled")
+        log.info("cancelled as its lease went", extra={"job_id": self.job.job_id})
+        return True
 
     # ---- asking the user ---------------------------------------------------------------------
 
@@ -452,6 +508,8 @@ class _Attempt:
                 pass  # a newer projection is there (the answer's): it says more than ours
             self.deps.jobs.release_lease(self.job.job_id, self.owner, expires)
             released = True
+            if self._cancelled_after_release():
+                return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
             self.r.admission.pause(self.view)
             if question is not None:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
@@ -521,6 +579,13 @@ class _Attempt:
                 if taken.existing.terminal:
                     raise
                 self._load()  # an older owner got an event in first: it counts; read and retry
+                if self.view.status is JobStatus.WAITING:
+                    # ... and that event asked the user (the older owner was past its lease, its
+                    # pause anywhere after its last check). The question stands, as if we had
+                    # found it at our first read (``run``): leave the job waiting for its answer.
+                    # A ``resumed`` after it would hide it (replay: no open question), every
+                    # answer a 409, and the job would cycle through the input timeout.
+                    raise _AskUser() from None
         raise Fenced(self.job.job_id)
 
     def _execute(self) -> None:
@@ -651,6 +716,11 @@ class _Attempt:
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
                 self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                              self.clock.now() + delay + self.s.pending_grace_seconds)
+                try:
+                    if self._cancelled_after_release():
+                        return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+                except StoreError:
+                    pass  # the next attempt, after the backoff, reads the flag as it takes the lease
                 log.warning("attempt failed, will retry", extra={"job_id": self.job.job_id, "code": code,
                                                                   "retry_in": delay})
                 return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)

@@ -126,11 +126,9 @@ class JobService:
             raise
         gate, full = enrolling.result()  # a store error here leaves the job to the repairs
         if existing is not None:
-            return self._replayed(existing, user_id, digest, gate)
+            return self._replayed(existing, user_id, digest, gate, full)
         if full:
-            self._refuse(job, TooManyRequests(
-                f"you have {self.settings.max_active_per_user} jobs under way; wait for one to end",
-                code="too_many_jobs", retry_after=10))
+            self._refuse(job, self._too_many())
         ahead = gate.ahead_of(job.job_id)
         if ahead and req.multitask == "reject":
             busy = next((e for e in ahead if e.running), ahead[0])
@@ -168,6 +166,10 @@ class JobService:
         except StoreError:
             return True  # the sweeper drops an entry whose job does not exist
 
+    def _too_many(self) -> TooManyRequests:
+        return TooManyRequests(f"you have {self.settings.max_active_per_user} jobs under way; wait for one to end",
+                               code="too_many_jobs", retry_after=10)
+
     def _refuse(self, job: Job, error: ClientError) -> None:
         """Raise ``error`` for a job whose record was put, after deleting that record. A worker
         can only have taken it if its way was clear (then it runs and the submit says 202)."""
@@ -177,7 +179,7 @@ class JobService:
             return
         raise error
 
-    def _replayed(self, existing: Job, user_id: str, digest: str, gate: Gate) -> Submitted:
+    def _replayed(self, existing: Job, user_id: str, digest: str, gate: Gate, full: bool) -> Submitted:
         """The answer to a submit whose job id (an Idempotency-Key) was taken."""
         existing = self.fold_tail(existing)
         if existing.terminal:
@@ -186,6 +188,14 @@ class JobService:
         if existing.user_id != user_id or existing.body_hash != digest:
             raise Conflict("this Idempotency-Key was already used with a different request",
                            code="idempotency_key_reused")
+        if full and not existing.terminal and existing.attempts == 0:
+            # Our enroll of its id met a full gate, so it has no entry: it was never admitted (its
+            # submit was refused and could not delete its record, or died before its enroll), and
+            # the first answer was an error. Answer as that submit should have: a 429, and the
+            # record goes; a 202 would let the job run past the limit. Still one job per key: a
+            # later resend with room finds no record and creates it (guarantee 5). If a worker took
+            # it meanwhile (admitted under the limit after all), it runs: 202.
+            self._refuse(existing, self._too_many())
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
@@ -289,6 +299,16 @@ class JobService:
             job = self.fold_tail(self.deps.jobs.request_cancel(job_id, by=by))
         except ConditionFailed:
             job = self.get(job.user_id, job_id)  # it ended meanwhile; report what it is now
+        if job.status in (JobStatus.PENDING, JobStatus.WAITING) and not job.lease_live(self.deps.clock.now()):
+            # Its worker let the lease go since we read it (it asked the user, gave a stray
+            # delivery back, backs off before a retry), and may have looked at the flag for the
+            # last time before we set it: end the job here. (The worker reads the flag again after
+            # its release: whichever of us comes second sees the other; see ``end_if_cancelled``.)
+            done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(job.cancel_by), API_WRITER)
+            if done is not None:
+                count("JobsCancelled")
+                return done, True
+            job = self.get(job.user_id, job_id)  # someone else wrote first: report what it is now
         if job.status is JobStatus.CANCELLED:
             return job, True
         if job.terminal:

@@ -9,18 +9,25 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   its message is presumed still queued (for up to ``max_queue_wait_seconds``); it is checked
   again a grace period later, not sent twice.
 - **waiting**: its user's gate says it must wait (an earlier job of its conversation, or the
-  user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone.
+  user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone. So is
+  a job never admitted to its gate (no entry, never started) while the gate is full: it is
+  admitted under the active limit only, and sent once there is room.
 - **finished**: its terminal event is there but not its projection: sent, so that a worker
   finalizes it (hand-off included).
 - **asking the user**: left alone until its question expires (``ALFRED_INPUT_TIMEOUT_SECONDS``),
   then ended ``failed`` with ``input_timeout``; an answered one whose resume was lost is sent.
+- **cancelled, not ended**: nobody holds it and its cancel flag is set (its worker let the lease
+  go and died before it looked at the flag again): ended ``cancelled``, as the API would have.
 
 Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
 lease, or is done), so every mistake here costs a message, never a second run. The one read that
 can be stale (the queue's approximate backlog) only decides *when* a job is sent again.
 
-The sweeper also repairs gates: an entry whose job record is gone (its submit died between the
-two writes) or has ended is removed, and its place handed on.
+The sweeper also repairs gates: for a due job that waits, every entry that keeps it waiting (in
+its conversation, or holding or claiming the user's run slots in any other) is looked at, and an
+entry whose job record is gone (past the grace period: its submit died between the two writes,
+or its undo failed) or has ended is removed, and its place handed on. A job whose only blockers
+were such leftovers is sent then.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, repla
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import Job, fold
 from alfred_jobs.durability.admission import Admission
-from alfred_jobs.durability.ending import end_unheld
+from alfred_jobs.durability.ending import end_if_cancelled, end_unheld
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import count, get_logger
@@ -50,6 +57,7 @@ class SweepReport:
     repaired: list[str] = field(default_factory=list)  # gate entries of jobs gone or ended, removed
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
+    cancelled: list[str] = field(default_factory=list)  # cancel flags nobody acted on: ended cancelled
     errors: int = 0
 
 
@@ -63,6 +71,7 @@ class Sweeper:
         now = self.deps.clock.now()
         report = SweepReport()
         gates: dict[str, Gate] = {}
+        live: set[str] = set()  # gate entries found to belong to a live job, in this sweep
         backlog: list[int] = []
 
         def queue_backlog() -> int:  # asked once per sweep, and only if needed
@@ -72,7 +81,7 @@ class Sweeper:
 
         for job in self.deps.jobs.find_due(now, limit):
             try:
-                self._sweep_one(job, now, gates, queue_backlog, report)
+                self._sweep_one(job, now, gates, live, queue_backlog, report)
             except StoreError as exc:
                 report.errors += 1
                 log.warning("sweeper could not handle a job", extra={"job_id": job.job_id, "error": str(exc)})
@@ -84,18 +93,28 @@ class Sweeper:
                                                       "repaired": len(report.repaired)})
         return report
 
-    def _sweep_one(self, job: Job, now: float, gates: dict[str, Gate], queue_backlog: Callable[[], int],
-                   report: SweepReport) -> None:
+    def _sweep_one(self, job: Job, now: float, gates: dict[str, Gate], live: set[str],
+                   queue_backlog: Callable[[], int], report: SweepReport) -> None:
         s = self.deps.settings
         later = now + max(s.lease_seconds, s.pending_grace_seconds)
         next_up = False
         if job.lease_owner is None or not job.lease_live(now):
+            if job.cancel_requested and end_if_cancelled(self.deps, job.job_id, SWEEPER_WRITER) is not None:
+                # A flag set while a worker held the job, which let the lease go before it saw it
+                # and died before it looked again (a waiting job would otherwise wait a day).
+                report.cancelled.append(job.job_id)
+                return
             gate = gates.get(job.user_id)
             if gate is None:
-                gate = gates[job.user_id] = self._repaired(self.deps.gates.read(job.user_id), job, now, report)
+                gate = gates[job.user_id] = self.deps.gates.read(job.user_id)
+            gate = gates[job.user_id] = self._repaired(gate, job, live, report)
             if job.job_id in report.handed_on:
                 return  # a repair just sent it
             entry = gate.entry(job.job_id)
+            if entry is None and job.attempts == 0 and self._waits_for_room(job, gate, gates, live, report):
+                self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
+                report.waiting.append(job.job_id)
+                return
             if entry is not None and entry.asking:
                 self._asking(job, now, report)
                 return
@@ -116,6 +135,25 @@ class Sweeper:
         # Not again before a worker had the time to take it.
         self.deps.jobs.postpone(job.job_id, later)
         report.requeued.append(job.job_id)
+
+    def _waits_for_room(self, job: Job, gate: Gate, gates: dict[str, Gate], live: set[str],
+                        report: SweepReport) -> bool:
+        """Whether ``job``, never admitted (no entry: its submit died before its enroll, or was
+        refused and could not delete its record), must wait for room under the active limit: its
+        first delivery enrolls it under the limit only. Leftovers filling the gate are removed
+        first; a job whose log holds its end (the API ended it, then died) is not waiting: it is
+        sent, and a worker finalizes it."""
+        s = self.deps.settings
+        if len(gate.entries) < s.max_active_per_user:
+            return False
+        journal = Journal(self.deps.log, s.retention_seconds)
+        if fold(job, journal.read_after(job.job_id, job.last_seq)).terminal:
+            return False
+        handoff = self.admission.remove_leftovers(job.user_id, gate, gate.entries, live)
+        gates[job.user_id] = handoff.gate
+        report.repaired += handoff.repaired
+        report.handed_on += handoff.sent
+        return len(handoff.gate.entries) >= s.max_active_per_user
 
     def _asking(self, job: Job, now: float, report: SweepReport) -> None:
         """A job that asked the user: wait for the answer until the question expires, then fail
@@ -143,25 +181,21 @@ class Sweeper:
             self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
             report.waiting.append(job.job_id)
 
-    def _repaired(self, gate: Gate, due: Job, now: float, report: SweepReport) -> Gate:
-        """``gate`` without the entries that block ``due`` but belong to no live job: a job whose
-        record is gone (a submit that died between its two writes: only once the entry is older
-        than the grace period, since the record may still be on its way) or that has ended."""
+    def _repaired(self, gate: Gate, due: Job, live: set[str], report: SweepReport) -> Gate:
+        """``gate`` without the leftovers that keep ``due`` waiting: entries whose job record is
+        gone (a submit that died between its two writes, or whose undo failed: only once the
+        entry is older than the grace period, since the record may still be on its way) or has
+        ended (a resend of a finished job whose release failed). Every blocker counts, of any
+        conversation (``Gate.blockers``): two leftovers claiming the user's two slots lock out
+        every other conversation. Each entry is read at most once per sweep (``live``); each
+        removal hands on, which sends ``due`` once nothing but leftovers stood before it."""
         s = self.deps.settings
-        entry = gate.entry(due.job_id)
-        if entry is None or entry.running:
-            return gate
-        blockers = gate.ahead_of(due.job_id)
-        if not blockers and gate.running >= s.max_running_per_user:
-            blockers = [e for e in gate.entries if e.running]
-        for blocker in blockers:
-            job = self.deps.jobs.get(blocker.job_id)  # strongly consistent
-            submitted = parse_iso(blocker.order.split("#", 1)[0])
-            gone = job is None and now - submitted > s.pending_grace_seconds
-            if gone or (job is not None and job.terminal):
-                gate = self.deps.gates.remove(due.user_id, blocker.job_id)
-                report.handed_on += self.admission.hand_on(due.user_id, gate)
-                report.repaired.append(blocker.job_id)
-                log.warning("gate entry of a job gone or ended removed",
-                            extra={"job_id": blocker.job_id, "user": due.user_id})
+        for _ in range(2 * len(gate.entries) + 1):  # each round finds an entry live or removes one
+            suspects = [e for e in gate.blockers(due.job_id, s.max_running_per_user) if e.job_id not in live]
+            if not suspects:
+                break
+            handoff = self.admission.remove_leftovers(due.user_id, gate, suspects, live)
+            gate = handoff.gate
+            report.repaired += handoff.repaired
+            report.handed_on += handoff.sent
         return gate
