@@ -16,11 +16,11 @@ the delta rule (replace, else append) is ``apply_delta``, once.
 from __future__ import annotations
 
 import uuid
-from functools import cached_property
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict

@@ -53,7 +53,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         super().__init__()
         self.k = k
         self.proc = proc
-        self._selector = _Selector(k)  # type: ignore[attr-defined]
+        self._selector = _Selector(k)
 
     def __del__(self) -> None:
         # Never closed behind the history's back: the coroutines a finished history leaves are
@@ -67,15 +67,16 @@ class VirtualLoop(asyncio.BaseEventLoop):
         pass
 
     def _write_to_self(self) -> None:
-        self._selector.wake()  # type: ignore[attr-defined]
+        self._selector.wake()
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    def run_in_executor(  # type: ignore[override]
+            self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.create_future()
 
         def work() -> None:
             try:
                 value = func(*args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            except BaseException as exc:
                 if not self.proc.dead:
                     self.call_soon_threadsafe(_settle, fut, None, exc)
                 if not isinstance(exc, Exception):

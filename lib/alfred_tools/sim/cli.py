@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     return 0 if not summary.failed else 1
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``sim`` subcommand."""
     s = sub.add_parser("sim", help="the deterministic simulation: replay a seed, or run many")
     g = s.add_mutually_exclusive_group()

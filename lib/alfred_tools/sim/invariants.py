@@ -47,14 +47,16 @@ def check_end(w: World) -> None:
                 f.check("nothing_runs_past_an_open_question",
                         nxt is None or nxt.terminal or nxt.type is EventType.INPUT_RECEIVED,
                         lambda job_id=job_id, e=e, nxt=nxt: (
-                            f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} follows the question at {e.seq}"))
+                            f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} "
+                            f"follows the question at {e.seq}"))
 
         # Guarantee 9: nothing stays pending or running for ever.
         asking = job.status is JobStatus.WAITING and state.question is not None
         waiting = asking or (job.status is JobStatus.PENDING and w.behind_a_question(rec.user_id, job_id))
         f.check("every_job_ends_or_waits_on_a_question", job.terminal or waiting,
-                lambda job_id=job_id, job=job: (f"{job_id} is {job.status} (record {rec.status}, "
-                                                f"attempts {rec.attempts}) {SETTLE_SECONDS:.0f}s after faults stopped"))
+                lambda job_id=job_id, job=job, rec=rec: (
+                    f"{job_id} is {job.status} (record {rec.status}, attempts {rec.attempts}) "
+                    f"{SETTLE_SECONDS:.0f}s after faults stopped"))
         if asking and a is not None and not a.abandoned:
             f.check("an_answered_question_continues", False,
                     lambda job_id=job_id: f"{job_id} waits on a question its user meant to answer")
@@ -66,7 +68,7 @@ def check_end(w: World) -> None:
             bound = max(at, quiet_from) + CANCEL_SECONDS
             f.check("cancel_ends_the_job", ended is not None and ended <= bound,
                     lambda job_id=job_id, at=at, ended=ended, job=job: (
-                        f"{job_id} cancelled (202) at {at:.1f}, is {job.status}, ended at {ended}")) 
+                        f"{job_id} cancelled (202) at {at:.1f}, is {job.status}, ended at {ended}"))
 
         # A job submitted while nothing failed has no reason to fail (its script's one flaky step
         # fails only its first attempt), except a question nobody answered.
@@ -94,7 +96,7 @@ def check_end(w: World) -> None:
     # its turn first (submits that overlapped, a retried one among them, may go either way).
     for user, conv in w.inner_conversations.items:
         committed = []
-        for sk, m in sorted(_live_messages(w, user, conv).items()):
+        for _, m in sorted(_live_messages(w, user, conv).items()):
             rec = w.inner_jobs.items.get(str(m["job_id"]))
             if rec is None or str(m["at"]) < iso(rec.created_at):
                 continue  # an earlier job's turn (its id was reused after retention)

@@ -91,7 +91,7 @@ class Kernel:
                 task.result = fn()
             except GreenletExit:
                 pass
-            except BaseException as exc:  # noqa: BLE001 - recorded: an escaped error is a finding
+            except BaseException as exc:
                 task.error = exc
                 if self.failure is None and not task.proc.dead and not task.quiet:
                     self.failure = exc
@@ -173,7 +173,7 @@ class Kernel:
             if not task.done and task.glet and not task.glet.dead:
                 try:
                     task.glet.throw(GreenletExit())
-                except BaseException:  # noqa: BLE001, S110 - a dead process's last gasp
+                except BaseException:
                     pass
         self._heap.clear()
 
@@ -267,7 +267,7 @@ class SimPending:
             self.result(timeout)
         except TimeoutError:
             pass
-        except Exception:  # noqa: BLE001, S110 - join says nothing of the outcome
+        except Exception:
             pass
 
     def is_alive(self) -> bool:

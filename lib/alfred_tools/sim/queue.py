@@ -85,7 +85,7 @@ class SimQueue:
             mine = sum(1 for m in self.messages.values() if m.visible_at <= self.k.t)
             return mine + (self.others() if self.others is not None else 0)
 
-        return self.wire.call("sqs.backlog", False, op)  # type: ignore[no-any-return]
+        return self.wire.call("sqs.backlog", False, op)
 
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         def op() -> None:

@@ -29,7 +29,6 @@ from alfred_jobs.domain.events import StepPayload
 from alfred_jobs.domain.models import Event, Job, JobStatus, iso
 from alfred_jobs.exceptions import StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
-
 from alfred_tools.sim.kernel import Kernel, Process, Task
 
 
@@ -116,7 +115,7 @@ class Wire:
             error: BaseException | None = None
         except StoreError as exc:  # conditions and lease errors are answers, not faults
             result, error = None, exc
-        except Exception as exc:  # noqa: BLE001 - the adapters' LeaseError family
+        except Exception as exc:
             result, error = None, exc
         if ambiguous:
             if self.rng.random() < 0.5:
@@ -127,7 +126,7 @@ class Wire:
             k.sleep(self.latency())
             try:
                 result, error = op(), None
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 result, error = None, exc
             self._note(name, f"~ applied, retried: {_brief(result, error)}")
         if key is not None and self.holds:
@@ -286,7 +285,7 @@ class SimJobStore:
                 return None if job is None or job.expired(self.wire.k.now()) else job
             return self.inner.get(job_id)
 
-        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id)  # type: ignore[no-any-return]
+        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id)
 
     def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
         t = self.wire.k.t
@@ -301,9 +300,9 @@ class SimJobStore:
             items = self._stale_items()
             due = sorted(((d, j) for j, (job, d) in items.items() if job is not None and d is not None and d < now),
                          key=lambda dj: dj[0])
-            return [items[j][0] for _, j in due[:limit]]  # type: ignore[misc]
+            return [items[j][0] for _, j in due[:limit]]
 
-        return self.wire.call("jobs.find_due~", False, op)  # type: ignore[no-any-return]
+        return self.wire.call("jobs.find_due~", False, op)
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
@@ -325,7 +324,7 @@ class SimJobStore:
                        "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
             return JobPage(page, nxt)
 
-        return self.wire.call("jobs.list~", False, op)  # type: ignore[no-any-return]
+        return self.wire.call("jobs.list~", False, op)
 
 
 class SimEventLog:
@@ -370,7 +369,7 @@ class SimEventLog:
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         lag = 0.0 if consistent else self.wire.lag()
-        return self.wire.call(  # type: ignore[no-any-return]
+        return self.wire.call(
             "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag), job_id)
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
@@ -381,7 +380,7 @@ class SimEventLog:
             return [e for e in self.inner.read_range(job_id, first, last)
                     if self._visible(job_id, e, cutoff) is not None]
 
-        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id)  # type: ignore[no-any-return]
+        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id)
 
 
 class Through:

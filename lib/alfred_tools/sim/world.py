@@ -34,7 +34,6 @@ from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.service.watch import WatchHub
 from alfred_jobs.settings import Settings
-
 from alfred_tools.sim.agent import Observer, SimAgent
 from alfred_tools.sim.aio import VirtualLoop
 from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
@@ -180,10 +179,10 @@ class World:
     # ---- processes -------------------------------------------------------------------------
 
     def deps(self, proc: Process) -> Deps:
-        return Deps(settings=self.settings, jobs=self.jobs, log=self.log,  # type: ignore[arg-type]
-                    conversations=self.conversations, queue=self.queue,  # type: ignore[arg-type]
-                    agent_data=self.agent_data, gates=self.gates,  # type: ignore[arg-type]
-                    push=self.push, notifier=self.notifier,  # type: ignore[arg-type]
+        return Deps(settings=self.settings, jobs=self.jobs, log=self.log,
+                    conversations=self.conversations, queue=self.queue,
+                    agent_data=self.agent_data, gates=self.gates,
+                    push=self.push, notifier=self.notifier,
                     clock=SimClock(self.k), tasks=SimTasks(self.k, proc), new_id=self.new_id)
 
     def new_id(self) -> str:
@@ -197,7 +196,7 @@ class World:
     def start_worker(self, n: int) -> Process:
         proc = Process(f"worker{n}")
         deps = self.deps(proc)
-        runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering))  # type: ignore[arg-type]
+        runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering))
 
         def loop() -> None:
             while True:
@@ -289,7 +288,7 @@ class World:
                 out.append((exc.status, exc))
             except StoreError as exc:
                 out.append((503, exc))
-            except Exception as exc:  # noqa: BLE001 - a 500: a finding unless it is the store's
+            except Exception as exc:
                 out.append((500, exc))
 
         task = self.k.spawn(proc, f"api{self.api_calls}/{what}", request, quiet=True)
@@ -300,7 +299,7 @@ class World:
             SimPending(self.k, task).result(CLIENT_TIMEOUT)
         except TimeoutError:
             pass
-        except BaseException:  # noqa: BLE001 - the request's process died
+        except BaseException:
             pass
         status, value = out[0] if out else (0, None)
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
@@ -378,7 +377,7 @@ class World:
             status, value = self.api("submit", lambda s: s.submit(user, req, key))
             if reuse:
                 self.found.check("key_free_after_retention", status != 409,
-                                 lambda status=status, value=value: f"{user} reused {key} after retention: "
+                                 lambda status=status, value=value: f"{user} reused {key} after retention: "  # type: ignore[misc]
                                                                     f"{status} {value!r}")
             if status == 200:
                 job_id = value.job.job_id
@@ -458,7 +457,7 @@ class World:
             cursor = r.randint(0, max(head, job.last_seq if job else 0))
             self.stream.open(job_id, cursor)
 
-    # ---- safety, checked as it happens    # ---- safety, checked as it happens ------------------------------------------------------
+    # ---- safety, checked as it happens ------------------------------------------------------
 
     def _entering(self, job_id: str, user_id: str, step: int, attempt: int) -> None:
         """An agent call starts: no more than ``max_running`` of the user's jobs run at once, a
@@ -514,7 +513,7 @@ class World:
             n += 1
             for user, (entries, _) in self.inner_gates.gates.items():
                 self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
-                                 lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")
+                                 lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")  # type: ignore[misc]
             if not self.faulty and n % 2 == 0:
                 self._check_handoffs()
             if self.faulty or self.users_left or n % 5:
@@ -542,7 +541,7 @@ class World:
                 if self.k.t - since > HANDOFF_SECONDS and e.job_id not in self.late:
                     self.late.add(e.job_id)
                     self.found.check("next_job_starts_once_its_way_is_clear", False,
-                                     lambda e=e, since=since: f"{e.job_id}'s way has been clear since "
+                                     lambda e=e, since=since: f"{e.job_id}'s way has been clear since "  # type: ignore[misc]
                                                               f"{since:.1f}; nothing started it")
         for job_id in list(self.clear_since):
             if job_id not in clear:
@@ -610,7 +609,7 @@ class Stream:
     def start(self) -> None:
         def host() -> None:
             self.loop = VirtualLoop(self.w.k, self.proc)
-            self.hub = WatchHub(self.w.log, self.w.settings.retention_seconds,  # type: ignore[arg-type]
+            self.hub = WatchHub(self.w.log, self.w.settings.retention_seconds,
                                 clock=SimClock(self.w.k))
             forever = self._forever()
             try:
@@ -629,7 +628,7 @@ class Stream:
         if self.loop is None:
             return
         self.open_watchers += 1
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor)))  # type: ignore[union-attr]
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor)))
 
     async def _watcher(self, job_id: str, cursor: int) -> None:
         w, r = self.w, self.w.k.rng
@@ -647,7 +646,7 @@ class Stream:
                             rec = w.inner_jobs.items.get(job_id)
                             w.found.check("watchers_see_each_event_once_in_order",
                                           rec is None or rec.expired(w.k.now()),
-                                          lambda c=cursor: f"a watcher of {job_id} after {c} was told its "
+                                          lambda c=cursor: f"a watcher of {job_id} after {c} was told its "  # type: ignore[misc]
                                                            f"events expired; they had not")
                             return
                         idle = idle + 10.0 if not evs else 0.0
@@ -655,7 +654,7 @@ class Stream:
                             truth = w.inner_log.items.get((job_id, ev.seq))
                             w.found.check("watchers_see_each_event_once_in_order",
                                           ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
-                                          lambda ev=ev, c=cursor: f"a watcher of {job_id} after {c} got seq {ev.seq}")
+                                          lambda ev=ev, c=cursor: f"a watcher of {job_id} after {c} got seq {ev.seq}")  # type: ignore[misc]
                             cursor = ev.seq
                         if watcher.done:
                             return
