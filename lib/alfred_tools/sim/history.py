@@ -119,7 +119,8 @@ def run_many(seeds: Iterable[int], processes: int | None = None, deadline: float
     started = time.monotonic()
     procs = processes or os.cpu_count() or 1
     it = iter(seeds)
-    with ProcessPoolExecutor(max_workers=procs) as pool:
+    # A fresh process now and then: a long search should not carry one process's heap for hours.
+    with ProcessPoolExecutor(max_workers=procs, max_tasks_per_child=100) as pool:
         batch = 8
         pending = set()
         for _ in range(procs * 2):

@@ -166,15 +166,19 @@ class Kernel:
 
     def close(self) -> None:
         """End every task still parked, so none outlives the history (their ``finally`` blocks see
-        a dead process and leave at once)."""
+        a dead process and leave at once), and drop them: a suspended greenlet is never collected."""
         for p in self.procs.values():
             p.dead = True
-        for *_, task, _ in self._heap:
-            if not task.done and task.glet and not task.glet.dead:
-                try:
-                    task.glet.throw(GreenletExit())
-                except BaseException:
-                    pass
+        for p in list(self.procs.values()):
+            for task in p.tasks:
+                if not task.done and not task.glet.dead:
+                    try:
+                        task.glet.throw(GreenletExit())
+                    except BaseException:  # noqa: BLE001, S110 - a dead process's last gasp
+                        pass
+                task.joiners.clear()
+            p.tasks.clear()
+        self.procs.clear()
         self._heap.clear()
 
 
