@@ -102,7 +102,7 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         max_running=r.randint(1, 2), max_active=r.randint(3, 8),
         fault_seconds=r.uniform(30, 120), plan=plan if calm else replace(
             plan, hiccup=r.choice([0.0, 0.01, 0.03]), freeze=r.choice([0.0, 0.001, 0.003]),
-            held=r.choice([0.0, 0.005, 0.02])),
+            held=r.choice([0.0, 0.01, 0.03])),
         queue=QueueFaults(duplicate=0.0 if calm else r.choice([0.0, 0.05, 0.2]),
                           lost_delete=0.0 if calm else r.choice([0.0, 0.05])),
         crash_every=0.0 if calm else r.choice([0.0, 20.0, 60.0]),
