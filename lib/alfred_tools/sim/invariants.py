@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alfred_jobs.domain.events import CompletePayload, replay
-from alfred_jobs.domain.models import EventType, JobStatus, iso, refold
+from alfred_jobs.domain.models import Event, EventType, JobStatus, iso, refold
 
 if TYPE_CHECKING:
     from alfred_tools.sim.world import World
@@ -26,29 +26,14 @@ def check_end(w: World) -> None:
     live_by_user: dict[str, set[str]] = {}
     now = w.k.now()
     for job_id, rec in w.inner_jobs.items.items():
-        if rec.expired(now):
-            continue  # retention is over: the job is gone, and nothing of it is asked for
         events = w.log.events_of(job_id)
+        if rec.expired(now):
+            _check_log(w, job_id, events)  # what was written still had to be right
+            continue  # retention is over: the job is gone, and nothing more of it is asked for
         job, state = refold(rec, events), replay(events)
         a = w.accepted.get(job_id)
 
-        # Guarantee 2 and the fence: seqs 1..N without a hole, nothing after a terminal event.
-        seqs = [e.seq for e in events]
-        f.check("log_contiguous", seqs == list(range(1, len(seqs) + 1)),
-                lambda job_id=job_id, seqs=seqs: f"{job_id}'s log has seqs {seqs}")
-        ends = [e.seq for e in events if e.terminal]
-        f.check("nothing_after_terminal", not ends or ends[0] == seqs[-1],
-                lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
-
-        # An open question holds the job: after it comes its answer, or the job's end, nothing else.
-        for i, e in enumerate(events):
-            if e.type is EventType.INPUT_REQUIRED:
-                nxt = events[i + 1] if i + 1 < len(events) else None
-                f.check("nothing_runs_past_an_open_question",
-                        nxt is None or nxt.terminal or nxt.type is EventType.INPUT_RECEIVED,
-                        lambda job_id=job_id, e=e, nxt=nxt: (
-                            f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} "
-                            f"follows the question at {e.seq}"))
+        _check_log(w, job_id, events)
 
         # Guarantee 9: nothing stays pending or running for ever.
         asking = job.status is JobStatus.WAITING and state.question is not None
@@ -129,3 +114,26 @@ def _live_messages(w: World, user: str, conv: str) -> dict[str, dict[str, object
     store = w.inner_conversations
     return {sk: m for sk, m in store.items.get((user, conv), {}).items()
             if store.expiry.get((user, conv, sk), 0) > now}
+
+
+def _check_log(w: World, job_id: str, events: list[Event]) -> None:
+    """The log's own invariants: contiguous, nothing after the end, nothing past an open question."""
+    f = w.found
+    # Guarantee 2 and the fence: seqs 1..N without a hole, nothing after a terminal event.
+    seqs = [e.seq for e in events]
+    f.check("log_contiguous", seqs == list(range(1, len(seqs) + 1)),
+            lambda job_id=job_id, seqs=seqs: f"{job_id}'s log has seqs {seqs}")
+    ends = [e.seq for e in events if e.terminal]
+    f.check("nothing_after_terminal", not ends or ends[0] == seqs[-1],
+            lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
+
+    # An open question holds the job: after it comes its answer, or the job's end, nothing else.
+    for i, e in enumerate(events):
+        if e.type is EventType.INPUT_REQUIRED:
+            nxt = events[i + 1] if i + 1 < len(events) else None
+            f.check("nothing_runs_past_an_open_question",
+                    nxt is None or nxt.terminal or nxt.type is EventType.INPUT_RECEIVED,
+                    lambda job_id=job_id, e=e, nxt=nxt: (
+                        f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} "
+                        f"follows the question at {e.seq}"))
+

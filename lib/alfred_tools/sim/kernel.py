@@ -174,7 +174,7 @@ class Kernel:
                 if not task.done and not task.glet.dead:
                     try:
                         task.glet.throw(GreenletExit())
-                    except BaseException:  # noqa: BLE001, S110 - a dead process's last gasp
+                    except BaseException:  # a dead process's last gasp
                         pass
                 task.joiners.clear()
             p.tasks.clear()
