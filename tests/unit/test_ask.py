@@ -17,11 +17,12 @@ from alfred_jobs.domain.events import InputRequiredPayload
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, iso
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import Conflict, InvalidInput
+from alfred_jobs.exceptions import Conflict, InvalidInput, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 
 def make_deps(**overrides: Any) -> Deps:
@@ -363,4 +364,53 @@ def test_a_question_from_a_worker_past_its_lease_still_gets_its_answer() -> None
     events = log(deps, job.job_id)
     assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
     assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- an ending whose hand-off fails ---------------------------------------------------------------
+
+
+class RemoveFails(MemoryGateStore):
+    """Fails ``remove`` while ``failing`` is set, as a throttled store or a crash would."""
+
+    failing = False
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        if self.failing:
+            raise TransientStoreError("throttled")
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting)
+
+
+@pytest.mark.parametrize("how", ["cancel", "interrupt"])
+def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_period(how: str) -> None:
+    # GIVEN a job waiting for its answer (its sweep deadline at the question's expiry, a day away)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                                pending_grace_seconds=30), clock=clock)
+    gates = deps.gates = RemoveFails(clock)
+    svc = JobService(deps)
+    job = ask_job(deps)
+    # WHEN the API ends it (a cancel, or a later message that interrupts it), and its terminal
+    # event lands but the hand-off after it fails ("finalizing is left to a worker")
+    gates.failing = True
+    if how == "cancel":
+        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
+        assert svc.cancel("u", job.job_id)[1] is True
+    else:
+        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
+                                            multitask="interrupt"), None).job
+    gates.failing = False
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
+    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+    # THEN the sweeper finds it a grace period later (not at the question's expiry), a worker
+    # finalizes it, and the later job of its conversation runs
+    clock.offset += deps.settings.pending_grace_seconds + 1
+    assert job.job_id in Sweeper(deps).sweep().requeued
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert sent(deps)[-1] == later.job_id
+    assert run(deps, later.job_id) is Outcome.DONE
+    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
     assert deps.gates.read("u") == Gate()
