@@ -414,3 +414,29 @@ def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_pe
     assert run(deps, later.job_id) is Outcome.DONE
     assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
     assert deps.gates.read("u") == Gate()
+
+
+# ---- stray deliveries while a job waits ------------------------------------------------------------
+
+
+def test_stray_deliveries_while_a_job_waits_do_not_use_up_its_attempts() -> None:
+    # GIVEN a job that asked in its first attempt, with three attempts in all
+    deps = make_deps(max_attempts=3)
+    job = ask_job(deps)
+    assert record(deps, job.job_id).attempts == 1
+    # WHEN deliveries come while the question is open (SQS duplicates, the sweeper's sends), each
+    # taking the lease and leaving again: none of them starts anything
+    for _ in range(3):
+        assert run(deps, job.job_id) is Outcome.DONE
+        waiting = record(deps, job.job_id)
+        assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+        assert waiting.attempts == 1, "a delivery that only left again counted an attempt"
+    assert log(deps, job.job_id)[-1].type is EventType.INPUT_REQUIRED
+    # THEN the attempt after the answer is the second, and the job completes
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE, events[-1].data
+    assert [e.data["attempt"] for e in events if e.type is EventType.RESUMED] == [2]
+    assert record(deps, job.job_id).attempts == 2
+    assert deps.gates.read("u") == Gate()
