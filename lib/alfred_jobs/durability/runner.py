@@ -627,6 +627,12 @@ class _Attempt:
                 self.boundary()
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             self._step = step.index
+            # The boundary again, after the write that started the step: a ``next`` (on the plan,
+            # on the step before) was decided before its write, and a write can take seconds (a
+            # paused process, a slow store). A cancel that landed meanwhile stops the job here,
+            # before the step acts (guarantee 7), leaving the step ``started`` and never run: a
+            # log every reader takes (a cut-off step, then the end). On time, it costs nothing.
+            self.boundary()
             t0 = self.clock.monotonic()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", self.clock.monotonic() - t0, "Seconds")
