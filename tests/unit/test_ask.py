@@ -440,3 +440,68 @@ def test_stray_deliveries_while_a_job_waits_do_not_use_up_its_attempts() -> None
     assert [e.data["attempt"] for e in events if e.type is EventType.RESUMED] == [2]
     assert record(deps, job.job_id).attempts == 2
     assert deps.gates.read("u") == Gate()
+
+
+# ---- a question whose put was ambiguous ------------------------------------------------------------
+
+
+class QuestionLandsUnseen(MemoryEventLog):
+    """The question's put lands, and every answer about it is lost: the put and the SDK's retries
+    fail (``TransientStoreError``), and so does the journal's look before it gives up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_appends = self.fail_gets = 0
+        self.struck = False
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if self.fail_appends:
+            self.fail_appends -= 1
+            raise TransientStoreError("throttled")
+        super().append(job_id, event, expires_at)
+        if event.type is EventType.INPUT_REQUIRED and not self.struck:
+            self.struck = True
+            self.fail_appends, self.fail_gets = 3, 1  # the journal's retries, then its look
+            raise TransientStoreError("the answer was lost")
+
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
+        if self.fail_gets:
+            self.fail_gets -= 1
+            raise TransientStoreError("throttled")
+        return super().get(job_id, seq, consistent)
+
+
+class SwallowsStoreErrors(DemoAgent):
+    """An agent that catches what its step raises (here: the question's store error) and goes on."""
+
+    def act(self, step: Any, ctx: Any) -> Any:
+        try:
+            return super().act(step, ctx)
+        except TransientStoreError:
+            return {"pantry": "unknown"}
+
+
+@pytest.mark.parametrize("agent", [DemoAgent, SwallowsStoreErrors])
+def test_a_question_whose_put_landed_unseen_stands_and_its_answer_continues_the_job(agent: type[DemoAgent]) -> None:
+    # GIVEN an attempt whose question lands in the log while it sees only errors: the attempt
+    # goes on to record a retryable failure at the head it knows (or, its agent having swallowed
+    # the error, to record the step), and meets its own question there
+    deps = make_deps(max_attempts=3)
+    deps.log = QuestionLandsUnseen()
+    job = JobService(deps).submit("u", ChatRequest(message="chicken from my pantry [steps=2]",
+                                                   conversation_id="c1"), None).job
+    result = JobRunner(deps, agent(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    # THEN the question stands: the job waits for its answer (nothing written after it), holding nothing
+    assert result.status is JobStatus.WAITING
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.INPUT_REQUIRED, [e.type for e in events]
+    waiting = record(deps, job.job_id)
+    assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+    assert deps.gates.read("u").entries[0].asking
+    # ... and one answer continues it, once
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
+    assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+    assert deps.gates.read("u") == Gate()
