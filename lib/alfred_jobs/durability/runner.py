@@ -714,6 +714,15 @@ class _Attempt:
                     self._load()
                 except StoreError:
                     break
+                if self.view.status is JobStatus.WAITING:
+                    # ... unless that write asked the user (the question's put landed, its answer
+                    # lost): then the attempt did what asking does, and the question stands. End
+                    # the attempt as asking does, never writing past an open question: a
+                    # ``pending`` or ``resumed`` after it would hide it (replay: no open
+                    # question), every answer a 409, and the job would cycle. (This is also where
+                    # ``run``'s ``SlotTaken`` of our own writer comes: its failure's put meets
+                    # the landed write first.)
+                    return self._wait_for_answer()
         return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
 
     def _record_failure(self, code: str, message: str, retryable: bool) -> RunResult:
