@@ -17,11 +17,12 @@ from alfred_jobs.domain.events import InputRequiredPayload
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, iso
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import Conflict, InvalidInput
+from alfred_jobs.exceptions import Conflict, InvalidInput, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 
 def make_deps(**overrides: Any) -> Deps:
@@ -354,6 +355,146 @@ def test_a_question_from_a_worker_past_its_lease_still_gets_its_answer() -> None
     # THEN the question stands: the job waits for its answer (no ``resumed`` after it), holding nothing
     assert result.status is JobStatus.WAITING
     assert [e.type for e in log(deps, job.job_id)][-1] is EventType.INPUT_REQUIRED
+    waiting = record(deps, job.job_id)
+    assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+    assert deps.gates.read("u").entries[0].asking
+    # ... and one answer continues it, once
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
+    assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- an ending whose hand-off fails ---------------------------------------------------------------
+
+
+class RemoveFails(MemoryGateStore):
+    """Fails ``remove`` while ``failing`` is set, as a throttled store or a crash would."""
+
+    failing = False
+
+    def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
+               only_waiting: bool = False) -> Gate:
+        if self.failing:
+            raise TransientStoreError("throttled")
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting)
+
+
+@pytest.mark.parametrize("how", ["cancel", "interrupt"])
+def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_period(how: str) -> None:
+    # GIVEN a job waiting for its answer (its sweep deadline at the question's expiry, a day away)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                                pending_grace_seconds=30), clock=clock)
+    gates = deps.gates = RemoveFails(clock)
+    svc = JobService(deps)
+    job = ask_job(deps)
+    # WHEN the API ends it (a cancel, or a later message that interrupts it), and its terminal
+    # event lands but the hand-off after it fails ("finalizing is left to a worker")
+    gates.failing = True
+    if how == "cancel":
+        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
+        assert svc.cancel("u", job.job_id)[1] is True
+    else:
+        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
+                                            multitask="interrupt"), None).job
+    gates.failing = False
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
+    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+    # THEN the sweeper finds it a grace period later (not at the question's expiry), a worker
+    # finalizes it, and the later job of its conversation runs
+    clock.offset += deps.settings.pending_grace_seconds + 1
+    assert job.job_id in Sweeper(deps).sweep().requeued
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert sent(deps)[-1] == later.job_id
+    assert run(deps, later.job_id) is Outcome.DONE
+    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- stray deliveries while a job waits ------------------------------------------------------------
+
+
+def test_stray_deliveries_while_a_job_waits_do_not_use_up_its_attempts() -> None:
+    # GIVEN a job that asked in its first attempt, with three attempts in all
+    deps = make_deps(max_attempts=3)
+    job = ask_job(deps)
+    assert record(deps, job.job_id).attempts == 1
+    # WHEN deliveries come while the question is open (SQS duplicates, the sweeper's sends), each
+    # taking the lease and leaving again: none of them starts anything
+    for _ in range(3):
+        assert run(deps, job.job_id) is Outcome.DONE
+        waiting = record(deps, job.job_id)
+        assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
+        assert waiting.attempts == 1, "a delivery that only left again counted an attempt"
+    assert log(deps, job.job_id)[-1].type is EventType.INPUT_REQUIRED
+    # THEN the attempt after the answer is the second, and the job completes
+    assert JobService(deps).answer("u", job.job_id, "s1q1", True)[1] is True
+    assert run(deps, job.job_id) is Outcome.DONE
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.COMPLETE, events[-1].data
+    assert [e.data["attempt"] for e in events if e.type is EventType.RESUMED] == [2]
+    assert record(deps, job.job_id).attempts == 2
+    assert deps.gates.read("u") == Gate()
+
+
+# ---- a question whose put was ambiguous ------------------------------------------------------------
+
+
+class QuestionLandsUnseen(MemoryEventLog):
+    """The question's put lands, and every answer about it is lost: the put and the SDK's retries
+    fail (``TransientStoreError``), and so does the journal's look before it gives up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_appends = self.fail_gets = 0
+        self.struck = False
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if self.fail_appends:
+            self.fail_appends -= 1
+            raise TransientStoreError("throttled")
+        super().append(job_id, event, expires_at)
+        if event.type is EventType.INPUT_REQUIRED and not self.struck:
+            self.struck = True
+            self.fail_appends, self.fail_gets = 3, 1  # the journal's retries, then its look
+            raise TransientStoreError("the answer was lost")
+
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
+        if self.fail_gets:
+            self.fail_gets -= 1
+            raise TransientStoreError("throttled")
+        return super().get(job_id, seq, consistent)
+
+
+class SwallowsStoreErrors(DemoAgent):
+    """An agent that catches what its step raises (here: the question's store error) and goes on."""
+
+    def act(self, step: Any, ctx: Any) -> Any:
+        try:
+            return super().act(step, ctx)
+        except TransientStoreError:
+            return {"pantry": "unknown"}
+
+
+@pytest.mark.parametrize("agent", [DemoAgent, SwallowsStoreErrors])
+def test_a_question_whose_put_landed_unseen_stands_and_its_answer_continues_the_job(agent: type[DemoAgent]) -> None:
+    # GIVEN an attempt whose question lands in the log while it sees only errors: the attempt
+    # goes on to record a retryable failure at the head it knows (or, its agent having swallowed
+    # the error, to record the step), and meets its own question there
+    deps = make_deps(max_attempts=3)
+    deps.log = QuestionLandsUnseen()
+    job = JobService(deps).submit("u", ChatRequest(message="chicken from my pantry [steps=2]",
+                                                   conversation_id="c1"), None).job
+    result = JobRunner(deps, agent(deps.agent_data, deps.settings)).run(Delivery(job.job_id))
+    # THEN the question stands: the job waits for its answer (nothing written after it), holding nothing
+    assert result.status is JobStatus.WAITING
+    events = log(deps, job.job_id)
+    assert events[-1].type is EventType.INPUT_REQUIRED, [e.type for e in events]
     waiting = record(deps, job.job_id)
     assert waiting.status is JobStatus.WAITING and waiting.lease_owner is None
     assert deps.gates.read("u").entries[0].asking

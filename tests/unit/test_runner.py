@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -13,12 +13,15 @@ import pytest
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
+from alfred_jobs.domain.events import PlanPayload, StepPayload, replay
+from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError, TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 
 @pytest.fixture
@@ -323,3 +326,60 @@ def test_a_cancel_before_a_retry_ends_the_job_instead_of_the_backoff() -> None:
     assert events(deps, job_id)[-1].type is EventType.CANCELLED
     job = deps.jobs.get(job_id)
     assert job is not None and job.status is JobStatus.CANCELLED
+
+
+# ---- a cancel that lands while a step's start is being written ----------------------------------------
+
+
+class SlowStartLog(MemoryEventLog):
+    """The put that starts a step (``next`` on the plan, or on step ``after``'s completion) is slow:
+    the user cancels while it is in flight (a flag: the worker's lease is live), and it lands
+    ``seconds`` later (a paused process, a slow store)."""
+
+    def __init__(self, clock: ShiftedClock, cancel: Callable[[str], None], after: int, seconds: float) -> None:
+        super().__init__(clock)
+        self.shifted, self.cancel, self.after, self.seconds = clock, cancel, after, seconds
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        p = event.payload
+        starts_a_step = (isinstance(p, PlanPayload) and self.after == 0 and p.next is not None) or (
+            isinstance(p, StepPayload) and p.completed and p.index == self.after and p.next is not None)
+        if starts_a_step:
+            self.cancel(job_id)
+            self.shifted.offset += self.seconds
+        super().append(job_id, event, expires_at)
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["the plan starts step 1", "step 1 starts step 2"])
+def test_a_cancel_that_lands_while_a_steps_start_is_written_stops_the_job_before_the_step(after: int) -> None:
+    # GIVEN a worker whose keeper does not read the record during the write (a minute's poll; the
+    # write takes three): only a boundary after the write can see the cancel
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=600, max_attempts=3, cancel_poll_seconds=60),
+                       clock=clock)
+    svc = JobService(deps)
+
+    def cancel(job_id: str) -> None:
+        assert svc.cancel("u1", job_id)[1] is False  # 202: a flag for the worker
+
+    deps.log = SlowStartLog(clock, cancel, after=after, seconds=180)
+    job_id = submit(deps, "x [steps=3]")
+    agent = ScriptedAgent(deps)
+    # WHEN the plan (or step 1's completion) that starts the next step lands, after the cancel
+    result = JobRunner(deps, agent).run(Delivery(job_id))
+    # THEN no step starts past the cancel (guarantee 7): the job ends cancelled at that boundary
+    assert (result.outcome, result.status) == (Outcome.DONE, JobStatus.CANCELLED)
+    assert [i for i, _ in agent.acts] == list(range(1, after + 1))
+    evs = events(deps, job_id)
+    assert [e.type for e in evs][-2:] == [EventType.PLAN if after == 0 else EventType.STEP, EventType.CANCELLED]
+    assert deps.agent_data.step_effects(job_id) == {i: 1 for i in range(1, after + 1)}
+    # ... and the log (a step started by ``next``, then ``cancelled``) reads as a cancelled job
+    state = replay(evs)
+    assert state.status is JobStatus.CANCELLED and state.started == set(range(1, after + 2))
+    assert sorted(state.outputs) == list(range(1, after + 1))
+    assert state.progress.label == "Cancelled" and state.progress.completed_steps == after
+    job = svc.get("u1", job_id)
+    assert job.status is JobStatus.CANCELLED and job.progress.label == "Cancelled"
+    stored = deps.jobs.get(job_id)
+    assert stored is not None and stored.status is JobStatus.CANCELLED
+    assert deps.gates.read("u1") == Gate()

@@ -4,7 +4,10 @@ cancel flag nobody acted on (``end_if_cancelled``).
 The same order as a worker's finalize: the terminal event at the head of the log (the fence: if a
 worker got an event in first, nothing is ended here), the job's place in its gate handed on, then
 the terminal projection, which takes the job off the sweeper's index. A crash before the
-projection leaves the job on the index: the sweeper sends it, and a worker finalizes it.
+projection leaves the job on the index: the sweeper sends it, and a worker finalizes it. For that
+to happen soon, the job's sweep deadline moves to a grace period from now *before* the terminal
+event: a job waiting on a question has it at the question's expiry (a day by default), and its
+gate entry, still there, would hold its conversation until then.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     """Put ``payload`` (terminal) after ``job.last_seq`` and finish the job; the ended job, or None
     if the slot was taken (a worker, or another ender, wrote first: the caller reads again)."""
     journal = Journal(deps.log, deps.settings.retention_seconds)
+    # Before the terminal event, as ``JobService.answer`` before its own: should the finalizing
+    # below fail (or this process die), the sweeper finds the job a grace period from now and
+    # sends it to a worker, which finalizes it (``Sweeper._sweep_one``: an asking entry goes
+    # through ``_asking``, which sends an ended job; any other is sent once it may start, or by
+    # the hand-off that frees its way). Not its question's expiry, a day away.
+    deps.jobs.postpone(job.job_id, deps.clock.now() + deps.settings.pending_grace_seconds)
     ev = Event.of(job.last_seq + 1, payload, attempt=job.attempts, writer=writer, at=deps.clock.now())
     try:
         journal.append(job.job_id, ev, job.expires_at)

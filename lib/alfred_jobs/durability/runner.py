@@ -327,7 +327,9 @@ class _Attempt:
                 self.finalize()
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
             if self.view.status is JobStatus.WAITING:
-                return self._wait_for_answer()  # a delivery while it waits (or its asker died leaving)
+                # A delivery while it waits (a duplicate, the sweeper's, or its asker died
+                # leaving): it starts nothing, so it gives back the attempt its lease counted.
+                return self._wait_for_answer(undo_attempt=True)
             # The agent plans from the conversation's history: read it while the slot is taken and
             # the attempt's first event written, not after.
             job = self.job
@@ -488,13 +490,19 @@ class _Attempt:
             count("QuestionsAsked")
         raise _AskUser()
 
-    def _wait_for_answer(self) -> RunResult:
+    def _wait_for_answer(self, *, undo_attempt: bool = False) -> RunResult:
         """End the attempt with the job waiting: it holds no lease, no slot, no message.
 
         In order: the projection says ``waiting``; the lease goes, its sweep deadline set to the
         question's expiry (the sweeper fails it then: ``input_timeout``); the slot is handed on;
         the user is notified. Then the log is read once more: an answer that arrived while we were
         leaving is seen here, or its sender saw us gone (``Admission.resume`` is idempotent).
+
+        ``undo_attempt``: this delivery found the job already waiting and started nothing (a
+        duplicate message, the sweeper's send, the redelivery of an asker that died leaving), so
+        the release takes back the attempt its lease counted, as a give-back does. Otherwise a few
+        strays while the question is open would use up ``max_attempts``, and the attempt after
+        the answer would fail ``attempts_exhausted``. The attempt that asked did run: it counts.
         """
         self.keeper.stop()
         question = replay(self.events).question
@@ -506,7 +514,7 @@ class _Attempt:
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
             except Fenced:
                 pass  # a newer projection is there (the answer's): it says more than ours
-            self.deps.jobs.release_lease(self.job.job_id, self.owner, expires)
+            self.deps.jobs.release_lease(self.job.job_id, self.owner, expires, undo_attempt=undo_attempt)
             released = True
             if self._cancelled_after_release():
                 return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
@@ -619,6 +627,12 @@ class _Attempt:
                 self.boundary()
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             self._step = step.index
+            # The boundary again, after the write that started the step: a ``next`` (on the plan,
+            # on the step before) was decided before its write, and a write can take seconds (a
+            # paused process, a slow store). A cancel that landed meanwhile stops the job here,
+            # before the step acts (guarantee 7), leaving the step ``started`` and never run: a
+            # log every reader takes (a cut-off step, then the end). On time, it costs nothing.
+            self.boundary()
             t0 = self.clock.monotonic()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", self.clock.monotonic() - t0, "Seconds")
@@ -700,6 +714,15 @@ class _Attempt:
                     self._load()
                 except StoreError:
                     break
+                if self.view.status is JobStatus.WAITING:
+                    # ... unless that write asked the user (the question's put landed, its answer
+                    # lost): then the attempt did what asking does, and the question stands. End
+                    # the attempt as asking does, never writing past an open question: a
+                    # ``pending`` or ``resumed`` after it would hide it (replay: no open
+                    # question), every answer a 409, and the job would cycle. (This is also where
+                    # ``run``'s ``SlotTaken`` of our own writer comes: its failure's put meets
+                    # the landed write first.)
+                    return self._wait_for_answer()
         return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
 
     def _record_failure(self, code: str, message: str, retryable: bool) -> RunResult:
