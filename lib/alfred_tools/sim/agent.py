@@ -45,9 +45,12 @@ class SimAgent:
         # Called with (job_id, user_id, step index or 0, attempt) as a call starts: the invariants' hook.
         self.on_enter = on_enter
 
-    def _enter(self, ctx: AgentContext, step: int = 0) -> None:
+    def _enter(self, ctx: AgentContext, step: int = 0, *, start: bool = True) -> None:
+        """A call into the agent begins (``start``: the runner's call, not the same step going on
+        after its question was answered: only a start is held to the boundary checks)."""
         self.seen.first_start.setdefault(ctx.job_id, self.clock.monotonic())
-        self.on_enter(ctx.job_id, ctx.user_id, step, ctx.attempt)
+        if start:
+            self.on_enter(ctx.job_id, ctx.user_id, step, ctx.attempt)
         self.seen.inside[ctx.job_id] = self.seen.inside.get(ctx.job_id, 0) + 1
 
     def _leave(self, ctx: AgentContext) -> None:
@@ -65,15 +68,17 @@ class SimAgent:
 
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         s = script(ctx.message)
+        started = False
         if int(s.get("ask", 0)) == step.index:
             if s.get("ask_after", 0.0):
                 self._enter(ctx, step.index)  # looks around first, then asks (before any side effect)
+                started = True
                 try:
                     self.clock.sleep(s["ask_after"])
                 finally:
                     self._leave(ctx)
             ctx.ask(f"May I use the pantry for step {step.index}?", "confirm")
-        self._enter(ctx, step.index)
+        self._enter(ctx, step.index, start=not started)
         try:
             self.seen.step_starts.append((self.clock.monotonic(), ctx.job_id, step.index, ctx.attempt))
             if int(s.get("flaky", 0)) == step.index and ctx.attempt == 1:

@@ -350,6 +350,8 @@ class SimEventLog:
             self.inner.append(job_id, event, expires_at)
             t = self.wire.k.t
             self.written[(job_id, event.seq)] = t
+            if expires_at <= self.wire.k.now():
+                return  # born expired (a late write of a job past its retention): no reader sees it
             if event.seq == 1:
                 self.by_job[job_id], self.completed[job_id] = {}, {}
                 self.terminal.pop(job_id, None)
