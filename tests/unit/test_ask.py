@@ -173,10 +173,10 @@ def test_an_answer_while_the_asker_is_still_leaving_is_not_lost() -> None:
     svc = JobService(deps)
 
     class AnswerDuringPause(MemoryGateStore):
-        def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+        def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
             # the user answers between the question's event and the asker giving its slot back
             svc.answer(user_id, job_id, "s1q1", True)
-            return super().pause(user_id, job_id, conversation_id)
+            return super().pause(user_id, job_id, conversation_id, attempt=attempt)
 
     deps.gates = AnswerDuringPause()
     svc = JobService(deps)

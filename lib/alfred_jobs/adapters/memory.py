@@ -195,7 +195,7 @@ class MemoryGateStore:
             self.writes += 1
             return self._gate(entries)
 
-    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(entry.job_id)
@@ -203,14 +203,33 @@ class MemoryGateStore:
             if (mine is None or mine.running or mine.asking or busy
                     or sum(e.running for e in entries.values()) >= max_running):
                 raise ConditionFailed(entry.job_id)
-            entries[entry.job_id] = replace(mine, running=True)
+            entries[entry.job_id] = replace(mine, running=True, attempt=attempt)
             self.gates[user_id] = (entries, expires_at)
             self.writes += 1
             return self._gate(entries)
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
+            mine = entries.get(job_id)
+            if mine is None or not mine.running or mine.attempt >= attempt:
+                raise ConditionFailed(job_id)
+            entries[job_id] = replace(mine, attempt=attempt)
+            self.gates[user_id] = (entries, self.gates[user_id][1])
+            self.writes += 1
+            return self._gate(entries)
+
+    @staticmethod
+    def _fence(entries: dict[str, GateEntry], job_id: str, attempt: int | None) -> None:
+        """``ConditionFailed`` if a later attempt than ``attempt`` stamped the job's entry."""
+        mine = entries.get(job_id)
+        if attempt is not None and mine is not None and mine.attempt > attempt:
+            raise ConditionFailed(f"{job_id}: held by attempt {mine.attempt}")
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            self._fence(entries, job_id, attempt)
             mine = entries.get(job_id)
             if mine is not None and mine.running:
                 entries[job_id] = replace(mine, running=False, asking=True)
@@ -218,9 +237,10 @@ class MemoryGateStore:
                 self.writes += 1
             return self._gate(entries)
 
-    def unpause(self, user_id: str, job_id: str) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
+            self._fence(entries, job_id, attempt)
             mine = entries.get(job_id)
             if mine is not None and mine.asking:
                 entries[job_id] = replace(mine, asking=False)
@@ -229,7 +249,7 @@ class MemoryGateStore:
             return self._gate(entries)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False) -> Gate:
+               only_waiting: bool = False, attempt: int | None = None) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
@@ -237,6 +257,7 @@ class MemoryGateStore:
                 return self._gate(entries)
             if only_waiting and mine.running:
                 raise ConditionFailed(job_id)
+            self._fence(entries, job_id, attempt)
             del entries[job_id]
             self.gates[user_id] = (entries, self.gates[user_id][1])
             self.writes += 1

@@ -310,7 +310,14 @@ class _Attempt:
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's
         # index: a crash in between finalizes (and hands on) again (docs/architecture.md).
-        self.r.admission.release(job)
+        try:
+            self.r.admission.release(job, attempt=self.attempt)
+        except Fenced:
+            # A later attempt took the job over (and its slot): it meets the terminal event at its
+            # next write and finalizes, or, dead, leaves the job on the index for the next one.
+            count("Fenced")
+            log.warning("fenced at finalize: a later attempt holds the job", extra={"job_id": job.job_id})
+            return
         self.deps.jobs.save_projection(job, owner=None)
         self._notify(finished_message(job, term))
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
@@ -495,6 +502,11 @@ class _Attempt:
         question's expiry (the sweeper fails it then: ``input_timeout``); the slot is handed on;
         the user is notified. Then the log is read once more: an answer that arrived while we were
         leaving is seen here, or its sender saw us gone (``Admission.resume`` is idempotent).
+
+        The pause and the resume carry our attempt: once a later attempt has taken the job over
+        (we were frozen past our lease, or slow after releasing it, and the answer came), the gate
+        refuses them and we stop (``Fenced``): a pause landing then would give away the slot the
+        later attempt runs in, and its hand-off would start another job beside it.
         """
         self.keeper.stop()
         question = replay(self.events).question
@@ -510,14 +522,20 @@ class _Attempt:
             released = True
             if self._cancelled_after_release():
                 return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
-            self.r.admission.pause(self.view)
+            self.r.admission.pause(self.view, attempt=self.attempt)
             if question is not None:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
                                          seq=self.head, title="Alfred needs your answer",
                                          body=question.prompt[:160]))
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
-                self.r.admission.resume(self.view)
+                self.r.admission.resume(self.view, attempt=self.attempt)
+        except Fenced:
+            # A later attempt took the job over (the answer came, and it runs): its slot is not
+            # ours to give back, nor its conversation to free. Nothing else is ours to write.
+            count("Fenced")
+            log.warning("fenced while leaving: a later attempt holds the job", extra={"job_id": self.job.job_id})
+            return RunResult(Outcome.DROPPED, "fenced")
         except StoreError:
             # Let the message come back and leave again (every step above is idempotent); past
             # our lease if we still hold it, or the redelivery would be dropped as a duplicate.

@@ -404,7 +404,7 @@ class Through:
         return call
 
 
-GATE_WRITES = frozenset({"enroll", "take", "pause", "unpause", "remove"})
+GATE_WRITES = frozenset({"enroll", "take", "retake", "pause", "unpause", "remove"})
 CONVERSATION_WRITES = frozenset({"commit_turn"})
 AGENT_DATA_WRITES = frozenset({"record_step_effect", "record_usage"})
 PUSH_WRITES = frozenset({"add", "remove"})
