@@ -67,10 +67,25 @@ class JobStore(Protocol):
     def find_due(self, now: float, limit: int) -> list[Job]:
         """Active jobs whose pending grace or running lease has run out (for the sweeper)."""
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
         """Move an active job's sweep deadline (after the sweeper re-enqueued it). False, and
         nothing written, if the job is not active (ended, or no record): the hand-off learns from
-        it that a gate entry belongs to no live job."""
+        it that a gate entry belongs to no live job.
+
+        It also sets the sweeper's mark on the job's message (``presume_queued``): ``sent``, the
+        caller's message went out before this write (the sweeper's own send), so a message of the
+        job is in the queue; without it (a sender that postpones *before* it sends, whose message
+        may be lost after the write, or a caller that sends nothing) the mark goes, and the next
+        presumption is the first since that send."""
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        """The sweeper presumes a never-started job's message is still in the queue's backlog:
+        move the sweep deadline to ``due_at`` and mark it presumed, if the job is active and not
+        presumed queued already since its last send (or its last send was the sweeper's own:
+        ``postpone(sent=True)``, which then stays). False, and nothing written, otherwise: the
+        caller sends the job again. The condition is checked on the record as it is, whatever a
+        stale index read said. ``acquire_lease`` and ``release_lease`` clear the mark too (the
+        message was received; one sent after a give-back is a new send)."""
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         """Delete a job record no worker ever took (a submit refused after its put): only the

@@ -238,7 +238,7 @@ class DynamoJobStore:
             attrs = self._update(
                 Key=serialize({"job_id": job_id}),
                 UpdateExpression=("SET lease_owner = :me, lease_expires = :exp, due_at = :exp, "
-                                  "attempts = attempts + :one"),
+                                  "attempts = attempts + :one REMOVE queued"),
                 ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running, :waiting) "
                                      "AND expires_at > :now "
                                      "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
@@ -279,7 +279,7 @@ class DynamoJobStore:
         try:
             self._update(
                 Key=serialize({"job_id": job_id}),
-                UpdateExpression=("REMOVE lease_owner SET lease_expires = :zero, due_at = :due"
+                UpdateExpression=("REMOVE lease_owner, queued SET lease_expires = :zero, due_at = :due"
                                   + (" ADD attempts :m1" if undo_attempt else "")),
                 ConditionExpression="lease_owner = :me AND attribute_exists(active_shard)",
                 values={":me": owner, ":zero": 0, ":due": due_at, **({":m1": -1} if undo_attempt else {})})
@@ -379,12 +379,29 @@ class DynamoJobStore:
             due += [item_to_job(deserialize(i)) for i in out.get("Items", [])]
         return due[:limit * ACTIVE_SHARDS]
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
+        # ``queued``: the sweeper's mark on the job's message (``presume_queued``). The sweeper's
+        # own send, made before this write, is "swept"; any other postpone clears the mark.
+        values: dict[str, Any] = {":d": due_at, **({":swept": "swept"} if sent else {})}
         try:
-            self._update(Key=serialize({"job_id": job_id}), UpdateExpression="SET due_at = :d",
-                         ConditionExpression="attribute_exists(active_shard)", values={":d": due_at})
+            self._update(Key=serialize({"job_id": job_id}),
+                         UpdateExpression="SET due_at = :d" + (", queued = :swept" if sent else " REMOVE queued"),
+                         ConditionExpression="attribute_exists(active_shard)", values=values)
         except ConditionFailed:
             return False  # it became terminal meanwhile, or has no record
+        return True
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        try:
+            self._update(Key=serialize({"job_id": job_id}),
+                         UpdateExpression="SET due_at = :d, queued = if_not_exists(queued, :presumed)",
+                         ConditionExpression=("attribute_exists(active_shard) "
+                                              "AND (attribute_not_exists(queued) OR queued = :swept)"),
+                         values={":d": due_at, ":presumed": "presumed", ":swept": "swept"})
+        except ConditionFailed:
+            # Presumed once already since its last send (or our own landed write, retried by the
+            # SDK: one duplicate message at worst), or not active.
+            return False
         return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:

@@ -24,6 +24,9 @@ class MemoryJobStore:
     def __init__(self, pending_grace: float = 30.0, clock: Clock | None = None) -> None:
         self.items: dict[str, Job] = {}
         self.due: dict[str, float] = {}
+        # The sweeper's mark on a never-started job's message (as ``queued`` in DynamoDB):
+        # "presumed" (presumed queued once since its last send) or "swept" (the sweeper sent it)
+        self.queued: dict[str, str] = {}
         self.lock = threading.RLock()
         self.pending_grace = pending_grace
         self.clock = clock or SystemClock()  # what "expired" means: the store's own clock, as DynamoDB's
@@ -35,6 +38,7 @@ class MemoryJobStore:
                 raise ConditionFailed(job.job_id)  # an expired record is replaced, as in DynamoDB
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
+            self.queued.pop(job.job_id, None)
 
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with self.lock:
@@ -56,6 +60,7 @@ class MemoryJobStore:
                           attempts=job.attempts + 1)
             self.items[job_id] = job
             self.due[job_id] = now + lease_seconds
+            self.queued.pop(job_id, None)
             return job
 
     def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
@@ -79,6 +84,7 @@ class MemoryJobStore:
             self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0,
                                          attempts=job.attempts - (1 if undo_attempt else 0))
             self.due[job_id] = due_at
+            self.queued.pop(job_id, None)
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         with self.lock:
@@ -134,11 +140,23 @@ class MemoryJobStore:
             ids = [j for j, d in sorted(self.due.items(), key=lambda kv: kv[1]) if d < now][:limit]
             return [self.items[j] for j in ids]
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
         with self.lock:
             if job_id not in self.due:
                 return False
             self.due[job_id] = due_at
+            if sent:
+                self.queued[job_id] = "swept"
+            else:
+                self.queued.pop(job_id, None)
+            return True
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        with self.lock:
+            if job_id not in self.due or self.queued.get(job_id) == "presumed":
+                return False
+            self.due[job_id] = due_at
+            self.queued.setdefault(job_id, "presumed")
             return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:

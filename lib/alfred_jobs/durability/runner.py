@@ -438,9 +438,9 @@ class _Attempt:
 
         Why: the job's way may have been freed after our gate read and before our release (its
         predecessor ended, a slot came free). The hand-off then sent its message, which met our
-        live lease and was dropped as a duplicate; we drop ours: nobody would send it, and the
-        sweeper would count it as queued (any backlog of other users' messages would do) for up to
-        ``max_queue_wait_seconds``. Read after the release, the gate shows any hand-off whose
+        live lease and was dropped as a duplicate; we drop ours: nobody would send it but the
+        sweeper, which would presume it queued first (any backlog of other users' messages would
+        do): two grace periods lost. Read after the release, the gate shows any hand-off whose
         message our lease can have met, so one of the two messages always survives. (The other
         way, a delivery that meets a live lease keeping its message for a retry after the lease,
         would delay every true duplicate by a lease and needs the record to tell them apart.) One
