@@ -67,10 +67,25 @@ class JobStore(Protocol):
     def find_due(self, now: float, limit: int) -> list[Job]:
         """Active jobs whose pending grace or running lease has run out (for the sweeper)."""
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
         """Move an active job's sweep deadline (after the sweeper re-enqueued it). False, and
         nothing written, if the job is not active (ended, or no record): the hand-off learns from
-        it that a gate entry belongs to no live job."""
+        it that a gate entry belongs to no live job.
+
+        It also sets the sweeper's mark on the job's message (``presume_queued``): ``sent``, the
+        caller's message went out before this write (the sweeper's own send), so a message of the
+        job is in the queue; without it (a sender that postpones *before* it sends, whose message
+        may be lost after the write, or a caller that sends nothing) the mark goes, and the next
+        presumption is the first since that send."""
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        """The sweeper presumes a never-started job's message is still in the queue's backlog:
+        move the sweep deadline to ``due_at`` and mark it presumed, if the job is active and not
+        presumed queued already since its last send (or its last send was the sweeper's own:
+        ``postpone(sent=True)``, which then stays). False, and nothing written, otherwise: the
+        caller sends the job again. The condition is checked on the record as it is, whatever a
+        stale index read said. ``acquire_lease`` and ``release_lease`` clear the mark too (the
+        message was received; one sent after a give-back is a new send)."""
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         """Delete a job record no worker ever took (a submit refused after its put): only the
@@ -81,7 +96,18 @@ class JobStore(Protocol):
 class GateStore(Protocol):
     """Each user's gate (``domain/gate.py``): one item per user, every change one conditional
     write that returns the gate as it is after it. Reads are strongly consistent: every decision
-    taken from a gate is taken from its latest state."""
+    taken from a gate is taken from its latest state.
+
+    **The fence.** A running entry records the attempt that took its slot (``GateEntry.attempt``:
+    the job's ``attempts`` as the taker's lease returned it). Every lease acquisition bumps
+    ``attempts``, and only a lease's holder undoes its own bump (a delivery that did not start the
+    job), so every attempt that takes a job after attempt n lost it is numbered above n. An
+    attempt passes its number with its own writes (``pause``, and ``unpause`` and ``remove`` when
+    made by a worker); the store refuses them (``ConditionFailed``) once the entry is stamped by a
+    later attempt: the caller lost the job, and stops without touching anything else. The API and
+    the sweeper hold no lease and pass none: their writes are fenced by the log (a terminal event,
+    an answer) before they are made.
+    """
 
     def read(self, user_id: str) -> Gate:
         """The user's gate (empty if there is none, or it expired)."""
@@ -91,25 +117,34 @@ class GateStore(Protocol):
         left as it is (and the gate returned). ``GateFull`` if the gate holds ``max_active``
         entries (``None``: no limit, for repairs)."""
 
-    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
-        """Mark a waiting entry running, if its conversation has no running job and fewer than
-        ``max_running`` slots are held; ``ConditionFailed`` otherwise (the caller reads and
-        decides: already running, not enrolled, or must wait)."""
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
+        """Mark a waiting entry running, stamped with ``attempt``, if its conversation has no running
+        job and fewer than ``max_running`` slots are held; ``ConditionFailed`` otherwise (the caller
+        reads and decides: already running, not enrolled, or must wait)."""
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
+        """A later attempt takes over the slot its job holds already (an earlier attempt took it and
+        lost the job before giving it back): stamp the running entry with ``attempt`` if an earlier
+        attempt's stamp is on it. ``ConditionFailed`` otherwise (not running, or stamped by
+        ``attempt`` or a later one: the caller reads and decides)."""
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
         """A running entry asks the user: it gives its slot back but keeps its conversation
-        (``asking``); returns the gate after it. Idempotent (an entry not running is left as is)."""
+        (``asking``) and its stamp; returns the gate after it. Idempotent (an entry not running is
+        left as is). ``ConditionFailed`` if a later attempt than ``attempt`` stamped the entry."""
 
-    def unpause(self, user_id: str, job_id: str) -> Gate:
-        """The user answered: the entry waits to run again. Idempotent; returns the gate after it."""
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
+        """The user answered: the entry waits to run again. Idempotent; returns the gate after it.
+        With ``attempt`` (a worker's): ``ConditionFailed`` if a later attempt stamped the entry."""
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False) -> Gate:
+               only_waiting: bool = False, attempt: int | None = None) -> Gate:
         """Remove the job's entry, waiting or running (freeing its slot); returns the gate after
         it. Idempotent: a job not enrolled leaves the gate as it is. ``conversation_id`` (the
         job's, if known) lets the store write at once instead of reading first. ``only_waiting``: a running
         entry is left alone and the call raises ``ConditionFailed`` (a refused submit's undo,
-        which a worker beat to the job)."""
+        which a worker beat to the job). With ``attempt`` (a worker's finalize):
+        ``ConditionFailed`` if a later attempt stamped the entry."""
 
 
 class EventLog(Protocol):

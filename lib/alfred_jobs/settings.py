@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     # gate item holds one entry per active job (~120 bytes), so it is bounded far below 400 KB.
     max_active_per_user: int = Field(default=20, ge=1, le=1000)
     # While the queue holds a backlog, a job that was sent but never picked up is presumed
-    # queued, not lost, for up to this long (then the sweeper sends it again anyway).
+    # queued, not lost: once per send (then the sweeper sends it again), and after the sweeper's
+    # own send for up to this long since its creation (then it sends it again anyway).
     max_queue_wait_seconds: float = Field(default=900.0, gt=0)
 
     # --- the stream function ---------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import iso
 from alfred_jobs.exceptions import ConditionFailed, GateFull
+from alfred_jobs.ports import GateStore
 from tests.contract.support import Backend, live, uid
 from tests.support.stack import wait_until
 
@@ -64,17 +66,17 @@ def test_take_holds_a_slot_once_per_conversation_and_within_the_limit(backend: B
     a, b, c, d = entry("c1"), entry("c1"), entry("c2"), entry("c3")
     for e in (a, b, c, d):
         gates.enroll(user, e, None, live())
-    gate = gates.take(user, a, 2, live())
-    assert gate.entry(a.job_id) == GateEntry(a.job_id, "c1", a.order, running=True) and gate.running == 1
+    gate = gates.take(user, a, 2, live(), attempt=1)
+    assert gate.entry(a.job_id) == GateEntry(a.job_id, "c1", a.order, running=True, attempt=1) and gate.running == 1
     with pytest.raises(ConditionFailed):
-        gates.take(user, a, 2, live())  # taken already (the SDK's retry of a landed take fails too)
+        gates.take(user, a, 2, live(), attempt=1)  # taken already (the SDK's retry of a landed take fails too)
     with pytest.raises(ConditionFailed):
-        gates.take(user, b, 2, live())  # its conversation runs a job
-    assert gates.take(user, c, 2, live()).running == 2
+        gates.take(user, b, 2, live(), attempt=1)  # its conversation runs a job
+    assert gates.take(user, c, 2, live(), attempt=1).running == 2
     with pytest.raises(ConditionFailed):
-        gates.take(user, d, 2, live())  # both slots held
+        gates.take(user, d, 2, live(), attempt=1)  # both slots held
     with pytest.raises(ConditionFailed):
-        gates.take(user, entry("c9"), 5, live())  # not enrolled
+        gates.take(user, entry("c9"), 5, live(), attempt=1)  # not enrolled
 
 
 def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: Backend) -> None:
@@ -82,12 +84,12 @@ def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: B
     a, b = entry("c1"), entry("c1")
     gates.enroll(user, a, None, live())
     gates.enroll(user, b, None, live())
-    gates.take(user, a, 1, live())
+    gates.take(user, a, 1, live(), attempt=1)
     after = gates.remove(user, a.job_id, conversation_id="c1")
     assert ids(after) == [b.job_id] and after.running == 0
     assert gates.remove(user, a.job_id, conversation_id="c1") == after
     assert gates.remove(user, a.job_id) == after
-    assert gates.take(user, b, 1, live()).running == 1, "the conversation and the slot are free"
+    assert gates.take(user, b, 1, live(), attempt=1).running == 1, "the conversation and the slot are free"
     assert gates.remove(user, b.job_id).entries == ()  # running, removed without the hint
     assert gates.read(user) == Gate()
 
@@ -97,7 +99,7 @@ def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
     a, b = entry("c1"), entry("c2")
     gates.enroll(user, a, None, live())
     gates.enroll(user, b, None, live())
-    gates.take(user, a, 2, live())
+    gates.take(user, a, 2, live(), attempt=1)
     with pytest.raises(ConditionFailed):
         gates.remove(user, a.job_id, conversation_id="c1", only_waiting=True)
     assert ids(gates.remove(user, b.job_id, conversation_id="c2", only_waiting=True)) == [a.job_id]
@@ -110,3 +112,75 @@ def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: 
     wait_until(lambda: gates.read(user) == Gate(), timeout=10, what="the gate to expire")
     new = entry(at=time.time() - 3600)  # an order below the expired gate's last one
     assert ids(gates.enroll(user, new, 1, live())) == [new.job_id]
+
+
+# ---- the fence: the attempt that took the slot ---------------------------------------------------------
+
+
+def running_entry(gates: GateStore, user: str, conv: str = "c1", attempt: int = 1) -> GateEntry:
+    e = entry(conv)
+    gates.enroll(user, e, None, live())
+    gates.take(user, e, 2, live(), attempt=attempt)
+    return e
+
+
+def test_retake_stamps_a_running_entry_with_a_later_attempt_only(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a = running_entry(gates, user, attempt=1)
+    gate = gates.retake(user, a.job_id, attempt=3)
+    assert gate.entry(a.job_id) == replace(a, running=True, attempt=3) and gate.running == 1, "still one slot"
+    for attempt in (3, 2):  # the same attempt again (the SDK's retry of a landed one), an earlier one
+        with pytest.raises(ConditionFailed):
+            gates.retake(user, a.job_id, attempt=attempt)
+    waiting = entry("c2")
+    gates.enroll(user, waiting, None, live())
+    with pytest.raises(ConditionFailed):
+        gates.retake(user, waiting.job_id, attempt=5)  # not running: nothing to take over
+    with pytest.raises(ConditionFailed):
+        gates.retake(user, uid("job"), attempt=5)  # not enrolled
+    assert gates.read(user).entry(a.job_id) == replace(a, running=True, attempt=3)
+
+
+def test_pause_gives_the_slot_back_keeps_the_conversation_and_unpause_lets_it_wait(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    a = running_entry(gates, user, attempt=2)
+    paused = gates.pause(user, a.job_id, "c1", attempt=2)
+    assert paused.entry(a.job_id) == replace(a, asking=True, attempt=2) and paused.running == 0
+    assert gates.pause(user, a.job_id, "c1", attempt=2) == paused, "idempotent"
+    assert gates.pause(user, a.job_id, "c1", attempt=3) == paused, "a later attempt (one that found it waiting)"
+    unpaused = gates.unpause(user, a.job_id, attempt=2)
+    assert unpaused.entry(a.job_id) == replace(a, attempt=2) and unpaused.running == 0
+    assert gates.unpause(user, a.job_id) == unpaused, "idempotent"
+    assert gates.unpause(user, uid("job")) == unpaused, "not enrolled: the gate as it is"
+
+
+def test_a_workers_writes_are_refused_once_a_later_attempt_took_the_slot_over(backend: Backend) -> None:
+    # The asker (attempt 1) lost the job before its pause landed; attempt 2 took the slot over.
+    gates, user = backend.deps.gates, uid("user")
+    a = running_entry(gates, user, attempt=1)
+    before = gates.retake(user, a.job_id, attempt=2)
+    with pytest.raises(ConditionFailed):
+        gates.pause(user, a.job_id, "c1", attempt=1)
+    with pytest.raises(ConditionFailed):
+        gates.remove(user, a.job_id, conversation_id="c1", attempt=1)
+    with pytest.raises(ConditionFailed):
+        gates.remove(user, a.job_id, attempt=1)  # without the hint: read, then refused
+    assert gates.read(user) == before, "nothing written"
+    # ... and attempt 2 asks: the late answer the asker saw may not unpause attempt 2's question
+    asking = gates.pause(user, a.job_id, "c1", attempt=2)
+    with pytest.raises(ConditionFailed):
+        gates.unpause(user, a.job_id, attempt=1)
+    assert gates.read(user) == asking
+    # ... while the API and the sweeper, which hold no lease, pass no attempt
+    assert gates.unpause(user, a.job_id).entry(a.job_id) == replace(a, attempt=2)
+    assert gates.remove(user, a.job_id, attempt=2).entries == ()
+
+
+def test_a_later_attempt_writes_over_an_earlier_stamp(backend: Backend) -> None:
+    # A retry (attempt 3) that never took the slot again: the slot is still attempt 1's
+    gates, user = backend.deps.gates, uid("user")
+    a = running_entry(gates, user, attempt=1)
+    assert gates.pause(user, a.job_id, "c1", attempt=3).running == 0
+    assert gates.unpause(user, a.job_id, attempt=3).entry(a.job_id) == replace(a, attempt=1)
+    b = running_entry(gates, user, conv="c2", attempt=1)
+    assert gates.remove(user, b.job_id, conversation_id="c2", attempt=3).entry(b.job_id) is None

@@ -498,6 +498,46 @@ def test_postpone_moves_an_active_jobs_deadline(due_backend: Backend) -> None:
     assert b.jobs.get(unknown) is None
 
 
+def test_presume_queued_once_per_send(due_backend: Backend) -> None:
+    b = due_backend
+    job = created(b)
+    late = job.created_at + PENDING_GRACE + 1
+    assert b.jobs.presume_queued(job.job_id, late + 100) is True
+    assert due_ids(b, late, job) == set() and due_ids(b, late + 101, job) == {job.job_id}, "moves the deadline"
+    assert stored(b, job.job_id) == job, "only the deadline moves (and the mark, not in the record)"
+    assert b.jobs.presume_queued(job.job_id, late + 200) is False, "presumed once already: nothing written"
+    assert due_ids(b, late + 101, job) == {job.job_id}
+    # a sender postpones before its send (its message may be lost after that write): a new send
+    assert b.jobs.postpone(job.job_id, late) is True
+    assert b.jobs.presume_queued(job.job_id, late) is True
+    assert b.jobs.presume_queued(job.job_id, late) is False
+    # the sweeper's own send, made before its write: its message is in the queue, presumed while it lasts
+    assert b.jobs.postpone(job.job_id, late, sent=True) is True
+    assert b.jobs.presume_queued(job.job_id, late) is True
+    assert b.jobs.presume_queued(job.job_id, late) is True
+    unknown = uid("job")
+    assert b.jobs.presume_queued(unknown, late) is False  # says so, and creates nothing
+    assert b.jobs.get(unknown) is None
+
+
+def test_presume_queued_is_refused_for_an_ended_job_and_new_after_a_lease(due_backend: Backend) -> None:
+    b = due_backend
+    job = created(b)
+    now = time.time()
+    assert b.jobs.presume_queued(job.job_id, now) is True
+    # a worker received a message: leased, then given back (not its turn); a message sent after
+    # that is a new send
+    b.jobs.acquire_lease(job.job_id, "w1", now, LEASE)
+    b.jobs.release_lease(job.job_id, "w1", now + 5, undo_attempt=True)
+    assert b.jobs.presume_queued(job.job_id, now) is True
+    assert b.jobs.presume_queued(job.job_id, now) is False
+    b.jobs.acquire_lease(job.job_id, "w2", now, LEASE)
+    assert b.jobs.presume_queued(job.job_id, now) is True, "the lease's taking clears the mark"
+    b.jobs.save_projection(terminal(stored(b, job.job_id), 3), owner=None)
+    assert b.jobs.presume_queued(job.job_id, now) is False, "not active"
+    assert due_ids(b, time.time() + 365 * 86400, job) == set()
+
+
 def test_find_due_limit(fresh_backend: Backend) -> None:
     """Deliberate difference. DynamoDB reads the due index one shard at a time and applies
     ``limit`` per shard, so it returns up to ``limit * ACTIVE_SHARDS`` jobs (the sweeper's

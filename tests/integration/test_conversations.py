@@ -162,14 +162,19 @@ def test_a_backlog_of_hundreds_is_left_alone_by_the_sweeper(faithful_env: Faithf
             return sum(len(r.waiting) for r in reports) >= 199 and any(r.queued for r in reports)
 
         wait_until(swept_all, timeout=90, what="the sweeper to have looked at the backlog")
-        # THEN it re-sent none of them (no StuckJobs, no alarm): 199 waiting, and the one that may
-        # start presumed queued (its message is in the queue's backlog), and the queue still
-        # holds that one message only
+        # THEN it re-sent none of them as stuck (no StuckJobs, no alarm): 199 waiting, and the one
+        # that may start presumed queued (its message is in the queue's backlog). Presumed once
+        # per send, it may have been sent once more if the sweeper looked two grace periods on
+        # (it cannot tell a queued message from a lost one); then it is its own message, and
+        # presumed queued while the backlog lasts. The queue holds that job's messages only.
         resent = [j for r in reports for j in r.requeued]
         assert resent == [], f"the sweeper re-sent {len(resent)} jobs of a plain backlog"
         assert len({j for r in reports for j in r.waiting}) == 199
-        assert {j for r in reports for j in r.queued} <= {j.job_id for j in backlog}
-        assert stack.queue_depth() == 1
+        queued = {j for r in reports for j in r.queued}
+        again = [j for r in reports for j in r.resent]
+        assert queued <= {j.job_id for j in backlog} and len(queued) == 1
+        assert len(again) <= 1 and set(again) <= queued
+        assert stack.queue_depth() == 1 + len(again)
         # AND with a worker, the backlog runs; once the user cancels everything, it is gone at
         # once, and a new job runs
         stack.start_worker()

@@ -173,10 +173,10 @@ def test_an_answer_while_the_asker_is_still_leaving_is_not_lost() -> None:
     svc = JobService(deps)
 
     class AnswerDuringPause(MemoryGateStore):
-        def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+        def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
             # the user answers between the question's event and the asker giving its slot back
             svc.answer(user_id, job_id, "s1q1", True)
-            return super().pause(user_id, job_id, conversation_id)
+            return super().pause(user_id, job_id, conversation_id, attempt=attempt)
 
     deps.gates = AnswerDuringPause()
     svc = JobService(deps)
@@ -504,4 +504,50 @@ def test_a_question_whose_put_landed_unseen_stands_and_its_answer_continues_the_
     events = log(deps, job.job_id)
     assert events[-1].type is EventType.COMPLETE and "I used the 2 lb of chicken" in events[-1].data["output"]["reply"]
     assert [e.type for e in events].count(EventType.INPUT_REQUIRED) == 1
+def test_an_askers_pause_landing_after_a_new_owner_took_the_job_leaves_the_new_owners_slot_alone() -> None:
+    # GIVEN one run slot per user: a job that asks the user (c1), and another of the user's jobs (c2)
+    # waiting for that slot
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                                max_running_per_user=1), clock=clock)
+    took_over: list[str] = []
+
+    class PauseHeldInFlight(MemoryGateStore):
+        def pause(self, user_id: str, job_id: str, conversation_id: str, *args: Any, **kwargs: Any) -> Gate:
+            if not took_over:
+                took_over.append(job_id)
+                # The asker's pause is on the wire, its process frozen (past any check it made).
+                # Meanwhile the user answers (the answer's unpause finds the entry still running) ...
+                svc.answer(user_id, job_id, "s1q1", True)
+                # ... the sweeper finds the job holding a slot with no worker and sends it ...
+                clock.offset += deps.settings.pending_grace_seconds + 1
+                assert job_id in Sweeper(deps).sweep().requeued
+                # ... and a new owner takes it over, and is running it (frozen in step 1, lease and slot held)
+                with pytest.raises(SystemExit):
+                    JobRunner(deps, DiesInStepOne(deps.agent_data, deps.settings)).run(Delivery(job_id))
+            return super().pause(user_id, job_id, conversation_id, *args, **kwargs)
+
+    deps.gates = PauseHeldInFlight(clock)
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1"), None).job
+    other = svc.submit("u", ChatRequest(message="other", conversation_id="c2"), None).job
+    assert other.job_id not in sent(deps)
+    # WHEN the asker's pause lands after all that
+    run(deps, job.job_id)
+    assert took_over == [job.job_id]
+    new_owner = record(deps, job.job_id)
+    assert new_owner.lease_live(clock.now()) and new_owner.attempts == 2
+    # THEN the new owner's slot is left alone: the job still holds it, and the other job neither
+    # is sent nor starts on a delivery (max_running_per_user: 1)
+    gate = deps.gates.read("u")
+    mine = gate.entry(job.job_id)
+    assert mine is not None and mine.running and gate.running == 1
+    assert other.job_id not in sent(deps)
+    assert run(deps, other.job_id) is Outcome.DROPPED and log(deps, other.job_id) == []
+    # ... and once the new owner's lease runs out, the job finishes once, then the other one runs
+    clock.offset += deps.settings.lease_seconds + 1
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert log(deps, job.job_id)[-1].type is EventType.COMPLETE
+    assert sent(deps)[-1] == other.job_id
+    assert run(deps, other.job_id) is Outcome.DONE
     assert deps.gates.read("u") == Gate()

@@ -128,3 +128,45 @@ def test_sweeper_ignores_finished_jobs() -> None:
     clock.offset = 3600  # an hour later: both are past their grace period by then
     # WHEN the sweeper runs, THEN it re-sends the stranded job only: the finished one left the index
     assert Sweeper(deps).sweep().requeued == [stranded.job_id]
+
+
+class BusyQueue(MemoryJobQueue):
+    """A queue shared with other traffic: its approximate backlog is never zero."""
+
+    def backlog(self) -> int:
+        return 7
+
+
+def test_a_job_whose_message_was_lost_is_presumed_queued_once_then_sent_again_in_a_busy_queue() -> None:
+    # GIVEN a queue whose backlog is never zero, and a job whose message was lost (its submit
+    # died between the gate's write and the send)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(pending_grace_seconds=30, lease_seconds=10, max_queue_wait_seconds=900),
+                       clock=clock)
+    queue = deps.queue = BusyQueue()
+    job = JobService(deps).submit("u", ChatRequest(message="lost"), None).job
+    queue.sent.clear()
+
+    def sent() -> list[str]:
+        return [m.job_id for m in queue.sent]
+
+    # WHEN the sweeper finds it due and never started, it presumes it queued (it may be in the backlog)
+    clock.offset += 31
+    report = Sweeper(deps).sweep()
+    assert report.queued == [job.job_id] and sent() == []
+    # ... but finds it due again a grace period later, still never started: THEN it sends it
+    # again (a duplicate would be harmless), instead of presuming it queued for 15 minutes; not
+    # counted as stuck (it may have been in the backlog all along)
+    clock.offset += 31
+    report = Sweeper(deps).sweep()
+    assert sent() == [job.job_id]
+    assert report.queued == [] and report.requeued == []
+    # ... and that message, its own, is in the queue: presumed queued while the backlog lasts,
+    # not sent once per sweep, until 15 minutes have passed since the job was created
+    for _ in range(5):
+        clock.offset += 31
+        assert Sweeper(deps).sweep().queued == [job.job_id]
+    assert sent() == [job.job_id]
+    clock.offset = 901
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+    assert sent() == [job.job_id] * 2

@@ -238,7 +238,7 @@ class DynamoJobStore:
             attrs = self._update(
                 Key=serialize({"job_id": job_id}),
                 UpdateExpression=("SET lease_owner = :me, lease_expires = :exp, due_at = :exp, "
-                                  "attempts = attempts + :one"),
+                                  "attempts = attempts + :one REMOVE queued"),
                 ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running, :waiting) "
                                      "AND expires_at > :now "
                                      "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
@@ -279,7 +279,7 @@ class DynamoJobStore:
         try:
             self._update(
                 Key=serialize({"job_id": job_id}),
-                UpdateExpression=("REMOVE lease_owner SET lease_expires = :zero, due_at = :due"
+                UpdateExpression=("REMOVE lease_owner, queued SET lease_expires = :zero, due_at = :due"
                                   + (" ADD attempts :m1" if undo_attempt else "")),
                 ConditionExpression="lease_owner = :me AND attribute_exists(active_shard)",
                 values={":me": owner, ":zero": 0, ":due": due_at, **({":m1": -1} if undo_attempt else {})})
@@ -379,12 +379,29 @@ class DynamoJobStore:
             due += [item_to_job(deserialize(i)) for i in out.get("Items", [])]
         return due[:limit * ACTIVE_SHARDS]
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
+        # ``queued``: the sweeper's mark on the job's message (``presume_queued``). The sweeper's
+        # own send, made before this write, is "swept"; any other postpone clears the mark.
+        values: dict[str, Any] = {":d": due_at, **({":swept": "swept"} if sent else {})}
         try:
-            self._update(Key=serialize({"job_id": job_id}), UpdateExpression="SET due_at = :d",
-                         ConditionExpression="attribute_exists(active_shard)", values={":d": due_at})
+            self._update(Key=serialize({"job_id": job_id}),
+                         UpdateExpression="SET due_at = :d" + (", queued = :swept" if sent else " REMOVE queued"),
+                         ConditionExpression="attribute_exists(active_shard)", values=values)
         except ConditionFailed:
             return False  # it became terminal meanwhile, or has no record
+        return True
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        try:
+            self._update(Key=serialize({"job_id": job_id}),
+                         UpdateExpression="SET due_at = :d, queued = if_not_exists(queued, :presumed)",
+                         ConditionExpression=("attribute_exists(active_shard) "
+                                              "AND (attribute_not_exists(queued) OR queued = :swept)"),
+                         values={":d": due_at, ":presumed": "presumed", ":swept": "swept"})
+        except ConditionFailed:
+            # Presumed once already since its last send (or our own landed write, retried by the
+            # SDK: one duplicate message at worst), or not active.
+            return False
         return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
@@ -420,17 +437,19 @@ def item_to_gate(item: dict[str, Any] | None, now: float) -> Gate:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return Gate()
     entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")),
-                              asking=bool(e.get("a")))
+                              asking=bool(e.get("a")), attempt=int(e.get("n", 0)))
                     for j, e in (item.get("m") or {}).items())
     return Gate(entries=entries, running=int(item.get("running", 0)))
 
 
 class DynamoGateStore:
     """Each user's gate as one item of the jobs table (``gate#<user>``): ``m`` maps each active job
-    id to ``{c: conversation, k: order, r: running}``, ``busy`` maps each conversation with a
-    running job to that job, ``running`` counts the slots held. Every change is one UpdateItem
-    whose condition is the state it changes from (so the SDK's retry of a landed write fails the
-    condition instead of applying twice), returning ALL_NEW. See docs/data-model.md."""
+    id to ``{c: conversation, k: order, r: running, a: asking, n: the attempt that took its slot}``,
+    ``busy`` maps each conversation with a running job to that job, ``running`` counts the slots
+    held. Every change is one UpdateItem whose condition is the state it changes from (so the SDK's
+    retry of a landed write fails the condition instead of applying twice), returning ALL_NEW; a
+    worker's writes are also conditional on no later attempt's stamp (``n``: the fence, see
+    ``ports.GateStore``). See docs/data-model.md."""
 
     def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
@@ -502,31 +521,63 @@ class DynamoGateStore:
                 order = after(str(raw.get("last") or ""), entry)
         raise TransientStoreError(f"could not enroll {entry.job_id}")
 
-    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         return self._write(
-            user_id, "SET m.#j.r = :t, busy.#c = :j, expires_at = :x ADD running :one",
+            user_id, "SET m.#j.r = :t, m.#j.#n = :att, busy.#c = :j, expires_at = :x ADD running :one",
             "attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c) "
             "AND (attribute_not_exists(m.#j.a) OR m.#j.a = :f)",
-            {"#j": entry.job_id, "#c": entry.conversation_id},
-            {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running, ":x": expires_at})
+            {"#j": entry.job_id, "#c": entry.conversation_id, "#n": "n"},
+            {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running, ":x": expires_at,
+             ":att": attempt})
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
+        return self._write(user_id, "SET m.#j.#n = :att",
+                           "m.#j.r = :t AND (attribute_not_exists(m.#j.#n) OR m.#j.#n < :att)",
+                           {"#j": job_id, "#n": "n"}, {":t": True, ":att": attempt})
+
+    @staticmethod
+    def _fenced(gate: Gate, job_id: str, attempt: int | None) -> bool:
+        """Whether a later attempt than ``attempt`` stamped the job's entry (as read)."""
+        mine = gate.entry(job_id)
+        return attempt is not None and mine is not None and mine.attempt > attempt
+
+    @staticmethod
+    def _fence(condition: str, names: dict[str, str], values: dict[str, Any], attempt: int | None) -> str:
+        """``condition``, and no later attempt than ``attempt`` stamped the entry ``#j`` (with
+        ``attempt``; as is without)."""
+        if attempt is None:
+            return condition
+        names["#n"] = "n"
+        values[":att"] = attempt
+        return f"({condition}) AND (attribute_not_exists(m.#j.#n) OR m.#j.#n <= :att)"
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+        names = {"#j": job_id, "#c": conversation_id}
+        values: dict[str, Any] = {":t": True, ":f": False, ":j": job_id, ":m1": -1}
+        condition = self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt)
         try:
             return self._write(user_id, "SET m.#j.r = :f, m.#j.a = :t REMOVE busy.#c ADD running :m1",
-                               "m.#j.r = :t AND busy.#c = :j", {"#j": job_id, "#c": conversation_id},
-                               {":t": True, ":f": False, ":j": job_id, ":m1": -1})
+                               condition, names, values)
         except ConditionFailed:
-            return self.read(user_id)  # paused already (a landed earlier try), or not running
+            gate = self.read(user_id)
+            if self._fenced(gate, job_id, attempt):
+                raise  # a later attempt holds the job: ours lost it
+            return gate  # paused already (a landed earlier try), or not running
 
-    def unpause(self, user_id: str, job_id: str) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
+        names = {"#j": job_id}
+        values: dict[str, Any] = {":t": True, ":f": False}
+        condition = self._fence("m.#j.a = :t", names, values, attempt)
         try:
-            return self._write(user_id, "SET m.#j.a = :f", "m.#j.a = :t", {"#j": job_id},
-                               {":t": True, ":f": False})
+            return self._write(user_id, "SET m.#j.a = :f", condition, names, values)
         except ConditionFailed:
-            return self.read(user_id)  # not asking (answered already, or never paused yet)
+            gate = self.read(user_id)
+            if self._fenced(gate, job_id, attempt):
+                raise  # a later attempt holds the job: ours lost it
+            return gate  # not asking (answered already, or never paused yet)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False) -> Gate:
+               only_waiting: bool = False, attempt: int | None = None) -> Gate:
         # With the conversation known, guess the state (running, unless only a waiting entry may
         # go) and write at once: a job that ends removes itself in one write. A wrong guess fails
         # its condition, and the gate is read.
@@ -537,16 +588,21 @@ class DynamoGateStore:
                 entry = gate.entry(job_id)
                 if entry is None:
                     return gate  # not enrolled (removed already, by us or by an earlier try)
+                if self._fenced(gate, job_id, attempt):
+                    raise ConditionFailed(f"{job_id}: held by attempt {entry.attempt}")
             names = {"#j": job_id}
             try:
                 if entry.running:
                     if only_waiting:
                         raise ConditionFailed(f"{job_id} is running")
                     names["#c"] = entry.conversation_id
+                    values: dict[str, Any] = {":t": True, ":j": job_id, ":m1": -1}
                     return self._write(user_id, "REMOVE m.#j, busy.#c ADD running :m1",
-                                       "m.#j.r = :t AND busy.#c = :j", names,
-                                       {":t": True, ":j": job_id, ":m1": -1})
-                return self._write(user_id, "REMOVE m.#j", "m.#j.r = :f", names, {":f": False})
+                                       self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt),
+                                       names, values)
+                values = {":f": False}
+                return self._write(user_id, "REMOVE m.#j", self._fence("m.#j.r = :f", names, values, attempt),
+                                   names, values)
             except ConditionFailed:
                 if only_waiting and entry.running:
                     raise

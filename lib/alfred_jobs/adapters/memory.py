@@ -24,6 +24,9 @@ class MemoryJobStore:
     def __init__(self, pending_grace: float = 30.0, clock: Clock | None = None) -> None:
         self.items: dict[str, Job] = {}
         self.due: dict[str, float] = {}
+        # The sweeper's mark on a never-started job's message (as ``queued`` in DynamoDB):
+        # "presumed" (presumed queued once since its last send) or "swept" (the sweeper sent it)
+        self.queued: dict[str, str] = {}
         self.lock = threading.RLock()
         self.pending_grace = pending_grace
         self.clock = clock or SystemClock()  # what "expired" means: the store's own clock, as DynamoDB's
@@ -35,6 +38,7 @@ class MemoryJobStore:
                 raise ConditionFailed(job.job_id)  # an expired record is replaced, as in DynamoDB
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
+            self.queued.pop(job.job_id, None)
 
     def get(self, job_id: str, consistent: bool = True) -> Job | None:
         with self.lock:
@@ -56,6 +60,7 @@ class MemoryJobStore:
                           attempts=job.attempts + 1)
             self.items[job_id] = job
             self.due[job_id] = now + lease_seconds
+            self.queued.pop(job_id, None)
             return job
 
     def renew_lease(self, job_id: str, owner: str, now: float, lease_seconds: float,
@@ -79,6 +84,7 @@ class MemoryJobStore:
             self.items[job_id] = replace(job, lease_owner=None, lease_expires=0.0,
                                          attempts=job.attempts - (1 if undo_attempt else 0))
             self.due[job_id] = due_at
+            self.queued.pop(job_id, None)
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         with self.lock:
@@ -134,11 +140,23 @@ class MemoryJobStore:
             ids = [j for j, d in sorted(self.due.items(), key=lambda kv: kv[1]) if d < now][:limit]
             return [self.items[j] for j in ids]
 
-    def postpone(self, job_id: str, due_at: float) -> bool:
+    def postpone(self, job_id: str, due_at: float, *, sent: bool = False) -> bool:
         with self.lock:
             if job_id not in self.due:
                 return False
             self.due[job_id] = due_at
+            if sent:
+                self.queued[job_id] = "swept"
+            else:
+                self.queued.pop(job_id, None)
+            return True
+
+    def presume_queued(self, job_id: str, due_at: float) -> bool:
+        with self.lock:
+            if job_id not in self.due or self.queued.get(job_id) == "presumed":
+                return False
+            self.due[job_id] = due_at
+            self.queued.setdefault(job_id, "presumed")
             return True
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
@@ -195,7 +213,7 @@ class MemoryGateStore:
             self.writes += 1
             return self._gate(entries)
 
-    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int) -> Gate:
+    def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(entry.job_id)
@@ -203,14 +221,33 @@ class MemoryGateStore:
             if (mine is None or mine.running or mine.asking or busy
                     or sum(e.running for e in entries.values()) >= max_running):
                 raise ConditionFailed(entry.job_id)
-            entries[entry.job_id] = replace(mine, running=True)
+            entries[entry.job_id] = replace(mine, running=True, attempt=attempt)
             self.gates[user_id] = (entries, expires_at)
             self.writes += 1
             return self._gate(entries)
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
+            mine = entries.get(job_id)
+            if mine is None or not mine.running or mine.attempt >= attempt:
+                raise ConditionFailed(job_id)
+            entries[job_id] = replace(mine, attempt=attempt)
+            self.gates[user_id] = (entries, self.gates[user_id][1])
+            self.writes += 1
+            return self._gate(entries)
+
+    @staticmethod
+    def _fence(entries: dict[str, GateEntry], job_id: str, attempt: int | None) -> None:
+        """``ConditionFailed`` if a later attempt than ``attempt`` stamped the job's entry."""
+        mine = entries.get(job_id)
+        if attempt is not None and mine is not None and mine.attempt > attempt:
+            raise ConditionFailed(f"{job_id}: held by attempt {mine.attempt}")
+
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+        with self.lock:
+            entries = dict(self._live(user_id))
+            self._fence(entries, job_id, attempt)
             mine = entries.get(job_id)
             if mine is not None and mine.running:
                 entries[job_id] = replace(mine, running=False, asking=True)
@@ -218,9 +255,10 @@ class MemoryGateStore:
                 self.writes += 1
             return self._gate(entries)
 
-    def unpause(self, user_id: str, job_id: str) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
+            self._fence(entries, job_id, attempt)
             mine = entries.get(job_id)
             if mine is not None and mine.asking:
                 entries[job_id] = replace(mine, asking=False)
@@ -229,7 +267,7 @@ class MemoryGateStore:
             return self._gate(entries)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False) -> Gate:
+               only_waiting: bool = False, attempt: int | None = None) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
@@ -237,6 +275,7 @@ class MemoryGateStore:
                 return self._gate(entries)
             if only_waiting and mine.running:
                 raise ConditionFailed(job_id)
+            self._fence(entries, job_id, attempt)
             del entries[job_id]
             self.gates[user_id] = (entries, self.gates[user_id][1])
             self.writes += 1

@@ -11,6 +11,12 @@ A waiting job holds nothing: no queue message, no worker, no lease. Whoever chan
 so that a job may start (the job that ends, the submit that finds the way clear, the sweeper as
 the backstop) sends its message. The store applies every change as one conditional write and
 returns the gate as it is after it, so each party decides from a state nobody else has moved.
+
+A running entry records the attempt that took its slot (the job's ``attempts`` as its lease
+returned it): the fence of the gate. An attempt's own gate writes (pause, unpause, remove) are
+refused once a later attempt of the job has stamped the entry: an attempt that lost its lease
+(paused past it, frozen with the write on the wire) can never give away a slot its successor
+runs in, nor unpause a question its successor asked.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ class GateEntry:
     # Waiting for the user's answer: it gave its slot back but still holds its conversation
     # (the next message of the conversation waits for it), and is never sent until answered.
     asking: bool = False
+    # The attempt that last took (or took over) the slot: the job's ``attempts`` as its lease
+    # returned it, 0 while none has. Every attempt that takes a job over from another is numbered
+    # above it, so a later attempt's stamp fences the earlier ones' gate writes (``GateStore``).
+    attempt: int = 0
 
     @property
     def holds_conversation(self) -> bool:

@@ -4,6 +4,9 @@
   sends its message only if the gate, as its own write left it, lets the job start.
 - **A worker** takes a run slot before it opens the job (``take``); a job that may not start yet
   gives its delivery back without counting an attempt and without a message: it holds nothing.
+  The slot is stamped with the attempt that took it, and a worker's later gate writes (its pause,
+  its resume, its finalize's release) are refused once a later attempt has stamped it: a worker
+  that lost its lease never gives away, or hands on, a slot its successor runs in.
 - **A job that ends** (the runner's finalize, the API's cancel of a job nobody holds) removes its
   entry, then sends the message of every job its removal lets start (``release``), and only then
   writes its terminal projection. A crash anywhere before that projection leaves the job active
@@ -30,7 +33,7 @@ from alfred_jobs.domain.events import parse_iso
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import Job, iso
 from alfred_jobs.domain.retention import expiry
-from alfred_jobs.exceptions import ConditionFailed, GateFull
+from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 
@@ -124,23 +127,31 @@ class Admission:
         return handoff
 
     def take(self, job: Job, *, next_up: bool = False) -> Verdict:
-        """Take a run slot for ``job`` (the caller holds its lease).
+        """Take a run slot for ``job`` (the caller holds its lease; ``job`` is the record its lease
+        returned, whose ``attempts`` stamps the slot: the gate's fence, ``ports.GateStore``).
 
         The gate is read first: only the oldest job of its conversation may start, and the store's
         condition cannot see order (it checks the slot count and that no job of the conversation
         runs). Being the oldest cannot be undone (an entry goes in only after every earlier one),
         so the read's answer still holds when the write lands. A message of a job that must wait
         (a duplicate, a stray) is thereby harmless too.
+
+        An entry found running already holds the job's slot: ours if our own take landed
+        unanswered; an earlier attempt's if that one took it and lost the job before it gave the
+        slot back (it asked the user and was frozen before its pause, or died): we take it over,
+        stamping it with our attempt (``retake``), so that the earlier attempt's late writes are
+        refused. Stamped by a later attempt: we have lost the job ourselves (``Fenced``).
         """
         s = self.settings
         entry = gate_entry(job)
+        attempt = job.attempts
         if next_up:
             # Its sender found it the oldest waiting job of its conversation (the submit's and the
             # sweeper's ``next_up``, a hand-off's ``startable``), which cannot be undone: the write
             # alone decides, its condition checking the rest. Only when it fails (no free slot, our
             # own earlier take, not enrolled) is the gate read to tell which. One read less per job.
             try:
-                self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires())
+                self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires(), attempt=attempt)
                 return Verdict.RUN
             except ConditionFailed:
                 pass
@@ -150,32 +161,58 @@ class Admission:
             if mine is None:
                 return Verdict.NOT_ENROLLED
             if mine.running:
-                return Verdict.RUN  # ours already: an earlier attempt took it, or our write landed unanswered
+                if mine.attempt == attempt:
+                    return Verdict.RUN  # ours already: our write landed unanswered
+                if mine.attempt > attempt:
+                    raise Fenced(job.job_id)  # a later attempt took the job over
+                try:
+                    self.deps.gates.retake(job.user_id, job.job_id, attempt=attempt)
+                    count("GateSlotsTakenOver")
+                    return Verdict.RUN
+                except ConditionFailed:
+                    continue  # it moved between the read and the write: read again
             if not gate.may_start(job.job_id, s.max_running_per_user):
                 return Verdict.WAIT
             try:
-                self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires())
+                self.deps.gates.take(job.user_id, entry, s.max_running_per_user, self._expires(), attempt=attempt)
                 return Verdict.RUN
             except ConditionFailed:
                 continue  # it moved between the read and the write: read again
         return Verdict.WAIT
 
-    def release(self, job: Job) -> list[str]:
+    def release(self, job: Job, *, attempt: int | None = None) -> list[str]:
         """Remove the ending job from its gate and hand its place on; idempotent (call it again
-        after a crash: the removal is done once, the hand-off again, which is harmless)."""
-        gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id)
+        after a crash: the removal is done once, the hand-off again, which is harmless).
+
+        ``attempt``: a worker's finalize, fenced like its other gate writes (``Fenced`` if a later
+        attempt stamped the entry: that one finalizes). The API and the sweeper pass none: they end
+        a job nobody holds, after their terminal event landed."""
+        try:
+            gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
+                                          attempt=attempt)
+        except ConditionFailed:
+            raise Fenced(job.job_id) from None
         return self.hand_on(job.user_id, gate)
 
-    def pause(self, job: Job) -> list[str]:
+    def pause(self, job: Job, *, attempt: int) -> list[str]:
         """The job asks the user: its slot goes back (handed on to the user's other jobs), its
-        conversation stays held until it ends."""
-        gate = self.deps.gates.pause(job.user_id, job.job_id, job.conversation_id)
+        conversation stays held until it ends. ``Fenced`` (and nothing written) if a later attempt
+        than ``attempt`` took the job over: the slot is that one's now."""
+        try:
+            gate = self.deps.gates.pause(job.user_id, job.job_id, job.conversation_id, attempt=attempt)
+        except ConditionFailed:
+            raise Fenced(job.job_id) from None
         return self.hand_on(job.user_id, gate)
 
-    def resume(self, job: Job) -> bool:
+    def resume(self, job: Job, *, attempt: int | None = None) -> bool:
         """The user answered: the job waits to run again, and is sent if it may start now
-        (otherwise whoever frees a slot sends it). Idempotent."""
-        gate = self.deps.gates.unpause(job.user_id, job.job_id)
+        (otherwise whoever frees a slot sends it). Idempotent. ``attempt``: the asking worker's,
+        which saw the answer as it left (``Fenced`` if a later attempt took the job over); the
+        API and the sweeper pass none."""
+        try:
+            gate = self.deps.gates.unpause(job.user_id, job.job_id, attempt=attempt)
+        except ConditionFailed:
+            raise Fenced(job.job_id) from None
         if not gate.next_up(job.job_id, self.settings.max_running_per_user):
             return False
         self.deps.jobs.postpone(job.job_id, self.deps.clock.now() + self.settings.pending_grace_seconds)

@@ -310,7 +310,14 @@ class _Attempt:
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's
         # index: a crash in between finalizes (and hands on) again (docs/architecture.md).
-        self.r.admission.release(job)
+        try:
+            self.r.admission.release(job, attempt=self.attempt)
+        except Fenced:
+            # A later attempt took the job over (and its slot): it meets the terminal event at its
+            # next write and finalizes, or, dead, leaves the job on the index for the next one.
+            count("Fenced")
+            log.warning("fenced at finalize: a later attempt holds the job", extra={"job_id": job.job_id})
+            return
         self.deps.jobs.save_projection(job, owner=None)
         self._notify(finished_message(job, term))
         count({EventType.COMPLETE: "JobsCompleted", EventType.FAILED: "JobsFailed",
@@ -433,9 +440,9 @@ class _Attempt:
 
         Why: the job's way may have been freed after our gate read and before our release (its
         predecessor ended, a slot came free). The hand-off then sent its message, which met our
-        live lease and was dropped as a duplicate; we drop ours: nobody would send it, and the
-        sweeper would count it as queued (any backlog of other users' messages would do) for up to
-        ``max_queue_wait_seconds``. Read after the release, the gate shows any hand-off whose
+        live lease and was dropped as a duplicate; we drop ours: nobody would send it but the
+        sweeper, which would presume it queued first (any backlog of other users' messages would
+        do): two grace periods lost. Read after the release, the gate shows any hand-off whose
         message our lease can have met, so one of the two messages always survives. (The other
         way, a delivery that meets a live lease keeping its message for a retry after the lease,
         would delay every true duplicate by a lease and needs the record to tell them apart.) One
@@ -503,6 +510,11 @@ class _Attempt:
         the release takes back the attempt its lease counted, as a give-back does. Otherwise a few
         strays while the question is open would use up ``max_attempts``, and the attempt after
         the answer would fail ``attempts_exhausted``. The attempt that asked did run: it counts.
+
+        The pause and the resume carry our attempt: once a later attempt has taken the job over
+        (we were frozen past our lease, or slow after releasing it, and the answer came), the gate
+        refuses them and we stop (``Fenced``): a pause landing then would give away the slot the
+        later attempt runs in, and its hand-off would start another job beside it.
         """
         self.keeper.stop()
         question = replay(self.events).question
@@ -518,14 +530,20 @@ class _Attempt:
             released = True
             if self._cancelled_after_release():
                 return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
-            self.r.admission.pause(self.view)
+            self.r.admission.pause(self.view, attempt=self.attempt)
             if question is not None:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
                                          seq=self.head, title="Alfred needs your answer",
                                          body=question.prompt[:160]))
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
-                self.r.admission.resume(self.view)
+                self.r.admission.resume(self.view, attempt=self.attempt)
+        except Fenced:
+            # A later attempt took the job over (the answer came, and it runs): its slot is not
+            # ours to give back, nor its conversation to free. Nothing else is ours to write.
+            count("Fenced")
+            log.warning("fenced while leaving: a later attempt holds the job", extra={"job_id": self.job.job_id})
+            return RunResult(Outcome.DROPPED, "fenced")
         except StoreError:
             # Let the message come back and leave again (every step above is idempotent); past
             # our lease if we still hold it, or the redelivery would be dropped as a duplicate.

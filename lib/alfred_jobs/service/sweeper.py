@@ -6,8 +6,16 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   or nothing stops it) with no message under way: its message is sent again. Only these count
   as ``StuckJobs``, the metric behind the stuck-jobs alarm.
 - **queued**: it may start and was sent, but never picked up, while the queue holds a backlog:
-  its message is presumed still queued (for up to ``max_queue_wait_seconds``); it is checked
-  again a grace period later, not sent twice.
+  its message is presumed still queued, and it is checked again a grace period later. At most
+  once per send, though: a sender that writes before it sends (the submit, a hand-off, a resume)
+  may have died in between, and on a queue shared with other traffic the backlog is never zero.
+  So a job found due again, still never started, after one presumption since its last send, is
+  sent again (``resent``: its message was lost, or this one is a duplicate, which the lease drops).
+  That send is the sweeper's own, made before its write, so a message of the job is known to be
+  in the queue: it is presumed queued until ``max_queue_wait_seconds`` after the job's creation,
+  and sent again at most once per job in a long backlog. The mark lives on the job record and
+  every decision on it is its conditional write (``JobStore.presume_queued``), never the index
+  read that found the job: a stale read cannot make the sweeper presume twice.
 - **waiting**: its user's gate says it must wait (an earlier job of its conversation, or the
   user's run slots all held). It holds nothing; whoever frees its way sends it. Left alone. So is
   a job never admitted to its gate (no entry, never started) while the gate is full: it is
@@ -20,8 +28,9 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   go and died before it looked at the flag again): ended ``cancelled``, as the API would have.
 
 Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
-lease, or is done), so every mistake here costs a message, never a second run. The one read that
-can be stale (the queue's approximate backlog) only decides *when* a job is sent again.
+lease, or is done), so every mistake here costs a message, never a second run. The reads that
+can be stale (the due index, the queue's approximate backlog) only decide *when* a job is sent
+again.
 
 The sweeper also repairs gates: for a due job that waits, every entry that keeps it waiting (in
 its conversation, or holding or claiming the user's run slots in any other) is looked at, and an
@@ -54,6 +63,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)  # stranded: sent again
     waiting: list[str] = field(default_factory=list)   # waiting their turn in their gate
     queued: list[str] = field(default_factory=list)    # sent, presumed still in the queue's backlog
+    resent: list[str] = field(default_factory=list)    # presumed queued once since its last send: sent again
     repaired: list[str] = field(default_factory=list)  # gate entries of jobs gone or ended, removed
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
@@ -88,8 +98,9 @@ class Sweeper:
         count("StuckJobs", len(report.requeued))
         count("JobsWaiting", len(report.waiting))
         count("JobsQueued", len(report.queued))
-        if report.requeued or report.repaired:
-            log.info("sweeper requeued jobs", extra={"count": len(report.requeued),
+        count("QueuedJobsResent", len(report.resent))
+        if report.requeued or report.resent or report.repaired:
+            log.info("sweeper requeued jobs", extra={"count": len(report.requeued), "resent": len(report.resent),
                                                       "repaired": len(report.repaired)})
         return report
 
@@ -97,7 +108,7 @@ class Sweeper:
                    queue_backlog: Callable[[], int], report: SweepReport) -> None:
         s = self.deps.settings
         later = now + max(s.lease_seconds, s.pending_grace_seconds)
-        next_up = False
+        next_up = resent = False
         if job.lease_owner is None or not job.lease_live(now):
             if job.cancel_requested and end_if_cancelled(self.deps, job.job_id, SWEEPER_WRITER) is not None:
                 # A flag set while a worker held the job, which let the lease go before it saw it
@@ -125,16 +136,20 @@ class Sweeper:
                     return
                 if (job.attempts == 0 and now - job.created_at < s.max_queue_wait_seconds
                         and job.job_id not in report.requeued and queue_backlog() > 0):
-                    self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
-                    report.queued.append(job.job_id)
-                    return
+                    # Presumed queued, once per send (the record's mark, under the write's own
+                    # condition): presumed once already, it is sent again (lost, or a duplicate).
+                    if self.deps.jobs.presume_queued(job.job_id, now + s.pending_grace_seconds):
+                        report.queued.append(job.job_id)
+                        return
+                    resent = True
                 next_up = True
         # Stranded: a dead worker's job, an admitted job without a message, a job its submit
         # never enrolled (its first delivery enrolls it), or one whose finalize did not finish.
         self.deps.queue.send(job.job_id, next_up=next_up)
-        # Not again before a worker had the time to take it.
-        self.deps.jobs.postpone(job.job_id, later)
-        report.requeued.append(job.job_id)
+        # Not again before a worker had the time to take it; and this send, made before the
+        # write, is known to be in the queue (``sent``): presumed queued while the backlog lasts.
+        self.deps.jobs.postpone(job.job_id, later, sent=True)
+        (report.resent if resent else report.requeued).append(job.job_id)
 
     def _waits_for_room(self, job: Job, gate: Gate, gates: dict[str, Gate], live: set[str],
                         report: SweepReport) -> bool:

@@ -241,7 +241,7 @@ class SimJobStore:
     """``JobStore`` over ``MemoryJobStore``, through the wire; index reads are eventually consistent."""
 
     WRITES = ("create", "acquire_lease", "renew_lease", "release_lease", "save_projection",
-              "request_cancel", "postpone", "delete_unstarted")
+              "request_cancel", "postpone", "presume_queued", "delete_unstarted")
 
     def __init__(self, wire: Wire, inner: MemoryJobStore) -> None:
         self.wire = wire
@@ -406,7 +406,7 @@ class Through:
         return call
 
 
-GATE_WRITES = frozenset({"enroll", "take", "pause", "unpause", "remove"})
+GATE_WRITES = frozenset({"enroll", "take", "retake", "pause", "unpause", "remove"})
 CONVERSATION_WRITES = frozenset({"commit_turn"})
 AGENT_DATA_WRITES = frozenset({"record_step_effect", "record_usage"})
 PUSH_WRITES = frozenset({"add", "remove"})
