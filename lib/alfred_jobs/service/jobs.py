@@ -196,6 +196,16 @@ class JobService:
             # later resend with room finds no record and creates it (guarantee 5). If a worker took
             # it meanwhile (admitted under the limit after all), it runs: 202.
             self._refuse(existing, self._too_many())
+        unstarted = existing.status is JobStatus.PENDING and existing.last_seq == 0
+        if unstarted and self.deps.jobs.get(existing.job_id) is None:
+            # A resend of this key was refused meanwhile (a 429, a reject) and deleted the record,
+            # then took its entry out; our enroll, which ran beside our put, may have landed after
+            # that and left an entry with no job (a user with no live job and a non-empty gate). Read
+            # after our enroll landed: either the refusal's removal came later and took our entry
+            # too, or we see the record gone here and take it out ourselves. The client sends again.
+            self.deps.gates.remove(user_id, existing.job_id, conversation_id=existing.conversation_id,
+                                   only_waiting=True)
+            raise TransientStoreError(f"job {existing.job_id} was refused meanwhile; send it again")
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A

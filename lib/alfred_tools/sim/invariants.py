@@ -37,7 +37,8 @@ def check_end(w: World) -> None:
 
         # Guarantee 9: nothing stays pending or running for ever.
         asking = job.status is JobStatus.WAITING and state.question is not None
-        waiting = asking or (job.status is JobStatus.PENDING and w.behind_a_question(rec.user_id, job_id))
+        waiting = asking or (job.status is JobStatus.PENDING and (
+            w.behind_a_question(rec.user_id, job_id) or (a is None and w.waits_for_room(rec.user_id, job_id))))
         f.check("every_job_ends_or_waits_on_a_question", job.terminal or waiting,
                 lambda job_id=job_id, job=job, rec=rec: (
                     f"{job_id} is {job.status} (record {rec.status}, attempts {rec.attempts}) "

@@ -564,8 +564,17 @@ class World:
         a = self.accepted.get(job_id)
         if job.status is JobStatus.PENDING and self.behind_a_question(job.user_id, job_id):
             return True
+        if job.status is JobStatus.PENDING and a is None and self.waits_for_room(job.user_id, job_id):
+            return True
         return (job.status is JobStatus.WAITING and state.question is not None
                 and (a is None or a.abandoned) and job_id not in self.cancels)
+
+    def waits_for_room(self, user: str, job_id: str) -> bool:
+        """Whether ``job_id`` (its submit never answered) has no entry because its user's gate is
+        full of jobs that wait on their questions: by design it is enrolled when there is room."""
+        entries = self.inner_gates._live(user)
+        return job_id not in entries and len(entries) >= self.settings.max_active_per_user and all(
+            self._settled(e) for e in entries)
 
     def behind_a_question(self, user: str, job_id: str) -> bool:
         """Whether an earlier job of ``job_id``'s conversation waits on its user's answer: by
