@@ -543,3 +543,35 @@ def test_a_refused_job_never_runs_past_the_active_limit() -> None:
     assert sent(deps)[-1] == left.job_id
     assert run(deps, left.job_id) is Outcome.DONE
     assert log(deps, left.job_id)[-1].type is EventType.COMPLETE
+
+
+def test_a_resend_whose_enroll_lands_after_a_refusal_deleted_the_job_leaves_no_entry() -> None:
+    # GIVEN a job put by one submit of a key (frozen since), and a resend of the same key that is
+    # refused meanwhile: it deletes the record (and takes its own entry out) just after the
+    # frozen submit found the record there
+    deps = make_deps()
+    svc = JobService(deps)
+    req = ChatRequest(message="soup", conversation_id="c1")
+    first = svc.submit("u", req, "k1").job
+    deps.gates.remove("u", first.job_id)  # the refusing resend took the entry out...
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    real_get = store.get
+    calls: list[str] = []
+
+    def get_then_deleted(job_id: str, consistent: bool = True) -> Job | None:
+        job = real_get(job_id, consistent)
+        calls.append(job_id)
+        if len(calls) == 1:
+            store.delete_unstarted(job_id, first.created_at)  # ... and deleted the record now
+        return job
+
+    store.get = get_then_deleted  # type: ignore[method-assign]
+    # WHEN the frozen submit wakes: its put meets the record, its enroll lands after the removal
+    with pytest.raises(TransientStoreError):
+        svc.submit("u", req, "k1")
+    # THEN no entry is left without its job (the client sends again, and a new job is made)
+    assert deps.gates.read("u") == Gate()
+    store.get = real_get  # type: ignore[method-assign]
+    again = svc.submit("u", req, "k1")
+    assert again.created and [e.job_id for e in deps.gates.read("u").entries] == [again.job.job_id]
