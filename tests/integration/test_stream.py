@@ -410,7 +410,7 @@ def test_disconnecting_a_client_stops_its_work(stack: Stack, srv: StreamServer) 
         assert stats is not None and stats.watchers == 1 and stats.polling
         assert srv.hub.pollers == 1
     # WHEN it disconnects, THEN the watcher and the poller are gone, and reads stop
-    wait_until(lambda: srv.hub.stats(job.job_id) is None and srv.hub.pollers == 0, timeout=3,
+    wait_until(lambda: srv.hub.stats(job.job_id) is None and srv.hub.pollers == 0, timeout=30,
                what="the watcher and its poller to be released")
     reads = srv.log.reads[job.job_id]
     with httpx.Client(timeout=5) as client:  # a later request is served (the loop is healthy) ...
