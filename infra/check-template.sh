@@ -3,12 +3,15 @@
 #
 #   bash infra/check-template.sh
 #
-# 1. cfn-lint template.yaml
-# 2. sam validate (SAM translation) and sam validate --lint
-# 3. sam build of each zip function (and the layer it uses) into a temporary directory; the
-#    stream function is a container image and needs Docker, so it is not built here: its
-#    Dockerfile is linted by hadolint instead (step 5)
-# 4. checkov on the template: every finding is fixed or skipped inline with a justification
+# 1. cfn-lint on template.yaml and on a copy whose defaults select the other hostings
+#    (StreamHosting=service, SubmitSnapStart=Enabled), in one run
+# 2. sam validate (the SAM translation; `sam validate --lint` is cfn-lint with the same default
+#    configuration, which step 1 already ran, so it is not run again)
+# 3. one sam build of the zip functions and the layer they share (built once) into a temporary
+#    directory; the stream function is a container image and needs Docker, so it is left out of
+#    the copy of the template that is built: its Dockerfile is linted by hadolint instead (step 5)
+# 4. checkov on both templates, in one run: every finding is fixed or skipped inline with a
+#    justification
 # 5. hadolint functions/stream/Dockerfile (if present)
 #
 # The tools live in their own virtual environment (default .venv/infra, override with
@@ -50,41 +53,9 @@ export PYTHON="$BIN/python"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-# ---- 1-2: lint and validate ----------------------------------------------------------------
-step "cfn-lint template.yaml"
-"$BIN/cfn-lint" template.yaml
-
-step "sam validate"
-"$BIN/sam" validate --template-file template.yaml
-"$BIN/sam" validate --lint --template-file template.yaml
-
-# ---- 3: build the zip functions and the layer ----------------------------------------------
-FUNCTIONS=(SubmitFunction WorkerFunction SweeperFunction)
-for fn in "${FUNCTIONS[@]}"; do
-    step "sam build $fn"
-    "$BIN/sam" build "$fn" --template-file template.yaml --build-dir "$WORK/$fn" >"$WORK/$fn.log" 2>&1 \
-        || { cat "$WORK/$fn.log"; echo "sam build $fn failed" >&2; exit 1; }
-    test -f "$WORK/$fn/$fn/app.py" || { echo "$fn: app.py missing from the build" >&2; exit 1; }
-    echo "built $fn"
-done
-# The layer is built with each function; check one copy is a python3.12 Lambda layer.
-LAYER="$WORK/SubmitFunction/AlfredLibLayer/python"
-test -f "$LAYER/alfred_jobs/__init__.py" || { echo "layer: alfred_jobs missing" >&2; exit 1; }
-compgen -G "$LAYER/pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu.so" >/dev/null \
-    || { echo "layer: no cp312 manylinux pydantic_core (wrong platform flags?)" >&2; exit 1; }
-compgen -G "$LAYER/cryptography/hazmat/bindings/_rust.abi3.so" >/dev/null \
-    || { echo "layer: no manylinux cryptography (Web Push needs it)" >&2; exit 1; }
-if compgen -G "$LAYER/moto" >/dev/null; then echo "layer: moto (local only) must not ship" >&2; exit 1; fi
-echo "layer: $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
-
-# ---- 4: checkov ------------------------------------------------------------------------------
-step "checkov -f template.yaml"
-# --skip-download: no calls to the vendor's platform (CI has no account, and may have no network).
-"$BIN/checkov" -f template.yaml --framework cloudformation --quiet --compact --skip-download
-# checkov drops the resources whose Condition is false with the parameters' defaults, so the
-# service hosting of the stream (StreamHosting=service) and SnapStart are scanned, and
-# translated by SAM, in a copy whose defaults select them.
-step "checkov and sam validate with StreamHosting=service, SubmitSnapStart=Enabled"
+# checkov and the SAM translator drop the resources whose Condition is false with the
+# parameters' defaults, so the service hosting of the stream (StreamHosting=service) and SnapStart
+# are linted and scanned in a copy whose defaults select them.
 SERVICE="$WORK/template-service.yaml"
 "$BIN/python" - template.yaml "$SERVICE" <<'PY'
 import re, sys
@@ -94,8 +65,54 @@ for name, old, new in (("StreamHosting", "lambda", "service"), ("SubmitSnapStart
     assert n == 1, f"{name}: default {old} not found"
 open(sys.argv[2], "w", encoding="utf-8").write(text)
 PY
-"$BIN/sam" validate --lint --template-file "$SERVICE"
-"$BIN/checkov" -f "$SERVICE" --framework cloudformation --quiet --compact --skip-download
+
+# ---- 1-2: lint and validate ----------------------------------------------------------------
+step "cfn-lint template.yaml (and with StreamHosting=service, SubmitSnapStart=Enabled)"
+"$BIN/cfn-lint" template.yaml "$SERVICE"
+
+step "sam validate"
+"$BIN/sam" validate --template-file template.yaml
+
+# ---- 3: build the zip functions and the layer, once ------------------------------------------
+FUNCTIONS=(SubmitFunction WorkerFunction SweeperFunction)
+step "sam build ${FUNCTIONS[*]} and AlfredLibLayer"
+# The template without its image functions (JSON, intrinsics in long form, as cfn-lint reads it);
+# --base-dir keeps CodeUri/ContentUri relative to the checkout.
+ZIP_TEMPLATE="$WORK/template-zip.json"
+"$BIN/python" - template.yaml "$ZIP_TEMPLATE" "${FUNCTIONS[@]}" <<'PY'
+import json, sys
+from cfnlint.decode import decode
+template, problems = decode(sys.argv[1])
+assert template is not None and not problems, problems
+resources = template["Resources"]
+images = [k for k, v in resources.items() if v.get("Properties", {}).get("PackageType") == "Image"]
+for k in images:
+    del resources[k]
+zips = sorted(k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function")
+assert zips == sorted(sys.argv[3:]), f"zip functions {zips}: update FUNCTIONS in infra/check-template.sh"
+json.dump(template, open(sys.argv[2], "w", encoding="utf-8"))
+PY
+BUILD="$WORK/build"
+"$BIN/sam" build --template-file "$ZIP_TEMPLATE" --base-dir "$ROOT" --build-dir "$BUILD" >"$WORK/build.log" 2>&1 \
+    || { cat "$WORK/build.log"; echo "sam build failed" >&2; exit 1; }
+for fn in "${FUNCTIONS[@]}"; do
+    test -f "$BUILD/$fn/app.py" || { echo "$fn: app.py missing from the build" >&2; exit 1; }
+    echo "built $fn"
+done
+# Check the layer is a python3.12 Lambda layer.
+LAYER="$BUILD/AlfredLibLayer/python"
+test -f "$LAYER/alfred_jobs/__init__.py" || { echo "layer: alfred_jobs missing" >&2; exit 1; }
+compgen -G "$LAYER/pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu.so" >/dev/null \
+    || { echo "layer: no cp312 manylinux pydantic_core (wrong platform flags?)" >&2; exit 1; }
+compgen -G "$LAYER/cryptography/hazmat/bindings/_rust.abi3.so" >/dev/null \
+    || { echo "layer: no manylinux cryptography (Web Push needs it)" >&2; exit 1; }
+if compgen -G "$LAYER/moto" >/dev/null; then echo "layer: moto (local only) must not ship" >&2; exit 1; fi
+echo "layer: $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
+
+# ---- 4: checkov ------------------------------------------------------------------------------
+step "checkov -f template.yaml (and with StreamHosting=service, SubmitSnapStart=Enabled)"
+# --skip-download: no calls to the vendor's platform (CI has no account, and may have no network).
+"$BIN/checkov" -f template.yaml -f "$SERVICE" --framework cloudformation --quiet --compact --skip-download
 
 # ---- 5: hadolint ----------------------------------------------------------------------------
 DOCKERFILE=functions/stream/Dockerfile
@@ -107,5 +124,5 @@ else
     echo "hadolint: $DOCKERFILE not present yet, skipped"
 fi
 
-printf '\ncheck-template: OK (cfn-lint, sam validate, sam build %s, checkov (both stream hostings), hadolint) in %ss\n' \
+printf '\ncheck-template: OK (cfn-lint and checkov on both stream hostings, sam validate, one sam build of %s and the layer, hadolint) in %ss\n' \
     "${FUNCTIONS[*]}" "$((SECONDS - START))"

@@ -9,11 +9,21 @@
 # LocalStack lives in its own virtual environment (.venv-localstack): its pins (cryptography<44,
 # ...) must not leak into the project's. The tests run from the project's venv as usual.
 #
-#   infra/localstack-sqs.sh                    # the whole integration suite
+# It runs the integration tests that go through the queue (marker `queue`: jobs run by workers
+# polling the target's queue, the CLI and `dev` against it, its attributes and redrive read
+# back), in two pytest processes. The others would only run a second time on the same moto
+# DynamoDB: the faithful-proxy tests (test_guarantees, test_conversations, test_asking,
+# test_faithful, test_template_env) and the bench harness start moto servers of their own and never
+# reach LocalStack, and the rest talk to DynamoDB only.
+#
+#   infra/localstack-sqs.sh                    # the integration tests marked `queue`
 #   infra/localstack-sqs.sh -k cli -x          # extra arguments go to pytest
+#   infra/localstack-sqs.sh -m ""              # the whole integration suite
+#   infra/localstack-sqs.sh --prepare          # only create .venv-localstack (CI does it meanwhile)
 #
 # Environment: PYTHON (for the LocalStack venv, default python3), LOCALSTACK_VENV, PROJECT_VENV,
-# LOCALSTACK_PORT, MOTO_PORT (default: free ports), KEEP_LOGS=1 (print the LocalStack log at the end).
+# LOCALSTACK_PORT, MOTO_PORT (default: free ports), KEEP_LOGS=1 (print the LocalStack log at the end),
+# ALFRED_TEST_WORKERS (pytest processes, default 2; 0: one process, no xdist).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,17 +39,22 @@ PINS=("localstack-core[runtime]==$LOCALSTACK_VERSION" "cbor2<5.7" "pyopenssl<24.
 
 log() { printf '[localstack-sqs] %s\n' "$*" >&2; }
 
+if [[ ! -x "$LS_VENV/bin/python" ]] || ! "$LS_VENV/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
+  log "creating $LS_VENV with LocalStack $LOCALSTACK_VERSION"
+  "$PYTHON" -m venv "$LS_VENV"
+  # (sed drops pip's notes about unused local package folders; pipefail keeps pip's status)
+  "$LS_VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | sed '/^WARNING: Location/d' >&2
+  "$LS_VENV/bin/python" -m pip install -q "${PINS[@]}" 2>&1 | sed '/^WARNING: Location/d' >&2
+fi
+if [[ "${1:-}" == "--prepare" ]]; then
+  log "$LS_VENV is ready"; exit 0
+fi
+
 if [[ ! -x "$PROJECT_VENV/bin/python" ]]; then
   log "no project venv at $PROJECT_VENV: create it first (see README)"; exit 2
 fi
 free_port() { "$PROJECT_VENV/bin/python" -c 'from alfred_tools.emulator import free_port; print(free_port())'; }
 
-if [[ ! -x "$LS_VENV/bin/python" ]] || ! "$LS_VENV/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
-  log "creating $LS_VENV with LocalStack $LOCALSTACK_VERSION"
-  "$PYTHON" -m venv "$LS_VENV"
-  "$LS_VENV/bin/python" -m pip install -q --upgrade pip
-  "$LS_VENV/bin/python" -m pip install -q "${PINS[@]}"
-fi
 
 LS_PORT="${LOCALSTACK_PORT:-$(free_port)}"
 MOTO_PORT="${MOTO_PORT:-$(free_port)}"
@@ -93,9 +108,12 @@ export AWS_ENDPOINT_URL_SQS="http://127.0.0.1:$LS_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$MOTO_PORT"
 export AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 unset AWS_ENDPOINT_URL AWS_SESSION_TOKEN AWS_PROFILE || true
-log "running tests/integration with SQS=$AWS_ENDPOINT_URL_SQS DynamoDB=$AWS_ENDPOINT_URL_DYNAMODB"
+workers="${ALFRED_TEST_WORKERS:-2}"
+xdist=()
+if [[ "$workers" != 0 ]]; then xdist=(-n "$workers" --dist loadfile); fi
+log "running tests/integration -m queue with SQS=$AWS_ENDPOINT_URL_SQS DynamoDB=$AWS_ENDPOINT_URL_DYNAMODB"
 set +e
-"$PROJECT_VENV/bin/python" -m pytest tests/integration -q -p no:cacheprovider "$@"
+"$PROJECT_VENV/bin/python" -m pytest tests/integration -m queue "${xdist[@]}" -q -p no:cacheprovider "$@"
 code=$?
 set -e
 exit $code

@@ -1,4 +1,5 @@
-"""The chaos suite (markers ``chaos`` and ``chaos_long``, declared in pyproject.toml).
+"""The chaos suite (marker ``chaos``, declared in pyproject.toml): the fault injector's tests and the
+real-process smoke test (docs/testing.md, "Chaos"; the simulator carries chaos at scale).
 
 The proving ground runs on AWS's semantics: every ``stack`` here sits behind the faithful proxy
 (stale eventually consistent reads, late TTL, ambiguous writes, throttles, duplicate deliveries),

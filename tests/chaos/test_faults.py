@@ -1,21 +1,18 @@
-"""Jobs converge under injected AWS faults (throttling, 5xx, timeouts, ambiguous writes).
+"""The fault injector (``alfred_tools.faults``, ``ALFRED_FAULTS``) and the regressions it found.
 
-Every process of the system runs with ``ALFRED_FAULTS`` set: the submit path (in this process),
-two worker processes, a sweeper process and the stream app (long-poll watchers). The seed is in
-every assertion message; to replay a failure::
-
-    ALFRED_FAULT_SEED=<seed> .venv/bin/pytest tests/chaos/test_faults.py
+Each test here is deterministic: a plan parsed, the injector's decisions drawn from a seed, one
+fault of each kind forced on one call, one ambiguous append, one storage blip at the API, one lost
+park of a failed job, one throttled start of a poller. Convergence of whole histories under faults
+in every process is the simulator's (``alfred_tools.sim``; docs/testing.md, "Chaos").
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
@@ -27,40 +24,14 @@ from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.entry.http.stream_api import create_stream_app
 from alfred_jobs.exceptions import SlotTaken, TransientStoreError
-from alfred_jobs.service.auth import issue_stream_token
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
 from alfred_tools.clients import tool_clients
 from alfred_tools.faults import FaultInjector, FaultKind, FaultPlan, FaultSpecError
-from tests.chaos.support import (
-    WatchRecord,
-    allow_receives,
-    assert_conversation_once,
-    assert_effects_once_per_completed_step,
-    assert_watcher_saw_the_log,
-    dlq_job_ids,
-    long_poll_session,
-    retry_transient,
-    start_sweeper,
-    terminal_log,
-)
-from tests.integration.helpers import assert_contiguous_single_terminal
-from tests.support.servers import serve
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack
 from tests.support.template_env import HARNESS_PRINCIPAL
 
 pytestmark = pytest.mark.chaos
-
-SEED = int(os.environ.get("ALFRED_FAULT_SEED", "7"))
-RATES = "throttle=0.01,5xx=0.01,timeout=0.01,ambiguous=0.01"
-
-
-def fault_spec(seed: int, label: str) -> str:
-    # Every operation, every kind; conditional puts and counters get extra ambiguous writes. A lost
-    # ReceiveMessage response hides its message for the queue's visibility timeout (720 s, as on
-    # AWS): the sweeper covers the job, but the queue could not drain within the test, so not that one.
-    return (f"seed={seed};label={label};*:{RATES};PutItem:ambiguous=0.05;UpdateItem:ambiguous=0.04;"
-            "ReceiveMessage:ambiguous=0")
 
 
 # ---- the injector itself --------------------------------------------------------------------
@@ -148,20 +119,6 @@ def test_a_storage_blip_is_a_503_with_retry_after_in_the_one_shape(stack: Stack)
             assert resp.headers["retry-after"] == "1"
 
 
-def api_deps_injected(deps: object) -> dict[str, int]:
-    from alfred_tools.faults import injector_for
-
-    inj = injector_for(getattr(deps, "settings").faults)  # noqa: B009
-    return inj.summary() if inj else {}
-
-
-def queue_report(stack: Stack) -> str:
-    attrs = stack.clients.sqs.get_queue_attributes(QueueUrl=stack.clients.queue_url, AttributeNames=["All"])
-    a = attrs["Attributes"]
-    return (f"visible={a.get('ApproximateNumberOfMessages')} inflight={a.get('ApproximateNumberOfMessagesNotVisible')} "
-            f"delayed={a.get('ApproximateNumberOfMessagesDelayed')}")
-
-
 class LosesFirstPark(MemoryJobQueue):
     """A queue whose first SendMessage to the DLQ fails (after botocore gave up retrying)."""
 
@@ -217,98 +174,8 @@ def test_a_poller_survives_a_storage_blip_at_start(stack: Stack) -> None:
     thread = threading.Thread(target=poller.run_forever, daemon=True)
     thread.start()
     try:
-        assert receives.wait(10), "the poller never got to polling"
+        assert receives.wait(60), "the poller never got to polling"  # a bound on a failure
         assert thread.is_alive() and failures["GetQueueAttributes"] == 0
     finally:
         poller.stopping.set()
         thread.join(10)
-
-
-# ---- convergence of a batch --------------------------------------------------------------------
-
-
-MESSAGES = [
-    "chicken rice [steps=3]", "tofu [steps=4] [flaky=2]", "beans [steps=2] [flaky-reply]",
-    "lentils [steps=3]", "pasta [steps=5]", "soup [steps=1]", "curry [fatal]", "stew [fail]",
-    "salad [steps=2]", "fish [steps=3] [flaky=3]", "eggs [steps=2]", "pie [steps=4]",
-]
-POISON = {"curry [fatal]", "stew [fail]"}
-
-
-def test_a_batch_converges_under_faults_in_every_process(stack: Stack) -> None:
-    seed = SEED
-    ctx = f"[fault seed {seed}; replay with ALFRED_FAULT_SEED={seed}]"
-    # Faults here are what survives botocore's retries, at rates far above AWS's, so allow more
-    # attempts, and keep them below the queue's maxReceiveCount as template.yaml does (3 < 5).
-    env = {"ALFRED_MAX_ATTEMPTS": "6", "ALFRED_RETRY_MAX_SECONDS": "1", "ALFRED_DEMO_STEP_SECONDS": "0.02"}
-    # A message whose delete was lost comes back after the visibility timeout (720 s in the
-    # template); shortened here so those no-op redeliveries happen within the test.
-    allow_receives(stack, 10, visibility_timeout=5)
-    for n in range(2):
-        stack.start_worker(concurrency=2, ALFRED_FAULTS=fault_spec(seed, f"worker{n}"), **env)
-    start_sweeper(stack, ALFRED_FAULTS=fault_spec(seed, "sweeper"), **env)
-
-    # Submit through faulted clients, as a client would: a 5xx is retried with the same key.
-    api_deps = stack.make_deps(stack.settings.model_copy(update={"faults": fault_spec(seed, "api")}))
-    svc = JobService(api_deps)
-    jobs: dict[str, tuple[str, str, str]] = {}  # job_id -> (user, conversation_id, message)
-    for i, message in enumerate(MESSAGES):
-        user = f"user{i % 3}"
-        sub = retry_transient(lambda m=message, u=user, k=f"key-{i}": svc.submit(u, ChatRequest(message=m), k))
-        jobs[sub.job.job_id] = (user, sub.job.conversation_id, message)
-    assert len(jobs) == len(MESSAGES), f"an idempotent retry created a second job {ctx}"
-
-    # Watch every job by long-poll through a faulted stream app (5xx are retried by the watcher).
-    stream_app = create_stream_app(replace(api_deps, settings=api_deps.settings))
-    records = {job_id: WatchRecord(job_id) for job_id in jobs}
-
-    def watch(rec: WatchRecord, user: str) -> None:
-        token = issue_stream_token(stack.settings, user, rec.job_id)
-        deadline = time.monotonic() + 90
-        with httpx.Client(timeout=10) as client:
-            while not rec.done and time.monotonic() < deadline:
-                long_poll_session(client, f"{base}/api/jobs/{rec.job_id}/events", rec, token)
-
-    with serve(stream_app) as base:
-        threads = [threading.Thread(target=watch, args=(rec, jobs[jid][0]), daemon=True)
-                   for jid, rec in records.items()]
-        for t in threads:
-            t.start()
-        logs = {jid: wait_until(lambda j=jid: terminal_log(stack, j), timeout=90, what=f"{jid} to end {ctx}")
-                for jid in jobs}
-        for t in threads:
-            t.join(30)
-
-    attempts: dict[str, int] = {}
-    for job_id, (user, conv, message) in jobs.items():
-        events = logs[job_id]
-        where = f"job {job_id} ({message}) {ctx}"
-        assert_contiguous_single_terminal(events)
-        record = wait_until(lambda j=job_id: (r := stack.deps.jobs.get(j)) is not None and r.terminal and r,
-                            timeout=30, what=f"terminal projection of {where}")
-        assert str(record.status) == str(events[-1].type), where
-        attempts[job_id] = record.attempts
-        if message in POISON:
-            assert record.status is JobStatus.FAILED, where
-        else:
-            assert record.status is JobStatus.COMPLETE, f"{where}: {record.error}"
-        assert_effects_once_per_completed_step(stack, job_id, events)
-        assert_conversation_once(stack, user, conv, job_id, events)
-        assert records[job_id].done, f"watcher of {where} never saw the end: {records[job_id].errors[-3:]}"
-        assert_watcher_saw_the_log(records[job_id], events)
-
-    print(f"fault seed {seed}: attempts per job {sorted(attempts.values())}; "
-          f"api faults {api_deps_injected(api_deps)}")
-    # Nothing is left running, and the DLQ holds exactly the poison jobs.
-    try:
-        wait_until(lambda: stack.queue_depth() == 0, timeout=30, what=f"the queue to drain {ctx}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {queue_report(stack)}") from None
-    parked: set[str] = set()
-
-    def all_parked() -> bool:
-        parked.update(dlq_job_ids(stack))
-        return parked >= {j for j, v in jobs.items() if v[2] in POISON}
-
-    wait_until(all_parked, timeout=20, what=f"the poison jobs in the DLQ {ctx}")
-    assert parked == {j for j, v in jobs.items() if v[2] in POISON}, ctx

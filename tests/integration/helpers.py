@@ -25,7 +25,7 @@ def wait_terminal(stack: Stack, job_id: str, timeout: float = 60.0) -> list[Even
 
     evs: list[Event] = wait_until(done, timeout=timeout, what=f"job {job_id} to end")
     # The record is projected right after the terminal event: wait for that too.
-    wait_until(lambda: (j := stack.deps.jobs.get(job_id)) is not None and j.terminal, timeout=10,
+    wait_until(lambda: (j := stack.deps.jobs.get(job_id)) is not None and j.terminal, timeout=30,
                what="terminal projection")
     return evs
 

@@ -27,6 +27,10 @@ from alfred_tools.emulator import free_port
 from tests.integration.test_devstack import CLI, DevProcess, start_dev
 from tests.support.stack import wait_until
 
+# The CLI end to end against `alfred-jobs dev`, whose workers poll the target's queue (the
+# LocalStack leg runs this module: infra/localstack-sqs.sh).
+pytestmark = pytest.mark.queue
+
 STEP = "0.2"  # long enough to drop a connection or cancel mid-job, short enough for a fast suite
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 import httpx
+import pytest
 
 from alfred_jobs.adapters.memory import memory_deps
 from alfred_jobs.entry.http.jobs_api import create_app
@@ -142,6 +143,7 @@ def _healthy(dev: DevProcess) -> bool:
         return False
 
 
+@pytest.mark.queue
 def test_dev_serves_everything_on_one_origin_and_stops_without_orphans() -> None:
     with start_dev(workers=2) as dev:
         # GIVEN a running dev stack: moto server (unless a target is configured), sweeper, 2 workers
@@ -191,6 +193,7 @@ def test_children_die_with_dev_even_when_it_is_sigkilled() -> None:
         wait_until(lambda: not [p for p in kids if alive(p)], timeout=15, what="dev's children to exit")
 
 
+@pytest.mark.queue
 def test_dev_uses_configured_endpoints_instead_of_starting_moto(emulator: dict[str, str]) -> None:
     # GIVEN endpoint variables (the session's moto server; with an external target, LocalStack/mixed)
     with start_dev(workers=1, base=emulator) as dev:
@@ -216,6 +219,7 @@ def aws_client(service: str, dev: DevProcess) -> Any:
                                               LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]))
 
 
+@pytest.mark.queue
 def test_resources_created_locally_match_the_template() -> None:
     template = load_template()["Resources"]
     with start_dev(workers=1) as dev:
@@ -347,6 +351,7 @@ def test_dev_refuses_a_busy_port_before_any_banner_and_suggests_another() -> Non
     assert "is up" not in out.stdout and "Traceback" not in out.stdout + out.stderr
 
 
+@pytest.mark.queue
 def test_ctrl_c_on_dev_says_what_it_waits_for_and_does_not_wait_for_open_streams() -> None:
     with start_dev(workers=1, ALFRED_DEMO_STEP_SECONDS="3") as dev:
         # GIVEN a long job, a client following its stream, and a worker busy on it

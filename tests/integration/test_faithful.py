@@ -56,7 +56,9 @@ def test_an_ambiguous_lease_takeover_runs_the_job_at_once(faithful_stack: tuple[
     proxy.script([{"action": "UpdateItem", "table": stack.settings.jobs_table, "principal": WORKER,
                    "fault": "ambiguous", "times": 1}])
     job = submit(stack, "soup [steps=2]")
-    start_worker(stack)  # no sweeper: only the first delivery can run it
+    # No sweeper: only the first delivery can run it. A 20 s lease (not the suite's 2 s): a lease
+    # that lapsed on a busy machine is not what this test is about (a ghost lease never ends).
+    start_worker(stack, ALFRED_LEASE_SECONDS="20")
     events = wait_terminal(stack, job.job_id, timeout=60)
     assert_contiguous_single_terminal(events)
     assert events[-1].type is EventType.COMPLETE

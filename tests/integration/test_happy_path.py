@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from alfred_jobs.domain.models import EventType, JobStatus
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,
@@ -10,6 +12,8 @@ from tests.integration.helpers import (
     wait_terminal,
 )
 from tests.support.stack import Stack
+
+pytestmark = pytest.mark.queue  # through the target's queue (the LocalStack leg runs it)
 
 
 def test_submit_runs_to_complete_with_contiguous_events(stack: Stack) -> None:

@@ -16,6 +16,7 @@ from tests.support.stack import make_stack
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.queue
 def test_a_stack_runs_a_job_without_touching_the_process_environment(emulator: dict[str, str]) -> None:
     # GIVEN this process's environment
     before = dict(os.environ)

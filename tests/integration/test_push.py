@@ -91,6 +91,7 @@ def test_the_notifier_pushes_each_subscription_once_drops_gone_ones_and_retries_
     assert [s.endpoint for s in deps.push.list("alice")] == [ok.endpoint, flaky.endpoint]
 
 
+@pytest.mark.queue
 def test_a_job_run_by_a_worker_process_pushes_once_when_it_ends(push_stack: Stack, receiver: PushReceiver) -> None:
     # GIVEN alice's browser subscribed through the API
     browser = receiver.subscribe()
