@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from alfred_jobs.clock import Pending
 from alfred_jobs.domain.events import (
     CancelledPayload,
     InputReceivedPayload,
@@ -96,11 +95,11 @@ class JobService:
         is the idempotency record: a second submit hits the conditional put and finds the first
         job (guarantee 5) at the cost of one PutItem, not a transaction.
 
-        The record and the gate entry are two items, written at the same time (the gate's write
-        in a task of its own, ``deps.tasks``): a submit costs the time of one write and a send, as it did
-        before the gate. Every way the two can part (a crash between them, a refusal after the
-        put) is repaired: a job without an entry is enrolled by its first delivery, an entry
-        without a job is dropped by the sweeper (docs/architecture.md, "The gate").
+        The record and the gate entry are two items, written one after the other: a submit costs
+        two writes and a send. Every way the two can part (a crash between them, a refusal after
+        the put) is repaired: a job without an entry is enrolled by its first delivery, an entry
+        without a job (a refusal whose removal failed) is dropped by the sweeper or the hand-off
+        once it is in anyone's way (docs/architecture.md, "The gate").
         """
         if len(req.message) > self.settings.max_message_chars:
             raise InvalidInput(f"message is longer than {self.settings.max_message_chars} characters",
@@ -118,13 +117,12 @@ class JobService:
                   conversation_id=req.conversation_id or self.deps.new_id(),
                   created_at=now, expires_at=expiry(now, self.settings.retention_seconds),
                   body_hash=digest)
-        enrolling = self.deps.tasks.submit(self._enroll, job)
-        try:
-            existing = self._create(job)
-        except Exception:
-            self._undo_enroll(enrolling, job)
-            raise
-        gate, full = enrolling.result()  # a store error here leaves the job to the repairs
+        # The record first, then the entry: a submit that dies between the two leaves a job
+        # without an entry, which its first delivery enrolls (under the limit), never an entry
+        # without a job, which nothing would ever visit once its user has no live job left (the
+        # simulator found such leftovers, seed 1418 before this). One write's latency more.
+        existing = self._create(job)
+        gate, full = self._enroll(existing or job)  # a store error here leaves the job to the repairs
         if existing is not None:
             return self._replayed(existing, user_id, digest, gate, full)
         if full:
@@ -132,7 +130,7 @@ class JobService:
         ahead = gate.ahead_of(job.job_id)
         if ahead and req.multitask == "reject":
             busy = next((e for e in ahead if e.running), ahead[0])
-            if self._undo_enroll(None, job):
+            if self._undo_enroll(job):
                 self._refuse(job, ConversationBusy("this conversation has a job under way",
                                                    job_id=busy.job_id))
             gate = self.deps.gates.read(user_id)  # a worker took it meanwhile: it runs after all
@@ -153,11 +151,9 @@ class JobService:
         except GateFull as full:
             return full.gate, True
 
-    def _undo_enroll(self, enrolling: Pending[tuple[Gate, bool]] | None, job: Job) -> bool:
-        """Take a refused or failed job's entry out again; False if a worker already runs it."""
+    def _undo_enroll(self, job: Job) -> bool:
+        """Take a refused job's entry out again; False if a worker already runs it."""
         try:
-            if enrolling is not None:
-                enrolling.result()
             self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
                                    only_waiting=True)
             return True
