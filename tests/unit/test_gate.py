@@ -575,3 +575,28 @@ def test_a_resend_whose_enroll_lands_after_a_refusal_deleted_the_job_leaves_no_e
     store.get = real_get  # type: ignore[method-assign]
     again = svc.submit("u", req, "k1")
     assert again.created and [e.job_id for e in deps.gates.read("u").entries] == [again.job.job_id]
+
+
+def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leave_an_entry_without_one() -> None:
+    # GIVEN a conversation with a job under way, and a store that refuses the removal of the new
+    # job's entry (throttled)
+    deps = make_deps()
+    svc = JobService(deps)
+    chat(svc, "first")
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+
+    def throttled(*args: Any, **kwargs: Any) -> Gate:
+        raise TransientStoreError("throttled")
+
+    gates.remove = throttled  # type: ignore[method-assign]
+    # WHEN a message with ``multitask: reject`` arrives
+    with pytest.raises(TransientStoreError):
+        svc.submit("u", ChatRequest(message="second", conversation_id="c1", multitask="reject"), "k2")
+    gates.remove = real_remove  # type: ignore[method-assign]
+    # THEN its record stays with its entry (it runs after the first, as if enqueued; a resend with
+    # its key finds it), never an entry without a job
+    entries = deps.gates.read("u").entries
+    assert len(entries) == 2
+    assert all(deps.jobs.get(e.job_id) is not None for e in entries)

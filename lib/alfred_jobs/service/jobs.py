@@ -152,15 +152,17 @@ class JobService:
             return full.gate, True
 
     def _undo_enroll(self, job: Job) -> bool:
-        """Take a refused job's entry out again; False if a worker already runs it."""
+        """Take a refused job's entry out again; False if a worker already runs it. A store error
+        is raised: the job is then not refused (it keeps its record and its entry)."""
         try:
             self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
                                    only_waiting=True)
             return True
         except ConditionFailed:
             return False  # running: a worker took it between the enroll and now
-        except StoreError:
-            return True  # the sweeper drops an entry whose job does not exist
+        # A StoreError goes up (a 503): the record stays with its entry, so the job runs as if
+        # enqueued, and a resend with its key finds it. Deleting the record while its entry stays
+        # would leave an entry with no job (seed 840 before this).
 
     def _too_many(self) -> TooManyRequests:
         return TooManyRequests(f"you have {self.settings.max_active_per_user} jobs under way; wait for one to end",
