@@ -8,6 +8,7 @@ hands one out, leading to an empty page), ``find_due`` returns at most ``limit``
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,21 +120,7 @@ class MemoryJobStore:
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
         with self.lock:
-            now = self.clock.now()
-            mine = sorted((j for j in self.items.values() if j.user_id == user_id and not j.expired(now)),
-                          key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
-            if start_key:
-                pos = (start_key["created_sk"].split("#")[0], start_key["job_id"])
-                mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
-            if statuses:
-                mine = [j for j in mine if j.status in statuses]
-            page = mine[:limit]
-            nxt = None
-            if len(mine) > limit:
-                last = page[-1]
-                nxt = {"job_id": last.job_id, "user_id": user_id,
-                       "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
-            return JobPage(page, nxt)
+            return page_of(self.items.values(), user_id, statuses, limit, start_key, self.clock.now())
 
     def find_due(self, now: float, limit: int) -> list[Job]:
         with self.lock:
@@ -168,6 +155,25 @@ class MemoryJobStore:
                 raise ConditionFailed(job_id)
             del self.items[job_id]
             self.due.pop(job_id, None)
+
+
+def page_of(jobs: Iterable[Job], user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
+            start_key: dict[str, Any] | None, now: float) -> JobPage:
+    """One page of a user's live jobs, newest first, as the user index serves it (the simulator
+    pages its stale view of the index with this too)."""
+    mine = sorted((j for j in jobs if j.user_id == user_id and not j.expired(now)),
+                  key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
+    if start_key:
+        pos = (start_key["created_sk"].split("#")[0], start_key["job_id"])
+        mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
+    if statuses:
+        mine = [j for j in mine if j.status in statuses]
+    page = mine[:limit]
+    nxt = None
+    if len(mine) > limit:
+        last = page[-1]
+        nxt = {"job_id": last.job_id, "user_id": user_id, "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
+    return JobPage(page, nxt)
 
 
 def after(last: str, entry: GateEntry) -> str:

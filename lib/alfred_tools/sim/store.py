@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, page_of
 from alfred_jobs.domain.events import StepPayload
-from alfred_jobs.domain.models import Event, Job, JobStatus, iso
+from alfred_jobs.domain.models import Event, Job, JobStatus
 from alfred_jobs.exceptions import StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
 from alfred_tools.sim.kernel import Kernel, Process, Task
@@ -307,22 +307,8 @@ class SimJobStore:
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
                       start_key: dict[str, Any] | None) -> JobPage:
         def op() -> JobPage:
-            now = self.wire.k.now()
-            jobs = [job for job, _ in self._stale_items().values()
-                    if job is not None and job.user_id == user_id and not job.expired(now)]
-            mine = sorted(jobs, key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
-            if start_key:
-                pos = (start_key["created_sk"].split("#")[0], start_key["job_id"])
-                mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
-            if statuses:
-                mine = [j for j in mine if j.status in statuses]
-            page = mine[:limit]
-            nxt = None
-            if len(mine) > limit:
-                last = page[-1]
-                nxt = {"job_id": last.job_id, "user_id": user_id,
-                       "created_sk": f"{iso(last.created_at)}#{last.job_id}"}
-            return JobPage(page, nxt)
+            jobs = [job for job, _ in self._stale_items().values() if job is not None]
+            return page_of(jobs, user_id, statuses, limit, start_key, self.wire.k.now())
 
         return self.wire.call("jobs.list~", False, op)
 
