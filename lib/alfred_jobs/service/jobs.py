@@ -76,6 +76,10 @@ def _answer_hint(question: InputRequiredPayload) -> str:
     return "this question takes some text"
 
 
+class _RefusedMeanwhile(Exception):
+    """Internal: the job of a resend's key was refused (deleted) by another resend meanwhile."""
+
+
 class JobService:
     """The job API's use cases over the ports."""
 
@@ -88,6 +92,17 @@ class JobService:
     # ---- submit -----------------------------------------------------------------------
 
     def submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
+        """Create a job (see ``_submit``); a resend that finds its job refused meanwhile by another
+        resend of its key (the record deleted) is this key's first submit again: once."""
+        try:
+            return self._submit(user_id, req, idempotency_key)
+        except _RefusedMeanwhile:
+            try:
+                return self._submit(user_id, req, idempotency_key)
+            except _RefusedMeanwhile as again:
+                raise TransientStoreError(f"job {again} was refused meanwhile; send it again") from None
+
+    def _submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
         """Create a job, enroll it in its user's gate, and send it if it may start now; returns
         before any agent work starts (guarantee 1).
 
@@ -203,7 +218,7 @@ class JobService:
             # too, or we see the record gone here and take it out ourselves. The client sends again.
             self.deps.gates.remove(user_id, existing.job_id, conversation_id=existing.conversation_id,
                                    only_waiting=True)
-            raise TransientStoreError(f"job {existing.job_id} was refused meanwhile; send it again")
+            raise _RefusedMeanwhile(existing.job_id)
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
