@@ -600,3 +600,43 @@ def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leav
     entries = deps.gates.read("u").entries
     assert len(entries) == 2
     assert all(deps.jobs.get(e.job_id) is not None for e in entries)
+
+
+class _Done:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.value
+
+    def done(self) -> bool:
+        return True
+
+
+class _InlineTasks:
+    """``Tasks`` that run submitted work at once: whatever a submit starts beside its put is done
+    before the put, the worst order for a crash between them."""
+
+    def submit(self, fn: Any, *args: Any) -> _Done:
+        return _Done(fn(*args))
+
+    def start(self, fn: Any, name: str) -> Any:
+        raise NotImplementedError
+
+
+def test_a_submit_that_dies_at_its_put_leaves_no_entry_without_a_job() -> None:
+    # GIVEN a submit whose process dies as it puts the job's record (SIGKILL: nothing after it runs)
+    deps = make_deps()
+    deps.tasks = _InlineTasks()  # type: ignore[assignment]
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+
+    def dies(job: Job) -> None:
+        raise SystemExit("the process died here")
+
+    store.create = dies  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        JobService(deps).submit("u", ChatRequest(message="soup", conversation_id="c1"), None)
+    # THEN its user's gate holds no entry (an entry without a job would stay once the user has no
+    # live job: nothing visits it)
+    assert deps.gates.read("u") == Gate()
