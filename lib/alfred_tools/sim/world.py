@@ -36,7 +36,7 @@ from alfred_jobs.service.watch import WatchHub
 from alfred_jobs.settings import Settings
 from alfred_tools.sim.agent import Observer, SimAgent
 from alfred_tools.sim.aio import VirtualLoop
-from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
+from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimPending, SimTasks
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
@@ -220,10 +220,9 @@ class World:
                 n += 1
                 proc = Process(f"sweeper{n}")
                 sweeper = Sweeper(self.deps(proc))
-                task = self.k.spawn(proc, f"sweeper{n}", lambda s=sweeper: self._sweep(s))
+                self.k.spawn(proc, f"sweeper{n}", lambda s=sweeper: self._sweep(s))
                 if self.faulty and self.cfg.crash_every and self.k.rng.random() < 0.2:
                     self.k.spawn(Process("chaos"), "chaos", lambda p=proc: self._kill_later(p, 0.0, 0.05))
-                del task
 
         self.k.spawn(Process("scheduler"), "scheduler", schedule)
 
@@ -294,7 +293,6 @@ class World:
         task = self.k.spawn(proc, f"api{self.api_calls}/{what}", request, quiet=True)
         if faulty and self.k.rng.random() < self.cfg.api_crash:
             self.k.spawn(Process("chaos"), "chaos", lambda: self._kill_later(proc, 0.0, 0.03))
-        from alfred_tools.sim.kernel import SimPending
         try:
             SimPending(self.k, task).result(CLIENT_TIMEOUT)
         except TimeoutError:
@@ -349,7 +347,6 @@ class World:
             key = f"{user}-{i}" if r.random() < 0.8 else None
             proc = Process(f"{user}.{i}")
             followers.append(self.k.spawn(proc, f"{user}.{i}", lambda req=req, key=key: self._job(user, req, key)))
-        from alfred_tools.sim.kernel import SimPending
         for f in followers:
             SimPending(self.k, f).join()
         if self.cfg.reuse and conversations and r.random() < 0.7:
