@@ -183,25 +183,31 @@ def wait_until(page: Any, expression: str, accept: Callable[[Any], bool], what: 
 
 
 def registration_ids(page: Any, cdp: Any, base_url: str) -> set[str]:
-    """The live service worker registrations of the page's origin, as the DevTools protocol names
-    them. The protocol reports the registrations of the whole browser, and the contexts of earlier
-    tests (same origin) may still have theirs: the test delivers to all of them, ours among them
-    (picking one, the last reported, once sent the push to an earlier test's worker)."""
-    found: dict[str, bool] = {}
+    """The service worker registration that controls this page, as the DevTools protocol names it.
 
-    def on_update(params: dict[str, Any]) -> None:
-        for reg in params.get("registrations", []):
-            if reg["scopeURL"].startswith(base_url):
-                found[reg["registrationId"]] = not reg.get("isDeleted")
+    The protocol reports the registrations of the whole browser, and the contexts of earlier tests
+    (same origin) may still have theirs: taking the last one reported once sent the push to an
+    earlier test's worker, and taking the first live one raced ours being reported (CI: nothing
+    shown). Ours is the one whose version lists this page among its controlled clients (sw.js
+    claims its clients on activation), which no other context's can.
+    """
+    page.wait_for_function("navigator.serviceWorker.controller !== null")
+    target = cdp.send("Target.getTargetInfo")["targetInfo"]["targetId"]
+    ours: set[str] = set()
 
-    cdp.on("ServiceWorker.workerRegistrationUpdated", on_update)
+    def on_versions(params: dict[str, Any]) -> None:
+        for version in params.get("versions", []):
+            if target in version.get("controlledClients", []):
+                ours.add(version["registrationId"])
+
+    cdp.on("ServiceWorker.workerVersionUpdated", on_versions)
     cdp.send("ServiceWorker.enable")
     deadline = time.monotonic() + 10
-    while not any(found.values()):  # each call below lets the protocol's events in
+    while not ours:  # each call below lets the protocol's events in
         if time.monotonic() > deadline:
-            raise AssertionError("no service worker registration reported")
+            raise AssertionError("no service worker version reported as controlling this page")
         page.evaluate(READY)
-    return {reg for reg, live in found.items() if live}
+    return ours
 
 
 def deliver(cdp: Any, base_url: str, regs: set[str], payload: dict[str, Any]) -> None:
