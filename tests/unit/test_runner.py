@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, memory_deps
+from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobQueue, MemoryJobStore, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.events import PlanPayload, StepPayload, replay
 from alfred_jobs.domain.gate import Gate
-from alfred_jobs.domain.models import ChatRequest, Event, EventType, JobStatus
+from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import RetryableAgentError, TransientStoreError
 from alfred_jobs.ports import Deps
@@ -383,3 +383,35 @@ def test_a_cancel_that_lands_while_a_steps_start_is_written_stops_the_job_before
     stored = deps.jobs.get(job_id)
     assert stored is not None and stored.status is JobStatus.CANCELLED
     assert deps.gates.read("u1") == Gate()
+
+
+def test_a_job_whose_retention_ends_as_it_is_taken_over_runs_no_step_again() -> None:
+    """Sim seed 9620: a job's worker died at step 3; the lease was taken over a moment before the
+    job's retention ended, and the history read just after it found nothing (the events expire
+    with the job). The new attempt took the empty log for a fresh job and ran steps 1 and 2
+    again. Past its retention a job is gone: the attempt stops, hands its place on, and runs
+    nothing."""
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, max_attempts=3,
+                                cancel_poll_seconds=0.02, retention_seconds=600), clock=clock)
+    job_id = submit(deps, "chicken [steps=4]")
+    second_job = submit(deps, "soup [steps=1]")  # waits behind the first (one running per user)
+    with pytest.raises(SystemExit):
+        JobRunner(deps, ScriptedAgent(deps, crash_step=3)).run(Delivery(job_id))
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    taken = store.acquire_lease
+
+    def acquire_then_retention_ends(job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
+        job = taken(job_id, owner, now, lease_seconds)
+        clock.offset += job.expires_at - clock.now() + 1  # the history read comes after it
+        return job
+
+    store.acquire_lease = acquire_then_retention_ends  # type: ignore[method-assign]
+    clock.offset += 6  # the dead worker's lease runs out
+    second = ScriptedAgent(deps)
+    result = JobRunner(deps, second).run(Delivery(job_id))
+    assert second.acts == [], "no step of a job past its retention runs again"
+    assert result.outcome is Outcome.DONE
+    gate = deps.gates.read("u1")
+    assert job_id not in gate.entries, "its place in the user's gate is handed on"

@@ -199,7 +199,28 @@ class _Attempt:
     def _load(self) -> None:
         self.settle_behind()
         self.events = self.journal.read_all(self.job.job_id, known_head=self.job.last_seq)
+        self._within_retention()
         self.view = refold(self.job, self.events)
+
+    def _within_retention(self) -> None:
+        """Stop if the job's retention is over: the job and its events are gone.
+
+        The lease can be taken a moment before retention ends (the condition compares our own
+        clock's time), and every read after it then finds the log empty: an attempt that took that
+        for a fresh job would run completed steps again (sim seed 9620). Checked after the history
+        read (a read answered before this instant saw the whole log) and at every boundary. The
+        job's place in the user's gate is handed on, as at any end.
+        """
+        if self.clock.now() < self.job.expires_at:
+            return
+        count("JobsPastRetention")
+        log.warning("retention is over: the job is gone", extra={"job_id": self.job.job_id})
+        self.keeper.stop()
+        try:
+            self.r.admission.release(self.view, attempt=self.attempt)
+        except (Fenced, StoreError):
+            pass  # a later attempt holds it, or the store fails: the gate's own expiry frees it
+        raise _Stop(RunResult(Outcome.DONE, "past its retention"))
 
     def _first_load(self) -> None:
         """The log as this attempt starts. A first attempt (``attempts`` is 1: no attempt before it
@@ -276,9 +297,10 @@ class _Attempt:
         return ev
 
     def boundary(self) -> None:
-        """A step boundary: stop here if fenced or cancelled."""
+        """A step boundary: stop here if fenced, past retention or cancelled."""
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
+        self._within_retention()
         if self.keeper.cancel_seen():
             self.finish(self._cancelled())
 
