@@ -415,3 +415,42 @@ def test_a_job_whose_retention_ends_as_it_is_taken_over_runs_no_step_again() -> 
     assert result.outcome is Outcome.DONE
     gate = deps.gates.read("u1")
     assert job_id not in gate.entries, "its place in the user's gate is handed on"
+
+
+class FailingReadLog(MemoryEventLog):
+    """A log whose reads are refused (throttled after the SDK's retries) while ``failing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        if self.failing:
+            raise TransientStoreError("throttled")
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_a_resumed_attempt_whose_history_read_fails_gives_the_job_back() -> None:
+    """Sim seed 12 (invariant ``no_lease_left_behind``): an attempt that could not read the log
+    recorded its failure at seq 1, met the job's own first event there, took itself for fenced and
+    dropped the delivery with its lease live: nobody ran the job for a lease period, and an
+    attempt was spent. It never started: it gives the delivery back, as if it never came."""
+    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=30, max_attempts=3))
+    log = FailingReadLog()
+    deps = replace(base, log=log)
+    job_id = submit(deps, "chicken [steps=3]")
+    with pytest.raises(SystemExit):
+        JobRunner(deps, ScriptedAgent(deps, crash_step=2)).run(Delivery(job_id))
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    store.items[job_id] = replace(store.items[job_id], lease_expires=time.time() - 1)  # the crash's lease ran out
+    log.failing = True
+    result = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert result.outcome is Outcome.RETRY and result.retry_after <= 1
+    job = store.items[job_id]
+    assert job.lease_owner is None, "the lease is let go at once"
+    assert job.attempts == 1, "an attempt that never started is not counted"
+    log.failing = False
+    second = ScriptedAgent(deps)
+    assert JobRunner(deps, second).run(Delivery(job_id)).status is JobStatus.COMPLETE
+    assert [i for i, _ in second.acts] == [2, 3]

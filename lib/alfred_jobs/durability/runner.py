@@ -351,7 +351,13 @@ class _Attempt:
 
     def run(self) -> RunResult:
         try:
-            self._first_load()
+            try:
+                self._first_load()
+            except TransientStoreError:
+                # Without the log nothing can be written in its right place (a failure recorded
+                # at seq 1 would meet the job's own first event and look fenced, leaving our
+                # lease on a job nobody runs): the attempt has not started; give it back.
+                return self._give_back("store_unavailable", retry_after=1)
             if self.events and self.events[-1].terminal:
                 self.finalize()
                 return RunResult(Outcome.DONE, "finalized an earlier attempt", status=self.view.status)
