@@ -248,6 +248,8 @@ class SimJobStore:
         self.inner = inner
         self.versions = Versions()
         self.cancel_at: dict[str, float] = {}  # when each job's cancel flag landed
+        self.taken: list[tuple[str, str, Any]] = []  # (job, owner, process) of each lease an acquire applied
+        self.let_go: set[str] = set()  # owners whose worker asked to release their lease
         for name in self.WRITES:
             setattr(self, name, self._writer(name))
 
@@ -256,10 +258,17 @@ class SimJobStore:
 
         def call(job_id_or_job: Any, *args: Any, **kwargs: Any) -> Any:
             job_id = job_id_or_job.job_id if isinstance(job_id_or_job, Job) else job_id_or_job
+            if name == "release_lease":
+                self.let_go.add(args[0])
 
             def op() -> Any:
                 try:
                     out = fn(job_id_or_job, *args, **kwargs)
+                    if name == "acquire_lease":
+                        rec = self.inner.items.get(job_id)
+                        me = self.wire.k.current
+                        if rec is not None and rec.lease_owner == args[0] and me is not None:
+                            self.taken.append((job_id, args[0], me.proc))
                     if name == "create":
                         self.cancel_at.pop(job_id, None)  # a job id reused after retention
                     if name == "request_cancel":
