@@ -122,7 +122,7 @@ def test_the_default_model_is_a_current_claude_inference_profile_and_runs_a_job(
     assert BedrockConfig().forced_tool_choice
     # WHEN a job runs on them against Bedrock's rules
     w = World(bedrock, bedrock_model_id=Settings().bedrock_model_id)
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(text("Hello ", "there."))
     job_id = w.submit("hi")
     # THEN it completes (3.5 Haiku, the old default, is past its end of life: every job failed)
@@ -153,9 +153,10 @@ def test_a_model_that_cannot_be_used_fails_the_first_job_saying_which_and_what_t
 
 def test_the_model_check_passes_on_a_usable_model(bedrock: BedrockStandIn) -> None:
     w = World(bedrock)
-    bedrock.converse(text("p"))
+    bedrock.stream(text("p"))
     w.agent.check_model()
-    assert bedrock.requests[-1].body["inferenceConfig"]["maxTokens"] == 1
+    assert bedrock.requests[-1].body["max_tokens"] == 1
+    assert bedrock.requests[-1].operation == "invoke-with-response-stream"
 
 
 # ---- 2. forced tool choice only where Bedrock supports it ---------------------------------------
@@ -163,20 +164,22 @@ def test_the_model_check_passes_on_a_usable_model(bedrock: BedrockStandIn) -> No
 
 def test_a_model_without_forced_tool_choice_plans_with_auto(bedrock: BedrockStandIn) -> None:
     w = World(bedrock, bedrock_model_id="mistral.mistral-large-2407-v1:0")
-    bedrock.converse(plan({"kind": "list_pantry", "label": "Look"}))
+    bedrock.stream(plan({"kind": "list_pantry", "label": "Look"}))
     bedrock.stream(text("Empty."))
     job_id = w.submit("What do I have?")
     assert w.run(job_id).status is JobStatus.COMPLETE
-    think = bedrock.calls("converse")[0].body["toolConfig"]
+    think = bedrock.calls("converse-stream")[0].body["toolConfig"]
     assert "toolChoice" not in think and think["tools"][0]["toolSpec"]["name"] == PLAN_TOOL
 
 
 def test_claude_is_forced_to_call_make_plan(bedrock: BedrockStandIn) -> None:
     w = World(bedrock)
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(text("Hi."))
     assert w.run(w.submit("hi")).status is JobStatus.COMPLETE
-    assert bedrock.calls("converse")[0].body["toolConfig"]["toolChoice"] == {"tool": {"name": PLAN_TOOL}}
+    think = bedrock.calls("invoke-with-response-stream")[0].body
+    assert think["tool_choice"] == {"type": "tool", "name": PLAN_TOOL}
+    assert think["anthropic_version"] == "bedrock-2023-05-31"
 
 
 # ---- 3. one pantry contract for both stores -------------------------------------------------------
@@ -231,7 +234,7 @@ def test_kitchen_recipe_step_run_again_does_not_overwrite_a_newer_save(kitchen: 
 
 
 def _reply_fails(bedrock: BedrockStandIn, w: World, answer: Answer) -> tuple[str, Any]:
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(answer)
     job_id = w.submit("Dinner?")
     return job_id, w.run(job_id)
@@ -269,7 +272,7 @@ def test_a_stream_that_ends_without_message_stop_is_not_a_complete_reply(bedrock
 
 def test_a_reply_stopped_by_max_tokens_says_it_was_cut_off(bedrock: BedrockStandIn) -> None:
     w = World(bedrock, bedrock_max_tokens=5)  # 20 characters here
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(text("Cook the pasta, then add the peas and the cream."))
     job_id = w.submit("Dinner?")
     assert w.run(job_id).status is JobStatus.COMPLETE
@@ -296,13 +299,13 @@ def test_error_events_mid_stream_map_like_errors(bedrock: BedrockStandIn, event:
 def test_two_tool_calls_in_one_answer_are_both_answered_in_the_repair_turn(bedrock: BedrockStandIn) -> None:
     # GIVEN an answer with two make_plan calls (Bedrock wants a toolResult for each toolUseId)
     w = World(bedrock)
-    bedrock.converse(tool_use((PLAN_TOOL, {"steps": []}), (PLAN_TOOL, {"steps": []})), plan())
+    bedrock.stream(tool_use((PLAN_TOOL, {"steps": []}), (PLAN_TOOL, {"steps": []})), plan())
     bedrock.stream(text("Hi."))
     job_id = w.submit("hi")
     # WHEN it runs THEN the repair turn answers both and the second plan runs
     assert w.run(job_id).status is JobStatus.COMPLETE
-    repair = bedrock.calls("converse")[1].body["messages"][-1]["content"]
-    assert len(repair) == 2 and all("toolResult" in b for b in repair)
+    repair = bedrock.calls()[1].body["messages"][-1]["content"]
+    assert len(repair) == 2 and all(b["type"] == "tool_result" and b["is_error"] for b in repair)
     assert bedrock.unexpected == []
 
 
@@ -316,7 +319,7 @@ class WorkerDied(BaseException):
 def test_usage_counts_a_lost_attempt_and_is_the_same_in_a_fresh_process(bedrock: BedrockStandIn) -> None:
     w = World(bedrock, lease_seconds=0.3)
     # attempt 1 plans (120 tokens) and dies before the plan is recorded
-    bedrock.converse(plan(usage=U_THINK))
+    bedrock.stream(plan(usage=U_THINK))
     job_id = w.submit("hi")
     real_think = w.agent.think
 
@@ -331,7 +334,7 @@ def test_usage_counts_a_lost_attempt_and_is_the_same_in_a_fresh_process(bedrock:
     assert isinstance(jobs, MemoryJobStore)
     jobs.items[job_id] = replace(jobs.items[job_id], lease_expires=0.0)
     # attempt 2, in a fresh process, plans again and its reply stream is reset mid-way (no metadata)
-    bedrock.converse(plan(usage=U_THINK))
+    bedrock.stream(plan(usage=U_THINK))
     bedrock.stream(Answer(content=[{"text": "Pasta with peas."}], steps={2: [Reset()]}, usage=U_REPLY))
     _, runner = w.process()
     assert w.run(job_id, runner).outcome is Outcome.RETRY
@@ -352,7 +355,7 @@ def test_usage_of_a_retried_job_does_not_depend_on_the_process(bedrock: BedrockS
     totals = []
     for fresh in (False, True):
         w = World(bedrock)
-        bedrock.converse(plan(usage=U_THINK))
+        bedrock.stream(plan(usage=U_THINK))
         bedrock.stream(Answer(content=[{"text": "Pasta"}], usage=U_REPLY,
                               steps={2: [Exception_("throttlingException", "slow down")]}))
         job_id = w.submit("hi")
@@ -362,12 +365,15 @@ def test_usage_of_a_retried_job_does_not_depend_on_the_process(bedrock: BedrockS
         assert w.run(job_id, runner).status is JobStatus.COMPLETE
         totals.append(w.last(job_id)["data"]["output"]["usage"])
     assert totals[0] == totals[1]
-    assert totals[0]["outputTokens"] == 20 + 40 + 2  # think, reply, and the throttled stream's estimate
+    # think, reply, and the throttled stream: the Messages API announced its input at message_start
+    # (exact: 200) and 1 output token before the error (event 2 is the first text delta)
+    assert totals[0]["outputTokens"] == 20 + 40 + 1
+    assert totals[0]["inputTokens"] == 100 + 200 + 200 and totals[0]["estimatedCalls"] == 1
 
 
 def test_the_agent_keeps_no_usage_in_the_process(bedrock: BedrockStandIn) -> None:
     w = World(bedrock)
-    bedrock.converse(HttpError("ValidationException", 400, "bad"))
+    bedrock.stream(HttpError("ValidationException", 400, "bad"))
     w.run(w.submit("hi"))
     assert not any("usage" in name for name in vars(w.agent))
 
@@ -378,7 +384,7 @@ def test_the_agent_keeps_no_usage_in_the_process(bedrock: BedrockStandIn) -> Non
 def test_history_messages_zero_sends_no_history(bedrock: BedrockStandIn) -> None:
     w = World(bedrock, bedrock_history_messages=0)
     w.deps.conversations.commit_turn(USER, "c1", "j0", "old question", "old answer", "2026-01-01", EXP)
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(text("Hi."))
     assert w.run(w.submit("new question", "c1")).status is JobStatus.COMPLETE
     for call in bedrock.requests:
@@ -389,7 +395,7 @@ def test_history_messages_zero_sends_no_history(bedrock: BedrockStandIn) -> None
 def test_blank_text_is_never_sent(bedrock: BedrockStandIn) -> None:
     w = World(bedrock)
     w.deps.conversations.commit_turn(USER, "c1", "j0", "hi", "  \n", "2026-01-01", EXP)
-    bedrock.converse(plan())
+    bedrock.stream(plan())
     bedrock.stream(text("Hello?"))
     job_id = w.submit(" ", "c1")
     assert w.run(job_id).status is JobStatus.COMPLETE, w.last(job_id)  # Bedrock refuses blank text, terminally
@@ -400,11 +406,11 @@ def test_a_plan_carrying_a_pasted_recipe_fits_the_plan_token_limit(bedrock: Bedr
              "ingredients": ["beef", "carrots", "onions"], "instructions": "Simmer slowly. " * 266}
     assert len(steps["instructions"]) <= 4000
     w = World(bedrock)
-    bedrock.converse(plan(steps))
+    bedrock.stream(plan(steps))
     bedrock.stream(text("Saved."))
     job_id = w.submit("save this recipe: ...")
     assert w.run(job_id).status is JobStatus.COMPLETE, w.last(job_id)
-    assert bedrock.calls("converse")[0].body["inferenceConfig"]["maxTokens"] == 4096
+    assert bedrock.calls()[0].body["max_tokens"] == 4096
 
 
 def test_one_model_call_fits_in_the_worker_timeout() -> None:
@@ -418,7 +424,7 @@ def test_the_built_client_makes_one_attempt_per_call(bedrock: BedrockStandIn,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.url)
     client = build_client(BedrockConfig(read_timeout=0.5))
-    bedrock.converse(HttpError("ServiceUnavailableException", 503, "busy"))
+    bedrock.stream(HttpError("ServiceUnavailableException", 503, "busy"))
     agent = BedrockAgent(config=BedrockConfig(), agent_data=memory_deps().agent_data,
                          kitchen=MemoryKitchenStore(), _client=client)
     with pytest.raises(Exception) as info:
