@@ -9,6 +9,7 @@ text, unanswered tool calls, maxTokens). The jobs run through the real runner on
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -99,6 +100,14 @@ class World:
 
     def run(self, job_id: str, runner: JobRunner | None = None) -> Any:
         return (runner or self.runner).run(Delivery(job_id=job_id))
+
+    def runner_ctx(self, job_id: str) -> AgentContext:
+        """Enough of the job's context to find its usage records."""
+        job = self.deps.jobs.get(job_id)
+        assert job is not None
+        return AgentContext(job_id=job_id, user_id=USER, conversation_id=job.conversation_id, message="",
+                            history=[], attempt=1, step_outputs={}, cancelled=lambda: False,
+                            created_at=job.created_at)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return [e.public() for e in self.service.journal.read_all(job_id)]
@@ -431,3 +440,181 @@ def test_the_built_client_makes_one_attempt_per_call(bedrock: BedrockStandIn,
         agent.check_model()
     assert getattr(info.value, "code", "") == "model_unavailable"
     assert len(bedrock.requests) == 1  # the runner retries, with backoff; botocore does not
+
+
+# ---- 7. two transports, streamed end to end (issue 25) -----------------------------------------
+
+NOVA = "us.amazon.nova-2-lite-v1:0"
+STREAMED = {MODEL: "invoke-with-response-stream", NOVA: "converse-stream"}
+
+
+@pytest.mark.parametrize("model", [MODEL, DEFAULT_MODEL_ID, NOVA])
+def test_a_job_plans_acts_asks_and_replies_streamed_on_either_transport(bedrock: BedrockStandIn,
+                                                                       model: str) -> None:
+    # GIVEN a plan that adds to the pantry, asks, removes, and has the model choose
+    w = World(bedrock, bedrock_model_id=model)
+    w.kitchen.add_quantity(USER, "c1", "eggs", 6, "", "seed", EXP)
+    bedrock.stream(plan({"kind": "add_to_pantry", "label": "Add milk", "name": "milk", "quantity": 1},
+                        {"kind": "ask_user", "label": "Check", "prompt": "Use 2 of your eggs?"},
+                        {"kind": "remove_from_pantry", "label": "Take 2 eggs", "name": "eggs", "quantity": 2},
+                        {"kind": "model", "label": "Choose", "prompt": "Pick a dish."}),
+                   text("An omelette."), Answer(content=[{"text": "Omelette it is."}], thinking="The user..."))
+    job_id = w.service.submit(USER, ChatRequest(message="omelette?", conversation_id="c1"), None).job.job_id
+    # WHEN it runs, waits for the answer, and resumes
+    assert w.run(job_id).status is JobStatus.WAITING
+    question = w.last(job_id)
+    w.service.answer(USER, job_id, question["data"]["input_id"], True)
+    assert w.run(job_id).status is JobStatus.COMPLETE, w.last(job_id)
+    # THEN every call was streamed on the model's transport, and the thinking was not shown
+    assert {r.operation for r in bedrock.requests} == {STREAMED.get(model, "invoke-with-response-stream")}
+    assert len(bedrock.requests) == 3 and bedrock.unexpected == [] and bedrock.pending() == 0
+    assert w.last(job_id)["data"]["output"]["reply"] == "Omelette it is."
+    assert {i["name"]: i["quantity"] for i in w.kitchen.items(USER, "c1", "pantry")} == {"eggs": 4.0, "milk": 1.0}
+    usage = w.last(job_id)["data"]["output"]["usage"]
+    assert "estimatedCalls" not in usage and usage["outputTokens"] > 0
+
+
+def test_a_plan_longer_than_the_read_timeout_completes_while_it_keeps_streaming() -> None:
+    # GIVEN a stand-in whose second is 1/100 of ours, and a client read timeout of 60 of its seconds
+    with BedrockStandIn(time_scale=0.01) as bedrock:
+        w = World(bedrock, read_timeout=0.6)
+        steps = [{"kind": "list_pantry", "label": f"Look {i}"} for i in range(6)]
+        # a plan written over ~2 stand-in minutes: an event every 8 s, no gap near the 60 s timeout
+        bedrock.stream(Answer(content=plan(*steps).content, stop="tool_use", delay=8.0))
+        bedrock.stream(text("Done."))
+        job_id = w.submit("look six times")
+        t0 = time.monotonic()
+        result = w.run(job_id)
+        # THEN it completes: the read timeout bounds the silence between events, not the call
+        assert result.status is JobStatus.COMPLETE, w.last(job_id)
+        assert time.monotonic() - t0 > 0.6  # the plan alone took longer than the read timeout
+        # AND a gap longer than the read timeout still fails fast, retryable
+        bedrock.stream(Answer(content=[{"text": "Hm"}], steps={2: [Stall(120)]}))
+        job2 = w.submit("hi")
+        bedrock.requests.clear()
+        bedrock.stream(plan())
+        assert w.run(job2).outcome is Outcome.RETRY
+
+
+def test_a_failed_plan_call_is_still_counted(bedrock: BedrockStandIn) -> None:
+    # GIVEN a plan stream reset after message_start (the input was announced, then the connection died)
+    w = World(bedrock)
+    bedrock.stream(Answer(content=plan().content, stop="tool_use", usage=U_THINK, steps={3: [Reset()]}),
+                   plan(usage=U_THINK), text("Hi.", usage=U_REPLY))
+    job_id = w.submit("hi")
+    assert w.run(job_id).outcome is Outcome.RETRY
+    assert w.run(job_id).status is JobStatus.COMPLETE
+    usage = w.last(job_id)["data"]["output"]["usage"]
+    # THEN the lost call is counted: its input exactly (from message_start), its output estimated
+    assert usage["inputTokens"] == 100 + 100 + 200
+    assert usage["estimatedCalls"] == 1 and usage["outputTokens"] >= 20 + 40 + 1
+
+
+# ---- 8. the defects of issue 25 ------------------------------------------------------------------
+
+
+def test_tool_result_status_is_sent_only_to_models_documented_for_it(bedrock: BedrockStandIn) -> None:
+    # GIVEN a Converse model AWS does not document toolResult.status for, and a malformed first plan
+    w = World(bedrock, bedrock_model_id="mistral.mistral-large-2407-v1:0")
+    bedrock.stream(tool_use((PLAN_TOOL, {"steps": [{"kind": "nope"}]})), plan(), text("Hi."))
+    job_id = w.submit("hi")
+    # WHEN it runs THEN the repair turn carries no status and the job completes (not model_rejected)
+    assert w.run(job_id).status is JobStatus.COMPLETE, w.last(job_id)
+    repair = bedrock.requests[1].body["messages"][-1]["content"]
+    assert repair and all("toolResult" in b and "status" not in b["toolResult"] for b in repair)
+
+
+def test_nova_still_gets_the_error_status(bedrock: BedrockStandIn) -> None:
+    w = World(bedrock, bedrock_model_id=NOVA)
+    bedrock.stream(tool_use((PLAN_TOOL, {"steps": [{"kind": "nope"}]})), plan(), text("Hi."))
+    assert w.run(w.submit("hi")).status is JobStatus.COMPLETE
+    assert bedrock.requests[1].body["messages"][-1]["content"][0]["toolResult"]["status"] == "error"
+
+
+@pytest.mark.parametrize("stop", ["malformed_model_output", "malformed_tool_use"])
+def test_a_malformed_answer_is_a_failure_to_retry_not_an_answer(bedrock: BedrockStandIn, stop: str) -> None:
+    w = World(bedrock, bedrock_model_id=NOVA)
+    bedrock.stream(plan(), text("garbled", stop=stop))
+    job_id = w.submit("hi")
+    result = w.run(job_id)
+    assert result.outcome is Outcome.RETRY and result.reason == "model_malformed_output"
+    bedrock.stream(text("Hello."))
+    assert w.run(job_id).status is JobStatus.COMPLETE
+    assert w.last(job_id)["data"]["output"]["reply"] == "Hello."
+
+
+@pytest.mark.parametrize("model", [MODEL, NOVA])
+def test_a_context_window_exceeded_plan_shrinks_the_history(bedrock: BedrockStandIn, model: str) -> None:
+    # GIVEN a conversation with history, and a model whose first plan hits the context window
+    w = World(bedrock, bedrock_model_id=model, bedrock_history_messages=8)
+    for i in range(4):
+        w.deps.conversations.commit_turn(USER, "c1", f"j{i}", f"question {i}", f"answer {i}", "2026-01-01", EXP)
+    bedrock.stream(text("", stop="model_context_window_exceeded"), plan(), text("Hi."))
+    job_id = w.submit("new question", "c1")
+    # WHEN it runs THEN it plans again with half the history, and completes
+    assert w.run(job_id).status is JobStatus.COMPLETE, w.last(job_id)
+    sizes = [len(r.body["messages"]) for r in bedrock.requests[:2]]
+    assert sizes[1] < sizes[0]
+    assert "PLAN_MAX_TOKENS" not in str(w.events(job_id))
+
+
+def test_a_fresh_access_denied_is_retried_then_terminal(bedrock: BedrockStandIn) -> None:
+    denied = HttpError("AccessDeniedException", 403, "You don't have access to the model with the specified model ID.")
+    # GIVEN a job younger than the grace: retryable, with what is going on
+    w = World(bedrock)
+    bedrock.stream(denied)
+    job_id = w.submit("hi")
+    result = w.run(job_id)
+    assert result.outcome is Outcome.RETRY and result.reason == "model_access_pending"
+    bedrock.stream(plan(), text("Hi."))
+    assert w.run(job_id).status is JobStatus.COMPLETE
+    # AND past the grace: terminal model_access_denied
+    w = World(bedrock, bedrock_access_denied_grace_seconds=0)
+    bedrock.stream(denied)
+    job_id = w.submit("hi")
+    assert w.run(job_id).status is JobStatus.FAILED
+    assert w.last(job_id)["data"]["error"]["code"] == "model_access_denied"
+
+
+def test_a_cancelled_reply_is_recorded_at_what_it_may_be_billed(bedrock: BedrockStandIn) -> None:
+    # GIVEN a reply that is cancelled once it has started
+    w = World(bedrock, bedrock_max_tokens=500)
+    bedrock.stream(plan(usage=U_THINK),
+                   Answer(content=[{"text": "word " * 200}], usage=U_REPLY, chunk=5, delay=0.01))
+    job_id = w.submit("hi")
+    agent_reply = w.agent.reply
+
+    def reply_then_cancel(p: Plan, ctx: AgentContext) -> Iterator[str]:
+        for i, chunk in enumerate(agent_reply(p, ctx)):
+            if i == 3:
+                w.service.cancel(USER, job_id)
+            yield chunk
+
+    w.agent.reply = reply_then_cancel  # type: ignore[method-assign]
+    w.run(job_id)
+    records = w.deps.agent_data.usage_records(w.agent._job_key(w.runner_ctx(job_id)))
+    reply = next(r for k, r in records.items() if k.endswith(".reply"))
+    # THEN it is an estimate at the ceiling: the announced input and max_tokens of output
+    assert reply["estimated"] == 1 and reply["outputTokens"] == 500 and reply["inputTokens"] == 200
+
+
+def test_prompt_caching_marks_the_stable_prefix_and_counts_reads_and_writes() -> None:
+    with BedrockStandIn(cache_min_tokens=1) as bedrock:
+        w = World(bedrock)
+        for job in range(2):
+            bedrock.stream(plan(), text(f"Answer {job}."))
+            assert w.run(w.submit(f"question {job}", "c1")).status is JobStatus.COMPLETE
+        think = bedrock.requests[2].body  # the second job's plan
+        assert think["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+        assert think["system"][-1]["cache_control"] == {"type": "ephemeral"}
+        assert think["messages"][-2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+        assert "cache_control" not in str(think["messages"][-1])
+        assert bedrock.usages[2]["cacheReadInputTokens"] > 0  # the first job wrote tools + system
+        assert bedrock.usages[0]["cacheWriteInputTokens"] > 0 and bedrock.usages[0]["cacheReadInputTokens"] == 0
+
+
+def test_without_prompt_caching_nothing_is_marked(bedrock: BedrockStandIn) -> None:
+    w = World(bedrock, bedrock_prompt_caching=False)
+    bedrock.stream(plan(), text("Hi."))
+    assert w.run(w.submit("hi")).status is JobStatus.COMPLETE
+    assert "cache_control" not in json.dumps([r.body for r in bedrock.requests])
