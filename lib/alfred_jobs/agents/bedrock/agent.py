@@ -669,8 +669,7 @@ class BedrockAgent:
             f"verbatim: {json.dumps(results)})")
         call = self._call(self._conversation(ctx, text, self.config.history_messages))
         answer = Answer()
-        for chunk in self._stream(call, "reply", answer, ctx=ctx, name="reply"):
-            yield chunk
+        yield from self._stream(call, "reply", answer, ctx=ctx, name="reply")
         if answer.stop is None:
             if ctx.cancelled():
                 return
