@@ -65,6 +65,7 @@ from typing import Any
 from urllib.parse import unquote
 
 CHARS_PER_TOKEN = 4
+CACHE_LOOKBACK = 20  # blocks before a breakpoint where Bedrock looks for an earlier cached prefix
 
 # Bedrock's own words (as its API answers them).
 END_OF_LIFE = ("This model version has reached the end of its life. Please refer to the AWS documentation "
@@ -568,22 +569,36 @@ class BedrockStandIn:
             self._stream(h, answer, stream_events(answer, usage))
 
     def _cached(self, operation: str, body: dict[str, Any]) -> tuple[int, int]:
-        """(tokens read from the cache, tokens written to it) for a request's breakpoints."""
+        """(tokens read from the cache, tokens written to it) for a request's breakpoints.
+
+        As Bedrock does, a breakpoint hits on the longest cached prefix ending at any block boundary
+        up to ``CACHE_LOOKBACK`` blocks before it (so the conversation cached by the previous turn
+        is read though this turn's breakpoint sits further on); the rest up to the last breakpoint is
+        written. A prefix shorter than ``cache_min_tokens`` is neither read nor written.
+        """
         pieces, marks = _segments(operation, body)
         if not marks:
             return 0, 0
         now = time.monotonic()
-        prefixes = [("\n".join(pieces[:m + 1]), tokens(sum(len(x) for x in pieces[:m + 1]))) for m in marks]
-        prefixes = [(key, n) for key, n in prefixes if n >= self.cache_min_tokens]
-        if not prefixes:
-            return 0, 0
+        sizes = [len(x) for x in pieces]
+
+        def prefix(end: int) -> tuple[str, int]:
+            return "\n".join(pieces[:end + 1]), tokens(sum(sizes[:end + 1]))
+
         with self._lock:
-            hits = [n for key, n in prefixes if self._cache.get(key, 0) > now]
-            read = max(hits, default=0)
-            longest = prefixes[-1][1]
-            for key, _ in prefixes:
+            read = 0
+            for m in marks:
+                for end in range(m, max(-1, m - CACHE_LOOKBACK - 1), -1):
+                    key, n = prefix(end)
+                    if n >= self.cache_min_tokens and self._cache.get(key, 0) > now:
+                        read = max(read, n)
+                        self._cache[key] = now + self.cache_ttl  # a hit refreshes the entry
+                        break
+            written = [prefix(m) for m in marks if prefix(m)[1] >= self.cache_min_tokens]
+            for key, _ in written:
                 self._cache[key] = now + self.cache_ttl
-        return read, longest - read
+            longest = written[-1][1] if written else 0
+        return read, max(0, longest - read)
 
     @staticmethod
     def _json(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any],
