@@ -46,15 +46,24 @@ class Settings(BaseSettings):
     # --- the agent ---------------------------------------------------------------------
     agent: Literal["demo", "bedrock"] = "demo"
     demo_step_seconds: float = Field(default=1.0, ge=0)
-    # A cross-region inference profile of a current Claude model (docs/agents.md, "Choosing a model").
-    bedrock_model_id: str = "us.anthropic.claude-sonnet-4-6"
+    # Claude Haiku 4.5 through the US cross-region inference profile: the fastest, cheapest Claude
+    # Bedrock opens to every customer (docs/agents.md, "Choosing a model").
+    bedrock_model_id: str = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
     bedrock_region: str | None = None  # None: the same region as everything else
+    # The API: "auto" is the Anthropic Messages API for Claude and Converse for every other family.
+    bedrock_api: Literal["auto", "messages", "converse"] = "auto"
     bedrock_max_tokens: int = Field(default=2048, gt=0)  # a model step's answer, the reply
     bedrock_plan_max_tokens: int = Field(default=4096, gt=0)  # the plan (may carry a pasted recipe)
-    # One model call, connect + read, must fit in the worker's Lambda timeout (120 s) with room to
-    # checkpoint: botocore makes one attempt, the runner retries with backoff.
+    # Every model call is streamed: the read timeout is the longest silence allowed between two
+    # events of a stream (an idle timeout), not a bound on the whole call; botocore makes one
+    # attempt and the runner retries with backoff.
     bedrock_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     bedrock_read_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Mark the stable prefix (system prompt, tools, the conversation so far) for prompt caching.
+    bedrock_prompt_caching: bool = True
+    # An AccessDeniedException this soon after the job was created is retried, not terminal: Bedrock
+    # access can lag a grant (or an account's first subscription) by up to about 2 minutes.
+    bedrock_access_denied_grace_seconds: float = Field(default=120.0, ge=0)
     bedrock_temperature: float = Field(default=0.2, ge=0, le=1)
     bedrock_max_steps: int = Field(default=6, ge=1, le=20)
     bedrock_history_messages: int = Field(default=20, ge=0)

@@ -79,6 +79,9 @@ GOALS: dict[str, tuple[str, Check]] = {
                            lambda r: _le(_num(r, "first_event_p50_ms"), _num(r, "submit_floor_ms") + 100)),
     "submit_floor_ms": ("(the floor: the same submits' round trip)", lambda r: None),
     "submit_cold_start_ms": ("(measured; import share in the JSON)", lambda r: None),
+    # issue 25: model tokens billed per job, with and without prompt caching (benchmarks/model_tokens.py)
+    "model_tokens_per_job": ("caching costs ≤ no caching", lambda r: _le(
+        float((r.get("model_tokens_per_job") or {}).get("cached_cost_ratio") or math.nan), 1.0)),
 }
 
 
@@ -134,7 +137,7 @@ class Run:
 def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
     """Run every scenario on a fresh emulator; the result dict (JSON-ready)."""
     from alfred_jobs.observability import LOGGER_NAME
-    from alfred_tools.benchmarks import coldstart, cost, jobs, latency, storage, stream
+    from alfred_tools.benchmarks import coldstart, cost, jobs, latency, model_tokens, storage, stream
     from alfred_tools.benchmarks.celery_peer import celery_scenario
 
     # The table goes to stdout: keep the system's own info lines (one per submitted job) out of it.
@@ -176,6 +179,8 @@ def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
                 res.update(r.scenario("cancel", lambda: latency.cancel_scenario(st, srv, sizes)))
                 st.stop(srv.proc)
                 res.update(r.scenario("submit_cold_start", lambda: coldstart.cold_start_scenario(st, sizes)))
+            # issue 25: no emulator needed (in-memory stores, the Bedrock stand-in)
+            res.update(r.scenario("model_tokens", lambda: model_tokens.scenario()))
         res["overhead_ratio"] = over.get("overhead_ratio")
         inline_s = over.get("overhead_inline_s")
         if inline_s and "zero_step_floor_ms" in res:

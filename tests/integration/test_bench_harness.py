@@ -28,6 +28,8 @@ CONTRACT_KEYS = [
     "aws_cost_per_million_jobs_usd",
     # the floor of any design with one fence per step, in the same run
     "zero_step_floor_ms", "overhead_floor_ratio",
+    # issue 25: model tokens billed per job, with and without prompt caching
+    "model_tokens_per_job",
 ]
 BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "lambda_durable_functions",
              "temporal_cloud"]
@@ -54,10 +56,12 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     for key in CONTRACT_KEYS:
         assert key in res, key
     for key in CONTRACT_KEYS:
-        if key in ("peer_celery_sqs", "cost_per_million_jobs_usd", "aws_cost_per_million_jobs_usd"):
+        if key in ("peer_celery_sqs", "cost_per_million_jobs_usd", "aws_cost_per_million_jobs_usd",
+                   "model_tokens_per_job"):
             continue
         assert _positive(res[key]), (key, res[key])
     assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
+    assert _positive(res["model_tokens_per_job"]["billed_without_caching"])
     assert 0.5 < res["watcher_read_ratio"] < 50
     assert res["overhead_ratio"] > 0.9
     assert res["overhead_floor_ratio"] > 1 and 0 < res["zero_step_floor_agent_ms"] < res["zero_step_floor_ms"]

@@ -1,6 +1,8 @@
-"""The Bedrock agent through the real runner, with botocore's Stubber on a real client (no network).
+"""The Bedrock agent's Converse transport through the real runner, with botocore's Stubber on a real
+client (no network). The model is Amazon Nova 2 Lite: Converse is the path for every family but
+Claude (Claude takes the Messages API: tests/unit/test_bedrock_wire.py runs both on the wire).
 
-``converse`` is stubbed as usual. ``converse_stream`` returns an event stream, which the Stubber
+Every call is ``converse_stream``, which returns an event stream, which the Stubber
 cannot express (it validates the response as a plain structure): the stub answers with a valid
 one-event structure and an ``after-call`` hook swaps in a real botocore ``EventStream`` over
 encoded event-stream frames, so the agent parses exactly what it would get from Bedrock.
@@ -41,6 +43,7 @@ from alfred_jobs.settings import Settings
 
 USER = "alice"
 USAGE = {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}
+MODEL = "us.amazon.nova-2-lite-v1:0"
 
 
 # ---- event-stream frames (what Bedrock sends on the wire) -----------------------------------
@@ -73,6 +76,19 @@ def text_frames(*chunks: str, usage: dict[str, int] | None = None) -> list[bytes
             frame("messageStop", {"stopReason": "end_turn"}),
             frame("metadata", {"usage": usage or USAGE, "metrics": {"latencyMs": 5}})]
     return out
+
+
+def tool_frames(tool_input: Any, stop: str = "tool_use") -> list[bytes]:
+    """The frames of a make_plan call, its input JSON in 16-character pieces."""
+    raw = json.dumps(tool_input)
+    return [frame("messageStart", {"role": "assistant"}),
+            frame("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                "toolUse": {"toolUseId": "tu-1", "name": PLAN_TOOL}}}),
+            *(frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": raw[k:k + 16]}}})
+              for k in range(0, len(raw), 16)),
+            frame("contentBlockStop", {"contentBlockIndex": 0}),
+            frame("messageStop", {"stopReason": stop}),
+            frame("metadata", {"usage": USAGE, "metrics": {"latencyMs": 5}})]
 
 
 class RawStream:
@@ -112,6 +128,8 @@ class Model:
         self.stubber.activate()
 
     def _swap_stream(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        if "Error" in parsed:
+            return  # a stubbed error: no stream
         raw = self._pending.pop(0)
         self.streams.append(raw)
         parsed["stream"] = EventStream(raw, model.output_shape.members["stream"], EventStreamJSONParser(),
@@ -121,32 +139,25 @@ class Model:
         """The next ``converse`` returns a make_plan call with ``steps``."""
         self.plan_input({"steps": list(steps)})
 
-    def plan_input(self, tool_input: Any) -> None:
-        self.stubber.add_response("converse", {
-            "output": {"message": {"role": "assistant", "content": [
-                {"toolUse": {"toolUseId": "tu-1", "name": PLAN_TOOL, "input": tool_input}}]}},
-            "stopReason": "tool_use", "usage": USAGE, "metrics": {"latencyMs": 5},
-        }, {"modelId": DEFAULT_MODEL_ID, "messages": ANY, "system": ANY, "inferenceConfig": ANY,
-            "toolConfig": ANY})
+    def plan_input(self, tool_input: Any, stop: str = "tool_use") -> None:
+        """The next call streams a make_plan call whose input arrives in pieces."""
+        self.stream(tool_frames(tool_input, stop=stop), tools=True)
 
     def text(self, text: str) -> None:
-        """The next ``converse`` (a model step) answers ``text``."""
-        self.stubber.add_response("converse", {
-            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-            "stopReason": "end_turn", "usage": USAGE, "metrics": {"latencyMs": 5},
-        }, {"modelId": DEFAULT_MODEL_ID, "messages": ANY, "system": ANY, "inferenceConfig": ANY})
+        """The next call (a model step) streams ``text``."""
+        self.stream(text_frames(text))
 
     def error(self, method: str, code: str, status: int) -> None:
         self.stubber.add_client_error(method, service_error_code=code, service_message=code,
                                       http_status_code=status)
 
-    def stream(self, frames: list[bytes], before: Any = None) -> RawStream:
+    def stream(self, frames: list[bytes], before: Any = None, tools: bool = False) -> RawStream:
         """The next ``converse_stream`` streams ``frames``."""
         raw = RawStream(frames, before)
         self._pending.append(raw)
         self.stubber.add_response("converse_stream", {"stream": {"messageStart": {"role": "assistant"}}},
-                                  {"modelId": DEFAULT_MODEL_ID, "messages": ANY, "system": ANY,
-                                   "inferenceConfig": ANY})
+                                  {"modelId": MODEL, "messages": ANY, "system": ANY, "inferenceConfig": ANY,
+                                   **({"toolConfig": ANY} if tools else {})})
         return raw
 
     def done(self) -> None:
@@ -170,7 +181,7 @@ class World:
 
     def __init__(self, **settings: Any) -> None:
         base: dict[str, Any] = {"agent": "bedrock", "retry_base_seconds": 0, "cancel_poll_seconds": 0.05,
-                                "delta_flush_seconds": 0.01}
+                                "delta_flush_seconds": 0.01, "bedrock_model_id": MODEL}
         self.deps: Deps = memory_deps(Settings(**{**base, **settings}))
         self.model = Model()
         self.kitchen = MemoryKitchenStore()
@@ -227,12 +238,14 @@ def test_full_job_completes_with_plan_steps_reply_and_usage() -> None:
     done = {e["data"]["index"]: e["data"]["output"] for e in events
             if e["type"] == "step" and e["data"]["status"] == "completed"}
     assert done[1] == {"item": {"name": "eggs", "quantity": 6.0, "unit": ""}}
-    assert done[2] == {"text": "A frittata.", "usage": USAGE}
+    assert done[2] == {"text": "A frittata.", "usage": {**USAGE, "cacheReadInputTokens": 0,
+                                                         "cacheWriteInputTokens": 0}}
     assert "".join(e["data"]["text"] for e in events if e["type"] == "delta") == "Make a frittata tonight."
     output = events[-1]["data"]["output"]
     assert output["reply"] == "Make a frittata tonight."
     # think + model step + reply, each USAGE
-    assert output["usage"] == {k: 3 * v for k, v in USAGE.items()}
+    assert output["usage"] == {**{k: 3 * v for k, v in USAGE.items()}, "cacheReadInputTokens": 0,
+                               "cacheWriteInputTokens": 0}
     assert w.kitchen.items(USER, w.job(job_id).conversation_id, "pantry")[0]["quantity"] == 6.0
     # AND the turn is committed to the conversation
     msgs = w.deps.conversations.messages(USER, w.job(job_id).conversation_id, 10)
@@ -293,7 +306,7 @@ def test_resumed_job_does_not_call_the_model_again_for_completed_steps() -> None
 def test_throttled_call_is_retried_by_the_runner() -> None:
     # GIVEN a model that throttles the first think
     w = World()
-    w.model.error("converse", "ThrottlingException", 429)
+    w.model.error("converse_stream", "ThrottlingException", 429)
     job_id = w.submit("What can I cook?")
 
     # WHEN the worker runs it
@@ -390,7 +403,7 @@ def test_malformed_plan_repaired_by_the_model_runs() -> None:
 
 def _agent(model: Model, **config: Any) -> BedrockAgent:
     deps = memory_deps(Settings())
-    return BedrockAgent(config=BedrockConfig(**config), agent_data=deps.agent_data,
+    return BedrockAgent(config=BedrockConfig(**{"model_id": MODEL, **config}), agent_data=deps.agent_data,
                         kitchen=MemoryKitchenStore(), _client=model.client)
 
 
@@ -405,7 +418,7 @@ def _agent(model: Model, **config: Any) -> BedrockAgent:
 ])
 def test_bedrock_errors_map_to_retryable_or_terminal(code: str, status: int, retryable: bool) -> None:
     model = Model()
-    model.error("converse", code, status)
+    model.error("converse_stream", code, status)
     expected = RetryableAgentError if retryable else TerminalAgentError
     with pytest.raises(expected) as info:
         _agent(model).think(ctx())
@@ -420,9 +433,11 @@ def test_too_many_steps_and_truncated_plans_are_terminal() -> None:
         _agent(model, max_steps=2).think(ctx())
     assert info.value.code == "bad_plan"
 
-    model.stubber.add_response("converse", {
-        "output": {"message": {"role": "assistant", "content": [{"text": "{\"steps\": ["}]}},
-        "stopReason": "max_tokens", "usage": USAGE, "metrics": {"latencyMs": 5}})
+    model.stream([frame("messageStart", {"role": "assistant"}),
+                  frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "{\"steps\": ["}}),
+                  frame("contentBlockStop", {"contentBlockIndex": 0}),
+                  frame("messageStop", {"stopReason": "max_tokens"}),
+                  frame("metadata", {"usage": USAGE, "metrics": {"latencyMs": 5}})], tools=True)
     with pytest.raises(TerminalAgentError) as info:
         _agent(model).think(ctx())
     assert info.value.code == "plan_truncated"
@@ -454,10 +469,10 @@ def test_history_is_shaped_for_converse() -> None:
     history = [{"role": "assistant", "text": "hello"}, {"role": "user", "text": "a"},
                {"role": "user", "text": "b"}, {"role": "assistant", "text": "c"}]
     expected = [{"role": "user", "content": [{"text": "a\n\nb"}]},
-                {"role": "assistant", "content": [{"text": "c"}]},
+                {"role": "assistant", "content": [{"text": "c"}, {"cachePoint": {"type": "default"}}]},
                 {"role": "user", "content": [{"text": "d"}]}]
     model.stubber.add_response("converse_stream", {"stream": {"messageStart": {"role": "assistant"}}},
-                               {"modelId": DEFAULT_MODEL_ID, "messages": expected, "system": ANY,
+                               {"modelId": MODEL, "messages": expected, "system": ANY,
                                 "inferenceConfig": ANY})
     model._pending.append(RawStream(text_frames("ok")))
     assert "".join(_agent(model).reply(Plan(steps=[]), ctx(message="d", history=history))) == "ok"

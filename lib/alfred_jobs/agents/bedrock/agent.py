@@ -1,32 +1,37 @@
-"""An agent backed by Amazon Bedrock's Converse API (``bedrock-runtime``).
+"""The agent: think -> act -> reply with a model on Amazon Bedrock (``bedrock-runtime``).
 
-    think  one ``converse`` call; the model must call the ``make_plan`` tool, whose input is a plan
-           of steps validated with pydantic (see "Malformed plans" below)
+    think  one streamed call; the model must call the ``make_plan`` tool, whose input (assembled
+           from its deltas) is a plan of steps validated with pydantic (see "Malformed plans")
     act    a step is a *kitchen tool* (the conversation's pantry and recipes, writes idempotent on
-           ``ctx.idempotency_key(step.index)``) or a *model call* (one ``converse``)
-    reply  ``converse_stream``; text chunks are yielded as they arrive, a cancel closes the stream
+           ``ctx.idempotency_key(step.index)``) or a *model call* (one streamed call)
+    reply  one streamed call; text chunks are yielded as they arrive, a cancel closes the stream
+
+Two transports behind this one agent, chosen by the model id (``BedrockConfig.api``): Claude
+through the Anthropic Messages API (``messages.py``, ``InvokeModelWithResponseStream``), every
+other family through Converse (``converse.py``, ``ConverseStream``). Every call is streamed, so
+the client's read timeout is an idle timeout (the longest silence between two events), not a
+bound on the whole generation.
 
 Errors: every botocore error is turned into ``RetryableAgentError`` or ``TerminalAgentError`` here
-(``_mapped_errors``); this is the only module of the agents that imports botocore.
+(``_mapped_errors``). An ``AccessDeniedException`` within ``access_denied_grace_seconds`` of the
+job's creation is retried (``model_access_pending``): Bedrock's access can lag up to about two
+minutes behind a permission granted or a first subscription; after that it is terminal.
 
 Malformed plans: a plan that does not validate is sent back to the model once, in the same
 ``think``, with the validation error (a repair turn). If the second answer is still malformed,
-``think`` raises ``TerminalAgentError(code="bad_plan")``. Why terminal: the runner's retry would
-ask the same model the same question after a backoff, and a model that failed twice with its own
-error in front of it is a prompt or model problem, not a transient one; failing fast shows the
-user an error within seconds instead of after every attempt's backoff. A plan cut off by the token
-limit (``stopReason == "max_tokens"``) is terminal too (``plan_truncated``: raise
-``ALFRED_BEDROCK_MAX_TOKENS``), and so is a refusal (``content_filtered`` / ``guardrail_intervened``:
-``refused``). Throttling and service errors during ``think`` are retryable like anywhere else.
+``think`` raises ``TerminalAgentError(code="bad_plan")``. A plan cut off by the token limit is
+terminal (``plan_truncated``); a refusal is terminal (``refused``); a model that reports
+``malformed_model_output`` / ``malformed_tool_use`` failed to answer (retryable
+``model_malformed_output``, never taken as an answer); a call stopped by the context window
+(``model_context_window_exceeded``) is made again with half the history, down to none.
 
-Token usage: every model call's usage is recorded in the agent data store right after the call
-(one record per job, attempt and call, expiring with the job), so it is counted whichever process
-made the call and whether or not its attempt was checkpointed. A stream cut off before its
-``metadata`` event (a cancel, a reset, an error event) is recorded as an estimate (4 characters a
-token) and marked as such. ``usage(ctx)`` sums the records; the runner merges the total into the
-``complete`` output as ``{"usage": {...}}``.
+Token usage: every call's usage is recorded in the agent data store when its stream ends, whichever
+way (one record per job, attempt and call, expiring with the job): exact when the stream reported
+it, otherwise estimated and marked (``transport.usage_of``); a cancelled call is estimated at its
+ceiling, since closing the stream is not known to stop the billing. ``usage(ctx)`` sums the records
+(cache reads and writes apart); the runner merges the total into the ``complete`` output.
 
-Truncation: a reply whose stream ends without ``messageStop`` was cut off in transit (retryable
+Truncation: a reply whose stream ends without a stop reason was cut off in transit (retryable
 ``model_unavailable``); one that stops on ``max_tokens`` ends with a visible note saying so.
 """
 
@@ -45,6 +50,19 @@ from botocore.exceptions import ClientError as BotoClientError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from alfred_jobs.agents.bedrock.converse import ConverseTransport, base_model, takes_forced_tool_choice
+from alfred_jobs.agents.bedrock.messages import MessagesTransport
+from alfred_jobs.agents.bedrock.transport import (
+    CONTEXT_EXCEEDED,
+    MALFORMED,
+    REFUSALS,
+    TRUNCATED,
+    USAGE_KEYS,
+    Answer,
+    Call,
+    Transport,
+    usage_of,
+)
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.exceptions import MalformedPlan, RetryableAgentError, TerminalAgentError
@@ -53,8 +71,9 @@ if TYPE_CHECKING:
     from alfred_jobs.ports import AgentDataStore, Deps
     from alfred_jobs.settings import Settings
 
-# Claude Sonnet 4.6 through the US cross-region inference profile (docs/agents.md, "Choosing a model").
-DEFAULT_MODEL_ID = "us.anthropic.claude-sonnet-4-6"
+# Claude Haiku 4.5 through the US cross-region inference profile, on the Messages API: the fastest
+# and cheapest Claude that Bedrock opens to every customer (docs/agents.md, "Choosing a model").
+DEFAULT_MODEL_ID = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 DEFAULT_MAX_TOKENS = 2048
 DEFAULT_PLAN_MAX_TOKENS = 4096
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -62,16 +81,14 @@ DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_MAX_STEPS = 6
 DEFAULT_HISTORY_MESSAGES = 20
+DEFAULT_ACCESS_DENIED_GRACE = 120.0
 PLAN_TOOL = "make_plan"
-USAGE_KEYS = ("inputTokens", "outputTokens", "totalTokens")
-CHARS_PER_TOKEN = 4  # for estimating a cut-off stream's usage (Bedrock sends usage only at its end)
 TRUNCATED_NOTE = "\n\n[Alfred's answer was cut off here: it reached its length limit.]"
-_INFERENCE_PROFILE_PREFIXES = ("us", "eu", "apac", "global", "jp", "au", "ca", "us-gov")
 # Bedrock's answers that mean "this model cannot be used here", whatever the request.
 _MODEL_UNUSABLE = ("end of its life", "end-of-life", "on-demand throughput", "inference profile",
                    "model identifier is invalid", "provided model identifier", "doesn't support tool use",
-                   "does not support tool use", "don't have access to the model", "not authorized to access this model",
-                   "model is not supported", "isn't supported in this region", "marked by provider as legacy")
+                   "does not support tool use", "model is not supported", "isn't supported in this region",
+                   "marked by provider as legacy")
 log = logging.getLogger("alfred_jobs.agents.bedrock")
 
 # Error codes as Bedrock sends them. Mid-stream errors arrive as camelCase event names
@@ -105,7 +122,10 @@ class BedrockConfig:
     retention_seconds: int = 7 * 24 * 3600
     plan_max_tokens: int = DEFAULT_PLAN_MAX_TOKENS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # streamed: the longest silence between two events
+    api_choice: Literal["auto", "messages", "converse"] = "auto"
+    prompt_caching: bool = True
+    access_denied_grace: float = DEFAULT_ACCESS_DENIED_GRACE
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BedrockConfig:
@@ -121,22 +141,31 @@ class BedrockConfig:
             plan_max_tokens=settings.bedrock_plan_max_tokens,
             connect_timeout=settings.bedrock_connect_timeout_seconds,
             read_timeout=settings.bedrock_read_timeout_seconds,
+            api_choice=settings.bedrock_api,
+            prompt_caching=settings.bedrock_prompt_caching,
+            access_denied_grace=settings.bedrock_access_denied_grace_seconds,
         )
 
     @property
     def base_model(self) -> str:
         """The model an id, ARN or inference profile id names (``us.anthropic.x`` -> ``anthropic.x``)."""
-        model = self.model_id.rsplit("/", 1)[-1]
-        head, _, rest = model.partition(".")
-        return rest if head in _INFERENCE_PROFILE_PREFIXES and rest else model
+        return base_model(self.model_id)
+
+    @property
+    def api(self) -> Literal["messages", "converse"]:
+        """The transport: the Messages API for Anthropic Claude, Converse for every other family."""
+        if self.api_choice != "auto":
+            return self.api_choice
+        return "messages" if self.base_model.startswith("anthropic.claude") else "converse"
 
     @property
     def forced_tool_choice(self) -> bool:
-        """Whether the model takes ``toolChoice: {tool}``: Anthropic Claude 3 and later, Amazon Nova
-        (the ToolChoice API reference); any other model gets ``auto`` and the instruction."""
-        return self.base_model.startswith((
-            "anthropic.claude-3", "anthropic.claude-sonnet", "anthropic.claude-haiku", "anthropic.claude-opus",
-            "amazon.nova"))
+        """Whether the model takes a forced tool choice: every Claude on the Messages API; on Converse,
+        Anthropic Claude 3 and later and Amazon Nova (the ToolChoice API reference)."""
+        return self.api == "messages" or takes_forced_tool_choice(self.model_id)
+
+    def transport(self) -> Transport:
+        return MessagesTransport() if self.api == "messages" else ConverseTransport()
 
 
 CLIENT_ATTEMPTS = 1
@@ -146,9 +175,9 @@ def build_client(config: BedrockConfig) -> Any:
     """A ``bedrock-runtime`` client (endpoint from ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` if set).
 
     One attempt per call: the runner owns retries with backoff (a Lambda should not sleep through a
-    throttle), and one call, connect + read timeout, must fit in the worker's Lambda timeout with
-    room to checkpoint (``tests/unit/test_bedrock_wire.py`` checks it against template.yaml). The
-    read timeout bounds a stalled stream and a ``converse`` that does not answer.
+    throttle). Every call is streamed, so the read timeout is per socket read: it bounds the
+    silence between two events of a stream (a stalled model, a dead connection), not the whole
+    generation; a long plan that keeps sending completes.
     """
     import boto3
     from botocore.config import Config
@@ -461,19 +490,6 @@ _THINK = (
     "The final answer is written after the steps; do not add a step for it."
 )
 _EMPTY_MESSAGE = "(an empty message)"
-_TRUNCATING_STOPS = ("max_tokens", "model_context_window_exceeded")
-
-
-def _usage_of(raw: Any) -> dict[str, int]:
-    raw = raw or {}
-    return {k: int(raw.get(k, 0) or 0) for k in USAGE_KEYS}
-
-
-def _estimate(request: dict[str, Any], output_chars: int) -> dict[str, int]:
-    """A cut-off stream's usage, estimated: Bedrock sends it only in the stream's last event."""
-    chars = len(json.dumps(request.get("messages", []))) + len(json.dumps(request.get("system", [])))
-    i, o = -(-chars // CHARS_PER_TOKEN), -(-output_chars // CHARS_PER_TOKEN)
-    return {"inputTokens": i, "outputTokens": o, "totalTokens": i + o, "estimated": 1}
 
 
 @dataclass
@@ -491,6 +507,7 @@ class BedrockAgent:
     clock: Clock = field(default_factory=SystemClock)  # the process's (``from_deps``: ``deps.clock``)
 
     def __post_init__(self) -> None:
+        self.transport: Transport = self.config.transport()
         if not self.config.forced_tool_choice:
             log.warning("Bedrock model %s: forced tool choice is for Anthropic Claude 3+ and Amazon Nova; "
                         "planning asks for make_plan with toolChoice auto", self.config.model_id)
@@ -512,73 +529,73 @@ class BedrockAgent:
         return self._client
 
     def check_model(self) -> None:
-        """One tiny ``converse`` (1 token) to tell at start whether the model can be used here.
+        """One tiny streamed call (1 token) to tell at start whether the model can be used here.
 
         Raises ``TerminalAgentError(code="model_not_available" / "model_access_denied")`` with what to
         do; retryable errors (throttling, a timeout) say nothing about the model and are raised as is.
         """
-        self._converse([{"role": "user", "content": [{"text": "ping"}]}], system=[{"text": _SYSTEM}],
-                       what="model check", max_tokens=1)
+        self._ask(self._call([{"role": "user", "content": [{"text": "ping"}]}], max_tokens=1), "model check")
 
     # -- think ----------------------------------------------------------------------------
 
     def think(self, ctx: AgentContext) -> Plan:
-        """One Converse call made to call ``make_plan``; one repair turn if the plan is malformed."""
+        """One streamed call made to call ``make_plan``; one repair turn if the plan is malformed."""
         self._local.ctx = ctx
-        messages = self._conversation(ctx, ctx.message)
-        tool_config: dict[str, Any] = {"tools": [{"toolSpec": {
-            "name": PLAN_TOOL, "description": "Record the plan of steps that answers the user.",
-            "inputSchema": {"json": PlanSpec.model_json_schema()}}}]}
-        if self.config.forced_tool_choice:
-            tool_config["toolChoice"] = {"tool": {"name": PLAN_TOOL}}
-        system = [{"text": _SYSTEM}, {"text": _THINK.format(max_steps=self.config.max_steps)}]
-        for turn in range(2):
-            out = self._plan_call(ctx, messages, system, tool_config, turn)
-            stop = out.get("stopReason")
-            if stop in ("content_filtered", "guardrail_intervened"):
-                raise TerminalAgentError(f"the model refused to plan ({stop})", code="refused")
-            if stop in _TRUNCATING_STOPS:
-                raise TerminalAgentError(
-                    f"the plan was cut off by the token limit ({self.config.plan_max_tokens} tokens: raise "
-                    "ALFRED_BEDROCK_PLAN_MAX_TOKENS)", code="plan_truncated")
-            content = out.get("output", {}).get("message", {}).get("content", [])
-            all_uses = [c["toolUse"] for c in content if "toolUse" in c]
-            uses = [u for u in all_uses if u.get("name") == PLAN_TOOL]
+        keep = self.config.history_messages
+        tools = [{"name": PLAN_TOOL, "description": "Record the plan of steps that answers the user.",
+                  "schema": PlanSpec.model_json_schema()}]
+        system = [_SYSTEM, _THINK.format(max_steps=self.config.max_steps)]
+        repairs: list[dict[str, Any]] = []
+        turn = 0
+        while True:
+            messages = [*self._conversation(ctx, ctx.message, keep), *repairs]
+            call = self._call(messages, system=system, tools=tools, max_tokens=self.config.plan_max_tokens,
+                              force_tool=PLAN_TOOL if self.config.forced_tool_choice else None)
+            answer = self._plan_call(ctx, call, f"think.{turn + 1}" + (f".h{keep}" if keep else ""))
+            if answer.stop == CONTEXT_EXCEEDED and keep > 0:
+                keep //= 2  # the history must shrink: more output tokens would not help
+                log.warning("job %s: the plan hit the context window; planning again with %d messages of "
+                            "history", ctx.job_id, keep)
+                continue
+            self._check_stop(answer, "think")
+            if answer.stop in (TRUNCATED, CONTEXT_EXCEEDED):
+                hint = (f"raise ALFRED_BEDROCK_PLAN_MAX_TOKENS (now {self.config.plan_max_tokens})"
+                        if answer.stop == TRUNCATED else "the message alone fills the model's context window")
+                raise TerminalAgentError(f"the plan was cut off ({answer.stop}): {hint}", code="plan_truncated")
+            uses = [u for u in answer.tool_uses if u.get("name") == PLAN_TOOL]
             try:
                 if not uses:
                     raise MalformedPlan(f"no {PLAN_TOOL} tool call in the answer")
                 if len(uses) > 1:
                     raise MalformedPlan(f"{len(uses)} {PLAN_TOOL} calls in one answer; call it exactly once")
+                if uses[0].get("input") is None:
+                    raise MalformedPlan(f"the {PLAN_TOOL} input is not JSON")
                 return parse_plan(uses[0].get("input"), self.config.max_steps)
             except MalformedPlan as exc:
                 if turn == 1:
                     raise TerminalAgentError(f"the model made no valid plan: {str(exc)[:500]}",
                                              code="bad_plan") from exc
-                answer = out.get("output", {}).get("message") or {"role": "assistant",
-                                                                   "content": [{"text": "(no answer)"}]}
-                messages = [*messages, answer, self._repair_turn(all_uses, str(exc))]
-        raise AssertionError("unreachable")
+                turn += 1
+                repairs = [answer.message(), self._repair_turn(answer.tool_uses, str(exc))]
 
-    def _plan_call(self, ctx: AgentContext, messages: list[dict[str, Any]], system: list[dict[str, Any]],
-                   tool_config: dict[str, Any], turn: int) -> dict[str, Any]:
-        """The planning call; a model that refuses ``toolChoice`` is asked again with ``auto``."""
+    def _plan_call(self, ctx: AgentContext, call: Call, name: str) -> Answer:
+        """The planning call; a model that refuses the forced tool is asked again with ``auto``."""
         try:
-            return self._converse(messages, system=system, toolConfig=tool_config, what="think",
-                                  max_tokens=self.config.plan_max_tokens, ctx=ctx, call=f"think.{turn + 1}")
+            return self._ask(call, "think", ctx=ctx, name=name)
         except TerminalAgentError as exc:
-            if "toolChoice" not in tool_config or "toolchoice" not in str(exc).lower():
+            if call.force_tool is None or not any(w in str(exc).lower() for w in ("toolchoice", "tool_choice")):
                 raise
-            log.warning("Bedrock model %s refused toolChoice; planning with auto", self.config.model_id)
-            auto = {k: v for k, v in tool_config.items() if k != "toolChoice"}
-            tool_config.pop("toolChoice")
-            return self._converse(messages, system=system, toolConfig=auto, what="think",
-                                  max_tokens=self.config.plan_max_tokens, ctx=ctx, call=f"think.{turn + 1}.auto")
+            log.warning("Bedrock model %s refused a forced tool choice; planning with auto", self.config.model_id)
+            auto = Call(system=call.system, messages=call.messages, max_tokens=call.max_tokens,
+                        temperature=call.temperature, tools=call.tools, cache=call.cache)
+            return self._ask(auto, "think", ctx=ctx, name=f"{name}.auto")
 
     @staticmethod
     def _repair_turn(uses: list[dict[str, Any]], error: str) -> dict[str, Any]:
         """The user turn that shows the model what was wrong with its plan.
 
-        Bedrock wants a ``toolResult`` for every ``toolUse`` of the answer, whatever tool it named.
+        Bedrock wants a tool result for every tool call of the answer, whatever tool it named. The
+        ``status`` is dropped by the Converse transport for models AWS does not document it for.
         """
         text = f"That plan is invalid: {error[:1500]}. Call {PLAN_TOOL} again with a valid plan."
         if not uses:
@@ -625,23 +642,23 @@ class BedrockAgent:
     def _model_step(self, spec: ModelCall, step: PlanStep, ctx: AgentContext) -> dict[str, Any]:
         prompt = (f"The user asked: {self._message(ctx)}\n\nResults of the earlier steps (JSON):\n"
                   f"{json.dumps(self._earlier(ctx, step.index))}\n\nThis step: {spec.prompt}")
-        out = self._converse([{"role": "user", "content": [{"text": prompt}]}],
-                             system=[{"text": _SYSTEM}], what=f"step {step.index}", ctx=ctx,
-                             call=f"step.{step.index}")
-        text = "".join(c.get("text", "") for c in out.get("output", {}).get("message", {}).get("content", []))
-        result: dict[str, Any] = {"text": text, "usage": _usage_of(out.get("usage"))}
-        if out.get("stopReason") in _TRUNCATING_STOPS:
+        call = self._call([{"role": "user", "content": [{"text": prompt}]}])
+        answer = self._ask(call, f"step {step.index}", ctx=ctx, name=f"step.{step.index}")
+        self._check_stop(answer, f"step {step.index}")
+        result: dict[str, Any] = {"text": answer.text, "usage": usage_of(call, answer)}
+        if answer.stop in (TRUNCATED, CONTEXT_EXCEEDED):
             result["truncated"] = True
         return result
 
     # -- reply ----------------------------------------------------------------------------
 
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
-        """Stream the answer with ``converse_stream``; a cancel or the runner closing us closes the stream.
+        """Stream the answer; a cancel or the runner closing us closes the stream.
 
-        The stream must end with ``messageStop``: one that just ends was cut off in transit
+        The stream must end with a stop reason: one that just ends was cut off in transit
         (retryable). ``max_tokens`` is a real end, but of a truncated answer: it ends with a note.
-        Usage is recorded when the stream ends, whichever way (estimated without ``metadata``).
+        Usage is recorded when the stream ends, whichever way (estimated when it was not reported;
+        at its ceiling when cancelled: closing the stream is not known to stop the billing).
         """
         self._local.ctx = ctx
         results = {str(s.index): {"label": s.label, "output": ctx.step_outputs.get(s.index)}
@@ -650,47 +667,25 @@ class BedrockAgent:
         text = message if not results else (
             f"{message}\n\n(Results of the steps you ran, JSON — use them, do not repeat them "
             f"verbatim: {json.dumps(results)})")
-        request = self._request(self._conversation(ctx, text), system=[{"text": _SYSTEM}])
-        with self._errors("reply"):
-            response = self.client.converse_stream(**request)
-        stream = response["stream"]
-        shown = 0
-        usage: dict[str, int] | None = None
-        stop: str | None = None
-        try:
-            with self._errors("reply"):
-                for event in stream:
-                    if ctx.cancelled():
-                        return  # the finally closes the HTTP stream: no more tokens are billed
-                    if "contentBlockDelta" in event:
-                        chunk = event["contentBlockDelta"].get("delta", {}).get("text")
-                        if chunk:
-                            shown += len(chunk)
-                            yield chunk
-                    elif "messageStop" in event:
-                        stop = str(event["messageStop"].get("stopReason") or "")
-                        if stop in ("content_filtered", "guardrail_intervened"):
-                            raise TerminalAgentError("the model refused to answer", code="refused")
-                    elif "metadata" in event:
-                        usage = _usage_of(event["metadata"].get("usage"))
-            if stop is None:
-                raise RetryableAgentError("reply: the stream ended before messageStop (cut off in transit)",
-                                          code="model_unavailable")
-            if stop in _TRUNCATING_STOPS:
-                log.warning("job %s: the reply stopped on %s", ctx.job_id, stop)
-                yield TRUNCATED_NOTE
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-            self._record(ctx, "reply", usage if usage is not None else _estimate(request, shown))
+        call = self._call(self._conversation(ctx, text, self.config.history_messages))
+        answer = Answer()
+        yield from self._stream(call, "reply", answer, ctx=ctx, name="reply")
+        if answer.stop is None:
+            if ctx.cancelled():
+                return
+            raise RetryableAgentError("reply: the stream ended before its stop reason (cut off in transit)",
+                                      code="model_unavailable")
+        self._check_stop(answer, "reply")
+        if answer.stop in (TRUNCATED, CONTEXT_EXCEEDED):
+            log.warning("job %s: the reply stopped on %s", ctx.job_id, answer.stop)
+            yield TRUNCATED_NOTE
 
     # -- usage ----------------------------------------------------------------------------
 
     def usage(self, ctx: AgentContext | None = None) -> dict[str, int] | None:
         """The job's token usage: the sum of every model call's record, whichever attempt or process
-        made it. Estimated records (cut-off streams) are counted and their number is given as
-        ``estimatedCalls``. Without ``ctx``, the job this thread last ran is meant."""
+        made it. Estimated records (cut-off or cancelled streams) are counted and their number is
+        given as ``estimatedCalls``. Without ``ctx``, the job this thread last ran is meant."""
         ctx = ctx or getattr(self._local, "ctx", None)
         if ctx is None:
             return None
@@ -707,6 +702,55 @@ class BedrockAgent:
             total["estimatedCalls"] = estimated
         return total
 
+    # -- calling the model ----------------------------------------------------------------
+
+    def _call(self, messages: list[dict[str, Any]], *, system: list[str] | None = None,
+              tools: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
+              force_tool: str | None = None) -> Call:
+        return Call(system=system or [_SYSTEM], messages=messages, max_tokens=max_tokens or self.config.max_tokens,
+                    temperature=self.config.temperature, tools=tools or [], force_tool=force_tool,
+                    cache=self.config.prompt_caching)
+
+    def _stream(self, call: Call, what: str, answer: Answer, *, ctx: AgentContext | None = None,
+                name: str = "") -> Iterator[str]:
+        """Send ``call`` streamed, yield its text; record its usage when the stream ends, whichever way.
+
+        A cancel (seen between events) stops reading and closes the stream; the call is then recorded
+        at its ceiling (estimated), since the model is presumed to generate on and be billed.
+        """
+        cancelled = False
+        try:
+            with self._errors(what, ctx):
+                for chunk in self.transport.stream(self.client, self.config.model_id, call, answer):
+                    if ctx is not None and ctx.cancelled():
+                        cancelled = True
+                        return  # the transport's finally closes the HTTP stream
+                    yield chunk
+                if ctx is not None and answer.stop is None and ctx.cancelled():
+                    cancelled = True
+        finally:
+            if ctx is not None:
+                self._record(ctx, name, usage_of(call, answer, cancelled=cancelled))
+
+    def _ask(self, call: Call, what: str, *, ctx: AgentContext | None = None, name: str = "") -> Answer:
+        """One streamed call read to its end (think, a model step, the model check)."""
+        answer = Answer()
+        for _ in self._stream(call, what, answer, ctx=ctx, name=name):
+            pass
+        if answer.stop is None:
+            raise RetryableAgentError(f"{what}: the stream ended before its stop reason (cut off in transit)",
+                                      code="model_unavailable")
+        return answer
+
+    @staticmethod
+    def _check_stop(answer: Answer, what: str) -> None:
+        """A refusal is terminal; a malformed answer is a failed call (retryable), never an answer."""
+        if answer.stop in REFUSALS:
+            raise TerminalAgentError(f"{what}: the model refused ({answer.stop})", code="refused")
+        if answer.stop in MALFORMED:
+            raise RetryableAgentError(f"{what}: the model's answer was malformed ({answer.stop})",
+                                      code="model_malformed_output")
+
     # -- helpers --------------------------------------------------------------------------
 
     @staticmethod
@@ -721,24 +765,21 @@ class BedrockAgent:
         """Record one call's usage at once, keyed by attempt and call: exact across processes."""
         self.agent_data.record_usage(self._job_key(ctx), f"a{ctx.attempt}.{call}", usage, self._expires(ctx))
 
-    def _errors(self, what: str) -> Any:
-        return _mapped_errors(what, "model", self.config)
-
-    def _request(self, messages: list[dict[str, Any]], *, system: list[dict[str, Any]],
-                 max_tokens: int | None = None, **extra: Any) -> dict[str, Any]:
-        return {"modelId": self.config.model_id, "messages": messages, "system": system,
-                "inferenceConfig": {"maxTokens": max_tokens or self.config.max_tokens,
-                                    "temperature": self.config.temperature}, **extra}
-
-    def _converse(self, messages: list[dict[str, Any]], *, system: list[dict[str, Any]], what: str,
-                  max_tokens: int | None = None, ctx: AgentContext | None = None, call: str = "",
-                  **extra: Any) -> dict[str, Any]:
-        with self._errors(what):
-            out: dict[str, Any] = self.client.converse(
-                **self._request(messages, system=system, max_tokens=max_tokens, **extra))
-        if ctx is not None:
-            self._record(ctx, call, _usage_of(out.get("usage")))
-        return out
+    @contextmanager
+    def _errors(self, what: str, ctx: AgentContext | None = None) -> Iterator[None]:
+        """Bedrock's errors mapped; a fresh ``AccessDeniedException`` (the job is younger than the
+        grace) is retryable ``model_access_pending``: access can lag a grant by up to two minutes."""
+        try:
+            with _mapped_errors(what, "model", self.config):
+                yield
+        except TerminalAgentError as exc:
+            age = self.clock.now() - ctx.created_at if ctx is not None and ctx.created_at else None
+            if exc.code == "model_access_denied" and age is not None and age < self.config.access_denied_grace:
+                raise RetryableAgentError(
+                    f"{exc.message} (retried: Bedrock access can take up to about 2 minutes to apply after "
+                    f"permissions are granted or the model is first subscribed; terminal after "
+                    f"{self.config.access_denied_grace:.0f} s)", code="model_access_pending") from exc
+            raise
 
     @staticmethod
     def _earlier(ctx: AgentContext, index: int) -> dict[str, Any]:
@@ -749,11 +790,11 @@ class BedrockAgent:
         """The user's message; Bedrock refuses a blank text block (terminally), so never send one."""
         return ctx.message if ctx.message.strip() else _EMPTY_MESSAGE
 
-    def _conversation(self, ctx: AgentContext, last: str) -> list[dict[str, Any]]:
-        """History plus the new user turn, shaped as Converse wants: user first, roles alternating,
-        no blank text (a blank turn of the history is left out)."""
-        n = self.config.history_messages
-        history = ctx.history[-n:] if n > 0 else []  # [-0:] would be the whole history
+    @staticmethod
+    def _conversation(ctx: AgentContext, last: str, keep: int) -> list[dict[str, Any]]:
+        """The last ``keep`` messages of history plus the new user turn, shaped as Bedrock wants: user
+        first, roles alternating, no blank text (a blank turn of the history is left out)."""
+        history = ctx.history[-keep:] if keep > 0 else []  # [-0:] would be the whole history
         messages: list[dict[str, Any]] = []
         for m in [*history, {"role": "user", "text": last if last.strip() else _EMPTY_MESSAGE}]:
             role, text = m.get("role"), str(m.get("text", ""))
