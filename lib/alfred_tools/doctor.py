@@ -326,10 +326,18 @@ def _check_role(target: Target, model: _Model, iam: Any, report: Report) -> None
                        "empty (its statement grants the profile and, through it, the model in every region), or "
                        "add that grant to the role")
     for where, actions in by_scp.items():
-        report.problem(f"an organisation policy (SCP) denies {', '.join(actions)} on {where}: a global profile's "
-                       "request has aws:RequestedRegion = unspecified, which a region lock does not list",
-                       "have the organisation's administrator exempt aws:RequestedRegion \"unspecified\" for "
-                       "bedrock:InvokeModel*, or use a geography profile (us., eu.) instead of global.")
+        if ":bedrock:::" in where:  # a global profile's region-less model ARN
+            report.problem(f"an organisation policy (SCP) denies {', '.join(actions)} on {where}: a global "
+                           "profile's request has aws:RequestedRegion = unspecified, which a region lock does "
+                           "not list",
+                           "have the organisation's administrator exempt aws:RequestedRegion \"unspecified\" for "
+                           "bedrock:InvokeModel*, or use a geography profile (us., eu.) whose regions it allows")
+        else:
+            report.problem(f"an organisation policy (SCP) denies {', '.join(actions)} on {where}: the profile "
+                           "routes to a region the organisation's region lock does not allow",
+                           "have the organisation's administrator allow bedrock:InvokeModel* in every destination "
+                           "region of the profile (or when bedrock:InferenceProfileArn is set), or use a model "
+                           "or profile whose regions it allows")
     if not missing and not by_scp:
         count = sum(len(resources) for _, resources, _ in checks)
         report.good(f"the worker's role may invoke the model ({count} resource(s) simulated, both invoke actions)")

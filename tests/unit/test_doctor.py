@@ -156,10 +156,10 @@ def test_a_model_id_that_needs_a_profile_is_named(cp: BedrockControlStandIn) -> 
 
 
 def test_a_model_id_called_on_demand_has_no_problem(cp: BedrockControlStandIn) -> None:
-    nova = "amazon.nova-2-lite-v1:0"
-    cp.state.models[nova] = Model(nova, inference_types=("ON_DEMAND",))
-    cp.state.role_policies[ROLE] = worker_statements(nova)
-    report = run(cp, nova)
+    mistral = "mistral.mistral-large-2407-v1:0"
+    cp.state.models[mistral] = Model(mistral, inference_types=("ON_DEMAND",))
+    cp.state.role_policies[ROLE] = worker_statements(mistral)
+    report = run(cp, mistral)
     assert not report.problems, report.render()
 
 
@@ -172,7 +172,7 @@ def test_a_global_profile_blocked_by_a_region_lock_is_named(cp: BedrockControlSt
     line = only_problem(run(cp, glob))
     assert ("(SCP) denies bedrock:InvokeModel, bedrock:InvokeModelWithResponseStream on "
             f"arn:aws:bedrock:::foundation-model/{HAIKU} (through the profile)") in line
-    assert "aws:RequestedRegion = unspecified" in line
+    assert "aws:RequestedRegion = unspecified" in line and "exempt" in line
 
 
 def test_a_foundation_model_parameter_that_is_not_the_profile_s_model_is_named(cp: BedrockControlStandIn) -> None:

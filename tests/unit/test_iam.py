@@ -206,8 +206,9 @@ def refused(statements: list[dict[str, Any]], requests: list[Request]) -> list[R
     (f"global.{HAIKU}", "us-east-1", GLOBAL),
     (f"global.{HAIKU}", "eu-west-1", GLOBAL),
     (f"eu.{HAIKU}", "eu-central-1", EU),
-    ("amazon.nova-2-lite-v1:0", "us-east-1", []),  # a model id, called directly
-], ids=["default", "us-profile", "global-profile", "global-profile-from-eu", "eu-profile", "model-id"])
+    ("us.amazon.nova-2-lite-v1:0", "us-east-1", US),  # Amazon Nova 2 Lite: Converse
+    ("mistral.mistral-large-2407-v1:0", "us-west-2", []),  # a model id, called directly
+], ids=["default", "us-profile", "global-profile", "global-profile-from-eu", "eu-profile", "nova-2-lite", "model-id"])
 def test_the_worker_may_call_its_model_in_every_region_its_profile_routes_to(
         model_id: str | None, region: str, destinations: list[str]) -> None:
     """Issue 25, defect 1: with BedrockFoundationModelId left empty, the model's ARN was
@@ -262,7 +263,7 @@ def test_the_worker_may_call_nothing_but_its_model_and_only_through_its_profile(
 
 
 def test_a_model_id_is_invoked_directly_and_nothing_else() -> None:
-    model = "amazon.nova-2-lite-v1:0"
+    model = "mistral.mistral-large-2407-v1:0"
     statements, arns = bedrock_worker(model)
     converse = {"principal": "WorkerFunction", "service": "bedrock-runtime", "action": "Converse",
                 "resource": model}
