@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from alfred_jobs.entry.wiring import get_settings
 from alfred_tools.bedrock_control_standin import BedrockControlStandIn, Model
 from alfred_tools.cli import main
 from alfred_tools.doctor import Report, Target, diagnose, foundation_model_of, profile_prefix
@@ -180,8 +181,18 @@ def test_a_foundation_model_parameter_that_is_not_the_profile_s_model_is_named(c
     assert "is not the model the profile routes to" in line
 
 
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    """The command reads ``get_settings()``, built once per process: not from another test's
+    environment, and this test's not left behind for the next."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 def test_the_command_reads_the_settings_and_exits_1_on_a_problem(
-        cp: BedrockControlStandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        cp: BedrockControlStandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        fresh_settings: None) -> None:
     for var, value in {"AWS_ENDPOINT_URL_BEDROCK": cp.url, "AWS_ENDPOINT_URL_IAM": cp.url,
                        "AWS_ENDPOINT_URL_STS": cp.url, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
