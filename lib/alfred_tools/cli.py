@@ -353,6 +353,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Whether the configured Bedrock model is reachable by the worker; exit 1 when a problem is found."""
+    import boto3
+
+    from alfred_tools.doctor import Target, diagnose, role_arn_of
+
+    settings = get_settings()
+    region = args.region or settings.bedrock_region or settings.region
+    # The operator's own credentials and endpoints, as the AWS CLI would resolve them.
+    session = boto3.session.Session()
+    bedrock = session.client("bedrock", region_name=region)
+    iam = session.client("iam", region_name=region) if args.role else None
+    role = role_arn_of(args.role, session.client("sts", region_name=region), region) if args.role else None
+    target = Target(model_id=args.model or settings.bedrock_model_id, region=region, role_arn=role,
+                    foundation_model_id=args.foundation_model or None)
+    report = diagnose(target, bedrock=bedrock, iam=iam)
+    print(report.as_json() if args.json else report.render())
+    return 1 if report.problems else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     # Imported only when asked for: the benchmarks pull in their own dependencies.
     if importlib.util.find_spec("alfred_tools.bench") is None:
@@ -444,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the phone-lock story end to end on an embedded stack")
     de.set_defaults(func=cmd_demo)
+
+    dr = sub.add_parser("doctor", help="can the worker call its Bedrock model? (model, lifecycle, access, IAM)")
+    dr.add_argument("--model", metavar="ID", help="model or inference profile id (default: ALFRED_BEDROCK_MODEL_ID "
+                                                  "or the agent's default)")
+    dr.add_argument("--region",
+                    help="where the worker calls Bedrock (default: ALFRED_BEDROCK_REGION or AWS_DEFAULT_REGION)")
+    dr.add_argument("--role", metavar="ARN|NAME", help="the worker's IAM role, to simulate its policy "
+                                                        "(stack resource WorkerFunctionRole)")
+    dr.add_argument("--foundation-model", metavar="ID", help="the stack's BedrockFoundationModelId, if set")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("bench", help="the benchmarks")
     b.add_argument("--quick", action="store_true")

@@ -12,9 +12,13 @@ their documents are copied below; a managed policy without a document here fails
     allowed(statements, "sqs:ChangeMessageVisibility", arns.queue(queue_url))   # -> bool
     denied_calls(recorded_calls, statements, arns)                              # -> what IAM refuses
 
-Only ``Allow`` statements with ``Action`` and ``Resource`` are evaluated: the template's roles use
-no ``Deny``, ``NotAction``, ``NotResource`` or ``Condition``, and a statement with any of them
-raises instead of being half-understood.
+Only ``Allow`` statements with ``Action`` and ``Resource`` are evaluated, with an optional
+``Condition`` of the string and ARN operators (``StringEquals``, ``StringLike``, ``ArnEquals``,
+``ArnLike``) tested against the request context a call carries (``allowed(..., context={...})``):
+the Bedrock statement ties the foundation model to the inference profile with
+``bedrock:InferenceProfileArn``. The template's roles use no ``Deny``, ``NotAction``,
+``NotResource`` or other operator, and a statement with any of them raises instead of being
+half-understood.
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ MANAGED_POLICIES: dict[str, list[Statement]] = {
          "Resource": "*"}],
 }
 
-_UNDERSTOOD_KEYS = {"Sid", "Effect", "Action", "Resource"}
+_UNDERSTOOD_KEYS = {"Sid", "Effect", "Action", "Resource", "Condition"}
+# Condition operators evaluated (IAM: "Condition operators"). A key the request does not carry
+# makes each of them false (no ...IfExists); several values of one key: any of them; several keys
+# or operators: all of them. ArnLike is evaluated as StringLike on the whole ARN, which for the
+# ARNs compared here (no wildcard spanning a ":" the pattern does not have) is the same answer.
+_CONDITION_OPERATORS = {"StringEquals": False, "StringLike": True, "ArnEquals": False, "ArnLike": True}
 # SQS authorizes its batch APIs with the single-message action (SQS developer guide, "Amazon SQS
 # API permissions: Actions and resource reference").
 _SQS_BATCH = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
@@ -79,6 +88,7 @@ def _statements(document: Mapping[str, Any]) -> list[Statement]:
             raise ValueError(f"statement uses {sorted(unknown)}, which this check does not evaluate: {st}")
         if st.get("Effect") != "Allow":
             raise ValueError(f"only Allow statements are evaluated (the template uses no Deny): {st}")
+        _check_condition(st)
         out.append({**st, "Action": _as_list(st["Action"]), "Resource": _as_list(st["Resource"])})
     return out
 
@@ -122,18 +132,43 @@ def _pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
 
 
+def _check_condition(st: Statement) -> None:
+    unknown = set(st.get("Condition") or {}) - set(_CONDITION_OPERATORS)
+    if unknown:
+        raise ValueError(f"condition operators {sorted(unknown)} are not evaluated by this check: {st}")
+
+
+def condition_holds(condition: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:
+    """Whether a statement's ``Condition`` holds for a request carrying ``context`` (key -> value;
+    keys are case-insensitive, values are not)."""
+    ctx = {k.lower(): v for k, v in context.items()}
+    for operator, tests in (condition or {}).items():
+        wildcard = _CONDITION_OPERATORS[operator]
+        for key, wanted in tests.items():
+            value = ctx.get(key.lower())
+            if value is None:
+                return False
+            if not any(matches(str(w), value) if wildcard else str(w) == value for w in _as_list(wanted)):
+                return False
+    return True
+
+
 def matches(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
     """IAM wildcard matching: ``*`` any run of characters (``/`` and ``:`` included), ``?`` one."""
     return _pattern(pattern, ignore_case).match(value) is not None
 
 
-def allowed(statements: Iterable[Statement], action: str, resource_arn: str) -> bool:
-    """Whether some Allow statement grants ``action`` (case-insensitive) on ``resource_arn``."""
+def allowed(statements: Iterable[Statement], action: str, resource_arn: str,
+            context: Mapping[str, str] | None = None) -> bool:
+    """Whether some Allow statement grants ``action`` (case-insensitive) on ``resource_arn`` for a
+    request whose condition keys are ``context``."""
     for st in statements:
         if st.get("Effect") != "Allow" or set(st) - _UNDERSTOOD_KEYS:
             raise ValueError(f"cannot evaluate {st}: only plain Allow statements are understood")
+        _check_condition(st)
         if (any(matches(a, action, ignore_case=True) for a in _as_list(st["Action"]))
-                and any(matches(r, resource_arn) for r in _as_list(st["Resource"]))):
+                and any(matches(r, resource_arn) for r in _as_list(st["Resource"]))
+                and condition_holds(st.get("Condition"), context or {})):
             return True
     return False
 
@@ -149,6 +184,15 @@ def without_action(statements: Iterable[Statement], action: str) -> list[Stateme
 
 
 # ---- the resource of a call ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One authorisation Bedrock makes: an action on a resource, with the request's condition keys."""
+
+    action: str
+    resource: str
+    context: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +228,30 @@ class Arns:
         if model_id.split(".", 1)[0] in _PROFILE_PREFIXES:
             return f"arn:{self.partition}:bedrock:{self.region}:{self.account_id}:inference-profile/{model_id}"
         return f"arn:{self.partition}:bedrock:{self.region}::foundation-model/{model_id}"
+
+    def profile(self, profile_id: str) -> str:
+        """A system-defined (cross-region) inference profile's ARN in this (the source) region."""
+        return f"arn:{self.partition}:bedrock:{self.region}:{self.account_id}:inference-profile/{profile_id}"
+
+    def foundation_model(self, model_id: str, region: str) -> str:
+        """A foundation model's ARN in ``region`` ("": the region-less ARN of a global profile's model)."""
+        return f"arn:{self.partition}:bedrock:{region}::foundation-model/{model_id}"
+
+    def model_requests(self, api: str, model_id: str, destinations: Iterable[str]) -> list[Request]:
+        """What Bedrock authorises for one runtime call (``Converse``, ``InvokeModelWithResponseStream``...)
+        naming ``model_id``: a model id, the model in this region; a cross-region profile id, the
+        profile in this region and, for each destination region, the profile's foundation model
+        there, the request carrying ``bedrock:InferenceProfileArn`` (Bedrock user guide,
+        "Geographic cross-Region inference" and "Global cross-Region inference": IAM policy
+        requirements)."""
+        action = f"bedrock:{_BEDROCK.get(api, api)}"
+        prefix, _, model = model_id.partition(".")
+        if prefix not in _PROFILE_PREFIXES:
+            return [Request(action, self.foundation_model(model_id, self.region))]
+        profile = self.profile(model_id)
+        via = {"bedrock:InferenceProfileArn": profile}
+        return [Request(action, profile)] + [Request(action, self.foundation_model(model, r), via)
+                                             for r in destinations]
 
     def of_call(self, call: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(IAM action, resource ARN) pairs a recorded call needs (BatchGetItem: one per table)."""

@@ -18,6 +18,7 @@ import pytest
 from tests.support.iam import (
     MANAGED_POLICIES,
     Arns,
+    Request,
     allowed,
     arns_for,
     denied_calls,
@@ -169,15 +170,105 @@ def test_policy_templates_are_expanded_by_sam_for_the_deployed_names() -> None:
     assert not any(a.startswith("bedrock:") for s in statements("WorkerFunction") for a in s["Action"])
 
 
-def test_the_bedrock_agent_may_invoke_its_model_and_nothing_else() -> None:
-    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
-    resolver = nominal_resolver({"AgentKind": "bedrock", "BedrockModelId": model})
-    worker = role_statements("WorkerFunction", resolver)
-    arns = arns_for(resolver)
+# ---- Bedrock: the model, directly or through a cross-region inference profile ---------------------
+
+# Every runtime call the Bedrock agent can make: the Messages API (InvokeModel...) and Converse,
+# each authorised as one of the two invoke actions.
+BEDROCK_APIS = ["InvokeModel", "InvokeModelWithResponseStream", "Converse", "ConverseStream"]
+# Where a profile may route a call (Bedrock user guide, "Supported Regions and models for inference
+# profiles"): a geography's profile to several regions of it; a global one to any commercial region,
+# its model named by the region-less ARN ("").
+US = ["us-east-1", "us-east-2", "us-west-1", "us-west-2"]
+EU = ["eu-central-1", "eu-west-1", "eu-west-3", "eu-north-1", "eu-south-1"]
+GLOBAL = ["", "us-east-1", "us-east-2", "us-west-2", "ca-central-1", "sa-east-1", "eu-west-1", "eu-central-1",
+          "ap-northeast-1", "ap-southeast-2", "ap-south-1"]
+HAIKU = "anthropic.claude-haiku-4-5-20251001-v1:0"
+
+
+def default_model() -> str:
+    return str(RESOLVER.template["Parameters"]["BedrockModelId"]["Default"])
+
+
+def bedrock_worker(model_id: str, foundation_model_id: str = "", region: str = "us-east-1"
+                   ) -> tuple[list[dict[str, Any]], Arns]:
+    resolver = nominal_resolver({"AgentKind": "bedrock", "BedrockModelId": model_id,
+                                 "BedrockFoundationModelId": foundation_model_id}, region=region)
+    return role_statements("WorkerFunction", resolver), arns_for(resolver)
+
+
+def refused(statements: list[dict[str, Any]], requests: list[Request]) -> list[Request]:
+    return [r for r in requests if not allowed(statements, r.action, r.resource, r.context)]
+
+
+@pytest.mark.parametrize(("model_id", "region", "destinations"), [
+    (None, "us-east-1", US),  # the template's default
+    (f"us.{HAIKU}", "us-west-2", US),
+    (f"global.{HAIKU}", "us-east-1", GLOBAL),
+    (f"global.{HAIKU}", "eu-west-1", GLOBAL),
+    (f"eu.{HAIKU}", "eu-central-1", EU),
+    ("us.amazon.nova-2-lite-v1:0", "us-east-1", US),  # Amazon Nova 2 Lite: Converse
+    ("mistral.mistral-large-2407-v1:0", "us-west-2", []),  # a model id, called directly
+], ids=["default", "us-profile", "global-profile", "global-profile-from-eu", "eu-profile", "nova-2-lite", "model-id"])
+def test_the_worker_may_call_its_model_in_every_region_its_profile_routes_to(
+        model_id: str | None, region: str, destinations: list[str]) -> None:
+    """Issue 25, defect 1: with BedrockFoundationModelId left empty, the model's ARN was
+    foundation-model/<the profile id>, which names no model: every call through a profile was
+    AccessDenied (job error model_access_denied)."""
+    model_id = model_id or default_model()
+    statements, arns = bedrock_worker(model_id, region=region)
+    for api in BEDROCK_APIS:
+        requests = arns.model_requests(api, model_id, destinations)
+        assert len(requests) == 1 + len(destinations)
+        assert not refused(statements, requests), f"{api} via {model_id} from {region}"
+
+
+def test_the_default_model_is_a_profile_of_a_current_claude() -> None:
+    assert default_model() == f"us.{HAIKU}"
+
+
+def test_a_named_foundation_model_narrows_the_grant_to_it() -> None:
+    profile = f"us.{HAIKU}"
+    statements, arns = bedrock_worker(profile, HAIKU)
+    for api in BEDROCK_APIS:
+        assert not refused(statements, arns.model_requests(api, profile, US))
+    other = arns.model_requests("Converse", profile, US)[1]
+    other = Request(other.action, arns.foundation_model("anthropic.claude-opus-4-7", "us-east-2"), other.context)
+    assert refused(statements, [other])
+
+
+@pytest.mark.parametrize("model_id", [f"us.{HAIKU}", f"global.{HAIKU}"])
+def test_the_worker_may_call_nothing_but_its_model_and_only_through_its_profile(model_id: str) -> None:
+    statements, arns = bedrock_worker(model_id)
+    action = "bedrock:InvokeModelWithResponseStream"
+    another_profile = arns.profile("us.anthropic.claude-opus-4-7")
+    assert refused(statements, [
+        # the profile's model called directly (no profile in the request)
+        Request(action, arns.foundation_model(HAIKU, "us-east-1")),
+        # any model through another profile
+        Request(action, another_profile),
+        Request(action, arns.foundation_model("anthropic.claude-opus-4-7", "us-east-2"),
+                {"bedrock:InferenceProfileArn": another_profile}),
+        # another model directly
+        Request(action, arns.foundation_model("anthropic.claude-opus-4-7", "us-east-1")),
+    ]) == [
+        Request(action, arns.foundation_model(HAIKU, "us-east-1")),
+        Request(action, another_profile),
+        Request(action, arns.foundation_model("anthropic.claude-opus-4-7", "us-east-2"),
+                {"bedrock:InferenceProfileArn": another_profile}),
+        Request(action, arns.foundation_model("anthropic.claude-opus-4-7", "us-east-1")),
+    ]
+    # and nothing but the two invoke actions
+    assert refused(statements, [Request("bedrock:InvokeAgent", arns.profile(model_id)),
+                                Request("bedrock:CreateModelInvocationJob", arns.profile(model_id))])
+
+
+def test_a_model_id_is_invoked_directly_and_nothing_else() -> None:
+    model = "mistral.mistral-large-2407-v1:0"
+    statements, arns = bedrock_worker(model)
     converse = {"principal": "WorkerFunction", "service": "bedrock-runtime", "action": "Converse",
                 "resource": model}
-    assert not denied_calls([converse, {**converse, "action": "ConverseStream"}], worker, arns)
-    assert denied_calls([{**converse, "resource": "anthropic.claude-3-opus-20240229-v1:0"}], worker, arns)
+    assert not denied_calls([converse, {**converse, "action": "ConverseStream"}], statements, arns)
+    assert denied_calls([{**converse, "resource": "anthropic.claude-3-opus-20240229-v1:0"}], statements, arns)
 
 
 # ---- the check has teeth ---------------------------------------------------------------------------
@@ -228,6 +319,20 @@ def test_allowed_needs_the_action_and_the_resource_in_one_statement() -> None:
     assert not allowed(st, "dynamodb:GetItem", "arn:aws:dynamodb:r:1:table/b")
     assert not allowed(st, "dynamodb:PutItem", "arn:aws:dynamodb:r:1:table/a")
     assert not allowed([], "dynamodb:GetItem", "arn:aws:dynamodb:r:1:table/a")
+
+
+def test_a_condition_must_hold_for_the_request_s_keys() -> None:
+    st = [{"Effect": "Allow", "Action": "bedrock:InvokeModel", "Resource": "arn:aws:bedrock:*::foundation-model/*",
+           "Condition": {"StringLike": {"bedrock:InferenceProfileArn": "arn:aws:bedrock:*:1:inference-profile/us.m"}}}]
+    model = "arn:aws:bedrock:us-east-2::foundation-model/m"
+    assert allowed(st, "bedrock:InvokeModel", model, {"bedrock:inferenceprofilearn":
+                                                      "arn:aws:bedrock:us-east-1:1:inference-profile/us.m"})
+    assert not allowed(st, "bedrock:InvokeModel", model)  # the key absent: false
+    assert not allowed(st, "bedrock:InvokeModel", model, {"bedrock:InferenceProfileArn":
+                                                          "arn:aws:bedrock:us-east-1:1:inference-profile/us.n"})
+    exact = [{**st[0], "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": ["a", "b"]}}}]
+    assert allowed(exact, "bedrock:InvokeModel", model, {"bedrock:InferenceProfileArn": "b"})
+    assert not allowed(exact, "bedrock:InvokeModel", model, {"bedrock:InferenceProfileArn": "B"})
 
 
 @pytest.mark.parametrize("statement", [
