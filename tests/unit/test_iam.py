@@ -226,6 +226,11 @@ def test_the_default_model_is_a_profile_of_a_current_claude() -> None:
     assert default_model() == f"us.{HAIKU}"
 
 
+def test_the_template_and_the_settings_default_to_the_same_model() -> None:
+    from alfred_jobs.settings import Settings
+    assert Settings.model_fields["bedrock_model_id"].default == default_model()
+
+
 def test_a_named_foundation_model_narrows_the_grant_to_it() -> None:
     profile = f"us.{HAIKU}"
     statements, arns = bedrock_worker(profile, HAIKU)
