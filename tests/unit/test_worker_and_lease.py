@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from alfred_jobs.adapters.memory import MemoryJobQueue, memory_deps
 from alfred_jobs.domain.models import ChatRequest, JobStatus, Progress
 from alfred_jobs.durability.lease import LeaseKeeper
 from alfred_jobs.entry import worker
+from alfred_jobs.exceptions import Fenced
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.settings import Settings
@@ -150,3 +152,28 @@ def test_a_keeper_past_its_own_expiry_does_not_renew(deps: Deps) -> None:
     before = deps.jobs.get(job_id)
     keeper._renew()
     assert keeper.fenced and deps.jobs.get(job_id) == before
+
+
+def test_a_renewal_behind_our_own_projection_is_not_a_fence() -> None:
+    """Sim seed 1174 (``no_lease_left_behind``): the keeper took its state (last_seq 0), then the
+    attempt's first event was projected (last_seq 1) before the renewal landed. The renewal's
+    ``last_seq <= :ls`` condition failed and the keeper called the lease lost: the attempt dropped
+    its job as fenced with its own lease still live, and nobody ran the job for a lease period.
+    Our own newer projection is no fence: the lease is renewed over it."""
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=30))
+    job = JobService(deps).submit("u1", ChatRequest(message="soup"), None).job
+    taken = deps.jobs.acquire_lease(job.job_id, "me", time.time(), 30)
+    deps.jobs.save_projection(replace(taken, last_seq=1, status=JobStatus.RUNNING), owner="me")
+
+    def state() -> tuple[int, JobStatus, Progress]:
+        return 0, JobStatus.RUNNING, Progress()  # read before the projection landed
+
+    keeper = LeaseKeeper(deps, job.job_id, "me", taken.lease_expires, None, state, False)
+    keeper._renew()
+    assert not keeper.lost
+    rec = deps.jobs.get(job.job_id)
+    assert rec is not None and rec.last_seq == 1 and rec.lease_owner == "me"
+    # AND a lease another worker holds is still a fence
+    deps.jobs.items[job.job_id] = replace(rec, lease_owner="them")  # type: ignore[attr-defined]
+    with pytest.raises(Fenced):
+        keeper._renew()

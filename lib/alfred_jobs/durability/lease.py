@@ -115,8 +115,19 @@ class LeaseKeeper:
             self.fenced = True
             return
         sent = self.clock.monotonic()
-        job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, last_seq, status,
-                                         progress)
+        try:
+            job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, last_seq, status,
+                                             progress)
+        except Fenced:
+            # The condition also refuses a renewal whose state is older than the record's, and our
+            # own attempt may have projected a newer one between our read of the state and the
+            # renewal's landing (a write behind; seen in the simulator, seed 1174). That is no
+            # fence: read the record (strongly consistent) and renew over it if it is still ours.
+            rec = self.deps.jobs.get(self.job_id)
+            if rec is None or rec.lease_owner != self.owner or rec.terminal or rec.last_seq <= last_seq:
+                raise
+            job = self.deps.jobs.renew_lease(self.job_id, self.owner, now, s.lease_seconds, rec.last_seq,
+                                             rec.status, rec.progress)
         self.expires = now + s.lease_seconds
         self._last_renew = self.clock.monotonic()
         self.cancel_by = self.cancel_by or job.cancel_by
