@@ -80,6 +80,10 @@ class SimQueue:
 
         self.wire.call("sqs.send", True, op)
 
+    def holds(self, job_id: str) -> bool:
+        """Whether a message for ``job_id`` is in the queue (visible, delayed or in flight)."""
+        return any(job_id in m.body for m in self.messages.values())
+
     def backlog(self) -> int:
         def op() -> int:
             mine = sum(1 for m in self.messages.values() if m.visible_at <= self.k.t)

@@ -60,6 +60,7 @@ CANCEL_SECONDS = 180.0   # a cancel answered 202 ends its job (from when faults 
 CANCEL_BOUNDARY_SECONDS = 2 * 0.5 + 2.0
 # Once a job's way is clear (a slot free, its turn in its conversation), it starts within this:
 # the hand-off sends it at once; a lost message is the sweeper's after a grace period and a sweep.
+WAKEUP_GRACE_SECONDS = 10.0  # a startable job with no message for it this long lost its wake-up
 HANDOFF_SECONDS = 30.0 + 2 * 72.0 + 30.0 + 16.0
 CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
 
@@ -175,6 +176,8 @@ class World:
         self.stream = Stream(self)
         self.clear_since: dict[str, float] = {}
         self.late: set[str] = set()
+        self.handoffs_checked = False
+        self.cleared_in_faults: set[str] = set()
 
     # ---- processes -------------------------------------------------------------------------
 
@@ -442,6 +445,8 @@ class World:
             if job.status is JobStatus.WAITING:
                 if a.abandoned:
                     return
+                if r.random() < 0.3:
+                    self._two_devices(job_id)
                 if r.random() < 0.15:
                     a.abandoned = True
                     return
@@ -470,13 +475,25 @@ class World:
             head = max(self.log.by_job.get(job_id, {0: None}))
             top = max(head, job.last_seq if job else 0)
             # Most reconnects come from a page that had seen everything (its cursor is the head);
-            # the rest from anywhere. Now and then a second device opens at the same moment a
-            # step or two behind, while the events between are fresh: its read below the first
-            # one's buffer must not miss them (issue 12's strongly consistent backfill).
+            # the rest from anywhere.
             cursor = top if r.random() < 0.5 else r.randint(0, top)
             self.stream.open(job_id, cursor)
-            if cursor and r.random() < 0.25:
-                self.stream.open(job_id, max(0, cursor - r.choice([1, 2])))
+
+    def _two_devices(self, job_id: str) -> None:
+        """The push of a question opens the job on two devices at once: one at the head, the other
+        a moment later from further back. The record shows the question at once, so the first
+        page's buffer starts just below it, and the second page's events are read below that
+        buffer while the last of them may be under a second old: none may be missed (issue 12's
+        strongly consistent backfill)."""
+        r = self.k.rng
+        job = self.inner_jobs.items.get(job_id)
+        if job is None:
+            return
+        head = max(self.log.by_job.get(job_id, {0: None}))
+        self.stream.open(job_id, max(head, job.last_seq))
+        below = job.last_seq - 2
+        if below >= 0:
+            self.stream.open(job_id, r.choice([0, r.randint(0, below), below]), delay=r.uniform(0.02, 0.3))
 
     # ---- safety, checked as it happens ------------------------------------------------------
 
@@ -560,7 +577,18 @@ class World:
                 if e.job_id in self.log.terminal:
                     continue  # ended, its finalize under way
                 clear.add(e.job_id)
+                if not self.handoffs_checked:
+                    self.cleared_in_faults.add(e.job_id)  # its wake-up may have been lost to a fault
                 since = self.clear_since.setdefault(e.job_id, self.k.t)
+                if (self.k.t - since > WAKEUP_GRACE_SECONDS and e.job_id not in self.cleared_in_faults
+                        and e.job_id not in self.late and not self.queue.holds(e.job_id)):
+                    # Nothing will start it but the sweeper's repair, a backstop for lost messages:
+                    # with the faults over, a wake-up (the hand-off's message, a give-back's
+                    # resend) was dropped by the protocol itself.
+                    self.late.add(e.job_id)
+                    self.found.check("no_wakeup_lost", False,
+                                     lambda e=e, since=since: f"{e.job_id}'s way has been clear since "  # type: ignore[misc]
+                                                              f"{since:.1f} with no message to start it")
                 if self.k.t - since > HANDOFF_SECONDS and e.job_id not in self.late:
                     self.late.add(e.job_id)
                     self.found.check("next_job_starts_once_its_way_is_clear", False,
@@ -569,6 +597,7 @@ class World:
         for job_id in list(self.clear_since):
             if job_id not in clear:
                 del self.clear_since[job_id]
+        self.handoffs_checked = True
 
     def _state(self, job_id: str) -> tuple[Any, Any]:
         rec = self.inner_jobs.items.get(job_id)
@@ -655,16 +684,18 @@ class Stream:
         while True:
             await asyncio.sleep(3600.0)
 
-    def open(self, job_id: str, cursor: int) -> None:
+    def open(self, job_id: str, cursor: int, delay: float = 0.0) -> None:
         """A client connects (from a user's task: handed to the loop, as a request would be)."""
         if self.loop is None:
             return
         self.open_watchers += 1
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor)))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor, delay)))
 
-    async def _watcher(self, job_id: str, cursor: int) -> None:
+    async def _watcher(self, job_id: str, cursor: int, delay: float = 0.0) -> None:
         w, r = self.w, self.w.k.rng
         try:
+            if delay:
+                await asyncio.sleep(delay)
             for _ in range(50):  # connections
                 job = await asyncio.to_thread(w.jobs.get, job_id)
                 if job is None or self.hub is None:
