@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     retry_base_seconds: float = Field(default=2.0, ge=0)
     retry_max_seconds: float = Field(default=300.0, ge=0)
+    # The worker's time budget (docs/deploy.md, "Batches and the function timeout"). On Lambda an
+    # invocation's time is the context's remaining time; a local worker has none unless this is
+    # set (seconds per batch it receives). Before each think, step or reply, the runner checks it
+    # can finish that part (the agent's ``expected_seconds`` hint, else ``step_expected_seconds``)
+    # and still hand the job on (``handoff_margin_seconds``: a few writes and a send); if not, the
+    # attempt ends at the boundary and the job goes on at once in another invocation.
+    worker_invocation_seconds: float | None = Field(default=None, gt=0)
+    step_expected_seconds: float = Field(default=65.0, gt=0)
+    handoff_margin_seconds: float = Field(default=5.0, ge=0)
     # Reply text is written as `delta` events at most this often (coalescing).
     delta_flush_seconds: float = Field(default=0.1, gt=0)
     delta_flush_chars: int = Field(default=400, gt=0)

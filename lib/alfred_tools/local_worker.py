@@ -31,9 +31,8 @@ class LambdaContext:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:alfred-jobs-worker-local"
     aws_request_id: str = ""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+    # No ``get_remaining_time_in_millis``: a local worker has no timeout, so its jobs have no time
+    # budget unless ALFRED_WORKER_INVOCATION_SECONDS gives one (``durability/budget.deadline``).
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:

@@ -76,7 +76,17 @@ class DemoAgent:
         self._sleep(self.step_seconds / 2, ctx)
         raw = _directive(ctx.message, "steps")
         n = max(1, min(20, int(raw))) if raw else 5
-        return Plan([PlanStep(i, LABELS[i - 1]) for i in range(1, n + 1)])
+        # A job's own pace goes with its plan (kept in the log): ``expected_seconds`` reads it.
+        spec = {"seconds": self._pace(ctx)} if _directive(ctx.message, "pace") else {}
+        return Plan([PlanStep(i, LABELS[i - 1], dict(spec)) for i in range(1, n + 1)])
+
+    def expected_seconds(self, part: str, step: PlanStep | None) -> float:
+        """How long a part takes (the runner's time budget, ``durability/budget.py``): a step its
+        pace, thinking and the reply half a step each (a second more for the writes between)."""
+        if part == "step":
+            pace = step.spec.get("seconds") if step is not None else None
+            return float(pace) if pace is not None else self.step_seconds
+        return self.step_seconds / 2 + 1.0
 
     def act(self, step: PlanStep, ctx: AgentContext) -> Any:
         pantry: str | None = None

@@ -106,7 +106,9 @@ class Payload(_Data):
 
 
 class StatusPayload(Payload):
-    """``running`` opens a first attempt; ``pending`` (with ``retry_in`` and the error) waits for a retry."""
+    """``running`` opens a first attempt; ``pending`` (with ``retry_in`` and the error) waits for a
+    retry; ``pending`` with neither ends an attempt that ran out of invocation time and handed
+    the job on at once (runner.py, ``_hand_on``)."""
 
     event_type = EventType.STATUS
     status: JobStatus
@@ -385,6 +387,7 @@ class LogState:
     shown: str = ""  # the reply text the deltas show so far
     asked: dict[str, InputRequiredPayload] = field(default_factory=dict)  # questions, by input_id
     answers: dict[str, bool | str] = field(default_factory=dict)  # their answers, by input_id
+    handed_on: int = 0  # attempts that ended out of invocation time (``status: pending``, no error)
 
     @property
     def question(self) -> InputRequiredPayload | None:
@@ -402,6 +405,8 @@ class LogState:
         progress = self.progress
         if isinstance(p, StatusPayload):
             self.status = p.status
+            if p.status is JobStatus.PENDING and p.error is None:
+                self.handed_on += 1
             if p.status is JobStatus.RUNNING:
                 self.started_at = self.started_at or ev.ts
                 if self.plan is None:  # a job starts by thinking: no ``phase`` event says so

@@ -15,6 +15,14 @@ One attempt, in order:
 Failures: a retryable error puts ``status: pending`` with the backoff, releases the lease and
 asks for redelivery after the backoff; the last allowed attempt, or a terminal error, puts
 ``failed`` and parks the message in the dead-letter queue.
+
+The invocation's time (``Delivery.deadline``, see budget.py): before a step (or the reply) it
+could not finish with a margin, the attempt ends at the boundary and hands the job on at once
+(``_hand_on``): ``status: pending`` with no error (the hand-off's mark in the log), the lease
+released, a new message sent, this one deleted. A hand-off is no failure: ``max_attempts``
+bounds the attempts that were not handed on (``LogState.handed_on`` counts the marks), so a
+long job may take any number of invocations. Every attempt still counts in ``attempts``: the
+attempt number is the fence of the gate's slot and of every event, and must only grow.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 from alfred_jobs.clock import Pending
-from alfred_jobs.domain.agent import Agent, AgentContext, Plan
+from alfred_jobs.domain.agent import Agent, AgentContext, Plan, PlanStep
 from alfred_jobs.domain.events import (
     CancelledPayload,
     CompletePayload,
@@ -48,6 +56,7 @@ from alfred_jobs.domain.events import (
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
 from alfred_jobs.domain.push import PushMessage
 from alfred_jobs.durability.admission import Admission, Verdict
+from alfred_jobs.durability.budget import Part, expected_seconds, fits
 from alfred_jobs.durability.ending import end_if_cancelled
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.durability.lease import LeaseKeeper
@@ -79,11 +88,14 @@ class Delivery:
     # Its sender found it the next to start in its conversation (see ``Admission.take``); a
     # message without it (a stray, a hand-made one) is checked against the gate first.
     next_up: bool = False
+    # When the invocation's time is up, on ``deps.clock.monotonic()`` (None: no budget).
+    deadline: float | None = None
 
 
 class Outcome(StrEnum):
     DONE = "done"          # the job is terminal: delete the message
     DROPPED = "dropped"    # someone else owns the job (duplicate or fenced): delete the message
+    HANDED_ON = "handed_on"  # out of time: a new message carries the job on; delete this one
     RETRY = "retry"        # try again after ``retry_after`` seconds: keep the message
 
 
@@ -101,6 +113,10 @@ class _AskUser(BaseException):  # not an Exception: no agent's ``except Exceptio
 
 class _Ended(Exception):
     """Internal: the job turned out to be ended already (by the API) before this attempt began."""
+
+
+class _HandOn(Exception):
+    """Internal: the invocation's time is nearly up; end the attempt here and hand the job on."""
 
 
 class _Stop(Exception):
@@ -183,6 +199,7 @@ class _Attempt:
         self._history: Pending[list[dict[str, Any]]] | None = None
         self._projection: Pending[None] | None = None
         self._behind: Pending[Event] | None = None  # the one write still in flight (append_behind)
+        self._worked = False  # whether this attempt has done a part (think, a step): see ``_fits``
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -304,6 +321,26 @@ class _Attempt:
         if self.keeper.cancel_seen():
             self.finish(self._cancelled())
 
+    def _fits(self, part: Part, step: PlanStep | None = None) -> bool:
+        """Whether ``part`` can finish, with the margin to hand on, in the invocation's time.
+
+        An attempt that has done nothing yet always goes on: its invocation has all the time it
+        will ever have (a record is not started late in a batch, ``entry/worker.py``), and a part
+        longer than a whole invocation must still run somewhere, or the job would be handed on for
+        ever. Such a part risks the timeout, as every part did before there was a budget."""
+        if not self._worked:
+            return True
+        return fits(self.clock, self.delivery.deadline,
+                    expected_seconds(self.agent, self.s, part, step), self.s.handoff_margin_seconds)
+
+    def _within_budget(self, part: Part, step: PlanStep | None = None) -> None:
+        if not self._fits(part, step):
+            raise _HandOn()
+
+    def _tries(self) -> int:
+        """This attempt's number among those not handed on: what ``max_attempts`` bounds."""
+        return self.attempt - replay(self.events).handed_on
+
     def _cancelled(self) -> CancelledPayload:
         return CancelledPayload.interrupted_by(self.keeper.cancel_by)
 
@@ -392,6 +429,8 @@ class _Attempt:
             return stop.result
         except _AskUser:
             return self._wait_for_answer()
+        except _HandOn:
+            return self._hand_on()
         except SlotTaken as taken:
             if taken.existing.writer == self.owner:
                 # Our own write is in the slot (it landed while we saw errors): not fenced.
@@ -609,10 +648,10 @@ class _Attempt:
                     raise _Stop(RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status))
                 if self.keeper.cancel_requested:
                     self.finish(self._cancelled())
-                if self.attempt > self.s.max_attempts:
+                if self._tries() > self.s.max_attempts:
                     self.finish(FailedPayload(error=ErrorInfo(
                         code="attempts_exhausted",
-                        message=f"the job was interrupted {self.attempt - 1} times and was given up")))
+                        message=f"the job was interrupted {self._tries() - 1} times and was given up")))
                 if not self.events:
                     self.append(StatusPayload(status=JobStatus.RUNNING))
                     count("JobsStarted")
@@ -661,8 +700,11 @@ class _Attempt:
         if plan is None:
             self.boundary()
             plan = self.agent.think(ctx)
-            # The first step starts with the plan (``next``), unless a cancel came meanwhile.
-            start_first = bool(plan.steps) and not self.keeper.cancel_seen()
+            self._worked = True
+            # The first step starts with the plan (``next``), unless a cancel came meanwhile or
+            # the invocation has no time left for it (then it is handed on at the step's boundary).
+            start_first = (bool(plan.steps) and not self.keeper.cancel_seen()
+                           and self._fits("step", plan.steps[0]))
             self.append(PlanPayload.of(plan, start_first=start_first))
             if start_first:
                 started.add(plan.steps[0].index)
@@ -671,6 +713,7 @@ class _Attempt:
         for n, step in enumerate(todo):
             if step.index not in started:
                 self.boundary()
+                self._within_budget("step", step)
                 self.append(StepPayload(index=step.index, total=total, label=step.label, status="started"))
             self._step = step.index
             # The boundary again, after the write that started the step: a ``next`` (on the plan,
@@ -682,10 +725,12 @@ class _Attempt:
             t0 = self.clock.monotonic()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", self.clock.monotonic() - t0, "Seconds")
+            self._worked = True
             # The next step starts in the same write (``next``), unless the job stops here: the
-            # boundary between them is checked before it, as before a ``started`` event.
+            # boundary between them (and the budget) is checked before it, as before a ``started``.
             following = todo[n + 1] if n + 1 < len(todo) else None
-            if following is not None and (following.index in started or self.keeper.cancel_seen()):
+            if following is not None and (following.index in started or self.keeper.cancel_seen()
+                                          or not self._fits("step", following)):
                 following = None
             self.append(StepPayload(index=step.index, total=total, label=step.label, status="completed",
                                     output=step_output,
@@ -695,6 +740,7 @@ class _Attempt:
             if following is not None:
                 started.add(following.index)
         self.boundary()
+        self._within_budget("reply")
         self._step = total + 1
         if "reply" not in done.phases:
             self.append_behind(PhasePayload(phase="reply"))  # the agent starts replying meanwhile
@@ -775,9 +821,10 @@ class _Attempt:
         error = ErrorInfo(code=code, message=message)
         if self.events and self.events[-1].terminal:
             return self._retry_finalize(code)
+        tries = self._tries()
         try:
-            if retryable and self.attempt < self.s.max_attempts:
-                backoff = self.s.retry_base_seconds * 2 ** (self.attempt - 1)
+            if retryable and tries < self.s.max_attempts:
+                backoff = self.s.retry_base_seconds * 2 ** (tries - 1)
                 delay = int(min(self.s.retry_max_seconds, backoff))
                 self.keeper.stop()
                 self.append(StatusPayload(status=JobStatus.PENDING, retry_in=delay, error=error))
@@ -794,7 +841,7 @@ class _Attempt:
                                                                   "retry_in": delay})
                 return RunResult(Outcome.RETRY, code, retry_after=delay, status=JobStatus.PENDING)
             if retryable:
-                error = ErrorInfo(code=code, message=f"gave up after {self.attempt} attempts: {message}")
+                error = ErrorInfo(code=code, message=f"gave up after {tries} attempts: {message}")
             self.append(FailedPayload(error=error))
             self.finalize()  # parks the message in the dead-letter queue
             return RunResult(Outcome.DONE, code, status=JobStatus.FAILED)
@@ -808,6 +855,47 @@ class _Attempt:
             # Could not even record the failure: let the message come back; the lease expires and
             # the next attempt (or the sweeper) picks the job up.
             return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(self.s.lease_seconds))
+
+    def _hand_on(self) -> RunResult:
+        """The invocation has no time for the next part: end the attempt at this boundary and hand
+        the job on at once, as a failure's retry does but with no backoff and no failure counted.
+
+        In order: ``status: pending`` with no error (the mark ``_tries`` counts; the job is
+        between invocations), its projection, the lease released (not undone: the attempt ran and
+        its number fences it), the cancel flag read again (``_cancelled_after_release``), then a
+        new message for the job. Sent after the release, never before: a message delivered while
+        our lease is live is dropped as a duplicate. The message we hold is deleted, not made
+        visible again: a fresh one starts its receive count at 0, so a job of many invocations
+        never reaches the queue's ``maxReceiveCount``. Should the process die after the release,
+        the sweeper sends the job a grace period later (the release's sweep deadline).
+        """
+        count("AttemptsHandedOn")
+        try:
+            self.keeper.stop()
+            self.append(StatusPayload(status=JobStatus.PENDING))
+            self._settle_projection()
+            self.deps.jobs.save_projection(self.view, owner=self.owner)
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         self.clock.now() + self.s.pending_grace_seconds)
+        except SlotTaken as taken:
+            if taken.existing.writer == self.owner:
+                return self._failure("store_unavailable", "storage answered with errors", True)
+            return self._lost_slot(taken)
+        except Fenced:
+            count("Fenced")
+            return RunResult(Outcome.DROPPED, "fenced")
+        except StoreError as err:
+            return self._failure("store_unavailable", f"storage was unavailable: {err}", True)
+        try:
+            if self._cancelled_after_release():
+                return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
+            self.deps.queue.send(self.job.job_id)
+        except StoreError:
+            # Keep the message we hold instead: it comes back in a second (the lease is gone, so
+            # it is not dropped as a duplicate) and runs the job on.
+            return RunResult(Outcome.RETRY, "handed on, send failed", retry_after=1, status=JobStatus.PENDING)
+        log.info("out of invocation time: handed on", extra={"job_id": self.job.job_id, "attempt": self.attempt})
+        return RunResult(Outcome.HANDED_ON, "out of invocation time", status=JobStatus.PENDING)
 
     def _retry_finalize(self, code: str) -> RunResult:
         """The job has ended; only finalizing failed. Let the message come back to finish it, and

@@ -4,11 +4,19 @@ The same ``handler`` serves AWS (SQS event source mapping) and the local poller 
 worker``), which builds a Lambda-shaped event. Each record runs one job delivery through the
 runner; a delivery that should be retried sets its message's visibility to the backoff and is
 reported as a batch item failure, so only it comes back.
+
+The invocation's time (``budget.deadline``: the context's remaining time, or a local worker's
+``ALFRED_WORKER_INVOCATION_SECONDS``) goes with each delivery, so a job hands itself on before a
+part it cannot finish. The same check keeps a batch from starting a record it cannot get through
+its first part: such a record is made visible again at once and reported as a batch item failure,
+so another invocation picks it up now, not after the visibility timeout. The batch's first record
+always starts (the invocation has all its time for it): a batch always makes progress.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -16,6 +24,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from alfred_jobs.agents import build_agent
 from alfred_jobs.domain.ids import is_job_id
+from alfred_jobs.durability.budget import deadline, expected_seconds, fits
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, RunResult
 from alfred_jobs.entry.wiring import aws_deps, get_settings
 from alfred_jobs.exceptions import RetryLater
@@ -44,8 +53,9 @@ def use_deps(deps: Deps) -> None:
 
 
 def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str | None,
-                   receive_count: int) -> RunResult | None:
-    """Run one message. Raises ``RetryLater`` when the job should be tried again later."""
+                   receive_count: int, until: float | None = None) -> RunResult | None:
+    """Run one message, within the invocation's time ``until`` (on ``deps.clock.monotonic()``;
+    None: no budget). Raises ``RetryLater`` when the job should be tried again later."""
     try:
         message = json.loads(body)
         job_id = message["job_id"]
@@ -56,7 +66,7 @@ def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str
         log.error("malformed queue message parked in the DLQ")
         deps.queue.dead_letter("-", body[:1024], "malformed_message")
         return None
-    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body, next_up))
+    result = runner.run(Delivery(job_id, receipt_handle, receive_count, body, next_up, deadline=until))
     if result.outcome is Outcome.RETRY:
         if receipt_handle:
             deps.queue.change_visibility(receipt_handle, result.retry_after)
@@ -64,10 +74,23 @@ def handle_message(deps: Deps, runner: JobRunner, body: str, receipt_handle: str
     return result
 
 
-def _record_handler(record: SQSRecord) -> str:
+def may_start(deps: Deps, runner: JobRunner, until: float | None) -> bool:
+    """Whether a record can still get through its first part (the agent's generic step) and hand
+    its job on, in the invocation's time ``until``."""
+    s = deps.settings
+    return fits(deps.clock, until, expected_seconds(runner.agent, s, "step"), s.handoff_margin_seconds)
+
+
+def _record_handler(until: float | None, started: list[str], record: SQSRecord) -> str:
     deps, runner = runtime()
+    if started and not may_start(deps, runner, until):
+        # Not started: back on the queue at once (its visibility, 720 s, is what the event source
+        # mapping would otherwise wait), reported as a batch item failure.
+        deps.queue.change_visibility(record.receipt_handle, 0)
+        raise RetryLater(f"{record.message_id}: not started, the invocation's time is nearly up")
+    started.append(record.message_id)
     count = int(record.attributes.approximate_receive_count or 1)
-    result = handle_message(deps, runner, record.body, record.receipt_handle, count)
+    result = handle_message(deps, runner, record.body, record.receipt_handle, count, until)
     return result.outcome.value if result else "parked"
 
 
@@ -80,7 +103,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Built before the batch, outside the per-record handler: a worker that cannot start (bad
     # configuration, a secret it cannot read) must fail the invocation, a Lambda error that
     # WorkerErrorsAlarm sees, not report every record as a batch item failure while jobs wait.
-    runtime()
+    deps, _ = runtime()
+    until = deadline(deps.clock, deps.settings, context)
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    return dict(process_partial_response(event=event, record_handler=_record_handler,
+    return dict(process_partial_response(event=event, record_handler=partial(_record_handler, until, []),
                                          processor=processor, context=context))

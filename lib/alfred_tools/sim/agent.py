@@ -45,6 +45,14 @@ class SimAgent:
         # Called with (job_id, user_id, step index or 0, attempt) as a call starts: the invariants' hook.
         self.on_enter = on_enter
 
+    @staticmethod
+    def expected_seconds(part: str, step: PlanStep | None) -> float:
+        """The runner's time budget asks how long a part takes: a step its scripted length (the
+        plan keeps it), thinking and the reply their longest (``World._message`` draws them)."""
+        if part == "step":
+            return float(step.spec.get("seconds", 4.0)) + 0.5 if step is not None else 4.5
+        return 3.0 if part == "think" else 1.5
+
     def _enter(self, ctx: AgentContext, step: int = 0, *, start: bool = True) -> None:
         """A call into the agent begins (``start``: the runner's call, not the same step going on
         after its question was answered: only a start is held to the boundary checks)."""

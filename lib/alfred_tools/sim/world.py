@@ -11,6 +11,7 @@ every liveness bound is measured from a quiet moment.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,7 +27,7 @@ from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
 from alfred_jobs.domain.events import replay
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, JobStatus, refold
-from alfred_jobs.durability.runner import JobRunner
+from alfred_jobs.durability.runner import JobRunner, Outcome
 from alfred_jobs.entry.worker import handle_message
 from alfred_jobs.exceptions import ClientError, EventsExpired, RetryLater, StoreError, TooManyRequests
 from alfred_jobs.ports import Deps
@@ -63,6 +64,13 @@ CANCEL_BOUNDARY_SECONDS = 2 * 0.5 + 2.0
 WAKEUP_GRACE_SECONDS = 10.0  # a startable job with no message for it this long lost its wake-up
 HANDOFF_SECONDS = 30.0 + 2 * 72.0 + 30.0 + 16.0
 CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
+# A worker's invocation budget (a Lambda's timeout), drawn per worker: None is a local worker
+# without one; the short ones make hand-offs frequent, and the first part of an attempt, which
+# always runs, sometimes overrun them (the Lambda is then killed at its timeout).
+INVOCATION_BUDGETS = (None, None, 120.0, 30.0, 10.0, 7.0)
+# A job handed on at its budget starts its next attempt as soon as a worker is free: a worker
+# idle this long while it waits means its message or its lease was left behind.
+HANDED_ON_SECONDS = 5.0
 
 
 @dataclass
@@ -112,6 +120,11 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         flood=r.random() < 0.3, busy_queue=r.random() < 0.5,
         **({"retention": r.randint(150, 300), "reuse": True} if r.random() < 0.25
            else {"retention": 7 * 86400, "reuse": False}))
+
+
+def result_job(body: str) -> str:
+    """The job id of a queue message's body (one the handler ran, so well formed)."""
+    return str(json.loads(body)["job_id"])
 
 
 @dataclass
@@ -178,6 +191,9 @@ class World:
         self.late: set[str] = set()
         self.handoffs_checked = False
         self.cleared_in_faults: set[str] = set()
+        self.idle_since: dict[str, float] = {}  # worker -> since when it waits on the queue
+        # job -> (when handed on, ``jobs.taken``'s length as its handing delivery began)
+        self.handed: dict[str, tuple[float, int]] = {}
 
     # ---- processes -------------------------------------------------------------------------
 
@@ -200,22 +216,47 @@ class World:
         proc = Process(f"worker{n}")
         deps = self.deps(proc)
         runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering))
+        budget = self.k.rng.choice(INVOCATION_BUDGETS)
+        invocations = [0]
 
         def loop() -> None:
             while True:
+                self.idle_since[proc.name] = self.k.t
                 for d in self.queue.receive(1, 20.0):
+                    self.idle_since.pop(proc.name, None)
+                    invocations[0] += 1
+                    until = None if budget is None else self.k.t + budget
+                    if until is not None:
+                        self.k.spawn(Process("lambda"), f"lambda/{proc.name}",
+                                     lambda n=invocations[0], until=until: self._timeout(proc, invocations, n, until),
+                                     delay=budget)
                     try:
                         mark = len(self.jobs.taken)
-                        handle_message(deps, runner, d.body, d.receipt, d.receives)
+                        result = handle_message(deps, runner, d.body, d.receipt, d.receives, until)
                         self._no_lease_left(proc, mark)
+                        if result is not None and result.outcome is Outcome.HANDED_ON and not self.faulty:
+                            self.handed[result_job(d.body)] = (self.k.t, mark)
                         self.queue.delete(d.receipt)
                     except RetryLater:
                         pass
                     except StoreError:
                         pass  # a failed delete: the message comes back
+                    finally:
+                        invocations[0] += 1  # this invocation is over: its timeout kills nothing
 
         self.k.spawn(proc, f"{proc.name}/poll", loop)
         return proc
+
+    def _timeout(self, proc: Process, invocations: list[int], n: int, until: float) -> None:
+        """The Lambda timeout of invocation ``n``: if it still runs, its process is killed (and a
+        new one takes its place, as Lambda starts another execution environment)."""
+        if proc.dead or invocations[0] != n:
+            return
+        self.k.log("lambda", f"TIMEOUT {proc.name} at {until:.1f}: killed")
+        self.k.kill(proc)
+        self.idle_since.pop(proc.name, None)
+        if proc in self.workers:
+            self.workers[self.workers.index(proc)] = self.start_worker(len(self.workers) + self.k.rng.randrange(1000))
 
     def _no_lease_left(self, proc: Process, mark: int) -> None:
         """A delivery handled: the leases it took are released, handed to a successor or ended
@@ -556,6 +597,7 @@ class World:
                                  lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")  # type: ignore[misc]
             if not self.faulty and n % 2 == 0:
                 self._check_handoffs()
+                self._check_handed_on()
             if self.faulty or self.users_left or n % 5:
                 continue
             if self.k.t > self.cfg.fault_seconds + SETTLE_SECONDS or self._quiet():
@@ -598,6 +640,29 @@ class World:
             if job_id not in clear:
                 del self.clear_since[job_id]
         self.handoffs_checked = True
+
+    def _check_handed_on(self) -> None:
+        """A job handed on at its invocation's budget (after the faults stopped) starts its next
+        attempt as soon as a worker is free: never a worker idle for ``HANDED_ON_SECONDS`` while
+        it waits (that would be its message or its lease left behind: a lease period, or the
+        sweeper's grace period, lost)."""
+        now = self.k.now()
+        for job_id, (at, mark) in list(self.handed.items()):
+            rec = self.inner_jobs.items.get(job_id)
+            if (rec is None or rec.terminal or rec.expired(now) or job_id in self.log.terminal
+                    or sum(j == job_id for j, _, _ in self.jobs.taken[mark:]) > 1):  # the handing one's, and a next
+                del self.handed[job_id]
+                continue
+            idle = [w.name for w in self.workers if not w.dead and w.paused_until <= self.k.t
+                    and self.idle_since.get(w.name, self.k.t) <= self.k.t - HANDED_ON_SECONDS
+                    and self.k.t - at > HANDED_ON_SECONDS]
+            if idle:
+                del self.handed[job_id]
+                self.found.check("handed_on_job_resumes_at_once", False,
+                                 lambda job_id=job_id, at=at, idle=idle: f"{job_id} was handed on at {at:.1f}; "  # type: ignore[misc]
+                                                                         f"{idle} idle since, and it has not started")
+            else:
+                self.found.check("handed_on_job_resumes_at_once", True, lambda: "")
 
     def _state(self, job_id: str) -> tuple[Any, Any]:
         rec = self.inner_jobs.items.get(job_id)
