@@ -24,6 +24,7 @@ from alfred_jobs.exceptions import ConfigurationError, InvalidInput
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.service.push import (
     P256_ORDER,
+    IPAddress,
     Target,
     VapidKey,
     b64url,
@@ -41,7 +42,7 @@ from tests.support.push_receiver import Browser, decrypt, unb64u, verify_vapid
 
 
 def resolving_to(*addresses: str):  # type: ignore[no-untyped-def]
-    def resolver(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    def resolver(host: str, port: int, wait: float | None = None) -> list[IPAddress]:
         return [ipaddress.ip_address(a) for a in addresses]
     return resolver
 

@@ -46,7 +46,7 @@ from alfred_jobs.domain.events import (
     replay,
 )
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
-from alfred_jobs.domain.push import PushMessage
+from alfred_jobs.domain.push import PushMessage, preview
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.ending import end_if_cancelled
 from alfred_jobs.durability.journal import Journal
@@ -587,7 +587,7 @@ class _Attempt:
         if notifier is None:
             return
         try:
-            notifier.notify(self.job.user_id, message)
+            notifier.notify(self.job.user_id, preview(message, self.s.push_preview))
         except Exception:  # the notifier promises not to raise; a bug there must not fail a job
             log.exception("notifier raised", extra={"job_id": self.job.job_id})
 
