@@ -9,6 +9,14 @@ out of both of its indexes:
   t: added}``, at most ``max_push_subscriptions`` (the oldest dropped); ``v`` counts changes (the
   condition of the next one); ``expires_at`` is refreshed on every subscribe (retention: a browser
   that comes back subscribes again, and a user gone longer than retention gets no pushes).
+- ``pushep#<hash of the endpoint>``: whose the endpoint is (``owner``), ``expires_at`` (refreshed
+  by each subscribe of it). An endpoint is one browser, and it belongs to the user who subscribed
+  it last (issue 26: a shared device where another user signed in must not get the first one's
+  pushes). Subscribing puts this item first, and its previous owner (the put's ``ALL_OLD``: the
+  item it replaced, exact, no read involved) loses the endpoint from their list; ``list`` keeps
+  only the entries whose owner item, read strongly consistent, names the user and has not
+  expired. So whatever a crash between the writes leaves in a list, a push goes to an endpoint
+  only while it is the user's.
 - ``notify#<job>#<seq>``: the claim that the push about that event was (being) sent; put once,
   conditionally, so a finalize run twice (a crash after the push, a duplicate delivery) does not
   push twice. It expires with the job's retention.
@@ -39,7 +47,7 @@ from alfred_jobs.adapters.push_shares import FairShares
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.push import PushMessage, PushSubscription
 from alfred_jobs.domain.retention import expired, expiry
-from alfred_jobs.exceptions import ConditionFailed, InvalidInput
+from alfred_jobs.exceptions import ConditionFailed, InvalidInput, TransientStoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import PushStore
 from alfred_jobs.service.push import (
@@ -192,7 +200,8 @@ def _to_sub(entry: dict[str, Any]) -> PushSubscription:
 
 
 class DynamoPushStore:
-    """Each user's subscriptions as one item of the jobs table (``push#<user>``; see the module)."""
+    """Each user's subscriptions as one item of the jobs table (``push#<user>``), and each
+    endpoint's owner as another (``pushep#<hash>``; see the module)."""
 
     def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
@@ -205,12 +214,32 @@ class DynamoPushStore:
     def _key(user_id: str) -> dict[str, Any]:
         return serialize({"job_id": f"push#{user_id}"})
 
+    @staticmethod
+    def _owner_key(endpoint: str) -> dict[str, Any]:
+        return serialize({"job_id": f"pushep#{endpoint_id(endpoint)}"})
+
     def _raw(self, user_id: str) -> dict[str, Any] | None:
         with mapped_errors():
             out = self._c.dynamodb.get_item(TableName=self._table, Key=self._key(user_id), ConsistentRead=True)
         return deserialize(out["Item"]) if "Item" in out else None
 
     def add(self, user_id: str, subscription: PushSubscription) -> None:
+        now = self._clock.now()
+        with mapped_errors():
+            out = self._c.dynamodb.put_item(
+                TableName=self._table, ReturnValues="ALL_OLD",
+                Item=serialize({"job_id": f"pushep#{endpoint_id(subscription.endpoint)}", "owner": user_id,
+                                "e": subscription.endpoint, "expires_at": expiry(now, self._retention)}))
+        old = deserialize(out["Attributes"]) if out.get("Attributes") else None
+        if old and old.get("owner") != user_id and not expired(int(old.get("expires_at", 0)), now):
+            # Tidy only: ``list`` would leave it out of the previous owner's pushes anyway.
+            self._remove_entry(str(old["owner"]), subscription.endpoint)
+        dropped = self._add_entry(user_id, subscription)
+        for endpoint in dropped:
+            self._disown(user_id, endpoint)
+
+    def _add_entry(self, user_id: str, subscription: PushSubscription) -> list[str]:
+        """Put the entry in the user's list; the endpoints dropped to keep it within the limit."""
         # Read, change, put on the condition that nobody changed it since (``v``); two browsers
         # subscribing at once settle in a round or two.
         for _ in range(8):
@@ -218,8 +247,9 @@ class DynamoPushStore:
             now = self._clock.now()
             subs = _subs_of(raw, now)
             subs[endpoint_id(subscription.endpoint)] = _sub_entry(subscription, now)
+            kept = _newest(subs, self._limit)
             version = int(raw.get("v", 0)) if raw else 0
-            item = {"job_id": f"push#{user_id}", "subs": _newest(subs, self._limit), "v": version + 1,
+            item = {"job_id": f"push#{user_id}", "subs": kept, "v": version + 1,
                     "expires_at": expiry(now, self._retention)}
             try:
                 with mapped_errors():
@@ -230,12 +260,12 @@ class DynamoPushStore:
                         self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
                                                   ConditionExpression="v = :v",
                                                   ExpressionAttributeValues=serialize({":v": version}))
-                return
+                return [str(e["e"]) for k, e in subs.items() if k not in kept]
             except ConditionFailed:
                 continue
         raise ConditionFailed(f"could not store a subscription of {user_id}")
 
-    def remove(self, user_id: str, endpoint: str) -> None:
+    def _remove_entry(self, user_id: str, endpoint: str) -> None:
         try:
             with mapped_errors():
                 self._c.dynamodb.update_item(
@@ -246,9 +276,49 @@ class DynamoPushStore:
         except ConditionFailed:
             pass  # no subscriptions at all: nothing to remove
 
+    def _disown(self, user_id: str, endpoint: str) -> None:
+        """Delete the endpoint's owner item if it still names ``user_id`` (not if it moved on)."""
+        try:
+            with mapped_errors():
+                self._c.dynamodb.delete_item(TableName=self._table, Key=self._owner_key(endpoint),
+                                             ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "owner"},
+                                             ExpressionAttributeValues=serialize({":me": user_id}))
+        except ConditionFailed:
+            pass  # someone else's by now, or gone
+
+    def remove(self, user_id: str, endpoint: str) -> None:
+        self._remove_entry(user_id, endpoint)
+        self._disown(user_id, endpoint)
+
+    def _owners(self, endpoints: list[str]) -> dict[str, str]:
+        """Endpoint -> its owner, for those whose owner item is there and unexpired (strongly consistent)."""
+        now = self._clock.now()
+        keys = [self._owner_key(e) for e in dict.fromkeys(endpoints)]
+        owners: dict[str, str] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {self._table: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
+            for _ in range(8):
+                with mapped_errors():
+                    out = self._c.dynamodb.batch_get_item(RequestItems=request)
+                for raw in out.get("Responses", {}).get(self._table, []):
+                    item = deserialize(raw)
+                    if not expired(int(item.get("expires_at", 0)), now):
+                        owners[str(item["e"])] = str(item["owner"])
+                request = out.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                self._clock.sleep(0.05)
+            else:
+                raise TransientStoreError("could not read the push endpoints' owners")
+        return owners
+
     def list(self, user_id: str) -> list[PushSubscription]:
         subs = _subs_of(self._raw(user_id), self._clock.now())
-        return [_to_sub(e) for _, e in sorted(subs.items(), key=lambda kv: float(kv[1].get("t", 0)))]
+        ordered = [_to_sub(e) for _, e in sorted(subs.items(), key=lambda kv: float(kv[1].get("t", 0)))]
+        if not ordered:
+            return []
+        owners = self._owners([s.endpoint for s in ordered])
+        return [s for s in ordered if owners.get(s.endpoint) == user_id]
 
 
 # ---- the notifier ---------------------------------------------------------------------------------
