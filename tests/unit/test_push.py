@@ -22,10 +22,10 @@ from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.models import ChatRequest, JobStatus
 from alfred_jobs.domain.push import PushMessage, PushSubscription, preview
 from alfred_jobs.durability.runner import Delivery, JobRunner
-from alfred_jobs.service.jobs import JobService
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.exceptions import ConfigurationError, InvalidInput
 from alfred_jobs.service.auth import issue_local_token
+from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.push import (
     P256_ORDER,
     IPAddress,
