@@ -16,6 +16,7 @@ const els = {
   apiToken: $('#api-token'),
   accountError: $('#account-error'),
   accountCancel: $('#account-cancel'),
+  accountSignout: $('#account-signout'),
   newChat: $('#new-chat'),
   offline: $('#offline-banner'),
   offlineText: $('#offline-text'),
@@ -120,6 +121,7 @@ function openAccountDialog(mode) {
   els.userName.value = auth?.mode === 'dev' ? auth.user : '';
   els.apiToken.value = '';
   els.accountError.hidden = true;
+  els.accountSignout.hidden = !auth;
   $('#account-save').textContent = dev ? 'Switch' : 'Sign in';
   if (!els.dialog.open) els.dialog.showModal();
   (dev ? els.userName : els.apiToken).focus();
@@ -127,6 +129,16 @@ function openAccountDialog(mode) {
 
 els.accountButton.addEventListener('click', () => openAccountDialog());
 els.accountCancel.addEventListener('click', () => els.dialog.close());
+els.accountSignout.addEventListener('click', async () => {
+  await unsubscribePush();
+  try { localStorage.removeItem(AUTH_KEY); } catch { /* ignore */ }
+  client?.close();
+  client = null;
+  auth = null;
+  resetPage();
+  els.accountName.textContent = '…';
+  openAccountDialog();
+});
 els.accountForm.addEventListener('submit', async (e) => {
   e.preventDefault();
   els.accountError.hidden = true;
@@ -142,6 +154,8 @@ els.accountForm.addEventListener('submit', async (e) => {
       if (!token) return;
       next = { mode: 'token', user: tokenSubject(token), token };
     }
+    // Another user on this browser: it must stop receiving the previous one's notifications.
+    if (auth && next.user !== auth.user) await unsubscribePush();
     saveAuth(next);
     els.dialog.close();
     await start(next);
@@ -730,6 +744,22 @@ async function subscribePush() {
   sub ||= await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: want });
   await client.savePushSubscription(sub);
   return true;
+}
+
+/** Signing out or switching user: this browser's subscription leaves the user (the server forgets
+ * it, and the browser drops it, so its push service refuses whatever still comes for it). Whoever
+ * signs in next on a shared device must never see the previous user's notifications. */
+async function unsubscribePush() {
+  if (!pushSupported() || !client) return;
+  try {
+    const reg = swRegistration || await navigator.serviceWorker.getRegistration();
+    const sub = await reg?.pushManager.getSubscription();
+    if (!sub) return;
+    try {
+      await client.deletePushSubscription(sub.endpoint);
+    } catch { /* offline: the browser's unsubscribe below ends it at the push service anyway */ }
+    await sub.unsubscribe();
+  } catch { /* no service worker: nothing was subscribed */ }
 }
 
 function hideNotifyPrompt() {

@@ -3,11 +3,13 @@
 // handles no fetch: the page always comes from the network. Registered by app.js; docs/web.md.
 //
 // A push payload (decrypted by the browser) is JSON {job_id, status, seq, title, body}; status is
-// the job's after the event: complete, failed, cancelled, or waiting (Alfred needs an answer).
+// the job's after the event: complete, failed, cancelled, or waiting (Alfred needs an answer). What
+// a lock screen may show is the server's choice (ALFRED_PUSH_PREVIEW): by default a title and no
+// body, so no reply or question text; the notification then says "Tap to see it".
 
 const TITLES = {
   complete: 'Alfred finished',
-  waiting: 'Alfred needs your answer',
+  waiting: 'Alfred has a question',
   failed: 'Alfred could not finish',
   cancelled: 'Alfred stopped',
 };
@@ -25,8 +27,8 @@ function payloadOf(event) {
   }
 }
 
-/** The notification of one push: its title ("Alfred finished", "Alfred needs your answer") over its
- * body (the start of the reply, the question). */
+/** The notification of one push: its title ("Alfred finished", "Alfred has a question") over its
+ * body (empty by default; the start of the reply or the question under ALFRED_PUSH_PREVIEW=full). */
 function notificationOf(p) {
   const jobId = typeof p.job_id === 'string' ? p.job_id : null;
   const title = String(p.title || TITLES[p.status] || 'Alfred');

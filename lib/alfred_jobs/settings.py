@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     max_push_subscriptions: int = Field(default=10, ge=1, le=50)  # per user; the oldest is dropped
     push_budget_seconds: float = Field(default=5.0, gt=0)  # all of one notify, retries included
     push_ttl_seconds: int = Field(default=24 * 3600, ge=0)  # how long a push service keeps a push
+    # What a push says on a lock screen: "none" (just "Alfred"), "title" ("Alfred finished",
+    # "Alfred has a question": no reply or question text), "full" (the title and the start of
+    # the reply or the question). Anyone holding the phone reads it.
+    push_preview: Literal["none", "title", "full"] = "title"
+    # The sender's threads per worker process, shared between users: one user's sends take at
+    # most threads // (active users + 1) of them at a time (adapters/push_shares.py).
+    push_send_threads: int = Field(default=16, ge=2, le=256)
 
     # --- drills --------------------------------------------------------------------------
     # Fault injection at the AWS client layer (see faults.py for the format); never set in production.

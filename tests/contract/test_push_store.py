@@ -69,3 +69,31 @@ def test_endpoints_of_any_characters_are_kept_apart(backend: Backend) -> None:
     assert s.list(user) == odd
     s.remove(user, odd[0].endpoint)
     assert s.list(user) == odd[1:]
+
+
+# ---- an endpoint belongs to one user (issue 26) -------------------------------------------------
+
+
+def test_an_endpoint_subscribed_by_another_user_moves_to_them(backend: Backend) -> None:
+    s, alice, bob = store(backend), uid("user"), uid("user")
+    s.add(alice, sub("shared"))
+    s.add(alice, sub("alice-phone"))
+    # bob signs in on alice's browser: its one endpoint is his now, and no longer hers
+    s.add(bob, sub("shared", auth="BBBBBBBBBBBBBBBBBBBBBB"))
+    assert s.list(alice) == [sub("alice-phone")]
+    assert s.list(bob) == [sub("shared", auth="BBBBBBBBBBBBBBBBBBBBBB")]
+    # and back again when alice signs in there once more
+    s.add(alice, sub("shared"))
+    assert s.list(bob) == []
+    assert s.list(alice) == [sub("alice-phone"), sub("shared")]
+
+
+def test_removing_an_endpoint_that_moved_on_leaves_its_new_owner_alone(backend: Backend) -> None:
+    s, alice, bob = store(backend), uid("user"), uid("user")
+    s.add(alice, sub("shared"))
+    s.add(bob, sub("shared"))
+    s.remove(alice, sub("shared").endpoint)  # alice's late unsubscribe (her page signing out)
+    assert s.list(bob) == [sub("shared")]
+    s.remove(bob, sub("shared").endpoint)
+    s.add(alice, sub("shared"))
+    assert s.list(alice) == [sub("shared")] and s.list(bob) == []

@@ -117,3 +117,20 @@ def test_a_job_run_by_a_worker_process_pushes_once_when_it_ends(push_stack: Stac
     assert delivery.payload["job_id"] == job_id and delivery.payload["status"] == "complete"
     assert delivery.payload["seq"] == events[-1].seq
     assert isinstance(delivery.payload["title"], str) and delivery.payload["title"]
+
+
+def test_an_entry_left_in_a_list_by_a_crash_gets_no_push_once_the_endpoint_moved(push_stack: Stack,
+                                                                                  receiver: PushReceiver) -> None:
+    # GIVEN alice's list still naming an endpoint that is bob's now (a subscribe that died after
+    # putting the owner item, before tidying her list): written as such a crash leaves it
+    store = DynamoPushStore(push_stack.clients, push_stack.settings)
+    shared = receiver.subscribe().subscription
+    store.add("alice-crash", shared)
+    table, dynamodb = push_stack.settings.jobs_table, push_stack.clients.dynamodb
+    before = dynamodb.get_item(TableName=table, Key=serialize({"job_id": "push#alice-crash"}),
+                               ConsistentRead=True)["Item"]
+    store.add("bob-crash", shared)
+    dynamodb.put_item(TableName=table, Item=before)  # alice's list as it was before bob's subscribe
+    # THEN her pushes leave it out; his get it
+    assert store.list("alice-crash") == []
+    assert store.list("bob-crash") == [shared]

@@ -46,7 +46,8 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SubmitFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
     ("SubmitFunction", "dynamodb", "Query", "ConversationsTable", None),
     ("SubmitFunction", "sqs", "SendMessage", "JobsQueue", None),
-    # Web Push: the VAPID secret (for the public key); subscriptions are push#<user> items
+    # Web Push: the VAPID secret (for the public key); subscriptions are push#<user> items, each
+    # endpoint's owner a pushep#<hash> item (PutItem, UpdateItem, DeleteItem, GetItem above)
     ("SubmitFunction", "secretsmanager", "GetSecretValue", "VapidSecret", None),
     # a submit refused after its put (429, 409) deletes the record
     ("SubmitFunction", "dynamodb", "DeleteItem", "JobsTable", None),
@@ -74,6 +75,10 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     # one), the subscriptions (GetItem), a gone one removed (UpdateItem)
     ("WorkerFunction", "secretsmanager", "GetSecretValue", "VapidSecret", None),
     ("WorkerFunction", "dynamodb", "PutItem", "JobsTable", None),
+    # ... and whose each endpoint is (pushep#<hash> items, strongly consistent), a gone one's
+    # owner item deleted
+    ("WorkerFunction", "dynamodb", "BatchGetItem", "JobsTable", None),
+    ("WorkerFunction", "dynamodb", "DeleteItem", "JobsTable", None),
     # the hand-off: a job that ends sends the jobs its end lets start
     ("WorkerFunction", "sqs", "SendMessage", "JobsQueue", None),
     # sweeper: the due index, postpone, re-send

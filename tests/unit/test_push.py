@@ -18,12 +18,17 @@ from fastapi.testclient import TestClient
 from alfred_jobs.adapters.memory import memory_deps
 from alfred_jobs.adapters.push import MAX_PLAINTEXT, WebPushNotifier, encrypt, payload_bytes, vapid_authorization
 from alfred_jobs.adapters.push_memory import MemoryClaims, MemoryPushStore, RecordingNotifier
-from alfred_jobs.domain.push import PushMessage, PushSubscription
+from alfred_jobs.agents.demo import DemoAgent
+from alfred_jobs.domain.models import ChatRequest, JobStatus
+from alfred_jobs.domain.push import PushMessage, PushSubscription, preview
+from alfred_jobs.durability.runner import Delivery, JobRunner
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.exceptions import ConfigurationError, InvalidInput
 from alfred_jobs.service.auth import issue_local_token
+from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.push import (
     P256_ORDER,
+    IPAddress,
     Target,
     VapidKey,
     b64url,
@@ -41,7 +46,7 @@ from tests.support.push_receiver import Browser, decrypt, unb64u, verify_vapid
 
 
 def resolving_to(*addresses: str):  # type: ignore[no-untyped-def]
-    def resolver(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    def resolver(host: str, port: int, wait: float | None = None) -> list[IPAddress]:
         return [ipaddress.ip_address(a) for a in addresses]
     return resolver
 
@@ -485,3 +490,34 @@ def test_the_openapi_schema_declares_the_push_routes(client: TestClient) -> None
     assert post["requestBody"]["content"]["application/json"]["schema"]["required"] == ["endpoint", "keys"]
     assert "204" in paths["/api/push/subscriptions"]["delete"]["responses"]
     assert "404" in paths["/api/push/key"]["get"]["responses"]
+
+
+# ---- what a lock screen shows (ALFRED_PUSH_PREVIEW) -------------------------------------------------
+
+
+def finished_push(**settings: object) -> tuple[PushMessage, str]:
+    """The push a finished job sends (the runner's, through the recording notifier), and its reply."""
+    deps = memory_deps(Settings.model_validate({"demo_step_seconds": 0, **settings}))
+    job = JobService(deps).submit("alice", ChatRequest(message="chicken and rice [steps=2]"), None).job
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job.job_id)).status \
+        is JobStatus.COMPLETE
+    assert isinstance(deps.notifier, RecordingNotifier)
+    (pushed,) = deps.notifier.for_job(job.job_id)
+    reply = str((JobService(deps).get("alice", job.job_id).output or {})["reply"])
+    return pushed, reply
+
+
+def test_by_default_a_push_says_what_happened_and_nothing_of_the_reply() -> None:
+    pushed, reply = finished_push()
+    assert (pushed.title, pushed.body) == ("Alfred finished", "")
+    assert reply and reply[:20] not in json.dumps(pushed.payload())
+
+
+def test_the_preview_setting_shows_all_of_it_or_nothing() -> None:
+    full, reply = finished_push(push_preview="full")
+    assert full.title == "Alfred finished" and full.body and reply.startswith(full.body.rstrip("…"))
+    bare, _ = finished_push(push_preview="none")
+    assert (bare.title, bare.body) == ("Alfred", "")
+    asking = PushMessage("b" * 32, "waiting", 4, "Alfred needs your answer", "Which pantry shelf?")
+    assert (preview(asking, "title").title, preview(asking, "title").body) == ("Alfred has a question", "")
+    assert preview(asking, "full") == asking

@@ -9,6 +9,14 @@ out of both of its indexes:
   t: added}``, at most ``max_push_subscriptions`` (the oldest dropped); ``v`` counts changes (the
   condition of the next one); ``expires_at`` is refreshed on every subscribe (retention: a browser
   that comes back subscribes again, and a user gone longer than retention gets no pushes).
+- ``pushep#<hash of the endpoint>``: whose the endpoint is (``owner``), ``expires_at`` (refreshed
+  by each subscribe of it). An endpoint is one browser, and it belongs to the user who subscribed
+  it last (issue 26: a shared device where another user signed in must not get the first one's
+  pushes). Subscribing puts this item first, and its previous owner (the put's ``ALL_OLD``: the
+  item it replaced, exact, no read involved) loses the endpoint from their list; ``list`` keeps
+  only the entries whose owner item, read strongly consistent, names the user and has not
+  expired. So whatever a crash between the writes leaves in a list, a push goes to an endpoint
+  only while it is the user's.
 - ``notify#<job>#<seq>``: the claim that the push about that event was (being) sent; put once,
   conditionally, so a finalize run twice (a crash after the push, a duplicate delivery) does not
   push twice. It expires with the job's retention.
@@ -22,8 +30,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -36,10 +42,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from alfred_jobs.adapters.aws import AwsClients, deserialize, mapped_errors, serialize
-from alfred_jobs.clock import Clock, Pending, SystemClock, Tasks, ThreadTasks
+from alfred_jobs.adapters.push_http import http_post
+from alfred_jobs.adapters.push_shares import FairShares
+from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.push import PushMessage, PushSubscription
 from alfred_jobs.domain.retention import expired, expiry
-from alfred_jobs.exceptions import ConditionFailed, InvalidInput
+from alfred_jobs.exceptions import ConditionFailed, InvalidInput, TransientStoreError
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import PushStore
 from alfred_jobs.service.push import (
@@ -49,8 +57,8 @@ from alfred_jobs.service.push import (
     allowed_hosts,
     b64url_decode,
     check_endpoint,
+    detached_resolver,
     endpoint_id,
-    pooled_resolver,
     vapid_key,
 )
 from alfred_jobs.settings import Settings
@@ -61,7 +69,7 @@ RECORD_SIZE = 4096      # one record: push services accept 4096-byte bodies
 MAX_PLAINTEXT = 3000    # a payload longer than this has its body shortened (header 86, tag 16, pad 1)
 RETRIES = 2             # a 5xx (or a connection error) is tried again this often
 BACKOFF_SECONDS = 0.25  # then 0.5
-REQUEST_TIMEOUT = 3.0   # one request, within the notify's budget
+REQUEST_SECONDS = 3.0   # one request in total (DNS, connect, TLS, send, read), within the notify's budget
 TOKEN_SECONDS = 12 * 3600  # a VAPID token's life (RFC 8292: at most 24 h)
 
 
@@ -129,49 +137,8 @@ def vapid_authorization(key: VapidKey, endpoint: str, now: float) -> str:
 
 # ---- delivery (RFC 8030) ---------------------------------------------------------------------------
 
-Transport = Callable[[Target, dict[str, str], bytes, float], int]  # -> the HTTP status
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to an address checked beforehand, whatever the name resolves to by now."""
-
-    def __init__(self, target: Target, timeout: float) -> None:
-        super().__init__(target.host, target.port, timeout=timeout)
-        self._addresses = target.addresses
-
-    def _open(self) -> socket.socket:
-        last: OSError | None = None
-        for address in self._addresses:
-            try:
-                return socket.create_connection((str(address), self.port), self.timeout)
-            except OSError as exc:
-                last = exc
-        raise last or OSError("no address")
-
-    def connect(self) -> None:
-        self.sock = self._open()
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    _context = ssl.create_default_context()
-
-    def connect(self) -> None:
-        self.sock = self._context.wrap_socket(self._open(), server_hostname=self.host)
-
-
-def http_post(target: Target, headers: dict[str, str], body: bytes, timeout: float) -> int:
-    """POST ``body`` to the checked ``target`` (no redirects followed); the response status."""
-    cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(target, timeout)
-    try:
-        parts = urlsplit(target.url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read(64 * 1024)
-        return response.status
-    finally:
-        conn.close()
+# (target, headers, body, seconds the whole request may take) -> the HTTP status
+Transport = Callable[[Target, dict[str, str], bytes, float], int]
 
 
 # ---- the claim: at most once per event ----------------------------------------------------------
@@ -233,7 +200,8 @@ def _to_sub(entry: dict[str, Any]) -> PushSubscription:
 
 
 class DynamoPushStore:
-    """Each user's subscriptions as one item of the jobs table (``push#<user>``; see the module)."""
+    """Each user's subscriptions as one item of the jobs table (``push#<user>``), and each
+    endpoint's owner as another (``pushep#<hash>``; see the module)."""
 
     def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
@@ -246,12 +214,32 @@ class DynamoPushStore:
     def _key(user_id: str) -> dict[str, Any]:
         return serialize({"job_id": f"push#{user_id}"})
 
+    @staticmethod
+    def _owner_key(endpoint: str) -> dict[str, Any]:
+        return serialize({"job_id": f"pushep#{endpoint_id(endpoint)}"})
+
     def _raw(self, user_id: str) -> dict[str, Any] | None:
         with mapped_errors():
             out = self._c.dynamodb.get_item(TableName=self._table, Key=self._key(user_id), ConsistentRead=True)
         return deserialize(out["Item"]) if "Item" in out else None
 
     def add(self, user_id: str, subscription: PushSubscription) -> None:
+        now = self._clock.now()
+        with mapped_errors():
+            out = self._c.dynamodb.put_item(
+                TableName=self._table, ReturnValues="ALL_OLD",
+                Item=serialize({"job_id": f"pushep#{endpoint_id(subscription.endpoint)}", "owner": user_id,
+                                "e": subscription.endpoint, "expires_at": expiry(now, self._retention)}))
+        old = deserialize(out["Attributes"]) if out.get("Attributes") else None
+        if old and old.get("owner") != user_id and not expired(int(old.get("expires_at", 0)), now):
+            # Tidy only: ``list`` would leave it out of the previous owner's pushes anyway.
+            self._remove_entry(str(old["owner"]), subscription.endpoint)
+        dropped = self._add_entry(user_id, subscription)
+        for endpoint in dropped:
+            self._disown(user_id, endpoint)
+
+    def _add_entry(self, user_id: str, subscription: PushSubscription) -> list[str]:
+        """Put the entry in the user's list; the endpoints dropped to keep it within the limit."""
         # Read, change, put on the condition that nobody changed it since (``v``); two browsers
         # subscribing at once settle in a round or two.
         for _ in range(8):
@@ -259,8 +247,9 @@ class DynamoPushStore:
             now = self._clock.now()
             subs = _subs_of(raw, now)
             subs[endpoint_id(subscription.endpoint)] = _sub_entry(subscription, now)
+            kept = _newest(subs, self._limit)
             version = int(raw.get("v", 0)) if raw else 0
-            item = {"job_id": f"push#{user_id}", "subs": _newest(subs, self._limit), "v": version + 1,
+            item = {"job_id": f"push#{user_id}", "subs": kept, "v": version + 1,
                     "expires_at": expiry(now, self._retention)}
             try:
                 with mapped_errors():
@@ -271,12 +260,12 @@ class DynamoPushStore:
                         self._c.dynamodb.put_item(TableName=self._table, Item=serialize(item),
                                                   ConditionExpression="v = :v",
                                                   ExpressionAttributeValues=serialize({":v": version}))
-                return
+                return [str(e["e"]) for k, e in subs.items() if k not in kept]
             except ConditionFailed:
                 continue
         raise ConditionFailed(f"could not store a subscription of {user_id}")
 
-    def remove(self, user_id: str, endpoint: str) -> None:
+    def _remove_entry(self, user_id: str, endpoint: str) -> None:
         try:
             with mapped_errors():
                 self._c.dynamodb.update_item(
@@ -287,9 +276,49 @@ class DynamoPushStore:
         except ConditionFailed:
             pass  # no subscriptions at all: nothing to remove
 
+    def _disown(self, user_id: str, endpoint: str) -> None:
+        """Delete the endpoint's owner item if it still names ``user_id`` (not if it moved on)."""
+        try:
+            with mapped_errors():
+                self._c.dynamodb.delete_item(TableName=self._table, Key=self._owner_key(endpoint),
+                                             ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "owner"},
+                                             ExpressionAttributeValues=serialize({":me": user_id}))
+        except ConditionFailed:
+            pass  # someone else's by now, or gone
+
+    def remove(self, user_id: str, endpoint: str) -> None:
+        self._remove_entry(user_id, endpoint)
+        self._disown(user_id, endpoint)
+
+    def _owners(self, endpoints: list[str]) -> dict[str, str]:
+        """Endpoint -> its owner, for those whose owner item is there and unexpired (strongly consistent)."""
+        now = self._clock.now()
+        keys = [self._owner_key(e) for e in dict.fromkeys(endpoints)]
+        owners: dict[str, str] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {self._table: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
+            for _ in range(8):
+                with mapped_errors():
+                    out = self._c.dynamodb.batch_get_item(RequestItems=request)
+                for raw in out.get("Responses", {}).get(self._table, []):
+                    item = deserialize(raw)
+                    if not expired(int(item.get("expires_at", 0)), now):
+                        owners[str(item["e"])] = str(item["owner"])
+                request = out.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                self._clock.sleep(0.05)
+            else:
+                raise TransientStoreError("could not read the push endpoints' owners")
+        return owners
+
     def list(self, user_id: str) -> list[PushSubscription]:
         subs = _subs_of(self._raw(user_id), self._clock.now())
-        return [_to_sub(e) for _, e in sorted(subs.items(), key=lambda kv: float(kv[1].get("t", 0)))]
+        ordered = [_to_sub(e) for _, e in sorted(subs.items(), key=lambda kv: float(kv[1].get("t", 0)))]
+        if not ordered:
+            return []
+        owners = self._owners([s.endpoint for s in ordered])
+        return [s for s in ordered if owners.get(s.endpoint) == user_id]
 
 
 # ---- the notifier ---------------------------------------------------------------------------------
@@ -302,11 +331,14 @@ class WebPushNotifier:
     404/410 drops the subscription. The whole call stays within ``push_budget_seconds`` and never
     raises: a push must never delay or fail a job.
 
-    Time and work are the ports': ``clock`` for the budget, the backoff and the VAPID token;
-    ``tasks`` runs the sends. By default the sends get a pool of their own, the size of a user's
-    subscriptions, and the endpoint lookups another (a send waits for its lookup: sharing a
-    bounded pool, sends could fill it and wait on lookups queued behind them). An injected
-    ``tasks`` (the simulator's) runs both."""
+    No user can stall another's pushes (issue 26): each request (its lookup included) ends by a
+    deadline of its own (``REQUEST_SECONDS``, within the budget; ``push_http``), a user's sends
+    take at most a share of the sender's ``push_send_threads`` (``FairShares``), and lookups run
+    detached, one per name (``detached_resolver``): a slow or hostile endpoint costs its user.
+
+    Time and work are the ports': ``clock`` for the budget, the deadlines, the backoff and the
+    VAPID token; ``tasks`` runs the sends and the lookups. By default the sends get a pool of
+    their own and each lookup a task of its own (a send waits for its lookup)."""
 
     def __init__(self, settings: Settings, store: PushStore, clients: AwsClients | None = None, *,
                  key: VapidKey | None = None, claims: Claims | None = None, transport: Transport | None = None,
@@ -323,11 +355,16 @@ class WebPushNotifier:
                 raise ValueError("WebPushNotifier needs clients or claims")
             claims = DynamoClaims(clients, settings, clock)
         self.claims = claims
-        self.transport = transport or http_post
         self.clock = clock or SystemClock()
-        self.tasks = tasks or ThreadTasks(max_workers=settings.max_push_subscriptions, name="push-send")
-        self.resolver = resolver or pooled_resolver(tasks or ThreadTasks(name="push-resolve"))
+        self.transport = transport or self._http
+        threads = settings.push_send_threads
+        self.tasks = tasks or ThreadTasks(max_workers=threads, name="push-send")
+        self.shares = FairShares(self.tasks, self.clock, threads)
+        self.resolver = resolver or detached_resolver(tasks or ThreadTasks(name="push-resolve"), self.clock)
         self.allow = allowed_hosts(settings)
+
+    def _http(self, target: Target, headers: dict[str, str], body: bytes, seconds: float) -> int:
+        return http_post(target, headers, body, seconds, self.clock)
 
     def notify(self, user_id: str, message: PushMessage) -> None:
         try:
@@ -346,13 +383,11 @@ class WebPushNotifier:
         if not subs:
             return
         body = payload_bytes(message)
-        sends: list[Pending[None]] = [self.tasks.submit(self._send, user_id, sub, body, deadline, message)
-                                      for sub in subs]
+        sends = [self.shares.submit(user_id, lambda sub=sub: self._send(user_id, sub, body, deadline, message))
+                 for sub in subs]
         # Wait for them all, within the budget: what is left of it for each (``_send`` never raises).
-        for send in sends:
-            try:
-                send.result(timeout=max(0.0, deadline - self.clock.monotonic()))
-            except TimeoutError:
+        for done in sends:
+            if not done.wait(max(0.0, deadline - self.clock.monotonic())):
                 return
 
     def _send(self, user_id: str, sub: PushSubscription, body: bytes, deadline: float,
@@ -364,10 +399,19 @@ class WebPushNotifier:
             log.warning("push not sent", extra={**where, "error": f"{type(exc).__name__}: {exc}"})
             count("PushErrors")
 
+    def _request_deadline(self, deadline: float) -> float:
+        return min(deadline, self.clock.monotonic() + REQUEST_SECONDS)
+
     def _send_one(self, user_id: str, sub: PushSubscription, body: bytes, deadline: float,
                   where: dict[str, Any]) -> None:
+        if deadline - self.clock.monotonic() <= 0.05:
+            log.warning("push out of time", extra=where)  # it waited behind its user's other sends
+            return
+        # The first request's deadline covers its lookup too.
+        first = self._request_deadline(deadline)
         try:
-            target = check_endpoint(sub.endpoint, self.allow, self.resolver)
+            target = check_endpoint(sub.endpoint, self.allow,
+                                    lambda host, port: self.resolver(host, port, first - self.clock.monotonic()))
         except InvalidInput as exc:
             log.warning("push endpoint refused", extra={**where, "error": exc.message})
             return
@@ -375,14 +419,14 @@ class WebPushNotifier:
                    "TTL": str(self.settings.push_ttl_seconds), "Urgency": "high",
                    "Authorization": vapid_authorization(self.key, sub.endpoint, self.clock.now())}
         for attempt in range(RETRIES + 1):
-            remaining = deadline - self.clock.monotonic()
+            until = first if attempt == 0 else self._request_deadline(deadline)
+            remaining = until - self.clock.monotonic()
             if remaining <= 0.05:
                 log.warning("push out of time", extra=where)
                 return
             try:
                 # Encrypted again for each try: a key and salt are never used twice.
-                status = self.transport(target, headers, encrypt(body, sub.p256dh, sub.auth),
-                                        min(REQUEST_TIMEOUT, remaining))
+                status = self.transport(target, headers, encrypt(body, sub.p256dh, sub.auth), remaining)
             except (OSError, http.client.HTTPException) as exc:
                 status, error = 0, f"{type(exc).__name__}: {exc}"
             else:
@@ -404,7 +448,8 @@ class WebPushNotifier:
 def aws_push(settings: Settings, clients: AwsClients, clock: Clock | None = None,
              ) -> tuple[DynamoPushStore, WebPushNotifier | None]:
     """The store, and the notifier where a VAPID key is configured (the composition root's), on
-    ``clock``. The notifier's sends and lookups get pools of their own (see ``WebPushNotifier``)."""
+    ``clock``. The notifier's sends get a pool of their own, its lookups tasks of their own (see
+    ``WebPushNotifier``)."""
     store = DynamoPushStore(clients, settings, clock)
     key = vapid_key(settings)
     return store, (WebPushNotifier(settings, store, clients, key=key, clock=clock) if key is not None else None)

@@ -1,6 +1,6 @@
 """In-memory fakes of the Web Push ports, for unit tests and ``memory_deps``: the same rules as
 ``adapters/push.py`` (subscriptions keyed by endpoint, at most ``limit`` per user with the oldest
-dropped; at most one push per (job, seq))."""
+dropped; an endpoint belongs to the user who subscribed it last; at most one push per (job, seq))."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class MemoryPushStore:
     def __init__(self, limit: int = 10, clock: Clock | None = None) -> None:
         self.limit = limit
         self.items: dict[str, dict[str, tuple[float, PushSubscription]]] = {}
+        self.owners: dict[str, str] = {}  # endpoint -> the user it belongs to
         self.lock = threading.Lock()
         self._tick = 0.0
         self.clock = clock or SystemClock()
@@ -23,18 +24,34 @@ class MemoryPushStore:
         with self.lock:
             # Strictly increasing times, so "oldest" is well defined within one clock tick too.
             self._tick = max(self.clock.now(), self._tick + 1e-6)
+            # An endpoint is one browser: subscribed by another user, it is theirs now (a shared
+            # device where someone else signed in), and leaves the previous owner's list.
+            previous = self.owners.get(subscription.endpoint)
+            if previous is not None and previous != user_id:
+                self.items.get(previous, {}).pop(subscription.endpoint, None)
+            self.owners[subscription.endpoint] = user_id
             subs = self.items.setdefault(user_id, {})
             subs[subscription.endpoint] = (self._tick, subscription)
             for endpoint, _ in sorted(subs.items(), key=lambda kv: kv[1][0])[: max(0, len(subs) - self.limit)]:
                 del subs[endpoint]
+                if self.owners.get(endpoint) == user_id:
+                    del self.owners[endpoint]
 
     def remove(self, user_id: str, endpoint: str) -> None:
         with self.lock:
             self.items.get(user_id, {}).pop(endpoint, None)
+            if self.owners.get(endpoint) == user_id:
+                del self.owners[endpoint]
 
     def list(self, user_id: str) -> list[PushSubscription]:
         with self.lock:
-            return [s for _, s in sorted(self.items.get(user_id, {}).values(), key=lambda ts: ts[0])]
+            return [s for _, s in sorted(self.items.get(user_id, {}).values(), key=lambda ts: ts[0])
+                    if self.owners.get(s.endpoint) == user_id]
+
+    def owner(self, endpoint: str) -> str | None:
+        """Whose the endpoint is now (the simulator's truth)."""
+        with self.lock:
+            return self.owners.get(endpoint)
 
 
 class MemoryClaims:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Preview = Literal["none", "title", "full"]
+# What a push says under ``preview="title"``: what happened, never what the reply or question says.
+TITLES = {"complete": "Alfred finished", "waiting": "Alfred has a question",
+          "failed": "Alfred could not finish", "cancelled": "Alfred stopped"}
 
 
 @dataclass(frozen=True)
@@ -27,3 +33,12 @@ class PushMessage:
     def payload(self) -> dict[str, object]:
         return {"job_id": self.job_id, "status": self.status, "seq": self.seq, "title": self.title,
                 "body": self.body}
+
+
+def preview(message: PushMessage, level: Preview) -> PushMessage:
+    """``message`` as ``ALFRED_PUSH_PREVIEW`` lets a lock screen show it: ``full`` as it is,
+    ``title`` its status's title and no body, ``none`` "Alfred" and no body."""
+    if level == "full":
+        return message
+    title = TITLES.get(message.status, "Alfred") if level == "title" else "Alfred"
+    return replace(message, title=title, body="")

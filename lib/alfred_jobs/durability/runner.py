@@ -54,7 +54,7 @@ from alfred_jobs.domain.events import (
     replay,
 )
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, fold, iso, refold
-from alfred_jobs.domain.push import PushMessage
+from alfred_jobs.domain.push import PushMessage, preview
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.budget import Part, expected_seconds, fits
 from alfred_jobs.durability.ending import end_if_cancelled
@@ -626,7 +626,7 @@ class _Attempt:
         if notifier is None:
             return
         try:
-            notifier.notify(self.job.user_id, message)
+            notifier.notify(self.job.user_id, preview(message, self.s.push_preview))
         except Exception:  # the notifier promises not to raise; a bug there must not fail a job
             log.exception("notifier raised", extra={"job_id": self.job.job_id})
 

@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,14 +29,14 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from alfred_jobs.clock import Tasks
+from alfred_jobs.clock import Clock, Signal, Tasks
 from alfred_jobs.domain.push import PushSubscription
 from alfred_jobs.exceptions import ConfigurationError, InvalidInput, NotFound
 from alfred_jobs.ports import Deps
 from alfred_jobs.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], list[IPAddress]]
+Resolver = Callable[..., list[IPAddress]]  # (host, port[, wait seconds]) -> addresses
 
 MAX_ENDPOINT_CHARS = 2048
 RESOLVE_TIMEOUT_SECONDS = 2.0
@@ -179,17 +180,55 @@ def lookup(host: str, port: int) -> list[IPAddress]:
     return out
 
 
-def pooled_resolver(tasks: Tasks, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> Resolver:
-    """A resolver whose lookups run on ``tasks`` and are waited for at most ``timeout`` seconds
-    (a lookup that takes longer goes on in its task; its caller gets an ``OSError``). The caller
-    must not itself be one of the tasks' bounded workers: it would wait on a lookup queued behind
-    it (the notifier's sends have a pool of their own for that reason)."""
-    def resolve(host: str, port: int) -> list[IPAddress]:
-        pending = tasks.submit(lookup, host, port)
+MAX_LOOKUPS_IN_FLIGHT = 256  # names being resolved at once, across every user
+
+
+class _Lookup:
+    def __init__(self, done: Signal) -> None:
+        self.done = done
+        self.addresses: list[IPAddress] | None = None
+        self.error: BaseException | None = None
+
+
+def detached_resolver(tasks: Tasks, clock: Clock, timeout: float = RESOLVE_TIMEOUT_SECONDS,
+                      lookup: Callable[[str, int], list[IPAddress]] = lookup) -> Resolver:
+    """A resolver no name can hold (issue 26): each lookup runs as a task of its own
+    (``tasks.start``, never a bounded pool others need), its caller waits at most ``timeout``
+    seconds (or the ``timeout`` it passes, if shorter) and gets an ``OSError`` after that, and a
+    name already being resolved is not looked up again: its callers wait on the one lookup. So a
+    ``getaddrinfo`` that hangs (it has no time limit of its own) costs one thread per name until
+    the system's resolver gives up, and delays nobody else. At most ``MAX_LOOKUPS_IN_FLIGHT``
+    names at once; past that a lookup fails at once."""
+    lock = threading.Lock()
+    in_flight: dict[tuple[str, int], _Lookup] = {}
+
+    def run(key: tuple[str, int], job: _Lookup) -> None:
         try:
-            return pending.result(timeout=timeout)
-        except TimeoutError:
-            raise OSError(f"resolving {host} took longer than {timeout:g}s") from None
+            job.addresses = lookup(*key)
+        except BaseException as exc:  # handed to the callers
+            job.error = exc
+        finally:
+            with lock:
+                in_flight.pop(key, None)
+            job.done.set()
+
+    def resolve(host: str, port: int, wait: float | None = None) -> list[IPAddress]:
+        key = (host, port)
+        with lock:
+            job = in_flight.get(key)
+            fresh = job is None
+            if job is None:
+                if len(in_flight) >= MAX_LOOKUPS_IN_FLIGHT:
+                    raise OSError("too many names being resolved at once")
+                job = in_flight[key] = _Lookup(clock.signal())
+        if fresh:
+            tasks.start(lambda: run(key, job), name="push-resolve")
+        limit = timeout if wait is None else max(0.0, min(timeout, wait))
+        if not job.done.wait(limit):
+            raise OSError(f"resolving {host} took longer than {limit:g}s")
+        if job.error is not None:
+            raise OSError(f"resolving {host} failed: {job.error}")
+        return list(job.addresses or [])
 
     return resolve
 
@@ -212,7 +251,7 @@ def _invalid(why: str) -> InvalidInput:
 def check_endpoint(url: str, allow: Collection[str], resolver: Resolver | None = None) -> Target:
     """The endpoint if a push may go there (see the module), else ``InvalidInput``
     (400 ``invalid_subscription``). ``resolver`` looks the host up: the runtime's callers pass a
-    ``pooled_resolver`` (bounded in time); without one, ``lookup`` (for addresses written out)."""
+    ``detached_resolver`` (bounded in time); without one, ``lookup`` (for addresses written out)."""
     if not isinstance(url, str) or not url or len(url) > MAX_ENDPOINT_CHARS:
         raise _invalid(f"endpoint must be a URL of at most {MAX_ENDPOINT_CHARS} characters")
     if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
@@ -294,7 +333,7 @@ class PushService:
         self.deps = deps
         # Lookups on the process's tasks, bounded in time (a name that never answers costs a
         # subscribe two seconds, not a request thread for as long as the resolver hangs).
-        self.resolver = resolver or pooled_resolver(deps.tasks)
+        self.resolver = resolver or detached_resolver(deps.tasks, deps.clock)
 
     def public_key(self) -> str:
         key = vapid_key(self.deps.settings)

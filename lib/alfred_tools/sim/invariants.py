@@ -102,11 +102,17 @@ def check_end(w: World) -> None:
             f.check("gate_entries_belong_to_live_jobs", job_id in live_by_user.get(user, set()),
                     lambda job_id=job_id, user=user: f"{user}'s gate holds {job_id}, which is gone or ended")
 
-    # Web Push: only to the job's owner (at most once per event: the claim, modelled by the notifier).
+    # Web Push: only to the job's owner (at most once per event: the claim, modelled by the
+    # notifier), and only to endpoints that were theirs when the push was addressed (an endpoint
+    # moves to whoever subscribes it last: a shared browser).
     for user, message in w.notifier.calls:
         owner = w.inner_jobs.items.get(message.job_id)
         f.check("push_only_to_the_owner", owner is not None and owner.user_id == user,
                 lambda user=user, message=message: f"push about {message.job_id} sent to {user}")
+    for sent in w.notifier.sent:
+        f.check("push_only_to_the_owner", sent.owner == sent.user,
+                lambda sent=sent: (f"push about {sent.message.job_id} for {sent.user} went to "
+                                   f"{sent.endpoint}, which was {sent.owner}'s"))
 
 
 def _live_messages(w: World, user: str, conv: str) -> dict[str, dict[str, object]]:

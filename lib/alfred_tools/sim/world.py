@@ -23,7 +23,7 @@ from alfred_jobs.adapters.memory import (
     MemoryGateStore,
     MemoryJobStore,
 )
-from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
+from alfred_jobs.adapters.push_memory import MemoryPushStore
 from alfred_jobs.domain.events import replay
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, JobStatus, refold
@@ -38,6 +38,7 @@ from alfred_jobs.settings import Settings
 from alfred_tools.sim.agent import Observer, SimAgent
 from alfred_tools.sim.aio import VirtualLoop
 from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimPending, SimTasks
+from alfred_tools.sim.push import SimNotifier, shared_devices
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
@@ -172,8 +173,9 @@ class World:
         self.gates = Through(self.wire, "gate", self.inner_gates, GATE_WRITES)
         self.conversations = Through(self.wire, "conv", self.inner_conversations, CONVERSATION_WRITES)
         self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
-        self.push = Through(self.wire, "push", MemoryPushStore(s.max_push_subscriptions), PUSH_WRITES)
-        self.notifier = RecordingNotifier()
+        self.inner_push = MemoryPushStore(s.max_push_subscriptions, clock)
+        self.push = Through(self.wire, "push", self.inner_push, PUSH_WRITES)
+        self.notifier = SimNotifier(wire=self.wire, store=self.inner_push)
         self.queue = SimQueue(k, self.wire, visibility_timeout=720.0, max_receives=5, faults=cfg.queue,
                               others=r_busy(k) if cfg.busy_queue else None)
         self.seen = Observer()
@@ -377,6 +379,8 @@ class World:
         for u in range(cfg.users):
             self.users_left += 1
             self.k.spawn(Process(f"user{u}"), f"user{u}", lambda u=u, n=counts[u]: self._user(u, n, u == flooder))
+        self.k.spawn(Process("devices"), "devices",
+                     lambda: shared_devices(self.k, self.push, cfg.users, lambda: self.users_left > 0))
 
     def _message(self) -> str:
         r = self.k.rng
