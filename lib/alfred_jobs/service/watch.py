@@ -224,7 +224,8 @@ class _Channel:
             if self.finished:
                 break
             try:
-                await asyncio.wait_for(self.kick.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.kick.wait()
             except TimeoutError:
                 pass
 
@@ -285,7 +286,8 @@ class Watcher:
                 ch.kick.set()
             changed = ch.changed
             try:
-                await asyncio.wait_for(changed.wait(), max(remaining, 0.0) if not need_fresh else None)
+                async with asyncio.timeout(max(remaining, 0.0) if not need_fresh else None):
+                    await changed.wait()
             except TimeoutError:
                 return []
 
