@@ -1,9 +1,9 @@
-"""A history's ``Settings``, validated once per distinct shape in a process.
+"""A history's ``Settings``, without validating the whole environment for each history.
 
-``Settings.model_validate`` reads and validates the whole environment (every field, every
-source): about a tenth of a short history's time. Histories draw their limits from a small set
-(two ``max_running`` values, six ``max_active``, a few hundred retentions), so each shape is
-validated once and every history gets its own copy of it (no history sees another's object).
+``Settings.model_validate`` reads and validates every field from every source (the environment,
+``.env``): about a tenth of a short history's time. The environment is the same for every history
+of a process, so it is validated once; each history then gets its own copy of that, with its own
+values validated field by field (pydantic's assignment validation: the same checks and coercion).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import Any
 
 from alfred_jobs.settings import Settings
 
-_cache: dict[tuple[Any, ...], Settings] = {}
+_bases: dict[tuple[tuple[str, str], ...], Settings] = {}
 
 
 def sim_settings(values: dict[str, Any]) -> Settings:
-    """``Settings.model_validate(values)``, the same object as that builds, without re-reading
-    the environment each time (the environment is part of the key: a change reads it again)."""
-    key = (tuple(sorted(values.items())), tuple(sorted(os.environ.items())))
-    found = _cache.get(key)
-    if found is None:
-        if len(_cache) > 4096:
-            _cache.clear()
-        found = _cache[key] = Settings.model_validate(values)
-    return found.model_copy(deep=True)
+    """What ``Settings.model_validate(values)`` builds (the environment is read again when it changes)."""
+    env = tuple(sorted(os.environ.items()))
+    base = _bases.get(env)
+    if base is None:
+        _bases.clear()
+        base = _bases[env] = Settings.model_validate(values)
+    settings = base.model_copy(deep=True)
+    for name, value in values.items():
+        Settings.__pydantic_validator__.validate_assignment(settings, name, value)
+    return settings
