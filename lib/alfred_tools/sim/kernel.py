@@ -32,7 +32,7 @@ class Deadlock(Exception):
     """A task waited with nobody left to wake it: the history cannot go on."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Process:
     """A group of tasks that crash or pause together."""
 
@@ -42,7 +42,7 @@ class Process:
     tasks: list[Task] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
     name: str
     proc: Process
@@ -105,10 +105,11 @@ class Kernel:
                     self._wake(j, 0.0)
                 task.joiners.clear()
 
-        task = Task(name, proc, greenlet(body, parent=self._main), quiet=quiet)
+        task = Task(name, proc, greenlet(body, self._main), quiet=quiet)
         proc.tasks.append(task)
         self.procs[id(proc)] = proc
-        self._wake(task, delay)
+        self._n += 1
+        heapq.heappush(self._heap, (self.t + (delay if delay > 0.0 else 0.0), self.rng.random(), self._n, task, 0))
         return task
 
     def _wake(self, task: Task, delay: float) -> None:
@@ -148,7 +149,7 @@ class Kernel:
         heapq.heappush(self._heap, (self.t, self.rng.random(), self._n, task, task.token))
 
     def sleep(self, seconds: float) -> None:
-        self.park(max(0.0, seconds))
+        self.park(seconds if seconds > 0.0 else 0.0)
 
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
         """Run tasks until virtual time ``until``, no task is runnable, or ``stop()`` says so."""
