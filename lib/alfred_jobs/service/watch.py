@@ -224,8 +224,7 @@ class _Channel:
             if self.finished:
                 break
             try:
-                async with asyncio.timeout(wait):
-                    await self.kick.wait()
+                await asyncio.wait_for(self.kick.wait(), wait)
             except TimeoutError:
                 pass
 
@@ -286,8 +285,7 @@ class Watcher:
                 ch.kick.set()
             changed = ch.changed
             try:
-                async with asyncio.timeout(max(remaining, 0.0) if not need_fresh else None):
-                    await changed.wait()
+                await asyncio.wait_for(changed.wait(), max(remaining, 0.0) if not need_fresh else None)
             except TimeoutError:
                 return []
 
