@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from alfred_tools.sim.kernel import Kernel, Process, SimSignal
+from alfred_tools.sim.kernel import Kernel, Process, Task
 
 
 class _Selector:
@@ -21,7 +21,7 @@ class _Selector:
 
     def __init__(self, k: Kernel) -> None:
         self.k = k
-        self.signal: SimSignal | None = None
+        self.waiting: Task | None = None  # the loop's task, while it waits here
         self.woken = False
 
     def select(self, timeout: float | None) -> list[Any]:
@@ -31,16 +31,19 @@ class _Selector:
         if timeout == 0:
             self.k.park(0.0)
             return []
-        self.signal = SimSignal(self.k)
-        self.signal.wait(timeout)
-        self.signal = None
+        self.waiting = self.k.current
+        try:
+            self.k.park(timeout)
+        finally:
+            self.waiting = None
         self.woken = False
         return []
 
     def wake(self) -> None:
         self.woken = True
-        if self.signal is not None:
-            self.signal.set()
+        task, self.waiting = self.waiting, None
+        if task is not None:
+            self.k.wake(task)
 
     def close(self) -> None:
         pass
@@ -54,6 +57,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self.k = k
         self.proc = proc
         self._selector = _Selector(k)
+        self._io_name = f"{proc.name}/io"
 
     def __del__(self) -> None:
         # Never closed behind the history's back: the coroutines a finished history leaves are
@@ -84,7 +88,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
                 return
             self.call_soon_threadsafe(_settle, fut, value, None)
 
-        self.k.spawn(self.proc, f"{self.proc.name}/io", work, quiet=True)
+        self.k.spawn(self.proc, self._io_name, work, quiet=True)
         return fut
 
 

@@ -88,28 +88,37 @@ class Wire:
     def call(self, name: str, write: bool, op: Callable[[], Any], key: str | None = None) -> Any:
         """One round trip: request, apply, answer (or the fault's version of it). ``key``: the
         job the call is about (for ``held`` writes)."""
+        # The hottest path of a history: each fault's check is ``_fault``'s, inlined where its
+        # probability is zero or faults are over (no draw is made then, as ``_fault`` makes none).
         k = self.k
+        rng = self.rng
         self.stats.calls += 1
         plan = self.plan
-        if key is not None and write and self._fault("held", plan.held):
+        faulty = k.t < self.faults_until
+        if faulty and write and key is not None and plan.held > 0 and self._fault("held", plan.held):
             self._hold(name, key)
+            faulty = k.t < self.faults_until
         # Between the caller's last check and its request landing, anything can stall it: these
         # are the moments a fenced worker's late write or a step run past a cancel come from.
-        if self._fault("hiccup", plan.hiccup):
-            k.sleep(0.3 + 2.7 * self.rng.random())
-        elif self._fault("freeze", plan.freeze) and k.current is not None:
-            until = k.t + self.rng.choice([5.0 + 20.0 * self.rng.random(), 30.0 + 60.0 * self.rng.random()])
+        if faulty and plan.hiccup > 0 and self._fault("hiccup", plan.hiccup):
+            k.sleep(0.3 + 2.7 * rng.random())
+        elif faulty and plan.freeze > 0 and self._fault("freeze", plan.freeze) and k.current is not None:
+            until = k.t + rng.choice([5.0 + 20.0 * rng.random(), 30.0 + 60.0 * rng.random()])
             k.current.proc.paused_until = max(k.current.proc.paused_until, until)
             self._note(name, f"! process frozen until {until:.1f}")
-        k.sleep(self.latency())
-        if self._fault("throttled", plan.throttle):
+        r = rng.random()  # the request's latency (``latency``)
+        k.park(0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * rng.random())
+        faulty = k.t < self.faults_until
+        if faulty and plan.throttle > 0 and self._fault("throttled", plan.throttle):
             self._note(name, "! throttled")
             raise TransientStoreError(f"{name}: throttled (simulated, after the SDK's retries)")
-        if write and self._fault("lost_write", plan.lost_write):
-            k.sleep(1.0 + self.rng.random())
-            self._note(name, "! timed out, not applied")
-            raise TransientStoreError(f"{name}: timed out (simulated)")
-        ambiguous = write and self._fault("ambiguous", plan.ambiguous)
+        ambiguous = False
+        if faulty and write:
+            if plan.lost_write > 0 and self._fault("lost_write", plan.lost_write):
+                k.sleep(1.0 + rng.random())
+                self._note(name, "! timed out, not applied")
+                raise TransientStoreError(f"{name}: timed out (simulated)")
+            ambiguous = plan.ambiguous > 0 and self._fault("ambiguous", plan.ambiguous)
         try:
             result = op()
             error: BaseException | None = None
@@ -131,7 +140,8 @@ class Wire:
             self._note(name, f"~ applied, retried: {_brief(result, error)}")
         if key is not None and self.holds:
             self._nudge(key)
-        k.sleep(self.latency())
+        r = rng.random()  # the answer's latency
+        k.park(0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * rng.random())
         if k._trace is not None and not ambiguous:
             self._note(name, _brief(result, error))
         if error is not None:

@@ -34,12 +34,12 @@ from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.service.watch import WatchHub
-from alfred_jobs.settings import Settings
 from alfred_tools.sim.agent import Observer, SimAgent
 from alfred_tools.sim.aio import VirtualLoop
 from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimPending, SimTasks
 from alfred_tools.sim.push import SimNotifier, shared_devices
 from alfred_tools.sim.queue import QueueFaults, SimQueue
+from alfred_tools.sim.settings import sim_settings
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
     CONVERSATION_WRITES,
@@ -155,7 +155,7 @@ class World:
         self.seed = seed
         self.k = k = Kernel(seed, trace)
         self.cfg = cfg = draw_config(k, min_jobs)
-        self.settings = Settings.model_validate({
+        self.settings = sim_settings({
             "max_running_per_user": cfg.max_running, "max_active_per_user": cfg.max_active,
             "retention_seconds": cfg.retention, "input_timeout_seconds": min(86400.0, cfg.retention / 2),
             "agent": "demo", "deployment": "local", "auth_mode": "local"})
