@@ -147,6 +147,32 @@ class GateStore(Protocol):
         ``ConditionFailed`` if a later attempt stamped the entry."""
 
 
+class StreamSlots(Protocol):
+    """The open streams and long-polls of each user, counted across every process: each one holds
+    a slot, a lease named by its ``holder`` (an id of its own) until ``until``, which its stream
+    renews and its end gives back. A slot whose lease has run out counts as free (DynamoDB's TTL
+    deletes late: an expired lease reads as gone), so a process that died holding slots (SIGKILL,
+    a Lambda timeout) has them back within one lease period.
+
+    Every change is one conditional write; the one read (``holders``) is strongly consistent. A
+    write the SDK retried after it landed meets its own slot and counts it once, held."""
+
+    def take(self, user_id: str, holder: str, cap: int, until: float) -> bool:
+        """Hold a slot for ``holder`` until ``until`` if the user holds fewer than ``cap`` live
+        ones (``holder``'s own, if it holds one already, is renewed, never counted twice). False,
+        and nothing written, if the user is at the cap."""
+
+    def renew(self, user_id: str, holder: str, until: float) -> bool:
+        """Extend ``holder``'s slot to ``until``; False if it holds none any more (its lease ran
+        out and another take cleared it: the caller lost its slot)."""
+
+    def release(self, user_id: str, holder: str) -> None:
+        """Give the slot back. Idempotent: a slot already gone (released, or cleared) is no error."""
+
+    def holders(self, user_id: str) -> dict[str, float]:
+        """The user's live slots: holder -> the end of its lease (strongly consistent)."""
+
+
 class EventLog(Protocol):
     """Per-job ordered log. ``append`` is a conditional put on (job_id, seq): the log is the fence."""
 
@@ -259,6 +285,8 @@ class Deps:
     # Web Push (issue 14): None where a process sends or stores no pushes.
     push: PushStore | None = None
     notifier: Notifier | None = None
+    # The per-user stream cap across processes (issue 26): None where a process serves no streams.
+    stream_slots: StreamSlots | None = None
     clock: Clock = field(default_factory=SystemClock)
     tasks: Tasks = field(default_factory=ThreadTasks)
     # Fresh ids (job ids without an Idempotency-Key, lease owners): random by default, the

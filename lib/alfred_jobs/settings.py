@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     events_table: str = "alfred-job-events"
     conversations_table: str = "alfred-conversations"
     agent_data_table: str = "alfred-agent-data"
+    stream_slots_table: str = "alfred-stream-slots"
     queue_name: str = "alfred-jobs"
     dlq_name: str = "alfred-jobs-dlq"
     queue_url: str | None = None
@@ -104,10 +105,14 @@ class Settings(BaseSettings):
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     stream_poll_min_seconds: float = Field(default=0.05, gt=0)
     stream_poll_max_seconds: float = Field(default=0.2, gt=0)
-    # Open SSE streams + long-polls at once, per user and per stream token, in one process (a 429
-    # too_many_streams past them; see docs/streaming.md, "Limits").
-    max_streams_per_user: int = Field(default=20, ge=1)
+    # Open SSE streams + long-polls at once (a 429 too_many_streams past them; see
+    # docs/streaming.md, "Limits"): per user across every process (a slot in the stream slots
+    # table, see service/stream_slots.py), and per stream token in one process.
+    max_streams_per_user: int = Field(default=20, ge=1, le=1000)
     max_streams_per_token: int = Field(default=5, ge=1)
+    # A stream's slot is a lease its stream renews every third of this: a process that dies
+    # without giving its slots back (SIGKILL, a Lambda timeout) has them back within it.
+    stream_slot_lease_seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
 
     # --- auth --------------------------------------------------------------------------
     # "local": verify HS256 bearer tokens in-process (dev, tests).

@@ -21,6 +21,7 @@ TABLES = {
     "EventsTable": "events_table",
     "ConversationsTable": "conversations_table",
     "AgentDataTable": "agent_data_table",
+    "StreamSlotsTable": "stream_slots_table",
 }
 QUEUES = {"JobsDeadLetterQueue": "dlq_name", "JobsQueue": "queue_name"}  # DLQ first: the redrive needs it
 

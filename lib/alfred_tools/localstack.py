@@ -62,7 +62,8 @@ def resource_env(prefix: str) -> dict[str, str]:
     """Physical names under ``prefix``: stacks share an emulator, never tables or queues."""
     return {"ALFRED_JOBS_TABLE": f"{prefix}-jobs", "ALFRED_EVENTS_TABLE": f"{prefix}-events",
             "ALFRED_CONVERSATIONS_TABLE": f"{prefix}-conversations",
-            "ALFRED_AGENT_DATA_TABLE": f"{prefix}-agent-data", "ALFRED_QUEUE_NAME": f"{prefix}-q",
+            "ALFRED_AGENT_DATA_TABLE": f"{prefix}-agent-data",
+            "ALFRED_STREAM_SLOTS_TABLE": f"{prefix}-stream-slots", "ALFRED_QUEUE_NAME": f"{prefix}-q",
             "ALFRED_DLQ_NAME": f"{prefix}-dlq"}
 
 

@@ -225,7 +225,8 @@ def test_resources_created_locally_match_the_template() -> None:
     with start_dev(workers=1) as dev:
         ddb, sqs = aws_client("dynamodb", dev), aws_client("sqs", dev)
         tables = {"JobsTable": "ALFRED_JOBS_TABLE", "EventsTable": "ALFRED_EVENTS_TABLE",
-                  "ConversationsTable": "ALFRED_CONVERSATIONS_TABLE", "AgentDataTable": "ALFRED_AGENT_DATA_TABLE"}
+                  "ConversationsTable": "ALFRED_CONVERSATIONS_TABLE", "AgentDataTable": "ALFRED_AGENT_DATA_TABLE",
+                  "StreamSlotsTable": "ALFRED_STREAM_SLOTS_TABLE"}
         for logical, var in tables.items():
             props = template[logical]["Properties"]
             desc = ddb.describe_table(TableName=dev.env[var])["Table"]

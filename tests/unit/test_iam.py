@@ -51,6 +51,11 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SubmitFunction", "secretsmanager", "GetSecretValue", "VapidSecret", None),
     # a submit refused after its put (429, 409) deletes the record
     ("SubmitFunction", "dynamodb", "DeleteItem", "JobsTable", None),
+    # a long-poll that waits holds a stream slot: take (UpdateItem; PutItem of a user's first
+    # item), the read of a refused take (GetItem), the give-back (UpdateItem)
+    ("SubmitFunction", "dynamodb", "UpdateItem", "StreamSlotsTable", None),
+    ("SubmitFunction", "dynamodb", "PutItem", "StreamSlotsTable", None),
+    ("SubmitFunction", "dynamodb", "GetItem", "StreamSlotsTable", None),
     # worker: lease, journal, projection, conversation turn, step effects, agent data
     ("WorkerFunction", "dynamodb", "GetItem", "JobsTable", None),
     ("WorkerFunction", "dynamodb", "UpdateItem", "JobsTable", None),
@@ -93,11 +98,19 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("StreamFunction", "dynamodb", "GetItem", "JobsTable", None),
     ("StreamFunction", "dynamodb", "GetItem", "EventsTable", None),
     ("StreamFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
+    # the per-user stream cap: take, renew and give back a slot (as the submit function's long-poll)
+    ("StreamFunction", "dynamodb", "UpdateItem", "StreamSlotsTable", None),
+    ("StreamFunction", "dynamodb", "PutItem", "StreamSlotsTable", None),
+    ("StreamFunction", "dynamodb", "GetItem", "StreamSlotsTable", None),
 ]
 
 # Least privilege: calls a function must NOT be able to make.
 NOT_ALLOWED: list[tuple[str, str, str, str]] = [
     ("StreamFunction", "dynamodb", "PutItem", "EventsTable"),
+    # the public stream function writes its slots and nothing else
+    ("StreamFunction", "dynamodb", "UpdateItem", "JobsTable"),
+    ("StreamFunction", "dynamodb", "DeleteItem", "StreamSlotsTable"),
+    ("WorkerFunction", "dynamodb", "UpdateItem", "StreamSlotsTable"),
     ("StreamFunction", "secretsmanager", "GetSecretValue", "CursorSecret"),
     ("WorkerFunction", "secretsmanager", "GetSecretValue", "StreamTokenSecret"),
     ("StreamFunction", "secretsmanager", "GetSecretValue", "VapidSecret"),

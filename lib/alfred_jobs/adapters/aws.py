@@ -610,6 +610,111 @@ class DynamoGateStore:
         raise TransientStoreError(f"could not remove {job_id} from its gate")
 
 
+# ---- stream slots -----------------------------------------------------------------------------
+
+SLOT_ITEM_SECONDS = 86400  # a slots item's TTL past its latest take or renewal: longer than any lease
+SLOTS_CLEARED_PER_WRITE = 25  # expired slots one write clears (an expression's size is bounded)
+
+
+class DynamoStreamSlots:
+    """Each user's stream slots as one item of the stream slots table (key ``user_id``): ``h`` maps
+    each holder to the end of its lease. A take is one UpdateItem, ``SET h.<holder>`` on the
+    condition that the holder is there already (the SDK's retry of a take that landed: counted
+    once) or ``size(h)`` is under the cap. ``size(h)`` counts expired leases too, so the condition
+    alone can refuse but never over-admit; a refused take reads the item (strongly consistent) and
+    clears the expired leases it finds, each on the condition that it still holds the value read
+    (a renewal meanwhile keeps it), then tries again. TTL (``expires_at``, a day past the latest
+    take or renewal, so never before a live lease ends) only removes idle users' items."""
+
+    def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
+        self._c = clients
+        self._table = settings.stream_slots_table
+        self._clock = clock or SystemClock()
+
+    def _key(self, user_id: str) -> dict[str, Any]:
+        return serialize({"user_id": user_id})
+
+    def _update(self, user_id: str, update: str, condition: str, names: dict[str, str],
+                values: dict[str, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {"ExpressionAttributeValues": serialize(values)} if values else {}
+        with mapped_errors():
+            self._c.dynamodb.update_item(TableName=self._table, Key=self._key(user_id), UpdateExpression=update,
+                                         ConditionExpression=condition, ExpressionAttributeNames=names, **kwargs)
+
+    def _read(self, user_id: str) -> dict[str, float] | None:
+        with mapped_errors():
+            out = self._c.dynamodb.get_item(TableName=self._table, Key=self._key(user_id), ConsistentRead=True)
+        if "Item" not in out:
+            return None
+        return {h: float(t) for h, t in (deserialize(out["Item"]).get("h") or {}).items()}
+
+    def _lease(self, until: float) -> dict[str, Any]:
+        return {":until": until, ":x": int(max(self._clock.now(), until)) + SLOT_ITEM_SECONDS}
+
+    def take(self, user_id: str, holder: str, cap: int, until: float) -> bool:
+        # Each round either lands, or finds the cap reached by live leases, or changes the item
+        # (creates it, clears expired leases) or sees another take or release land: bounded.
+        for _ in range(cap + 8):
+            try:
+                self._update(user_id, "SET h.#me = :until, expires_at = :x",
+                             "attribute_exists(h) AND (attribute_exists(h.#me) OR size(h) < :cap)",
+                             {"#me": holder}, {**self._lease(until), ":cap": cap})
+                return True
+            except ConditionFailed:
+                pass
+            held = self._read(user_id)
+            if held is None:
+                self._create(user_id)
+                continue
+            now = self._clock.now()
+            expired = [(h, t) for h, t in held.items() if t <= now]
+            if expired:
+                self._clear(user_id, expired[:SLOTS_CLEARED_PER_WRITE])
+            elif holder not in held and len(held) >= cap:
+                return False
+        return False
+
+    def _create(self, user_id: str) -> None:
+        """The user's first slot (or first since TTL removed the item): an empty item. Losing the race is fine."""
+        try:
+            with mapped_errors():
+                self._c.dynamodb.put_item(
+                    TableName=self._table,
+                    Item=serialize({"user_id": user_id, "h": {},
+                                    "expires_at": int(self._clock.now()) + SLOT_ITEM_SECONDS}),
+                    ConditionExpression="attribute_not_exists(user_id)")
+        except ConditionFailed:
+            pass
+
+    def _clear(self, user_id: str, expired: list[tuple[str, float]]) -> None:
+        """Remove expired leases, each only if it still ends where it did when read."""
+        names = {f"#e{i}": h for i, (h, _) in enumerate(expired)}
+        values = {f":t{i}": t for i, (_, t) in enumerate(expired)}
+        try:
+            self._update(user_id, "REMOVE " + ", ".join(f"h.{n}" for n in names),
+                         " AND ".join(f"h.#e{i} = :t{i}" for i in range(len(expired))), names, values)
+        except ConditionFailed:
+            pass  # renewed, released or cleared meanwhile: the caller reads again
+
+    def renew(self, user_id: str, holder: str, until: float) -> bool:
+        try:
+            self._update(user_id, "SET h.#me = :until, expires_at = :x", "attribute_exists(h.#me)",
+                         {"#me": holder}, self._lease(until))
+            return True
+        except ConditionFailed:
+            return False
+
+    def release(self, user_id: str, holder: str) -> None:
+        try:
+            self._update(user_id, "REMOVE h.#me", "attribute_exists(h.#me)", {"#me": holder})
+        except ConditionFailed:
+            pass  # gone already
+
+    def holders(self, user_id: str) -> dict[str, float]:
+        now = self._clock.now()
+        return {h: t for h, t in (self._read(user_id) or {}).items() if t > now}
+
+
 # ---- events ------------------------------------------------------------------------------
 
 

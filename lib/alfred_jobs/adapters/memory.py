@@ -288,6 +288,50 @@ class MemoryGateStore:
             return self._gate(entries)
 
 
+class MemoryStreamSlots:
+    """Each user's stream slots, with the conditions of ``DynamoStreamSlots``: a take counts every
+    slot still listed (an expired one too) until a take that finds the user at the cap clears the
+    expired ones, as the adapter's does; an expired lease reads as gone."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.slots: dict[str, dict[str, float]] = {}  # user -> holder -> lease end
+        self.lock = threading.RLock()
+        self.writes = 0
+        self.clock = clock or SystemClock()
+
+    def take(self, user_id: str, holder: str, cap: int, until: float) -> bool:
+        with self.lock:
+            mine = self.slots.setdefault(user_id, {})
+            if holder not in mine and len(mine) >= cap:
+                now = self.clock.now()
+                for h in [h for h, t in mine.items() if t <= now]:
+                    del mine[h]  # expired: gone
+                if len(mine) >= cap:
+                    return False
+            mine[holder] = until
+            self.writes += 1
+            return True
+
+    def renew(self, user_id: str, holder: str, until: float) -> bool:
+        with self.lock:
+            mine = self.slots.get(user_id, {})
+            if holder not in mine:
+                return False
+            mine[holder] = until
+            self.writes += 1
+            return True
+
+    def release(self, user_id: str, holder: str) -> None:
+        with self.lock:
+            if self.slots.get(user_id, {}).pop(holder, None) is not None:
+                self.writes += 1
+
+    def holders(self, user_id: str) -> dict[str, float]:
+        with self.lock:
+            now = self.clock.now()
+            return {h: t for h, t in self.slots.get(user_id, {}).items() if t > now}
+
+
 class MemoryEventLog:
     """Events with their expiry: an expired event reads as gone and its slot is free, as in DynamoDB."""
 
@@ -438,4 +482,4 @@ def memory_deps(settings: Settings | None = None, clock: Clock | None = None,
                 conversations=MemoryConversationStore(c), queue=MemoryJobQueue(),
                 agent_data=MemoryAgentDataStore(c), gates=MemoryGateStore(c),
                 push=MemoryPushStore(s.max_push_subscriptions, c), notifier=RecordingNotifier(),
-                clock=c, tasks=tasks or ThreadTasks())
+                stream_slots=MemoryStreamSlots(c), clock=c, tasks=tasks or ThreadTasks())

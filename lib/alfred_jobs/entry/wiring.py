@@ -16,6 +16,7 @@ from alfred_jobs.adapters.aws import (
     DynamoEventLog,
     DynamoGateStore,
     DynamoJobStore,
+    DynamoStreamSlots,
     SqsJobQueue,
 )
 from alfred_jobs.adapters.push import aws_push
@@ -49,4 +50,5 @@ def aws_deps(settings: Settings, clients: AwsClients | None = None, clock: Clock
     return Deps(settings=settings, jobs=DynamoJobStore(c, settings, t), log=DynamoEventLog(c, settings, t),
                 conversations=DynamoConversationStore(c, settings, t), queue=SqsJobQueue(c),
                 agent_data=DynamoAgentDataStore(c, settings, t), gates=DynamoGateStore(c, settings, t),
-                push=push, notifier=notifier, clock=t, tasks=tasks or ThreadTasks())
+                push=push, notifier=notifier, stream_slots=DynamoStreamSlots(c, settings, t),
+                clock=t, tasks=tasks or ThreadTasks())

@@ -26,8 +26,9 @@ a ``Slot`` from ``WatchHub.admit`` while it is open, at most ``max_per_user`` pe
 ``ALFRED_MAX_STREAMS_PER_TOKEN``, 5); one more is ``TooManyRequests`` (429 ``too_many_streams``,
 ``Retry-After``). A slot is released when its stream ends, however it ends (the client went
 away, the job ended, an error), and when its long-poll answers. The count is this process's:
-what one process can enforce. A deployment of many processes (Lambda: one request per execution
-environment) needs its own bound on top; see docs/streaming.md, "Limits".
+what one process can enforce. The per-user cap across processes (Lambda: one request per
+execution environment) is a slot in the stream slots table on top (``service/stream_slots.py``),
+given back through ``Slot.also``; see docs/streaming.md, "Limits".
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -299,12 +300,23 @@ class Slot:
         self.user = user
         self._token_key = token_key
         self.released = False
+        self._then: list[Callable[[], object]] = []
+
+    def also(self, give_back: Callable[[], object]) -> None:
+        """Run ``give_back`` on release too (it must not block: it starts the store write of the
+        stream's slot in the background, ``Deps.tasks``)."""
+        self._then.append(give_back)
 
     def release(self) -> None:
         if self.released:
             return
         self.released = True
         self._hub._give_back(self.user, self._token_key)
+        for give_back in self._then:
+            try:
+                give_back()
+            except Exception:  # a pool shutting down: the slot's lease frees it
+                log.warning("giving back a stream slot failed", exc_info=True)
 
     def __enter__(self) -> Slot:
         return self

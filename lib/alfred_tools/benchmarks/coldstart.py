@@ -113,6 +113,7 @@ def lambda_env(stack: BenchStack, home: Path) -> dict[str, str]:
         # template.yaml's Globals.Function.Environment
         "ALFRED_AUTH_MODE": "apigw", "ALFRED_JOBS_TABLE": s.jobs_table, "ALFRED_EVENTS_TABLE": s.events_table,
         "ALFRED_CONVERSATIONS_TABLE": s.conversations_table, "ALFRED_AGENT_DATA_TABLE": s.agent_data_table,
+        "ALFRED_STREAM_SLOTS_TABLE": s.stream_slots_table,
         "ALFRED_QUEUE_URL": stack.clients.queue_url, "ALFRED_DLQ_URL": stack.clients.dlq_url,
         "ALFRED_RETENTION_SECONDS": _template_value("RetentionSeconds", "604800"),
         "ALFRED_LEASE_SECONDS": _template_value("LeaseSeconds", "30"),

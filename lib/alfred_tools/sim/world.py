@@ -22,6 +22,7 @@ from alfred_jobs.adapters.memory import (
     MemoryEventLog,
     MemoryGateStore,
     MemoryJobStore,
+    MemoryStreamSlots,
 )
 from alfred_jobs.adapters.push_memory import MemoryPushStore
 from alfred_jobs.domain.events import replay
@@ -32,11 +33,12 @@ from alfred_jobs.entry.worker import handle_message
 from alfred_jobs.exceptions import ClientError, EventsExpired, RetryLater, StoreError, TooManyRequests
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.stream_slots import StreamCap, StreamLease
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.service.watch import WatchHub
 from alfred_tools.sim.agent import Observer, SimAgent
 from alfred_tools.sim.aio import VirtualLoop
-from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimPending, SimTasks
+from alfred_tools.sim.kernel import EPOCH, Kernel, Process, SimClock, SimPending, SimTasks
 from alfred_tools.sim.push import SimNotifier, shared_devices
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.settings import sim_settings
@@ -72,6 +74,7 @@ INVOCATION_BUDGETS = (None, None, 120.0, 30.0, 10.0, 7.0)
 # A job handed on at its budget starts its next attempt as soon as a worker is free: a worker
 # idle this long while it waits means its message or its lease was left behind.
 HANDED_ON_SECONDS = 5.0
+SLOT_WRITES = frozenset({"take", "renew", "release"})  # the stream slots' writes (a round trip each)
 
 
 @dataclass
@@ -93,6 +96,8 @@ class Config:
     busy_queue: bool         # the queue is shared with a busy app: its backlog is never zero
     retention: int           # seconds a job lives (short in some histories: ids come back)
     reuse: bool              # a user reuses an Idempotency-Key after retention (guarantee 11)
+    stream_cap: int = 20     # open streams per user across the stream processes (issue 26)
+    slot_lease: float = 30.0  # a stream slot's lease (a killed stream process's slots free within it)
 
 
 def r_busy(k: Kernel) -> Callable[[], int]:
@@ -107,7 +112,7 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         throttle=r.choice([0.0, 0.005, 0.02]), lost_write=r.choice([0.0, 0.003, 0.01]),
         ambiguous=r.choice([0.0, 0.005, 0.02]), stale=r.choice([0.0, 0.2, 0.6]),
         long_lag=r.choice([0.0, 0.1, 0.3]))
-    return Config(
+    config = Config(
         users=r.randint(1, 4), jobs=min_jobs + r.randint(0, 6), workers=r.choice([1, 1, 2, 3]),
         max_running=r.randint(1, 2), max_active=r.randint(3, 8),
         fault_seconds=r.uniform(30, 120), plan=plan if calm else replace(
@@ -121,6 +126,7 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         flood=r.random() < 0.3, busy_queue=r.random() < 0.5,
         **({"retention": r.randint(150, 300), "reuse": True} if r.random() < 0.25
            else {"retention": 7 * 86400, "reuse": False}))
+    return replace(config, stream_cap=r.choice([2, 3, 5, 20]), slot_lease=r.choice([10.0, 30.0]))
 
 
 def result_job(body: str) -> str:
@@ -158,7 +164,8 @@ class World:
         self.settings = sim_settings({
             "max_running_per_user": cfg.max_running, "max_active_per_user": cfg.max_active,
             "retention_seconds": cfg.retention, "input_timeout_seconds": min(86400.0, cfg.retention / 2),
-            "agent": "demo", "deployment": "local", "auth_mode": "local"})
+            "agent": "demo", "deployment": "local", "auth_mode": "local",
+            "max_streams_per_user": cfg.stream_cap, "stream_slot_lease_seconds": cfg.slot_lease})
         self.stats = Stats()
         self.wire = Wire(k, cfg.plan, self.stats)
         self.wire.faults_until = cfg.fault_seconds
@@ -175,6 +182,8 @@ class World:
         self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
         self.inner_push = MemoryPushStore(s.max_push_subscriptions, clock)
         self.push = Through(self.wire, "push", self.inner_push, PUSH_WRITES)
+        self.inner_slots = CheckedSlots(self, clock)
+        self.stream_slots = Through(self.wire, "slots", self.inner_slots, SLOT_WRITES)
         self.notifier = SimNotifier(wire=self.wire, store=self.inner_push)
         self.queue = SimQueue(k, self.wire, visibility_timeout=720.0, max_receives=5, faults=cfg.queue,
                               others=r_busy(k) if cfg.busy_queue else None)
@@ -203,7 +212,7 @@ class World:
         return Deps(settings=self.settings, jobs=self.jobs, log=self.log,
                     conversations=self.conversations, queue=self.queue,
                     agent_data=self.agent_data, gates=self.gates,
-                    push=self.push, notifier=self.notifier,
+                    push=self.push, notifier=self.notifier, stream_slots=self.stream_slots,
                     clock=SimClock(self.k), tasks=SimTasks(self.k, proc), new_id=self.new_id)
 
     def new_id(self) -> str:
@@ -326,9 +335,16 @@ class World:
                 self.k.log("chaos", f"SIGSTOP {w.name} until {until:.1f}")
                 w.paused_until = until
 
+        def stream_crashes() -> None:
+            while self.faulty:
+                self.k.sleep(r.expovariate(1 / (2 * cfg.crash_every)))
+                if self.faulty:
+                    self.stream.crash()
+
         chaos = Process("chaos")
         if cfg.crash_every:
             self.k.spawn(chaos, "chaos/crash", crashes)
+            self.k.spawn(chaos, "chaos/crash-stream", stream_crashes)
         if cfg.pause_every:
             self.k.spawn(chaos, "chaos/pause", pauses)
 
@@ -599,6 +615,7 @@ class World:
             for user, (entries, _) in self.inner_gates.gates.items():
                 self.found.check("gate_within_max_active", len(entries) <= self.settings.max_active_per_user,
                                  lambda user=user, entries=entries: f"{user}'s gate holds {len(entries)} entries")  # type: ignore[misc]
+            self.stream.check_slots()
             if not self.faulty and n % 2 == 0:
                 self._check_handoffs()
                 self._check_handed_on()
@@ -725,9 +742,43 @@ class World:
         return True
 
 
+class CheckedSlots(MemoryStreamSlots):
+    """The slot store, checked where it decides: a take is refused only while the user holds the
+    cap of live slots (an expired one counts as free: a killed stream's slot comes back)."""
+
+    def __init__(self, w: World, clock: SimClock) -> None:
+        super().__init__(clock)
+        self.w = w
+
+    def take(self, user_id: str, holder: str, cap: int, until: float) -> bool:
+        taken = super().take(user_id, holder, cap, until)
+        live = len(self.holders(user_id))
+        self.w.found.check("stream_slots_refused_only_at_the_cap", taken or live >= cap,
+                           lambda: f"a stream of {user_id} was refused a slot while it held {live} of {cap}")
+        return taken
+
+
+@dataclass(eq=False)
+class StreamHost:
+    """One stream process, as far as its connections can tell: killed at ``killed`` (virtual)."""
+
+    name: str
+    killed: float | None = None
+
+
 class Stream:
     """The stream function: the real ``WatchHub`` on an asyncio loop in virtual time, serving
-    watchers that check every event arrives once, in order, from their cursor (guarantee 3)."""
+    watchers that check every event arrives once, in order, from their cursor (guarantee 3).
+
+    Each connection holds a slot of its user's (``StreamCap``, over the simulated store with its
+    faults), renewed as the SSE handler renews it (``stream_api.sse_stream``: between batches,
+    every third of a lease period) and given back when it ends. Chaos kills the stream process
+    its connections run in (``StreamHost``: asyncio allows one running loop per thread, so the
+    hosts share the loop, and a killed host's connections stop at their next step without giving
+    anything back, their store calls in flight landing or not, as a SIGKILL leaves them); new
+    connections go to a new host. Checked every second: never more than the cap of live slots per
+    user, nor of open streams holding one; a killed host's slots read as free within one lease
+    period of its death, never renewed after it."""
 
     def __init__(self, w: World) -> None:
         self.w = w
@@ -735,6 +786,11 @@ class Stream:
         self.loop: VirtualLoop | None = None
         self.hub: WatchHub | None = None
         self.open_watchers = 0
+        self.host = StreamHost("stream1")
+        self.hosts = 1
+        self.streaming: dict[str, tuple[str, StreamHost]] = {}  # holder -> (user, its host): open streams
+        self.dead: list[tuple[str, str, float]] = []  # (user, holder, killed at): a killed host's slots
+        self.refused = 0
 
     def start(self) -> None:
         def host() -> None:
@@ -749,51 +805,144 @@ class Stream:
 
         self.w.k.spawn(self.proc, "stream/loop", host)
 
+    def crash(self) -> None:
+        """SIGKILL the current stream host (its connections die holding their slots); new
+        connections go to a new one."""
+        w, dead = self.w, self.host
+        w.k.log("chaos", f"SIGKILL {dead.name}")
+        dead.killed = w.k.now()
+        for holder, (user, host) in list(self.streaming.items()):
+            if host is dead:
+                del self.streaming[holder]
+                self.dead.append((user, holder, dead.killed))
+        self.hosts += 1
+        self.host = StreamHost(f"stream{self.hosts}")
+
     async def _forever(self) -> None:
         while True:
             await asyncio.sleep(3600.0)
 
     def open(self, job_id: str, cursor: int, delay: float = 0.0) -> None:
         """A client connects (from a user's task: handed to the loop, as a request would be)."""
-        if self.loop is None:
+        loop = self.loop
+        if loop is None:
             return
         self.open_watchers += 1
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._watcher(job_id, cursor, delay)))
+        host = self.host
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._watcher(job_id, cursor, host, delay)))
 
-    async def _watcher(self, job_id: str, cursor: int, delay: float = 0.0) -> None:
+    def check_slots(self) -> None:
+        w, now = self.w, self.w.k.now()
+        cap, lease = w.settings.max_streams_per_user, w.settings.stream_slot_lease_seconds
+        for user in list(w.inner_slots.slots):
+            live = w.inner_slots.holders(user)
+            w.found.check("stream_slots_within_cap", len(live) <= cap,
+                          lambda user=user, live=live: f"{user} holds {len(live)} live stream slots (cap {cap})")  # type: ignore[misc]
+            streaming = [h for h, (u, _) in self.streaming.items() if u == user and h in live]
+            w.found.check("stream_slots_within_cap", len(streaming) <= cap,
+                          lambda user=user, streaming=streaming: f"{user} has {len(streaming)} open streams holding "  # type: ignore[misc]
+                                                                 f"slots (cap {cap})")
+        # Once faults stop (and a renewal they failed has been tried again), an open stream on a
+        # live host holds its slot with a third of a lease or more in hand: renewed every third,
+        # so two renewals can fail before it runs out (a process frozen lately excepted).
+        if w.k.t > w.cfg.fault_seconds + 2.0 and self.proc.paused_until < w.k.t - lease:
+            for holder, (user, _) in self.streaming.items():
+                until = w.inner_slots.slots.get(user, {}).get(holder, 0.0)
+                w.found.check("open_streams_hold_their_slots", until > now + lease / 3,
+                              lambda user=user, holder=holder, until=until: (  # type: ignore[misc]
+                                  f"{user}'s stream {holder} is open; its slot's lease ended at {until - EPOCH:.1f}"))
+        left = []
+        for user, holder, killed in self.dead:
+            until = w.inner_slots.slots.get(user, {}).get(holder)
+            w.found.check("killed_stream_slots_free_within_a_lease", until is None or until <= killed + lease,
+                          lambda user=user, holder=holder, killed=killed, until=until: (  # type: ignore[misc]
+                              f"{user}'s slot {holder} of a stream process killed at {killed - EPOCH:.1f} "
+                              f"is held until {(until or 0) - EPOCH:.1f}"))
+            if now <= killed + lease:
+                left.append((user, holder, killed))
+        self.dead = left
+
+    async def _take(self, user: str, host: StreamHost) -> StreamLease | None:
+        """A slot for one connection: a 429 waits its Retry-After, a 503 a moment; None to give up
+        (or the host died meanwhile: a slot it took is left to its lease)."""
+        w = self.w
+        cap = StreamCap(w.stream_slots, w.settings.max_streams_per_user, w.settings.stream_slot_lease_seconds,
+                        SimClock(w.k), w.new_id)
+        for _ in range(20):
+            faulty = w.faulty  # when the request went (a fault's answer can come after they stop)
+            try:
+                lease: StreamLease = await asyncio.to_thread(cap.take, user)
+            except TooManyRequests as refused:
+                self.refused += 1
+                await asyncio.sleep(refused.retry_after)
+            except StoreError:
+                w.found.check("no_5xx_unless_the_store_fails", faulty,
+                              lambda: f"a stream of {user} was refused its slot with a 5xx after faults stopped")
+                await asyncio.sleep(1.0)
+            else:
+                if host.killed is not None:
+                    self.dead.append((user, lease.holder, host.killed))
+                    return None
+                return lease
+            if host.killed is not None:
+                return None
+        return None
+
+    async def _watcher(self, job_id: str, cursor: int, host: StreamHost, delay: float = 0.0) -> None:
         w, r = self.w, self.w.k.rng
         try:
             if delay:
                 await asyncio.sleep(delay)
             for _ in range(50):  # connections
                 job = await asyncio.to_thread(w.jobs.get, job_id)
-                if job is None or self.hub is None:
+                if job is None or host.killed is not None:
                     return
+                lease = await self._take(job.user_id, host)
+                if lease is None or self.hub is None:
+                    return
+                self.streaming[lease.holder] = (job.user_id, host)
                 idle = 0.0
-                async with self.hub.watch(job, cursor, stream=True) as watcher:
-                    while idle < 20.0:
-                        try:
-                            evs = await watcher.next_batch(10.0)
-                        except EventsExpired:
-                            rec = w.inner_jobs.items.get(job_id)
-                            w.found.check("watchers_see_each_event_once_in_order",
-                                          rec is None or rec.expired(w.k.now()),
-                                          lambda c=cursor: f"a watcher of {job_id} after {c} was told its "  # type: ignore[misc]
-                                                           f"events expired; they had not")
-                            return
-                        idle = idle + 10.0 if not evs else 0.0
-                        for ev in evs:
-                            truth = w.inner_log.items.get((job_id, ev.seq))
-                            w.found.check("watchers_see_each_event_once_in_order",
-                                          ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
-                                          lambda ev=ev, c=cursor: f"a watcher of {job_id} after {c} got seq {ev.seq}")  # type: ignore[misc]
-                            cursor = ev.seq
-                        if watcher.done:
-                            return
-                        if evs and r.random() < 0.1:
-                            break  # the network blinks: reconnect from the cursor
-                    else:
-                        return  # nothing for a while: the page was closed
+                closed = False
+                try:
+                    async with self.hub.watch(job, cursor, stream=True) as watcher:
+                        while idle < 20.0 and host.killed is None:
+                            wait = min(10.0, lease.seconds_to_renewal())
+                            try:
+                                evs = await watcher.next_batch(wait)
+                            except EventsExpired:
+                                rec = w.inner_jobs.items.get(job_id)
+                                w.found.check("watchers_see_each_event_once_in_order",
+                                              rec is None or rec.expired(w.k.now()),
+                                              lambda c=cursor: f"a watcher of {job_id} after {c} was told its "  # type: ignore[misc]
+                                                               f"events expired; they had not")
+                                return
+                            if host.killed is not None:
+                                return
+                            idle = idle + wait if not evs else 0.0
+                            for ev in evs:
+                                truth = w.inner_log.items.get((job_id, ev.seq))
+                                w.found.check("watchers_see_each_event_once_in_order",
+                                              ev.seq == cursor + 1 and truth is not None and truth.id == ev.id,
+                                              lambda ev=ev, c=cursor: (  # type: ignore[misc]
+                                                  f"a watcher of {job_id} after {c} got seq {ev.seq}"))
+                                cursor = ev.seq
+                            if watcher.done:
+                                return
+                            if lease.due and not await asyncio.to_thread(lease.renew):
+                                break  # the slot is lost for good: the stream ends, the page reconnects
+                            if evs and r.random() < 0.1:
+                                break  # the network blinks: reconnect from the cursor
+                        else:
+                            return  # nothing for a while (the page was closed), or the host died
+                except GeneratorExit:
+                    closed = True  # the history ended with this stream open (the coroutine is collected)
+                    raise
+                finally:
+                    if host.killed is None and not closed:  # a killed host gives nothing back: its lease frees it
+                        self.streaming.pop(lease.holder, None)
+                        await asyncio.to_thread(lease.release)
+                if host.killed is not None:
+                    return
                 await asyncio.sleep(r.uniform(0.1, 3.0))
         except StoreError:
             return

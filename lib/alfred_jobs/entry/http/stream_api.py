@@ -4,7 +4,10 @@ Both endpoints are the same operation, "events after seq, waiting up to a deadli
 the process's ``WatchHub`` (one poller per job, fanned out in memory). Everything that can go
 wrong with a request (identity, the per-user and per-token caps, job, cursor) is checked before a
 stream starts, so a refused request is always a JSON error in the one shape, never a half-open
-stream. Each open stream and long-poll holds a slot of the hub (``WatchHub.admit``) until it ends.
+stream. Each open stream and long-poll holds a slot of the hub (``WatchHub.admit``) until it ends,
+and each that can hold its process (a stream, a long-poll that waits) also a slot of its user's
+in the stream slots table (``service/stream_slots.py``: the per-user cap across processes),
+which the stream's heartbeat renews.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -26,6 +30,7 @@ from alfred_jobs.exceptions import EventsExpired, InvalidInput, Unauthorized
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import verify_stream_token
 from alfred_jobs.service.jobs import JobService, validate_job_id
+from alfred_jobs.service.stream_slots import StreamCap, StreamLease
 from alfred_jobs.service.watch import Slot, WatchHub
 from alfred_jobs.settings import STREAM_SECRETS
 
@@ -58,6 +63,21 @@ def make_hub(deps: Deps) -> WatchHub:
                     max_per_token=s.max_streams_per_token, clock=deps.clock)
 
 
+def get_cap(request: Request) -> StreamCap | None:
+    """The per-user cap across processes, over ``deps.stream_slots`` (None: none is configured)."""
+    state = request.app.state
+    cap: StreamCap | None = getattr(state, "stream_cap", None)
+    if cap is None:
+        deps = get_deps(request)
+        if deps.stream_slots is None:
+            return None
+        s = deps.settings
+        cap = StreamCap(deps.stream_slots, s.max_streams_per_user, s.stream_slot_lease_seconds, deps.clock,
+                        deps.new_id)
+        state.stream_cap = cap
+    return cap
+
+
 def _service(request: Request) -> JobService:
     svc: JobService | None = getattr(request.app.state, "service", None)
     if svc is None:
@@ -76,13 +96,17 @@ def parse_cursor(value: str | None, name: str) -> int | None:
     return int(value)
 
 
-async def admit(request: Request, job_id: str, token: str | None) -> tuple[Job, Slot]:
+async def admit(request: Request, job_id: str, token: str | None,
+                hold: float | None) -> tuple[Job, Slot, StreamLease | None]:
     """The caller's job and a slot to watch it: identity from a stream token or the usual
     bearer/apigw identity, then the caps, then the job (the caps first: a refused request costs no
-    store read).
+    store read). ``hold``: the request may hold its process (a stream: 0; a long-poll: its wait),
+    so it takes a slot of the per-user cap across processes too, for that much past a lease
+    period; None (a long-poll with ``wait=0``, answered at once like any read): it takes none.
 
     Malformed id → 400, bad token → 401, over the user's or the token's cap → 429, unknown or
-    another user's job → 404. The caller must release the slot (``with slot:``, or ``SSEResponse``).
+    another user's job → 404. The caller must release the slot (``with slot:``, or ``SSEResponse``):
+    that gives the cap's slot back too.
     """
     validate_job_id(job_id)
     deps = get_deps(request)
@@ -93,12 +117,18 @@ async def admit(request: Request, job_id: str, token: str | None) -> tuple[Job, 
     else:
         user = current_user(request)
     slot = get_hub(request).admit(user, token)
+    lease: StreamLease | None = None
     try:
+        cap = get_cap(request)
+        if cap is not None and hold is not None:
+            taken: StreamLease = await asyncio.to_thread(partial(cap.take, user, extra_seconds=hold))
+            slot.also(partial(deps.tasks.submit, taken.release))  # no store call on the event loop
+            lease = taken
         job = await asyncio.to_thread(_service(request).owned, user, job_id)
     except BaseException:
         slot.release()
         raise
-    return job, slot
+    return job, slot, lease
 
 
 def sse_frame(event: Event) -> str:
@@ -108,13 +138,19 @@ def sse_frame(event: Event) -> str:
 
 
 async def sse_stream(hub: WatchHub, job: Job, after: int, heartbeat: float,
-                     retry_ms: int = RETRY_MS) -> AsyncIterator[str]:
-    """Replay after ``after``, then live frames, a comment heartbeat when idle; ends after the terminal."""
+                     retry_ms: int = RETRY_MS, lease: StreamLease | None = None) -> AsyncIterator[str]:
+    """Replay after ``after``, then live frames, a comment heartbeat when idle; ends after the terminal.
+
+    ``lease``: the stream's slot of the per-user cap, renewed here every third of its lease
+    period (so a stream that stops being served stops renewing it); a slot lost for good (its
+    lease ran out meanwhile and the user is at the cap now) ends the stream.
+    """
     async with hub.watch(job, after, stream=True) as watcher:
         yield f"retry: {retry_ms}\n\n"
         while not watcher.done:
+            wait = heartbeat if lease is None else min(heartbeat, lease.seconds_to_renewal())
             try:
-                events = await watcher.next_batch(heartbeat, BATCH)
+                events = await watcher.next_batch(wait, BATCH)
             except EventsExpired:
                 # Past retention mid-stream: end it; the reconnect is told 404 (the job is gone).
                 yield ": events expired\n\n"
@@ -123,6 +159,9 @@ async def sse_stream(hub: WatchHub, job: Job, after: int, heartbeat: float,
                 yield "".join(sse_frame(e) for e in events)
             elif not watcher.done:
                 yield ": keepalive\n\n"
+            if lease is not None and lease.due and not watcher.done and not await asyncio.to_thread(lease.renew):
+                yield ": stream slot lost\n\n"  # the reconnect takes a slot again, or is told 429
+                return
 
 
 class SSEResponse(StreamingResponse):
@@ -162,10 +201,10 @@ async def stream_job(request: Request, job_id: str,
     cursor = parse_cursor(header, "Last-Event-ID") if header else None
     if cursor is None:
         cursor = parse_cursor(after, "after") or 0
-    job, slot = await admit(request, job_id, token)
+    job, slot, lease = await admit(request, job_id, token, hold=0.0)
     heartbeat = float(getattr(request.app.state, "stream_heartbeat_seconds", None)
                       or get_deps(request).settings.stream_heartbeat_seconds)
-    return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat), slot)
+    return SSEResponse(sse_stream(get_hub(request), job, cursor, heartbeat, lease=lease), slot)
 
 
 @events_router.get("/api/jobs/{job_id}/events", responses=ERRORS)
@@ -177,7 +216,7 @@ async def job_events(request: Request, job_id: str,
     max_wait = get_deps(request).settings.max_wait_seconds  # the limit lives in settings, not here
     if not 0 <= wait <= max_wait:  # bad input is a 400 before anything is looked up
         raise InvalidInput(f"wait must be 0..{max_wait:g}", code="invalid_wait")
-    job, slot = await admit(request, job_id, token)
+    job, slot, _ = await admit(request, job_id, token, hold=wait if wait > 0 else None)
     with slot:  # held while the long-poll waits, whether or not the client is still there
         events, watcher = await get_hub(request).events_after(job, after, wait, BATCH)
     return {"events": [e.public() for e in events], "status": str(watcher.status),
