@@ -395,7 +395,7 @@ def test_a_job_whose_retention_ends_as_it_is_taken_over_runs_no_step_again() -> 
     deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, max_attempts=3,
                                 cancel_poll_seconds=0.02, retention_seconds=600), clock=clock)
     job_id = submit(deps, "chicken [steps=4]")
-    second_job = submit(deps, "soup [steps=1]")  # waits behind the first (one running per user)
+    submit(deps, "soup [steps=1]")  # waits behind the first (one running per user)
     with pytest.raises(SystemExit):
         JobRunner(deps, ScriptedAgent(deps, crash_step=3)).run(Delivery(job_id))
     store = deps.jobs

@@ -41,10 +41,10 @@ from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
     CONVERSATION_WRITES,
-    GATE_WRITES,
     PUSH_WRITES,
     FaultPlan,
     SimEventLog,
+    SimGateStore,
     SimJobStore,
     Stats,
     Through,
@@ -155,7 +155,7 @@ class World:
         self.inner_conversations = MemoryConversationStore(clock=clock)
         self.jobs = SimJobStore(self.wire, self.inner_jobs)
         self.log = SimEventLog(self.wire, self.inner_log)
-        self.gates = Through(self.wire, "gate", self.inner_gates, GATE_WRITES)
+        self.gates = SimGateStore(self.wire, self.inner_gates)
         self.conversations = Through(self.wire, "conv", self.inner_conversations, CONVERSATION_WRITES)
         self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
         self.push = Through(self.wire, "push", MemoryPushStore(s.max_push_subscriptions), PUSH_WRITES)
