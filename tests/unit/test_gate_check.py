@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from alfred_jobs.adapters.memory import MemoryGateStore, MemoryJobStore, memory_deps
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import ChatRequest, Job
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
+from alfred_jobs.exceptions import TransientStoreError
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
@@ -57,6 +60,45 @@ def test_an_enroll_that_lands_after_its_job_ended_leaves_no_entry_once_its_user_
     report = Sweeper(deps).sweep()
     # THEN the entry is gone: a user with no live job has an empty gate
     assert entries(deps) == [] and report.repaired == [job.job_id]
+
+
+class EnrollOnTheWire(MemoryGateStore):
+    """The first enroll does not land when sent: its submit is frozen with it in flight (SIGSTOP,
+    a frozen Lambda) and its client sees no answer; ``land`` applies it later."""
+
+    def __init__(self, clock: ShiftedClock) -> None:
+        super().__init__(clock)
+        self.in_flight: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def enroll(self, *args: Any, **kwargs: Any) -> Gate:
+        if not self.in_flight:
+            self.in_flight.append((args, kwargs))
+            raise TransientStoreError("timed out: the process froze with the enroll in flight")
+        return super().enroll(*args, **kwargs)
+
+    def land(self) -> None:
+        args, kwargs = self.in_flight[0]
+        super().enroll(*args, **kwargs)
+
+
+def test_a_submits_enroll_landing_after_its_job_was_enrolled_by_its_worker_and_ended_leaves_no_entry() -> None:
+    # GIVEN a submit whose enroll is frozen in flight after its put (sim seeds 4385, 4777, 5287):
+    # the sweeper sends the job, its first delivery enrolls it (a job without an entry), it runs
+    # to its end and removes its entry; then the submit's enroll lands
+    clock = ShiftedClock()
+    deps = make_deps(clock)
+    gates = deps.gates = EnrollOnTheWire(clock)
+    with pytest.raises(TransientStoreError):
+        submit(deps, "hello")
+    [job_id] = list(deps.jobs.items)  # type: ignore[attr-defined]
+    assert run(deps, job_id) is Outcome.DONE and entries(deps) == []
+    gates.land()
+    assert entries(deps) == [job_id]
+    # WHEN the sweeper runs once a gate check is due
+    clock.offset += CHECK + 1
+    report = Sweeper(deps).sweep()
+    # THEN the entry is gone, though its user has no live job to lead anyone to it
+    assert entries(deps) == [] and report.repaired == [job_id]
 
 
 def test_an_entry_without_a_record_goes_once_its_grace_is_over_and_the_gate_comes_off_the_index() -> None:
