@@ -401,15 +401,18 @@ class SimGateStore(Through):
         self._checks = Versions()
 
     def __getattr__(self, method: str) -> Any:
-        call = super().__getattr__(method)
         if method not in GATE_WRITES:
-            return call
+            return super().__getattr__(method)
+        fn = getattr(self._inner, method)
 
         def write(user_id: str, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return call(user_id, *args, **kwargs)
-            finally:  # applied or not, what the index holds now
-                self._checks.record(user_id, self._wire.k.t, self._inner.checks.get(user_id))
+            def op() -> Any:
+                try:
+                    return fn(user_id, *args, **kwargs)
+                finally:  # as it is applied (or refused): what the index holds from now on
+                    self._checks.record(user_id, self._wire.k.t, self._inner.checks.get(user_id))
+
+            return self._wire.call(f"gate.{method}", True, op)
 
         return write
 
