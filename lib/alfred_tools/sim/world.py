@@ -479,11 +479,18 @@ class World:
                              lambda: f"step {step} of {job_id} starts again after it completed")
         now = self.k.now()
         others = set()
-        for j, n in self.seen.inside.items():
+        for (j, att), n in self.seen.inside.items():
             if n <= 0 or j == job_id:
                 continue
             rec = self.inner_jobs.items.get(j)
             if rec is None or rec.user_id != user_id or rec.terminal or not rec.lease_live(now):
+                continue
+            if att != rec.attempts:
+                # An earlier attempt's call: its process was killed inside it (the call never
+                # leaves), or it is paused and fenced; the job's slot is the current attempt's,
+                # which counts while it is inside. (Seed 4020: attempts 1 and 2 killed mid-step,
+                # attempt 3 stopped at the boundary that found the job past its retention and
+                # handed its slot on, its lease left to run out: the job was counted as running.)
                 continue
             if j in self.log.terminal:
                 continue
