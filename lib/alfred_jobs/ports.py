@@ -112,10 +112,29 @@ class GateStore(Protocol):
     def read(self, user_id: str) -> Gate:
         """The user's gate (empty if there is none, or it expired)."""
 
-    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int, *,
+               check_at: float) -> Gate:
         """Add a waiting entry; returns the gate after it. Idempotent: a job already enrolled is
         left as it is (and the gate returned). ``GateFull`` if the gate holds ``max_active``
-        entries (``None``: no limit, for repairs)."""
+        entries (``None``: no limit, for repairs).
+
+        In the same write the gate goes on the sweeper's check index, due at ``check_at``, unless
+        it is there already (its earlier check time stays). So a gate that holds an entry is
+        always on that index: only ``unlist_if_empty`` takes it off, and only when it is empty."""
+
+    def due_for_check(self, now: float, limit: int) -> list[str]:
+        """The users whose gate's check time has passed (at most ``limit`` per shard). An index
+        read, eventually consistent: it may name a gate checked or emptied a moment ago, or miss
+        one listed a moment ago; the caller reads the gate itself before it decides anything."""
+
+    def check_later(self, user_id: str, check_at: float) -> None:
+        """Move the gate's next check to ``check_at`` (after a check found its entries live). A
+        gate item that does not exist is left alone (nothing is created)."""
+
+    def unlist_if_empty(self, user_id: str) -> bool:
+        """Take the gate off the check index if it holds no entry (or has expired): True, or
+        False and nothing written if it holds entries (an enroll landed since it was read: that
+        one stays to be checked)."""
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         """Mark a waiting entry running, stamped with ``attempt``, if its conversation has no running

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     # queued, not lost: once per send (then the sweeper sends it again), and after the sweeper's
     # own send for up to this long since its creation (then it sends it again anyway).
     max_queue_wait_seconds: float = Field(default=900.0, gt=0)
+    # How often the sweeper looks over a gate that holds entries for entries whose job has ended
+    # or is gone (an enroll that landed late, a removal that failed): such an entry blocks
+    # nobody, but it must not outlive its job. An enroll puts its gate on the sweeper's check
+    # index due this long after (an earlier check time stays); a check that finds the gate empty
+    # takes it off (docs/architecture.md, "The gate").
+    gate_check_seconds: float = Field(default=300.0, gt=0)
 
     # --- the stream function ---------------------------------------------------------------
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)

@@ -31,10 +31,10 @@ def test_a_user_without_a_gate_has_an_empty_one(backend: Backend) -> None:
 def test_enroll_returns_the_gate_after_it_and_is_idempotent(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b = entry(), entry()
-    assert ids(gates.enroll(user, a, 5, live())) == [a.job_id]
-    after = gates.enroll(user, b, 5, live())
+    assert ids(gates.enroll(user, a, 5, live(), check_at=time.time() + 600)) == [a.job_id]
+    after = gates.enroll(user, b, 5, live(), check_at=time.time() + 600)
     assert ids(after) == [a.job_id, b.job_id] and after.running == 0
-    assert gates.enroll(user, a, 5, live()) == after, "enrolling again changes nothing"
+    assert gates.enroll(user, a, 5, live(), check_at=time.time() + 600) == after, "enrolling again changes nothing"
     assert gates.read(user) == after
 
 
@@ -43,9 +43,9 @@ def test_the_order_is_the_order_the_enrolls_landed_whatever_the_clocks_say(backe
     first = entry(at=time.time())
     behind = entry(at=time.time() - 60)  # a host whose clock is a minute behind, enrolling second
     same_ms = GateEntry(uid("job"), "c1", first.order)  # the same order key, enrolling third
-    gates.enroll(user, first, None, live())
-    gates.enroll(user, behind, None, live())
-    gate = gates.enroll(user, same_ms, None, live())
+    gates.enroll(user, first, None, live(), check_at=time.time() + 600)
+    gates.enroll(user, behind, None, live(), check_at=time.time() + 600)
+    gate = gates.enroll(user, same_ms, None, live(), check_at=time.time() + 600)
     assert ids(gate) == [first.job_id, behind.job_id, same_ms.job_id]
     assert [e.job_id for e in gate.ahead_of(same_ms.job_id)] == [first.job_id, behind.job_id]
 
@@ -53,19 +53,20 @@ def test_the_order_is_the_order_the_enrolls_landed_whatever_the_clocks_say(backe
 def test_enroll_past_the_limit_raises_gate_full_with_the_gate(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b = entry(), entry()
-    gates.enroll(user, a, 2, live())
-    gates.enroll(user, b, 2, live())
+    gates.enroll(user, a, 2, live(), check_at=time.time() + 600)
+    gates.enroll(user, b, 2, live(), check_at=time.time() + 600)
     with pytest.raises(GateFull) as full:
-        gates.enroll(user, entry(), 2, live())
+        gates.enroll(user, entry(), 2, live(), check_at=time.time() + 600)
     assert ids(full.value.gate) == [a.job_id, b.job_id]
-    assert len(gates.enroll(user, entry(), None, live()).entries) == 3, "no limit: a repair goes in"
+    repair = gates.enroll(user, entry(), None, live(), check_at=time.time() + 600)
+    assert len(repair.entries) == 3, "no limit: a repair goes in"
 
 
 def test_take_holds_a_slot_once_per_conversation_and_within_the_limit(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b, c, d = entry("c1"), entry("c1"), entry("c2"), entry("c3")
     for e in (a, b, c, d):
-        gates.enroll(user, e, None, live())
+        gates.enroll(user, e, None, live(), check_at=time.time() + 600)
     gate = gates.take(user, a, 2, live(), attempt=1)
     assert gate.entry(a.job_id) == GateEntry(a.job_id, "c1", a.order, running=True, attempt=1) and gate.running == 1
     with pytest.raises(ConditionFailed):
@@ -82,8 +83,8 @@ def test_take_holds_a_slot_once_per_conversation_and_within_the_limit(backend: B
 def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b = entry("c1"), entry("c1")
-    gates.enroll(user, a, None, live())
-    gates.enroll(user, b, None, live())
+    gates.enroll(user, a, None, live(), check_at=time.time() + 600)
+    gates.enroll(user, b, None, live(), check_at=time.time() + 600)
     gates.take(user, a, 1, live(), attempt=1)
     after = gates.remove(user, a.job_id, conversation_id="c1")
     assert ids(after) == [b.job_id] and after.running == 0
@@ -97,8 +98,8 @@ def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: B
 def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b = entry("c1"), entry("c2")
-    gates.enroll(user, a, None, live())
-    gates.enroll(user, b, None, live())
+    gates.enroll(user, a, None, live(), check_at=time.time() + 600)
+    gates.enroll(user, b, None, live(), check_at=time.time() + 600)
     gates.take(user, a, 2, live(), attempt=1)
     with pytest.raises(ConditionFailed):
         gates.remove(user, a.job_id, conversation_id="c1", only_waiting=True)
@@ -108,10 +109,11 @@ def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
 def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     old = entry()
-    gates.enroll(user, old, None, int(time.time()) + 1)  # the store keeps it past that (TTL deletes days late)
+    # it expires in a second, and the store keeps it past that (TTL deletes days late)
+    gates.enroll(user, old, None, int(time.time()) + 1, check_at=time.time() + 600)
     wait_until(lambda: gates.read(user) == Gate(), timeout=10, what="the gate to expire")
     new = entry(at=time.time() - 3600)  # an order below the expired gate's last one
-    assert ids(gates.enroll(user, new, 1, live())) == [new.job_id]
+    assert ids(gates.enroll(user, new, 1, live(), check_at=time.time() + 600)) == [new.job_id]
 
 
 # ---- the fence: the attempt that took the slot ---------------------------------------------------------
@@ -119,7 +121,7 @@ def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: 
 
 def running_entry(gates: GateStore, user: str, conv: str = "c1", attempt: int = 1) -> GateEntry:
     e = entry(conv)
-    gates.enroll(user, e, None, live())
+    gates.enroll(user, e, None, live(), check_at=time.time() + 600)
     gates.take(user, e, 2, live(), attempt=attempt)
     return e
 
@@ -133,7 +135,7 @@ def test_retake_stamps_a_running_entry_with_a_later_attempt_only(backend: Backen
         with pytest.raises(ConditionFailed):
             gates.retake(user, a.job_id, attempt=attempt)
     waiting = entry("c2")
-    gates.enroll(user, waiting, None, live())
+    gates.enroll(user, waiting, None, live(), check_at=time.time() + 600)
     with pytest.raises(ConditionFailed):
         gates.retake(user, waiting.job_id, attempt=5)  # not running: nothing to take over
     with pytest.raises(ConditionFailed):
@@ -184,3 +186,68 @@ def test_a_later_attempt_writes_over_an_earlier_stamp(backend: Backend) -> None:
     assert gates.unpause(user, a.job_id, attempt=3).entry(a.job_id) == replace(a, attempt=1)
     b = running_entry(gates, user, conv="c2", attempt=1)
     assert gates.remove(user, b.job_id, conversation_id="c2", attempt=3).entry(b.job_id) is None
+
+
+# ---- the check index (due_for_check, check_later, unlist_if_empty) -----------------------------
+# The index spans the jobs table: on the shared AWS stack other tests' gates are listed too, so
+# each test looks only at its own users (``mine``).
+
+
+def due_users(gates: GateStore, now: float, *mine: str) -> set[str]:
+    found = gates.due_for_check(now, 1000)
+    assert len(found) == len(set(found)), "no gate twice"
+    return set(found) & set(mine)
+
+
+def test_an_enroll_lists_the_gate_for_a_check_and_an_earlier_check_time_stays(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    now = time.time()
+    assert due_users(gates, now + 10_000, user) == set(), "no gate, nothing listed"
+    gates.enroll(user, entry(), None, live(), check_at=now + 100)
+    assert due_users(gates, now + 99, user) == set()
+    assert due_users(gates, now + 101, user) == {user}
+    gates.enroll(user, entry(), None, live(), check_at=now + 500)
+    assert due_users(gates, now + 101, user) == {user}, "a later enroll does not put the check off"
+
+
+def test_check_later_moves_the_check_and_creates_no_gate(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    now = time.time()
+    a = entry()
+    gates.enroll(user, a, None, live(), check_at=now + 100)
+    gates.check_later(user, now + 1000)
+    assert due_users(gates, now + 101, user) == set()
+    assert due_users(gates, now + 1001, user) == {user}
+    assert ids(gates.read(user)) == [a.job_id], "only the check time moves"
+    nobody = uid("user")
+    gates.check_later(nobody, now)
+    assert gates.read(nobody) == Gate() and due_users(gates, now + 10_000, nobody) == set()
+
+
+def test_unlist_if_empty_takes_only_an_empty_gate_off_the_index(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    now = time.time()
+    a = entry()
+    gates.enroll(user, a, None, live(), check_at=now + 100)
+    assert gates.unlist_if_empty(user) is False, "it holds an entry: it stays listed"
+    assert due_users(gates, now + 101, user) == {user}
+    gates.remove(user, a.job_id)
+    assert due_users(gates, now + 101, user) == {user}, "a removal leaves the listing to the check"
+    assert gates.unlist_if_empty(user) is True
+    assert gates.unlist_if_empty(user) is True, "again (the SDK's retry of a landed write): still off"
+    assert due_users(gates, now + 10_000, user) == set()
+    gates.enroll(user, entry(), None, live(), check_at=now + 200)
+    assert due_users(gates, now + 201, user) == {user}, "the next enroll lists it again"
+    assert gates.unlist_if_empty(uid("user")) is True, "no gate: nothing listed, nothing created"
+
+
+def test_an_expired_gate_comes_off_the_index_and_a_new_enroll_lists_it_afresh(backend: Backend) -> None:
+    gates, user = backend.deps.gates, uid("user")
+    now = time.time()
+    gates.enroll(user, entry(), None, int(now) + 1, check_at=now + 100)
+    wait_until(lambda: gates.read(user) == Gate(), timeout=10, what="the gate to expire")
+    assert gates.unlist_if_empty(user) is True, "expired: its entries are gone (TTL deletes days late)"
+    assert due_users(gates, now + 10_000, user) == set()
+    gates.enroll(user, entry(), None, live(), check_at=now + 300)
+    assert due_users(gates, now + 299, user) == set()
+    assert due_users(gates, now + 301, user) == {user}

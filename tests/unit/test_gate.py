@@ -343,7 +343,8 @@ def test_the_sweeper_repairs_a_gate_entry_whose_job_never_got_a_record() -> None
     old = time.time() - 300
     ghost = Job(job_id="b" * 32, user_id="u", message="", conversation_id="c1", created_at=old,
                 expires_at=int(old) + 3600)
-    deps.gates.enroll("u", gate_entry(ghost), None, int(time.time()) + 3600)  # its put never landed
+    # its put never landed
+    deps.gates.enroll("u", gate_entry(ghost), None, int(time.time()) + 3600, check_at=time.time() + 600)
     svc = JobService(deps)
     waiting = chat(svc, "stuck behind a ghost")
     assert waiting.job_id not in sent(deps)
@@ -364,7 +365,7 @@ def leftover_of_a_lost_put(deps: Deps, conv: str, age: float = 300) -> str:
     old = deps.clock.now() - age
     ghost = Job(job_id=deps.new_id(), user_id="u", message="", conversation_id=conv, created_at=old,
                 expires_at=int(old) + 3600)
-    deps.gates.enroll("u", gate_entry(ghost), None, int(deps.clock.now()) + 3600)
+    deps.gates.enroll("u", gate_entry(ghost), None, int(deps.clock.now()) + 3600, check_at=deps.clock.now() + 600)
     return ghost.job_id
 
 
@@ -376,7 +377,7 @@ def leftover_of_a_resend(deps: Deps, conv: str) -> str:
               expires_at=int(now) + 3600)
     deps.jobs.create(job)
     deps.jobs.save_projection(replace(job, status=JobStatus.COMPLETE, last_seq=3, completed_at=now), owner=None)
-    deps.gates.enroll("u", gate_entry(job), None, int(now) + 3600)
+    deps.gates.enroll("u", gate_entry(job), None, int(now) + 3600, check_at=now + 600)
     return job.job_id
 
 

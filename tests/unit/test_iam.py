@@ -93,6 +93,8 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     # the users' gates and the jobs blocking them; the queue's backlog
     ("SweeperFunction", "dynamodb", "GetItem", "JobsTable", None),
     ("SweeperFunction", "sqs", "GetQueueAttributes", "JobsQueue", None),
+    # the gates due for a check of their entries (the sparse gate_check index)
+    ("SweeperFunction", "dynamodb", "Query", "JobsTable", "gate_check"),
     # stream: its secret at start, the job, the log (key reads)
     ("StreamFunction", "secretsmanager", "GetSecretValue", "StreamTokenSecret", None),
     ("StreamFunction", "dynamodb", "GetItem", "JobsTable", None),

@@ -127,7 +127,8 @@ def test_data_model_is_the_documented_one() -> None:
     assert keys(jobs) == [("job_id", "HASH")]
     gsis = {g["IndexName"]: keys(g) for g in jobs["GlobalSecondaryIndexes"]}
     assert gsis == {"by_user": [("user_id", "HASH"), ("created_sk", "RANGE")],
-                    "due": [("active_shard", "HASH"), ("due_at", "RANGE")]}
+                    "due": [("active_shard", "HASH"), ("due_at", "RANGE")],
+                    "gate_check": [("gate_shard", "HASH"), ("check_at", "RANGE")]}
     assert keys(RESOURCES["EventsTable"]["Properties"]) == [("job_id", "HASH"), ("seq", "RANGE")]
     assert keys(RESOURCES["ConversationsTable"]["Properties"]) == [("conversation_key", "HASH"), ("sk", "RANGE")]
     assert keys(RESOURCES["AgentDataTable"]["Properties"]) == [("pk", "HASH"), ("sk", "RANGE")]

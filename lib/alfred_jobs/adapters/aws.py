@@ -428,6 +428,11 @@ def _gate_key(user_id: str) -> dict[str, Any]:
     return serialize({"job_id": f"gate#{user_id}"})
 
 
+def _gate_shard(user_id: str) -> str:
+    """The gate's partition of the sparse ``gate_check`` index (spread as the ``due`` index is)."""
+    return f"G#{sum(user_id.encode()) % ACTIVE_SHARDS}"
+
+
 def after(last: str, entry: GateEntry) -> str:
     """An order for ``entry`` greater than ``last`` (its own, if that is greater already)."""
     return entry.order if entry.order > last else f"{last}|{entry.job_id}"
@@ -449,7 +454,10 @@ class DynamoGateStore:
     held. Every change is one UpdateItem whose condition is the state it changes from (so the SDK's
     retry of a landed write fails the condition instead of applying twice), returning ALL_NEW; a
     worker's writes are also conditional on no later attempt's stamp (``n``: the fence, see
-    ``ports.GateStore``). See docs/data-model.md."""
+    ``ports.GateStore``). ``gate_shard`` and ``check_at`` put the gate on the sparse, KEYS_ONLY
+    ``gate_check`` index while it may hold entries: set by the enroll that adds one (an earlier
+    ``check_at`` stays), moved by the sweeper's check, removed only under ``size(m) = 0``; KEYS_ONLY,
+    so the gate's other writes cost the index nothing. See docs/data-model.md."""
 
     def __init__(self, clients: AwsClients, settings: Settings, clock: Clock | None = None) -> None:
         self._c = clients
@@ -486,7 +494,8 @@ class DynamoGateStore:
         except ConditionFailed:
             pass  # someone else made it first
 
-    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int, *,
+               check_at: float) -> Gate:
         # ``last`` is the order of the latest entry: each entry's order must be greater, so the
         # order is the order in which the enrolls landed (submit order), whatever the clocks of
         # the API hosts say. Two submits in the same millisecond, or a host whose clock is
@@ -494,7 +503,7 @@ class DynamoGateStore:
         condition = ("attribute_exists(m) AND expires_at > :now AND attribute_not_exists(m.#j) "
                      "AND (attribute_not_exists(#last) OR #last < :k)")
         order = entry.order
-        values: dict[str, Any] = {":x": expires_at}
+        values: dict[str, Any] = {":x": expires_at, ":gs": _gate_shard(user_id), ":ca": check_at}
         if max_active is not None:
             condition += " AND size(m) < :max"
             values[":max"] = max_active
@@ -505,7 +514,9 @@ class DynamoGateStore:
             values[":k"] = order
             values[":e"] = {"c": entry.conversation_id, "k": order, "r": False}
             try:
-                return self._write(user_id, "SET m.#j = :e, #last = :k, expires_at = :x", condition,
+                # The same write lists the gate for the sweeper's check: no entry without it.
+                return self._write(user_id, "SET m.#j = :e, #last = :k, expires_at = :x, gate_shard = :gs, "
+                                            "check_at = if_not_exists(check_at, :ca)", condition,
                                    {"#j": entry.job_id, "#last": "last"}, values)
             except ConditionFailed:
                 raw = self._raw(user_id)
@@ -520,6 +531,42 @@ class DynamoGateStore:
                     raise GateFull(gate) from None
                 order = after(str(raw.get("last") or ""), entry)
         raise TransientStoreError(f"could not enroll {entry.job_id}")
+
+    def due_for_check(self, now: float, limit: int) -> list[str]:
+        users: list[str] = []
+        for shard in range(ACTIVE_SHARDS):
+            with mapped_errors():
+                out = self._c.dynamodb.query(
+                    TableName=self._table, IndexName="gate_check",
+                    KeyConditionExpression="gate_shard = :s AND check_at < :now",
+                    ExpressionAttributeValues=serialize({":s": f"G#{shard}", ":now": now}), Limit=limit)
+            users += [str(deserialize(i)["job_id"]).removeprefix("gate#") for i in out.get("Items", [])]
+        return users
+
+    def check_later(self, user_id: str, check_at: float) -> None:
+        try:
+            with mapped_errors():
+                self._c.dynamodb.update_item(
+                    TableName=self._table, Key=_gate_key(user_id),
+                    UpdateExpression="SET gate_shard = :gs, check_at = :ca",
+                    ConditionExpression="attribute_exists(m)",
+                    ExpressionAttributeValues=serialize({":gs": _gate_shard(user_id), ":ca": check_at}))
+        except ConditionFailed:
+            pass  # no gate item (TTL deleted it): nothing to check
+
+    def unlist_if_empty(self, user_id: str) -> bool:
+        try:
+            with mapped_errors():
+                self._c.dynamodb.update_item(
+                    TableName=self._table, Key=_gate_key(user_id), UpdateExpression="REMOVE gate_shard, check_at",
+                    ConditionExpression="attribute_exists(job_id) AND (size(m) = :zero OR expires_at <= :now)",
+                    ExpressionAttributeValues=serialize({":zero": 0, ":now": int(self._clock.now())}))
+        except ConditionFailed:
+            # It holds entries (an enroll landed since it was read), or there is no item at all
+            # (then nothing is listed): the SDK's retry of our own landed write meets an empty
+            # gate again and passes.
+            return not self.read(user_id).entries
+        return True
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         return self._write(

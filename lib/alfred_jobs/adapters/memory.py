@@ -187,6 +187,8 @@ class MemoryGateStore:
     def __init__(self, clock: Clock | None = None) -> None:
         self.gates: dict[str, tuple[dict[str, GateEntry], int]] = {}  # user -> (entries, expires_at)
         self.last: dict[str, str] = {}  # user -> the order of the latest entry (as ``last``)
+        # user -> when the sweeper checks the gate's entries next (the sparse ``gate_check`` index)
+        self.checks: dict[str, float] = {}
         self.lock = threading.RLock()
         self.writes = 0
         self.clock = clock or SystemClock()
@@ -203,7 +205,8 @@ class MemoryGateStore:
         with self.lock:
             return self._gate(self._live(user_id))
 
-    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int) -> Gate:
+    def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int, *,
+               check_at: float) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             if entry.job_id in entries:
@@ -212,12 +215,32 @@ class MemoryGateStore:
                 raise GateFull(self._gate(entries))
             if user_id not in self.gates or self.gates[user_id][1] <= self.clock.now():
                 self.last.pop(user_id, None)  # an expired gate is gone, its ``last`` with it
+                self.checks.pop(user_id, None)  # and its check time (a new item replaces it)
             order = after(self.last.get(user_id, ""), entry)
             self.last[user_id] = order
             entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, order, running=False)
             self.gates[user_id] = (entries, expires_at)
+            self.checks.setdefault(user_id, check_at)
             self.writes += 1
             return self._gate(entries)
+
+    def due_for_check(self, now: float, limit: int) -> list[str]:
+        with self.lock:
+            return [u for u, at in sorted(self.checks.items(), key=lambda ua: ua[1]) if at < now][:limit]
+
+    def check_later(self, user_id: str, check_at: float) -> None:
+        with self.lock:
+            if user_id in self.gates:
+                self.checks[user_id] = check_at
+                self.writes += 1
+
+    def unlist_if_empty(self, user_id: str) -> bool:
+        with self.lock:
+            if self._live(user_id):
+                return False
+            if self.checks.pop(user_id, None) is not None:
+                self.writes += 1
+            return True
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
         with self.lock:

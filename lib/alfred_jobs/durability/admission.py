@@ -13,11 +13,13 @@
   on the sweeper's index, so the whole finalize runs again: the hand-off is never lost.
 - **The sweeper** is the backstop: a due job that may start is sent again, one that must wait is
   left alone (``classify``).
-- **Leftovers**: an entry whose job has ended or has no record (a submit that failed or died
-  between its two writes, an undo that failed, a resend of a finished job whose release failed)
-  must never hold a user's place. Whoever would hand it a slot (``hand_on``, which learns it from
-  the postpone it writes anyway), the sweeper looking at what keeps a due job waiting, and a
-  submit about to be refused for a full gate (``enroll``) take it out instead.
+- **Leftovers**: an entry whose job has ended or has no record (an enroll that landed after its
+  job was refused or had ended, an undo that failed, a resend of a finished job whose release
+  failed) must never hold a user's place, nor outlive its job. Whoever would hand it a slot
+  (``hand_on``, which learns it from the postpone it writes anyway), the sweeper looking at what
+  keeps a due job waiting, and a submit about to be refused for a full gate (``enroll``) take it
+  out instead; and the sweeper checks every gate that holds entries (its check index, on which an
+  enroll lists the gate), so one that is in nobody's way goes too.
 
 Each decision is taken from the gate as a strongly consistent read or the caller's own
 conditional write returned it; a duplicate message is harmless (the lease drops it).
@@ -86,11 +88,18 @@ class Admission:
         """
         cap = self.settings.max_active_per_user
         try:
-            return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires())
+            return self._enroll(job, cap)
         except GateFull as full:
             if not self.remove_leftovers(job.user_id, full.gate, full.gate.entries).repaired:
                 raise
-            return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires())
+            return self._enroll(job, cap)
+
+    def _enroll(self, job: Job, cap: int) -> Gate:
+        # The gate is listed for the sweeper's check of its entries in the same write: an entry
+        # whose enroll lands after its job ended or went (a submit frozen with it in flight, an
+        # undo that failed) is found there, even once its user has no live job to lead to it.
+        check_at = self.deps.clock.now() + self.settings.gate_check_seconds
+        return self.deps.gates.enroll(job.user_id, gate_entry(job), cap, self._expires(), check_at=check_at)
 
     def leftover(self, entry: GateEntry, now: float) -> bool:
         """Whether ``entry`` belongs to no live job: its job has ended, or has no record and the

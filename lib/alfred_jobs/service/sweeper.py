@@ -37,6 +37,16 @@ its conversation, or holding or claiming the user's run slots in any other) is l
 entry whose job record is gone (past the grace period: its submit died between the two writes,
 or its undo failed) or has ended is removed, and its place handed on. A job whose only blockers
 were such leftovers is sent then.
+
+And it checks gates themselves (``_check_gate``): a leftover in nobody's way (its user has no due
+job, or no live job at all) is never met by the repairs above. Every gate that holds an entry is
+on the gate store's check index (the enroll that adds an entry lists its gate in the same write),
+due ``gate_check_seconds`` after it was listed or last checked. A due gate is read, each entry's
+job record read strongly consistently (once per sweep), the leftovers removed and their places
+handed on; a gate left with entries is checked again ``gate_check_seconds`` later, an empty one is
+taken off the index (a write whose condition is that it is empty: an enroll that landed since
+keeps it listed). The index read is eventually consistent: it only decides *when* a gate is
+looked at, and what is removed is decided from strongly consistent reads.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ class SweepReport:
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
     cancelled: list[str] = field(default_factory=list)  # cancel flags nobody acted on: ended cancelled
+    gates_checked: list[str] = field(default_factory=list)  # users whose gate's entries were checked
     errors: int = 0
 
 
@@ -95,6 +106,13 @@ class Sweeper:
             except StoreError as exc:
                 report.errors += 1
                 log.warning("sweeper could not handle a job", extra={"job_id": job.job_id, "error": str(exc)})
+        for user in self.deps.gates.due_for_check(now, limit):
+            try:
+                self._check_gate(user, now, live, report)
+            except StoreError as exc:
+                # Still listed, still due: the next sweep checks it again.
+                report.errors += 1
+                log.warning("sweeper could not check a gate", extra={"user": user, "error": str(exc)})
         count("StuckJobs", len(report.requeued))
         count("JobsWaiting", len(report.waiting))
         count("JobsQueued", len(report.queued))
@@ -150,6 +168,25 @@ class Sweeper:
         # write, is known to be in the queue (``sent``): presumed queued while the backlog lasts.
         self.deps.jobs.postpone(job.job_id, later, sent=True)
         (report.resent if resent else report.requeued).append(job.job_id)
+
+    def _check_gate(self, user_id: str, now: float, live: set[str], report: SweepReport) -> None:
+        """Remove the leftovers of a gate whose check is due (any entry, in anyone's way or not)
+        and hand their places on; then check it again later, or take it off the index if empty.
+
+        An entry with no record younger than the grace period is not removed yet (its record may
+        be on its way); the next check, ``gate_check_seconds`` later, decides it."""
+        s = self.deps.settings
+        gate = self.deps.gates.read(user_id)
+        if gate.entries:
+            handoff = self.admission.remove_leftovers(user_id, gate, gate.entries, live)
+            report.repaired += handoff.repaired
+            report.handed_on += handoff.sent
+            gate = handoff.gate
+        if gate.entries:
+            self.deps.gates.check_later(user_id, now + s.gate_check_seconds)
+        else:
+            self.deps.gates.unlist_if_empty(user_id)  # False: an enroll landed since; it stays due
+        report.gates_checked.append(user_id)
 
     def _waits_for_room(self, job: Job, gate: Gate, gates: dict[str, Gate], live: set[str],
                         report: SweepReport) -> bool:

@@ -69,7 +69,7 @@ def ready_users(deps: Any, n: int) -> list[str]:
     expires = int(time.time()) + 3600
     for user in users:
         warm = GateEntry(uuid.uuid4().hex, "warm-up", f"{iso(time.time())}#warm")
-        deps.gates.enroll(user, warm, None, expires)
+        deps.gates.enroll(user, warm, None, expires, check_at=time.time() + 3600)
         deps.gates.remove(user, warm.job_id)
     return users
 

@@ -32,7 +32,9 @@ class Observer:
     """What the agents did, as the invariants need it."""
 
     step_starts: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, job, step, attempt)
-    inside: dict[str, int] = field(default_factory=dict)  # job -> agent calls in progress
+    # (job, attempt) -> agent calls in progress. By attempt: a killed process's call never leaves
+    # (its greenlet is dropped, not unwound), and only the current attempt's calls run in its slot.
+    inside: dict[tuple[str, int], int] = field(default_factory=dict)
     first_start: dict[str, float] = field(default_factory=dict)  # job -> when the agent first ran
 
 
@@ -59,10 +61,11 @@ class SimAgent:
         self.seen.first_start.setdefault(ctx.job_id, self.clock.monotonic())
         if start:
             self.on_enter(ctx.job_id, ctx.user_id, step, ctx.attempt)
-        self.seen.inside[ctx.job_id] = self.seen.inside.get(ctx.job_id, 0) + 1
+        key = (ctx.job_id, ctx.attempt)
+        self.seen.inside[key] = self.seen.inside.get(key, 0) + 1
 
     def _leave(self, ctx: AgentContext) -> None:
-        self.seen.inside[ctx.job_id] -= 1
+        self.seen.inside[(ctx.job_id, ctx.attempt)] -= 1
 
     def think(self, ctx: AgentContext) -> Plan:
         s = script(ctx.message)

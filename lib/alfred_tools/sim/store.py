@@ -411,10 +411,44 @@ class Through:
         return call
 
 
-GATE_WRITES = frozenset({"enroll", "take", "retake", "pause", "unpause", "remove"})
+class SimGateStore(Through):
+    """``GateStore`` over ``MemoryGateStore``; its check index (``due_for_check``) is read
+    eventually consistently, from each gate's check time as it was a seeded lag ago."""
+
+    def __init__(self, wire: Wire, inner: Any) -> None:
+        super().__init__(wire, "gate", inner, GATE_WRITES)
+        self._checks = Versions()
+
+    def __getattr__(self, method: str) -> Any:
+        if method not in GATE_WRITES:
+            return super().__getattr__(method)
+        fn = getattr(self._inner, method)
+
+        def write(user_id: str, *args: Any, **kwargs: Any) -> Any:
+            def op() -> Any:
+                try:
+                    return fn(user_id, *args, **kwargs)
+                finally:  # as it is applied (or refused): what the index holds from now on
+                    self._checks.record(user_id, self._wire.k.t, self._inner.checks.get(user_id))
+
+            return self._wire.call(f"gate.{method}", True, op)
+
+        return write
+
+    def due_for_check(self, now: float, limit: int) -> list[str]:
+        def op() -> list[str]:
+            t = self._wire.k.t
+            seen = ((self._checks.as_of(u, t - self._wire.lag()), u) for u in self._checks.at)
+            return [u for at, u in sorted((at, u) for at, u in seen if at is not None and at < now)][:limit]
+
+        return self._wire.call("gate.due_for_check~", False, op)
+
+
+GATE_WRITES = frozenset({"enroll", "take", "retake", "pause", "unpause", "remove", "check_later",
+                         "unlist_if_empty"})
 CONVERSATION_WRITES = frozenset({"commit_turn"})
 AGENT_DATA_WRITES = frozenset({"record_step_effect", "record_usage"})
 PUSH_WRITES = frozenset({"add", "remove"})
 
 __all__ = ["AGENT_DATA_WRITES", "CONVERSATION_WRITES", "GATE_WRITES", "PUSH_WRITES", "FaultPlan", "SimEventLog",
-           "SimJobStore", "Stats", "Through", "Versions", "Wire", "replace"]
+           "SimGateStore", "SimJobStore", "Stats", "Through", "Versions", "Wire", "replace"]

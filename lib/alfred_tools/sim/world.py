@@ -45,10 +45,10 @@ from alfred_tools.sim.settings import sim_settings
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
     CONVERSATION_WRITES,
-    GATE_WRITES,
     PUSH_WRITES,
     FaultPlan,
     SimEventLog,
+    SimGateStore,
     SimJobStore,
     Stats,
     Through,
@@ -177,7 +177,7 @@ class World:
         self.inner_conversations = MemoryConversationStore(clock=clock)
         self.jobs = SimJobStore(self.wire, self.inner_jobs)
         self.log = SimEventLog(self.wire, self.inner_log)
-        self.gates = Through(self.wire, "gate", self.inner_gates, GATE_WRITES)
+        self.gates = SimGateStore(self.wire, self.inner_gates)
         self.conversations = Through(self.wire, "conv", self.inner_conversations, CONVERSATION_WRITES)
         self.agent_data = Through(self.wire, "agent", MemoryAgentDataStore(clock=clock), AGENT_DATA_WRITES)
         self.inner_push = MemoryPushStore(s.max_push_subscriptions, clock)
@@ -581,11 +581,18 @@ class World:
                              lambda: f"step {step} of {job_id} starts again after it completed")
         now = self.k.now()
         others = set()
-        for j, n in self.seen.inside.items():
+        for (j, att), n in self.seen.inside.items():
             if n <= 0 or j == job_id:
                 continue
             rec = self.inner_jobs.items.get(j)
             if rec is None or rec.user_id != user_id or rec.terminal or not rec.lease_live(now):
+                continue
+            if att != rec.attempts:
+                # An earlier attempt's call: its process was killed inside it (the call never
+                # leaves), or it is paused and fenced; the job's slot is the current attempt's,
+                # which counts while it is inside. (Seed 4020: attempts 1 and 2 killed mid-step,
+                # attempt 3 stopped at the boundary that found the job past its retention and
+                # handed its slot on, its lease left to run out: the job was counted as running.)
                 continue
             if j in self.log.terminal:
                 continue
