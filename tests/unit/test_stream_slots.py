@@ -163,3 +163,23 @@ def test_a_lease_renews_on_time_keeps_going_through_store_failures_and_takes_a_l
     lease.release()
     lease.release()
     assert set(store.holders("alice")) == {"other"}
+
+
+def test_a_renewal_a_rounding_error_away_is_due() -> None:
+    """Sim seed 198: the renewal was 1.8e-15 s ahead; the stream waited that long, which on a
+    float clock ends where it began, and was never due: the loop spun at one instant for ever."""
+    clock = StoppedClock()
+    cap = StreamCap(MemoryStreamSlots(clock), 3, 30.0, clock, lambda: "h1")
+    lease = cap.take("u1")
+    lease.next_renewal = clock.monotonic() + 1.7763568394002505e-15
+    assert lease.seconds_to_renewal() == 0.0 and lease.due
+
+
+class StoppedClock(ShiftedClock):
+    """Time stands still unless moved (as virtual time between two switch points)."""
+
+    def now(self) -> float:
+        return 1_800_000_000.0 + self.offset
+
+    def monotonic(self) -> float:
+        return 14.990160875615786 + self.offset

@@ -43,7 +43,11 @@ class StreamLease:
         self.lost = False
 
     def seconds_to_renewal(self) -> float:
-        return max(0.0, self.next_renewal - self._cap.clock.monotonic())
+        # Under a millisecond counts as due: a wait of 1e-15 s ends where it began (a float clock
+        # plus it is the same float), and a loop waiting on it would never see the renewal due
+        # (the simulator's seed 198 spun so at one virtual instant).
+        left = self.next_renewal - self._cap.clock.monotonic()
+        return left if left > 1e-3 else 0.0
 
     @property
     def due(self) -> bool:
