@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alfred_tools.sim.kernel import Kernel, Process, SimClock, SimTasks
+from alfred_tools.sim.kernel import Kernel, Livelock, Process, SimClock, SimTasks
 
 
 def test_time_advances_only_as_tasks_sleep_and_ties_follow_the_seed() -> None:
@@ -102,3 +102,19 @@ def test_asyncio_runs_in_virtual_time_with_its_executor_on_simulated_tasks() -> 
     k.run(100.0)
     assert k.failure is None
     assert seen == [("slept", 5.0), ("read 3", 7.0), ("timed out", 8.5)]
+
+
+def test_waits_that_never_move_time_on_are_a_finding_not_a_hang() -> None:
+    """Sim seed 198: a stream waited 1.8e-15 s over and over; its loop took the timer for due
+    at once (within the clock's resolution) and the history spun at one instant for ever."""
+    k = Kernel(0)
+
+    def spin() -> None:
+        k.sleep(14.990160875615786)
+        while True:
+            k.sleep(0.0)
+
+    k.spawn(Process("s"), "s", spin)
+    k.run(100.0)
+    assert isinstance(k.failure, Livelock)
+    k.close()

@@ -10,7 +10,7 @@ import os
 
 from alfred_tools.sim.history import quiet_logs, run_many, run_one
 
-CI_SEEDS = int(os.environ.get("ALFRED_SIM_SEEDS", "2000"))
+CI_SEEDS = int(os.environ.get("ALFRED_SIM_SEEDS", "4000"))
 
 
 def test_the_ci_seed_set_keeps_every_invariant() -> None:

@@ -55,6 +55,13 @@ class Task:
     quiet: bool = False  # its error is its caller's to take (``Pending.result``), not a finding
 
 
+LIVELOCK_PARKS = 100_000  # a whole history makes a few thousand calls
+
+
+class Livelock(Exception):
+    """The history's tasks kept waiting without virtual time moving on."""
+
+
 class Kernel:
     """Virtual time and the run queue."""
 
@@ -68,6 +75,7 @@ class Kernel:
         self.switches = 0
         self._trace = trace
         self.failure: BaseException | None = None  # an exception a task let escape (a bug)
+        self._same_instant = 0  # timed waits in a row that did not move time on (see ``park``)
         self.procs: dict[int, Process] = {}
         # What the running ``run`` call stops at (``park`` takes the scheduler's next pick itself
         # when that pick is the parking task: see ``park``).
@@ -125,6 +133,15 @@ class Kernel:
         task.token += 1
         if delay is not None:
             at = self.t + (delay if delay > 0.0 else 0.0)
+            if at > self.t:
+                self._same_instant = 0
+            else:
+                self._same_instant += 1
+                if self._same_instant > LIVELOCK_PARKS and self.failure is None:
+                    # Tasks that wait without time ever moving on (a wait of 1e-15 s is one: the
+                    # float clock does not move) would spin here for ever: a finding, not a hang.
+                    self.failure = Livelock(f"{self._same_instant} waits at {self.t:.3f} s without time "
+                                            f"moving on (the last by {task.name})")
             self._n += 1
             tie = self.rng.random()
             heap = self._heap
