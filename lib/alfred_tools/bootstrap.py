@@ -110,10 +110,16 @@ def create_resources(settings: Settings, dynamodb: Any, sqs: Any,
                      template_path: Path | None = None) -> dict[str, str]:
     """Create every table and queue of the template if missing; returns the queue URLs by logical id."""
     template = load_template(template_path)
-    existing = set(dynamodb.list_tables().get("TableNames", []))
+    # Every page: ListTables answers at most 100 names, and a test session's emulator holds more
+    # (a CI run failed creating a table that page 2 would have named).
+    existing = {name for page in dynamodb.get_paginator("list_tables").paginate()
+                for name in page.get("TableNames", [])}
     for spec in table_specs(settings, template):
         if spec.name not in existing:
-            dynamodb.create_table(**spec.create_args)
+            try:
+                dynamodb.create_table(**spec.create_args)
+            except dynamodb.exceptions.ResourceInUseException:
+                pass  # created meanwhile, or our own create whose answer was lost and retried
             dynamodb.get_waiter("table_exists").wait(TableName=spec.name)
             if spec.ttl_attribute:
                 dynamodb.update_time_to_live(
