@@ -219,8 +219,9 @@ class ConversationStore(Protocol):
     cost is the page asked for, never the conversation's length."""
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
-        """Write the user message and the reply of one job; idempotent on job id."""
+                    at: str, expires_at: int, *, stopped: bool = False) -> None:
+        """Write the user message and the reply of one job; idempotent on job id. ``stopped``: the
+        reply was cut off by a cancel (its message reads ``"stopped": true``)."""
 
     def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
         """The newest ``limit`` live messages older than ``before`` (all, if None), returned oldest

@@ -6,10 +6,41 @@ import logging
 from collections.abc import Collection
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY = 24 * 3600
+
+
+class ModelPrice(BaseModel):
+    """A model's on-demand prices, in USD per million tokens; cache reads and writes apart."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float = Field(default=0.0, ge=0)
+    cache_write: float = Field(default=0.0, ge=0)
+
+
+# Amazon Bedrock on-demand prices of the Claude models this project names (us-east-1 and the US
+# cross-region inference profiles; the same as Anthropic's list prices, cache writes at the 5-minute
+# rate), read 2026-12-07 from https://aws.amazon.com/bedrock/pricing/ and
+# https://www.anthropic.com/pricing. A model id not listed here is looked up without its
+# geographic prefix (``us.``, ``eu.``, ``apac.``, ``global.``); one not found has no cost.
+HAIKU_4_5 = ModelPrice(input=1.00, output=5.00, cache_read=0.10, cache_write=1.25)
+SONNET = ModelPrice(input=3.00, output=15.00, cache_read=0.30, cache_write=3.75)
+DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
+    "us.anthropic.claude-haiku-4-5-20251001-v1:0": HAIKU_4_5,
+    "us.anthropic.claude-sonnet-4-5-20250929-v1:0": SONNET,
+    "us.anthropic.claude-sonnet-4-20250514-v1:0": SONNET,
+    "us.anthropic.claude-3-7-sonnet-20250219-v1:0": SONNET,
+    "us.anthropic.claude-3-5-haiku-20241022-v1:0": ModelPrice(input=0.80, output=4.00, cache_read=0.08,
+                                                             cache_write=1.00),
+    # The demo agent's made-up usage (agents/demo.py), priced as the default model so that a local
+    # timeline shows what such a job would cost.
+    "demo": HAIKU_4_5,
+}
 
 
 class Settings(BaseSettings):
@@ -77,6 +108,10 @@ class Settings(BaseSettings):
     bedrock_temperature: float = Field(default=0.2, ge=0, le=1)
     bedrock_max_steps: int = Field(default=6, ge=1, le=20)
     bedrock_history_messages: int = Field(default=20, ge=0)
+    # What a job's timeline prices its tokens at, by model id (``ALFRED_MODEL_PRICES``: a JSON
+    # object of ``{"input", "output", "cache_read", "cache_write"}`` per model, USD per million
+    # tokens; it replaces the defaults, so list every model you use).
+    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
 
     # --- limits on input ---------------------------------------------------------------
     max_message_chars: int = 8000

@@ -451,7 +451,10 @@ def test_what_the_runner_writes_round_trips_and_folds_like_the_record() -> None:
     assert by_type[EventType.STEP][:1] == [
         {"index": 1, "total": 2, "label": "Check the pantry", "status": "completed",
          "output": {"step": 1, "label": "Check the pantry", "ingredients": [], "runs": 1},
-         "next": {"index": 2, "label": "Search recipes"}}]
+         "next": {"index": 2, "label": "Search recipes"},
+         # the demo agent's made-up usage for the step (its model calls' sum)
+         "usage": {"input_tokens": 90, "output_tokens": 40, "cache_read_tokens": 0, "cache_write_tokens": 0,
+                   "model": "demo"}}]
     assert by_type[EventType.PLAN][0]["specs"] == {"1": {"tool": "search"}}
     assert by_type[EventType.DELTA] == [{"text": "Hello wor"}, {"text": "Good", "replace": True}, {"text": "bye"}]
     assert by_type[EventType.RESUMED] == [{"attempt": 2, "from_seq": 7}]

@@ -841,7 +841,7 @@ class DynamoConversationStore:
         self._clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
+                    at: str, expires_at: int, *, stopped: bool = False) -> None:
         key = f"{user_id}#{conversation_id}"
         # Keyed by job id: a repeated commit overwrites the same two items with the same content
         # (both come from the stored terminal event), so the turn exists exactly once. Both go in
@@ -850,7 +850,8 @@ class DynamoConversationStore:
         # writes both again before the terminal projection takes the job off the sweeper's index.
         requests = [{"PutRequest": {"Item": serialize({
             "conversation_key": key, "sk": f"{at}#{job_id}#{n}", "role": role, "text": text,
-            "job_id": job_id, "at": at, "expires_at": expires_at})}}
+            "job_id": job_id, "at": at, "expires_at": expires_at,
+            **({"stopped": True} if stopped and role == "assistant" else {})})}}
             for n, (role, text) in enumerate((("user", message), ("assistant", reply)))]
         for attempt in range(8):
             with mapped_errors():
@@ -903,7 +904,10 @@ class DynamoConversationStore:
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:
-    return {"role": item["role"], "text": item["text"], "job_id": item["job_id"], "at": item["at"]}
+    out = {"role": item["role"], "text": item["text"], "job_id": item["job_id"], "at": item["at"]}
+    if item.get("stopped"):
+        out["stopped"] = True  # a reply cut off by a cancel (Stop keeps the words)
+    return out
 
 
 class DynamoAgentDataStore:

@@ -405,12 +405,13 @@ class MemoryConversationStore:
         self.clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
+                    at: str, expires_at: int, *, stopped: bool = False) -> None:
         with self.lock:
             conv = self.items.setdefault((user_id, conversation_id), {})
             for n, (role, text) in enumerate((("user", message), ("assistant", reply))):
                 sk = f"{at}#{job_id}#{n}"
-                conv[sk] = {"role": role, "text": text, "job_id": job_id, "at": at}
+                conv[sk] = {"role": role, "text": text, "job_id": job_id, "at": at,
+                            **({"stopped": True} if stopped and role == "assistant" else {})}
                 self.expiry[(user_id, conversation_id, sk)] = expires_at
 
     def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:

@@ -10,6 +10,10 @@ by counting. Directives in the message steer it, for demos and tests:
 - ``[flaky=K]``: step K fails on the first attempt only
 - ``[flaky-reply]``: the reply fails on the first attempt, after its text has started
 
+It reports a small deterministic token usage for each part (``DEMO_MODEL``, priced in the
+settings like the default model) so that a job's timeline shows tokens and cost locally: no
+model is called.
+
 A message that mentions the pantry makes step 1 ("Check the pantry") ask ``confirm`` before it
 changes the pantry (``PANTRY_QUESTION``): yes, it uses the chicken; no, it leaves the pantry be and
 the reply says so.
@@ -37,6 +41,7 @@ LABELS = [
     "Write storage tips", "Check seasonality", "Estimate the cost", "Plan the plating",
 ]
 PANTRY_QUESTION = "Use the 2 lb of chicken from your pantry?"
+DEMO_MODEL = "demo"  # the usage it reports is made up: a few tokens per part, from the text's length
 STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
               "make", "i", "what", "can", "recipes", "recipe", "give", "show", "my"}
 
@@ -76,6 +81,7 @@ class DemoAgent:
         self._sleep(self.step_seconds / 2, ctx)
         raw = _directive(ctx.message, "steps")
         n = max(1, min(20, int(raw))) if raw else 5
+        ctx.report_usage(DEMO_MODEL, _tokens(ctx.message) + 200, 20 + 12 * n, cache_read_tokens=150)
         # A job's own pace goes with its plan (kept in the log): ``expected_seconds`` reads it.
         spec = {"seconds": self._pace(ctx)} if _directive(ctx.message, "pace") else {}
         return Plan([PlanStep(i, LABELS[i - 1], dict(spec)) for i in range(1, n + 1)])
@@ -104,6 +110,7 @@ class DemoAgent:
         if flaky and int(flaky) == step.index and ctx.attempt == 1:
             raise RetryableAgentError("the recipe service timed out", code="recipe_timeout")
         self._sleep(self._pace(ctx), ctx)
+        ctx.report_usage(DEMO_MODEL, 80 + 10 * step.index, 40)
         out: dict[str, Any] = {"step": step.index, "label": step.label,
                                "ingredients": _ingredients(ctx.message), "runs": runs}
         if pantry is not None:
@@ -119,15 +126,25 @@ class DemoAgent:
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
         pause = (self.step_seconds / 2) / max(1, len(words))
-        for i, word in enumerate(words):
-            if ctx.cancelled():
-                return
-            if (_directive(ctx.message, "flaky-reply") is not None and ctx.attempt == 1
-                    and i == len(words) // 2):
-                raise RetryableAgentError("the connection to the writer dropped", code="reply_interrupted")
-            yield word
-            if pause:
-                self._sleep(pause, ctx)
+        given = ""
+        try:
+            for i, word in enumerate(words):
+                if ctx.cancelled():
+                    return
+                if (_directive(ctx.message, "flaky-reply") is not None and ctx.attempt == 1
+                        and i == len(words) // 2):
+                    raise RetryableAgentError("the connection to the writer dropped", code="reply_interrupted")
+                yield word
+                given += word
+                if pause:
+                    self._sleep(pause, ctx)
+        finally:  # a stopped reply is billed for what it wrote, as a model's would be
+            ctx.report_usage(DEMO_MODEL, 300 + 50 * len(plan.steps), _tokens(given))
+
+
+def _tokens(text: str) -> int:
+    """About how many tokens ``text`` is (4 characters each, as model estimates go)."""
+    return -(-len(text) // 4)
 
 
 def _ingredients(message: str) -> list[str]:

@@ -15,6 +15,11 @@ the work. What the runner promises an agent:
   answered, the job resumes from its checkpoint and the same ``ask`` returns the recorded answer.
   A step that asks runs again from its start after the answer: ask before its side effects.
 
+- ``report_usage`` (any part) tells the runner what a model call was billed; the runner sums a
+  part's calls onto the event that records the part (``plan``, a completed ``step``, ``complete``,
+  or ``cancelled`` during the reply). Calls of a part that is not recorded (cut off, asking) are
+  left out of the log.
+
 What an agent promises: side effects only inside ``act``; raise ``RetryableAgentError`` when
 another attempt could help and ``TerminalAgentError`` when it cannot.
 """
@@ -55,6 +60,8 @@ class AgentContext:
     expires_at: int = 0
     # The runner's durable question (see ``ask``); None where a job cannot ask.
     asker: Callable[[str, str, list[str] | None], Any] | None = None
+    # The runner's meter (see ``report_usage``); None where nobody counts.
+    meter: Callable[[dict[str, Any]], None] | None = None
 
     def ask(self, prompt: str, kind: str = "confirm", options: list[str] | None = None) -> Any:
         """Ask the user; returns ``True``/``False`` (confirm), one of ``options`` (choice) or text.
@@ -65,6 +72,13 @@ class AgentContext:
         if self.asker is None:
             raise RuntimeError("this job cannot ask the user")
         return self.asker(prompt, kind, options)
+
+    def report_usage(self, model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+                     cache_write_tokens: int = 0) -> None:
+        """Report one model call's billed tokens (summed onto the event of the part that made it)."""
+        if self.meter is not None:
+            self.meter({"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens,
+                        "cache_read_tokens": cache_read_tokens, "cache_write_tokens": cache_write_tokens})
 
     def idempotency_key(self, step_index: int) -> str:
         """The stable key for side effects of one step (job id + step index, and the job's

@@ -124,6 +124,32 @@ class PhasePayload(Payload):
     phase: Phase
 
 
+class Usage(_Data):
+    """What the model calls of one boundary (a plan, a step, the reply) were billed: their sum.
+
+    Cache reads and writes are counted apart from plain input, as they are priced apart."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    model: str = ""
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of both (the model of either; ``mixed`` if they differ)."""
+        model = self.model or other.model
+        if self.model and other.model and self.model != other.model:
+            model = "mixed"
+        return Usage(input_tokens=self.input_tokens + other.input_tokens,
+                     output_tokens=self.output_tokens + other.output_tokens,
+                     cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+                     cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens, model=model)
+
+    def full(self) -> dict[str, Any]:
+        """Every key, set or not (what the events and the timeline show)."""
+        return self.model_dump(mode="json")
+
+
 class PlanStepRef(_Data):
     """A step as the plan event lists it."""
 
@@ -149,16 +175,19 @@ class PlanPayload(Payload):
     total_steps: int
     specs: dict[str, dict[str, Any]] | None = None
     next: NextStep | None = None
+    usage: Usage | None = None  # the planning calls' tokens
 
     @classmethod
-    def of(cls, plan: Plan, *, start_first: bool = False) -> PlanPayload:
+    def of(cls, plan: Plan, *, start_first: bool = False, usage: dict[str, Any] | None = None) -> PlanPayload:
         """The payload recording ``plan`` (``specs`` only when some step has one); with
-        ``start_first``, its first step starts with it (``next``)."""
+        ``start_first``, its first step starts with it (``next``); ``usage``: what planning cost."""
         steps = [PlanStepRef(index=st.index, label=st.label) for st in plan.steps]
         specs = {str(st.index): st.spec for st in plan.steps if st.spec}
         extra: dict[str, Any] = {"specs": specs} if specs else {}
         if start_first and plan.steps:
             extra["next"] = NextStep(index=plan.steps[0].index, label=plan.steps[0].label)
+        if usage is not None:
+            extra["usage"] = usage
         return cls(steps=steps, total_steps=len(steps), **extra)
 
     def plan(self) -> Plan:
@@ -182,6 +211,7 @@ class StepPayload(Payload):
     status: Literal["started", "completed"]
     output: Any = None
     next: NextStep | None = None
+    usage: Usage | None = None  # a completed step's model calls' tokens
 
     @property
     def completed(self) -> bool:
@@ -204,7 +234,8 @@ class ResumedPayload(Payload):
 
 class CompletePayload(Payload):
     event_type = EventType.COMPLETE
-    output: dict[str, Any]  # {"reply": str, "usage"?: {...}}
+    output: dict[str, Any]  # {"reply": str, "usage"?: {...}} (the Bedrock agent's job total)
+    usage: Usage | None = None  # the reply's model calls' tokens
 
     @property
     def reply(self) -> str:
@@ -219,15 +250,20 @@ class FailedPayload(Payload):
 class CancelledPayload(Payload):
     """``{}`` (a cancel: by a worker at a step boundary, or by the API on a job nobody holds), or
     ``{"reason": "interrupted", "by": <job id>}``: a later job of the conversation submitted with
-    ``multitask: interrupt`` ended it."""
+    ``multitask: interrupt`` ended it. Cancelled during its reply, it keeps the reply so far
+    (``partial_reply``, committed to the conversation as a stopped turn) and what the reply's
+    calls were billed (``usage``)."""
 
     event_type = EventType.CANCELLED
     reason: Literal["interrupted"] | None = None
     by: str | None = None
+    partial_reply: str | None = None
+    usage: Usage | None = None
 
     @classmethod
-    def interrupted_by(cls, job_id: str | None) -> CancelledPayload:
-        return cls(reason="interrupted", by=job_id) if job_id else cls()
+    def interrupted_by(cls, job_id: str | None, partial_reply: str | None = None) -> CancelledPayload:
+        extra: dict[str, Any] = {"partial_reply": partial_reply} if partial_reply else {}
+        return cls(reason="interrupted", by=job_id, **extra) if job_id else cls(**extra)
 
 
 InputKind = Literal["confirm", "choice", "text"]
@@ -388,6 +424,12 @@ class LogState:
     asked: dict[str, InputRequiredPayload] = field(default_factory=dict)  # questions, by input_id
     answers: dict[str, bool | str] = field(default_factory=dict)  # their answers, by input_id
     handed_on: int = 0  # attempts that ended out of invocation time (``status: pending``, no error)
+
+    @property
+    def partial_reply(self) -> str | None:
+        """The reply shown so far, if the job has begun replying and shown some (what a cancel
+        now keeps)."""
+        return self.shown if "reply" in self.phases and self.shown else None
 
     @property
     def question(self) -> InputRequiredPayload | None:

@@ -12,7 +12,7 @@ gate entry, still there, would hold its conversation until then.
 
 from __future__ import annotations
 
-from alfred_jobs.domain.events import CancelledPayload, FailedPayload, Payload
+from alfred_jobs.domain.events import CancelledPayload, FailedPayload, Payload, replay
 from alfred_jobs.domain.models import Event, Job, JobStatus, fold
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.journal import Journal
@@ -40,6 +40,11 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
         return None
     done = fold(job, [ev])
     try:
+        if isinstance(payload, CancelledPayload) and payload.partial_reply:
+            # As a worker's finalize would (and does, if this fails: the sweeper sends the job).
+            deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
+                                           payload.partial_reply, ev.at, journal.expires_at(deps.clock.now()),
+                                           stopped=True)
         Admission(deps).release(done)
         if isinstance(payload, FailedPayload):
             deps.queue.dead_letter(job.job_id, job.job_id, payload.error.code)  # guarantee 8
@@ -47,6 +52,17 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     except StoreError as exc:
         log.warning("ended; finalizing is left to a worker", extra={"job_id": job.job_id, "error": str(exc)})
     return done
+
+
+def cancel_of(deps: Deps, job: Job, by: str | None) -> CancelledPayload:
+    """The cancel of a job nobody holds; one whose log has begun its reply (its worker died while
+    replying) keeps the reply shown so far. The log is read only then (one strongly consistent
+    read): a job not replying has nothing to keep."""
+    partial = None
+    if job.progress.phase == "reply":
+        events = Journal(deps.log, deps.settings.retention_seconds).read_all(job.job_id, known_head=job.last_seq)
+        partial = replay(events).partial_reply
+    return CancelledPayload.interrupted_by(by, partial)
 
 
 def end_if_cancelled(deps: Deps, job_id: str, writer: str) -> Job | None:
@@ -67,4 +83,4 @@ def end_if_cancelled(deps: Deps, job_id: str, writer: str) -> Job | None:
     job = fold(job, Journal(deps.log, deps.settings.retention_seconds).read_after(job_id, job.last_seq))
     if job.status not in (JobStatus.PENDING, JobStatus.WAITING):
         return None  # ended (a worker finalizes it), or running by its log: its next attempt stops at once
-    return end_unheld(deps, job, CancelledPayload.interrupted_by(job.cancel_by), writer)
+    return end_unheld(deps, job, cancel_of(deps, job, job.cancel_by), writer)

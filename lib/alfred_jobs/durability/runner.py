@@ -49,6 +49,7 @@ from alfred_jobs.domain.events import (
     ResumedPayload,
     StatusPayload,
     StepPayload,
+    Usage,
     apply_delta,
     parse_iso,
     replay,
@@ -200,6 +201,8 @@ class _Attempt:
         self._projection: Pending[None] | None = None
         self._behind: Pending[Event] | None = None  # the one write still in flight (append_behind)
         self._worked = False  # whether this attempt has done a part (think, a step): see ``_fits``
+        self._usage: Usage | None = None  # the current part's model calls (``_meter``), not yet recorded
+        self._reply_so_far = ""  # the reply text the agent gave this attempt (a cancel keeps it)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by)
 
@@ -342,7 +345,30 @@ class _Attempt:
         return self.attempt - replay(self.events).handed_on
 
     def _cancelled(self) -> CancelledPayload:
-        return CancelledPayload.interrupted_by(self.keeper.cancel_by)
+        """The cancel, keeping the reply so far (this attempt's, or the one the log shows) and what
+        the reply's calls were billed."""
+        partial = self._reply_so_far or replay(self.events).partial_reply
+        payload = CancelledPayload.interrupted_by(self.keeper.cancel_by, partial)
+        usage = self._take_usage()
+        if not usage:
+            return payload
+        return CancelledPayload.model_validate({**payload.to_data(), **usage})
+
+    # ---- usage ----------------------------------------------------------------------------
+
+    def _meter(self, call: dict[str, Any]) -> None:
+        """``AgentContext.report_usage``: add one call to the current part's sum."""
+        used = Usage.model_validate(call)
+        self._usage = used if self._usage is None else self._usage.plus(used)
+
+    def _new_part(self) -> None:
+        """A part (think, a step, the reply) begins: calls reported before it are not its own."""
+        self._usage = None
+
+    def _take_usage(self) -> dict[str, Any]:
+        """The current part's usage as an event's ``usage`` key (none if it made no model call)."""
+        used, self._usage = self._usage, None
+        return {"usage": used.full()} if used is not None else {}
 
     def finish(self, payload: Payload) -> None:
         self.append(payload)
@@ -365,6 +391,11 @@ class _Attempt:
         if isinstance(outcome, CompletePayload):
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
                                                 outcome.reply, term.at, self.journal.expires_at(self.clock.now()))
+        elif isinstance(outcome, CancelledPayload) and outcome.partial_reply:
+            # Stop keeps the words: the reply so far is the turn's answer, marked stopped.
+            self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
+                                                outcome.partial_reply, term.at,
+                                                self.journal.expires_at(self.clock.now()), stopped=True)
         elif isinstance(outcome, FailedPayload):
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's
@@ -692,20 +723,22 @@ class _Attempt:
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
                            step_outputs=outputs, cancelled=self.keeper.cancel_seen,
-                           created_at=job.created_at, expires_at=job.expires_at, asker=self._ask)
+                           created_at=job.created_at, expires_at=job.expires_at, asker=self._ask,
+                           meter=self._meter)
         self._step = 0
         # No ``phase`` event for think and act: the attempt's first event (``status: running``,
         # ``resumed``) opens thinking, and the first step event the act phase. One write each less.
         started = set(done.started)
         if plan is None:
             self.boundary()
+            self._new_part()
             plan = self.agent.think(ctx)
             self._worked = True
             # The first step starts with the plan (``next``), unless a cancel came meanwhile or
             # the invocation has no time left for it (then it is handed on at the step's boundary).
             start_first = (bool(plan.steps) and not self.keeper.cancel_seen()
                            and self._fits("step", plan.steps[0]))
-            self.append(PlanPayload.of(plan, start_first=start_first))
+            self.append(PlanPayload.of(plan, start_first=start_first, **self._take_usage()))
             if start_first:
                 started.add(plan.steps[0].index)
         total = len(plan.steps)
@@ -723,6 +756,7 @@ class _Attempt:
             # log every reader takes (a cut-off step, then the end). On time, it costs nothing.
             self.boundary()
             t0 = self.clock.monotonic()
+            self._new_part()
             step_output = self.agent.act(step, ctx)
             count("StepDuration", self.clock.monotonic() - t0, "Seconds")
             self._worked = True
@@ -733,7 +767,7 @@ class _Attempt:
                                           or not self._fits("step", following)):
                 following = None
             self.append(StepPayload(index=step.index, total=total, label=step.label, status="completed",
-                                    output=step_output,
+                                    output=step_output, **self._take_usage(),
                                     **({"next": NextStep(index=following.index, label=following.label)}
                                        if following is not None else {})))
             outputs[step.index] = step_output
@@ -752,7 +786,7 @@ class _Attempt:
             used = usage(ctx)
             if used:
                 output["usage"] = used
-        self.finish(CompletePayload(output=output))
+        self.finish(CompletePayload(output=output, **self._take_usage()))
 
     def _stream_reply(self, plan: Plan, ctx: AgentContext, shown: str) -> str:
         """Consume the agent's reply, writing coalesced ``delta`` events.
@@ -778,13 +812,23 @@ class _Attempt:
             elif not shown.startswith(full):
                 put(DeltaPayload(text=full, replace=True))
 
-        for chunk in self.agent.reply(plan, ctx):
-            if self.keeper.cancel_seen() or self.keeper.lost:
-                break
-            full += chunk
-            if (self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
-                    or len(full) - len(shown) >= self.s.delta_flush_chars):
-                flush()
+        self._new_part()
+        chunks = self.agent.reply(plan, ctx)
+        try:
+            for chunk in chunks:
+                if self.keeper.cancel_seen() or self.keeper.lost:
+                    break
+                full += chunk
+                self._reply_so_far = full
+                if (self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
+                        or len(full) - len(shown) >= self.s.delta_flush_chars):
+                    flush()
+        finally:
+            # Closed now, not when collected: an agent counts a call it stops at its close (the
+            # Bedrock agent records a cancelled stream's usage then), before a cancel records it.
+            close = getattr(chunks, "close", None)
+            if callable(close):
+                close()
         self.boundary()
         flush()
         if shown != full:

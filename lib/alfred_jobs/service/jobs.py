@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 
 from alfred_jobs.domain.events import (
-    CancelledPayload,
     InputReceivedPayload,
     InputRequiredPayload,
     parse_iso,
@@ -26,7 +26,7 @@ from alfred_jobs.domain.models import (
 )
 from alfred_jobs.domain.retention import expiry
 from alfred_jobs.durability.admission import Admission
-from alfred_jobs.durability.ending import end_unheld
+from alfred_jobs.durability.ending import cancel_of, end_unheld
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import (
     ClientError,
@@ -44,6 +44,7 @@ from alfred_jobs.exceptions import (
 from alfred_jobs.observability import count, get_logger
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.cursor import decode_cursor, encode_cursor
+from alfred_jobs.service.timeline import timeline as fold_timeline
 
 STATUS_FILTERS = {s.value: frozenset({s}) for s in JobStatus} | {"active": ACTIVE_STATUSES}
 API_WRITER = "api"
@@ -285,6 +286,13 @@ class JobService:
         nxt = encode_cursor(self.settings.cursor_secret, user_id, page.next_key) if page.next_key else None
         return page.jobs, nxt
 
+    def timeline(self, user_id: str, job_id: str) -> dict[str, Any]:
+        """The caller's job's timeline (``service/timeline.py``), folded from its whole log, read
+        strongly consistent as the events endpoint reads it: a stale read would leave out its end."""
+        job = self.owned(user_id, job_id)
+        events = self.journal.read_all(job_id, known_head=job.last_seq)
+        return fold_timeline(refold(job, events), events, self.settings.model_prices, self.deps.clock.now())
+
     # ---- cancel ---------------------------------------------------------------------------
 
     def cancel(self, user_id: str, job_id: str) -> tuple[Job, bool]:
@@ -312,7 +320,7 @@ class JobService:
             raise Conflict(f"job is already {job.status}", code="job_finished")
         unheld = not job.lease_live(self.deps.clock.now())
         if job.status in (JobStatus.PENDING, JobStatus.WAITING) and unheld:
-            done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(by), API_WRITER)
+            done = end_unheld(self.deps, job, cancel_of(self.deps, job, by), API_WRITER)
             if done is not None:
                 count("JobsCancelled")
                 return done, True
@@ -327,7 +335,7 @@ class JobService:
             # delivery back, backs off before a retry), and may have looked at the flag for the
             # last time before we set it: end the job here. (The worker reads the flag again after
             # its release: whichever of us comes second sees the other; see ``end_if_cancelled``.)
-            done = end_unheld(self.deps, job, CancelledPayload.interrupted_by(job.cancel_by), API_WRITER)
+            done = end_unheld(self.deps, job, cancel_of(self.deps, job, job.cancel_by), API_WRITER)
             if done is not None:
                 count("JobsCancelled")
                 return done, True

@@ -29,7 +29,9 @@ Token usage: every call's usage is recorded in the agent data store when its str
 way (one record per job, attempt and call, expiring with the job): exact when the stream reported
 it, otherwise estimated and marked (``transport.usage_of``); a cancelled call is estimated at its
 ceiling, since closing the stream is not known to stop the billing. ``usage(ctx)`` sums the records
-(cache reads and writes apart); the runner merges the total into the ``complete`` output.
+(cache reads and writes apart); the runner merges the total into the ``complete`` output. Each call
+is also reported to the runner (``ctx.report_usage``), which puts the sum of a part's calls on the
+event recording it (``plan``, a completed ``step``, ``complete``, a ``cancelled`` reply).
 
 Truncation: a reply whose stream ends without a stop reason was cut off in transit (retryable
 ``model_unavailable``); one that stops on ``max_tokens`` ends with a visible note saying so.
@@ -764,6 +766,9 @@ class BedrockAgent:
     def _record(self, ctx: AgentContext, call: str, usage: dict[str, int]) -> None:
         """Record one call's usage at once, keyed by attempt and call: exact across processes."""
         self.agent_data.record_usage(self._job_key(ctx), f"a{ctx.attempt}.{call}", usage, self._expires(ctx))
+        # ... and to the runner, which sums a part's calls onto the event recording the part.
+        ctx.report_usage(self.config.model_id, usage.get("inputTokens", 0), usage.get("outputTokens", 0),
+                         usage.get("cacheReadInputTokens", 0), usage.get("cacheWriteInputTokens", 0))
 
     @contextmanager
     def _errors(self, what: str, ctx: AgentContext | None = None) -> Iterator[None]:

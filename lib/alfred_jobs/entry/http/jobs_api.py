@@ -96,6 +96,12 @@ def cancel_job(job_id: str, user: CurrentUser, svc: Service) -> JSONResponse:
     return JSONResponse(job.public(job_links(svc.deps, user, job)), status_code=200 if done else 202)
 
 
+@router.get("/api/jobs/{job_id}/timeline", responses=ERRORS)
+def job_timeline(job_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
+    """The job's attempts, spans, waits, tokens and cost, folded from its log (owner only)."""
+    return svc.timeline(user, job_id)
+
+
 @router.post("/api/jobs/{job_id}/input", responses=ERRORS)
 def answer_job(job_id: str, body: InputAnswer, user: CurrentUser, svc: Service) -> JSONResponse:
     """Answer the job's question: 202 when the answer continues the job, 200 for the same answer
