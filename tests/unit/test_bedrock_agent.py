@@ -247,6 +247,13 @@ def test_full_job_completes_with_plan_steps_reply_and_usage() -> None:
     assert output["usage"] == {**{k: 3 * v for k, v in USAGE.items()}, "cacheReadInputTokens": 0,
                                "cacheWriteInputTokens": 0}
     assert w.kitchen.items(USER, w.job(job_id).conversation_id, "pantry")[0]["quantity"] == 6.0
+    # AND each event that made a call carries that call's usage, in the events' snake_case (issue 27)
+    one = {"input_tokens": USAGE["inputTokens"], "output_tokens": USAGE["outputTokens"],
+           "cache_read_tokens": 0, "cache_write_tokens": 0, "model": MODEL}
+    assert plan["usage"] == one
+    steps = [e["data"] for e in events if e["type"] == "step" and e["data"]["status"] == "completed"]
+    assert [s.get("usage") for s in steps] == [None, one]  # the kitchen step made no call
+    assert events[-1]["data"]["usage"] == one
     # AND the turn is committed to the conversation
     msgs = w.deps.conversations.messages(USER, w.job(job_id).conversation_id, 10)
     assert [m["role"] for m in msgs] == ["user", "assistant"]
