@@ -177,6 +177,11 @@ class ApiClient:
         result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
         return result
 
+    def timeline(self, job_id: str) -> dict[str, Any]:
+        """``GET /api/jobs/{id}/timeline``: attempts, spans, waits, tokens and cost."""
+        result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}/timeline")
+        return result
+
     def jobs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
         if status:

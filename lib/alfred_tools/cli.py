@@ -40,6 +40,7 @@ from alfred_tools.api_client import (
     question_hint,
     show_answer,
 )
+from alfred_tools.timeline_text import render as render_timeline
 
 
 def output_mode(args: argparse.Namespace, out: TextIO) -> str:
@@ -264,6 +265,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    client = _client()
+    tl = client.timeline(client.resolve(args.job_id))
+    if args.json:
+        print(json.dumps(tl, indent=2))
+        return 0
+    fill = "█" if (getattr(sys.stdout, "encoding", "") or "").lower().startswith("utf") else "#"
+    print(render_timeline(tl, fill=fill))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     page = _client().jobs(args.status, args.limit, args.cursor)
     if args.json:
@@ -428,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job_id", metavar="ID", help=ID_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    tl = sub.add_parser("timeline", help="a job's timeline: attempts, steps, waits, tokens and cost")
+    tl.add_argument("job_id", metavar="ID", help=ID_HELP)
+    tl.add_argument("--json", action="store_true")
+    tl.set_defaults(func=cmd_timeline)
 
     ls = sub.add_parser("list", help="your jobs, newest first")
     ls.add_argument("--status", choices=["pending", "running", "waiting", "complete", "failed", "cancelled",

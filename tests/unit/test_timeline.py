@@ -210,3 +210,22 @@ def test_the_endpoint_folds_a_real_run_for_its_owner_and_is_404_for_anyone_else(
         assert get("bob").status_code == 404
         assert client.get(f"/api/jobs/{'0' * 32}/timeline", headers={
             "Authorization": f"Bearer {issue_local_token(settings, 'alice')}"}).status_code == 404
+
+
+def test_the_cli_prints_each_span_with_a_bar_to_scale_and_the_totals() -> None:
+    from alfred_tools.timeline_text import render
+    log = (Log().add(2, "status", {"status": "running"})
+           .add(4, "plan", {**PLAN, "next": {"index": 1, "label": "Check"}, "usage": use(1000, 100)})
+           .add(20, "input_required", {"input_id": "s1q1", "prompt": "?", "kind": "confirm",
+                                       "expires_at": iso(T0 + 86400)})
+           .add(40, "cancelled", {}, writer=API))
+    text = render(fold(log, JobStatus.CANCELLED, end=40), width=20, fill="#")
+    lines = text.splitlines()
+    assert lines[0].endswith("40.0 s in all, 2.0 s queued, 20.0 s waiting for you")
+    assert "attempt 1: asked you, and waited" in lines
+    bars = {line.split("|")[0].strip(): line.split("|")[1] for line in lines if "|" in line}
+    # 40 s on 20 cells: 2 s a cell
+    assert bars["queued (#1)"] == "#".ljust(20)
+    assert bars["step 1 Check (#1)"] == "  ########".ljust(20)
+    assert bars["waiting for you (#1)"] == " " * 10 + "#" * 10
+    assert "1,000 in · 100 out  $0.0015" in text and "cancelled: you asked" in text
