@@ -110,10 +110,30 @@ export interface JobView {
   cancelReason: 'interrupted' | null;
   /** Cancelled by an interrupt: the job that interrupted it. */
   cancelledBy: string | null;
+  /** Cancelled during its reply: `reply` is the reply so far (`partial_reply`), kept and shown "Stopped". */
+  stopped: boolean;
   /** The open question (status `waiting`); null once answered on any device (`input_received`) or ended. */
   question: QuestionView | null;
   /** The last answer taken (from `input_received`, whichever device sent it). */
   answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
+}
+
+/** Tokens a model was billed for (the sum of a part's calls). */
+export interface Usage {
+  input_tokens: number; output_tokens: number; cache_read_tokens: number; cache_write_tokens: number; model: string;
+}
+
+/** A job's timeline, folded from its log by the server. */
+export interface Timeline {
+  job_id: string;
+  status: JobStatus;
+  attempts: { attempt: number; started_at: string; ended_at: string | null;
+    ended: 'completed' | 'crashed' | 'handed_on' | 'fenced' | 'waiting' | 'cancelled' | 'failed' | null }[];
+  spans: { kind: 'queued' | 'think' | 'step' | 'waiting' | 'backoff' | 'reply'; index?: number; label?: string;
+    attempt: number; started_at: string; ended_at: string | null; duration_s: number; usage?: Usage;
+    cost_usd?: number }[];
+  cancel?: { reason: string; by?: string };
+  totals: { wall_s: number; queued_s: number; waiting_s: number; usage: Usage; cost_usd: number };
 }
 
 /** What the client remembers per job in storage (localStorage by default). */
@@ -231,7 +251,9 @@ export interface AlfredClient {
    * `next_cursor` (null on the oldest page) as `cursor` reads the page before. */
   getConversation(conversationId: string, page?: { limit?: number; cursor?: string }): Promise<{
     conversation_id: string; next_cursor: string | null;
-    messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
+    messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string; stopped?: true }[] }>;
+  /** `GET /api/jobs/{id}/timeline`: the job's attempts, spans, waits, tokens and cost (SPEC "A job's timeline"). */
+  getTimeline(jobId: string): Promise<Timeline>;
   /** Answer the job's question at `links.input` (or `/api/jobs/{id}/input`). `taken`: true on 202 (the job
    * goes on), false on 200 (the same answer was already taken). Rejects with an AlfredApiError: 409
    * `input_answered` (answered otherwise, e.g. on another device), `stale_input`, `input_expired`,

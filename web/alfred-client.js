@@ -55,7 +55,7 @@ export function emptyView(jobId, status = 'pending') {
   return {
     jobId, status, phase: null, attempt: 1, totalSteps: null, steps: [], currentStep: null,
     completedSteps: 0, label: null, reply: '', error: null, retry: null, lastSeq: 0,
-    cancelReason: null, cancelledBy: null, question: null, answered: null,
+    cancelReason: null, cancelledBy: null, question: null, answered: null, stopped: false,
   };
 }
 
@@ -160,6 +160,9 @@ export function applyEvent(view, ev) {
       // multitask "interrupt" ended it; {} for a plain cancel.
       v.cancelReason = d.reason || null;
       v.cancelledBy = d.by || null;
+      // Stopped during its reply: the reply so far is kept (and committed as a stopped turn).
+      if (d.partial_reply) v.reply = d.partial_reply;
+      v.stopped = Boolean(d.partial_reply);
       v.currentStep = null;
       v.retry = null;
       break;
@@ -413,6 +416,8 @@ export function createAlfredClient(options = {}) {
       throw err;
     });
   // The latest page of a conversation (oldest first); `next_cursor` reads the page before it.
+  /** GET /api/jobs/{id}/timeline: attempts, spans, waits, tokens and cost, folded from the log. */
+  const getTimeline = (id) => api(`/api/jobs/${encodeURIComponent(id)}/timeline`);
   const getConversation = (id, { limit, cursor } = {}) => {
     const q = new URLSearchParams();
     if (limit) q.set('limit', String(limit));
@@ -700,7 +705,7 @@ export function createAlfredClient(options = {}) {
   }
 
   return {
-    submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation, answerInput,
+    submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation, getTimeline, answerInput,
     getPushKey, savePushSubscription, deletePushSubscription,
     draftKey, finishedWhileAway, acknowledge, records: allRecords, record: readRecord, close,
     watching: () => Array.from(watchers.keys()),

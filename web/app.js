@@ -363,6 +363,7 @@ function jobEntry(jobId, message) {
   $('.cancel', li).addEventListener('click', () => cancel(jobId, li));
   $('.retry', li).addEventListener('click', () => retryJob(jobId, li));
   $('.steps-summary', li).addEventListener('click', () => { $('.steps-box', li).dataset.touched = '1'; });
+  wireTimeline(jobId, li);
   $('.question-form', li).addEventListener('submit', (e) => {
     e.preventDefault();
     const q = lastViews.get(jobId)?.question;
@@ -500,7 +501,7 @@ function render(jobId, view) {
 
   const reply = $('.reply', li);
   if (reply.dataset.source !== (view.reply || '')) renderMarkdown(reply, view.reply || '');
-  reply.hidden = !view.reply || view.status === 'cancelled';
+  reply.hidden = !view.reply || (view.status === 'cancelled' && !view.stopped);
 
   const failed = $('.state-failed', li);
   failed.hidden = view.status !== 'failed';
@@ -509,8 +510,9 @@ function render(jobId, view) {
   retryBtn.hidden = view.status !== 'failed' || !messageOf(jobId);
   const interrupted = view.status === 'cancelled' && view.cancelReason === 'interrupted';
   li.classList.toggle('is-interrupted', interrupted);
-  $('.state-cancelled', li).hidden = view.status !== 'cancelled' || interrupted;
+  $('.state-cancelled', li).hidden = view.status !== 'cancelled' || interrupted || Boolean(view.stopped);
   $('.state-interrupted', li).hidden = !interrupted;
+  renderStopped(li, view);
 
   // The plan, each step once, with its state.
   const box = $('.steps-box', li);
@@ -553,6 +555,115 @@ function render(jobId, view) {
   else if (view.status === 'cancelled') announce(jobId, 'Cancelled.');
 
   if (wasActive !== active) refreshWaiting(jobId);
+}
+
+// ---- Stop keeps the words: a reply cut off by a cancel stays, marked "Stopped" --------------
+
+/** The view of a committed turn: its reply, and a stopped one (cancelled while replying) as such. */
+function committedView(jobId, turn) {
+  const view = { ...emptyView(jobId, turn.stopped ? 'cancelled' : 'complete'), reply: turn.assistant || '' };
+  return turn.stopped ? { ...view, stopped: true } : view;
+}
+
+function renderStopped(li, view) {
+  const stopped = view.status === 'cancelled' && Boolean(view.stopped);
+  li.classList.toggle('is-stopped', stopped);
+  $('.state-stopped', li).hidden = !stopped;
+}
+
+// ---- the timeline: the job's "Steps" details, fetched from its log when opened -------------
+
+const SPAN_NAMES = { queued: 'Queued', think: 'Thinking', waiting: 'Waiting for you', backoff: 'Retry wait',
+  reply: 'Reply' };
+const ENDED = { completed: 'finished', crashed: 'its worker stopped; picked up again', handed_on: 'handed on',
+  fenced: 'ended under it', waiting: 'asked you, then waited', cancelled: 'cancelled', failed: 'failed' };
+
+function seconds(s) {
+  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(Math.round(s % 60)).padStart(2, '0')} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
+}
+
+function tokenText(u) {
+  if (!u || !(u.input_tokens || u.output_tokens)) return '';
+  const parts = [`${u.input_tokens.toLocaleString('en-US')} in`, `${u.output_tokens.toLocaleString('en-US')} out`];
+  if (u.cache_read_tokens) parts.push(`${u.cache_read_tokens.toLocaleString('en-US')} cached`);
+  return `${parts.join(' · ')} tokens`;
+}
+
+function usd(cost) {
+  return cost == null ? '' : cost < 0.01 ? `$${cost.toFixed(4)}` : `$${cost.toFixed(2)}`;
+}
+
+function el(tag, className, text) {
+  return Object.assign(document.createElement(tag), { className, ...(text != null ? { textContent: text } : {}) });
+}
+
+/** Fetch the timeline each time the details open (a running job's grows), once it has ended. */
+function wireTimeline(jobId, li) {
+  const box = $('.steps-box', li);
+  box.addEventListener('toggle', async () => {
+    if (!box.open || !client) return;
+    const shown = $('.timeline', li);
+    const v = lastViews.get(jobId);
+    if (shown.dataset.final === '1') return;
+    try {
+      const tl = await client.getTimeline(jobId);
+      renderTimeline(li, tl);
+      if (isTerminal(tl.status) && v && isTerminal(v.status)) shown.dataset.final = '1';
+    } catch { /* offline, or gone: the step list stays */ }
+  });
+}
+
+/** Draw the timeline: one row per span, its bar placed and sized on the job's wall time. */
+function renderTimeline(li, tl) {
+  const box = $('.timeline', li);
+  const wall = Math.max(tl.totals.wall_s, 0.001);
+  const t0 = tl.spans.length ? Date.parse(tl.spans[0].started_at) : 0;
+  const many = tl.attempts.length > 1;
+  const rows = tl.spans.map((span) => {
+    const row = el('li', `tl-row tl-${span.kind}`);
+    const name = span.kind === 'step' ? `Step ${span.index}${span.label ? ` · ${span.label}` : ''}`
+      : SPAN_NAMES[span.kind] || span.kind;
+    const head = el('div', 'tl-head');
+    head.append(el('span', 'tl-name', many ? `${name} (attempt ${span.attempt})` : name),
+      el('span', 'tl-dur', span.ended_at ? seconds(span.duration_s) : `${seconds(span.duration_s)} so far`));
+    const track = el('div', 'tl-track');
+    const bar = el('span', 'tl-bar');
+    const left = Math.min(99, ((Date.parse(span.started_at) - t0) / 1000 / wall) * 100);
+    bar.style.left = `${left.toFixed(2)}%`;
+    bar.style.width = `${Math.max(1, Math.min(100 - left, (span.duration_s / wall) * 100)).toFixed(2)}%`;
+    track.setAttribute('aria-hidden', 'true');
+    track.append(bar);
+    row.append(head, track);
+    const meta = [tokenText(span.usage), usd(span.cost_usd)].filter(Boolean).join(' · ');
+    if (meta) row.append(el('div', 'tl-meta', meta));
+    return row;
+  });
+  const list = el('ol', 'tl-spans');
+  list.append(...rows);
+  const parts = [];
+  if (many || tl.attempts.some((a) => a.ended && a.ended !== 'completed' && a.ended !== 'cancelled')) {
+    const attempts = el('ul', 'tl-attempts');
+    attempts.append(...tl.attempts.map((a) => el('li', `tl-attempt tl-ended-${a.ended || 'running'}`,
+      `Attempt ${a.attempt}: ${a.ended ? ENDED[a.ended] || a.ended : 'running'}`)));
+    parts.push(attempts);
+  }
+  parts.push(list);
+  if (tl.cancel) {
+    parts.push(el('p', 'tl-cancel', tl.cancel.reason === 'interrupted' ? 'Cancelled: interrupted by your next message'
+      : 'Cancelled: you stopped it'));
+  }
+  const t = tl.totals;
+  const sum = [`${seconds(t.wall_s)} in all`];
+  if (t.queued_s >= 0.05) sum.push(`${seconds(t.queued_s)} queued`);
+  if (t.waiting_s >= 0.05) sum.push(`${seconds(t.waiting_s)} waiting for you`);
+  const tok = tokenText(t.usage);
+  if (tok) sum.push(tok, usd(t.cost_usd));
+  parts.push(el('p', 'tl-totals', sum.join(' · ')));
+  box.replaceChildren(...parts);
+  box.hidden = false;
+  $('.steps', li).hidden = true; // the timeline says all the list did, and when
 }
 
 // ---- questions: Alfred asks mid-run and waits for the answer ------------------------------
@@ -1184,6 +1295,7 @@ function mergeConversation(messages) {
     if (!m.job_id) continue;
     const t = turns.get(m.job_id) || {};
     t[m.role] = m.text;
+    if (m.role === 'assistant' && m.stopped) t.stopped = true;
     t.at = m.at;
     turns.set(m.job_id, t);
   }
@@ -1193,7 +1305,7 @@ function mergeConversation(messages) {
     jobEntry(jobId, t.user);
     if (!lastViews.has(jobId)) {
       lastAnnounced.set(jobId, 'Alfred finished.'); // history is not news
-      render(jobId, { ...emptyView(jobId, 'complete'), reply: t.assistant || '' });
+      render(jobId, committedView(jobId, t));
     } else {
       place(jobId);
     }

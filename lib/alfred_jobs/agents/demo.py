@@ -125,7 +125,8 @@ class DemoAgent:
         text = reply_text(ctx.message, note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
-        pause = (self.step_seconds / 2) / max(1, len(words))
+        # Half a step, ``[pace=S]``'s when given: a test can stop a reply while it is written.
+        pause = (self._pace(ctx) / 2) / max(1, len(words))
         given = ""
         try:
             for i, word in enumerate(words):
