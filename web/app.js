@@ -543,6 +543,7 @@ function render(jobId, view) {
     item.dataset.state = status;
     $('.step-state', item).textContent = { done: ' (done)', running: ' (in progress)', todo: '' }[status];
   }
+  offerTimeline(li, view);
 
   renderQuestion(jobId, li, view, active);
 
@@ -597,6 +598,14 @@ function usd(cost) {
 
 function el(tag, className, text) {
   return Object.assign(document.createElement(tag), { className, ...(text != null ? { textContent: text } : {}) });
+}
+
+/** An ended job whose plan this device never saw (a turn from the conversation, a job cancelled
+ * before it planned) still has a timeline: offer it under its own name. */
+function offerTimeline(li, view) {
+  if (view.steps.length || !isTerminal(view.status)) return;
+  $('.steps-box', li).hidden = false;
+  $('.steps-summary', li).textContent = 'Timeline';
 }
 
 /** Fetch the timeline each time the details open (a running job's grows), once it has ended. */

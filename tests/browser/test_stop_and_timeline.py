@@ -50,6 +50,10 @@ def test_a_stopped_reply_stays_marked_on_both_devices_and_the_timeline_shows_it(
         expect(lb.locator(".reply")).to_have_attribute("data-source", stopped["text"])
         expect(lb.locator(".state-stopped")).to_be_visible()
         expect(lb.locator(".state-stopped")).to_have_text("Stopped")
+        # ... and its timeline, though this device never saw the job's plan
+        lb.locator(".steps-summary").click()
+        expect(lb.locator(".timeline .tl-row")).to_have_count(4)
+        expect(lb.locator(".timeline .tl-cancel")).to_have_text("Cancelled: you stopped it")
     finally:
         laptop_ctx.close()
 
