@@ -25,6 +25,16 @@ def test_a_turn_is_the_message_then_the_reply(backend: Backend) -> None:
         {"role": "assistant", "text": "Here is a plan.", "job_id": job, "at": when}]
 
 
+def test_a_stopped_turn_marks_its_reply_and_only_its_reply(backend: Backend) -> None:
+    user, conv, job = uid("user"), uid("conv"), uid("job")
+    when = at(1)
+    backend.conversations.commit_turn(user, conv, job, "risotto?", "Toast the rice, then", when, live(),
+                                      stopped=True)
+    assert backend.conversations.messages(user, conv, 10) == [
+        {"role": "user", "text": "risotto?", "job_id": job, "at": when},
+        {"role": "assistant", "text": "Toast the rice, then", "job_id": job, "at": when, "stopped": True}]
+
+
 def test_commit_turn_is_idempotent_per_job(backend: Backend) -> None:
     user, conv, job = uid("user"), uid("conv"), uid("job")
     when = at(1)
