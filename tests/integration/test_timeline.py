@@ -50,7 +50,7 @@ def test_a_crashed_waited_and_stopped_job_shows_it_all_in_its_timeline_and_keeps
         # lapse after the kill is what lets the job be taken over)
         first = stack.start_worker(ALFRED_DEMO_STEP_SECONDS="0.4", ALFRED_LEASE_SECONDS="6")
         stack.start_sweeper()
-        job_id = phone.post("/api/chat", json={"message": "chicken from my pantry [steps=3] [pace=1.5]"}
+        job_id = phone.post("/api/chat", json={"message": "chicken from my pantry [steps=3] [pace=2] [reply=4]"}
                             ).json()["job_id"]
         wait_until(lambda: has(stack, job_id, EventType.INPUT_REQUIRED), what="the job to ask")
         wait_until(lambda: phone.get(f"/api/jobs/{job_id}").json()["status"] == "waiting", what="it to wait")
@@ -59,8 +59,8 @@ def test_a_crashed_waited_and_stopped_job_shows_it_all_in_its_timeline_and_keeps
         wait_until(lambda: any(step_started_by(e) == 2 for e in log_of(stack, job_id)), what="step 2 to start")
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        # AND a new worker, whose reply is slow enough to be stopped, takes the job over
-        stack.start_worker(ALFRED_DEMO_STEP_SECONDS="8")
+        # AND a new worker takes the job over (its reply takes 4 s: time to stop it)
+        stack.start_worker()
         wait_until(lambda: has(stack, job_id, EventType.DELTA), timeout=90, what="the reply to start")
         # AND the user presses Stop while it is replying
         assert phone.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 202)

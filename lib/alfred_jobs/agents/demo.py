@@ -8,6 +8,7 @@ by counting. Directives in the message steer it, for demos and tests:
 - ``[fail]``: every attempt fails in step 2 with a retryable error (a poison job)
 - ``[fatal]``: step 1 fails with a terminal error
 - ``[flaky=K]``: step K fails on the first attempt only
+- ``[reply=S]``: the reply takes S seconds to write (default half a step)
 - ``[flaky-reply]``: the reply fails on the first attempt, after its text has started
 
 It reports a small deterministic token usage for each part (``DEMO_MODEL``, priced in the
@@ -125,8 +126,9 @@ class DemoAgent:
         text = reply_text(ctx.message, note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
-        # Half a step, ``[pace=S]``'s when given: a test can stop a reply while it is written.
-        pause = (self._pace(ctx) / 2) / max(1, len(words))
+        # Half a step, or ``[reply=S]`` seconds: a test can stop a reply while it is written.
+        seconds = _directive(ctx.message, "reply")
+        pause = (float(seconds) if seconds else self.step_seconds / 2) / max(1, len(words))
         given = ""
         try:
             for i, word in enumerate(words):
