@@ -192,6 +192,15 @@ def test_bill_goal_and_managed_instances() -> None:
     assert lmi["usd_per_million_jobs"] == pytest.approx(3 * 0.0816 * 1.15 / 1000 * 1e6 + 0.2, abs=0.01)
 
 
+def test_fixed_costs_fall_per_job_with_the_load() -> None:
+    by_load = cost.bill_by_load(cost.load_prices(), INPUTS)
+    assert set(by_load) == {"100", "1000", "10000"}
+    # the service stream's tasks, ALB and network, and the LMI fleet are hourly: 10x the load, far less a job
+    assert by_load["10000"]["service_stream"] < by_load["1000"]["service_stream"] < by_load["100"]["service_stream"]
+    assert by_load["10000"]["service_stream_lmi_worker"] < by_load["10000"]["service_stream"]
+    assert by_load["100"]["service_stream_lmi_worker"] > by_load["100"]["lambda_stream"]
+
+
 def test_model_cost_prices_the_stand_ins_usage() -> None:
     cfg = cost.load_prices()
     tokens = {"no_caching": {"inputTokens": 10_000, "outputTokens": 400},
@@ -206,11 +215,20 @@ def test_model_cost_prices_the_stand_ins_usage() -> None:
 
 def test_scaling_a_job_to_15_s_from_two_measured_jobs() -> None:
     short = cost.Units(wru=20, rru_strong=2, rru_eventual=10, sqs=3, event_wru=15)
-    long = cost.Units(wru=21, rru_strong=14, rru_eventual=70, sqs=3, event_wru=15)
+    long = cost.Units(wru=24, rru_strong=14, rru_eventual=70, sqs=3, event_wru=17)
     units, rate = cost.scale_to(15.0, short, 0.1, long, 6.1)
+    # reads run per second (the stream's poller, the cancel polls)
     assert rate.rru_eventual == pytest.approx(10.0) and rate.rru_strong == pytest.approx(2.0)
     assert units.rru_eventual == pytest.approx(10 + 10 * 14.9)
-    assert units.event_wru == 15  # the events are the job's, not its length's
+    # writes follow the steps: the priced job has the measured job's steps, so its writes as counted
+    assert rate.wru == 0 and units.wru == 24 and units.event_wru == 17 and units.sqs == 3
+
+
+def test_lease_renewals_follow_the_lease_keepers_cadence() -> None:
+    assert cost.lease_renewals(15.3, 30) == 1   # every 10 s
+    assert cost.lease_renewals(6.4, 30) == 0    # the bench's 5 x 1 s job renews none
+    assert cost.lease_renewals(15.3, 6) == 7
+    assert cost.template_facts(load_template())["lease_seconds"] == 30
 
 
 def test_reads_are_priced_by_consistency() -> None:

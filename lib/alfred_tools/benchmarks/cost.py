@@ -19,6 +19,7 @@ Two figures come out of a bench run:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -118,21 +119,34 @@ def units_from_counts(requests: dict[str, dict[str, float]], agent_table: str = 
 
 def scale_to(seconds: float, short: Units, short_s: float, long: Units, long_s: float) -> tuple[Units, Units]:
     """(units of a job of ``seconds``, units per second) by a straight line through two measured
-    jobs: the zero-step job (``short``) and the 5 x 1 s job (``long``), same events, same run.
+    jobs: the zero-step job (``short``) and the 5 x 1 s job (``long``), same run.
 
-    The per-second rate is an upper bound for longer steps: the stream's poller backs off while
-    nothing new comes (50 ms to 250 ms), so a 15 s job of fewer, longer gaps polls less per second
-    than the 1 s steps measured.
+    Only reads are scaled with time: the stream's poller and the lease keeper's cancel polls run
+    per second (an upper bound for longer steps: the poller backs off while nothing new comes,
+    50 ms to 250 ms). Writes and queue requests follow the job's steps, and the priced job has the
+    measured job's steps (think + 5 steps + reply), so they are the 5 x 1 s job's as counted; the
+    one write that grows with time, the lease renewal (every LeaseSeconds / 3, none in a 6 s job),
+    is added by the caller (``lease_renewals``).
     """
     span = long_s - short_s
-    if span <= 0.1:  # no usable second point: all of the long job's units are taken per second
-        rate = Units(*(getattr(long, f) / max(long_s, 1e-3) for f in _FIELDS))
-        return Units().scaled(rate, seconds), rate
-    rate = Units().scaled(long.minus(short), 1 / span)
-    # what only happens at a job's edges (the events, submit, the queue) stays as counted
-    rate = Units(wru=rate.wru, rru_strong=rate.rru_strong, rru_eventual=rate.rru_eventual, sqs=rate.sqs,
-                 event_wru=0.0)
-    return short.scaled(rate, max(0.0, seconds - short_s)), rate
+    if span <= 0.1:  # no usable second point: all of the long job's reads are taken per second
+        per_s = max(long_s, 1e-3)
+        rate = Units(rru_strong=long.rru_strong / per_s, rru_eventual=long.rru_eventual / per_s)
+        return Units(wru=long.wru, rru_strong=rate.rru_strong * seconds, rru_eventual=rate.rru_eventual * seconds,
+                     sqs=long.sqs, event_wru=long.event_wru), rate
+    diff = long.minus(short)
+    rate = Units(rru_strong=diff.rru_strong / span, rru_eventual=diff.rru_eventual / span)
+    extra = max(0.0, seconds - short_s)
+    return Units(wru=long.wru, rru_strong=short.rru_strong + rate.rru_strong * extra,
+                 rru_eventual=short.rru_eventual + rate.rru_eventual * extra,
+                 sqs=long.sqs, event_wru=long.event_wru), rate
+
+
+def lease_renewals(seconds: float, lease_seconds: float) -> int:
+    """Lease renewals of a job of ``seconds``: the lease keeper renews every third of the lease
+    (``durability/lease.py``), so a 15 s job on a 30 s lease renews once (at 10 s)."""
+    every = lease_seconds / 3
+    return int(seconds // every) if every > 0 else 0
 
 
 # ---- template.yaml ---------------------------------------------------------------------------------
@@ -239,6 +253,7 @@ def template_facts(template: dict[str, Any]) -> dict[str, Any]:
             "architecture": str(_resolve(template, glob.get("Architectures", ["x86_64"])) or "x86_64"),
             "tracing": str(_resolve(template, glob.get("Tracing", "PassThrough")) or "PassThrough"),
             "sweep_schedule": schedule, "sweeper_ticks_per_hour": ticks_per_hour(str(schedule)),
+            "lease_seconds": float(params.get("LeaseSeconds", {}).get("Default", 30)),
             "jobs_indexes": {ix.name: ix.projection for ix in table_indexes(template)},
             "secrets": sum(1 for r in resources.values()
                            if isinstance(r, dict) and r.get("Type") == "AWS::SecretsManager::Secret")}
@@ -544,6 +559,22 @@ def managed_instances_worker(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: fl
             "break_even_jobs_per_hour": round(fixed / max(1e-12, lam - usd(cfg, "lambda_request")), 0)}
 
 
+def bill_by_load(cfg: dict[str, Any], inp: Inputs, loads: tuple[float, ...] = (100.0, 1000.0, 10000.0)
+                 ) -> dict[str, dict[str, float]]:
+    """The totals at other loads (jobs an hour): what the fixed monthly and hourly costs (the
+    service stream, Temporal's plan, metrics, Lambda Managed Instances) come to per job. Adds
+    ``service_stream_lmi_worker``: the service stream with the worker on Lambda Managed Instances
+    (documented, not a template option)."""
+    out: dict[str, dict[str, float]] = {}
+    for load in loads:
+        bill = totals(whole_bill(cfg, inp, load))
+        parts = whole_bill(cfg, inp, load)["service_stream"]
+        lmi = managed_instances_worker(cfg, inp, load)["usd_per_million_jobs"]
+        bill["service_stream_lmi_worker"] = round(sum(parts.values()) - parts["lambda_worker"] + lmi, 2)
+        out[f"{load:g}"] = bill
+    return out
+
+
 def model_cost(cfg: dict[str, Any], tokens: dict[str, Any] | None) -> dict[str, Any]:
     """``model_cost_per_million_jobs_usd``: the tokens one job is billed for (the Bedrock stand-in's
     usage, ``model_tokens`` scenario) at the default model's list prices, without and with prompt
@@ -649,7 +680,7 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
             "service_stream_network_usd_per_hour": {k.removeprefix("task_network_if_"): round(v, 4) for k, v in
                                                     service_hourly(cfg, inp, load).items()
                                                     if k.startswith("task_network_if_")},
-            "units_per_job": units.rounded(),
+            "units_per_job": inp.units.rounded(),
             "units_per_second": rate.rounded(),
             "jobs_table_index_write_units_per_job": index_wru,
             "measured": {"zero_step_job_s": round(short_s, 3), "five_step_job_s": round(long_s, 3),
@@ -658,6 +689,7 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
             "components_usd_per_million": bill,
             "temporal_cloud_on_business_plan": business,
             "lambda_managed_instances_worker": managed_instances_worker(cfg, inp, load),
+            "totals_by_jobs_per_hour": bill_by_load(cfg, inp),
             "stream_tail_per_asking_job_usd_per_million": round(
                 _lambda(cfg, cfg["stream_tail"]["wait_seconds"] * inp.memory_gb["stream"], 0, inp.arch) * 1e6, 2),
             "includes": INCLUDES,
@@ -668,16 +700,18 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
 
 def inputs_from(cfg: dict[str, Any], template: dict[str, Any], units: Units, rate: Units, seconds: float,
                 overhead: float, short_s: float) -> tuple[Inputs, dict[str, Any], dict[str, float]]:
-    """The bill's inputs from the scaled units and template.yaml. The lease renewals of a job are
-    the per-second write rate (the heartbeats) over its length; the index writes follow them."""
+    """The bill's inputs from the scaled units and template.yaml: the lease renewals of a job of
+    ``seconds`` at the template's LeaseSeconds (one write each, and their index writes) are added
+    to the counted writes."""
     facts = template_facts(template)
-    renewals = rate.wru * max(0.0, seconds - short_s)
+    renewals = lease_renewals(seconds + overhead, float(facts["lease_seconds"]))
     index_wru = index_write_units(table_indexes(template), cfg["jobs_table_write"], renewals)
+    units = dataclasses.replace(units, wru=units.wru + renewals)
     inp = Inputs(units=units, job_seconds=seconds, overhead_seconds=overhead, memory_gb=facts["memory_gb"],
                  sweeper_ticks_per_hour=facts["sweeper_ticks_per_hour"], arch=facts["architecture"],
                  tracing=facts["tracing"] == "Active", index_wru=sum(index_wru.values()),
                  secrets=facts["secrets"], log_bytes=float(cfg["observability"]["app_log_bytes_per_job"]))
-    return inp, facts, {k: round(v, 2) for k, v in index_wru.items()}
+    return inp, {**facts, "lease_renewals_per_job": renewals}, {k: round(v, 2) for k, v in index_wru.items()}
 
 
 def price_notes(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
