@@ -3,11 +3,11 @@
 #
 #   bash infra/check-template.sh
 #
-# 1. cfn-lint on template.yaml and on a copy whose defaults select the other hostings
-#    (StreamHosting=service, SubmitSnapStart=Enabled), in one run
-# 2. sam validate (the SAM translation; `sam validate --lint` is cfn-lint with the same default
-#    configuration, which step 1 already ran, so it is not run again)
-# 3. one sam build of the zip functions and the layer they share (built once) into a temporary
+# 1. cfn-lint on template.yaml, on a copy whose defaults select the other hostings
+#    (StreamHosting=service, SubmitSnapStart=Enabled) and on one with Architecture=x86_64, in one run
+# 2. sam validate of the three (the SAM translation; `sam validate --lint` is cfn-lint with the
+#    same default configuration, which step 1 already ran, so it is not run again)
+# 3. one sam build of the zip functions and the layers they share (built once) into a temporary
 #    directory; the stream function is a container image and needs Docker, so it is left out of
 #    the copy of the template that is built: its Dockerfile is linted by hadolint instead (step 5)
 # 4. checkov on both templates, in one run: every finding is fixed or skipped inline with a
@@ -61,21 +61,27 @@ SERVICE="$WORK/template-service.yaml"
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
 for name, old, new in (("StreamHosting", "lambda", "service"), ("SubmitSnapStart", "Disabled", "Enabled")):
-    text, n = re.subn(rf"(\n  {name}:\n    Type: String\n    Default: ){old}\n", rf"\g<1>{new}\n", text)
+    text, n = re.subn(rf"(\n  {name}:\n    Type: String\n    Default: ){re.escape(old)}\n", rf"\g<1>{new}\n", text)
     assert n == 1, f"{name}: default {old} not found"
 open(sys.argv[2], "w", encoding="utf-8").write(text)
 PY
+# ... and the x86_64 functions and layer (Architecture=x86_64) in another.
+X86="$WORK/template-x86.yaml"
+sed 's/^    Default: arm64$/    Default: x86_64/' template.yaml > "$X86"
+grep -q '^    Default: x86_64$' "$X86" || { echo "Architecture: default arm64 not found" >&2; exit 1; }
 
 # ---- 1-2: lint and validate ----------------------------------------------------------------
-step "cfn-lint template.yaml (and with StreamHosting=service, SubmitSnapStart=Enabled)"
-"$BIN/cfn-lint" template.yaml "$SERVICE"
+step "cfn-lint template.yaml (and with StreamHosting=service, SubmitSnapStart=Enabled; and Architecture=x86_64)"
+"$BIN/cfn-lint" template.yaml "$SERVICE" "$X86"
 
-step "sam validate"
+step "sam validate (both architectures, and the other hostings)"
 "$BIN/sam" validate --template-file template.yaml
+"$BIN/sam" validate --template-file "$X86"
+"$BIN/sam" validate --template-file "$SERVICE"
 
 # ---- 3: build the zip functions and the layer, once ------------------------------------------
 FUNCTIONS=(SubmitFunction WorkerFunction SweeperFunction)
-step "sam build ${FUNCTIONS[*]} and AlfredLibLayer"
+step "sam build ${FUNCTIONS[*]} and the layers"
 # The template without its image functions (JSON, intrinsics in long form, as cfn-lint reads it);
 # --base-dir keeps CodeUri/ContentUri relative to the checkout.
 ZIP_TEMPLATE="$WORK/template-zip.json"
@@ -99,15 +105,20 @@ for fn in "${FUNCTIONS[@]}"; do
     test -f "$BUILD/$fn/app.py" || { echo "$fn: app.py missing from the build" >&2; exit 1; }
     echo "built $fn"
 done
-# Check the layer is a python3.12 Lambda layer.
-LAYER="$BUILD/AlfredLibLayer/python"
-test -f "$LAYER/alfred_jobs/__init__.py" || { echo "layer: alfred_jobs missing" >&2; exit 1; }
-compgen -G "$LAYER/pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu.so" >/dev/null \
-    || { echo "layer: no cp312 manylinux pydantic_core (wrong platform flags?)" >&2; exit 1; }
-compgen -G "$LAYER/cryptography/hazmat/bindings/_rust.abi3.so" >/dev/null \
-    || { echo "layer: no manylinux cryptography (Web Push needs it)" >&2; exit 1; }
-if compgen -G "$LAYER/moto" >/dev/null; then echo "layer: moto (local only) must not ship" >&2; exit 1; fi
-echo "layer: $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
+# Check each layer built is a Lambda layer of its runtime and architecture (the default's,
+# AlfredLibLayerArm64, must be there; sam build may build the others whatever their Condition).
+check_layer() {  # logical id, the pydantic_core wheel tag it must hold
+    local LAYER="$BUILD/$1/python"
+    test -f "$LAYER/alfred_jobs/__init__.py" || { echo "$1: alfred_jobs missing" >&2; exit 1; }
+    compgen -G "$LAYER/pydantic_core/_pydantic_core.$2.so" >/dev/null \
+        || { echo "$1: no $2 pydantic_core (wrong platform flags?)" >&2; exit 1; }
+    compgen -G "$LAYER/cryptography/hazmat/bindings/_rust.abi3.so" >/dev/null \
+        || { echo "$1: no manylinux cryptography (Web Push needs it)" >&2; exit 1; }
+    if compgen -G "$LAYER/moto" >/dev/null; then echo "$1: moto (local only) must not ship" >&2; exit 1; fi
+    echo "$1: $2, $(du -sh "$LAYER" | cut -f1) unzipped (limit 250M)"
+}
+check_layer AlfredLibLayerArm64 cpython-312-aarch64-linux-gnu
+if [[ -d "$BUILD/AlfredLibLayer" ]]; then check_layer AlfredLibLayer cpython-312-x86_64-linux-gnu; fi
 
 # ---- 4: checkov ------------------------------------------------------------------------------
 step "checkov -f template.yaml (and with StreamHosting=service, SubmitSnapStart=Enabled)"
@@ -124,5 +135,5 @@ else
     echo "hadolint: $DOCKERFILE not present yet, skipped"
 fi
 
-printf '\ncheck-template: OK (cfn-lint and checkov on both stream hostings, sam validate, one sam build of %s and the layer, hadolint) in %ss\n' \
+printf '\ncheck-template: OK (cfn-lint and sam validate on both stream hostings and both architectures, checkov, one sam build of %s and the layers for both architectures, hadolint) in %ss\n' \
     "${FUNCTIONS[*]}" "$((SECONDS - START))"

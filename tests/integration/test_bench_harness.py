@@ -30,9 +30,11 @@ CONTRACT_KEYS = [
     "zero_step_floor_ms", "overhead_floor_ratio",
     # issue 25: model tokens billed per job, with and without prompt caching
     "model_tokens_per_job",
+    # issue 28: the model's bill beside the AWS bill
+    "model_cost_per_million_jobs_usd",
 ]
-BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "lambda_durable_functions",
-             "temporal_cloud"]
+BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "step_functions_express",
+             "lambda_durable_functions", "temporal_cloud"]
 
 
 def _positive(v: object) -> bool:
@@ -57,7 +59,7 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
         assert key in res, key
     for key in CONTRACT_KEYS:
         if key in ("peer_celery_sqs", "cost_per_million_jobs_usd", "aws_cost_per_million_jobs_usd",
-                   "model_tokens_per_job"):
+                   "model_tokens_per_job", "model_cost_per_million_jobs_usd"):
             continue
         assert _positive(res[key]), (key, res[key])
     assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
@@ -76,7 +78,9 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     assert res["machine"]["nproc"] >= 1
     assert res["prices"]["usd"]
     # the whole bill: every option priced, each a plausible figure for a 15 s job ($100-$5,000 per
-    # million: at least the agent's 15 s of Lambda at 1 GB, $250, and not twenty times that)
+    # million: at least the agent's and the stream's 15 s of Lambda at 256 MB, $100, and not fifty
+    # times that); the model's tokens beside it
+    assert res["model_cost_per_million_jobs_usd"]["uncached"] > res["model_cost_per_million_jobs_usd"]["cached"] > 0
     bill = res["aws_cost_per_million_jobs_usd"]
     assert sorted(bill) == sorted(BILL_KEYS)
     for key in BILL_KEYS:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import re
+from pathlib import Path
 
 import pytest
 
 from alfred_tools.benchmarks import cost
 from alfred_tools.benchmarks.counting import _consistent
+from alfred_tools.bootstrap import load_template
 
 INPUTS = cost.Inputs(
     units=cost.Units(wru=20, rru_strong=10, rru_eventual=40, sqs=3, event_wru=15),
@@ -35,7 +40,7 @@ def test_the_price_file_ships_with_the_package() -> None:
 
 
 def test_lambda_stream_bill_by_hand() -> None:
-    # GIVEN known units at the list prices of the file, 1,000 jobs an hour
+    # GIVEN known units at the list prices of the file, 1,000 jobs an hour, x86, no tracing
     cfg = cost.load_prices()
 
     # WHEN the bill is made
@@ -52,10 +57,32 @@ def test_lambda_stream_bill_by_hand() -> None:
     assert bill["dynamodb"] == pytest.approx(20 * 0.625 + 30 * 0.125, abs=0.01)           # 16.25
     assert bill["sqs"] == pytest.approx(3 * 0.40, abs=0.01)
     assert bill["lambda_streamed_bytes"] == 0.0  # 16 KB < the free 6 MB of a request
+    assert bill["lambda_stream_tail"] == 0.0     # the priced job does not ask
     # the sweeper: 60 ticks an hour over 1,000 jobs = 0.06 tick a job; idle polls 900/h
     assert bill["lambda_sweeper"] == pytest.approx(0.06 * (0.3 * 0.5 * gbs + req), abs=0.01)
     assert bill["sqs_sweeper_and_idle_polls"] == pytest.approx((0.06 + 0.9) * 0.40, abs=0.01)
-    assert cost.totals({"x": bill})["x"] == pytest.approx(407.52, abs=0.05)
+    # no tracing: no trace; logs: 3 invocations x 400 B + 350 B access + 2 x 450 B EMF at $0.50/GB
+    assert bill["xray_traces"] == 0.0
+    assert bill["cloudwatch_logs"] == pytest.approx((3 * 400 + 350 + 900) / 1024 ** 3 * 0.5 * 1e6, abs=0.01)
+    # 27 metrics x $0.30 a month over 730,000 jobs a month
+    assert bill["cloudwatch_custom_metrics"] == pytest.approx(27 * 0.30 / 730_000 * 1e6, abs=0.01)  # 11.10
+    assert cost.totals({"x": bill})["x"] == pytest.approx(sum(bill.values()), abs=0.05)
+
+
+def test_arm64_tracing_and_index_writes_are_priced() -> None:
+    cfg = cost.load_prices()
+    arm = dataclasses.replace(INPUTS, arch="arm64", tracing=True, index_wru=10, secrets=3)
+    bill = cost.whole_bill(cfg, arm, 1000)
+    gbs_arm = 0.0000133334 * 1e6
+    assert bill["lambda_stream"]["lambda_worker"] == pytest.approx(15.5 * gbs_arm + 0.2, abs=0.01)
+    assert bill["lambda_stream"]["xray_traces"] == pytest.approx(15.0)      # submit, worker, stream
+    assert bill["service_stream"]["xray_traces"] == pytest.approx(10.0)     # the tasks record none
+    assert bill["lambda_stream"]["dynamodb_index_writes"] == pytest.approx(6.25)
+    assert bill["lambda_stream"]["secrets_manager"] == pytest.approx(3 * 0.4 / 730_000 * 1e6 + 0.02 * 5, abs=0.01)
+    # the peers keep Lambda's defaults: x86_64, no active tracing
+    assert bill["step_functions_express"]["lambda_tasks"] == pytest.approx(15 * 16.6667 + 7 * 0.2, abs=0.01)
+    assert "xray_traces" in bill["step_functions_express"]
+    assert bill["step_functions_express"]["xray_traces"] == 0.0
 
 
 def test_peers_by_hand() -> None:
@@ -63,12 +90,20 @@ def test_peers_by_hand() -> None:
     bill = cost.whole_bill(cfg, INPUTS, 1000)
     # 10 transitions (Think, Choice, Map, 5 x Act, Reply, Succeed) at $25 per million
     assert bill["step_functions_standard"]["state_transitions"] == pytest.approx(250.0)
+    # Express: $1 per million requests + 15 s at 64 MB at $0.00001667 per GB-s
+    assert bill["step_functions_express"]["express_requests"] == pytest.approx(1.0)
+    assert bill["step_functions_express"]["express_duration"] == pytest.approx(15 * 0.0625 * 16.67, abs=0.01)
     # 8 durable operations (start, think, 5 steps, reply) at $8 per million
     assert bill["lambda_durable_functions"]["durable_operations"] == pytest.approx(64.0)
-    # 10 actions (start, think, 5 steps, reply, 2 heartbeats) at $50 per million, + retained history
-    assert 500 < bill["temporal_cloud"]["temporal_actions_and_storage"] < 505
-    # every peer's client watches through the same stream: the same line as ours
-    for peer in ("step_functions_standard", "lambda_durable_functions", "temporal_cloud"):
+    # Temporal: 10 actions a job x 730,000 jobs a month = 7.3 M; 1 M included; $50 per million;
+    # + 16 KB of history retained 7 days at $0.00105 per GB-hour
+    t = bill["temporal_cloud"]
+    retained = 16384 / 1024 ** 3 * 7 * 24 * 0.00105 * 1e6                                   # 2.69
+    assert t["temporal_actions_and_storage"] == pytest.approx(6.3e6 * 50e-6 / 730_000 * 1e6 + retained, abs=0.05)
+    # the Essentials plan: the greater of $100 a month and 5% of usage ($16): $100 over 730,000 jobs
+    assert t["temporal_plan"] == pytest.approx(100 / 730_000 * 1e6, abs=0.01)                # 136.99
+    # every peer's client watches through the same stream: ours at the peers' architecture
+    for peer in cost.PEERS:
         assert bill[peer]["lambda_stream"] == bill["lambda_stream"]["lambda_stream"]
 
 
@@ -78,20 +113,122 @@ def test_service_stream_shares_its_hours_over_the_load_and_breaks_even() -> None
     # 2 tasks x (0.25 vCPU x 0.04048 + 0.5 GB x 0.004445) an hour
     assert hourly["fargate_tasks"] == pytest.approx(2 * (0.25 * 0.04048 + 0.5 * 0.004445))
     assert hourly["tasks"] == 2
+    # the ALB's two public IPv4 addresses; the tasks through 4 interface endpoints in 2 AZs
+    assert hourly["alb_public_ipv4"] == pytest.approx(0.01)
+    assert hourly["task_network_if_endpoints"] == pytest.approx(0.08, abs=0.001)
+    assert hourly["task_network_if_nat"] == pytest.approx(2 * (0.045 + 0.005), abs=0.001)
+    assert hourly["task_network_if_public_ip"] == pytest.approx(0.01)
     n = cost.break_even_jobs_per_hour(cfg, INPUTS)
     at = cost.whole_bill(cfg, INPUTS, n)
     # at the break-even load both ways of hosting the stream cost the same per job
     assert cost.totals(at)["service_stream"] == pytest.approx(cost.totals(at)["lambda_stream"], abs=0.2)
-    assert 100 < n < 2000
+    assert 100 < n < 5000
+
+
+def test_index_writes_follow_dynamodb_rules() -> None:
+    ix = cost.Index("due", frozenset({"active_shard", "due_at"}), "ALL")
+    keys_only = cost.Index("due", frozenset({"active_shard", "due_at"}), "KEYS_ONLY")
+    job = frozenset({"job_id", "active_shard", "due_at", "status"})
+    assert cost.index_writes(ix, frozenset(), job, frozenset()) == 1                         # enters
+    assert cost.index_writes(ix, job, frozenset({"due_at"}), frozenset()) == 2              # key moves
+    assert cost.index_writes(ix, job, frozenset({"status"}), frozenset()) == 1              # projected
+    assert cost.index_writes(keys_only, job, frozenset({"status"}), frozenset()) == 0       # not projected
+    assert cost.index_writes(ix, job, frozenset(), frozenset({"active_shard"})) == 1        # leaves
+    assert cost.index_writes(ix, frozenset({"job_id"}), frozenset({"m"}), frozenset()) == 0  # never in it
+
+
+def test_index_write_units_follow_the_template() -> None:
+    # GIVEN the jobs table of template.yaml and the job's writes of prices.toml
+    cfg = cost.load_prices()
+    template = load_template()
+    indexes = cost.table_indexes(template)
+    assert {i.name: i.projection for i in indexes} == {"by_user": "ALL", "due": "ALL", "gate_check": "KEYS_ONLY"}
+
+    # WHEN a job with 10 renewals is counted
+    units = cost.index_write_units(indexes, cfg["jobs_table_write"], renewals=10)
+
+    # THEN by_user (ALL) takes one per job write (create, lease, 10 renewals, terminal); due (ALL,
+    # keyed on due_at) two per write that moves due_at and one to enter and leave; gate_check
+    # (KEYS_ONLY, sparse) only the gate's enroll and unlist
+    assert units == {"by_user": 13, "due": 1 + 2 + 20 + 1, "gate_check": 2}
+    # AND a template whose due index projects KEYS_ONLY saves nothing on renewals (the key moves)
+    # but the terminal projection no longer costs a put there
+    variant = copy.deepcopy(template)
+    for gsi in variant["Resources"]["JobsTable"]["Properties"]["GlobalSecondaryIndexes"]:
+        if gsi["IndexName"] == "by_user":
+            gsi["Projection"] = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["status"]}
+    fewer = cost.index_write_units(cost.table_indexes(variant), cfg["jobs_table_write"], renewals=10)
+    assert fewer["by_user"] == 1 + 10 + 1  # create, renewals (status), terminal: not the lease
+
+
+def test_template_facts_resolve_the_parameters() -> None:
+    facts = cost.template_facts(load_template())
+    params = load_template()["Parameters"]
+    assert facts["architecture"] == params["Architecture"]["Default"] == "arm64"
+    assert facts["tracing"] == params["Tracing"]["Default"]
+    assert facts["memory_gb"]["worker"] == params["WorkerMemorySize"]["Default"] / 1024
+    assert facts["memory_gb"]["stream"] == params["StreamMemorySize"]["Default"] / 1024
+    assert facts["secrets"] == 3
+
+
+def test_custom_metric_count_is_the_runtimes() -> None:
+    # every distinct name the runtime counts is a custom metric once published (EMF)
+    src = Path(cost.__file__).resolve().parents[2] / "alfred_jobs"
+    names = set()
+    for f in src.rglob("*.py"):
+        names |= set(re.findall(r'\bcount\(\s*"([A-Za-z]+)"', f.read_text(encoding="utf-8")))
+    assert len(names) == cost.load_prices()["observability"]["custom_metrics"], sorted(names)
+
+
+def test_bill_goal_and_managed_instances() -> None:
+    ok = {"lambda_stream": 190, "service_stream": 90, "step_functions_standard": 400,
+          "step_functions_express": 195, "lambda_durable_functions": 220, "temporal_cloud": 700}
+    assert cost.bill_goal(ok) is True
+    assert cost.bill_goal({**ok, "step_functions_express": 180}) is False   # a peer below ours
+    assert cost.bill_goal({**ok, "service_stream": 120}) is False           # cheapest > $100
+    assert cost.bill_goal({"lambda_stream": 1}) is None
+    lmi = cost.managed_instances_worker(cost.load_prices(), INPUTS, 1000)
+    assert lmi["instances"] == 3  # the minimum: 4.3 concurrent jobs fit one instance
+    assert lmi["usd_per_million_jobs"] == pytest.approx(3 * 0.0816 * 1.15 / 1000 * 1e6 + 0.2, abs=0.01)
+
+
+def test_fixed_costs_fall_per_job_with_the_load() -> None:
+    by_load = cost.bill_by_load(cost.load_prices(), INPUTS)
+    assert set(by_load) == {"100", "1000", "10000"}
+    # the service stream's tasks, ALB and network, and the LMI fleet are hourly: 10x the load, far less a job
+    assert by_load["10000"]["service_stream"] < by_load["1000"]["service_stream"] < by_load["100"]["service_stream"]
+    assert by_load["10000"]["service_stream_lmi_worker"] < by_load["10000"]["service_stream"]
+    assert by_load["100"]["service_stream_lmi_worker"] > by_load["100"]["lambda_stream"]
+
+
+def test_model_cost_prices_the_stand_ins_usage() -> None:
+    cfg = cost.load_prices()
+    tokens = {"no_caching": {"inputTokens": 10_000, "outputTokens": 400},
+              "caching": {"inputTokens": 1_000, "cacheWriteInputTokens": 1_000, "cacheReadInputTokens": 8_000,
+                          "outputTokens": 400}}
+    out = cost.model_cost(cfg, tokens)
+    assert out["uncached"] == pytest.approx(10_000 * 1.0 + 400 * 5.0)              # $ per million jobs
+    assert out["cached"] == pytest.approx(1_000 + 1_250 + 800 + 2_000)
+    assert out["model"].startswith("Claude Haiku 4.5")
+    assert cost.model_cost(cfg, None)["uncached"] is None
 
 
 def test_scaling_a_job_to_15_s_from_two_measured_jobs() -> None:
     short = cost.Units(wru=20, rru_strong=2, rru_eventual=10, sqs=3, event_wru=15)
-    long = cost.Units(wru=21, rru_strong=14, rru_eventual=70, sqs=3, event_wru=15)
+    long = cost.Units(wru=24, rru_strong=14, rru_eventual=70, sqs=3, event_wru=17)
     units, rate = cost.scale_to(15.0, short, 0.1, long, 6.1)
+    # reads run per second (the stream's poller, the cancel polls)
     assert rate.rru_eventual == pytest.approx(10.0) and rate.rru_strong == pytest.approx(2.0)
     assert units.rru_eventual == pytest.approx(10 + 10 * 14.9)
-    assert units.event_wru == 15  # the events are the job's, not its length's
+    # writes follow the steps: the priced job has the measured job's steps, so its writes as counted
+    assert rate.wru == 0 and units.wru == 24 and units.event_wru == 17 and units.sqs == 3
+
+
+def test_lease_renewals_follow_the_lease_keepers_cadence() -> None:
+    assert cost.lease_renewals(15.3, 30) == 1   # every 10 s
+    assert cost.lease_renewals(6.4, 30) == 0    # the bench's 5 x 1 s job renews none
+    assert cost.lease_renewals(15.3, 6) == 7
+    assert cost.template_facts(load_template())["lease_seconds"] == 30
 
 
 def test_reads_are_priced_by_consistency() -> None:

@@ -216,7 +216,37 @@ def test_every_zip_function_is_python312_with_a_makefile_target() -> None:
         assert RESOURCES[logical_id]["Metadata"]["BuildMethod"] == "makefile"
         makefile = (ROOT / props["CodeUri"] / "Makefile").read_text(encoding="utf-8")
         assert re.search(rf"^build-{logical_id}:", makefile, re.M), f"{logical_id}: no make target"
-        assert props["Layers"] == [{"Ref": "AlfredLibLayer"}]
+        # the layer of the Architecture parameter
+        assert props["Layers"] == [{"Fn::If": ["OnArm64", {"Ref": "AlfredLibLayerArm64"}, {"Ref": "AlfredLibLayer"}]}]
+
+
+def test_cost_levers_are_parameters_with_measured_defaults() -> None:
+    params = TEMPLATE["Parameters"]
+    # Graviton by default: the functions and the one layer built for it
+    assert params["Architecture"]["Default"] == "arm64"
+    assert set(params["Architecture"]["AllowedValues"]) == {"arm64", "x86_64"}
+    assert TEMPLATE["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
+    assert TEMPLATE["Globals"]["Function"]["Tracing"] == {"Ref": "Tracing"}
+    assert params["Tracing"]["Default"] == "Active"
+    # memory sized from the measured peak RSS (function_rss: worker 78 MB, stream 86 MB + the
+    # adapter): at least 2.5x that, and each function reads its parameter
+    assert params["WorkerMemorySize"]["Default"] == 256 and params["StreamMemorySize"]["Default"] == 256
+    assert RESOURCES["WorkerFunction"]["Properties"]["MemorySize"] == {"Ref": "WorkerMemorySize"}
+    assert RESOURCES["StreamFunction"]["Properties"]["MemorySize"] == {"Ref": "StreamMemorySize"}
+    groups = [g["Parameters"] for g in TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]]
+    assert ["Architecture", "WorkerMemorySize", "StreamMemorySize", "Tracing"] in groups
+
+
+@pytest.mark.parametrize(("layer", "arch", "platform"), [("AlfredLibLayer", "x86_64", "manylinux2014_x86_64"),
+                                                          ("AlfredLibLayerArm64", "arm64", "manylinux2014_aarch64")])
+def test_each_architecture_has_its_layer_built_for_its_platform(layer: str, arch: str, platform: str) -> None:
+    res = RESOURCES[layer]
+    assert res["Condition"] == {"x86_64": "OnX86", "arm64": "OnArm64"}[arch]
+    assert res["Metadata"]["BuildArchitecture"] == arch
+    assert res["Properties"]["CompatibleArchitectures"] == [arch]
+    makefile = (ROOT / "infra" / "layer" / "Makefile").read_text(encoding="utf-8")
+    target = re.search(rf"^build-{layer}:\n\t(.+)$", makefile, re.M)
+    assert target and f"PLATFORM={platform}" in target.group(1)
 
 
 @pytest.mark.parametrize("logical_id", ["SubmitFunction", "WorkerFunction", "SweeperFunction"])

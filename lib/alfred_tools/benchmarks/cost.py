@@ -7,10 +7,11 @@ Two figures come out of a bench run:
 
 - ``cost_per_million_jobs_usd`` (the older, narrower one): the DynamoDB and SQS requests counted
   for the bench's 5 x 1 s job, against the Step Functions transitions of the same job.
-- ``aws_cost_per_million_jobs_usd`` (the whole bill, issue 16): the same think + 5 steps +
-  streamed reply, 15 s of agent work, watched end to end by one client, in five ways: ours with
+- ``aws_cost_per_million_jobs_usd`` (the whole bill, issues 16 and 28): the same think + 5 steps +
+  streamed reply, 15 s of agent work, watched end to end by one client, in six ways: ours with
   the stream as a Lambda (``lambda_stream``) or as a Fargate service behind an ALB
-  (``service_stream``), and Step Functions Standard, Lambda durable functions and Temporal Cloud.
+  (``service_stream``), and Step Functions Standard and Express, Lambda durable functions and
+  Temporal Cloud (the peers at their own defaults: x86_64, no active tracing, their plans).
   The bench measures a 5 x 1 s job; what grows with time (the stream poller's and the lease
   keeper's reads, the heartbeats) is scaled to 15 s at the rate measured in the same run,
   between the zero-step job and the 5 x 1 s job.
@@ -18,6 +19,7 @@ Two figures come out of a bench run:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -117,34 +119,56 @@ def units_from_counts(requests: dict[str, dict[str, float]], agent_table: str = 
 
 def scale_to(seconds: float, short: Units, short_s: float, long: Units, long_s: float) -> tuple[Units, Units]:
     """(units of a job of ``seconds``, units per second) by a straight line through two measured
-    jobs: the zero-step job (``short``) and the 5 x 1 s job (``long``), same events, same run.
+    jobs: the zero-step job (``short``) and the 5 x 1 s job (``long``), same run.
 
-    The per-second rate is an upper bound for longer steps: the stream's poller backs off while
-    nothing new comes (50 ms to 250 ms), so a 15 s job of fewer, longer gaps polls less per second
-    than the 1 s steps measured.
+    Only reads are scaled with time: the stream's poller and the lease keeper's cancel polls run
+    per second (an upper bound for longer steps: the poller backs off while nothing new comes,
+    50 ms to 250 ms). Writes and queue requests follow the job's steps, and the priced job has the
+    measured job's steps (think + 5 steps + reply), so they are the 5 x 1 s job's as counted; the
+    one write that grows with time, the lease renewal (every LeaseSeconds / 3, none in a 6 s job),
+    is added by the caller (``lease_renewals``).
     """
     span = long_s - short_s
-    if span <= 0.1:  # no usable second point: all of the long job's units are taken per second
-        rate = Units(*(getattr(long, f) / max(long_s, 1e-3) for f in _FIELDS))
-        return Units().scaled(rate, seconds), rate
-    rate = Units().scaled(long.minus(short), 1 / span)
-    # what only happens at a job's edges (the events, submit, the queue) stays as counted
-    rate = Units(wru=rate.wru, rru_strong=rate.rru_strong, rru_eventual=rate.rru_eventual, sqs=rate.sqs,
-                 event_wru=0.0)
-    return short.scaled(rate, max(0.0, seconds - short_s)), rate
+    if span <= 0.1:  # no usable second point: all of the long job's reads are taken per second
+        per_s = max(long_s, 1e-3)
+        rate = Units(rru_strong=long.rru_strong / per_s, rru_eventual=long.rru_eventual / per_s)
+        return Units(wru=long.wru, rru_strong=rate.rru_strong * seconds, rru_eventual=rate.rru_eventual * seconds,
+                     sqs=long.sqs, event_wru=long.event_wru), rate
+    diff = long.minus(short)
+    rate = Units(rru_strong=diff.rru_strong / span, rru_eventual=diff.rru_eventual / span)
+    extra = max(0.0, seconds - short_s)
+    return Units(wru=long.wru, rru_strong=short.rru_strong + rate.rru_strong * extra,
+                 rru_eventual=short.rru_eventual + rate.rru_eventual * extra,
+                 sqs=long.sqs, event_wru=long.event_wru), rate
+
+
+def lease_renewals(seconds: float, lease_seconds: float) -> int:
+    """Lease renewals of a job of ``seconds``: the lease keeper renews every third of the lease
+    (``durability/lease.py``), so a 15 s job on a 30 s lease renews once (at 10 s)."""
+    every = lease_seconds / 3
+    return int(seconds // every) if every > 0 else 0
 
 
 # ---- template.yaml ---------------------------------------------------------------------------------
 
 
+def _resolve(template: dict[str, Any], value: Any) -> Any:
+    """A literal, or a ``!Ref`` to a parameter resolved to its default (what a plain deploy gets)."""
+    if isinstance(value, dict) and "Ref" in value:
+        return template.get("Parameters", {}).get(value["Ref"], {}).get("Default")
+    if isinstance(value, list) and len(value) == 1:
+        return _resolve(template, value[0])
+    return value
+
+
 def function_memory_gb(template: dict[str, Any]) -> dict[str, float]:
     """MemorySize of each function in GB (its own, else the Globals'), by logical id."""
-    default = float(template.get("Globals", {}).get("Function", {}).get("MemorySize", 128))
+    default = float(_resolve(template, template.get("Globals", {}).get("Function", {}).get("MemorySize", 128)))
     out: dict[str, float] = {}
     for name, res in template.get("Resources", {}).items():
         if isinstance(res, dict) and res.get("Type") == "AWS::Serverless::Function":
-            mem = res.get("Properties", {}).get("MemorySize", default)
-            out[name] = (float(mem) if isinstance(mem, int | float) else default) / 1024  # a !Ref: the default
+            mem = _resolve(template, res.get("Properties", {}).get("MemorySize", default))
+            out[name] = (float(mem) if isinstance(mem, int | float) else default) / 1024
     return out
 
 
@@ -158,17 +182,87 @@ def ticks_per_hour(schedule: str) -> float:
     return per / n
 
 
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index as the bill needs it: its key attributes and what it projects."""
+
+    name: str
+    keys: frozenset[str]
+    projection: str                      # ALL, KEYS_ONLY or INCLUDE
+    include: frozenset[str] = frozenset()
+
+
+def table_indexes(template: dict[str, Any], table: str = "JobsTable") -> list[Index]:
+    """The GSIs of a table in template.yaml."""
+    props = template.get("Resources", {}).get(table, {}).get("Properties", {})
+    out = []
+    for gsi in props.get("GlobalSecondaryIndexes", []):
+        proj = gsi.get("Projection", {})
+        out.append(Index(name=gsi["IndexName"], keys=frozenset(k["AttributeName"] for k in gsi["KeySchema"]),
+                         projection=proj.get("ProjectionType", "KEYS_ONLY"),
+                         include=frozenset(proj.get("NonKeyAttributes", []))))
+    return out
+
+
+def index_writes(index: Index, before: frozenset[str], sets: frozenset[str], removes: frozenset[str]) -> int:
+    """Write units one table write costs in one GSI (an item under 1 KB), by DynamoDB's rules:
+    an item entering or leaving the index is one index write; a change of an index key attribute
+    is two (the old entry deleted, the new one put); a change of a projected attribute is one;
+    anything else is none (a sparse index the item is not in costs nothing)."""
+    after = (before | sets) - removes
+    was, now = index.keys <= before, index.keys <= after
+    if not was and not now:
+        return 0
+    if was != now:
+        return 1
+    changed = sets | removes
+    if changed & index.keys:
+        return 2
+    if index.projection == "ALL" or (index.projection == "INCLUDE" and changed & index.include):
+        return 1
+    return 0
+
+
+def index_write_units(indexes: list[Index], writes: list[dict[str, Any]], renewals: float) -> dict[str, float]:
+    """Index write units of one job, by index, from the job's table writes in order (``prices.toml``
+    ``[[jobs_table_write]]``: which item, which attributes each sets and removes, how many times;
+    ``count = "renewals"`` takes the measured lease renewals)."""
+    items: dict[str, frozenset[str]] = {}
+    out = {ix.name: 0.0 for ix in indexes}
+    for w in writes:
+        n = renewals if w["count"] == "renewals" else float(w["count"])
+        before = items.get(w["item"], frozenset())
+        sets, removes = frozenset(w.get("sets", [])), frozenset(w.get("removes", []))
+        for ix in indexes:
+            out[ix.name] += n * index_writes(ix, before, sets, removes)
+        items[w["item"]] = (before | sets) - removes
+    return out
+
+
 def template_facts(template: dict[str, Any]) -> dict[str, Any]:
-    """What the bill reads from template.yaml: each function's memory and the sweep schedule."""
-    schedule = template.get("Parameters", {}).get("SweepSchedule", {}).get("Default", "rate(1 minute)")
+    """What the bill reads from template.yaml: each function's memory, architecture and tracing,
+    the sweep schedule, the jobs table's indexes and the secrets."""
+    params = template.get("Parameters", {})
+    schedule = params.get("SweepSchedule", {}).get("Default", "rate(1 minute)")
+    glob = template.get("Globals", {}).get("Function", {})
     mem = function_memory_gb(template)
-    default = float(template.get("Globals", {}).get("Function", {}).get("MemorySize", 128)) / 1024
+    default = float(_resolve(template, glob.get("MemorySize", 128))) / 1024
+    resources = template.get("Resources", {})
     return {"memory_gb": {k: mem.get(f"{k.capitalize()}Function", default)
                           for k in ("submit", "worker", "sweeper", "stream")},
-            "sweep_schedule": schedule, "sweeper_ticks_per_hour": ticks_per_hour(str(schedule))}
+            "architecture": str(_resolve(template, glob.get("Architectures", ["x86_64"])) or "x86_64"),
+            "tracing": str(_resolve(template, glob.get("Tracing", "PassThrough")) or "PassThrough"),
+            "sweep_schedule": schedule, "sweeper_ticks_per_hour": ticks_per_hour(str(schedule)),
+            "lease_seconds": float(params.get("LeaseSeconds", {}).get("Default", 30)),
+            "jobs_indexes": {ix.name: ix.projection for ix in table_indexes(template)},
+            "secrets": sum(1 for r in resources.values()
+                           if isinstance(r, dict) and r.get("Type") == "AWS::SecretsManager::Secret")}
 
 
-# ---- the five bills ------------------------------------------------------------------------------
+# ---- the bills ------------------------------------------------------------------------------------
+
+PEER_ARCH = "x86_64"  # Lambda's default architecture: the peers' functions keep their own defaults
+HOURS_PER_MONTH = 730.0
 
 
 @dataclass(frozen=True)
@@ -180,10 +274,16 @@ class Inputs:
     overhead_seconds: float     # what a durable job adds to it end to end (measured: durable - inline)
     memory_gb: dict[str, float]
     sweeper_ticks_per_hour: float
+    arch: str = "x86_64"        # ours: template.yaml's Architecture
+    tracing: bool = False       # ours: X-Ray active tracing on every function
+    index_wru: float = 0.0      # write units of the jobs table's indexes, from its definition
+    secrets: int = 0            # Secrets Manager secrets of the stack
+    log_bytes: float = 0.0      # the log lines our code emits per job (measured), before the platform's
 
 
-def _lambda(cfg: dict[str, Any], gb_seconds: float, requests: float) -> float:
-    return gb_seconds * usd(cfg, "lambda_gb_second_x86") + requests * usd(cfg, "lambda_request")
+def _lambda(cfg: dict[str, Any], gb_seconds: float, requests: float, arch: str = "x86_64") -> float:
+    price = "lambda_gb_second_arm64" if arch == "arm64" else "lambda_gb_second_x86"
+    return gb_seconds * usd(cfg, price) + requests * usd(cfg, "lambda_request")
 
 
 def _dynamodb(cfg: dict[str, Any], wru: float, rru_billed: float) -> float:
@@ -194,21 +294,23 @@ def _per_million(parts: dict[str, float]) -> dict[str, float]:
     return {k: round(v * 1e6, 2) for k, v in parts.items()}
 
 
-def submit_parts(cfg: dict[str, Any], inp: Inputs) -> dict[str, float]:
+def submit_parts(cfg: dict[str, Any], inp: Inputs, arch: str) -> dict[str, float]:
     """Per job: the API request(s) and the submit function (every option has them)."""
     job = cfg["job"]
     gbs = cfg["lambda"]["submit_seconds"] * inp.memory_gb["submit"]
     return {"api_gateway": job["api_requests"] * usd(cfg, "apigw_http_request"),
-            "lambda_submit": _lambda(cfg, gbs, job["api_requests"])}
+            "lambda_submit": _lambda(cfg, gbs, job["api_requests"], arch)}
 
 
-def stream_lambda_parts(cfg: dict[str, Any], inp: Inputs) -> dict[str, float]:
-    """Per job: the stream as a Lambda behind its Function URL, open for the whole job."""
-    job = cfg["job"]
+def stream_lambda_parts(cfg: dict[str, Any], inp: Inputs, arch: str) -> dict[str, float]:
+    """Per job: the stream as a Lambda behind its Function URL, open for the whole job, and its
+    tail: a job that asks holds its stream open while it waits for the answer (``[stream_tail]``)."""
+    job, tail = cfg["job"], cfg["stream_tail"]
     seconds = inp.job_seconds + inp.overhead_seconds
     billable = max(0.0, job["sse_bytes"] - STREAM_FREE_BYTES_PER_REQUEST) * job["stream_connections"]
-    return {"lambda_stream": _lambda(cfg, seconds * inp.memory_gb["stream"] * job["stream_connections"],
-                                     job["stream_connections"]),
+    gb = inp.memory_gb["stream"] * job["stream_connections"]
+    return {"lambda_stream": _lambda(cfg, seconds * gb, job["stream_connections"], arch),
+            "lambda_stream_tail": _lambda(cfg, tail["asking_share"] * tail["wait_seconds"] * gb, 0, arch),
             "lambda_streamed_bytes": billable / GB * usd(cfg, "lambda_streamed_gb")}
 
 
@@ -218,122 +320,277 @@ def sweeper_and_idle_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: floa
     ticks = inp.sweeper_ticks_per_hour / jobs_per_hour
     gbs = lam["sweeper_tick_seconds"] * inp.memory_gb["sweeper"]
     idle = cfg["sqs_idle"]["empty_receives_per_hour"] / jobs_per_hour
-    return {"lambda_sweeper": ticks * _lambda(cfg, gbs, 1),
+    return {"lambda_sweeper": ticks * _lambda(cfg, gbs, 1, inp.arch),
             "dynamodb_sweeper": ticks * _dynamodb(cfg, 0, lam["sweeper_queries_per_tick"] / 2),
             "sqs_sweeper_and_idle_polls": (ticks * lam["sweeper_sqs_requests_per_tick"] + idle)
             * usd(cfg, "sqs_request")}
 
 
+def observability_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, invocations: float,
+                        traced: float, emf: bool) -> dict[str, float]:
+    """Per job: X-Ray traces, CloudWatch Logs ingestion (our lines, measured, + the platform's per
+    invocation + EMF blobs + the API's access log line), custom metrics and the stack's secrets
+    (both monthly, shared over the load)."""
+    ob = cfg["observability"]
+    jobs_month = jobs_per_hour * HOURS_PER_MONTH
+    log_bytes = (inp.log_bytes + invocations * ob["platform_log_bytes_per_invocation"]
+                 + cfg["job"]["api_requests"] * ob["api_access_log_bytes_per_request"]
+                 + (ob["emf_invocations_per_job"] * ob["emf_bytes_per_invocation"] if emf else 0.0))
+    return {"xray_traces": traced * usd(cfg, "xray_trace_recorded"),
+            "cloudwatch_logs": log_bytes / GB * usd(cfg, "cloudwatch_logs_ingested_gb"),
+            "cloudwatch_custom_metrics": (ob["custom_metrics"] * usd(cfg, "cloudwatch_custom_metric_month")
+                                          / jobs_month if emf else 0.0),
+            "secrets_manager": inp.secrets * usd(cfg, "secrets_manager_secret_month") / jobs_month
+            + ob["secret_reads_per_job"] * usd(cfg, "secrets_manager_api_call")}
+
+
 def ours_core_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
     """Per job, ours without the stream's hosting: submit, the worker (the agent's compute), the
-    storage and queue requests counted, the sweeper's share."""
+    storage and queue requests counted, the jobs table's index writes, the sweeper's share."""
     u = inp.units
     worker_gbs = (inp.job_seconds + inp.overhead_seconds) * inp.memory_gb["worker"]
-    return {**submit_parts(cfg, inp),
-            "lambda_worker": _lambda(cfg, worker_gbs, 1),
+    return {**submit_parts(cfg, inp, inp.arch),
+            "lambda_worker": _lambda(cfg, worker_gbs, 1, inp.arch),
             "dynamodb": _dynamodb(cfg, u.wru, u.rru_billed),
+            "dynamodb_index_writes": inp.index_wru * usd(cfg, "dynamodb_wru"),
             "sqs": u.sqs * usd(cfg, "sqs_request"),
             **sweeper_and_idle_parts(cfg, inp, jobs_per_hour)}
 
 
 def service_hourly(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
-    """USD an hour of the stream as a Fargate service behind an ALB at ``jobs_per_hour``."""
+    """USD an hour of the stream as a Fargate service behind an ALB at ``jobs_per_hour``, with its
+    network: the ALB's public IPv4 addresses and the tasks' way out (``network``: VPC endpoints,
+    NAT gateways or public IPs)."""
     svc, job = cfg["service_stream"], cfg["job"]
     open_seconds = inp.job_seconds + inp.overhead_seconds
     concurrent = jobs_per_hour * job["stream_connections"] * open_seconds / 3600
     tasks = max(svc["min_tasks"], math.ceil(concurrent / svc["watched_jobs_per_task"]))
     task_hour = svc["task_vcpu"] * usd(cfg, "fargate_vcpu_hour") + svc["task_gb"] * usd(cfg, "fargate_gb_hour")
     requests_per_s = jobs_per_hour * job["stream_connections"] / 3600
+    gb_hour = jobs_per_hour * job["sse_bytes"] * job["stream_connections"] / GB
     lcu = max(requests_per_s / 25,                                   # new connections a second
               concurrent / 3000,                                     # active connections a minute
-              jobs_per_hour * job["sse_bytes"] * job["stream_connections"] / GB,  # GB processed an hour
+              gb_hour,                                               # GB processed an hour
               max(0, svc["alb_rule_evaluations_per_request"] - 10) * requests_per_s / 1000)  # 10 rules free
+    azs, ipv4 = svc["azs"], usd(cfg, "public_ipv4_hour")
+    # the tasks' AWS calls (DynamoDB reads through the free gateway endpoint either way; ECR pulls,
+    # logs and the secret through what is chosen)
+    egress_gb = gb_hour * svc["task_egress_per_sse_byte"]
+    network = {"endpoints": svc["interface_endpoints"] * azs * usd(cfg, "vpc_interface_endpoint_hour")
+               + egress_gb * usd(cfg, "vpc_interface_endpoint_gb"),
+               "nat": azs * (usd(cfg, "nat_gateway_hour") + ipv4) + egress_gb * usd(cfg, "nat_gateway_gb"),
+               "public_ip": tasks * ipv4}
     return {"fargate_tasks": tasks * task_hour, "alb_hour": usd(cfg, "alb_hour"),
-            "alb_lcu": lcu * usd(cfg, "alb_lcu_hour"), "tasks": float(tasks)}
+            "alb_lcu": lcu * usd(cfg, "alb_lcu_hour"), "alb_public_ipv4": azs * ipv4,
+            "task_network": network[svc["network"]], "tasks": float(tasks),
+            **{f"task_network_if_{k}": v for k, v in network.items()}}
 
 
 def service_stream_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
     """Per job: the service's hourly cost shared over the load."""
     h = service_hourly(cfg, inp, jobs_per_hour)
     return {"fargate_stream_tasks": h["fargate_tasks"] / jobs_per_hour,
-            "alb": (h["alb_hour"] + h["alb_lcu"]) / jobs_per_hour}
+            "alb": (h["alb_hour"] + h["alb_lcu"]) / jobs_per_hour,
+            "public_ipv4_and_task_network": (h["alb_public_ipv4"] + h["task_network"]) / jobs_per_hour}
+
+
+def service_fixed_hour(cfg: dict[str, Any], inp: Inputs) -> tuple[float, float]:
+    """(A, b): the service stream costs A + b x N an hour at N jobs an hour, at its minimum tasks."""
+    h1 = service_hourly(cfg, inp, 1.0)
+    return h1["fargate_tasks"] + h1["alb_hour"] + h1["alb_public_ipv4"] + h1["task_network"], h1["alb_lcu"]
 
 
 def break_even_jobs_per_hour(cfg: dict[str, Any], inp: Inputs) -> float:
     """The load above which the service stream costs less per job than the Lambda stream.
 
-    With the minimum tasks the service costs A + b x N an hour (A: tasks and ALB hours, b: the
-    LCUs, linear in the load); the Lambda stream costs c per job: N = A / (c - b).
+    With the minimum tasks the service costs A + b x N an hour (A: tasks, ALB hours and the
+    network's; b: the LCUs, linear in the load); the Lambda stream costs c per job, and c' in
+    traces the service does not record: N = A / (c + c' - b).
     """
-    c = sum(stream_lambda_parts(cfg, inp).values())
-    h1 = service_hourly(cfg, inp, 1.0)
-    b = h1["alb_lcu"]
-    a = h1["fargate_tasks"] + h1["alb_hour"]
+    c = sum(stream_lambda_parts(cfg, inp, inp.arch).values())
+    if inp.tracing:
+        c += usd(cfg, "xray_trace_recorded")
+    a, b = service_fixed_hour(cfg, inp)
     return math.inf if c <= b else a / (c - b)
 
 
 def watch_parts(cfg: dict[str, Any], inp: Inputs) -> dict[str, float]:
-    """Per job, for a peer: the client watches through the same stream (a Lambda, as ours), fed
-    by the same event writes; the stream's reads are the eventually consistent ones counted."""
+    """Per job, for a peer: the client watches through the same stream (a Lambda, as ours, at the
+    peer's default architecture), fed by the same event writes; the stream's reads are the
+    eventually consistent ones counted."""
     u = inp.units
-    return {**stream_lambda_parts(cfg, inp),
+    return {**stream_lambda_parts(cfg, inp, PEER_ARCH),
             "dynamodb_events_and_stream": _dynamodb(cfg, u.event_wru + 1, u.rru_eventual / 2)}
 
 
 def agent_compute(cfg: dict[str, Any], inp: Inputs, invocations: float) -> float:
-    """The agent's 15 s as Lambda task functions at the worker's memory."""
-    return _lambda(cfg, inp.job_seconds * inp.memory_gb["worker"], invocations)
+    """The agent's 15 s as Lambda task functions at the worker's memory, the peers' architecture."""
+    return _lambda(cfg, inp.job_seconds * inp.memory_gb["worker"], invocations, PEER_ARCH)
 
 
-def step_functions_parts(cfg: dict[str, Any], inp: Inputs) -> dict[str, float]:
+def _peer_observability(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, invocations: float) -> dict[str, float]:
+    """A peer's Lambdas log the same lines (the same agent, submit and stream), at Lambda's
+    default of no active tracing and without our custom metrics."""
+    return observability_parts(cfg, inp, jobs_per_hour, invocations, traced=0.0, emf=False)
+
+
+def step_functions_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
     sf, steps = cfg["step_functions"], cfg["job"]["steps"]
     transitions = sf["transitions_fixed"] + sf["transitions_per_step"] * steps
     tasks = sf["task_invocations_fixed"] + sf["task_invocations_per_step"] * steps
-    return {**submit_parts(cfg, inp),
+    return {**submit_parts(cfg, inp, PEER_ARCH),
             "state_transitions": transitions * usd(cfg, "sfn_standard_transition"),
             "lambda_tasks": agent_compute(cfg, inp, tasks),
-            **watch_parts(cfg, inp)}
+            **watch_parts(cfg, inp),
+            **_peer_observability(cfg, inp, jobs_per_hour, tasks + 2)}
 
 
-def durable_functions_parts(cfg: dict[str, Any], inp: Inputs) -> dict[str, float]:
+def step_functions_express_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
+    """The same machine as an Express workflow (at most 5 minutes: the 15 s job fits): a request
+    and its duration at the memory its definition and payloads take (billed in 64 MB steps), the
+    same task Lambdas; no transitions billed."""
+    sf, ex, steps = cfg["step_functions"], cfg["step_functions_express"], cfg["job"]["steps"]
+    tasks = sf["task_invocations_fixed"] + sf["task_invocations_per_step"] * steps
+    gb = math.ceil(ex["memory_mb"] / 64) * 64 / 1024
+    return {**submit_parts(cfg, inp, PEER_ARCH),
+            "express_requests": usd(cfg, "sfn_express_request"),
+            "express_duration": inp.job_seconds * gb * usd(cfg, "sfn_express_gb_second"),
+            "lambda_tasks": agent_compute(cfg, inp, tasks),
+            **watch_parts(cfg, inp),
+            **_peer_observability(cfg, inp, jobs_per_hour, tasks + 2)}
+
+
+def durable_functions_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
     df, steps = cfg["durable_functions"], cfg["job"]["steps"]
     ops = df["operations_fixed"] + df["operations_per_step"] * steps
     written_gb = ops * df["checkpoint_bytes_per_operation"] / GB
-    return {**submit_parts(cfg, inp),
+    return {**submit_parts(cfg, inp, PEER_ARCH),
             "durable_operations": ops * usd(cfg, "lambda_durable_operation"),
             "durable_data_written": written_gb * usd(cfg, "lambda_durable_data_written_gb"),
             "durable_data_retained": written_gb * df["retention_days"] / 30
             * usd(cfg, "lambda_durable_data_retained_gb_month"),
             "lambda_durable_function": agent_compute(cfg, inp, 1),
-            **watch_parts(cfg, inp)}
+            **watch_parts(cfg, inp),
+            **_peer_observability(cfg, inp, jobs_per_hour, 3)}
 
 
-def temporal_parts(cfg: dict[str, Any], inp: Inputs, action_price: str = "temporal_cloud_action") -> dict[str, float]:
-    t, ts, steps = cfg["temporal"], cfg["temporal_storage"], cfg["job"]["steps"]
+def temporal_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float,
+                   plan: str = "temporal_essentials") -> dict[str, float]:
+    """Temporal Cloud on a plan (``[temporal_essentials]`` by default: the plan this volume,
+    ~7 M Actions a month, needs): the Actions past the plan's allocation at the pay-as-you-go
+    rate, retained history, and the plan's fee (the greater of its monthly minimum and its share of
+    usage), all per month shared over the load."""
+    t, ts, p, steps = cfg["temporal"], cfg["temporal_storage"], cfg[plan], cfg["job"]["steps"]
     actions = t["actions_fixed"] + t["actions_per_step"] * steps + t["heartbeat_actions"]
-    usage = (actions * usd(cfg, action_price)
-             + ts["history_bytes"] / GB * ts["retention_days"] * 24 * usd(cfg, "temporal_cloud_retained_gbh"))
-    return {**submit_parts(cfg, inp),
-            "temporal_actions_and_storage": usage,
-            "temporal_plan": usage * ts["plan_fraction"],
+    jobs_month = jobs_per_hour * HOURS_PER_MONTH
+    billed_actions = max(0.0, actions * jobs_month - p["included_actions"])
+    usage_month = (billed_actions * usd(cfg, "temporal_cloud_action")
+                   + jobs_month * ts["history_bytes"] / GB * ts["retention_days"] * 24
+                   * usd(cfg, "temporal_cloud_retained_gbh"))
+    plan_month = max(p["minimum_usd_month"], p["usage_fraction"] * usage_month)
+    return {**submit_parts(cfg, inp, PEER_ARCH),
+            "temporal_actions_and_storage": usage_month / jobs_month,
+            "temporal_plan": plan_month / jobs_month,
             # A Temporal worker is a long-lived poller (Fargate, EC2): its compute is priced here as
             # the same GB-seconds as the agent's on Lambda, like for like, not as a fleet.
             "worker_compute": agent_compute(cfg, inp, 0),
-            **watch_parts(cfg, inp)}
+            **watch_parts(cfg, inp),
+            **_peer_observability(cfg, inp, jobs_per_hour, 2)}
+
+
+def ours_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, stream: str) -> dict[str, float]:
+    """Ours, whole: the core, the stream's hosting, and our observability."""
+    core = ours_core_parts(cfg, inp, jobs_per_hour)
+    if stream == "lambda":
+        hosting = stream_lambda_parts(cfg, inp, inp.arch)
+        invocations, traced = 3.0, 3.0 if inp.tracing else 0.0       # submit, worker, stream
+    else:
+        hosting = service_stream_parts(cfg, inp, jobs_per_hour)
+        invocations, traced = 2.0, 2.0 if inp.tracing else 0.0       # the tasks record no trace
+    return {**core, **hosting, **observability_parts(cfg, inp, jobs_per_hour, invocations, traced, emf=True)}
+
+
+PEERS = ("step_functions_standard", "step_functions_express", "lambda_durable_functions", "temporal_cloud")
 
 
 def whole_bill(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, dict[str, float]]:
     """USD per million jobs of each option, by component."""
-    core = ours_core_parts(cfg, inp, jobs_per_hour)
-    return {"lambda_stream": _per_million({**core, **stream_lambda_parts(cfg, inp)}),
-            "service_stream": _per_million({**core, **service_stream_parts(cfg, inp, jobs_per_hour)}),
-            "step_functions_standard": _per_million(step_functions_parts(cfg, inp)),
-            "lambda_durable_functions": _per_million(durable_functions_parts(cfg, inp)),
-            "temporal_cloud": _per_million(temporal_parts(cfg, inp))}
+    return {"lambda_stream": _per_million(ours_parts(cfg, inp, jobs_per_hour, "lambda")),
+            "service_stream": _per_million(ours_parts(cfg, inp, jobs_per_hour, "service")),
+            "step_functions_standard": _per_million(step_functions_parts(cfg, inp, jobs_per_hour)),
+            "step_functions_express": _per_million(step_functions_express_parts(cfg, inp, jobs_per_hour)),
+            "lambda_durable_functions": _per_million(durable_functions_parts(cfg, inp, jobs_per_hour)),
+            "temporal_cloud": _per_million(temporal_parts(cfg, inp, jobs_per_hour))}
 
 
 def totals(bill: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(parts.values()), 2) for k, parts in bill.items()}
+
+
+OURS = ("lambda_stream", "service_stream")
+DEFAULT_GOAL_USD, CHEAPEST_GOAL_USD = 200.0, 100.0
+
+
+def bill_goal(bill: dict[str, float]) -> bool | None:
+    """Issue 28's goal on ``aws_cost_per_million_jobs_usd``: the default hosting (``lambda_stream``)
+    ≤ $200, the cheapest of ours ≤ $100, each below every peer (None when a row is missing)."""
+    if not all(k in bill for k in (*OURS, *PEERS)):
+        return None
+    cheapest_peer = min(bill[k] for k in PEERS)
+    cheapest = min(bill[k] for k in OURS)
+    return (bill["lambda_stream"] <= DEFAULT_GOAL_USD and cheapest <= CHEAPEST_GOAL_USD
+            and bill["lambda_stream"] < cheapest_peer and cheapest < cheapest_peer)
+
+
+def managed_instances_worker(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, float]:
+    """The worker on Lambda Managed Instances (documented, not a template option: see docs/cost.md):
+    EC2 instances plus the management fee, at least ``min_instances`` whatever the load, each
+    carrying ``jobs_per_instance`` concurrent jobs; against the worker on Lambda, per job, and the
+    load above which it is cheaper."""
+    m = cfg["managed_instances"]
+    concurrent = jobs_per_hour * (inp.job_seconds + inp.overhead_seconds) / 3600
+    instances = max(m["min_instances"], math.ceil(concurrent / m["jobs_per_instance"]))
+    hour = usd(cfg, "ec2_instance_hour") * (1 + usd(cfg, "lambda_managed_instances_fee"))
+    per_job = instances * hour / jobs_per_hour + usd(cfg, "lambda_request")
+    lam = _lambda(cfg, (inp.job_seconds + inp.overhead_seconds) * inp.memory_gb["worker"], 1, inp.arch)
+    fixed = m["min_instances"] * hour
+    return {"instance_type": m["instance_type"], "instances": float(instances),
+            "usd_per_million_jobs": round(per_job * 1e6, 2), "lambda_worker_usd_per_million_jobs": round(lam * 1e6, 2),
+            "break_even_jobs_per_hour": round(fixed / max(1e-12, lam - usd(cfg, "lambda_request")), 0)}
+
+
+def bill_by_load(cfg: dict[str, Any], inp: Inputs, loads: tuple[float, ...] = (100.0, 1000.0, 10000.0)
+                 ) -> dict[str, dict[str, float]]:
+    """The totals at other loads (jobs an hour): what the fixed monthly and hourly costs (the
+    service stream, Temporal's plan, metrics, Lambda Managed Instances) come to per job. Adds
+    ``service_stream_lmi_worker``: the service stream with the worker on Lambda Managed Instances
+    (documented, not a template option)."""
+    out: dict[str, dict[str, float]] = {}
+    for load in loads:
+        bill = totals(whole_bill(cfg, inp, load))
+        parts = whole_bill(cfg, inp, load)["service_stream"]
+        lmi = managed_instances_worker(cfg, inp, load)["usd_per_million_jobs"]
+        bill["service_stream_lmi_worker"] = round(sum(parts.values()) - parts["lambda_worker"] + lmi, 2)
+        out[f"{load:g}"] = bill
+    return out
+
+
+def model_cost(cfg: dict[str, Any], tokens: dict[str, Any] | None) -> dict[str, Any]:
+    """``model_cost_per_million_jobs_usd``: the tokens one job is billed for (the Bedrock stand-in's
+    usage, ``model_tokens`` scenario) at the default model's list prices, without and with prompt
+    caching (cache writes and reads at their own prices)."""
+    m = cfg["model"]
+    if not tokens:
+        return {"model": m["name"], "uncached": None, "cached": None}
+
+    def price(u: dict[str, Any]) -> float:
+        return round((u.get("inputTokens", 0) * usd(cfg, "model_input_token")
+                      + u.get("cacheWriteInputTokens", 0) * usd(cfg, "model_cache_write_token")
+                      + u.get("cacheReadInputTokens", 0) * usd(cfg, "model_cache_read_token")
+                      + u.get("outputTokens", 0) * usd(cfg, "model_output_token")) * 1e6, 2)
+
+    return {"model": m["name"], "uncached": price(tokens.get("no_caching", {})),
+            "cached": price(tokens.get("caching", {}))}
 
 
 # ---- the older, narrower figure ------------------------------------------------------------------
@@ -363,26 +620,35 @@ def cost_per_million_jobs(units: dict[str, float], cfg: dict[str, Any] | None = 
 
 INCLUDES = {
     "lambda_stream": "API Gateway (POST /api/chat), submit/worker/sweeper/stream Lambdas at their template "
-                     "memory (worker = the agent's 15 s + the measured overhead), streamed bytes past 6 MB, "
-                     "DynamoDB (counted, scaled to 15 s; eventual reads at half), SQS (counted + sweeper + idle "
-                     "ESM polls), sweeper ticks shared over the load",
-    "service_stream": "the same, with the stream as Fargate tasks (min 2 x 0.25 vCPU/0.5 GB) + ALB hour + LCU "
-                      "shared over the load instead of the stream Lambda",
+                     "memory and architecture (worker = the agent's 15 s + the measured overhead), streamed bytes "
+                     "past 6 MB, the stream's tail while a job waits for an answer ([stream_tail]), DynamoDB "
+                     "(counted, scaled to 15 s; eventual reads at half) + the jobs table's index writes from its "
+                     "definition, SQS (counted + sweeper + idle ESM polls), X-Ray (3 traces), CloudWatch Logs "
+                     "(measured lines + platform + EMF + API access log), custom metrics and secrets per month "
+                     "shared over the load",
+    "service_stream": "the same, with the stream as Fargate tasks (min 2 x 0.25 vCPU/0.5 GB) + ALB hour + LCU + "
+                      "the ALB's public IPv4 + the tasks' network ([service_stream] network) shared over the load "
+                      "instead of the stream Lambda (2 traces: the tasks record none)",
     "step_functions_standard": "transitions of a real machine (Think, Choice, Map, 5 x Act, Reply, Succeed), the "
-                               "agent as Lambda tasks (15 s at the worker's memory), the same submit, the client on "
-                               "the same Lambda stream fed by the same event writes; no SQS, lease, sweeper, gate",
+                               "agent as Lambda tasks (15 s at the worker's memory, x86_64: Lambda's default), the "
+                               "same submit, the client on the same Lambda stream fed by the same event writes, "
+                               "logs; no X-Ray (Lambda's default), no SQS, lease, sweeper, gate",
+    "step_functions_express": "the same machine as an Express workflow: $1/M requests + its 15 s at 64 MB, the "
+                              "same tasks, submit, stream and logs",
     "lambda_durable_functions": "durable operations (start, think, 5 steps, reply), checkpoint data written and "
-                                "retained, the durable function's compute (15 s at the worker's memory), the same "
-                                "submit and stream as the Step Functions peer",
-    "temporal_cloud": "Actions (workflow start, 7 activities, reply heartbeats) at $50/M (pay-as-you-go first "
-                      "tier), retained history, the 10% Developer plan, worker compute as the same Lambda "
-                      "GB-seconds, the same submit and stream as the Step Functions peer",
+                                "retained, the durable function's compute (15 s at the worker's memory, x86_64), "
+                                "the same submit, stream and logs as the Step Functions peer",
+    "temporal_cloud": "the Essentials plan (the greater of its monthly minimum and 5% of usage; 1 M Actions "
+                      "included) + Actions past it at $50/M (workflow start, 7 activities, reply heartbeats) + "
+                      "retained history, per month shared over the load; worker compute as the same Lambda "
+                      "GB-seconds; the same submit, stream and logs",
 }
-EXCLUDES = ["CloudWatch (logs, metrics, X-Ray): left out of every option",
-            "data transfer out to the internet: the same bytes for every option",
-            "Secrets Manager: read once per container and cached, not per job",
-            "the agent's own side-effect writes (its table) and Bedrock tokens: the same for every option",
-            "free tiers, Savings Plans, Temporal volume tiers and commitments"]
+EXCLUDES = ["data transfer out to the internet: the same bytes for every option",
+            "CloudWatch Logs storage past ingestion ($0.03/GB-month: under a cent per million jobs at "
+            "LogRetentionDays)",
+            "the agent's own side-effect writes (its table): the same for every option; its model tokens are "
+            "model_cost_per_million_jobs_usd, beside this bill",
+            "free tiers, Savings Plans, Temporal commitments"]
 
 
 def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str, Any], agent_table: str = "",
@@ -396,13 +662,11 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
     seconds = float(cfg["job"]["seconds"])
     units, rate = scale_to(seconds, short, short_s, long, long_s)
     overhead = max(0.0, long_s - float(over.get("overhead_inline_s") or long_s))
-    facts = template_facts(template)
-    inp = Inputs(units=units, job_seconds=seconds, overhead_seconds=overhead, memory_gb=facts["memory_gb"],
-                 sweeper_ticks_per_hour=facts["sweeper_ticks_per_hour"])
+    inp, facts, index_wru = inputs_from(cfg, template, units, rate, seconds, overhead, short_s)
     load = float(cfg["load"]["jobs_per_hour"])
     bill = whole_bill(cfg, inp, load)
-    temporal_volume = totals({"t": _per_million(temporal_parts(cfg, inp, "temporal_cloud_action_volume"))})["t"]
     counted = ours_per_job(over["requests"], agent_table)
+    business = totals({"t": _per_million(temporal_parts(cfg, inp, load, "temporal_business"))})["t"]
     return {
         "cost_per_million_jobs_usd": cost_per_million_jobs(counted, cfg),
         "cost_units_per_job": counted,
@@ -413,17 +677,41 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
             "load_jobs_per_hour": load,
             "service_stream_break_even_jobs_per_hour": round(break_even_jobs_per_hour(cfg, inp), 1),
             "service_stream_tasks": service_hourly(cfg, inp, load)["tasks"],
-            "units_per_job": units.rounded(),
+            "service_stream_network_usd_per_hour": {k.removeprefix("task_network_if_"): round(v, 4) for k, v in
+                                                    service_hourly(cfg, inp, load).items()
+                                                    if k.startswith("task_network_if_")},
+            "units_per_job": inp.units.rounded(),
             "units_per_second": rate.rounded(),
+            "jobs_table_index_write_units_per_job": index_wru,
             "measured": {"zero_step_job_s": round(short_s, 3), "five_step_job_s": round(long_s, 3),
                          "overhead_s": round(overhead, 3)},
             "template": facts,
             "components_usd_per_million": bill,
-            "temporal_cloud_at_25_per_million_actions": temporal_volume,
+            "temporal_cloud_on_business_plan": business,
+            "lambda_managed_instances_worker": managed_instances_worker(cfg, inp, load),
+            "totals_by_jobs_per_hour": bill_by_load(cfg, inp),
+            "stream_tail_per_asking_job_usd_per_million": round(
+                _lambda(cfg, cfg["stream_tail"]["wait_seconds"] * inp.memory_gb["stream"], 0, inp.arch) * 1e6, 2),
             "includes": INCLUDES,
             "excludes": EXCLUDES,
         },
     }
+
+
+def inputs_from(cfg: dict[str, Any], template: dict[str, Any], units: Units, rate: Units, seconds: float,
+                overhead: float, short_s: float) -> tuple[Inputs, dict[str, Any], dict[str, float]]:
+    """The bill's inputs from the scaled units and template.yaml: the lease renewals of a job of
+    ``seconds`` at the template's LeaseSeconds (one write each, and their index writes) are added
+    to the counted writes."""
+    facts = template_facts(template)
+    renewals = lease_renewals(seconds + overhead, float(facts["lease_seconds"]))
+    index_wru = index_write_units(table_indexes(template), cfg["jobs_table_write"], renewals)
+    units = dataclasses.replace(units, wru=units.wru + renewals)
+    inp = Inputs(units=units, job_seconds=seconds, overhead_seconds=overhead, memory_gb=facts["memory_gb"],
+                 sweeper_ticks_per_hour=facts["sweeper_ticks_per_hour"], arch=facts["architecture"],
+                 tracing=facts["tracing"] == "Active", index_wru=sum(index_wru.values()),
+                 secrets=facts["secrets"], log_bytes=float(cfg["observability"]["app_log_bytes_per_job"]))
+    return inp, {**facts, "lease_renewals_per_job": renewals}, {k: round(v, 2) for k, v in index_wru.items()}
 
 
 def price_notes(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
