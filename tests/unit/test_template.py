@@ -227,7 +227,7 @@ def test_cost_levers_are_parameters_with_measured_defaults() -> None:
     assert set(params["Architecture"]["AllowedValues"]) == {"arm64", "x86_64"}
     assert TEMPLATE["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
     assert TEMPLATE["Globals"]["Function"]["Tracing"] == {"Ref": "Tracing"}
-    assert params["Tracing"]["Default"] == "Active"
+    assert params["Tracing"]["Default"] == "PassThrough"  # X-Ray on demand: 9 % of the bill (docs/cost.md)
     # memory sized from the measured peak RSS (function_rss: worker 78 MB, stream 86 MB + the
     # adapter): at least 2.5x that, and each function reads its parameter
     assert params["WorkerMemorySize"]["Default"] == 256 and params["StreamMemorySize"]["Default"] == 256
