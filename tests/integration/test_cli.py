@@ -108,7 +108,7 @@ def test_chat_follow_shows_progress_to_completion(dev: DevProcess) -> None:
     lines = out.stdout.splitlines()
     # plain output (not a terminal): one line per event, seqs 1..N in order
     assert [int(line.split()[0]) for line in lines] == list(range(1, len(lines) + 1))
-    assert "step 1/3 started: Check the pantry" in out.stdout
+    assert "step 1/3 started: Search recipes with chicken and rice" in out.stdout
     assert "step 3/3 completed" in out.stdout
     assert " delta " in out.stdout
     assert lines[-1].split()[1] == "complete" and "Here are 3 recipes with chicken and rice" in lines[-1]
@@ -207,7 +207,7 @@ def test_cancel_of_a_complete_job_is_an_api_error(dev: DevProcess) -> None:
 
 
 @pytest.mark.parametrize(("args", "code", "text"), [
-    (["status", "not-a-job"], 1, "error: malformed"),
+    (["status", "not-a-job"], 1, "error: not-a-job is not a job id"),
     (["status", "0" * 32], 1, "not found"),
     (["watch", "f" * 32], 1, "not found"),
     (["cancel", "0" * 32], 1, "not found"),
@@ -569,7 +569,8 @@ def test_a_unique_id_prefix_is_taken_like_git(dev: DevProcess) -> None:
     # a prefix matching none of the caller's jobs says so; a shorter one is not a prefix
     none = run(dev, "status", "f" * 31 if not job_id.startswith("f") else "0" * 31)
     assert none.returncode == 1 and "no job of yours starts with" in none.stderr
-    assert "malformed" in run(dev, "status", job_id[:5]).stderr
+    short = run(dev, "status", job_id[:5]).stderr
+    assert f"{job_id[:5]} is too short: give at least 6 characters" in short and "malformed" not in short
 
 
 def test_an_ambiguous_prefix_lists_the_matches() -> None:
@@ -587,7 +588,9 @@ def test_an_ambiguous_prefix_lists_the_matches() -> None:
         client.resolve("abcdef")
     assert "ambiguous: 2 of your jobs" in str(err.value)
     assert "abcdef01" + "0" * 24 in str(err.value) and "abcdef02" + "0" * 24 in str(err.value)
-    assert client.resolve("a" * 32) == "a" * 32 and client.resolve("abc") == "abc"
+    assert client.resolve("a" * 32) == "a" * 32
+    with pytest.raises(CliError, match="too short"):
+        client.resolve("abc")
 
 
 def test_status_says_step_k_of_n_as_the_web_does_and_list_has_a_header(dev: DevProcess) -> None:
@@ -606,5 +609,45 @@ def test_status_says_step_k_of_n_as_the_web_does_and_list_has_a_header(dev: DevP
     run(dev, "watch", job_id)
     assert "progress     2 of 2 steps done" in run(dev, "status", job_id).stdout
     listed = run(dev, "list").stdout.splitlines()
-    assert listed[0].split() == ["JOB", "STATUS", "CREATED", "STEPS", "LABEL"]
-    assert any(ln.startswith(job_id) for ln in listed[1:])
+    assert listed[0].split() == ["JOB", "STATUS", "PROGRESS", "MESSAGE"]
+    row = next(ln for ln in listed[1:] if ln.startswith(job_id))
+    assert "2 of 2 steps done" in row and "stew [steps=2] [pace=6]" in row
+
+
+def test_chat_continues_the_latest_conversation_so_the_page_shows_it(dev: DevProcess) -> None:
+    # GIVEN a conversation the page started (the web client's user is the CLI's: "you")
+    token = run(dev, "token", "--user", "you").stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    conv = uuid.uuid4().hex
+    resp = httpx.post(f"{dev.url}/api/chat", json={"message": "from the page [steps=1]", "conversation_id": conv},
+                      headers=headers)
+    assert resp.status_code == 202
+
+    def latest() -> str:
+        return str(httpx.get(f"{dev.url}/api/conversations?limit=1", headers=headers).json()
+                   ["conversations"][0]["conversation_id"])
+
+    wait_until(lambda: latest() == conv, timeout=10, what="the page's conversation to be the latest")
+    # WHEN the CLI sends a message without --conversation
+    out = run(dev, "chat", "and from the CLI [steps=1]", "--follow")
+    # THEN it went to that conversation (and said so), and the page reads both turns there
+    assert out.returncode == 0, out.stderr
+    assert f"conversation {conv}; continues your latest conversation; --new starts another" in out.stderr
+    turns = httpx.get(f"{dev.url}/api/conversations/{conv}", headers=headers).json()["messages"]
+    assert [m["text"] for m in turns if m["role"] == "user"] == ["from the page [steps=1]",
+                                                                 "and from the CLI [steps=1]"]
+    # AND --new starts another, which is then the latest
+    fresh = run(dev, "chat", "something new [steps=1]", "--new", "--json")
+    assert fresh.returncode == 0 and json.loads(fresh.stdout)["conversation_id"] != conv
+    wait_until(lambda: latest() == json.loads(fresh.stdout)["conversation_id"], timeout=10,
+               what="the new conversation to be the latest")
+
+
+def test_hints_run_as_printed_through_run_sh(dev: DevProcess) -> None:
+    # run.sh exports how it was started; a hint names it (a cancelled, never-started job's status)
+    busy_conv = uuid.uuid4().hex
+    first = run(dev, "chat", "a long one [steps=3] [pace=2]", "--conversation", busy_conv).stdout.strip()
+    refused = run(dev, "chat", "and this", "--conversation", busy_conv, "--multitask", "reject",
+                  ALFRED_CLI_COMMAND="./run.sh")
+    assert refused.returncode == 1 and f"or follow it: ./run.sh watch {first}" in refused.stderr
+    run(dev, "cancel", first)

@@ -10,9 +10,11 @@ by counting. Directives in the message steer it, for demos and tests:
 - ``[flaky=K]``: step K fails on the first attempt only
 - ``[flaky-reply]``: the reply fails on the first attempt, after its text has started
 
-A message that mentions the pantry makes step 1 ("Check the pantry") ask ``confirm`` before it
-changes the pantry (``PANTRY_QUESTION``): yes, it uses the chicken; no, it leaves the pantry be and
-the reply says so.
+The plan, the question and the reply are about what the user named (``demo_text``): "stir fry
+with the tofu from my pantry" searches tofu stir-fries, asks about the tofu and replies with
+tofu. A message that mentions the pantry makes step 1 ("Check the pantry for the tofu") ask
+``confirm`` before it changes the pantry (``pantry_question``; ``PANTRY_QUESTION`` for chicken):
+yes, the reply says it used that ingredient; no, that it left the pantry be and buys it fresh.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from alfred_jobs.agents.demo_text import reply_text
+from alfred_jobs.agents.demo_text import GENERIC_STEPS, pantry_note, pantry_question, plan_labels, reply_text
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.retention import expiry
@@ -29,14 +31,8 @@ from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
 from alfred_jobs.ports import AgentDataStore
 from alfred_jobs.settings import Settings
 
-LABELS = [
-    "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
-    "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
-    "Find substitutions", "Scale the portions", "Check for allergens", "Sort the shopping list by aisle",
-    "Time the prep", "Pick side dishes", "Check the oven plan", "Suggest leftovers",
-    "Write storage tips", "Check seasonality", "Estimate the cost", "Plan the plating",
-]
-PANTRY_QUESTION = "Use the 2 lb of chicken from your pantry?"
+LABELS = GENERIC_STEPS  # the plan of a message that names nothing; tailored plans draw on them too
+PANTRY_QUESTION = pantry_question("chicken from my pantry")  # "Use the 2 lb of chicken from your pantry?"
 STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
               "make", "i", "what", "can", "recipes", "recipe", "give", "show", "my"}
 
@@ -78,7 +74,8 @@ class DemoAgent:
         n = max(1, min(20, int(raw))) if raw else 5
         # A job's own pace goes with its plan (kept in the log): ``expected_seconds`` reads it.
         spec = {"seconds": self._pace(ctx)} if _directive(ctx.message, "pace") else {}
-        return Plan([PlanStep(i, LABELS[i - 1], dict(spec)) for i in range(1, n + 1)])
+        labels = plan_labels(ctx.message, n)
+        return Plan([PlanStep(i, labels[i - 1], dict(spec)) for i in range(1, n + 1)])
 
     def expected_seconds(self, part: str, step: PlanStep | None) -> float:
         """How long a part takes (the runner's time budget, ``durability/budget.py``): a step its
@@ -92,7 +89,7 @@ class DemoAgent:
         pantry: str | None = None
         if step.index == 1 and "pantry" in ctx.message.lower():
             # Asked before the step's side effect: after the answer the step runs from its start.
-            pantry = "used" if ctx.ask(PANTRY_QUESTION, "confirm") else "kept"
+            pantry = "used" if ctx.ask(pantry_question(ctx.message), "confirm") else "kept"
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
                                             ctx.expires_at or expiry(self.clock.now(), self.settings.retention_seconds))
@@ -113,8 +110,7 @@ class DemoAgent:
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
         first = ctx.step_outputs.get(1)
         pantry = first.get("pantry") if isinstance(first, dict) else None
-        note = {"used": "I used the 2 lb of chicken from your pantry.",
-                "kept": "I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
+        note = pantry_note(ctx.message, used=pantry == "used") if pantry in ("used", "kept") else ""
         text = reply_text(ctx.message, note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
