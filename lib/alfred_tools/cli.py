@@ -14,6 +14,7 @@ signing key — what ``alfred-jobs token --user you`` prints — so ``alfred-job
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import select
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -239,19 +241,27 @@ def submit_refusal(exc: ApiError) -> CliError | None:
     return None
 
 
-def chat_conversation(client: ApiClient, args: argparse.Namespace) -> str | None:
-    """The conversation a ``chat`` goes to: ``--conversation``, else a new one with ``--new``, else
-    the user's latest (as the web page opens it), so the page shows what the CLI sent. None: new."""
+def chat_conversation(client: ApiClient, args: argparse.Namespace) -> tuple[str, bool]:
+    """The conversation a ``chat`` goes to, and whether it is the latest one continued:
+    ``--conversation``, else a new one with ``--new``, else the user's latest (as the web page
+    opens it), so the page shows what the CLI sent.
+
+    A new conversation's id is chosen here, from the ``--idempotency-key`` when there is one: a
+    resend of the same command sends the same body (the same key with another body is a 409),
+    even though the first send made that conversation the latest."""
     if args.conversation:
-        return str(args.conversation)
-    if args.new:
-        return None
-    return client.latest_conversation()
+        return str(args.conversation), False
+    latest = None if args.new else client.latest_conversation()
+    if latest:
+        return latest, True
+    if args.idempotency_key:
+        return hashlib.sha256(f"conversation\0{args.idempotency_key}".encode()).hexdigest()[:32], False
+    return uuid.uuid4().hex, False
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     client = _client()
-    conversation = chat_conversation(client, args)
+    conversation, continued = chat_conversation(client, args)
     try:
         job = client.submit(args.message, conversation, args.idempotency_key, args.multitask)
     except ApiError as exc:
@@ -259,8 +269,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if not args.follow:
         print(json.dumps(job) if args.json else job["job_id"])
         return 0
-    where = ("continues your latest conversation; --new starts another"
-             if conversation and not args.conversation else "")
+    where = "continues your latest conversation; --new starts another" if continued else ""
     print(f"job {job['job_id']} (conversation {job['conversation_id']}{'; ' + where if where else ''})",
           file=sys.stderr if args.json or not sys.stdout.isatty() else sys.stdout, flush=True)
     return _watch(client, job["job_id"], 0, args)
@@ -387,7 +396,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from alfred_tools.demo import run_demo
 
-    return run_demo()
+    code = run_demo()
+    # The story is told and its stack stopped: leave at once. The interpreter's own clean-up of
+    # everything the demo loaded took ~3 s more, in silence, with nothing left to do (issue 27).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -59,8 +59,20 @@ def test_chat_continues_the_latest_conversation_unless_new_or_named(monkeypatch:
     run_cli(monkeypatch, client, "chat", "and a salad")
     run_cli(monkeypatch, client, "chat", "something else", "--new")
     run_cli(monkeypatch, client, "chat", "to this one", "--conversation", "other")
-    assert client.submitted == ["kitchen", None, "other"]
-    run_cli(monkeypatch, FakeClient(latest=None), "chat", "my first message")  # none yet: a new one
+    assert client.submitted[0] == "kitchen" and client.submitted[2] == "other"
+    assert client.submitted[1] not in (None, "kitchen")  # --new: a conversation of its own
+    first = FakeClient(latest=None)  # none yet: a new one
+    run_cli(monkeypatch, first, "chat", "my first message")
+    assert first.submitted[0] and first.submitted[0] != "kitchen"
+
+
+def test_a_resend_with_its_idempotency_key_sends_the_same_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first send started a conversation, which is the latest by the time of the resend
+    client = FakeClient(latest=None)
+    run_cli(monkeypatch, client, "chat", "rice", "--idempotency-key", "k-1")
+    client._latest = client.submitted[0]
+    run_cli(monkeypatch, client, "chat", "rice", "--idempotency-key", "k-1")
+    assert client.submitted[0] == client.submitted[1]
 
 
 def test_chat_help_says_it_continues_the_latest_conversation() -> None:

@@ -94,7 +94,11 @@ class DemoAgent:
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
                                             ctx.expires_at or expiry(self.clock.now(), self.settings.retention_seconds))
         if _directive(ctx.message, "fatal") is not None and step.index == 1:
-            raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
+            # The request itself is the cause: say so, so that nobody expects a retry to help (the
+            # page's Retry sends the same message again, and fails the same way).
+            raise TerminalAgentError("the recipe service refused this request: the message asks it to "
+                                     "([fatal]), so sending it again fails the same way; send it without "
+                                     "[fatal]", code="recipe_refused")
         if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):
             raise RetryableAgentError("the recipe service is not answering", code="recipe_unavailable")
         flaky = _directive(ctx.message, "flaky")
