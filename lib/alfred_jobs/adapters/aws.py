@@ -301,7 +301,10 @@ class DynamoJobStore:
             if val is not None:
                 sets.append(f"{attr} = :{attr}")
                 values[f":{attr}"] = val
-        condition = "attribute_exists(job_id) AND last_seq <= :ls"
+        # Only onto this job's record: a projection held in flight past retention must not land on
+        # the record of the next job of a reused Idempotency-Key (another creation time; sim seed 11).
+        condition = "attribute_exists(job_id) AND created_at = :ca AND last_seq <= :ls"
+        values[":ca"] = job.created_at
         if job.terminal:
             # Terminal: leave the sweeper's index, drop the lease. Anyone may write it (the log
             # already holds the terminal event); it only ever moves forward.

@@ -90,7 +90,8 @@ class MemoryJobStore:
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         with self.lock:
             cur = self.items.get(job.job_id)
-            if cur is None or cur.last_seq > job.last_seq:
+            # Another creation time: the id's next job (a key reused after retention), not ours.
+            if cur is None or cur.created_at != job.created_at or cur.last_seq > job.last_seq:
                 if owner is not None and not job.terminal:
                     raise Fenced(job.job_id)
                 return
