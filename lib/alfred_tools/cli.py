@@ -316,11 +316,11 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{shorten(str(job.get('message') or ''), 50)}".rstrip())
     if page.get("next_cursor"):
         # The cursor itself is a long opaque string: shown only when asked for.
+        again = "list" + (f" --status {args.status}" if args.status else "")
         if args.show_cursor:
             cursor = page["next_cursor"]
-            print(f"more: {command(f'list --cursor {cursor}')}")
-        again = "list" + (f" --status {args.status}" if args.status else "")
-        if args.limit < 100:
+            print(f"more: {command(f'{again} --limit {args.limit} --cursor {cursor}')}")
+        elif args.limit < 100:
             print(f"more: {command(f'{again} --limit {min(100, 2 * args.limit)}')} "
                   "(or --show-cursor for the next page)")
         else:

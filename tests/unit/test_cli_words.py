@@ -101,8 +101,10 @@ def test_list_hints_at_more_without_dumping_the_cursor(monkeypatch: pytest.Monke
     cursor = "c" * 250
     out = run_cli(monkeypatch, FakeClient([running_job("rice")], next_cursor=cursor), "list", "--limit", "1")
     assert cursor not in out and "more: alfred-jobs list --limit 2" in out
-    shown = run_cli(monkeypatch, FakeClient([running_job("rice")], next_cursor=cursor), "list", "--show-cursor")
-    assert f"more: alfred-jobs list --cursor {cursor}" in shown
+    shown = run_cli(monkeypatch, FakeClient([running_job("rice")], next_cursor=cursor), "list", "--show-cursor",
+                    "--status", "active")
+    assert shown.splitlines()[-1] == f"more: alfred-jobs list --status active --limit 20 --cursor {cursor}"
+    assert shown.count("more:") == 1
 
 
 def test_a_job_without_a_plan_yet_says_where_it_is() -> None:
