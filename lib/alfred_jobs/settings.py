@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     stream_url: str | None = None
     token: str | None = None
+    # How the user runs the CLI, for the commands its hints print: run.sh exports "./run.sh" (as
+    # it was invoked), so a hint runs as printed for someone who never activated the venv.
+    cli_command: str = "alfred-jobs"
 
 
     def check_deployable(self, uses: Collection[str]) -> None:

@@ -62,7 +62,7 @@ def unreachable(base_url: str, exc: Exception) -> Unreachable:
     hint = ""
     if isinstance(exc, httpx.ConnectError) and (urlsplit(base_url).hostname or "") in LOOPBACK:
         hint = ("\n  is the local system running? start it in another terminal: ./run.sh (from the repository), "
-                "or alfred-jobs dev\n  (running it on another port? export ALFRED_API_URL=http://127.0.0.1:PORT)")
+                f"or {command('dev')}\n  (running it on another port? export ALFRED_API_URL=http://127.0.0.1:PORT)")
     return Unreachable(f"cannot reach the API at {base_url}: {reason}{hint}")
 
 
@@ -77,6 +77,14 @@ def default_user() -> str:
     return DEFAULT_USER
 
 
+def command(rest: str) -> str:
+    """A CLI command line as the user would type it: ``alfred-jobs watch ID``, or ``./run.sh
+    watch ID`` for someone who came through ``run.sh`` (``ALFRED_CLI_COMMAND``), so that every
+    hint we print runs as printed."""
+    name = Settings().cli_command.strip() or "alfred-jobs"
+    return f"{shlex.quote(name)} {rest}"
+
+
 def resolve_token(settings: Settings) -> str:
     """``ALFRED_TOKEN``, or a freshly minted local token when the API is on this machine."""
     if settings.token:
@@ -84,7 +92,7 @@ def resolve_token(settings: Settings) -> str:
     host = urlsplit(settings.api_url).hostname or ""
     if host in LOOPBACK:
         return issue_local_token(settings, default_user())
-    raise CliError(f"set ALFRED_TOKEN to call {settings.api_url} (alfred-jobs token --user NAME "
+    raise CliError(f"set ALFRED_TOKEN to call {settings.api_url} ({command('token --user NAME')} "
                    "prints a local one)")
 
 
@@ -154,8 +162,14 @@ class ApiClient:
         """A job id from a unique prefix of one of the caller's jobs (at least ``MIN_PREFIX``
         characters, as git takes a commit); a full id, or anything shorter, is left to the server."""
         ident = ident.strip().lower()
-        if not (MIN_PREFIX <= len(ident) < 32) or any(c not in "0123456789abcdef" for c in ident):
+        if any(c not in "0123456789abcdef" for c in ident) or len(ident) > 32:
+            raise CliError(f"{ident or 'an empty id'} is not a job id: job ids are 32 characters of 0-9 and a-f "
+                           f"(see yours: {command('list')})")
+        if len(ident) == 32:
             return ident
+        if len(ident) < MIN_PREFIX:
+            raise CliError(f"{ident} is too short: give at least {MIN_PREFIX} characters of a job id "
+                           f"(see yours: {command('list')})")
         matches: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
@@ -167,11 +181,24 @@ class ApiClient:
         if len(matches) == 1:
             return str(matches[0]["job_id"])
         if not matches:
-            raise CliError(f"no job of yours starts with {ident} (see them: alfred-jobs list)")
+            raise CliError(f"no job of yours starts with {ident} (see them: {command('list')})")
         shown = "".join(f"\n  {j['job_id']}  {j['status']:<9}  {j.get('created_at')}" for j in matches[:10])
         more = f"\n  … and {len(matches) - 10} more" if len(matches) > 10 else ""
         raise CliError(f"{ident} is ambiguous: {len(matches)} of your jobs start with it; give more of the id:"
                        f"{shown}{more}")
+
+    def conversations(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        """``GET /api/conversations``: the caller's conversations, most recently active first."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        result: dict[str, Any] = self.request("GET", "/api/conversations", params=params)
+        return result
+
+    def latest_conversation(self) -> str | None:
+        """The caller's most recently active conversation, or None if there is none."""
+        listed = self.conversations(limit=1).get("conversations") or []
+        return str(listed[0]["conversation_id"]) if listed else None
 
     def job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
@@ -436,7 +463,7 @@ def answer_command(job_id: str, q: dict[str, Any]) -> str:
         choices = [str(o) for o in q.get("options") or []]
     else:
         choices = ["YOUR ANSWER"]
-    return "\n".join(f"  alfred-jobs answer {job_id} {shlex.quote(c)}" for c in choices[:6])
+    return "\n".join(f"  {command(f'answer {job_id} {shlex.quote(c)}')}" for c in choices[:6])
 
 
 def question_hint(job_id: str, q: dict[str, Any]) -> str:
@@ -463,6 +490,9 @@ class Renderer:
         self.in_reply = False
         self.status: str | None = None
         self.reply = ""  # the reply text the deltas show so far (``apply_delta``)
+        self.steps_done: int | None = None  # steps seen completed (None: not seen from the start)
+        self.total_steps = 0  # from the plan, once seen
+        self.paused_for = ""  # why the job last stopped: "answer" (it asked), "retry" (a step failed)
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -478,6 +508,16 @@ class Renderer:
         t, d = ev["type"], ev.get("data") or {}
         if t in TERMINAL_TYPES:
             self.status = t
+        if int(ev.get("seq") or 0) == 1:
+            self.steps_done = 0
+        if t == "plan":
+            self.total_steps = int(d.get("total_steps") or 0)
+        if t == "input_received":
+            self.paused_for = "answer"
+        if t == "status" and "retry_in" in d:
+            self.paused_for = "retry"
+        if t == "step" and d.get("status") == "completed" and self.steps_done is not None:
+            self.steps_done = max(self.steps_done, int(d.get("index") or 0))
         delta = DeltaPayload.model_validate(d) if t == "delta" else None
         if delta is not None:
             self.reply = apply_delta(self.reply, delta)
@@ -538,7 +578,8 @@ class Renderer:
         elif t == "input_received":
             self._line(f"  ✓ answered: {show_answer(d.get('answer'))}")
         elif t == "resumed":
-            self._line(f"↻ resumed by attempt {d.get('attempt')} (after seq {d.get('from_seq')})")
+            self._line(f"↻ {resumed_words(d, self.steps_done, self.total_steps, self.paused_for)}")
+            self.paused_for = ""
         elif t == "complete":
             self._line("✓ complete")
         elif t == "failed":
@@ -546,6 +587,23 @@ class Renderer:
             self._line(f"✗ failed: {err.get('message')} ({err.get('code')})")
         elif t == "cancelled":
             self._line("■ cancelled" + (f" (interrupted by job {d.get('by')})" if interrupted(d) else ""))
+
+
+def resumed_words(d: dict[str, Any], steps_done: int | None, total_steps: int = 0, paused_for: str = "") -> str:
+    """A new attempt in the user's words: after an answer, after a failed step's wait, or because
+    a worker stopped (crashed, timed out); from the step after the last one completed, when known
+    (followed from the start). Completed steps are never run again."""
+    why = {"answer": "went on with your answer", "retry": "trying again after a step failed"}.get(
+        paused_for, "picked up again after a worker stopped")
+    if steps_done is None:
+        where = ""
+    elif not total_steps:
+        where = ", from the start (no plan was made yet)"
+    elif steps_done >= total_steps:
+        where = ", at the reply (every step was done)"
+    else:
+        where = f", from step {steps_done + 1} of {total_steps}"
+    return f"{why} (attempt {d.get('attempt')}){where}"
 
 
 def interrupted(d: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ signing key — what ``alfred-jobs token --user you`` prints — so ``alfred-job
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import select
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -35,6 +37,7 @@ from alfred_tools.api_client import (
     CliError,
     Follower,
     Renderer,
+    command,
     last_question,
     parse_answer,
     question_hint,
@@ -101,7 +104,7 @@ def answer_refusal(exc: ApiError, job_id: str) -> CliError | None:
            "job_finished": "the job has already ended"}.get(exc.code)
     if why is None:
         return None
-    return CliError(f"{why} ({exc.code}, HTTP {exc.status})\n  see it: alfred-jobs status {job_id}")
+    return CliError(f"{why} ({exc.code}, HTTP {exc.status})\n  see it: {command(f'status {job_id}')}")
 
 
 def question_open(client: ApiClient, job_id: str, seq: int) -> bool:
@@ -208,7 +211,7 @@ def _watch(client: ApiClient, job_id: str, after: int, args: argparse.Namespace)
         if renderer.mode == "tty" and (renderer.open_line or renderer.in_reply):
             sys.stdout.write("\n")
             sys.stdout.flush()
-        print(f"\nstopped following; the job goes on: alfred-jobs watch {job_id} --after {last}",
+        print(f"\nstopped following; the job goes on: {command(f'watch {job_id} --after {last}')}",
               file=sys.stderr, flush=True)
         return 130
     finally:
@@ -231,24 +234,44 @@ def submit_refusal(exc: ApiError) -> CliError | None:
         return CliError(f"this conversation has a job under way: {active} (conversation_busy, HTTP 409)\n"
                         "  send anyway with --multitask enqueue (runs after it) or --multitask interrupt "
                         "(stops it),\n"
-                        f"  or follow it: alfred-jobs watch {active}")
+                        f"  or follow it: {command(f'watch {active}')}")
     if exc.code == "too_many_jobs":
         wait = f"try again in {exc.retry_after} s" if exc.retry_after else "try again later"
         return CliError(f"{exc.message} (too_many_jobs, HTTP 429); {wait}\n"
-                        "  see them: alfred-jobs list --status active")
+                        f"  see them: {command('list --status active')}")
     return None
+
+
+def chat_conversation(client: ApiClient, args: argparse.Namespace) -> tuple[str, bool]:
+    """The conversation a ``chat`` goes to, and whether it is the latest one continued:
+    ``--conversation``, else a new one with ``--new``, else the user's latest (as the web page
+    opens it), so the page shows what the CLI sent.
+
+    A new conversation's id is chosen here, from the ``--idempotency-key`` when there is one: a
+    resend of the same command sends the same body (the same key with another body is a 409),
+    even though the first send made that conversation the latest."""
+    if args.conversation:
+        return str(args.conversation), False
+    latest = None if args.new else client.latest_conversation()
+    if latest:
+        return latest, True
+    if args.idempotency_key:
+        return hashlib.sha256(f"conversation\0{args.idempotency_key}".encode()).hexdigest()[:32], False
+    return uuid.uuid4().hex, False
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     client = _client()
+    conversation, continued = chat_conversation(client, args)
     try:
-        job = client.submit(args.message, args.conversation, args.idempotency_key, args.multitask)
+        job = client.submit(args.message, conversation, args.idempotency_key, args.multitask)
     except ApiError as exc:
         raise submit_refusal(exc) or exc from None
     if not args.follow:
         print(json.dumps(job) if args.json else job["job_id"])
         return 0
-    print(f"job {job['job_id']} (conversation {job['conversation_id']})",
+    where = "continues your latest conversation; --new starts another" if continued else ""
+    print(f"job {job['job_id']} (conversation {job['conversation_id']}{'; ' + where if where else ''})",
           file=sys.stderr if args.json or not sys.stdout.isatty() else sys.stdout, flush=True)
     return _watch(client, job["job_id"], 0, args)
 
@@ -276,6 +299,21 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters (an ellipsis says it was cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[:width - 1].rstrip() + "…"
+
+
+def list_progress(job: dict[str, Any]) -> str:
+    """The progress column of ``list``: what ``status`` says, or where a job without a plan is."""
+    text = progress_text(job)
+    if text:
+        return text
+    return {"pending": "Waiting to start", "running": "Thinking", "waiting": "Waiting for your answer",
+            "complete": "Done", "failed": "Failed", "cancelled": "Cancelled"}.get(job["status"], "")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     page = _client().jobs(args.status, args.limit, args.cursor)
     if args.json:
@@ -284,14 +322,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not page["jobs"]:
         print("no jobs")
     else:
-        print(f"{'JOB':<32}  {'STATUS':<9}  {'CREATED':<24}  {'STEPS':<5}  LABEL")
+        print(f"{'JOB':<32}  {'STATUS':<9}  {'PROGRESS':<40}  MESSAGE")
     for job in page["jobs"]:
-        p = job.get("progress") or {}
-        steps = f"{p.get('completed_steps')}/{p.get('total_steps')}" if p.get("total_steps") else "-"
-        print(f"{job['job_id']:<32}  {job['status']:<9}  {job['created_at']:<24}  {steps:<5}  "
-              f"{p.get('label') or ''}".rstrip())
+        print(f"{job['job_id']:<32}  {job['status']:<9}  {shorten(list_progress(job), 40):<40}  "
+              f"{shorten(str(job.get('message') or ''), 50)}".rstrip())
     if page.get("next_cursor"):
-        print(f"more: alfred-jobs list --cursor {page['next_cursor']}")
+        # The cursor itself is a long opaque string: shown only when asked for.
+        again = "list" + (f" --status {args.status}" if args.status else "")
+        if args.show_cursor:
+            cursor = page["next_cursor"]
+            print(f"more: {command(f'{again} --limit {args.limit} --cursor {cursor}')}")
+        elif args.limit < 100:
+            print(f"more: {command(f'{again} --limit {min(100, 2 * args.limit)}')} "
+                  "(or --show-cursor for the next page)")
+        else:
+            print(f"more: {command(f'{again} --limit 100 --show-cursor')} prints the next page's --cursor")
     return 0
 
 
@@ -326,8 +371,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(job))
     elif code == 202:
+        seq = question["seq"]
         print(f"answered: {show_answer(answer)} (to \"{q.get('prompt')}\"); Alfred goes on\n"
-              f"  follow it: alfred-jobs watch {args.job_id} --after {question['seq']}")
+              f"  follow it: {command(f'watch {args.job_id} --after {seq}')}")
     else:
         print(f"already answered: {show_answer(answer)} (the same answer; nothing changed)")
     return 0
@@ -362,7 +408,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from alfred_tools.demo import run_demo
 
-    return run_demo()
+    code = run_demo()
+    # The story is told and its stack stopped: leave at once. The interpreter's own clean-up of
+    # everything the demo loaded took ~3 s more, in silence, with nothing left to do (issue 27).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -425,10 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how to follow: SSE with long-poll fallback (auto), or only one")
         sp.add_argument("--json", action="store_true", help="print events as JSON lines")
 
-    c = sub.add_parser("chat", help="submit a message as a job")
+    c = sub.add_parser("chat", help="submit a message as a job (in your latest conversation, as the web page "
+                                    "shows it; --new starts another)",
+                       description="Submit a message as a job. It continues your latest conversation (the one "
+                                   "the web page opens), so the page shows it; --new starts a new conversation "
+                                   "and --conversation ID picks one.")
     c.add_argument("message")
     c.add_argument("--follow", "-f", action="store_true", help="show progress live until the job ends")
-    c.add_argument("--conversation", metavar="ID")
+    to = c.add_mutually_exclusive_group()
+    to.add_argument("--conversation", metavar="ID", help="send it to this conversation")
+    to.add_argument("--new", action="store_true", help="start a new conversation (default: continue your latest)")
     c.add_argument("--idempotency-key", metavar="KEY")
     c.add_argument("--multitask", choices=["enqueue", "reject", "interrupt"],
                    help="if the conversation has a job under way: run after it (the server's default), "
@@ -450,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--status", choices=["pending", "running", "waiting", "complete", "failed", "cancelled",
                                          "active"])
     ls.add_argument("--limit", type=_positive, default=20)
-    ls.add_argument("--cursor")
+    ls.add_argument("--cursor", help="the page a --show-cursor line gave")
+    ls.add_argument("--show-cursor", action="store_true", help="print the next page's cursor, if there is one")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
 

@@ -70,6 +70,21 @@ def test_create_replaces_an_expired_record(backend: Backend) -> None:
     assert backend.jobs.acquire_lease(new.job_id, "w1", time.time(), LEASE).attempts == 1
 
 
+def test_a_late_projection_of_the_old_job_leaves_the_reused_ids_new_record_alone(backend: Backend) -> None:
+    """Sim seed 11 (issue 27's branch): a worker's terminal projection of a job, held in flight past
+    retention, landed on the record of the new job its reused Idempotency-Key had made meanwhile:
+    the new job read as cancelled at seq 7 with an empty log, and a watcher was told its events
+    had expired."""
+    old = created(backend, message="old", expires_at=past())
+    new = replace(new_job(message="new", created_at=old.created_at + 200), job_id=old.job_id)
+    backend.jobs.create(new)
+    for owner in (None, "w1"):
+        backend.jobs.save_projection(terminal(old, 7, JobStatus.CANCELLED), owner=owner)
+    with pytest.raises(Fenced):  # a running view of the old job: its holder lost it
+        backend.jobs.save_projection(replace(old, status=JobStatus.RUNNING, last_seq=3), owner="w1")
+    assert backend.jobs.get(new.job_id) == new
+
+
 # ---- acquire_lease ---------------------------------------------------------------------------
 
 

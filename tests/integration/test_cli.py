@@ -103,12 +103,12 @@ class DroppingProxy:
 
 
 def test_chat_follow_shows_progress_to_completion(dev: DevProcess) -> None:
-    out = run(dev, "chat", "chicken and rice [steps=3]", "--follow")
+    out = run(dev, "chat", "chicken and rice [steps=3]", "--new", "--follow")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     # plain output (not a terminal): one line per event, seqs 1..N in order
     assert [int(line.split()[0]) for line in lines] == list(range(1, len(lines) + 1))
-    assert "step 1/3 started: Check the pantry" in out.stdout
+    assert "step 1/3 started: Search recipes with chicken and rice" in out.stdout
     assert "step 3/3 completed" in out.stdout
     assert " delta " in out.stdout
     assert lines[-1].split()[1] == "complete" and "Here are 3 recipes with chicken and rice" in lines[-1]
@@ -116,7 +116,7 @@ def test_chat_follow_shows_progress_to_completion(dev: DevProcess) -> None:
 
 
 def test_chat_follow_by_long_poll_sees_the_same_log(dev: DevProcess) -> None:
-    out = run(dev, "chat", "leeks [steps=2]", "--follow", "--transport", "poll", "--json")
+    out = run(dev, "chat", "leeks [steps=2]", "--new", "--follow", "--transport", "poll", "--json")
     assert out.returncode == 0, out.stderr
     events = events_of(out.stdout)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -126,7 +126,7 @@ def test_chat_follow_by_long_poll_sees_the_same_log(dev: DevProcess) -> None:
 def test_watch_resumes_after_a_dropped_connection_seeing_every_event_once(dev: DevProcess) -> None:
     # GIVEN a long job and a watcher whose connections go through a proxy we can cut
     # a step a second: the job is still running when the connection drops, however busy the machine
-    job_id = run(dev, "chat", "beans and corn [steps=6] [pace=1]").stdout.strip()
+    job_id = run(dev, "chat", "beans and corn [steps=6] [pace=1]", "--new").stdout.strip()
     proxy = DroppingProxy(dev.port)
     try:
         watcher = subprocess.Popen([*CLI, "watch", job_id, "--json"],
@@ -159,7 +159,7 @@ def test_watch_resumes_after_a_dropped_connection_seeing_every_event_once(dev: D
 
 
 def test_watch_after_n_and_after_the_end(dev: DevProcess) -> None:
-    done = run(dev, "chat", "eggs [steps=1]", "--follow", "--json")
+    done = run(dev, "chat", "eggs [steps=1]", "--new", "--follow", "--json")
     events = events_of(done.stdout)
     job_id = done.stderr.split()[1]
     # from the middle: exactly the rest
@@ -175,7 +175,7 @@ def test_watch_after_n_and_after_the_end(dev: DevProcess) -> None:
 def test_list_status_and_cancel(dev: DevProcess) -> None:
     # GIVEN a long job
     # 20 steps of 3 s: it cannot end before the cancel, however slow the machine (it stops at once)
-    job_id = run(dev, "chat", "a long one [steps=20] [pace=3]").stdout.strip()
+    job_id = run(dev, "chat", "a long one [steps=20] [pace=3]", "--new").stdout.strip()
     assert len(job_id) == 32
     # THEN it is listed as active, and status shows it
     listed = run(dev, "list", "--status", "active")
@@ -199,7 +199,7 @@ def test_list_status_and_cancel(dev: DevProcess) -> None:
 
 
 def test_cancel_of_a_complete_job_is_an_api_error(dev: DevProcess) -> None:
-    done = run(dev, "chat", "rice [steps=1]", "--follow")
+    done = run(dev, "chat", "rice [steps=1]", "--new", "--follow")
     job_id = done.stderr.split()[1]
     out = run(dev, "cancel", job_id)
     assert out.returncode == 1
@@ -207,7 +207,7 @@ def test_cancel_of_a_complete_job_is_an_api_error(dev: DevProcess) -> None:
 
 
 @pytest.mark.parametrize(("args", "code", "text"), [
-    (["status", "not-a-job"], 1, "error: malformed"),
+    (["status", "not-a-job"], 1, "error: not-a-job is not a job id"),
     (["status", "0" * 32], 1, "not found"),
     (["watch", "f" * 32], 1, "not found"),
     (["cancel", "0" * 32], 1, "not found"),
@@ -239,7 +239,7 @@ def test_users_see_only_their_own_jobs(dev: DevProcess) -> None:
     ann = run(dev, "token", "--user", "ann").stdout.strip()
     bob = run(dev, "token", "--user", "bob").stdout.strip()
     assert verify_local_token(Settings(), ann) == "ann"
-    job_id = run(dev, "chat", "ann's soup [steps=1]", ALFRED_TOKEN=ann).stdout.strip()
+    job_id = run(dev, "chat", "ann's soup [steps=1]", "--new", ALFRED_TOKEN=ann).stdout.strip()
     assert job_id in run(dev, "list", ALFRED_TOKEN=ann).stdout
     assert job_id not in run(dev, "list", ALFRED_TOKEN=bob).stdout
     other = run(dev, "status", job_id, ALFRED_TOKEN=bob)
@@ -249,10 +249,10 @@ def test_users_see_only_their_own_jobs(dev: DevProcess) -> None:
 
 
 def test_the_same_idempotency_key_gives_the_same_job(dev: DevProcess) -> None:
-    first = run(dev, "chat", "pasta [steps=1]", "--idempotency-key", "k-1").stdout.strip()
-    second = run(dev, "chat", "pasta [steps=1]", "--idempotency-key", "k-1").stdout.strip()
+    first = run(dev, "chat", "pasta [steps=1]", "--new", "--idempotency-key", "k-1").stdout.strip()
+    second = run(dev, "chat", "pasta [steps=1]", "--new", "--idempotency-key", "k-1").stdout.strip()
     assert first == second and len(first) == 32
-    clash = run(dev, "chat", "pizza [steps=1]", "--idempotency-key", "k-1")
+    clash = run(dev, "chat", "pizza [steps=1]", "--new", "--idempotency-key", "k-1")
     assert clash.returncode == 1 and clash.stderr.startswith("error: ")
 
 
@@ -330,7 +330,7 @@ def test_chat_past_the_active_jobs_limit_says_when_to_try_again(dev: DevProcess)
             jobs.append(r.json()["job_id"])
         try:
             # WHEN one more is sent
-            out = run(dev, "chat", "one too many", ALFRED_TOKEN=token)
+            out = run(dev, "chat", "one too many", "--new", ALFRED_TOKEN=token)
             # THEN it is refused with the server's reason and when to try again
             assert out.returncode == 1, (out.stdout, out.stderr)
             assert re.match(r"error: you have 20 jobs under way; wait for one to end \(too_many_jobs, HTTP 429\); "
@@ -434,7 +434,7 @@ def job_id_of(text: str) -> str:
 
 def test_chat_follow_piped_shows_the_question_and_the_answer_command_then_goes_on(dev: DevProcess) -> None:
     # GIVEN a job that asks, followed with its output piped (not a terminal)
-    proc = subprocess.Popen([*CLI, "chat", PANTRY, "--follow"], env=dev.cli_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*CLI, "chat", PANTRY, "--new", "--follow"], env=dev.cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         err = Lines(proc.stderr)
@@ -472,7 +472,7 @@ def test_chat_follow_piped_shows_the_question_and_the_answer_command_then_goes_o
 
 def test_chat_follow_on_a_terminal_asks_and_goes_on(dev: DevProcess) -> None:
     # GIVEN a job that asks, followed on a terminal
-    with Terminal(dev, "chat", PANTRY, "--follow") as term:
+    with Terminal(dev, "chat", PANTRY, "--new", "--follow") as term:
         # THEN the question is asked in the terminal; an answer that does not fit is asked again
         term.expect("? Use the 2 lb of chicken from your pantry?")
         term.expect("answer [y/n]: ")
@@ -489,7 +489,7 @@ def test_chat_follow_on_a_terminal_asks_and_goes_on(dev: DevProcess) -> None:
 
 def test_a_terminal_question_answered_on_another_device_stops_asking(dev: DevProcess) -> None:
     # GIVEN a job asking in a terminal
-    with Terminal(dev, "chat", PANTRY, "--follow") as term:
+    with Terminal(dev, "chat", PANTRY, "--new", "--follow") as term:
         term.expect("answer [y/n]: ")
         job_id = job_id_of(term.text)
         # WHEN the question is answered elsewhere (the phone, through the API)
@@ -506,11 +506,11 @@ def test_a_terminal_question_answered_on_another_device_stops_asking(dev: DevPro
 
 def test_answer_errors_are_clear(dev: DevProcess) -> None:
     # a job that asked nothing
-    plain = run(dev, "chat", "rice [steps=1]", "--follow").stderr
+    plain = run(dev, "chat", "rice [steps=1]", "--new", "--follow").stderr
     nothing = run(dev, "answer", job_id_of(plain), "yes")
     assert nothing.returncode == 1 and "has asked nothing (it is complete)" in nothing.stderr, nothing.stderr
     # an answer that does not fit the question: refused before it is sent, the job still waits
-    job_id = run(dev, "chat", PANTRY).stdout.strip()
+    job_id = run(dev, "chat", PANTRY, "--new").stdout.strip()
     wait_until(lambda: json.loads(run(dev, "status", job_id, "--json").stdout)["status"] == "waiting",
                timeout=30, interval=0.2, what="the job to ask")
     status = run(dev, "status", job_id)
@@ -533,7 +533,7 @@ def test_answer_errors_are_clear(dev: DevProcess) -> None:
 
 def test_ctrl_c_on_chat_follow_exits_cleanly_and_the_job_goes_on(dev: DevProcess) -> None:
     # GIVEN a followed job under way
-    proc = subprocess.Popen([*CLI, "chat", "soup [steps=6] [pace=0.5]", "--follow"], env=dev.cli_env(),
+    proc = subprocess.Popen([*CLI, "chat", "soup [steps=6] [pace=0.5]", "--new", "--follow"], env=dev.cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     seen: list[str] = []
@@ -561,7 +561,7 @@ def test_ctrl_c_on_chat_follow_exits_cleanly_and_the_job_goes_on(dev: DevProcess
 
 
 def test_a_unique_id_prefix_is_taken_like_git(dev: DevProcess) -> None:
-    job_id = run(dev, "chat", "rice [steps=1]").stdout.strip()
+    job_id = run(dev, "chat", "rice [steps=1]", "--new").stdout.strip()
     # a unique prefix of 6 characters or more works for status, watch and cancel
     status = run(dev, "status", job_id[:8])
     assert status.returncode == 0 and f"job          {job_id}" in status.stdout, status.stderr
@@ -569,7 +569,8 @@ def test_a_unique_id_prefix_is_taken_like_git(dev: DevProcess) -> None:
     # a prefix matching none of the caller's jobs says so; a shorter one is not a prefix
     none = run(dev, "status", "f" * 31 if not job_id.startswith("f") else "0" * 31)
     assert none.returncode == 1 and "no job of yours starts with" in none.stderr
-    assert "malformed" in run(dev, "status", job_id[:5]).stderr
+    short = run(dev, "status", job_id[:5]).stderr
+    assert f"{job_id[:5]} is too short: give at least 6 characters" in short and "malformed" not in short
 
 
 def test_an_ambiguous_prefix_lists_the_matches() -> None:
@@ -587,11 +588,13 @@ def test_an_ambiguous_prefix_lists_the_matches() -> None:
         client.resolve("abcdef")
     assert "ambiguous: 2 of your jobs" in str(err.value)
     assert "abcdef01" + "0" * 24 in str(err.value) and "abcdef02" + "0" * 24 in str(err.value)
-    assert client.resolve("a" * 32) == "a" * 32 and client.resolve("abc") == "abc"
+    assert client.resolve("a" * 32) == "a" * 32
+    with pytest.raises(CliError, match="too short"):
+        client.resolve("abc")
 
 
 def test_status_says_step_k_of_n_as_the_web_does_and_list_has_a_header(dev: DevProcess) -> None:
-    job_id = run(dev, "chat", "stew [steps=2] [pace=6]").stdout.strip()
+    job_id = run(dev, "chat", "stew [steps=2] [pace=6]", "--new").stdout.strip()
     token = run(dev, "token", "--user", "you").stdout.strip()
 
     def phase() -> str:
@@ -606,5 +609,45 @@ def test_status_says_step_k_of_n_as_the_web_does_and_list_has_a_header(dev: DevP
     run(dev, "watch", job_id)
     assert "progress     2 of 2 steps done" in run(dev, "status", job_id).stdout
     listed = run(dev, "list").stdout.splitlines()
-    assert listed[0].split() == ["JOB", "STATUS", "CREATED", "STEPS", "LABEL"]
-    assert any(ln.startswith(job_id) for ln in listed[1:])
+    assert listed[0].split() == ["JOB", "STATUS", "PROGRESS", "MESSAGE"]
+    row = next(ln for ln in listed[1:] if ln.startswith(job_id))
+    assert "2 of 2 steps done" in row and "stew [steps=2] [pace=6]" in row
+
+
+def test_chat_continues_the_latest_conversation_so_the_page_shows_it(dev: DevProcess) -> None:
+    # GIVEN a conversation the page started (the web client's user is the CLI's: "you")
+    token = run(dev, "token", "--user", "you").stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    conv = uuid.uuid4().hex
+    resp = httpx.post(f"{dev.url}/api/chat", json={"message": "from the page [steps=1]", "conversation_id": conv},
+                      headers=headers)
+    assert resp.status_code == 202
+
+    def latest() -> str:
+        return str(httpx.get(f"{dev.url}/api/conversations?limit=1", headers=headers).json()
+                   ["conversations"][0]["conversation_id"])
+
+    wait_until(lambda: latest() == conv, timeout=10, what="the page's conversation to be the latest")
+    # WHEN the CLI sends a message without --conversation
+    out = run(dev, "chat", "and from the CLI [steps=1]", "--follow")
+    # THEN it went to that conversation (and said so), and the page reads both turns there
+    assert out.returncode == 0, out.stderr
+    assert f"conversation {conv}; continues your latest conversation; --new starts another" in out.stderr
+    turns = httpx.get(f"{dev.url}/api/conversations/{conv}", headers=headers).json()["messages"]
+    assert [m["text"] for m in turns if m["role"] == "user"] == ["from the page [steps=1]",
+                                                                 "and from the CLI [steps=1]"]
+    # AND --new starts another, which is then the latest
+    fresh = run(dev, "chat", "something new [steps=1]", "--new", "--json")
+    assert fresh.returncode == 0 and json.loads(fresh.stdout)["conversation_id"] != conv
+    wait_until(lambda: latest() == json.loads(fresh.stdout)["conversation_id"], timeout=10,
+               what="the new conversation to be the latest")
+
+
+def test_hints_run_as_printed_through_run_sh(dev: DevProcess) -> None:
+    # run.sh exports how it was started; a hint names it (a cancelled, never-started job's status)
+    busy_conv = uuid.uuid4().hex
+    first = run(dev, "chat", "a long one [steps=3] [pace=2]", "--conversation", busy_conv).stdout.strip()
+    refused = run(dev, "chat", "and this", "--conversation", busy_conv, "--multitask", "reject",
+                  ALFRED_CLI_COMMAND="./run.sh")
+    assert refused.returncode == 1 and f"or follow it: ./run.sh watch {first}" in refused.stderr
+    run(dev, "cancel", first)

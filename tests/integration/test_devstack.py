@@ -329,6 +329,9 @@ def test_demo_tells_the_story_and_exits_0() -> None:
     assert "input_received s1q1 = yes" in out.stdout
     assert "✓ the job completed with the pantry used" in out.stdout
     assert "✓ the question was there after the lock, and answered once" in out.stdout
+    # AND it says what it waits for before it exits (it used to pause 2.5 s in silence: issue 27)
+    assert out.stdout.rstrip().splitlines()[-1].endswith(
+        "stopping the embedded stack (the worker, the sweeper, the moto server)…"), out.stdout
 
 
 def test_demo_exits_nonzero_when_a_guarantee_it_checks_is_broken() -> None:

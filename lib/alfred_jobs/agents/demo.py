@@ -15,9 +15,11 @@ It reports a small deterministic token usage for each part (``DEMO_MODEL``, pric
 settings like the default model) so that a job's timeline shows tokens and cost locally: no
 model is called.
 
-A message that mentions the pantry makes step 1 ("Check the pantry") ask ``confirm`` before it
-changes the pantry (``PANTRY_QUESTION``): yes, it uses the chicken; no, it leaves the pantry be and
-the reply says so.
+The plan, the question and the reply are about what the user named (``demo_text``): "stir fry
+with the tofu from my pantry" searches tofu stir-fries, asks about the tofu and replies with
+tofu. A message that mentions the pantry makes step 1 ("Check the pantry for the tofu") ask
+``confirm`` before it changes the pantry (``pantry_question``; ``PANTRY_QUESTION`` for chicken):
+yes, the reply says it used that ingredient; no, that it left the pantry be and buys it fresh.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from alfred_jobs.agents.demo_text import reply_text
+from alfred_jobs.agents.demo_text import GENERIC_STEPS, pantry_note, pantry_question, plan_labels, reply_text
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.retention import expiry
@@ -34,14 +36,8 @@ from alfred_jobs.exceptions import RetryableAgentError, TerminalAgentError
 from alfred_jobs.ports import AgentDataStore
 from alfred_jobs.settings import Settings
 
-LABELS = [
-    "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
-    "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
-    "Find substitutions", "Scale the portions", "Check for allergens", "Sort the shopping list by aisle",
-    "Time the prep", "Pick side dishes", "Check the oven plan", "Suggest leftovers",
-    "Write storage tips", "Check seasonality", "Estimate the cost", "Plan the plating",
-]
-PANTRY_QUESTION = "Use the 2 lb of chicken from your pantry?"
+LABELS = GENERIC_STEPS  # the plan of a message that names nothing; tailored plans draw on them too
+PANTRY_QUESTION = pantry_question("chicken from my pantry")  # "Use the 2 lb of chicken from your pantry?"
 DEMO_MODEL = "demo"  # the usage it reports is made up: a few tokens per part, from the text's length
 STOP_WORDS = {"a", "an", "the", "with", "for", "me", "some", "find", "using", "please", "and", "to", "of",
               "make", "i", "what", "can", "recipes", "recipe", "give", "show", "my"}
@@ -85,7 +81,8 @@ class DemoAgent:
         ctx.report_usage(DEMO_MODEL, _tokens(ctx.message) + 200, 20 + 12 * n, cache_read_tokens=150)
         # A job's own pace goes with its plan (kept in the log): ``expected_seconds`` reads it.
         spec = {"seconds": self._pace(ctx)} if _directive(ctx.message, "pace") else {}
-        return Plan([PlanStep(i, LABELS[i - 1], dict(spec)) for i in range(1, n + 1)])
+        labels = plan_labels(ctx.message, n)
+        return Plan([PlanStep(i, labels[i - 1], dict(spec)) for i in range(1, n + 1)])
 
     def expected_seconds(self, part: str, step: PlanStep | None) -> float:
         """How long a part takes (the runner's time budget, ``durability/budget.py``): a step its
@@ -99,12 +96,16 @@ class DemoAgent:
         pantry: str | None = None
         if step.index == 1 and "pantry" in ctx.message.lower():
             # Asked before the step's side effect: after the answer the step runs from its start.
-            pantry = "used" if ctx.ask(PANTRY_QUESTION, "confirm") else "kept"
+            pantry = "used" if ctx.ask(pantry_question(ctx.message), "confirm") else "kept"
         runs = self.data.record_step_effect(ctx.job_id, step.index, ctx.attempt,
                                             {"label": step.label, "key": ctx.idempotency_key(step.index)},
                                             ctx.expires_at or expiry(self.clock.now(), self.settings.retention_seconds))
         if _directive(ctx.message, "fatal") is not None and step.index == 1:
-            raise TerminalAgentError("the recipe service refused this request", code="recipe_refused")
+            # The request itself is the cause: say so, so that nobody expects a retry to help (the
+            # page's Retry sends the same message again, and fails the same way).
+            raise TerminalAgentError("the recipe service refused this request: the message asks it to "
+                                     "([fatal]), so sending it again fails the same way; send it without "
+                                     "[fatal]", code="recipe_refused")
         if _directive(ctx.message, "fail") is not None and step.index == min(2, len(LABELS)):
             raise RetryableAgentError("the recipe service is not answering", code="recipe_unavailable")
         flaky = _directive(ctx.message, "flaky")
@@ -121,8 +122,7 @@ class DemoAgent:
     def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
         first = ctx.step_outputs.get(1)
         pantry = first.get("pantry") if isinstance(first, dict) else None
-        note = {"used": "I used the 2 lb of chicken from your pantry.",
-                "kept": "I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
+        note = pantry_note(ctx.message, used=pantry == "used") if pantry in ("used", "kept") else ""
         text = reply_text(ctx.message, note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)

@@ -44,6 +44,28 @@ KINDS: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
      ("crispy {i} bites", "{i} and yogurt dip", "spiced roasted {i}", "{i} lettuce wraps",
       "smashed {i} on toast", "{i} energy balls")),
 ]
+# A dish named outright: (words that say it, the plural the reply uses, ideas with {i}). It wins
+# over the kinds above: "mushroom risotto" is a risotto, "tofu stir fry" a stir-fry.
+DISHES: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
+    (("risotto", "risottos"), "risottos",
+     ("classic {i} risotto with parmesan", "baked {i} risotto with thyme", "{i} risotto with lemon and peas",
+      "creamy {i} risotto with white wine", "{i} risotto with crispy sage", "{i} and herb risotto")),
+    (("stir fry", "stir-fry", "stirfry", "stir fries", "stir-fries"), "stir-fries",
+     ("{i} stir-fry with garlic and ginger", "sweet and sour {i} stir-fry", "{i} and broccoli stir-fry with noodles",
+      "sesame {i} stir-fry with rice", "spicy {i} stir-fry with peppers", "{i} stir-fry with cashews")),
+    (("curry", "curries"), "curries",
+     ("{i} curry with coconut milk", "{i} tikka masala", "green {i} curry", "{i} and spinach curry",
+      "{i} korma", "dry-spiced {i} curry")),
+    (("taco", "tacos"), "tacos",
+     ("{i} tacos with lime slaw", "crispy {i} tacos", "{i} tacos with pickled onions", "smoky {i} tacos",
+      "{i} taco bowls", "{i} tacos with avocado crema")),
+    (("pizza", "pizzas"), "pizzas",
+     ("{i} pizza with mozzarella", "white {i} pizza with garlic", "{i} flatbread pizza",
+      "spicy {i} pizza", "{i} and rocket pizza", "sheet-pan {i} pizza")),
+    (("pie", "pies"), "pies",
+     ("{i} pie with a flaky crust", "{i} pot pie", "{i} and potato pie", "{i} hand pies",
+      "{i} filo pie", "cottage-style {i} pie")),
+]
 MAINS = ("{i} stir-fry with garlic and ginger", "sheet-pan {i} and roasted vegetables", "creamy {i} skillet",
          "{i} rice bowl with a quick pickle", "{i} tacos with lime slaw", "one-pot {i} pilaf",
          "{i} traybake with lemon and herbs", "{i} curry with coconut milk")
@@ -78,6 +100,12 @@ class Request:
     kind: str  # "recipes", or the plural of the dish kind asked for
     ideas: tuple[str, ...]
     styles: list[str]
+    pantry: bool = False  # the message mentions the pantry: the agent asks before using it
+
+    @property
+    def what(self) -> str:
+        """The ingredients named, as a phrase ("tofu", "chicken and rice"), or "what you have"."""
+        return _and(self.ingredients) if self.ingredients else GENERIC
 
 
 def _clean(message: str) -> str:
@@ -89,10 +117,13 @@ def read_request(message: str) -> Request:
     found: list[str] = []
     rest = f" {text} "
     for name in INGREDIENTS:
-        if re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", rest):
+        # The name as listed, or its singular ("mushroom risotto" is about mushrooms)
+        forms = sorted({name, as_modifier(name)}, key=len, reverse=True)
+        pattern = rf"(?<![a-z])(?:{'|'.join(re.escape(f) for f in forms)})(?![a-z])"
+        if re.search(pattern, rest):
             found.append(SINGULAR.get(name, name))
-            rest = re.sub(rf"(?<![a-z]){re.escape(name)}(?![a-z])", " ", rest)
-    found = sorted(dict.fromkeys(found), key=lambda n: text.find(n.split()[0]))[:3]
+            rest = re.sub(pattern, " ", rest)
+    found = sorted(dict.fromkeys(found), key=lambda n: text.find(as_modifier(n).split()[0]))[:3]
     count = 3
     m = re.search(rf"\b(\d+|{'|'.join(sorted(NUMBERS, key=len, reverse=True))})\s+(?:[a-z-]+\s+){{0,3}}?{DISH_NOUNS}\b",
                   text)
@@ -103,16 +134,88 @@ def read_request(message: str) -> Request:
     words = set(re.findall(r"[a-z]+", text))
     kind: str = "recipes"
     ideas: tuple[str, ...] = MAINS
-    for keys, plural, kind_ideas in KINDS:
+    dish = next(((plural, dish_ideas) for keys, plural, dish_ideas in DISHES
+                 if any(re.search(rf"(?<![a-z]){re.escape(k)}(?![a-z])", text) for k in keys)), None)
+    for keys, plural, kind_ideas in ([] if dish else KINDS):
         if words & set(keys):
             kind, ideas = plural, kind_ideas
             break
+    if dish:
+        kind, ideas = dish
     styles = [STYLES[w] for w in STYLES if w in words]
-    return Request(found, count, kind, ideas, styles)
+    return Request(found, count, kind, ideas, styles, pantry="pantry" in words)
 
 
 def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# ---- the pantry: the question and what the answer changes, about what the user named ----------
+
+AMOUNTS = {"chicken": "2 lb of chicken"}  # what "the pantry" holds of an ingredient, when we say so
+
+
+def _is_plural(name: str) -> bool:
+    return as_modifier(name) != name and name not in MASS_NOUNS
+
+
+def pantry_question(message: str) -> str:
+    """The confirm a pantry request asks before step 1 changes the pantry: about the first
+    ingredient the user named ("Use the tofu from your pantry?"), or about the pantry as a whole."""
+    req = read_request(message)
+    if not req.ingredients:
+        return "Use what you have in your pantry?"
+    first = req.ingredients[0]
+    return f"Use the {AMOUNTS.get(first, first)} from your pantry?"
+
+
+def pantry_note(message: str, used: bool) -> str:
+    """What the reply says about the pantry once the user answered: the same ingredient the
+    question named, used (yes) or left where it is and bought fresh (no)."""
+    req = read_request(message)
+    if not req.ingredients:
+        return ("I used what you have in your pantry." if used
+                else "I left your pantry as it was: these need nothing from it.")
+    first = req.ingredients[0]
+    if used:
+        return f"I used the {AMOUNTS.get(first, first)} from your pantry."
+    verb = "are" if _is_plural(first) else "is"
+    return (f"I left your pantry as it was: the {first} {verb} still there"
+            + ("." if first in AMOUNTS else f", so fresh {first} {verb} on the shopping list."))
+
+
+# ---- the plan: steps that fit the request ------------------------------------------------------
+
+GENERIC_STEPS = [
+    "Check the pantry", "Search recipes", "Compare recipes", "Build the shopping list",
+    "Plan the cooking steps", "Estimate nutrition", "Check cooking times", "Suggest wine pairings",
+    "Find substitutions", "Scale the portions", "Check for allergens", "Sort the shopping list by aisle",
+    "Time the prep", "Pick side dishes", "Check the oven plan", "Suggest leftovers",
+    "Write storage tips", "Check seasonality", "Estimate the cost", "Plan the plating",
+]
+
+
+def plan_labels(message: str, n: int) -> list[str]:
+    """``n`` step labels (1-20, all different) for ``message``: a request that names its
+    ingredients or dish is searched for those (and the pantry checked for them only when the user
+    mentioned it); one that names nothing falls back to the generic plan, pantry first."""
+    req = read_request(message)
+    named = bool(req.ingredients) or req.kind != "recipes"
+    if not named and not req.pantry:
+        return GENERIC_STEPS[:n]
+    kind = "recipes" if req.kind == "recipes" else req.kind
+    first: list[str] = []
+    if req.pantry:
+        first.append(f"Check the pantry for the {req.ingredients[0]}" if req.ingredients else "Check the pantry")
+    first.append(f"Search {kind} with {req.what}" if req.ingredients else f"Search {kind}")
+    first += [f"Compare the {kind}", f"Pick the best {req.count}" if req.count > 1 else "Pick the best one"]
+    if req.pantry and req.ingredients:
+        first.append("Build the shopping list around the pantry")
+    skip = {"Check the pantry", "Search recipes", "Compare recipes"}
+    if req.pantry and req.ingredients:
+        skip.add("Build the shopping list")
+    tailored = [*first, *(label for label in GENERIC_STEPS if label not in skip)]
+    return list(dict.fromkeys(tailored))[:n]
 
 
 def reply_text(message: str, pantry_note: str = "") -> str:
