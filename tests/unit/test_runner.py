@@ -454,3 +454,60 @@ def test_a_resumed_attempt_whose_history_read_fails_gives_the_job_back() -> None
     second = ScriptedAgent(deps)
     assert JobRunner(deps, second).run(Delivery(job_id)).status is JobStatus.COMPLETE
     assert [i for i, _ in second.acts] == [2, 3]
+
+
+class PlanHeldInFlight(MemoryEventLog):
+    """The first attempt's plan put is held in flight (its process frozen with the write on the
+    wire: ``SystemExit`` stands for the freeze), and lands just before the second attempt's first
+    put, in the slot that put wants; the one read after it is refused (throttled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: tuple[str, Event, int] | None = None
+        self.landed = False
+        self.fail_reads = 0
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.PLAN and event.attempt == 1 and self.held is None:
+            self.held = (job_id, event, expires_at)
+            raise SystemExit("frozen with the plan's put in flight")
+        if event.attempt == 2 and self.held is not None and not self.landed:
+            self.landed = True
+            super().append(*self.held)
+            self.fail_reads = 1
+        super().append(job_id, event, expires_at)
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise TransientStoreError("throttled")
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_an_older_attempts_late_write_met_while_reads_fail_is_no_fence() -> None:
+    """Sim seed 11564 (invariant ``no_lease_left_behind``): a worker froze with its plan's put in
+    flight; its lease ran out and a second attempt took the job. The frozen put landed in the slot
+    the second attempt's ``resumed`` wanted, and the read after that was throttled: the attempt
+    went on to record a retryable failure at the head it knew, met the older attempt's plan there,
+    took itself for fenced and dropped the delivery with its lease live. An older attempt's write
+    fences nothing (only a later attempt's does): the attempt reads the log again and records its
+    failure after it, letting its lease go."""
+    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=30, max_attempts=3))
+    log = PlanHeldInFlight()
+    deps = replace(base, log=log)
+    job_id = submit(deps, "chicken [steps=3]")
+    with pytest.raises(SystemExit):
+        JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    store.items[job_id] = replace(store.items[job_id], lease_expires=time.time() - 1)  # the freeze outlasts the lease
+    result = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert log.landed
+    assert result.outcome is Outcome.RETRY, result
+    job = store.items[job_id]
+    assert job.lease_owner is None, "the lease is let go, not left on a job nobody runs"
+    assert types(deps, job_id) == ["status:running", "plan:", "status:pending"], "the failure follows the plan"
+    assert [e.seq for e in events(deps, job_id)] == [1, 2, 3]
+    last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert last.status is JobStatus.COMPLETE
+    assert deps.agent_data.step_effects(job_id) == {1: 1, 2: 1, 3: 1}
