@@ -511,3 +511,39 @@ def test_an_older_attempts_late_write_met_while_reads_fail_is_no_fence() -> None
     last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
     assert last.status is JobStatus.COMPLETE
     assert deps.agent_data.step_effects(job_id) == {1: 1, 2: 1, 3: 1}
+
+
+def test_an_attempt_whose_lease_ran_out_by_its_clock_lets_a_lease_still_its_own_go() -> None:
+    """Sim seed 1430 (invariant ``no_lease_left_behind``): a worker's process froze with its
+    keeper's renewal on the wire, past its lease; nobody took the job meanwhile. It woke, its
+    runner found the lease run out by its own clock and stopped as fenced, and the renewal then
+    landed: the lease was its own and live again, on a job nobody ran, and the message deleted.
+    Stopping with the lease ours, the attempt lets it go and keeps the message to resume at once."""
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=60, max_attempts=3,
+                                cancel_poll_seconds=0.02), clock=clock)
+    job_id = submit(deps, "chicken [steps=3]")
+    block = threading.Event()
+    agent = ScriptedAgent(deps, block=block, block_step=2)
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(JobRunner(deps, agent).run(Delivery(job_id))))
+    t.start()
+    assert agent.entered.wait(5)
+    # GIVEN the process froze past its lease, and its keeper's renewal, sent before the freeze,
+    # landed as it woke: the record holds our lease, live; our own clock says it ran out
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    clock.offset += 61
+    mine = store.items[job_id]
+    store.items[job_id] = replace(mine, lease_expires=clock.now() + 60)
+    # WHEN the runner goes on from the step
+    block.set()
+    t.join(10)
+    # THEN it stops there (no step after the lapse), and lets the lease go, keeping the message
+    assert out[0].outcome is Outcome.RETRY, out[0]
+    job = store.items[job_id]
+    assert job.lease_owner is None, "the lease is let go, not left on a job nobody runs"
+    assert max(i for i, _ in agent.acts) == 2
+    # ... and the next delivery resumes the job at once and finishes it
+    last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert last.status is JobStatus.COMPLETE
