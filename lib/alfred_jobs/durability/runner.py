@@ -440,7 +440,7 @@ class _Attempt:
         except Fenced:
             count("Fenced")
             log.warning("fenced: another worker owns the job", extra={"job_id": self.job.job_id})
-            return RunResult(Outcome.DROPPED, "fenced")
+            return self._stopped_fenced()
         except AgentError as err:
             return self._failure(err.code, err.message, err.retryable)
         except TransientStoreError as err:
@@ -448,6 +448,26 @@ class _Attempt:
         except Exception as err:  # a bug in an agent: retry, bounded like any retryable error
             log.exception("agent raised", extra={"job_id": self.job.job_id})
             return self._failure("agent_crashed", f"{type(err).__name__} in the agent", True)
+
+    def _stopped_fenced(self) -> RunResult:
+        """The attempt stopped fenced: another worker took the job, or our lease ran out by our
+        own clock (``keeper.lost``), which need not mean anybody took it. Then a renewal the keeper
+        sent before a freeze can land after it, making the lease ours and live again (sim seed
+        1430): dropped so, the job would be held a lease period with nobody running it. So once the
+        keeper has stopped (its write in flight has landed), a lease still ours is let go, and the
+        message kept to resume the job at once."""
+        self.settle_behind()
+        self.keeper.stop()
+        try:
+            rec = self.deps.jobs.get(self.job.job_id)
+            if rec is None or rec.lease_owner != self.owner:
+                return RunResult(Outcome.DROPPED, "fenced")
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         self.clock.now() + self.s.pending_grace_seconds)
+        except StoreError:
+            # Keep the message past the lease, as a retry does: it comes back to a free job.
+            return RunResult(Outcome.RETRY, "fenced, store_unavailable", retry_after=int(self.s.lease_seconds) + 1)
+        return RunResult(Outcome.RETRY, "lease ran out unclaimed", retry_after=1)
 
     def _admitted(self) -> bool:
         """Take a run slot in the user's gate before the first event (a job with events took one
