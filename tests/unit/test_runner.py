@@ -457,3 +457,96 @@ def test_a_resumed_attempt_whose_history_read_fails_gives_the_job_back() -> None
     second = ScriptedAgent(deps)
     assert JobRunner(deps, second).run(Delivery(job_id)).status is JobStatus.COMPLETE
     assert [i for i, _ in second.acts] == [2, 3]
+
+
+class PlanHeldInFlight(MemoryEventLog):
+    """The first attempt's plan put is held in flight (its process frozen with the write on the
+    wire: ``SystemExit`` stands for the freeze), and lands just before the second attempt's first
+    put, in the slot that put wants; the one read after it is refused (throttled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: tuple[str, Event, int] | None = None
+        self.landed = False
+        self.fail_reads = 0
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.PLAN and event.attempt == 1 and self.held is None:
+            self.held = (job_id, event, expires_at)
+            raise SystemExit("frozen with the plan's put in flight")
+        if event.attempt == 2 and self.held is not None and not self.landed:
+            self.landed = True
+            super().append(*self.held)
+            self.fail_reads = 1
+        super().append(job_id, event, expires_at)
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise TransientStoreError("throttled")
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_an_older_attempts_late_write_met_while_reads_fail_is_no_fence() -> None:
+    """Sim seed 11564 (invariant ``no_lease_left_behind``): a worker froze with its plan's put in
+    flight; its lease ran out and a second attempt took the job. The frozen put landed in the slot
+    the second attempt's ``resumed`` wanted, and the read after that was throttled: the attempt
+    went on to record a retryable failure at the head it knew, met the older attempt's plan there,
+    took itself for fenced and dropped the delivery with its lease live. An older attempt's write
+    fences nothing (only a later attempt's does): the attempt reads the log again and records its
+    failure after it, letting its lease go."""
+    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=30, max_attempts=3))
+    log = PlanHeldInFlight()
+    deps = replace(base, log=log)
+    job_id = submit(deps, "chicken [steps=3]")
+    with pytest.raises(SystemExit):
+        JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id))
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    store.items[job_id] = replace(store.items[job_id], lease_expires=time.time() - 1)  # the freeze outlasts the lease
+    result = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert log.landed
+    assert result.outcome is Outcome.RETRY, result
+    job = store.items[job_id]
+    assert job.lease_owner is None, "the lease is let go, not left on a job nobody runs"
+    assert types(deps, job_id) == ["status:running", "plan:", "status:pending"], "the failure follows the plan"
+    assert [e.seq for e in events(deps, job_id)] == [1, 2, 3]
+    last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert last.status is JobStatus.COMPLETE
+    assert deps.agent_data.step_effects(job_id) == {1: 1, 2: 1, 3: 1}
+
+
+def test_an_attempt_whose_lease_ran_out_by_its_clock_lets_a_lease_still_its_own_go() -> None:
+    """Sim seed 1430 (invariant ``no_lease_left_behind``): a worker's process froze with its
+    keeper's renewal on the wire, past its lease; nobody took the job meanwhile. It woke, its
+    runner found the lease run out by its own clock and stopped as fenced, and the renewal then
+    landed: the lease was its own and live again, on a job nobody ran, and the message deleted.
+    Stopping with the lease ours, the attempt lets it go and keeps the message to resume at once."""
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=60, max_attempts=3,
+                                cancel_poll_seconds=0.02), clock=clock)
+    job_id = submit(deps, "chicken [steps=3]")
+    block = threading.Event()
+    agent = ScriptedAgent(deps, block=block, block_step=2)
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(JobRunner(deps, agent).run(Delivery(job_id))))
+    t.start()
+    assert agent.entered.wait(5)
+    # GIVEN the process froze past its lease, and its keeper's renewal, sent before the freeze,
+    # landed as it woke: the record holds our lease, live; our own clock says it ran out
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    clock.offset += 61
+    mine = store.items[job_id]
+    store.items[job_id] = replace(mine, lease_expires=clock.now() + 60)
+    # WHEN the runner goes on from the step
+    block.set()
+    t.join(10)
+    # THEN it stops there (no step after the lapse), and lets the lease go, keeping the message
+    assert out[0].outcome is Outcome.RETRY, out[0]
+    job = store.items[job_id]
+    assert job.lease_owner is None, "the lease is let go, not left on a job nobody runs"
+    assert max(i for i, _ in agent.acts) == 2
+    # ... and the next delivery resumes the job at once and finishes it
+    last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
+    assert last.status is JobStatus.COMPLETE

@@ -469,14 +469,15 @@ class _Attempt:
         except _HandOn:
             return self._hand_on()
         except SlotTaken as taken:
-            if taken.existing.writer == self.owner:
-                # Our own write is in the slot (it landed while we saw errors): not fenced.
+            if not self._fenced_by(taken.existing):
+                # Our own write is in the slot (it landed while we saw errors), or an older
+                # attempt's late one: not fenced.
                 return self._failure("store_unavailable", "storage answered with errors", True)
             return self._lost_slot(taken)
         except Fenced:
             count("Fenced")
             log.warning("fenced: another worker owns the job", extra={"job_id": self.job.job_id})
-            return RunResult(Outcome.DROPPED, "fenced")
+            return self._stopped_fenced()
         except AgentError as err:
             return self._failure(err.code, err.message, err.retryable)
         except TransientStoreError as err:
@@ -484,6 +485,26 @@ class _Attempt:
         except Exception as err:  # a bug in an agent: retry, bounded like any retryable error
             log.exception("agent raised", extra={"job_id": self.job.job_id})
             return self._failure("agent_crashed", f"{type(err).__name__} in the agent", True)
+
+    def _stopped_fenced(self) -> RunResult:
+        """The attempt stopped fenced: another worker took the job, or our lease ran out by our
+        own clock (``keeper.lost``), which need not mean anybody took it. Then a renewal the keeper
+        sent before a freeze can land after it, making the lease ours and live again (sim seed
+        1430): dropped so, the job would be held a lease period with nobody running it. So once the
+        keeper has stopped (its write in flight has landed), a lease still ours is let go, and the
+        message kept to resume the job at once."""
+        self.settle_behind()
+        self.keeper.stop()
+        try:
+            rec = self.deps.jobs.get(self.job.job_id)
+            if rec is None or rec.lease_owner != self.owner:
+                return RunResult(Outcome.DROPPED, "fenced")
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         self.clock.now() + self.s.pending_grace_seconds)
+        except StoreError:
+            # Keep the message past the lease, as a retry does: it comes back to a free job.
+            return RunResult(Outcome.RETRY, "fenced, store_unavailable", retry_after=int(self.s.lease_seconds) + 1)
+        return RunResult(Outcome.RETRY, "lease ran out unclaimed", retry_after=1)
 
     def _admitted(self) -> bool:
         """Take a run slot in the user's gate before the first event (a job with events took one
@@ -667,6 +688,20 @@ class _Attempt:
         except Exception:  # the notifier promises not to raise; a bug there must not fail a job
             log.exception("notifier raised", extra={"job_id": self.job.job_id})
 
+    def _fenced_by(self, existing: Event) -> bool:
+        """Whether ``existing``, found in the slot we put to, says a later attempt holds the job.
+
+        Neither our own write (it landed while we saw errors) nor an older attempt's does. An
+        older owner frozen with a put in flight past its lease lands it in the one slot it could,
+        the head it knew: our first put's, or, when our read after meeting it failed, the put
+        that records that failure (sim seed 11564: taken for a fence, the delivery was dropped
+        with our lease live on a job nobody ran). Its event counts, as in ``_open``; we write
+        after it. A later attempt took our lease first, so its events carry a higher attempt; an
+        ending by the API is terminal, which ``_lost_slot`` finalizes whoever wrote it."""
+        if existing.writer == self.owner:
+            return False
+        return existing.terminal or existing.attempt >= self.attempt
+
     def _lost_slot(self, taken: SlotTaken) -> RunResult:
         if taken.existing.terminal:
             # Someone else (a cancel, a newer attempt) ended the job: make sure it is finalized.
@@ -847,11 +882,12 @@ class _Attempt:
             try:
                 return self._record_failure(code, message, retryable)
             except SlotTaken as taken:
-                if taken.existing.writer != self.owner:
+                if self._fenced_by(taken.existing):
                     return self._lost_slot(taken)
                 # Our own earlier write landed although we saw it fail (the error that brought us
-                # here may be that very write): we still own the job. Read the log again and
-                # record the failure after what is really there.
+                # here may be that very write), or an older attempt's late write landed at the
+                # head we knew (our read after it failed): we still own the job. Read the log
+                # again and record the failure after what is really there.
                 try:
                     self._load()
                 except StoreError:
@@ -928,7 +964,7 @@ class _Attempt:
             self.deps.jobs.release_lease(self.job.job_id, self.owner,
                                          self.clock.now() + self.s.pending_grace_seconds)
         except SlotTaken as taken:
-            if taken.existing.writer == self.owner:
+            if not self._fenced_by(taken.existing):
                 return self._failure("store_unavailable", "storage answered with errors", True)
             return self._lost_slot(taken)
         except Fenced:

@@ -41,11 +41,26 @@ class Observer:
 class SimAgent:
     """An ``Agent`` whose every call takes virtual time from its script."""
 
-    def __init__(self, clock: Clock, observer: Observer, on_enter: Any) -> None:
+    def __init__(self, clock: Clock, observer: Observer, on_enter: Any, on_going: Any = None) -> None:
         self.clock = clock
         self.seen = observer
         # Called with (job_id, user_id, step index or 0, attempt) as a call starts: the invariants' hook.
         self.on_enter = on_enter
+        # Called with (job_id, attempt, where, at) when the job went on at ``at`` with no cancel
+        # seen: a step's ``ctx.cancelled()`` asked then answered False, or the runner took the reply
+        # chunk yielded then (it checks the cancel before it takes each one, so after ``at``).
+        self.on_going = on_going
+
+    def _going(self, ctx: AgentContext, where: str, at: float) -> None:
+        if self.on_going is not None:
+            self.on_going(ctx.job_id, ctx.attempt, where, at)
+
+    def _cancelled(self, ctx: AgentContext) -> bool:
+        at = self.clock.monotonic()
+        if ctx.cancelled():
+            return True
+        self._going(ctx, "a step", at)
+        return False
 
     @staticmethod
     def expected_seconds(part: str, step: PlanStep | None) -> float:
@@ -96,7 +111,7 @@ class SimAgent:
                 self.clock.sleep(0.2)
                 raise RetryableAgentError("the tool was busy", code="tool_busy")
             left = float(step.spec.get("seconds", 1.0))
-            while left > 0 and not ctx.cancelled():
+            while left > 0 and not self._cancelled(ctx):
                 self.clock.sleep(min(left, 0.5))
                 left -= 0.5
             return {"step": step.index}
@@ -109,6 +124,8 @@ class SimAgent:
         try:
             for n in range(int(s.get("chunks", 6))):
                 self.clock.sleep(0.15)
+                at = self.clock.monotonic()
                 yield f"part {n} of the answer. "
+                self._going(ctx, "the reply", at)
         finally:
             self._leave(ctx)

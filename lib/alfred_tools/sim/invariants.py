@@ -102,6 +102,17 @@ def check_end(w: World) -> None:
             f.check("gate_entries_belong_to_live_jobs", job_id in live_by_user.get(user, set()),
                     lambda job_id=job_id, user=user: f"{user}'s gate holds {job_id}, which is gone or ended")
 
+    # Guarantees 9 and 11: a message sent while the store is healthy is done within a few
+    # deliveries (the job runs, ends, hands on, waits or is dropped as a duplicate). One the redrive
+    # policy moves to the DLQ made no progress in five: its job is stuck, and one whose retention
+    # ends meanwhile escapes the liveness check above (a reused key whose new job could write no
+    # event, issue 12's writable expired slots). The DLQ is for failed jobs (guarantee 8).
+    for job_id, sent in w.queue.redriven:
+        f.check("no_redrive_while_healthy", sent < quiet_from,
+                lambda job_id=job_id, sent=sent: (
+                    f"{job_id}'s message, sent at {sent:.1f} with the faults over, went to the DLQ "
+                    f"after {w.queue.max_receives} deliveries"))
+
     # Web Push: only to the job's owner (at most once per event: the claim, modelled by the
     # notifier), and only to endpoints that were theirs when the push was addressed (an endpoint
     # moves to whoever subscribes it last: a shared browser).

@@ -33,6 +33,7 @@ class Message:
     visible_at: float
     receives: int = 0
     receipt: str = ""
+    sent: float = 0.0  # when it was sent (virtual time)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SimQueue:
     faults: QueueFaults = field(default_factory=QueueFaults)
     messages: dict[int, Message] = field(default_factory=dict)
     dead: list[tuple[str, str]] = field(default_factory=list)  # (job id or body, reason)
+    redriven: list[tuple[str, float]] = field(default_factory=list)  # (job id, when sent): the redrive's
     sends: int = 0
     others: Callable[[], int] | None = None  # other traffic in a shared queue (its backlog)
     _n: int = 0
@@ -73,7 +75,7 @@ class SimQueue:
             copies = 2 if self.wire._fault("duplicate_message", self.faults.duplicate, always=True) else 1
             for _ in range(copies):
                 self._n += 1
-                self.messages[self._n] = Message(self._n, body, self.k.t + delay_seconds)
+                self.messages[self._n] = Message(self._n, body, self.k.t + delay_seconds, sent=self.k.t)
             self.sends += 1
             if delay_seconds == 0:
                 self._wake_consumers()
@@ -131,7 +133,9 @@ class SimQueue:
         for m in visible[:limit]:
             if m.receives >= self.max_receives:
                 del self.messages[m.mid]  # the redrive policy moves it to the DLQ
-                self.dead.append((json.loads(m.body).get("job_id", "-"), "max_receive_count"))
+                job_id = json.loads(m.body).get("job_id", "-")
+                self.dead.append((job_id, "max_receive_count"))
+                self.redriven.append((job_id, m.sent))
                 continue
             m.receives += 1
             m.receipt = f"{m.mid}:{m.receives}"

@@ -62,6 +62,13 @@ CANCEL_SECONDS = 180.0   # a cancel answered 202 ends its job (from when faults 
 # keeper polls every ``cancel_poll_seconds``; a boundary whose keeper is two periods behind reads
 # the record itself; the rest is the boundary's own write, which can be slow).
 CANCEL_BOUNDARY_SECONDS = 2 * 0.5 + 2.0
+# Guarantee 7's "stops reply streaming within about a second": a running job's cancel is seen
+# (by a step's ``ctx.cancelled()``, by the reply's check before each chunk) within two poll
+# periods of landing. A check that goes on has a read of the record sent less than two periods
+# before it (or it reads the record itself, strongly consistent, and sees the cancel); that read,
+# strongly consistent, missed the cancel only if it was sent before the cancel landed. (A float's
+# hundredth on top.)
+CANCEL_SEEN_SECONDS = 2 * 0.5 + 0.01
 # Once a job's way is clear (a slot free, its turn in its conversation), it starts within this:
 # the hand-off sends it at once; a lost message is the sweeper's after a grace period and a sweep.
 WAKEUP_GRACE_SECONDS = 10.0  # a startable job with no message for it this long lost its wake-up
@@ -233,7 +240,7 @@ class World:
     def start_worker(self, n: int) -> Process:
         proc = Process(f"worker{n}")
         deps = self.deps(proc)
-        runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering))
+        runner = JobRunner(deps, SimAgent(deps.clock, self.seen, self._entering, self._going_on))
         budget = self.k.rng.choice(INVOCATION_BUDGETS)
         invocations = [0]
 
@@ -486,8 +493,8 @@ class World:
             self.k.spawn(Process(f"watch-{job_id[-4:]}"), "watch", lambda: self._watch(job_id))
         self._follow(user, job_id)
 
-    def _cancel(self, user: str, job_id: str) -> None:
-        self.k.sleep(self.k.rng.uniform(0, 25))
+    def _cancel(self, user: str, job_id: str, delay: float | None = None) -> None:
+        self.k.sleep(self.k.rng.uniform(0, 25) if delay is None else delay)
         for _ in range(4):
             status, value = self.api("cancel", lambda s: s.cancel(user, job_id))
             if status == 200:
@@ -510,6 +517,9 @@ class World:
                 continue
             if job.terminal:
                 return
+            if job.status is JobStatus.RUNNING and not a.abandoned and r.random() < 0.04:
+                self._cancel(user, job_id, delay=0.0)  # Stop, pressed while the page shows it running
+                continue
             if job.status is JobStatus.WAITING:
                 if a.abandoned:
                     return
@@ -606,6 +616,23 @@ class World:
             others.add(j)
         self.found.check("max_running_per_user", len(others) < self.settings.max_running_per_user,
                          lambda: f"{job_id} starts while {sorted(others)} of {user_id} run")
+
+    def _going_on(self, job_id: str, attempt: int, where: str, at: float) -> None:
+        """The job went on at ``at`` (a step asked ``ctx.cancelled()``, or the reply's chunk was
+        taken) with no cancel seen: with the store healthy, a cancel is seen within about a second
+        of landing (guarantee 7: it stops reply streaming within about a second; the keeper polls
+        every ``cancel_poll_seconds``, strongly consistent, and a check whose keeper is two periods
+        behind reads the record itself). An attempt older than the record's is not held to it, as
+        in ``_entering``."""
+        cancelled = self.jobs.cancel_at.get(job_id)
+        if cancelled is None or self.faulty:
+            return
+        rec = self.inner_jobs.items.get(job_id)
+        if rec is not None and attempt < rec.attempts:
+            return
+        late = at - max(cancelled, self.cfg.fault_seconds)
+        self.found.check("cancel_seen_within_a_second", late <= CANCEL_SEEN_SECONDS,
+                         lambda: f"{job_id} goes on in {where} at {at:.2f}, {late:.2f}s after its cancel landed")
 
     def run(self) -> None:
         for n in range(self.cfg.workers):
