@@ -763,11 +763,16 @@ class _Attempt:
         """
         full = ""
         last_flush = self.clock.monotonic()
+        # The first delta of this attempt goes out the moment the agent starts replying, not at
+        # the first coalescing tick: the first word is what the user waits for (issue 28). The
+        # ones after it are coalesced (one write per tick or per ``delta_flush_chars``).
+        wrote = False
 
         def put(delta: DeltaPayload) -> None:
-            nonlocal shown
+            nonlocal shown, wrote
             self.append_behind(delta)  # the agent goes on generating while it is written
             shown = apply_delta(shown, delta)
+            wrote = True
 
         def flush() -> None:
             nonlocal last_flush
@@ -782,7 +787,7 @@ class _Attempt:
             if self.keeper.cancel_seen() or self.keeper.lost:
                 break
             full += chunk
-            if (self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
+            if (not wrote or self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
                     or len(full) - len(shown) >= self.s.delta_flush_chars):
                 flush()
         self.boundary()
