@@ -497,3 +497,13 @@ def test_the_first_reply_delta_is_written_when_the_reply_starts_not_at_the_first
     assert agent.first_word_written is True
     deltas = [e.data for e in events(deps, job_id) if e.type is EventType.DELTA]
     assert deltas == [{"text": "Simmer "}, {"text": "slowly."}]
+
+
+def test_a_plain_chat_turn_of_no_steps_thinks_then_replies(deps: Deps) -> None:
+    # [steps=0]: the first-token bench's plain chat turn (issue 28)
+    job_id = submit(deps, "soup [steps=0]")
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).status is JobStatus.COMPLETE
+    kinds = [e.type for e in events(deps, job_id)]
+    assert EventType.STEP not in kinds and EventType.DELTA in kinds and kinds[-1] is EventType.COMPLETE
+    plan = next(e for e in events(deps, job_id) if e.type is EventType.PLAN)
+    assert plan.data["steps"] == []
