@@ -176,6 +176,7 @@ def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
             with bench_stack(endpoint_env, tmp) as st:  # issue 16: cancel, first event, cold start
                 srv = start_server(st, "dev")
                 res.update(r.scenario("first_event", lambda: latency.first_event_scenario(st, srv, sizes)))
+                res.update(r.scenario("first_token", lambda: latency.first_token_scenario(st, sizes)))
                 res.update(r.scenario("cancel", lambda: latency.cancel_scenario(st, srv, sizes)))
                 st.stop(srv.proc)
                 res.update(r.scenario("submit_cold_start", lambda: coldstart.cold_start_scenario(st, sizes)))
