@@ -19,7 +19,6 @@ from alfred_jobs.adapters.aws import (
     DynamoStreamSlots,
     SqsJobQueue,
 )
-from alfred_jobs.adapters.push import aws_push
 from alfred_jobs.adapters.secrets import resolve_secrets
 from alfred_jobs.adapters.wake import WakingEventLog
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
@@ -44,6 +43,10 @@ def aws_deps(settings: Settings, clients: AwsClients | None = None, clock: Clock
     """Ports backed by DynamoDB and SQS (AWS, LocalStack or moto, by endpoint variables), over
     ``clients`` if given (injected boto3 clients), else clients built from ``settings``; every
     adapter on ``clock``, background work on ``tasks`` (the real ones by default)."""
+    # Imported here, not at the module's import: the Web Push adapter brings the crypto and HTTP
+    # of the sends, which a function's init need not load before its first request (issue 28).
+    from alfred_jobs.adapters.push import aws_push
+
     c = clients or AwsClients(settings)
     t = clock or SystemClock()
     # The notifier only where a VAPID key is configured.
