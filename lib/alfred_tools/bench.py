@@ -183,14 +183,8 @@ def run(sizes: Sizes, verbose: bool = True) -> dict[str, Any]:
             with bench_stack(endpoint_env, tmp) as st:  # issue 16: cancel, first event, cold start
                 srv = start_server(st, "dev")
                 res.update(r.scenario("first_event", lambda: latency.first_event_scenario(st, srv, sizes)))
+                # issue 28: woken by the writer (the keys), and on the poll alone (first_token_polled)
                 res.update(r.scenario("first_token", lambda: latency.first_token_scenario(st, sizes)))
-                # The same with the stream on its poll alone: what the Lambda stream (no wake-ups) does.
-                polled = r.scenario("first_token_polled",
-                                    lambda: latency.first_token_scenario(st, sizes, wake_stream=False))
-                if polled:
-                    res["first_token_polled"] = {"p50_ms": polled["first_token_overhead_p50_ms"],
-                                                 "p99_ms": polled["first_token_overhead_p99_ms"],
-                                                 **polled["first_token_detail"]}
                 res.update(r.scenario("cancel", lambda: latency.cancel_scenario(st, srv, sizes)))
                 st.stop(srv.proc)
                 res.update(r.scenario("submit_cold_start", lambda: coldstart.cold_start_scenario(st, sizes)))

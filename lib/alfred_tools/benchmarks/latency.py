@@ -322,41 +322,55 @@ def first_token_phases(run: FirstToken, written: dict[str, dict[str, Any]],
     return {name: ts[i + 1] - ts[i] for i, name in enumerate(FIRST_TOKEN_PHASES)}
 
 
-def first_token_scenario(stack: BenchStack, sizes: Sizes, wake_stream: bool = True) -> dict[str, Any]:
+def _first_token_summary(runs: list[FirstToken], written: dict[str, dict[str, Any]],
+                         read: dict[str, dict[str, Any]], woken: bool) -> dict[str, Any]:
+    over = [r.first - r.direct for r in runs]
+    phases = [p for p in (first_token_phases(r, written, read) for r in runs) if p is not None]
+    return {"p50_ms": ms(p50(over)), "p99_ms": ms(pct(over, 99)),
+            "through_system_p50_ms": ms(p50([r.first for r in runs])),
+            "direct_p50_ms": ms(p50([r.direct for r in runs])),
+            "runs": len(runs), "stand_in": f"demo agent, think {FIRST_TOKEN_STEP_SECONDS / 2:g} s, "
+                                           f"reply {FIRST_TOKEN_STEP_SECONDS / 2:g} s, no steps",
+            "phases_p50_ms": {name: ms(p50([p[name] for p in phases])) for name in FIRST_TOKEN_PHASES},
+            "phases_p99_ms": {name: ms(pct([p[name] for p in phases], 99)) for name in FIRST_TOKEN_PHASES},
+            "phased_runs": len(phases), "stream_woken_by_writer": woken}
+
+
+def first_token_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     """A plain chat turn: POST → first reply ``delta`` at an SSE client, minus the stand-in's own time
-    to first token (called directly, alternately, in the same run); p50/p99, and the path by phase."""
+    to first token (called directly before each turn); p50/p99, and the path by phase.
+
+    Two stream processes on the same tables and the one worker, taken in turn: one woken by the
+    worker after each event it writes (as ``alfred-jobs dev`` runs: the keys), one on its poll
+    alone (as the Lambda stream runs: ``first_token_polled``). The worker's wake-ups for the jobs
+    of the second reach the first, which watches none of them.
+    """
     from alfred_tools.benchmarks.common import start_server
 
-    # As ``alfred-jobs dev`` runs: the worker wakes the stream process after each event it writes.
-    wake = {"ALFRED_STREAM_WAKE_ADDRESS": f"127.0.0.1:{free_udp_port()}"} if wake_stream else {}
-    server = start_server(stack, "dev", ALFRED_BENCH_MARKS="1", **wake)
+    wake = {"ALFRED_STREAM_WAKE_ADDRESS": f"127.0.0.1:{free_udp_port()}"}
+    woken = start_server(stack, "dev", ALFRED_BENCH_MARKS="1", **wake)
+    polled = start_server(stack, "dev", ALFRED_BENCH_MARKS="1")
     worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS=str(FIRST_TOKEN_STEP_SECONDS), ALFRED_BENCH_MARKS="1",
                           **wake)
-    runs: list[FirstToken] = []
+    runs: dict[bool, list[FirstToken]] = {True: [], False: []}
     try:
         with httpx.Client() as client:
-            _one_first_token(server, client)  # warm-up: imports, connections
-            for _ in range(sizes.first_token_runs):
+            _one_first_token(woken, client)  # warm-up: imports, connections
+            _one_first_token(polled, client)
+            for i in range(2 * sizes.first_token_runs):
                 time.sleep(0.3)  # as in first_event_scenario: a user's next turn is not within ms of the last
-                runs.append(_one_first_token(server, client))
+                runs[i % 2 == 0].append(_one_first_token(woken if i % 2 == 0 else polled, client))
         worker_counts = worker.counts()
         written = worker_counts.get("marks", {})
-        read = server.counts().get("marks", {})
+        read = {**polled.counts().get("marks", {}), **woken.counts().get("marks", {})}
         if os.environ.get("ALFRED_BENCH_TIMELINE"):  # the worker's calls of the last run, for a profile
-            last = runs[-1] if runs else None
+            last = runs[True][-1] if runs[True] else None
             print(json.dumps({"run": last.__dict__ if last else None, "worker": worker_counts.get("timeline", [])[-40:],
                               "marks": {k: v for k, v in written.items() if last and k.startswith(last.job_id)}}),
                   file=sys.stderr)
     finally:
-        stack.stop(worker.proc, server.proc)
-    over = [r.first - r.direct for r in runs]
-    phases = [p for p in (first_token_phases(r, written, read) for r in runs) if p is not None]
-    return {"first_token_overhead_p50_ms": ms(p50(over)), "first_token_overhead_p99_ms": ms(pct(over, 99)),
-            "first_token_detail": {
-                "through_system_p50_ms": ms(p50([r.first for r in runs])),
-                "direct_p50_ms": ms(p50([r.direct for r in runs])),
-                "runs": len(runs), "stand_in": f"demo agent, think {FIRST_TOKEN_STEP_SECONDS / 2:g} s, "
-                                               f"reply {FIRST_TOKEN_STEP_SECONDS / 2:g} s, no steps",
-                "phases_p50_ms": {name: ms(p50([p[name] for p in phases])) for name in FIRST_TOKEN_PHASES},
-                "phases_p99_ms": {name: ms(pct([p[name] for p in phases], 99)) for name in FIRST_TOKEN_PHASES},
-                "phased_runs": len(phases), "stream_woken_by_writer": wake_stream}}
+        stack.stop(worker.proc, woken.proc, polled.proc)
+    detail = _first_token_summary(runs[True], written, read, woken=True)
+    return {"first_token_overhead_p50_ms": detail.pop("p50_ms"), "first_token_overhead_p99_ms": detail.pop("p99_ms"),
+            "first_token_detail": detail,
+            "first_token_polled": _first_token_summary(runs[False], written, read, woken=False)}
