@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     stream_poll_min_seconds: float = Field(default=0.05, gt=0)
     stream_poll_max_seconds: float = Field(default=0.2, gt=0)
+    # "host:port" (issue 28): where event writers send a wake-up (a UDP datagram with the job id)
+    # after each event they write, and where a stream process listens for them, so a watched job's
+    # poller reads at once instead of at its next poll. Only where the writers can reach the stream
+    # process: on one machine (``alfred-jobs dev``, the bench), or a service stream in the workers'
+    # network. Best effort: a lost datagram leaves the poll as it was. Unset: no wake-ups.
+    stream_wake_address: str | None = None
     # Open SSE streams + long-polls at once (a 429 too_many_streams past them; see
     # docs/streaming.md, "Limits"): per user across every process (a slot in the stream slots
     # table, see service/stream_slots.py), and per stream token in one process.

@@ -40,7 +40,7 @@ from alfred_jobs.exceptions import Forbidden, InvalidInput
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.settings import Settings
-from alfred_tools.emulator import LOCAL_CREDENTIALS
+from alfred_tools.emulator import LOCAL_CREDENTIALS, free_udp_port
 from alfred_tools.localstack import ENDPOINT_VARS, LocalStack, external_endpoints
 from alfred_tools.vapid_keys import with_dev_vapid
 
@@ -165,6 +165,16 @@ def dev_stack(settings: Settings, *, host: str = "127.0.0.1", emulator_port: int
         yield stack
 
 
+def with_stream_wake(settings: Settings) -> tuple[Settings, dict[str, str]]:
+    """``settings`` with a wake-up address for the stream (unless one is set), and the variable
+    that gives it to the workers."""
+    if settings.stream_wake_address:
+        return settings, {}
+    address = f"127.0.0.1:{free_udp_port()}"
+    return (settings.model_copy(update={"stream_wake_address": address}),
+            {"ALFRED_STREAM_WAKE_ADDRESS": address})
+
+
 class Shutdown(Exception):
     """Raised from a signal handler so ``finally`` blocks run on SIGTERM as on Ctrl-C."""
 
@@ -246,8 +256,11 @@ def run_dev(settings: Settings, *, host: str, port: int, emulator_port: int | No
         try:
             # Web Push: one VAPID key, kept in .alfred/vapid.pem, for the API and every worker.
             settings, vapid_env = with_dev_vapid(settings)
+            # The workers wake the stream after each event they write (one machine: a UDP datagram
+            # on the loopback), so a frame goes out when it is written, not at the next poll.
+            settings, wake_env = with_stream_wake(settings)
             with dev_stack(settings, host=host, emulator_port=emulator_port, workers=workers,
-                           base_env={**os.environ, **vapid_env}) as stack:
+                           base_env={**os.environ, **vapid_env, **wake_env}) as stack:
                 app = create_dev_app(stack.deps)
                 in_memory = stack.emulator is not None
                 drain = 0 if in_memory else DRAIN_SECONDS

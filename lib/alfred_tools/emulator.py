@@ -38,6 +38,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port free on ``host`` now (the stream's wake-ups, ``Settings.stream_wake_address``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until ``url`` answers at all (any status), or raise."""
     deadline = time.monotonic() + timeout

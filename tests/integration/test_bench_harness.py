@@ -32,6 +32,8 @@ CONTRACT_KEYS = [
     "model_tokens_per_job",
     # issue 28: the model's bill beside the AWS bill
     "model_cost_per_million_jobs_usd",
+    # issue 28: the first word of a reply over the stand-in's own; the submit handler's own import
+    "first_token_overhead_p50_ms", "first_token_overhead_p99_ms", "submit_import_ratio",
 ]
 BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "step_functions_express",
              "lambda_durable_functions", "temporal_cloud"]
@@ -63,6 +65,12 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
             continue
         assert _positive(res[key]), (key, res[key])
     assert res["delivery_p99_ms"] >= res["delivery_p50_ms"]
+    # the first token's path, phase by phase, in both hostings of the stream
+    for detail in (res["first_token_detail"], res["first_token_polled"]):
+        # (an event's ``at`` has millisecond resolution: a phase that ends at one may read -1 ms)
+        assert detail["phased_runs"] >= 1 and all(v >= -1 for v in detail["phases_p50_ms"].values()), detail
+    assert res["first_token_detail"]["stream_woken_by_writer"]
+    assert not res["first_token_polled"]["stream_woken_by_writer"]
     assert _positive(res["model_tokens_per_job"]["billed_without_caching"])
     assert 0.5 < res["watcher_read_ratio"] < 50
     assert res["overhead_ratio"] > 0.9

@@ -48,3 +48,21 @@ def test_the_layer_and_the_image_copy_the_runtime_package_only() -> None:
     dockerfile = (ROOT / "functions" / "stream" / "Dockerfile").read_text(encoding="utf-8")
     copies = [line for line in dockerfile.splitlines() if line.startswith("COPY lib")]
     assert copies == ["COPY lib/alfred_jobs ./lib/alfred_jobs"], copies
+
+
+LAZY = """
+import ssl, sys
+made = []
+real = ssl.create_default_context
+ssl.create_default_context = lambda *a, **kw: made.append(1) or real(*a, **kw)
+sys.path.insert(0, 'functions/submit'); import app as submit_app
+print(sorted(m for m in ('alfred_jobs.adapters.push', 'alfred_jobs.adapters.push_http') if m in sys.modules), len(made))
+"""
+
+
+def test_the_submit_function_loads_no_web_push_sender_and_no_tls_context_at_import() -> None:
+    # issue 28: the submit handler's import (Lambda's init, the cold start a user waits for) is
+    # held to 1.3x its dependencies'; the Web Push adapter and a CA bundle are for the first send
+    out = subprocess.run([sys.executable, "-c", LAZY], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] 0"

@@ -550,3 +550,56 @@ def test_an_attempt_whose_lease_ran_out_by_its_clock_lets_a_lease_still_its_own_
     # ... and the next delivery resumes the job at once and finishes it
     last = JobRunner(deps, ScriptedAgent(deps)).run(Delivery(job_id))
     assert last.status is JobStatus.COMPLETE
+
+
+class DeltaSignalLog(MemoryEventLog):
+    """A log that says when the first ``delta`` event is in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delta_in = threading.Event()
+
+    def append(self, job_id: str, event: Event, expires_at: int) -> None:
+        super().append(job_id, event, expires_at)
+        if event.type is EventType.DELTA:
+            self.delta_in.set()
+
+
+class WaitsForItsFirstDelta(DemoAgent):
+    """Replies one word, then waits (up to 2 s) for that word to be in the log before the next."""
+
+    def __init__(self, deps: Deps, log: DeltaSignalLog) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.log = log
+        self.first_word_written: bool | None = None
+
+    def reply(self, plan: Plan, ctx: AgentContext) -> Iterator[str]:
+        yield "Simmer "
+        self.first_word_written = self.log.delta_in.wait(2)
+        yield "slowly."
+
+
+def test_the_first_reply_delta_is_written_when_the_reply_starts_not_at_the_first_tick() -> None:
+    # GIVEN a coalescing tick far longer than the reply (a minute), and an agent that holds its
+    # second word until its first is in the log (issue 28: the first word is what a user waits for)
+    base = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, delta_flush_seconds=60))
+    log = DeltaSignalLog()
+    deps = replace(base, log=log)
+    job_id = submit(deps, "soup [steps=1]")
+    agent = WaitsForItsFirstDelta(deps, log)
+    # WHEN the job runs
+    assert JobRunner(deps, agent).run(Delivery(job_id)).status is JobStatus.COMPLETE
+    # THEN the first word was written before the agent went on, and the rest was coalesced after it
+    assert agent.first_word_written is True
+    deltas = [e.data for e in events(deps, job_id) if e.type is EventType.DELTA]
+    assert deltas == [{"text": "Simmer "}, {"text": "slowly."}]
+
+
+def test_a_plain_chat_turn_of_no_steps_thinks_then_replies(deps: Deps) -> None:
+    # [steps=0]: the first-token bench's plain chat turn (issue 28)
+    job_id = submit(deps, "soup [steps=0]")
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).status is JobStatus.COMPLETE
+    kinds = [e.type for e in events(deps, job_id)]
+    assert EventType.STEP not in kinds and EventType.DELTA in kinds and kinds[-1] is EventType.COMPLETE
+    plan = next(e for e in events(deps, job_id) if e.type is EventType.PLAN)
+    assert plan.data["steps"] == []

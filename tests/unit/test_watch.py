@@ -565,3 +565,54 @@ def test_a_stream_serves_a_live_event_from_the_read_that_found_it_and_keeps_its_
     misses = [t for first, t in timed.timeline if first == 2]
     gaps = [b - a for a, b in itertools.pairwise(misses[1:])]  # the first miss may come at once
     assert gaps and min(gaps) >= 0.9 * pace, gaps
+
+
+class ConsistencyLog(MemoryEventLog):
+    """Records whether each read asked for a strongly consistent answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.consistent: list[bool] = []
+
+    def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
+        self.consistent.append(consistent)
+        return super().get(job_id, seq, consistent)
+
+    def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
+        self.consistent.append(consistent)
+        return super().read_range(job_id, first, last, consistent)
+
+
+def test_a_writer_wakes_the_stream_which_reads_at_once_and_strongly_consistent() -> None:
+    # GIVEN a hub that polls every 30 s and listens for wake-ups, and a writer that sends them
+    # (issue 28: the first token waits on the stream's next poll otherwise)
+    import socket
+
+    from alfred_jobs.adapters.wake import WakingEventLog
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    log = ConsistencyLog()
+    world = World()
+    world.deps = replace(world.deps, log=log)
+    hub = WatchHub(log, world.deps.settings.retention_seconds, min_interval=30, max_interval=30,
+                   wake_address=address)
+    writer = Journal(WakingEventLog(log, address), world.deps.settings.retention_seconds)
+
+    async def go() -> tuple[list[Event], float]:
+        async with hub.watch(world.job, 0, stream=True) as w:
+            assert await w.next_batch(0, fresh=True) == []  # its first read found nothing
+            reads = len(log.consistent)
+            # WHEN the worker writes the first event (and wakes the stream)
+            ev = Event.new(1, EventType.STATUS, {"status": "running"}, attempt=1, writer="w", at=time.time())
+            t0 = time.monotonic()
+            writer.append(world.job.job_id, ev, world.job.expires_at)
+            got = await w.next_batch(5.0)
+            # THEN the stream read it at once (not 30 s later), strongly consistent
+            assert log.consistent[reads] is True
+            return got, time.monotonic() - t0
+
+    got, took = run(go())
+    assert [e.seq for e in got] == [1]
+    assert took < 5.0

@@ -27,7 +27,17 @@ from alfred_jobs.service.push import Target
 
 T = TypeVar("T")
 RECV_CHUNK = 16 * 1024
-_TLS = ssl.create_default_context()
+# Built on the first TLS push, not at import: loading the CA bundle costs tens of ms, and the
+# functions that import this module without sending (the submit function's cold start) need not
+# pay it (issue 28).
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
 
 
 class _Channel:
@@ -40,7 +50,7 @@ class _Channel:
         self._tls: ssl.SSLObject | None = None
         if tls_host is not None:
             self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            self._tls = _TLS.wrap_bio(self._in, self._out, server_hostname=tls_host)
+            self._tls = _tls_context().wrap_bio(self._in, self._out, server_hostname=tls_host)
             self._tls_call(self._tls.do_handshake)
 
     def _remaining(self) -> float:

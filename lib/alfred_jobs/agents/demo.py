@@ -4,7 +4,7 @@ Each step takes ``ALFRED_DEMO_STEP_SECONDS`` and first writes a real side-effect
 job id + step index (an atomic counter), so "a completed step never runs twice" can be checked
 by counting. Directives in the message steer it, for demos and tests:
 
-- ``[steps=N]``: plan N steps (1-20, default 5)
+- ``[steps=N]``: plan N steps (0-20, default 5; 0 is a plain chat turn: think, then reply)
 - ``[fail]``: every attempt fails in step 2 with a retryable error (a poison job)
 - ``[fatal]``: step 1 fails with a terminal error
 - ``[flaky=K]``: step K fails on the first attempt only
@@ -77,7 +77,7 @@ class DemoAgent:
     def think(self, ctx: AgentContext) -> Plan:
         self._sleep(self.step_seconds / 2, ctx)
         raw = _directive(ctx.message, "steps")
-        n = max(1, min(20, int(raw))) if raw else 5
+        n = max(0, min(20, int(raw))) if raw else 5
         ctx.report_usage(DEMO_MODEL, _tokens(ctx.message) + 200, 20 + 12 * n, cache_read_tokens=150)
         # A job's own pace goes with its plan (kept in the log): ``expected_seconds`` reads it.
         spec = {"seconds": self._pace(ctx)} if _directive(ctx.message, "pace") else {}

@@ -838,11 +838,16 @@ class _Attempt:
         """
         full = ""
         last_flush = self.clock.monotonic()
+        # The first delta of this attempt goes out the moment the agent starts replying, not at
+        # the first coalescing tick: the first word is what the user waits for (issue 28). The
+        # ones after it are coalesced (one write per tick or per ``delta_flush_chars``).
+        wrote = False
 
         def put(delta: DeltaPayload) -> None:
-            nonlocal shown
+            nonlocal shown, wrote
             self.append_behind(delta)  # the agent goes on generating while it is written
             shown = apply_delta(shown, delta)
+            wrote = True
 
         def flush() -> None:
             nonlocal last_flush
@@ -861,7 +866,7 @@ class _Attempt:
                     break
                 full += chunk
                 self._reply_so_far = full
-                if (self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
+                if (not wrote or self.clock.monotonic() - last_flush >= self.s.delta_flush_seconds
                         or len(full) - len(shown) >= self.s.delta_flush_chars):
                     flush()
         finally:

@@ -19,11 +19,11 @@ from alfred_jobs.adapters.aws import (
     DynamoStreamSlots,
     SqsJobQueue,
 )
-from alfred_jobs.adapters.push import aws_push
 from alfred_jobs.adapters.secrets import resolve_secrets
+from alfred_jobs.adapters.wake import WakingEventLog
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.observability import set_level
-from alfred_jobs.ports import Deps
+from alfred_jobs.ports import Deps, EventLog
 from alfred_jobs.settings import Settings
 
 
@@ -43,11 +43,18 @@ def aws_deps(settings: Settings, clients: AwsClients | None = None, clock: Clock
     """Ports backed by DynamoDB and SQS (AWS, LocalStack or moto, by endpoint variables), over
     ``clients`` if given (injected boto3 clients), else clients built from ``settings``; every
     adapter on ``clock``, background work on ``tasks`` (the real ones by default)."""
+    # Imported here, not at the module's import: the Web Push adapter brings the crypto and HTTP
+    # of the sends, which a function's init need not load before its first request (issue 28).
+    from alfred_jobs.adapters.push import aws_push
+
     c = clients or AwsClients(settings)
     t = clock or SystemClock()
     # The notifier only where a VAPID key is configured.
     push, notifier = aws_push(settings, c, t)
-    return Deps(settings=settings, jobs=DynamoJobStore(c, settings, t), log=DynamoEventLog(c, settings, t),
+    log: EventLog = DynamoEventLog(c, settings, t)
+    if settings.stream_wake_address:  # the writers wake the stream process (adapters/wake.py)
+        log = WakingEventLog(log, settings.stream_wake_address)
+    return Deps(settings=settings, jobs=DynamoJobStore(c, settings, t), log=log,
                 conversations=DynamoConversationStore(c, settings, t), queue=SqsJobQueue(c),
                 agent_data=DynamoAgentDataStore(c, settings, t), gates=DynamoGateStore(c, settings, t),
                 push=push, notifier=notifier, stream_slots=DynamoStreamSlots(c, settings, t),

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.models import Event, Job, JobStatus, fold
@@ -107,6 +108,7 @@ class _Channel:
         self.store_reads = 0
         self.changed = asyncio.Event()
         self.kick = asyncio.Event()
+        self.woken = False  # a writer said it wrote (``WatchHub.wake``): the next read is strong
         self.backfill_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
 
@@ -182,6 +184,9 @@ class _Channel:
         quiet = True  # the last read found nothing
         while not self.finished:
             self.kick.clear()  # a kick that lands during this read makes the next one start at once
+            # After a wake-up the write it announces has landed: a strongly consistent read sees it
+            # (an eventually consistent one might not yet, and the event would wait for the poll).
+            woken, self.woken = self.woken, False
             self.polls_started += 1
             known, limit = max(self.job.last_seq, self.head), READ_LIMIT
             if self.frame_by_frame and quiet and known <= self.head:
@@ -198,7 +203,7 @@ class _Channel:
                     limit = self.hint + 1 - self.head
             self.hint = 0
             try:
-                evs = await self._read(self.head, known_head=known, limit=limit)
+                evs = await self._read(self.head, known_head=known, limit=limit, consistent=woken)
             except Exception:
                 # Throttling, a 5xx, a dropped connection: keep watchers waiting (they get
                 # heartbeats) and try again; the log is durable, nothing is lost by waiting.
@@ -332,7 +337,7 @@ class WatchHub:
     def __init__(self, log: EventLog, retention_seconds: int, *, min_interval: float = MIN_INTERVAL,
                  max_interval: float = MAX_INTERVAL, max_buffer: int = MAX_BUFFER,
                  max_per_user: int = MAX_PER_USER, max_per_token: int = MAX_PER_TOKEN,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, wake_address: str | None = None) -> None:
         self.journal = Journal(log, retention_seconds)
         # Intervals and deadlines on ``clock`` (``deps.clock``; the waits themselves are asyncio's).
         self.clock = clock or SystemClock()
@@ -345,6 +350,10 @@ class WatchHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_user: Counter[str] = Counter()
         self._per_token: Counter[str] = Counter()
+        # Wake-ups from the writers (``Settings.stream_wake_address``, ``adapters/wake.py``):
+        # listened for on this process's loop from the first watch on.
+        self.wake_address = wake_address
+        self._wakes: asyncio.DatagramTransport | None = None
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -381,12 +390,45 @@ class WatchHub:
         """Streams and long-polls admitted and not yet released (of ``user``, or of everyone)."""
         return self._per_user[user] if user is not None else sum(self._per_user.values())
 
+    # ---- wake-ups ------------------------------------------------------------------------------
+
+    def wake(self, job_id: str) -> None:
+        """A writer wrote an event of ``job_id``: its poller, if this process has one, reads now
+        (strongly consistent) instead of at its next poll. Only ever earlier, never instead: the
+        poll goes on at its own cadence, so a lost wake-up delays nothing."""
+        ch = self._channels.get(job_id)
+        if ch is not None:
+            ch.woken = True
+            ch.kick.set()
+
+    async def _listen_for_wakes(self) -> None:
+        """Bind the wake-up address on this loop, once; a bind that fails (the address taken by
+        another stream process on this machine) leaves this one polling, as without it."""
+        if self.wake_address is None or self._wakes is not None:
+            return
+        hub = self
+
+        class _Wakes(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+                hub.wake(data.decode(errors="replace"))
+
+        host, _, port = self.wake_address.rpartition(":")
+        address, self.wake_address = self.wake_address, None  # one try per hub
+        try:
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                _Wakes, local_addr=(host or "127.0.0.1", int(port)))
+        except OSError as exc:
+            log.warning("not listening for wake-ups; polling only", extra={"address": address, "error": str(exc)})
+            return
+        self._wakes = transport
+
     # ---- watching ------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def watch(self, job: Job, after: int, *, stream: bool = False) -> AsyncIterator[Watcher]:
         """Watch ``job`` from cursor ``after`` (``stream``: an SSE stream, served frame by frame);
         leaving the block releases everything at once."""
+        await self._listen_for_wakes()
         ch = self._channels.get(job.job_id)
         if ch is None:
             ch = _Channel(self, job, after, stream)

@@ -11,6 +11,11 @@ call, the secrets fetched, the clients made), the same again (warm), then ``GET 
 - ``first_request_ms``: the first event answered (the app built inside it)
 - ``submit_cold_start_ms``: their sum, median over the processes
 - ``interpreter_ms``: process spawned → the child's first line (Lambda's runtime has its own)
+- ``submit_import_ratio`` (issue 28): ``import app`` / the import of its dependencies alone
+  (``DEPENDENCIES``: the runtime's own requirements the submit function needs to answer a request,
+  imported in a fresh process of the same environment, alternately with the cold starts), p50 of
+  each: what our code adds to Lambda's init. Beside it, the same ratio of CPU time (the machine is
+  shared: CPU time moves less with its load than wall time does).
 """
 
 from __future__ import annotations
@@ -30,15 +35,28 @@ ROOT = bootstrap.default_template_path().parent
 TASK_ROOT = ROOT / "functions" / "submit"  # SubmitFunction's CodeUri
 LAYER = ROOT / "lib"  # AlfredLibLayer (/opt/python)
 
+# What the submit function cannot answer a request without: the web framework and its adapter, the
+# AWS SDK, settings and models, and PyJWT (the stream token it hands out). Not Powertools (built on
+# the first call), not the Web Push crypto (the API stores subscriptions; the workers send).
+DEPENDENCIES = ("fastapi", "mangum", "boto3", "pydantic", "pydantic_settings", "jwt")
+DEPS_CHILD = r'''
+import json, sys, time
+names = sys.argv[1:]
+t0, c0 = time.perf_counter(), time.process_time()
+for name in names:
+    __import__(name)
+print(json.dumps({"import_s": time.perf_counter() - t0, "import_cpu_s": time.process_time() - c0}))
+'''
+
 # Runs in the fresh process; prints one JSON line. Timed with perf_counter inside the process, so
 # the parent's scheduling does not count.
 CHILD = r'''
 import json, os, sys, time
 t_start = time.perf_counter(); wall_start = time.time()
 events = json.loads(sys.stdin.read())
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import app  # Lambda's init: the handler module, from the task root
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 
 
 class Context:
@@ -53,7 +71,7 @@ class Context:
         return 29000
 
 
-out = {"wall_start": wall_start, "import_s": t1 - t0, "answers": []}
+out = {"wall_start": wall_start, "import_s": t1 - t0, "import_cpu_s": c1 - c0, "answers": []}
 for ev in events:
     # The runtime sets the trace header per invocation (Tracing: Active); unsampled: nothing sent.
     os.environ["_X_AMZN_TRACE_ID"] = "Root=1-%08x-%s;Parent=%s;Sampled=0" % (
@@ -170,12 +188,37 @@ def _one_process(env: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _deps_process(env: dict[str, str]) -> dict[str, Any]:
+    """A fresh process of the same environment importing ``DEPENDENCIES`` alone."""
+    done = subprocess.run([sys.executable, "-c", DEPS_CHILD, *DEPENDENCIES], env=env, cwd=TASK_ROOT,
+                          capture_output=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"dependencies' import exited {done.returncode}: {done.stderr.decode()[-600:]}")
+    out: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return out
+
+
+def import_ratio(app_runs: list[dict[str, Any]], deps_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``import app`` against its dependencies' import, p50 of each: wall and CPU time."""
+    app_s, deps_s = p50([r["import_s"] for r in app_runs]), p50([r["import_s"] for r in deps_runs])
+    app_cpu, deps_cpu = p50([r["import_cpu_s"] for r in app_runs]), p50([r["import_cpu_s"] for r in deps_runs])
+    return {"submit_import_ratio": round(app_s / deps_s, 3),
+            "submit_import_detail": {"import_ms": ms(app_s), "dependencies_import_ms": ms(deps_s),
+                                     "cpu_ratio": round(app_cpu / deps_cpu, 3), "import_cpu_ms": ms(app_cpu),
+                                     "dependencies_import_cpu_ms": ms(deps_cpu), "dependencies": list(DEPENDENCIES),
+                                     "processes": len(app_runs)}}
+
+
 def cold_start_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     """Median over fresh processes of import + first request; SnapStart would save the import."""
     home = stack.tmp / "lambda-home"
     home.mkdir(exist_ok=True)
     env = {**lambda_env(stack, home), **_secrets(stack)}
-    runs = [_one_process(env) for _ in range(sizes.cold_starts)]
+    runs: list[dict[str, Any]] = []
+    deps_runs: list[dict[str, Any]] = []
+    for _ in range(sizes.cold_starts):  # alternately: the same load on both sides
+        runs.append(_one_process(env))
+        deps_runs.append(_deps_process(env))
     imports = [r["import_s"] for r in runs]
     firsts = [r["answers"][0]["s"] for r in runs]
     totals = [i + f for i, f in zip(imports, firsts, strict=True)]
@@ -186,4 +229,5 @@ def cold_start_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
                 "healthz_warm_ms": ms(p50([r["answers"][2]["s"] for r in runs])),
                 "interpreter_ms": ms(p50([r["interpreter_s"] for r in runs])),
                 "import_share": round(p50([i / t for i, t in zip(imports, totals, strict=True)]), 3),
-                "processes": len(runs)}}
+                "processes": len(runs)},
+            **import_ratio(runs, deps_runs)}

@@ -50,6 +50,7 @@ class Sizes:
     cancel_jobs: int = 30         # jobs cancelled at a random moment (~3 s each)
     first_event_runs: int = 20    # zero-step jobs: submit → first frame
     cold_starts: int = 5          # fresh submit-function processes
+    first_token_runs: int = 40    # issue 28: plain chat turns, POST → first reply delta
 
 
 FULL = Sizes("full")
@@ -61,8 +62,8 @@ TINY = Sizes("tiny", samples=15, growth_events=300, delivery_events=8, reconnect
              throughput_jobs=6, workers=1, celery_zero_runs=1, celery_overhead_runs=1,
              celery_default_runs=1)
 # Issue 16's sizes, set apart so the lines above stay as they were.
-QUICK = replace(QUICK, cancel_jobs=15, first_event_runs=10, cold_starts=3)
-TINY = replace(TINY, cancel_jobs=2, first_event_runs=2, cold_starts=1)
+QUICK = replace(QUICK, cancel_jobs=15, first_event_runs=10, cold_starts=5, first_token_runs=15)
+TINY = replace(TINY, cancel_jobs=2, first_event_runs=2, cold_starts=1, first_token_runs=2)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -156,9 +157,9 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def start_server(stack: BenchStack, app: str = "dev", *extra: str) -> Server:
+def start_server(stack: BenchStack, app: str = "dev", *extra: str, **extra_env: str) -> Server:
     port = free_port()
-    proc = stack.spawn(["-m", "alfred_tools.benchmarks.serve", str(port), "--app", app, *extra])
+    proc = stack.spawn(["-m", "alfred_tools.benchmarks.serve", str(port), "--app", app, *extra], **extra_env)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", timeout=60, proc=proc)
     return Server(base, proc, issue_local_token(stack.settings, USER))

@@ -20,7 +20,11 @@ returned nothing are counted apart (``sqs.ReceiveMessage(empty)``): they are the
 an event source mapping, a fixed cost per queue, not a cost per job.
 
 Optionally it records a *trace*: the API parameters of every call, in order, so the floor
-throughput scenario can replay exactly the calls one job made, without our code.
+throughput scenario can replay exactly the calls one job made, without our code. And optionally
+*marks* (``marks=True``; the processes take it from ``ALFRED_BENCH_MARKS``): for every event item
+(``job_id``, ``seq``, ``type``) the wall-clock time its PutItem returned (``written``) and the
+time a read first returned it (``read``), which is how the first-token scenario splits its path
+into phases across processes (one machine, one clock).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -68,7 +73,7 @@ def write_units(item: dict[str, Any]) -> int:
 class RequestCounter:
     """Counts API calls by operation and target, and the DynamoDB capacity units they consume."""
 
-    def __init__(self, trace: bool = False) -> None:
+    def __init__(self, trace: bool = False, marks: bool = False) -> None:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.by_target: Counter[str] = Counter()
@@ -78,6 +83,9 @@ class RequestCounter:
         self.rru_by_target: Counter[str] = Counter()  # "op target strong|eventual" → full read units
         self.tracing = trace
         self.trace: list[dict[str, Any]] = []
+        self.marking = marks
+        self.marks: dict[str, dict[str, Any]] = {}  # "job_id#seq" → {"type", "written", "read"}
+        self.timeline: list[tuple[str, float]] = []  # with marks: every call's op and when it returned
 
     # ---- botocore handlers ----------------------------------------------------------------
 
@@ -96,6 +104,12 @@ class RequestCounter:
                      or (batch_tables[0] if batch_tables else ""))
         wru, rru = _units(model.name, params, parsed) if service == "dynamodb" else (0, 0)
         consistency = "strong" if _consistent(model.name, params) else "eventual"
+        if self.marking:
+            now = time.time()
+            with self.lock:
+                self.timeline.append((op, round(now, 4)))
+            if service == "dynamodb":
+                self._mark(model.name, params, parsed, now)
         with self.lock:
             self.calls[op] += 1
             if target:
@@ -108,6 +122,24 @@ class RequestCounter:
                 self.rru_by_target[f"{op} {target} {consistency}"] += rru
             if self.tracing and op != EMPTY_RECEIVE:
                 self.trace.append({"service": service, "op": model.name, "params": params})
+
+    def _mark(self, op: str, params: dict[str, Any], parsed: dict[str, Any], now: float) -> None:
+        """When an event item was written (its put returned) and first read back (a read returned it)."""
+        if op == "PutItem":
+            items, what = [params.get("Item") or {}], "written"
+        elif op == "GetItem":
+            items, what = [parsed.get("Item") or {}], "read"
+        elif op == "BatchGetItem":
+            items, what = [i for got in parsed.get("Responses", {}).values() for i in got], "read"
+        else:
+            return
+        with self.lock:
+            for item in items:
+                if not {"job_id", "seq", "type"} <= item.keys():
+                    continue  # not an event
+                key = f"{item['job_id'].get('S')}#{item['seq'].get('N')}"
+                mark = self.marks.setdefault(key, {"type": item["type"].get("S")})
+                mark.setdefault(what, now)
 
     def handlers(self) -> list[tuple[str, Any]]:
         return [("provide-client-params", self._on_params), ("after-call", self._on_after_call)]
@@ -125,7 +157,8 @@ class RequestCounter:
         with self.lock:
             out = {"calls": dict(self.calls), "by_target": dict(self.by_target), "wru": dict(self.wru),
                    "rru": dict(self.rru), "wru_by_target": dict(self.wru_by_target),
-                   "rru_by_target": dict(self.rru_by_target), "trace": list(self.trace)}
+                   "rru_by_target": dict(self.rru_by_target), "trace": list(self.trace),
+                   "marks": {k: dict(v) for k, v in self.marks.items()}, "timeline": list(self.timeline)}
             if reset:
                 self.reset_locked()
         return out
@@ -142,6 +175,8 @@ class RequestCounter:
         self.wru_by_target.clear()
         self.rru_by_target.clear()
         self.trace.clear()
+        self.marks.clear()
+        self.timeline.clear()
 
 
 def _units(op: str, params: dict[str, Any], parsed: dict[str, Any]) -> tuple[int, int]:

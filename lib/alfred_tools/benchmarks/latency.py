@@ -18,7 +18,10 @@ uvicorn process (``serve.py``), a real worker process, the moto server.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ import httpx
 
 from alfred_tools.benchmarks.common import BenchStack, Frame, Server, Sizes, ms, p50, pct, sse_frames, start_worker
 from alfred_tools.benchmarks.jobs import MESSAGE, TERMINAL
+from alfred_tools.emulator import free_udp_port
 
 # The cancel jobs: think (step/2), 2 steps, reply (step/2): every phase is a few hundred ms wide,
 # so random moments land in each, and a job costs ~3 s, not 6.
@@ -226,3 +230,147 @@ def first_event_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dic
                 "submit_answered_to_stream_open_ms": ms(p50([r.opened - r.submit for r in runs])),
                 "submit_answered_to_written_ms": ms(p50([r.written - r.submit for r in runs])),
                 "written_to_frame_ms": ms(p50([r.first - r.written for r in runs]))}}
+
+
+# ---- first token (issue 28) --------------------------------------------------------------------------
+
+# The stand-in model: the demo agent at this step length thinks for half of it (the model's time to
+# its first token) and streams a reply over the other half. A plain chat turn: no steps.
+FIRST_TOKEN_STEP_SECONDS = 0.4
+FIRST_TOKEN_MESSAGE = f"{MESSAGE} [steps=0]"
+# The phases of the path, in order: each from the end of the one before (one clock: every process
+# is on this machine; the worker's and the stream's times are their botocore handlers' marks).
+FIRST_TOKEN_PHASES = (
+    "submit",       # POST /api/chat sent → the 202 read
+    "pickup",       # → the attempt's first event written (queue hand-off, lease, slot, the put)
+    "think",        # → the plan written (the stand-in's think, then the plan's put)
+    "reply_start",  # → the first delta's put begins (its ``at``: the reply phase's put is before it)
+    "write",        # → the first delta's put returned
+    "read",         # → the stream's read returned it
+    "frame",        # → its frame parsed at the SSE client
+)
+
+
+@dataclass
+class FirstToken:
+    """One plain chat turn through the system, and the stand-in called directly beside it."""
+
+    job_id: str
+    wall0: float      # POST sent (wall clock)
+    submit: float     # seconds from the POST: the 202 read
+    first: float      # the first ``delta`` frame parsed
+    delta_seq: int
+    delta_at: float   # the delta event's ``at`` (wall clock, millisecond resolution)
+    direct: float     # the stand-in's own time to first token, called directly in this process
+
+
+def direct_first_token(message: str = FIRST_TOKEN_MESSAGE, step_seconds: float = FIRST_TOKEN_STEP_SECONDS) -> float:
+    """The stand-in model called directly with streaming: seconds to its first reply chunk."""
+    from alfred_jobs.adapters.memory import MemoryAgentDataStore
+    from alfred_jobs.agents.demo import DemoAgent
+    from alfred_jobs.domain.agent import AgentContext
+    from alfred_jobs.settings import Settings
+
+    agent = DemoAgent(MemoryAgentDataStore(), Settings(demo_step_seconds=step_seconds))
+    ctx = AgentContext(job_id="direct", user_id="bench", conversation_id="direct", message=message, history=[],
+                       attempt=1, step_outputs={}, cancelled=lambda: False)
+    t0 = time.perf_counter()
+    chunks = agent.reply(agent.think(ctx), ctx)
+    next(chunks)
+    took = time.perf_counter() - t0
+    chunks.close()
+    return took
+
+
+def _one_first_token(server: Server, client: httpx.Client) -> FirstToken:
+    """The stand-in directly, then the same turn through the system: POST → first ``delta`` frame;
+    returns once the job ended, so the next one finds the worker idle."""
+    direct = direct_first_token()
+    wall0, t0 = time.time(), time.perf_counter()
+    r = client.post(f"{server.base}/api/chat", json={"message": FIRST_TOKEN_MESSAGE}, headers=server.headers,
+                    timeout=30)
+    r.raise_for_status()
+    answered = time.perf_counter()
+    job_id = str(r.json()["job_id"])
+    delta: Frame | None = None
+    for f in sse_frames(client, f"{server.base}/api/jobs/{job_id}/stream", server.headers):
+        if delta is None and f.type == "delta":
+            delta = f
+        if f.type in TERMINAL:
+            break
+    if delta is None:
+        raise RuntimeError("the stream ended without a delta")
+    return FirstToken(job_id, wall0, answered - t0, delta.at - t0, delta.seq, _epoch(delta.data["at"]), direct)
+
+
+def first_token_phases(run: FirstToken, written: dict[str, dict[str, Any]],
+                       read: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """One run's path split into ``FIRST_TOKEN_PHASES`` (seconds), from the worker's marks (``written``)
+    and the stream process's (``read``); None if a mark is missing."""
+    def mark(marks: dict[str, dict[str, Any]], seq: int, what: str) -> float | None:
+        value = marks.get(f"{run.job_id}#{seq}", {}).get(what)
+        return float(value) if value is not None else None
+
+    plan_seq = next((int(k.rsplit("#", 1)[1]) for k, v in written.items()
+                     if k.startswith(f"{run.job_id}#") and v.get("type") == "plan"), None)
+    times = [run.wall0, run.wall0 + run.submit, mark(written, 1, "written"),
+             mark(written, plan_seq, "written") if plan_seq else None, run.delta_at,
+             mark(written, run.delta_seq, "written"), mark(read, run.delta_seq, "read"), run.wall0 + run.first]
+    if any(t is None for t in times):
+        return None
+    ts = [float(t) for t in times if t is not None]
+    return {name: ts[i + 1] - ts[i] for i, name in enumerate(FIRST_TOKEN_PHASES)}
+
+
+def _first_token_summary(runs: list[FirstToken], written: dict[str, dict[str, Any]],
+                         read: dict[str, dict[str, Any]], woken: bool) -> dict[str, Any]:
+    over = [r.first - r.direct for r in runs]
+    phases = [p for p in (first_token_phases(r, written, read) for r in runs) if p is not None]
+    return {"p50_ms": ms(p50(over)), "p99_ms": ms(pct(over, 99)),
+            "through_system_p50_ms": ms(p50([r.first for r in runs])),
+            "direct_p50_ms": ms(p50([r.direct for r in runs])),
+            "runs": len(runs), "stand_in": f"demo agent, think {FIRST_TOKEN_STEP_SECONDS / 2:g} s, "
+                                           f"reply {FIRST_TOKEN_STEP_SECONDS / 2:g} s, no steps",
+            "phases_p50_ms": {name: ms(p50([p[name] for p in phases])) for name in FIRST_TOKEN_PHASES},
+            "phases_p99_ms": {name: ms(pct([p[name] for p in phases], 99)) for name in FIRST_TOKEN_PHASES},
+            "phased_runs": len(phases), "stream_woken_by_writer": woken}
+
+
+def first_token_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
+    """A plain chat turn: POST → first reply ``delta`` at an SSE client, minus the stand-in's own time
+    to first token (called directly before each turn); p50/p99, and the path by phase.
+
+    Two stream processes on the same tables and the one worker, taken in turn: one woken by the
+    worker after each event it writes (as ``alfred-jobs dev`` runs: the keys), one on its poll
+    alone (as the Lambda stream runs: ``first_token_polled``). The worker's wake-ups for the jobs
+    of the second reach the first, which watches none of them.
+    """
+    from alfred_tools.benchmarks.common import start_server
+
+    wake = {"ALFRED_STREAM_WAKE_ADDRESS": f"127.0.0.1:{free_udp_port()}"}
+    woken = start_server(stack, "dev", ALFRED_BENCH_MARKS="1", **wake)
+    polled = start_server(stack, "dev", ALFRED_BENCH_MARKS="1")
+    worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS=str(FIRST_TOKEN_STEP_SECONDS), ALFRED_BENCH_MARKS="1",
+                          **wake)
+    runs: dict[bool, list[FirstToken]] = {True: [], False: []}
+    try:
+        with httpx.Client() as client:
+            _one_first_token(woken, client)  # warm-up: imports, connections
+            _one_first_token(polled, client)
+            for i in range(2 * sizes.first_token_runs):
+                time.sleep(0.3)  # as in first_event_scenario: a user's next turn is not within ms of the last
+                runs[i % 2 == 0].append(_one_first_token(woken if i % 2 == 0 else polled, client))
+        worker_counts = worker.counts()
+        written = worker_counts.get("marks", {})
+        read = {**polled.counts().get("marks", {}), **woken.counts().get("marks", {})}
+        if os.environ.get("ALFRED_BENCH_TIMELINE"):  # the worker's calls of the last run, for a profile
+            last = runs[True][-1] if runs[True] else None
+            print(json.dumps({"run": last.__dict__ if last else None, "worker": worker_counts.get("timeline", [])[-40:],
+                              "marks": {k: v for k, v in written.items() if last and k.startswith(last.job_id)}}),
+                  file=sys.stderr)
+    finally:
+        stack.stop(worker.proc, woken.proc, polled.proc)
+    detail = _first_token_summary(runs[True], written, read, woken=True)
+    return {"first_token_overhead_p50_ms": detail.pop("p50_ms"), "first_token_overhead_p99_ms": detail.pop("p99_ms"),
+            "first_token_detail": detail,
+            "first_token_polled": _first_token_summary(runs[False], written, read, woken=False)}

@@ -10,6 +10,7 @@ The poll intervals let the bench try other watcher settings without editing the 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +39,7 @@ def main() -> None:
     from alfred_jobs.service.watch import MAX_INTERVAL, MIN_INTERVAL, WatchHub
     from alfred_tools.benchmarks.counting import RequestCounter, install_process_wide
 
-    counter = RequestCounter()
+    counter = RequestCounter(marks=bool(os.environ.get("ALFRED_BENCH_MARKS")))
     install_process_wide(counter)
     # The bench holds up to 1,000 streams of one user on purpose (fan-out, idle memory): no caps,
     # neither the hub's nor the per-user slots across processes (docs/streaming.md, "Limits").
@@ -46,7 +47,8 @@ def main() -> None:
     hub = WatchHub(deps.log, deps.settings.retention_seconds,
                    min_interval=MIN_INTERVAL if args.min_interval is None else args.min_interval,
                    max_interval=MAX_INTERVAL if args.max_interval is None else args.max_interval,
-                   max_per_user=10**9, max_per_token=10**9, clock=deps.clock)
+                   max_per_user=10**9, max_per_token=10**9, clock=deps.clock,
+                   wake_address=deps.settings.stream_wake_address)
     if args.app == "stream":
         from alfred_jobs.entry.http.stream_api import create_stream_app
 

@@ -1,6 +1,9 @@
 """Submit and checkpoint costs against the bare DynamoDB/SQS calls they are made of.
 
-- ``submit_ratio``: ``JobService.submit`` p50 / (one PutItem + one SendMessage) p50;
+- ``submit_ratio``: ``JobService.submit`` p50 / the writes a submit must make, as bare calls, p50:
+  the job's conditional PutItem, the gate's conditional UpdateItem that enrolls it (returning the
+  gate, which says whether the job may start), the SendMessage (issue 28: the gate's write was
+  left out of the floor before, so the ratio charged ours with a round trip the floor skipped);
 - ``checkpoint_ratio``: ``Journal.append`` of a step event, as the runner does it, p50 / one
   conditional PutItem of an event-sized item p50;
 - ``checkpoint_growth``: the same checkpoint into a job whose log already holds N events (bulk
@@ -41,6 +44,7 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
     # conversation that is idle: the case this ratio is about). The gates exist before timing, as
     # they do for any user who has sent a message before.
     users = iter(ready_users(deps, sizes.samples + 10))
+    floor_users = iter(ready_users(deps, sizes.samples + 10))
 
     def ours() -> None:
         svc.submit(next(users), req, None)
@@ -55,6 +59,18 @@ def submit_scenario(stack: BenchStack, sizes: Sizes) -> dict[str, Any]:
                 "active_shard": "A#0", "due_at": now + 30}
         c.dynamodb.put_item(TableName=table, Item=serialize(item),
                             ConditionExpression="attribute_not_exists(job_id)")
+        # The gate's enroll, as one bare conditional UpdateItem on the user's gate item (the same
+        # expression shape as ``DynamoGateStore.enroll``: the entry in, the order moved on).
+        order = f"{iso(now)}#{job_id}"
+        c.dynamodb.update_item(
+            TableName=table, Key=serialize({"job_id": f"gate#{next(floor_users)}"}),
+            UpdateExpression="SET m.#j = :e, #last = :k, expires_at = :x",
+            ConditionExpression="attribute_exists(m) AND attribute_not_exists(m.#j) AND "
+                                "(attribute_not_exists(#last) OR #last < :k)",
+            ExpressionAttributeNames={"#j": job_id, "#last": "last"},
+            ExpressionAttributeValues=serialize({":e": {"c": item["conversation_id"], "k": order, "r": False},
+                                                 ":k": order, ":x": int(now) + 3600}),
+            ReturnValues="ALL_NEW")
         c.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"job_id": job_id}), DelaySeconds=0)
 
     t_ours, t_floor = interleaved(ours, floor, sizes.samples)

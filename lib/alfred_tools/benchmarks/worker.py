@@ -7,6 +7,7 @@ Lambda handler), with a ``RequestCounter`` on every client it builds. SIGUSR1 wr
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -18,7 +19,7 @@ def main() -> None:
     """Run the counted worker until SIGTERM."""
     concurrency = int(sys.argv[1])
     path = sys.argv[2]
-    counter = RequestCounter(trace=True)
+    counter = RequestCounter(trace=True, marks=bool(os.environ.get("ALFRED_BENCH_MARKS")))
     install_process_wide(counter)
 
     def on_usr1(signum: int, frame: Any) -> None:

@@ -60,7 +60,8 @@ def make_hub(deps: Deps) -> WatchHub:
     s = deps.settings
     return WatchHub(deps.log, s.retention_seconds, min_interval=s.stream_poll_min_seconds,
                     max_interval=s.stream_poll_max_seconds, max_per_user=s.max_streams_per_user,
-                    max_per_token=s.max_streams_per_token, clock=deps.clock)
+                    max_per_token=s.max_streams_per_token, clock=deps.clock,
+                    wake_address=s.stream_wake_address)
 
 
 def get_cap(request: Request) -> StreamCap | None:
