@@ -109,8 +109,9 @@ class JobStore(Protocol):
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         """Delete a job record no worker ever took (a submit refused after its put): only the
-        record created at ``created_at`` with no attempt. ``ConditionFailed`` if a worker took it
-        meanwhile (the job runs after all); a record already gone is no error."""
+        record created at ``created_at`` with no attempt and no steer. ``ConditionFailed`` if a worker
+        took it meanwhile, or a message was steered into it (a steer answered 202 must be answered:
+        the job runs after all); a record already gone is no error."""
 
 
 class GateStore(Protocol):

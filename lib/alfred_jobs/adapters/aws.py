@@ -497,7 +497,9 @@ class DynamoJobStore:
             with mapped_errors():
                 self._c.dynamodb.delete_item(
                     TableName=self._table, Key=serialize({"job_id": job_id}),
-                    ConditionExpression="attribute_not_exists(job_id) OR (created_at = :c AND attempts = :zero)",
+                    # A job a message was steered into is never deleted: that steer was answered 202.
+                    ConditionExpression=("attribute_not_exists(job_id) OR (created_at = :c AND attempts = :zero "
+                                         "AND attribute_not_exists(steers))"),
                     ExpressionAttributeValues=serialize({":c": created_at, ":zero": 0}))
         except ConditionFailed:
             # Ours, and a worker took it (or the SDK retried our landed delete and met... nothing:

@@ -205,7 +205,7 @@ class MemoryJobStore:
             job = self.items.get(job_id)
             if job is None or job.expired(self.clock.now()) or job.created_at != created_at:
                 return
-            if job.attempts:
+            if job.attempts or job.steers:
                 raise ConditionFailed(job_id)
             del self.items[job_id]
             self.due.pop(job_id, None)

@@ -461,8 +461,10 @@ class _Attempt:
             # The keeper renews the lease from here on: taking a slot costs a read and a write,
             # which a busy store can stretch past a short lease.
             self.keeper.start()
-            if not self.events or self.events[-1].type is EventType.INPUT_RECEIVED:
-                # A first attempt, or the first after an answer (asking gave the slot back).
+            last = next((e for e in reversed(self.events) if e.type is not EventType.STEERED), None)
+            if last is None or last.type is EventType.INPUT_RECEIVED:
+                # A first attempt, or the first after an answer (asking gave the slot back). The
+                # ``steered`` events an ender put before it died hold no slot: they do not count.
                 try:
                     admitted = self._admitted()
                 except _Ended:
