@@ -318,13 +318,17 @@ class _Attempt:
         return ev
 
     def boundary(self) -> None:
-        """A step boundary: stop here if fenced, past retention or cancelled."""
+        """A step boundary: record the new steers, then stop here if fenced, past retention or
+        cancelled. The steers first: their writes can take any time (a paused process), and the
+        checks must be the last thing before the agent goes on (sim seed 1183, when they came
+        before: a worker frozen for two minutes in a ``steered`` put woke and started thinking,
+        its lease long gone and its job cancelled)."""
+        self._record_steers(self.keeper.steers)  # its puts are fenced like every other write
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         self._within_retention()
         if self.keeper.cancel_seen():
             self.finish(self._cancelled())
-        self._record_steers(self.keeper.steers)
 
     # ---- steering: the reply door (docs/architecture.md, "Steering") ---------------------------
 
