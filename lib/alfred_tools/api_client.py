@@ -532,6 +532,8 @@ class Renderer:
             self._line(f"? {d.get('prompt')}")
         elif t == "input_received":
             self._line(f"  ✓ answered: {show_answer(d.get('answer'))}")
+        elif t == "steered":
+            self._line(f"+ you added: {d.get('text')}")
         elif t == "resumed":
             self._line(f"↻ resumed by attempt {d.get('attempt')} (after seq {d.get('from_seq')})")
         elif t == "complete":
@@ -572,6 +574,8 @@ def summarize(t: str, d: dict[str, Any]) -> str:
         return f"{d.get('kind')} {d.get('input_id')}: {d.get('prompt')}{options}"
     if t == "input_received":
         return f"{d.get('input_id')} = {show_answer(d.get('answer'))}"
+    if t == "steered":
+        return f"{d.get('message_id')}: {json.dumps(d.get('text'), ensure_ascii=False)}"
     if t == "resumed":
         return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
     if t == "complete":  # one line per event: a reply's lines are joined
