@@ -3,19 +3,22 @@ the runner's reply door, the ender's seal, and the same key giving the same outc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from typing import Any
 
 import pytest
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, memory_deps
+from alfred_jobs.agents.bedrock.agent import BedrockAgent
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, PlanStep
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, Steer
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
 from alfred_jobs.exceptions import Conflict
 from alfred_jobs.ports import Deps
-from alfred_jobs.service.jobs import JobService, Submitted
+from alfred_jobs.service.jobs import JobService, Submitted, body_hash
 from alfred_jobs.settings import Settings
 
 CONV = "c" * 32
@@ -201,3 +204,21 @@ def test_cancelling_a_pending_steered_job_records_the_steer_before_the_end(deps:
     assert done and job.status is JobStatus.CANCELLED
     assert kinds(log_of(deps, job_id)) == ["steered:", "cancelled:"]
     assert not send(deps, "and rice", "steer").steered  # ended: the door is closed
+
+
+def test_a_default_request_hashes_as_before_multitask_counted() -> None:
+    """A resend across the deploy that made ``multitask`` count still finds its job."""
+    req = ChatRequest(message="soup", conversation_id=CONV)
+    before = hashlib.sha256(json.dumps(req.model_dump(exclude={"multitask"}), sort_keys=True).encode()).hexdigest()
+    assert body_hash(req) == before
+    assert body_hash(ChatRequest(message="soup", conversation_id=CONV, multitask="interrupt")) != before
+
+
+def test_the_bedrock_agent_sends_the_steers_as_user_turns_after_the_message() -> None:
+    ctx = AgentContext(job_id="j", user_id="u", conversation_id=CONV, message="chicken curry",
+                       history=[{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
+                       attempt=1, step_outputs={}, cancelled=lambda: False,
+                       steers=["make it vegetarian", "and mild"])
+    messages = BedrockAgent._conversation(ctx, ctx.message, 10)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[-1]["content"][0]["text"] == "chicken curry\n\nmake it vegetarian\n\nand mild"

@@ -68,8 +68,11 @@ def validate_job_id(job_id: str) -> str:
 
 def body_hash(req: ChatRequest) -> str:
     # ``multitask`` is part of what was asked (steer or interrupt or wait): the same key with
-    # another strategy is another request (409), not a silent replay of the first one.
-    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+    # another strategy is another request (409), not a silent replay of the first one. The default
+    # (``enqueue``) hashes as before ``multitask`` counted, so a resend of a job created before
+    # still finds its job rather than a 409.
+    body = req.model_dump(exclude={"multitask"} if req.multitask == "enqueue" else None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def keyed_id(user_id: str, idempotency_key: str) -> str:
