@@ -144,7 +144,7 @@ class JobService:
 
         The decision is one conditional write on the active job's record (``JobStore.steer``): it
         lands only while the door is open, and the runner closes the door, having seen every steer
-        on the record, before it writes ``phase: reply`` or any terminal event (``Door``). So a
+        on the record, before it writes ``phase: reply`` or any terminal event (``_Attempt._seal``). So a
         steer that landed is recorded as a ``steered`` event before the reply; one refused can
         never land later (a door never opens again) and becomes its own job.
 
