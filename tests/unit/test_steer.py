@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, memory_d
 from alfred_jobs.agents.bedrock.agent import BedrockAgent
 from alfred_jobs.agents.demo import DemoAgent
 from alfred_jobs.domain.agent import AgentContext, PlanStep
+from alfred_jobs.domain.events import PhasePayload
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus, Steer
-from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import Conflict
+from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome, _Attempt
+from alfred_jobs.exceptions import Conflict, SlotTaken
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService, Submitted, body_hash
 from alfred_jobs.settings import Settings
@@ -222,3 +224,20 @@ def test_the_bedrock_agent_sends_the_steers_as_user_turns_after_the_message() ->
     messages = BedrockAgent._conversation(ctx, ctx.message, 10)
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert messages[-1]["content"][0]["text"] == "chicken curry\n\nmake it vegetarian\n\nand mild"
+
+
+def test_a_slot_taken_by_an_older_attempts_late_write_gives_the_lease_back(deps: Deps) -> None:
+    """Not steering's own, found by its workload (sim seed 2287): an attempt whose put meets an
+    older attempt's late write (a paused process) is not fenced; dropping the delivery left its
+    live lease holding the job, with nobody running it, for a lease period."""
+    job_id = send(deps, "chicken").job.job_id
+    job = deps.jobs.acquire_lease(job_id, "w2", deps.clock.now(), 30)
+    attempt = _Attempt(JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)), replace(job, attempts=2), "w2",
+                       Delivery(job_id))
+    late = Event.of(2, PhasePayload(phase="think"), attempt=1, writer="w1", at=deps.clock.now())
+    result = attempt._lost_slot(SlotTaken(late))
+    assert result.outcome is Outcome.RETRY
+    rec = deps.jobs.get(job_id)
+    assert rec is not None and rec.lease_owner is None  # given back: the message's return resumes it
+    newer = Event.of(2, PhasePayload(phase="think"), attempt=3, writer="w3", at=deps.clock.now())
+    assert attempt._lost_slot(SlotTaken(newer)).outcome is Outcome.DROPPED  # a newer owner: fenced

@@ -693,6 +693,19 @@ class _Attempt:
             self._load()
             self.finalize()
             return RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status)
+        if taken.existing.attempt < self.attempt and not self.keeper.lost:
+            # An older attempt's late write (a process paused with it in flight), not a newer
+            # owner: we are not fenced, and our lease is live. Dropping the delivery would leave
+            # the job held by that lease, with nobody running it, for a lease period (sim seed 2287:
+            # a reload after such a write was throttled, and the failure's put met it). Let the
+            # lease go and the message come back: the next attempt reads the whole log.
+            self.keeper.stop()
+            try:
+                self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                             self.clock.now() + self.s.pending_grace_seconds)
+            except StoreError:
+                return RunResult(Outcome.RETRY, "an older attempt wrote", retry_after=int(self.s.lease_seconds) + 1)
+            return RunResult(Outcome.RETRY, "an older attempt wrote", retry_after=1, status=self.view.status)
         count("Fenced")
         return RunResult(Outcome.DROPPED, "fenced")
 
