@@ -42,11 +42,14 @@ export interface Job {
   output?: { reply: string; [k: string]: unknown };
   error?: ApiErrorBody;
   links?: JobLinks | null;
+  /** Only on the answer to a `multitask: "steer"` submit: true, the message joined this job (the
+   * conversation's job under way); false, it became this new job (that one was replying or ended). */
+  steered?: boolean;
 }
 
 export type EventType =
   | 'status' | 'phase' | 'plan' | 'step' | 'delta' | 'resumed' | 'input_required' | 'input_received'
-  | 'complete' | 'failed' | 'cancelled';
+  | 'steered' | 'complete' | 'failed' | 'cancelled';
 
 export type QuestionKind = 'confirm' | 'choice' | 'text';
 
@@ -116,6 +119,8 @@ export interface JobView {
   question: QuestionView | null;
   /** The last answer taken (from `input_received`, whichever device sent it). */
   answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
+  /** Messages the user added to this job while it ran (`steered` events), in order. */
+  steers: { messageId: string; text: string; at: string }[];
 }
 
 /** Tokens a model was billed for (the sum of a part's calls). */
@@ -151,6 +156,8 @@ export interface JobRecord {
   /** 404 from the API: expired or not this user's. */
   gone?: boolean;
   idempotencyKey?: string;
+  /** Messages this device steered into the job (their Idempotency-Keys and texts). */
+  steers?: { key: string; message: string }[];
   seq?: number;
   view?: JobView;
   createdAt: number;
@@ -174,6 +181,9 @@ export interface WatchHandlers {
   onJob?(job: Job, view: JobView): void;
   /** The API answered 401 (token expired or invalid). */
   onAuthError?(error: AlfredApiError): void;
+  /** This device steered a message into the watched job (`submitChat` with `multitask: "steer"`
+   * answered `steered: true`); its `steered` event follows in `onEvent` once the runner records it. */
+  onSteered?(outcome: { steered: true; message: string; job: Job }, view: JobView): void;
 }
 
 export interface Watcher {
@@ -197,7 +207,7 @@ export interface SubmitOptions {
   retries?: number;
   /** If the conversation has a job under way: wait for it (the server's default), refuse
    * (409 conversation_busy, `AlfredApiError.jobId`), or stop it (it ends cancelled, `cancelReason: 'interrupted'`). */
-  multitask?: 'enqueue' | 'reject' | 'interrupt';
+  multitask?: 'enqueue' | 'reject' | 'interrupt' | 'steer';
   signal?: AbortSignal;
 }
 

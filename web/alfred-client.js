@@ -55,7 +55,7 @@ export function emptyView(jobId, status = 'pending') {
   return {
     jobId, status, phase: null, attempt: 1, totalSteps: null, steps: [], currentStep: null,
     completedSteps: 0, label: null, reply: '', error: null, retry: null, lastSeq: 0,
-    cancelReason: null, cancelledBy: null, question: null, answered: null, stopped: false,
+    cancelReason: null, cancelledBy: null, question: null, answered: null, stopped: false, steers: [],
   };
 }
 
@@ -127,6 +127,12 @@ export function applyEvent(view, ev) {
         expiresAt: d.expires_at || null, seq: ev.seq,
       };
       v.retry = null;
+      break;
+    case 'steered':
+      // A message the user added to this job (multitask "steer"): the agent sees it from here on.
+      if (!(v.steers || []).some((m) => m.messageId === d.message_id)) {
+        v.steers = [...(v.steers || []), { messageId: d.message_id, text: d.text, at: ev.at }];
+      }
       break;
     case 'input_received':
       // Answered, on this device or any other: the question is closed and the job goes on.
@@ -302,8 +308,11 @@ export function createAlfredClient(options = {}) {
   /**
    * Submit a message as a job. The Idempotency-Key makes a double tap or a resend after a lost
    * answer return the same job; network errors and 5xx are retried with that same key.
-   * `multitask` (enqueue | reject | interrupt) says what to do if the conversation has a job under
-   * way; unset, the server's default (enqueue: the new job waits its turn). A 429 too_many_jobs
+   * `multitask` (enqueue | reject | interrupt | steer) says what to do if the conversation has a job
+   * under way; unset, the server's default (enqueue: the new job waits its turn). With `steer` the
+   * answer says which happened: `steered: true`, the message joined the job `job_id` (the one
+   * under way; watch it: its `steered` event shows the message), or `steered: false`, it became
+   * a new job (the one under way was already replying or had ended). A 429 too_many_jobs
    * is not retried here: it frees up only when one of the user's jobs ends (see `retryAfter`).
    */
   async function submitChat(message, opts = {}) {
@@ -316,6 +325,14 @@ export function createAlfredClient(options = {}) {
       try {
         const job = await api('/api/chat', { method: 'POST', body, headers: { 'Idempotency-Key': key }, signal: opts.signal });
         const prev = readRecord(job.job_id);
+        if (job.steered === true) {
+          // Joined the job under way: its record keeps its own message; this one is a steer of it.
+          const steers = [...(prev?.steers || []).filter((m) => m.key !== key), { key, message }];
+          writeRecord(job.job_id, { steers, conversationId: job.conversation_id,
+            createdAt: prev?.createdAt || Date.parse(job.created_at) || Date.now() });
+          watchers.get(job.job_id)?.handlers.onSteered?.({ steered: true, message, job }, watchers.get(job.job_id).view);
+          return job;
+        }
         writeRecord(job.job_id, {
           message, conversationId: job.conversation_id, status: prev?.status || job.status,
           active: prev ? prev.active : !isTerminal(job.status), idempotencyKey: key,
@@ -544,7 +561,7 @@ export function createAlfredClient(options = {}) {
       // The server names each frame by its type; listen to every type of the contract and to
       // unnamed messages, and dedupe by seq (each event handled once whatever arrives twice).
       for (const t of ['status', 'phase', 'plan', 'step', 'delta', 'resumed', 'input_required', 'input_received',
-        'complete', 'failed', 'cancelled']) {
+        'steered', 'complete', 'failed', 'cancelled']) {
         es.addEventListener(t, onFrame);
       }
       es.onmessage = onFrame;

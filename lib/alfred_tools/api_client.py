@@ -147,7 +147,7 @@ class ApiClient:
 
     def submit(self, message: str, conversation_id: str | None = None,
                idempotency_key: str | None = None, multitask: str | None = None) -> dict[str, Any]:
-        """``POST /api/chat``. ``multitask`` (enqueue, reject, interrupt) says what to do if the
+        """``POST /api/chat``. ``multitask`` (enqueue, reject, interrupt, steer) says what to do if the
         conversation has a job under way; None leaves it to the server (enqueue)."""
         body: dict[str, Any] = {"message": message}
         if conversation_id:
@@ -577,6 +577,8 @@ class Renderer:
             self._line(f"? {d.get('prompt')}")
         elif t == "input_received":
             self._line(f"  ✓ answered: {show_answer(d.get('answer'))}")
+        elif t == "steered":
+            self._line(f"+ you added: {d.get('text')}")
         elif t == "resumed":
             self._line(f"↻ {resumed_words(d, self.steps_done, self.total_steps, self.paused_for)}")
             self.paused_for = ""
@@ -635,6 +637,8 @@ def summarize(t: str, d: dict[str, Any]) -> str:
         return f"{d.get('kind')} {d.get('input_id')}: {d.get('prompt')}{options}"
     if t == "input_received":
         return f"{d.get('input_id')} = {show_answer(d.get('answer'))}"
+    if t == "steered":
+        return f"{d.get('message_id')}: {json.dumps(d.get('text'), ensure_ascii=False)}"
     if t == "resumed":
         return f"attempt={d.get('attempt')} from_seq={d.get('from_seq')}"
     if t == "complete":  # one line per event: a reply's lines are joined

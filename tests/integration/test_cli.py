@@ -297,6 +297,28 @@ def test_chat_multitask_reject_names_the_active_job_then_interrupt_stops_it(dev:
     assert (last["type"], last["data"]) == ("cancelled", {"reason": "interrupted", "by": second_id})
 
 
+def test_chat_multitask_steer_says_whether_the_message_joined_the_job_or_was_queued(dev: DevProcess) -> None:
+    # GIVEN a conversation with a job under way (6 steps of a second: still acting when steered)
+    conv = uuid.uuid4().hex
+    first = run(dev, "chat", "chicken curry [steps=6] [pace=1]", "--conversation", conv).stdout.strip()
+    # WHEN the user adds to it
+    steer = run(dev, "chat", "and make it vegetarian", "--conversation", conv, "--multitask", "steer")
+    # THEN it joined that job, and the command says so (stdout keeps the job id alone)
+    assert steer.returncode == 0, steer.stderr
+    assert steer.stdout.strip() == first
+    assert steer.stderr.startswith(f"Added to the running job {first}"), steer.stderr
+    done = events_of(run(dev, "watch", first, "--json").stdout)
+    assert [e["data"]["text"] for e in done if e["type"] == "steered"] == ["and make it vegetarian"]
+    assert "chicken" not in done[-1]["data"]["output"]["reply"].lower()
+    plain = run(dev, "watch", first).stdout  # not a terminal: one plain line per event
+    assert any(" steered " in line and line.endswith('"and make it vegetarian"') for line in plain.splitlines())
+    # WHEN it is sent once that job has ended
+    late = run(dev, "chat", "and a dessert [steps=1]", "--conversation", conv, "--multitask", "steer")
+    # THEN it is a new job of its own, and the command says so
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.strip() != first and late.stderr.startswith("Queued as a new job"), late.stderr
+
+
 def test_chat_enqueued_in_a_busy_conversation_runs_after_the_earlier_job(dev: DevProcess) -> None:
     conv = uuid.uuid4().hex
     first = run(dev, "chat", "rice [steps=3]", "--conversation", conv).stdout.strip()

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from alfred_jobs.agents.demo_text import GENERIC_STEPS, pantry_note, pantry_question, plan_labels, reply_text
+from alfred_jobs.agents.steering import MEAT_FREE, steer_note, with_steers
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.retention import expiry
@@ -114,7 +115,9 @@ class DemoAgent:
         self._sleep(self._pace(ctx), ctx)
         ctx.report_usage(DEMO_MODEL, 80 + 10 * step.index, 40)
         out: dict[str, Any] = {"step": step.index, "label": step.label,
-                               "ingredients": _ingredients(ctx.message), "runs": runs}
+                               "ingredients": _ingredients(with_steers(ctx.message, ctx.steers)), "runs": runs}
+        if ctx.steers:
+            out["steers"] = len(ctx.steers)  # the step was re-planned with what the user added
         if pantry is not None:
             out["pantry"] = pantry
         return out
@@ -123,7 +126,10 @@ class DemoAgent:
         first = ctx.step_outputs.get(1)
         pantry = first.get("pantry") if isinstance(first, dict) else None
         note = pantry_note(ctx.message, used=pantry == "used") if pantry in ("used", "kept") else ""
-        text = reply_text(ctx.message, note)
+        if ctx.steers:  # re-planned with the steers: a meat-free request names no meat
+            meat_free = any(MEAT_FREE.search(s) for s in ctx.steers)
+            note = " ".join(n for n in ("" if meat_free else note, steer_note(ctx.steers)) if n)
+        text = reply_text(with_steers(ctx.message, ctx.steers), note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
         # Half a step, or ``[reply=S]`` seconds: a test can stop a reply while it is written.

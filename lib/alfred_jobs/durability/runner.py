@@ -48,13 +48,25 @@ from alfred_jobs.domain.events import (
     PlanPayload,
     ResumedPayload,
     StatusPayload,
+    SteeredPayload,
     StepPayload,
     Usage,
     apply_delta,
     parse_iso,
     replay,
 )
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, conversation_title, fold, iso, refold
+from alfred_jobs.domain.models import (
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Progress,
+    Steer,
+    conversation_title,
+    fold,
+    iso,
+    refold,
+)
 from alfred_jobs.domain.push import PushMessage, preview
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.budget import Part, expected_seconds, fits
@@ -204,7 +216,8 @@ class _Attempt:
         self._usage: Usage | None = None  # the current part's model calls (``_meter``), not yet recorded
         self._reply_so_far = ""  # the reply text the agent gave this attempt (a cancel keeps it)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
-                                  self._state, job.cancel_requested, job.cancel_by)
+                                  self._state, job.cancel_requested, job.cancel_by, job.steers)
+        self._ctx: AgentContext | None = None  # the agent's context, once it has one (steers go in it)
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -277,8 +290,10 @@ class _Attempt:
 
     def append(self, payload: Payload) -> Event:
         """Checkpoint: one conditional PutItem at the head of the log, after the write still
-        behind (``append_behind``), if any."""
+        behind (``append_behind``), if any. A terminal event closes the reply door first."""
         self._drain()
+        if payload.event_type in (EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED):
+            self._seal()
         return self._put(payload)
 
     def append_behind(self, payload: Payload) -> None:
@@ -317,12 +332,61 @@ class _Attempt:
         return ev
 
     def boundary(self) -> None:
-        """A step boundary: stop here if fenced, past retention or cancelled."""
+        """A step boundary: record the new steers, then stop here if fenced, past retention or
+        cancelled. The steers first: their writes can take any time (a paused process), and the
+        checks must be the last thing before the agent goes on (sim seed 1183, when they came
+        before: a worker frozen for two minutes in a ``steered`` put woke and started thinking,
+        its lease long gone and its job cancelled)."""
+        self._record_steers(self.keeper.steers)  # its puts are fenced like every other write
         if self.keeper.lost:
             raise Fenced(self.job.job_id)
         self._within_retention()
         if self.keeper.cancel_seen():
             self.finish(self._cancelled())
+
+    # ---- steering: the reply door (docs/architecture.md, "Steering") ---------------------------
+
+    def _steered_ids(self) -> set[str]:
+        return {e.data["message_id"] for e in self.events if e.type is EventType.STEERED}
+
+    def _record_steers(self, steers: tuple[Steer, ...]) -> None:
+        """Put a ``steered`` event for each steer on the record not yet in the log, in the order
+        they landed, and show them to the agent (``ctx.steers``)."""
+        recorded = self._steered_ids()
+        new = [st for st in steers if st.message_id not in recorded]
+        if not new:
+            return
+        self._drain()
+        for st in new:
+            self._put(SteeredPayload(message_id=st.message_id, text=st.text))
+            if self._ctx is not None:
+                self._ctx.steers.append(st.text)
+        count("SteersRecorded", len(new))
+
+    def _seal(self) -> None:
+        """Close the job's reply door before ``phase: reply`` or a terminal event: from then on no
+        steer can join the job (``JobStore.steer`` refuses it, and it becomes a new job).
+
+        The close is conditional on the number of steers the record holds: "closed, having seen
+        these". If a steer slipped in since the keeper last read the record, it fails; the record
+        is read (strongly consistent), the new steers recorded as ``steered`` events (the agent
+        sees them), and the close tried again. So every steer that landed precedes the reply in
+        the log. Only the lease's owner closes it: a fenced attempt cannot close the door for the
+        new owner (nor record steers: the log's slots fence those). A door closed already (a
+        resumed attempt, the SDK's retry of our own close) closes again with the same count."""
+        known = self.keeper.steers
+        for _ in range(self.s.max_steers_per_job + 3):
+            self._record_steers(known)
+            if self.deps.jobs.close_door(self.job.job_id, len(known), owner=self.owner) is not None:
+                return
+            rec = self.deps.jobs.get(self.job.job_id)  # strongly consistent
+            if rec is None or rec.lease_owner != self.owner:
+                raise Fenced(self.job.job_id)
+            known = rec.steers
+            if rec.door_closed:  # closed by an ender that then lost the log's slot to us
+                self._record_steers(known)
+                return
+        raise TransientStoreError(f"could not close the reply door of {self.job.job_id}")
 
     def _fits(self, part: Part, step: PlanStep | None = None) -> bool:
         """Whether ``part`` can finish, with the margin to hand on, in the invocation's time.
@@ -390,16 +454,19 @@ class _Attempt:
         outcome = term.payload
         if isinstance(outcome, CompletePayload):
             expires_at = self.journal.expires_at(self.clock.now())
+            steered = tuple(replay(self.events).steered.values())  # both user turns, in order
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                outcome.reply, term.at, expires_at)
+                                                outcome.reply, term.at, expires_at, steered)
             # Its place on the user's list (again: a submit's touch is best effort).
             self.deps.conversations.touch(job.user_id, job.conversation_id, term.at,
                                           conversation_title(job.message), expires_at)
         elif isinstance(outcome, CancelledPayload) and outcome.partial_reply:
             # Stop keeps the words: the reply so far is the turn's answer, marked stopped.
             expires_at = self.journal.expires_at(self.clock.now())
+            steered = tuple(replay(self.events).steered.values())
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                outcome.partial_reply, term.at, expires_at, stopped=True)
+                                                outcome.partial_reply, term.at, expires_at, steered,
+                                                stopped=True)
             self.deps.conversations.touch(job.user_id, job.conversation_id, term.at,
                                           conversation_title(job.message), expires_at)
         elif isinstance(outcome, FailedPayload):
@@ -447,8 +514,10 @@ class _Attempt:
             # The keeper renews the lease from here on: taking a slot costs a read and a write,
             # which a busy store can stretch past a short lease.
             self.keeper.start()
-            if not self.events or self.events[-1].type is EventType.INPUT_RECEIVED:
-                # A first attempt, or the first after an answer (asking gave the slot back).
+            last = next((e for e in reversed(self.events) if e.type is not EventType.STEERED), None)
+            if last is None or last.type is EventType.INPUT_RECEIVED:
+                # A first attempt, or the first after an answer (asking gave the slot back). The
+                # ``steered`` events an ender put before it died hold no slot: they do not count.
                 try:
                     admitted = self._admitted()
                 except _Ended:
@@ -708,6 +777,19 @@ class _Attempt:
             self._load()
             self.finalize()
             return RunResult(Outcome.DONE, "ended elsewhere", status=self.view.status)
+        if taken.existing.attempt < self.attempt and not self.keeper.lost:
+            # An older attempt's late write (a process paused with it in flight), not a newer
+            # owner: we are not fenced, and our lease is live. Dropping the delivery would leave
+            # the job held by that lease, with nobody running it, for a lease period (sim seed 2287:
+            # a reload after such a write was throttled, and the failure's put met it). Let the
+            # lease go and the message come back: the next attempt reads the whole log.
+            self.keeper.stop()
+            try:
+                self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                             self.clock.now() + self.s.pending_grace_seconds)
+            except StoreError:
+                return RunResult(Outcome.RETRY, "an older attempt wrote", retry_after=int(self.s.lease_seconds) + 1)
+            return RunResult(Outcome.RETRY, "an older attempt wrote", retry_after=1, status=self.view.status)
         count("Fenced")
         return RunResult(Outcome.DROPPED, "fenced")
 
@@ -765,7 +847,8 @@ class _Attempt:
                            message=job.message, history=history, attempt=self.attempt,
                            step_outputs=outputs, cancelled=self.keeper.cancel_seen,
                            created_at=job.created_at, expires_at=job.expires_at, asker=self._ask,
-                           meter=self._meter)
+                           meter=self._meter, steers=list(done.steered.values()))
+        self._ctx = ctx
         self._step = 0
         # No ``phase`` event for think and act: the attempt's first event (``status: running``,
         # ``resumed``) opens thinking, and the first step event the act phase. One write each less.
@@ -818,6 +901,8 @@ class _Attempt:
         self._within_budget("reply")
         self._step = total + 1
         if "reply" not in done.phases:
+            self._drain()
+            self._seal()  # before the reply: every steer that got in is seen by it
             self.append_behind(PhasePayload(phase="reply"))  # the agent starts replying meanwhile
         reply = self._stream_reply(plan, ctx, done.shown)
         self.boundary()

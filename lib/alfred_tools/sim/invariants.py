@@ -75,8 +75,9 @@ def check_end(w: World) -> None:
             conv = _live_messages(w, rec.user_id, rec.conversation_id)
             # (a turn of an earlier job with this id, reused after retention, may outlive that job)
             mine = [m for m in conv.values() if m["job_id"] == job_id and str(m["at"]) >= iso(rec.created_at)]
-            f.check("turn_committed_once", len(mine) == 2,
-                    lambda job_id=job_id, mine=mine: f"{job_id}'s turn has {len(mine)} messages")
+            f.check("turn_committed_once", len(mine) == 2 + len(state.steered),
+                    lambda job_id=job_id, mine=mine, state=state: (
+                        f"{job_id}'s turn has {len(mine)} messages ({len(state.steered)} steered)"))
 
     # Conversation turns in submit order: a job accepted (202) before another was sent commits
     # its turn first (submits that overlapped, a retried one among them, may go either way).
@@ -95,6 +96,8 @@ def check_end(w: World) -> None:
                         lambda earlier=earlier, later=later, conv=conv: (
                             f"conversation {conv[:6]}: {earlier} was accepted before {later} was sent, "
                             f"and its turn comes after"))
+
+    _check_steers(w)
 
     # The gate: every entry belongs to a live job; a user with no live job has an empty gate.
     for user in w.inner_gates.gates:
@@ -145,13 +148,68 @@ def _check_log(w: World, job_id: str, events: list[Event]) -> None:
     f.check("nothing_after_terminal", not ends or ends[0] == seqs[-1],
             lambda job_id=job_id, ends=ends: f"{job_id}'s log goes on past its terminal event at {ends[0]}")
 
-    # An open question holds the job: after it comes its answer, or the job's end, nothing else.
+    # An open question holds the job: after it comes its answer, or the job's end, nothing else
+    # (but the messages steered into it, which whoever ends it records first: guarantee 15).
     for i, e in enumerate(events):
         if e.type is EventType.INPUT_REQUIRED:
-            nxt = events[i + 1] if i + 1 < len(events) else None
+            nxt = next((n for n in events[i + 1:] if n.type is not EventType.STEERED), None)
             f.check("nothing_runs_past_an_open_question",
                     nxt is None or nxt.terminal or nxt.type is EventType.INPUT_RECEIVED,
                     lambda job_id=job_id, e=e, nxt=nxt: (
                         f"{job_id}: {nxt.type if nxt else ''} at {nxt.seq if nxt else 0} "
                         f"follows the question at {e.seq}"))
 
+
+def _check_steers(w: World) -> None:
+    """Guarantee 15: a steered message is answered exactly once. Each 202 with ``steered: true``
+    names the job it joined: that job's log holds its ``steered`` event once, before the reply
+    (``phase: reply``) and the end, and a completed job commits it between its message and its
+    reply. With ``steered: false`` it is its own job, and no log holds it as a steer. Never both,
+    never neither; every repeat of a keyed request got the same outcome."""
+    f = w.found
+    now = w.k.now()
+    steered_in: dict[str, list[tuple[str, int]]] = {}  # text -> (job, its position in the log), for every log
+    logs: dict[str, list[Event]] = {}
+    for job_id in w.inner_jobs.items:
+        events = logs[job_id] = w.log.events_of(job_id)
+        for i, e in enumerate(events):
+            if e.type is EventType.STEERED:
+                steered_in.setdefault(str(e.data["text"]), []).append((job_id, i))
+    for text, sent in w.steers.items():
+        if not sent.outcomes:
+            continue  # never answered 202: the client knows nothing was taken
+        f.check("steered_message_answered_once", len(set(sent.outcomes)) == 1,
+                lambda text=text, sent=sent: f"{sent.key!r}: repeats of one steer got {sent.outcomes}")
+        steered, job_id = sent.outcomes[0]
+        rec = w.inner_jobs.items.get(job_id)
+        if rec is None or rec.expired(now) or rec.created_at > sent.at:
+            continue  # retention is over (its id may be a new job's now): nothing of it is asked for
+        found = steered_in.get(text, [])
+        if not steered:
+            f.check("steered_message_answered_once", not found and rec.message == text,
+                    lambda text=text, job_id=job_id, found=found: (
+                        f"{text[-16:]!r} became job {job_id} (steered: false) but is a steer of {found}"))
+            continue
+        events = logs.get(job_id, [])
+        where = [i for j, i in found if j == job_id]
+        others = [j for j, _ in found if j != job_id]
+        reply = next((i for i, e in enumerate(events) if e.type is EventType.PHASE
+                      and e.data.get("phase") == "reply"), None)
+        end = next((i for i, e in enumerate(events) if e.terminal), None)
+        if reply is None and end is None:
+            before = len(where) <= 1  # still before its reply (waiting on a question): later, then
+        else:
+            before = len(where) == 1 and all(b is None or where[0] < b for b in (reply, end))
+        f.check("steered_message_answered_once", before and not others,
+                lambda text=text, job_id=job_id, where=where, reply=reply, end=end, others=others: (
+                    f"{text[-16:]!r} joined {job_id} (202 steered: true): steered at {where} of its log, "
+                    f"reply at {reply}, end at {end}; also a steer of {others}"))
+        if end is not None and isinstance(events[end].payload, CompletePayload) and rec.terminal:
+            conv = _live_messages(w, rec.user_id, rec.conversation_id)
+            turn = [m for _, m in sorted(conv.items()) if m["job_id"] == job_id]
+            roles = [(m["role"], m["text"] == text) for m in turn]
+            f.check("steered_message_answered_once",
+                    roles.count(("user", True)) == 1 and roles[-1][0] == "assistant"
+                    and roles.index(("user", True)) > 0,
+                    lambda text=text, job_id=job_id, roles=roles: (
+                        f"{text[-16:]!r} joined {job_id}, whose committed turn is {roles}"))

@@ -160,6 +160,18 @@ class Accepted:
 
 
 @dataclass
+class SteerSent:
+    """A message a user steered (``multitask: steer``), and every 202 it got (a repeat with its
+    key must get the same): (steered, job id)."""
+
+    user: str
+    conversation: str
+    key: str | None
+    outcomes: list[tuple[bool, str]] = field(default_factory=list)
+    at: float = 0.0  # when the first 202 came (the clock's time, as a record's created_at)
+
+
+@dataclass
 class Findings:
     violations: list[str] = field(default_factory=list)
     checks: dict[str, int] = field(default_factory=dict)
@@ -205,6 +217,7 @@ class World:
         self.found = Findings()
         self.accepted: dict[str, Accepted] = {}
         self.cancels: dict[str, float] = {}  # job -> when a cancel was answered 202
+        self.steers: dict[str, SteerSent] = {}  # the text of each steered message (unique) -> what it got
         self.users_left = 0
         self.api_calls = 0
         self.status_counts: dict[int, int] = {}
@@ -484,6 +497,8 @@ class World:
                 return  # 409 (reject) and other 4xx: the client shows it
         if job_id is None:
             return
+        if req.multitask == "steer" and self._steered(user, req, key, value):
+            return  # it joined a job under way: that job's own actors follow it
         if reuse or job_id not in self.accepted:
             self.accepted[job_id] = Accepted(user, req.conversation_id or "", self.k.t, key=key, sent=sent)
             self.cancels.pop(job_id, None)
@@ -491,7 +506,38 @@ class World:
             self.k.spawn(Process(f"cancel-{job_id[-4:]}"), "cancel", lambda: self._cancel(user, job_id))
         if r.random() < 0.15:
             self.k.spawn(Process(f"watch-{job_id[-4:]}"), "watch", lambda: self._watch(job_id))
+        if req.multitask != "steer" and r.random() < 0.3:
+            conv = req.conversation_id or self.accepted[job_id].conversation
+            self.k.spawn(Process(f"steer-{job_id[-4:]}"), "steer", lambda: self._steer(user, conv))
         self._follow(user, job_id)
+
+    # ---- steering (guarantee 15) ---------------------------------------------------------------
+
+    def _steer(self, user: str, conversation: str) -> None:
+        """A user adds a message to the conversation's job at a random moment of it (before it
+        starts, while it thinks, acts, asks or replies, or after it ended), with an Idempotency-Key
+        or without, resent like the web outbox; its text is unique, so the invariants find it."""
+        r = self.k.rng
+        self.k.sleep(r.choice([r.uniform(0, 2), r.uniform(0, 20), r.uniform(10, 60)]))
+        n = len(self.steers)
+        text = f"{self._message()} #steer-{user}-{n}"
+        key = f"{user}-steer-{n}" if r.random() < 0.7 else None
+        self.steers[text] = SteerSent(user, conversation, key)
+        req = ChatRequest.model_validate({"message": text, "conversation_id": conversation, "multitask": "steer"})
+        self._job(user, req, key)
+
+    def _steered(self, user: str, req: ChatRequest, key: str | None, first: Any) -> bool:
+        """Record a steer's 202 (and, with a key, maybe a repeat's: a double tap, a resend after a
+        lost answer); whether it joined a job under way."""
+        sent = self.steers[req.message]
+        sent.outcomes.append((bool(first.steered), first.job.job_id))
+        sent.at = sent.at or self.k.now()
+        if key is not None and self.k.rng.random() < 0.3:
+            self.k.sleep(self.k.rng.uniform(0, 30))
+            status, again = self.api("submit", lambda s: s.submit(user, req, key))
+            if status == 200:
+                sent.outcomes.append((bool(again.steered), again.job.job_id))
+        return bool(first.steered)
 
     def _cancel(self, user: str, job_id: str, delay: float | None = None) -> None:
         self.k.sleep(self.k.rng.uniform(0, 25) if delay is None else delay)
