@@ -251,6 +251,10 @@ class Sweeper:
             if end_unheld(self.deps, job, timeout, SWEEPER_WRITER) is not None:
                 report.timed_out.append(job.job_id)
                 count("QuestionsTimedOut")
+        elif end_if_cancelled(self.deps, job.job_id, SWEEPER_WRITER) is not None:
+            # Its flag, read strongly: the index read that found the job may not show it yet, and
+            # the deadline below is a day away (its asker died after letting the lease go).
+            report.cancelled.append(job.job_id)
         else:  # the user has until the question expires
             self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
             report.waiting.append(job.job_id)
