@@ -15,4 +15,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     report = Sweeper(aws_deps(get_settings())).sweep()
     return {"requeued": len(report.requeued), "waiting": len(report.waiting), "queued": len(report.queued),
             "repaired": len(report.repaired), "timed_out": len(report.timed_out),
+            "cancelled": len(report.cancelled), "finished": len(report.finished),
             "gates_checked": len(report.gates_checked), "errors": report.errors}

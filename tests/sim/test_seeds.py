@@ -18,9 +18,7 @@ CI_SEEDS = int(os.environ.get("ALFRED_SIM_SEEDS", "10000"))
 # anything else, and asks for the entry's removal once its seed passes. A change to the simulator
 # or the runtime moves the histories: the list is that of the commit that wrote it.
 OPEN_FINDINGS = {
-    286: "cancel_ends_the_job",
     2471: "no_lease_left_behind",
-    3171: "gate_entries_belong_to_live_jobs",
 }
 
 

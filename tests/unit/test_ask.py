@@ -319,6 +319,68 @@ def test_the_sweeper_ends_a_waiting_job_whose_cancel_flag_is_set() -> None:
     assert deps.gates.read("u") == Gate()
 
 
+@pytest.mark.parametrize("dies_after", ["release_lease", "get"])
+def test_an_asker_dying_as_it_leaves_does_not_hold_a_cancel_for_the_questions_day(dies_after: str) -> None:
+    # GIVEN a worker that asks the user, a cancel the API answered 202 while it held the lease (a
+    # flag), and the worker's process dying as it leaves: once its lease is gone, before it looked
+    # at the flag again, or as it read it (sim seed 286 at 36d5f5e: its end's first write was held
+    # in flight, the process killed)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=60, cancel_poll_seconds=60,
+                                pending_grace_seconds=30), clock=clock)
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1"), None).job
+    store = deps.jobs
+    real_release, real_get = store.release_lease, store.get
+    flagged: list[bool] = []
+
+    def release_lease(job_id: str, *args: Any, **kwargs: Any) -> None:
+        flagged.append(svc.cancel("u", job_id)[1] is False)  # 202: the lease is live, a flag only
+        real_release(job_id, *args, **kwargs)
+        if dies_after == "release_lease":
+            raise SystemExit("the worker died here")
+
+    def get(job_id: str, consistent: bool = True) -> Job | None:
+        found = real_get(job_id, consistent)
+        if flagged and dies_after == "get":
+            raise SystemExit("the worker died here")
+        return found
+
+    store.release_lease = release_lease  # type: ignore[method-assign]
+    store.get = get  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        run(deps, job.job_id)
+    store.release_lease, store.get = real_release, real_get  # type: ignore[method-assign]
+    assert flagged == [True] and record(deps, job.job_id).status is JobStatus.WAITING
+    # WHEN a grace period passes (its message comes back only after its visibility timeout)
+    clock.offset += deps.settings.pending_grace_seconds + 1
+    Sweeper(deps).sweep()
+    # THEN the sweeper has ended it cancelled, not left it until the question's expiry
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert deps.gates.read("u") == Gate()
+
+
+def test_an_asking_jobs_flag_is_read_strongly_before_its_deadline_moves_to_the_expiry() -> None:
+    # GIVEN a waiting job found due by an index read that does not show its cancel flag yet
+    deps = make_deps()
+    job = ask_job(deps)
+    deps.jobs.request_cancel(job.job_id)
+    store = deps.jobs
+    real_find_due = store.find_due
+
+    def stale_find_due(now: float, limit: int) -> list[Job]:
+        return [replace(j, cancel_requested=False) for j in real_find_due(now, limit)]
+
+    store.find_due = stale_find_due  # type: ignore[method-assign]
+    deps.jobs.due[job.job_id] = deps.clock.now() - 1  # type: ignore[attr-defined]
+    # WHEN the sweeper looks at it
+    report = Sweeper(deps).sweep()
+    # THEN it is cancelled, not postponed until its question expires
+    assert report.cancelled == [job.job_id] and report.waiting == []
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+
+
 # ---- a question from a fenced worker ------------------------------------------------------------------
 
 

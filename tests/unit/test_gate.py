@@ -641,3 +641,35 @@ def test_a_submit_that_dies_at_its_put_leaves_no_entry_without_a_job() -> None:
     # THEN its user's gate holds no entry (an entry without a job would stay once the user has no
     # live job: nothing visits it)
     assert deps.gates.read("u") == Gate()
+
+
+def test_a_cancel_whose_hand_off_fails_behind_a_question_is_finalized_by_the_sweeper() -> None:
+    # GIVEN a job waiting its turn behind an earlier job of its conversation that asked the user
+    # (and will not hear back for a day), and the API's cancel of it, whose terminal event lands
+    # but whose gate removal fails (a timeout): the API answers "cancelled", the record still says
+    # pending (sim seed 3171 at 36d5f5e)
+    deps = make_deps()
+    deps.gates = FlakyGates()
+    deps.gates.fail_removes = 0
+    svc = JobService(deps)
+    asking = chat(svc, "chicken from my pantry [steps=2]")
+    assert run(deps, asking.job_id) is Outcome.DONE
+    assert log(deps, asking.job_id)[-1].type is EventType.INPUT_REQUIRED
+    second = chat(svc, "two")
+    deps.gates.fail_removes = 1
+    job, done = svc.cancel("u", second.job_id)
+    assert done and job.status is JobStatus.CANCELLED
+    assert [e.type for e in log(deps, second.job_id)] == [EventType.CANCELLED]
+    assert deps.gates.read("u").entry(second.job_id) is not None, "its removal failed"
+    # WHEN the sweeper finds it due (its cancel moved its deadline a grace period on)
+    deps.jobs.due[second.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    report = Sweeper(deps).sweep()
+    # THEN it finishes the ended job: its entry is gone and its record is terminal, off the index
+    # (left "waiting" behind the question, its entry would outlive it for the question's day, and
+    # a worker sent it would give it back unread: not its turn)
+    assert second.job_id not in report.waiting
+    assert deps.gates.read("u").entry(second.job_id) is None
+    record = deps.jobs.get(second.job_id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert second.job_id not in deps.jobs.due  # type: ignore[attr-defined]
+    assert [g.job_id for g in deps.gates.read("u").entries] == [asking.job_id]

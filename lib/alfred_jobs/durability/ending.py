@@ -4,16 +4,25 @@ cancel flag nobody acted on (``end_if_cancelled``).
 The same order as a worker's finalize: the terminal event at the head of the log (the fence: if a
 worker got an event in first, nothing is ended here), the job's place in its gate handed on, then
 the terminal projection, which takes the job off the sweeper's index. A crash before the
-projection leaves the job on the index: the sweeper sends it, and a worker finalizes it. For that
-to happen soon, the job's sweep deadline moves to a grace period from now *before* the terminal
-event: a job waiting on a question has it at the question's expiry (a day by default), and its
-gate entry, still there, would hold its conversation until then.
+projection leaves the job on the index: the sweeper finds it and finishes it (``finish_ended``),
+or sends it to a worker that finalizes it. For that to happen soon, the job's sweep deadline moves
+to a grace period from now *before* the terminal event: a job waiting on a question has it at the
+question's expiry (a day by default), and its gate entry, still there, would hold its
+conversation until then.
 """
 
 from __future__ import annotations
 
-from alfred_jobs.domain.events import CancelledPayload, EventType, FailedPayload, Payload, SteeredPayload, replay
-from alfred_jobs.domain.models import Event, Job, JobStatus, fold
+from alfred_jobs.domain.events import (
+    CancelledPayload,
+    CompletePayload,
+    EventType,
+    FailedPayload,
+    Payload,
+    SteeredPayload,
+    replay,
+)
+from alfred_jobs.domain.models import Event, Job, JobStatus, conversation_title, fold
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import SlotTaken, StoreError
@@ -29,9 +38,9 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     journal = Journal(deps.log, deps.settings.retention_seconds)
     # Before the terminal event, as ``JobService.answer`` before its own: should the finalizing
     # below fail (or this process die), the sweeper finds the job a grace period from now and
-    # sends it to a worker, which finalizes it (``Sweeper._sweep_one``: an asking entry goes
-    # through ``_asking``, which sends an ended job; any other is sent once it may start, or by
-    # the hand-off that frees its way). Not its question's expiry, a day away.
+    # finishes it (``Sweeper._sweep_one``: an asking entry goes through ``_asking``, which sends an
+    # ended job to a worker; one that may start is sent; one that must wait is finished there, by
+    # ``finish_ended``). Not its question's expiry, a day away.
     deps.jobs.postpone(job.job_id, deps.clock.now() + deps.settings.pending_grace_seconds)
     sealed = _seal_unheld(deps, journal, job, writer)
     if sealed is None:
@@ -44,18 +53,57 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
         return None
     done = fold(job, [ev])
     try:
-        if isinstance(payload, CancelledPayload) and payload.partial_reply:
-            # As a worker's finalize would (and does, if this fails: the sweeper sends the job).
-            deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                           payload.partial_reply, ev.at, journal.expires_at(deps.clock.now()),
-                                           stopped=True)
-        Admission(deps).release(done)
-        if isinstance(payload, FailedPayload):
-            deps.queue.dead_letter(job.job_id, job.job_id, payload.error.code)  # guarantee 8
-        deps.jobs.save_projection(done, owner=None)
+        _finish(deps, done, ev)
     except StoreError as exc:
-        log.warning("ended; finalizing is left to a worker", extra={"job_id": job.job_id, "error": str(exc)})
+        log.warning("ended; finalizing is left to the sweeper", extra={"job_id": job.job_id, "error": str(exc)})
     return done
+
+
+def finish_ended(deps: Deps, job_id: str) -> Job | None:
+    """Finish a job whose log ends in its terminal event but whose record does not say so, and
+    that nobody holds: what ``end_unheld`` does after its event, when that failed (a timed-out gate
+    removal, a crash). The finished job, or None (not ended by its log, already finished, or held:
+    its holder meets the terminal event at its next write and finalizes).
+
+    Why here and not by a worker: the sweeper sends a job a worker would finalize only once it may
+    start, and a job waiting behind an earlier one of its conversation may not start for a day (that
+    one asks the user): a worker sent it reads the gate, finds it not its turn, and gives it back
+    without reading its log. Meanwhile its entry holds a place in the gate (sim seed 3171 at
+    36d5f5e). Strongly consistent reads: the record, then the log after its projection."""
+    job = deps.jobs.get(job_id)
+    if job is None or job.terminal or job.lease_live(deps.clock.now()):
+        return None
+    events = Journal(deps.log, deps.settings.retention_seconds).read_after(job_id, job.last_seq)
+    if not events or not events[-1].terminal:
+        return None
+    done = fold(job, events)
+    _finish(deps, done, events[-1])
+    return done
+
+
+def _finish(deps: Deps, done: Job, term: Event) -> None:
+    """From the terminal event ``term`` of ``done``, a job nobody holds, as a worker's finalize:
+    its conversation turn (a reply, or the words a stop kept), a failure's message parked, its place
+    in the gate handed on, then its terminal projection (off the sweeper's index, so a failure
+    before it leaves the job to the sweeper, which finishes it again: each write is idempotent)."""
+    payload = term.payload
+    journal = Journal(deps.log, deps.settings.retention_seconds)
+    expires_at = journal.expires_at(deps.clock.now())
+    reply = payload.reply if isinstance(payload, CompletePayload) else (
+        payload.partial_reply if isinstance(payload, CancelledPayload) else None)
+    if reply:
+        # The messages steered into the job are its turn's too, between its message and the reply
+        # (a rare path: a reply this process did not write, so the log is read for them).
+        steered = tuple(replay(journal.read_all(done.job_id, known_head=term.seq)).steered.values())
+        deps.conversations.commit_turn(done.user_id, done.conversation_id, done.job_id, done.message,
+                                       reply, term.at, expires_at, steered,
+                                       stopped=isinstance(payload, CancelledPayload))
+        deps.conversations.touch(done.user_id, done.conversation_id, term.at,
+                                 conversation_title(done.message), expires_at)
+    Admission(deps).release(done)
+    if isinstance(payload, FailedPayload):
+        deps.queue.dead_letter(done.job_id, done.job_id, payload.error.code)  # guarantee 8
+    deps.jobs.save_projection(done, owner=None)
 
 
 def cancel_of(deps: Deps, job: Job, by: str | None) -> CancelledPayload:

@@ -694,10 +694,19 @@ class _Attempt:
     def _wait_for_answer(self, *, undo_attempt: bool = False) -> RunResult:
         """End the attempt with the job waiting: it holds no lease, no slot, no message.
 
-        In order: the projection says ``waiting``; the lease goes, its sweep deadline set to the
-        question's expiry (the sweeper fails it then: ``input_timeout``); the slot is handed on;
-        the user is notified. Then the log is read once more: an answer that arrived while we were
+        In order: the projection says ``waiting``; the lease goes, its sweep deadline set to a
+        grace period from now; the cancel flag is read again; the slot is handed on; the user is
+        notified; the sweep deadline moves to the question's expiry (the sweeper fails it then:
+        ``input_timeout``). Then the log is read once more: an answer that arrived while we were
         leaving is seen here, or its sender saw us gone (``Admission.resume`` is idempotent).
+
+        Why the deadline moves twice: should this process die once the lease is gone (SIGKILL, a
+        Lambda timeout), the flag's check, the pause or the hand-off would otherwise wait for the
+        question's expiry, a day, or for the message's visibility timeout (12 minutes): a cancel
+        answered 202 left the job waiting all that time (sim seed 286 at 36d5f5e). The short
+        deadline makes the sweeper look within a grace period: it ends a flagged job
+        (``end_if_cancelled``), sends one that still holds its slot (a worker leaves again), and
+        moves an asking one's deadline to its expiry. One more write per question asked.
 
         ``undo_attempt``: this delivery found the job already waiting and started nothing (a
         duplicate message, the sweeper's send, the redelivery of an asker that died leaving), so
@@ -720,7 +729,8 @@ class _Attempt:
                 self.deps.jobs.save_projection(self.view, owner=self.owner)
             except Fenced:
                 pass  # a newer projection is there (the answer's): it says more than ours
-            self.deps.jobs.release_lease(self.job.job_id, self.owner, expires, undo_attempt=undo_attempt)
+            self.deps.jobs.release_lease(self.job.job_id, self.owner,
+                                         self.clock.now() + self.s.pending_grace_seconds, undo_attempt=undo_attempt)
             released = True
             if self._cancelled_after_release():
                 return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
@@ -729,6 +739,9 @@ class _Attempt:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
                                          seq=self.head, title="Alfred needs your answer",
                                          body=question.prompt[:160]))
+            # Before the tail's read: an answer landing after it postpones after us, and one landing
+            # before it is seen there and resumed (which postpones again, if the job may start).
+            self.deps.jobs.postpone(self.job.job_id, expires)
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
                 self.r.admission.resume(self.view, attempt=self.attempt)

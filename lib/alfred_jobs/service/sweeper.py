@@ -26,6 +26,9 @@ It reads the active jobs whose deadline passed and tells four cases apart:
   then ended ``failed`` with ``input_timeout``; an answered one whose resume was lost is sent.
 - **cancelled, not ended**: nobody holds it and its cancel flag is set (its worker let the lease
   go and died before it looked at the flag again): ended ``cancelled``, as the API would have.
+- **ended, behind others**: its gate says wait, but its log holds its end (the API cancelled it,
+  and its gate removal or projection failed): finished here (``finish_ended``), since a worker
+  would find it not its turn and give it back unread.
 
 Sending a healthy job again is harmless (the worker drops a delivery whose job holds a live
 lease, or is done), so every mistake here costs a message, never a second run. The reads that
@@ -58,7 +61,7 @@ from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, repla
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import Job, fold
 from alfred_jobs.durability.admission import Admission
-from alfred_jobs.durability.ending import end_if_cancelled, end_unheld
+from alfred_jobs.durability.ending import end_if_cancelled, end_unheld, finish_ended
 from alfred_jobs.durability.journal import Journal
 from alfred_jobs.exceptions import StoreError
 from alfred_jobs.observability import count, get_logger
@@ -78,6 +81,7 @@ class SweepReport:
     handed_on: list[str] = field(default_factory=list)  # sent because a repair freed their way
     timed_out: list[str] = field(default_factory=list)  # questions unanswered past their expiry: failed
     cancelled: list[str] = field(default_factory=list)  # cancel flags nobody acted on: ended cancelled
+    finished: list[str] = field(default_factory=list)  # ended by their log, waiting by their record: finished
     gates_checked: list[str] = field(default_factory=list)  # users whose gate's entries were checked
     errors: int = 0
 
@@ -149,6 +153,8 @@ class Sweeper:
                 return
             if entry is not None and not entry.running:
                 if not gate.next_up(job.job_id, s.max_running_per_user):
+                    if self._finished(job, gates, report):
+                        return
                     self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
                     report.waiting.append(job.job_id)
                     return
@@ -168,6 +174,22 @@ class Sweeper:
         # write, is known to be in the queue (``sent``): presumed queued while the backlog lasts.
         self.deps.jobs.postpone(job.job_id, later, sent=True)
         (report.resent if resent else report.requeued).append(job.job_id)
+
+    def _finished(self, job: Job, gates: dict[str, Gate], report: SweepReport) -> bool:
+        """Whether ``job``, which must wait its turn, has in fact ended: its log holds its terminal
+        event (an API cancel, or the sweeper's own ending, whose gate removal or projection failed).
+        Then it is finished here (``finish_ended``): a worker sent it would give it back unread,
+        not its turn, and its entry would hold its place until its turn came, a day behind a
+        question (sim seed 3171 at 36d5f5e). One strongly consistent read of the log's next key per
+        waiting job found due (once per grace period); more only for a job that has ended."""
+        journal = Journal(self.deps.log, self.deps.settings.retention_seconds)
+        if not fold(job, journal.read_after(job.job_id, job.last_seq)).terminal:
+            return False
+        if finish_ended(self.deps, job.job_id) is None:
+            return False  # held (its holder finalizes), or finished meanwhile: looked at again later
+        gates.pop(job.user_id, None)  # its entry went: read the gate afresh for the next job
+        report.finished.append(job.job_id)
+        return True
 
     def _check_gate(self, user_id: str, now: float, live: set[str], report: SweepReport) -> None:
         """Remove the leftovers of a gate whose check is due (any entry, in anyone's way or not)
@@ -229,6 +251,10 @@ class Sweeper:
             if end_unheld(self.deps, job, timeout, SWEEPER_WRITER) is not None:
                 report.timed_out.append(job.job_id)
                 count("QuestionsTimedOut")
+        elif end_if_cancelled(self.deps, job.job_id, SWEEPER_WRITER) is not None:
+            # Its flag, read strongly: the index read that found the job may not show it yet, and
+            # the deadline below is a day away (its asker died after letting the lease go).
+            report.cancelled.append(job.job_id)
         else:  # the user has until the question expires
             self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
             report.waiting.append(job.job_id)
