@@ -39,6 +39,8 @@ export interface Job {
   last_seq: number;
   progress: Progress;
   cancel_requested?: boolean;
+  /** On the answer to `POST /api/chat` with multitask "steer": true when the message joined the active job. */
+  steered?: boolean;
   output?: { reply: string; [k: string]: unknown };
   error?: ApiErrorBody;
   links?: JobLinks | null;
@@ -114,6 +116,8 @@ export interface JobView {
   question: QuestionView | null;
   /** The last answer taken (from `input_received`, whichever device sent it). */
   answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
+  /** Messages that joined this job (`steered` events, multitask "steer"), in order. */
+  steers: { messageId: string | null; text: string }[];
 }
 
 /** What the client remembers per job in storage (localStorage by default). */
@@ -177,7 +181,7 @@ export interface SubmitOptions {
   retries?: number;
   /** If the conversation has a job under way: wait for it (the server's default), refuse
    * (409 conversation_busy, `AlfredApiError.jobId`), or stop it (it ends cancelled, `cancelReason: 'interrupted'`). */
-  multitask?: 'enqueue' | 'reject' | 'interrupt';
+  multitask?: 'enqueue' | 'reject' | 'interrupt' | 'steer';
   signal?: AbortSignal;
 }
 
@@ -232,6 +236,11 @@ export interface AlfredClient {
   getConversation(conversationId: string, page?: { limit?: number; cursor?: string }): Promise<{
     conversation_id: string; next_cursor: string | null;
     messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string }[] }>;
+  /** `GET /api/conversations`: the caller's conversations, most recently active first. */
+  listConversations(page?: { limit?: number; cursor?: string }): Promise<{
+    conversations: { conversation_id: string; updated_at: string; title: string }[]; next_cursor: string | null }>;
+  /** A job's view folded from its whole log, read once (`GET .../events?wait=0`, no stream held). */
+  readView(jobId: string): Promise<JobView>;
   /** Answer the job's question at `links.input` (or `/api/jobs/{id}/input`). `taken`: true on 202 (the job
    * goes on), false on 200 (the same answer was already taken). Rejects with an AlfredApiError: 409
    * `input_answered` (answered otherwise, e.g. on another device), `stale_input`, `input_expired`,

@@ -55,7 +55,7 @@ export function emptyView(jobId, status = 'pending') {
   return {
     jobId, status, phase: null, attempt: 1, totalSteps: null, steps: [], currentStep: null,
     completedSteps: 0, label: null, reply: '', error: null, retry: null, lastSeq: 0,
-    cancelReason: null, cancelledBy: null, question: null, answered: null,
+    cancelReason: null, cancelledBy: null, question: null, answered: null, steers: [],
   };
 }
 
@@ -162,6 +162,11 @@ export function applyEvent(view, ev) {
       v.cancelledBy = d.by || null;
       v.currentStep = null;
       v.retry = null;
+      break;
+    case 'steered':
+      // A message of the user joined this job (multitask "steer"): the agent sees it from the
+      // next step boundary on; the conversation shows it as the user's, before the one reply.
+      v.steers = [...(view.steers || []), { messageId: d.message_id || null, text: d.text || '' }];
       break;
     default:
       break; // unknown types are ignored: the contract may grow
@@ -299,8 +304,10 @@ export function createAlfredClient(options = {}) {
   /**
    * Submit a message as a job. The Idempotency-Key makes a double tap or a resend after a lost
    * answer return the same job; network errors and 5xx are retried with that same key.
-   * `multitask` (enqueue | reject | interrupt) says what to do if the conversation has a job under
-   * way; unset, the server's default (enqueue: the new job waits its turn). A 429 too_many_jobs
+   * `multitask` (enqueue | reject | interrupt | steer) says what to do if the conversation has a job
+   * under way; unset, the server's default (enqueue: the new job waits its turn). With `steer` the
+   * answer is the active job with `steered: true` (the message joined it), or a new job with
+   * `steered: false` (that job was already replying or had ended: the message was queued). A 429 too_many_jobs
    * is not retried here: it frees up only when one of the user's jobs ends (see `retryAfter`).
    */
   async function submitChat(message, opts = {}) {
@@ -421,6 +428,28 @@ export function createAlfredClient(options = {}) {
     return api(`/api/conversations/${encodeURIComponent(id)}${query ? `?${query}` : ''}`);
   };
 
+  /** The caller's conversations, most recently active first: `{conversations, next_cursor}`. */
+  const listConversations = ({ limit = 50, cursor } = {}) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (cursor) q.set('cursor', cursor);
+    return api(`/api/conversations?${q}`);
+  };
+
+  /**
+   * A job's view folded from its whole log, read once (no stream held): for a job that has ended,
+   * to show it as the device that sent it did (its error, its cancel, its question's answer).
+   */
+  async function readView(jobId) {
+    let view = emptyView(jobId);
+    for (let pages = 0; pages < 50; pages += 1) {
+      const page = await api(`/api/jobs/${encodeURIComponent(jobId)}/events?after=${view.lastSeq}&wait=0`);
+      const events = (page.events || []).filter((ev) => ev.seq > view.lastSeq).sort((a, b) => a.seq - b.seq);
+      for (const ev of events) view = applyEvent(view, ev);
+      if (!events.length || isTerminal(view.status)) break;
+    }
+    return view;
+  }
+
   // ---- watch -------------------------------------------------------------------------
   class Watcher {
     constructor(job, handlers) {
@@ -539,7 +568,7 @@ export function createAlfredClient(options = {}) {
       // The server names each frame by its type; listen to every type of the contract and to
       // unnamed messages, and dedupe by seq (each event handled once whatever arrives twice).
       for (const t of ['status', 'phase', 'plan', 'step', 'delta', 'resumed', 'input_required', 'input_received',
-        'complete', 'failed', 'cancelled']) {
+        'steered', 'complete', 'failed', 'cancelled']) {
         es.addEventListener(t, onFrame);
       }
       es.onmessage = onFrame;
@@ -701,6 +730,7 @@ export function createAlfredClient(options = {}) {
 
   return {
     submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation, answerInput,
+    listConversations, readView,
     getPushKey, savePushSubscription, deletePushSubscription,
     draftKey, finishedWhileAway, acknowledge, records: allRecords, record: readRecord, close,
     watching: () => Array.from(watchers.keys()),

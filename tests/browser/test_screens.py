@@ -146,7 +146,8 @@ def test_screens_of_each_state(phone: Any, user: str, scheme: str) -> None:
     expect(first.get_by_role("button", name="Cancel")).to_be_visible()
     shoot(page, scheme, "running")
 
-    # A second message while it runs: queued under it, muted, with its own Cancel
+    # A second message while it runs, with "Queue it" chosen: queued under it, muted, with its own Cancel
+    page.get_by_label("Queue it").check()
     second = send_new(page, "[steps=1] two quick desserts")
     expect(second.locator(".queued-label")).to_have_text("Queued")
     expect(second.locator(".queued")).to_contain_text("Starts by itself when Alfred has finished your earlier message")
