@@ -214,9 +214,27 @@ class MessagePage:
     before: str | None
 
 
+@dataclass(frozen=True)
+class ConversationHead:
+    """One conversation as the user's list shows it."""
+
+    conversation_id: str
+    updated_at: str  # ISO-8601: when it was last active (a message sent, a reply committed)
+    title: str       # its first user message, shortened
+
+
+@dataclass(frozen=True)
+class ConversationList:
+    conversations: list[ConversationHead]  # most recently active first
+    # Where the next page starts, if there may be more: an opaque store position (the service
+    # signs it into the public cursor), passed back as ``before``.
+    before: str | None
+
+
 class ConversationStore(Protocol):
-    """A conversation's committed turns. Reads are bounded: newest first with a limit, so their
-    cost is the page asked for, never the conversation's length."""
+    """A conversation's committed turns, and each user's list of conversations. Reads are
+    bounded: newest first with a limit, so their cost is the page asked for, never the
+    conversation's length (or the number of conversations)."""
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
                     at: str, expires_at: int) -> None:
@@ -229,6 +247,19 @@ class ConversationStore(Protocol):
 
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` committed messages, oldest first (``page(...).messages``)."""
+
+    def touch(self, user_id: str, conversation_id: str, at: str, title: str, expires_at: int) -> None:
+        """Mark the conversation active at ``at`` (ISO-8601, as events write it) on the user's
+        list, living until ``expires_at``. Its place moves to ``at`` unless it already stands later
+        (touches may land out of order); ``title`` is kept from the first touch of the
+        conversation's life (an expired entry counts as gone, and the next touch starts it anew).
+        Idempotent."""
+
+    def recent(self, user_id: str, limit: int, before: str | None = None) -> ConversationList:
+        """The user's live conversations, most recently active first: ``limit`` of them after the
+        position ``before`` (the start, if None). May be eventually consistent (on DynamoDB an
+        index read: a conversation touched a moment ago may show at its older place, or not yet);
+        an expired entry is never listed."""
 
 
 class JobQueue(Protocol):

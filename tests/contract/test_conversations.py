@@ -199,3 +199,66 @@ def test_expired_messages_inside_a_page_are_skipped_and_the_page_stays_full(back
     rest = counted.store.page(user, conv, 100, page.before)
     assert [m["text"] for m in rest.messages] == live_texts[:-4] and rest.before is None
     assert counted.items_read <= 10 + (4 + 1) + len(live_texts), "the expired items are read once each"
+
+
+# ---- the user's list of conversations (touch, recent) -------------------------------------------
+
+
+def test_recent_lists_the_users_conversations_most_recently_active_first(backend: Backend) -> None:
+    user, a, b, c = uid("user"), uid("conv"), uid("conv"), uid("conv")
+    backend.conversations.touch(user, a, at(30), "tofu stir fry", live())
+    backend.conversations.touch(user, b, at(20), "mushroom risotto", live())
+    backend.conversations.touch(user, c, at(10), "pancakes", live())
+    later = at(5)
+    backend.conversations.touch(user, a, later, "a later message", live())  # a is active again
+    backend.conversations.touch(uid("user"), uid("conv"), at(1), "another user's", live())
+    listed = backend.conversations.recent(user, 10)
+    assert [(h.conversation_id, h.title) for h in listed.conversations] == [
+        (a, "tofu stir fry"), (c, "pancakes"), (b, "mushroom risotto")]  # the title is the first's
+    assert listed.conversations[0].updated_at == later and listed.before is None
+
+
+def test_a_touch_that_lands_late_does_not_move_a_conversation_back(backend: Backend) -> None:
+    user, conv = uid("user"), uid("conv")
+    newer = at(1)
+    backend.conversations.touch(user, conv, newer, "first", live())
+    backend.conversations.touch(user, conv, at(9), "late", live())  # a commit read before a submit
+    backend.conversations.touch(user, conv, newer, "again", live())  # idempotent
+    [head] = backend.conversations.recent(user, 10).conversations
+    assert (head.updated_at, head.title) == (newer, "first")
+
+
+def test_recent_pages_cover_each_conversation_once(backend: Backend) -> None:
+    user = uid("user")
+    convs = [uid("conv") for _ in range(7)]
+    for minute, conv in enumerate(convs):
+        backend.conversations.touch(user, conv, at(100 - minute), f"t{minute}", live())
+    seen: list[str] = []
+    before: str | None = None
+    pages = 0
+    while True:
+        page = backend.conversations.recent(user, 3, before)
+        seen += [h.conversation_id for h in page.conversations]
+        pages += 1
+        if page.before is None:
+            break
+        before = page.before
+    assert seen == convs[::-1] and pages == 3
+
+
+def test_an_expired_conversation_is_never_listed_and_starts_anew(backend: Backend) -> None:
+    user, old, kept = uid("user"), uid("conv"), uid("conv")
+    backend.conversations.touch(user, kept, at(50), "kept", live())
+    backend.conversations.touch(user, old, at(40), "long ago", past())  # still held: TTL deletes late
+    listed = backend.conversations.recent(user, 1)
+    assert [h.conversation_id for h in listed.conversations] == [kept] and listed.before is None
+    backend.conversations.touch(user, old, at(30), "its id used again", live())
+    [head, _] = backend.conversations.recent(user, 10).conversations
+    assert (head.conversation_id, head.title) == (old, "its id used again")
+
+
+def test_the_list_never_shows_in_a_conversations_messages(backend: Backend) -> None:
+    user, conv = uid("user"), uid("conv")
+    backend.conversations.commit_turn(user, conv, uid("job"), "m", "r", at(2), live())
+    backend.conversations.touch(user, conv, at(2), "m", live())
+    assert [m["text"] for m in backend.conversations.messages(user, conv, 10)] == ["m", "r"]

@@ -252,3 +252,38 @@ def test_past_the_active_limit_a_submit_is_a_429_with_retry_after(faithful_env: 
 
 
 
+
+
+def test_the_users_conversations_are_listed_newest_first_with_their_titles(faithful_env: Faithful) -> None:
+    env, _ = faithful_env
+    with make_stack(env, ALFRED_DEMO_STEP_SECONDS="0.05") as stack:
+        stack.start_worker(concurrency=2)
+        # GIVEN two conversations of alice's, the older one active again last, and one of bob's
+
+        def done(message: str, conv: str | None = None, user: str = "alice") -> tuple[Job, str]:
+            job = chat(stack, message, conv, user=user)
+            events = wait_terminal(stack, job.job_id, timeout=60)
+            assert events[-1].type is EventType.COMPLETE
+            return job, events[-1].at
+
+        tofu, _ = done("stir fry with the tofu from the fridge [steps=1]")
+        risotto, _ = done("mushroom risotto [steps=1]")
+        _, replied = done("and a salad [steps=1]", tofu.conversation_id)
+        done("bob's pancakes [steps=1]", user="bob")
+        # WHEN alice lists her conversations (the index the page's drawer and the CLI read: a view,
+        # which may lag a write by the proxy's stale-read window)
+        svc = JobService(stack.deps)
+        want = [(tofu.conversation_id, "stir fry with the tofu from the fridge [steps=1]", replied),
+                (risotto.conversation_id, "mushroom risotto [steps=1]")]
+
+        def listed() -> list[tuple[str, ...]]:
+            items, nxt = svc.conversations("alice", None, None)
+            assert nxt is None
+            return [(c["conversation_id"], c["title"], c["updated_at"])[:3 - i] for i, c in enumerate(items)]
+
+        # THEN each is there once, most recently active first, titled by its first message, and
+        # the latest at the time of its reply
+        wait_until(lambda: listed() == want, timeout=10, what="the list to show the latest reply")
+        page, nxt = svc.conversations("alice", 1, None)
+        assert [c["conversation_id"] for c in page] == [tofu.conversation_id] and nxt
+        assert [c["conversation_id"] for c in svc.conversations("alice", 1, nxt)[0]] == [risotto.conversation_id]

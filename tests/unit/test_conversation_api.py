@@ -105,3 +105,72 @@ def test_limits_and_cursors_are_checked(client: TestClient, deps: Deps) -> None:
         == "invalid_cursor"
     edited = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
     assert error_code(client.get(f"{url}?cursor={edited}", headers=auth()), 400) == "invalid_cursor"
+
+
+# ---- GET /api/conversations: the caller's conversations, most recently active first (issue 27) ----
+
+
+def chat(client: TestClient, message: str, conv: str | None = None, user: str = "alice") -> str:
+    body: dict[str, str] = {"message": message}
+    if conv:
+        body["conversation_id"] = conv
+    resp = client.post("/api/chat", json=body, headers=auth(user))
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["conversation_id"])
+
+
+def test_the_list_has_each_conversation_once_newest_first_titled_by_its_first_message(
+        client: TestClient) -> None:
+    tofu = chat(client, "Stir fry with the tofu from my pantry, please: something quick for tonight's dinner")
+    risotto = chat(client, "mushroom risotto")
+    chat(client, "and a salad on the side", conv=tofu)  # the tofu conversation is active again
+    chat(client, "bob's own", user="bob")
+    body = client.get("/api/conversations", headers=auth()).json()
+    assert set(body) == {"conversations", "next_cursor"} and body["next_cursor"] is None
+    assert [c["conversation_id"] for c in body["conversations"]] == [tofu, risotto]
+    first = body["conversations"][0]
+    assert set(first) == {"conversation_id", "updated_at", "title"}
+    assert first["title"] == "Stir fry with the tofu from my pantry, please: something…"
+    assert body["conversations"][1]["title"] == "mushroom risotto"
+
+
+def test_the_list_pages_by_a_signed_cursor(client: TestClient) -> None:
+    convs = [chat(client, f"recipe {i}") for i in range(5)]
+    seen: list[str] = []
+    url = "/api/conversations?limit=2"
+    while url:
+        body = client.get(url, headers=auth()).json()
+        assert len(body["conversations"]) <= 2
+        seen += [c["conversation_id"] for c in body["conversations"]]
+        url = f"/api/conversations?limit=2&cursor={body['next_cursor']}" if body["next_cursor"] else ""
+    assert seen == convs[::-1]
+    cursor = client.get("/api/conversations?limit=2", headers=auth()).json()["next_cursor"]
+    assert error_code(client.get(f"/api/conversations?cursor={cursor}", headers=auth("bob")), 400) == "invalid_cursor"
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=11", "limit=x", "cursor=nope", "cursor="])
+def test_a_bad_limit_or_cursor_is_a_400_in_the_one_error_shape(client: TestClient, query: str) -> None:
+    code = error_code(client.get(f"/api/conversations?{query}", headers=auth()), 400)
+    assert code in {"invalid_limit", "invalid_cursor", "invalid_input"}
+
+
+def test_a_message_pages_cursor_is_no_list_cursor(client: TestClient, deps: Deps) -> None:
+    commit(deps, 12)
+    cursor = client.get(f"/api/conversations/{CONV}", headers=auth()).json()["next_cursor"]
+    assert error_code(client.get(f"/api/conversations?cursor={cursor}", headers=auth()), 400) == "invalid_cursor"
+
+
+def test_an_expired_conversation_is_not_listed(deps: Deps, client: TestClient) -> None:
+    deps.conversations.touch("alice", "gone", iso(time.time() - 10), "old", int(time.time()) - 1)
+    assert client.get("/api/conversations", headers=auth()).json()["conversations"] == []
+
+
+def test_a_submit_whose_list_update_fails_still_answers_202(client: TestClient, deps: Deps,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from alfred_jobs.exceptions import TransientStoreError
+
+    def broken(*args: object) -> None:
+        raise TransientStoreError("throttled")
+
+    monkeypatch.setattr(deps.conversations, "touch", broken)
+    chat(client, "the list is a view")

@@ -45,6 +45,9 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SubmitFunction", "dynamodb", "GetItem", "EventsTable", None),
     ("SubmitFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
     ("SubmitFunction", "dynamodb", "Query", "ConversationsTable", None),
+    # the user's conversations: a submit touches its conversation's head, the list reads the index
+    ("SubmitFunction", "dynamodb", "UpdateItem", "ConversationsTable", None),
+    ("SubmitFunction", "dynamodb", "Query", "ConversationsTable", "by_activity"),
     ("SubmitFunction", "sqs", "SendMessage", "JobsQueue", None),
     # Web Push: the VAPID secret (for the public key); subscriptions are push#<user> items, each
     # endpoint's owner a pushep#<hash> item (PutItem, UpdateItem, DeleteItem, GetItem above)
@@ -64,6 +67,7 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("WorkerFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
     ("WorkerFunction", "dynamodb", "PutItem", "ConversationsTable", None),
     ("WorkerFunction", "dynamodb", "Query", "ConversationsTable", None),
+    ("WorkerFunction", "dynamodb", "UpdateItem", "ConversationsTable", None),  # the head, at commit
     ("WorkerFunction", "dynamodb", "UpdateItem", "AgentDataTable", None),
     ("WorkerFunction", "dynamodb", "PutItem", "AgentDataTable", None),
     ("WorkerFunction", "dynamodb", "Query", "AgentDataTable", None),
@@ -313,7 +317,8 @@ def test_a_role_without_a_dynamodb_action_fails_every_call_of_it() -> None:
         denied_calls(worker_calls, statements("WorkerFunction"), ARNS))
     assert denied and all("dynamodb:UpdateItem" in line for line in denied)
     assert {line.rsplit("table/", 1)[1].split(" ")[0] for line in denied} == {
-        RESOLVER.physical.refs["JobsTable"], RESOLVER.physical.refs["AgentDataTable"]}
+        RESOLVER.physical.refs["JobsTable"], RESOLVER.physical.refs["AgentDataTable"],
+        RESOLVER.physical.refs["ConversationsTable"]}
 
 
 def test_a_call_on_another_deployment_s_table_is_denied() -> None:

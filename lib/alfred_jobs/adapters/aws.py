@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso
 from alfred_jobs.domain.retention import expired
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld, StoreError, TransientStoreError
-from alfred_jobs.ports import JobPage, MessagePage
+from alfred_jobs.ports import ConversationHead, ConversationList, JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
 ACTIVE_SHARDS = 4  # the sweeper's sparse index is spread over this many partitions
@@ -900,6 +900,78 @@ class DynamoConversationStore:
 
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         return self.page(user_id, conversation_id, limit).messages
+
+    # ---- the user's list: one head item per conversation, on the sparse index ``by_activity``
+
+    def touch(self, user_id: str, conversation_id: str, at: str, title: str, expires_at: int) -> None:
+        """One UpdateItem on the conversation's head (its own partition, ``user#conversation#head``,
+        so that reading the messages never meets it). The condition keeps the latest ``at`` when
+        touches land out of order; an expired head is started anew, title included (a second,
+        rare, write: ``if_not_exists`` cannot tell an expired title from a live one)."""
+        key = {"conversation_key": _head_key(user_id, conversation_id), "sk": HEAD_SK}
+        values = {":u": user_id, ":c": conversation_id, ":at": at, ":s": f"{at}#{conversation_id}",
+                  ":e": expires_at, ":t": title, ":now": int(self._clock.now())}
+        try:
+            with mapped_errors():
+                out = self._c.dynamodb.update_item(
+                    TableName=self._table, Key=serialize(key),
+                    UpdateExpression="SET #u = :u, #c = :c, #at = :at, #s = :s, #e = :e, "
+                                     "#t = if_not_exists(#t, :t)",
+                    ConditionExpression="attribute_not_exists(#at) OR #at < :at OR #e <= :now",
+                    ExpressionAttributeNames=_HEAD_NAMES, ExpressionAttributeValues=serialize(values),
+                    ReturnValues="ALL_OLD")
+        except ConditionFailed:
+            return  # a later touch stands (with a later expiry): this one changes nothing
+        old = deserialize(out.get("Attributes") or {})
+        if old and expired(int(old.get("expires_at", 0)), values[":now"]) and old.get("title") != title:
+            with suppress(ConditionFailed), mapped_errors():  # a later touch came in between: it stands
+                self._c.dynamodb.update_item(
+                    TableName=self._table, Key=serialize(key), UpdateExpression="SET #t = :t",
+                    ConditionExpression="#at = :at", ExpressionAttributeNames={"#t": "title", "#at": "updated_at"},
+                    ExpressionAttributeValues=serialize({":t": title, ":at": at}))
+
+    def recent(self, user_id: str, limit: int, before: str | None = None) -> ConversationList:
+        """An index query, newest first, from ``before``; expired heads (TTL deletes days late)
+        are skipped, asking for more each round as ``page`` does."""
+        found: list[dict[str, Any]] = []
+        start: dict[str, Any] | None = None
+        cond, values = "user_id = :u", {":u": user_id}
+        if before:
+            cond, values = "user_id = :u AND active_sk < :b", {":u": user_id, ":b": before}
+        ask = 0
+        while True:
+            want = limit + 1 - len(found)
+            ask = want if ask == 0 else min(MAX_QUERY_LIMIT, max(want, 2 * ask))
+            args: dict[str, Any] = {
+                "TableName": self._table, "IndexName": "by_activity", "KeyConditionExpression": cond,
+                "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False, "Limit": ask}
+            if start:
+                args["ExclusiveStartKey"] = serialize(start)
+            with mapped_errors():
+                out = self._c.dynamodb.query(**args)
+            now = self._clock.now()
+            for raw in out.get("Items", []):
+                d = deserialize(raw)
+                if not expired(int(d.get("expires_at", 0)), now):
+                    found.append(d)
+            lek = out.get("LastEvaluatedKey")
+            if len(found) > limit or not lek:
+                kept = found[:limit]
+                more = len(found) > limit
+                return ConversationList(
+                    [ConversationHead(h["conversation_id"], h["updated_at"], h.get("title", "")) for h in kept],
+                    kept[-1]["active_sk"] if more and kept else None)
+            start = deserialize(lek)
+
+
+HEAD_SK = "head"
+_HEAD_NAMES = {"#u": "user_id", "#c": "conversation_id", "#at": "updated_at", "#s": "active_sk",
+               "#e": "expires_at", "#t": "title"}
+
+
+def _head_key(user_id: str, conversation_id: str) -> str:
+    # Neither a user name nor a conversation id holds "#": no conversation's messages share it.
+    return f"{user_id}#{conversation_id}#head"
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld
-from alfred_jobs.ports import Deps, JobPage, MessagePage
+from alfred_jobs.ports import ConversationHead, ConversationList, Deps, JobPage, MessagePage
 from alfred_jobs.settings import Settings
 
 
@@ -394,11 +394,20 @@ class MemoryEventLog:
                           key=lambda e: e.seq)
 
 
+@dataclass(frozen=True)
+class _Head:
+    updated_at: str
+    title: str
+    expires_at: int
+
+
 class MemoryConversationStore:
-    """Two messages per turn, keyed by ``at#job_id#n`` as in DynamoDB; expired messages read as gone."""
+    """Two messages per turn, keyed by ``at#job_id#n`` as in DynamoDB; expired messages read as
+    gone. Each conversation's head (its place on its user's list) as the adapter keeps it."""
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.items: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.heads: dict[str, dict[str, _Head]] = {}  # user -> conversation -> head
         self.expiry: dict[tuple[str, str, str], int] = {}
         self.items_read = 0  # messages looked at by reads (live or expired), for tests
         self.lock = threading.RLock()
@@ -433,6 +442,25 @@ class MemoryConversationStore:
 
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         return self.page(user_id, conversation_id, limit).messages
+
+    def touch(self, user_id: str, conversation_id: str, at: str, title: str, expires_at: int) -> None:
+        with self.lock:
+            heads = self.heads.setdefault(user_id, {})
+            old = heads.get(conversation_id)
+            if old is None or old.expires_at <= self.clock.now():
+                heads[conversation_id] = _Head(at, title, expires_at)
+            elif old.updated_at < at:  # a later touch stands: the earlier one changes nothing
+                heads[conversation_id] = _Head(at, old.title, expires_at)
+
+    def recent(self, user_id: str, limit: int, before: str | None = None) -> ConversationList:
+        with self.lock:
+            now = self.clock.now()
+            live = sorted(((f"{h.updated_at}#{c}", c, h) for c, h in self.heads.get(user_id, {}).items()
+                           if h.expires_at > now), reverse=True)
+            after = [(sk, c, h) for sk, c, h in live if before is None or sk < before]
+            page = after[:limit]
+            heads = [ConversationHead(c, h.updated_at, h.title) for _, c, h in page]
+            return ConversationList(heads, page[-1][0] if len(after) > limit else None)
 
 
 @dataclass

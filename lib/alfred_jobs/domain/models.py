@@ -114,6 +114,21 @@ def refold(job: Job, events: list[Event]) -> Job:
 
 # ---- HTTP request bodies ---------------------------------------------------------------
 
+TITLE_CHARS = 60
+
+
+def conversation_title(message: str, limit: int = TITLE_CHARS) -> str:
+    """A conversation's title on the user's list: its first user message, on one line, cut at a
+    word boundary to at most ``limit`` characters (an ellipsis says it was cut)."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" ,.;:") + "…"
+
+
 
 class ChatRequest(BaseModel):
     """Body of ``POST /api/chat``."""

@@ -21,7 +21,9 @@ from alfred_jobs.domain.models import (
     Event,
     Job,
     JobStatus,
+    conversation_title,
     fold,
+    iso,
     refold,
 )
 from alfred_jobs.domain.retention import expiry
@@ -47,6 +49,7 @@ from alfred_jobs.service.cursor import decode_cursor, encode_cursor
 
 STATUS_FILTERS = {s.value: frozenset({s}) for s in JobStatus} | {"active": ACTIVE_STATUSES}
 API_WRITER = "api"
+CONVERSATIONS_PAGE = 20  # the conversation list's page without a ``limit``
 log = get_logger()
 
 
@@ -153,11 +156,22 @@ class JobService:
             for earlier in ahead:
                 self._interrupt(user_id, earlier.job_id, by=job.job_id)
             gate = self.deps.gates.read(user_id)  # ending a waiting job may have handed its place on
+        self._touch_conversation(job)
         if gate.next_up(job.job_id, self.settings.max_running_per_user):
             self.deps.queue.send(job_id, next_up=True)
         count("JobsSubmitted")
         log.info("job submitted", extra={"job_id": job_id, "user": user_id, "queued_behind": len(ahead)})
         return Submitted(job, created=True)
+
+    def _touch_conversation(self, job: Job) -> None:
+        """Move the job's conversation to the top of its user's list, once the job is accepted.
+        Best effort: the list is a view, and the job's commit touches it again (so a submit that
+        fails here, or dies before it, still lists its conversation once the reply is in)."""
+        try:
+            self.deps.conversations.touch(job.user_id, job.conversation_id, iso(job.created_at),
+                                          conversation_title(job.message), job.expires_at)
+        except StoreError as exc:
+            log.warning("the conversation list was not updated", extra={"job_id": job.job_id, "error": str(exc)})
 
     def _enroll(self, job: Job) -> tuple[Gate, bool]:
         """The gate after the job's entry went in, and whether it was full (no entry then)."""
@@ -390,6 +404,25 @@ class JobService:
         raise TransientStoreError(f"could not answer {job_id}")
 
     # ---- conversations ------------------------------------------------------------------------
+
+    def conversations(self, user_id: str, limit: int | None, cursor: str | None,
+                      ) -> tuple[list[dict[str, str]], str | None]:
+        """The caller's conversations, most recently active first (a page, with an opaque cursor
+        for the next one). A view, read from an index: it may lag a submit by a moment; an
+        expired conversation is never listed. Titles are the first user message, shortened."""
+        limit = min(CONVERSATIONS_PAGE, self.settings.max_list_limit) if limit is None else limit
+        if not 1 <= limit <= self.settings.max_list_limit:
+            raise InvalidInput(f"limit must be 1..{self.settings.max_list_limit}", code="invalid_limit")
+        before: str | None = None
+        if cursor is not None:
+            before = decode_cursor(self.settings.cursor_secret, user_id, cursor).get("conversations_before")
+            if not isinstance(before, str) or not before:
+                raise InvalidInput("malformed cursor", code="invalid_cursor")
+        page = self.deps.conversations.recent(user_id, limit, before)
+        nxt = (encode_cursor(self.settings.cursor_secret, user_id, {"conversations_before": page.before})
+               if page.before else None)
+        return [{"conversation_id": h.conversation_id, "updated_at": h.updated_at, "title": h.title}
+                for h in page.conversations], nxt
 
     def conversation(self, user_id: str, conversation_id: str, limit: int | None = None,
                      cursor: str | None = None) -> tuple[list[dict[str, object]], str | None]:

@@ -446,7 +446,7 @@ class SimGateStore(Through):
 
 GATE_WRITES = frozenset({"enroll", "take", "retake", "pause", "unpause", "remove", "check_later",
                          "unlist_if_empty"})
-CONVERSATION_WRITES = frozenset({"commit_turn"})
+CONVERSATION_WRITES = frozenset({"commit_turn", "touch"})
 AGENT_DATA_WRITES = frozenset({"record_step_effect", "record_usage"})
 PUSH_WRITES = frozenset({"add", "remove"})
 

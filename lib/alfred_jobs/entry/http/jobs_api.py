@@ -108,6 +108,16 @@ def answer_job(job_id: str, body: InputAnswer, user: CurrentUser, svc: Service) 
     return JSONResponse(job.public(job_links(svc.deps, user, job)), status_code=202 if taken else 200)
 
 
+@router.get("/api/conversations", responses=ERRORS)
+def conversations(user: CurrentUser, svc: Service,
+                  limit: Annotated[int | None, Query()] = None,  # 1..settings.max_list_limit (default 20)
+                  cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
+    """The caller's conversations, most recently active first, each with its title (the first
+    message, shortened). ``next_cursor`` is null on the last page."""
+    items, nxt = svc.conversations(user, limit, cursor)
+    return {"conversations": items, "next_cursor": nxt}
+
+
 @router.get("/api/conversations/{conversation_id}", responses=ERRORS)
 def conversation(conversation_id: str, user: CurrentUser, svc: Service,
                  limit: Annotated[int | None, Query()] = None,  # 1..settings.max_list_limit (the default)
