@@ -39,16 +39,17 @@ export interface Job {
   last_seq: number;
   progress: Progress;
   cancel_requested?: boolean;
-  /** On the answer to `POST /api/chat` with multitask "steer": true when the message joined the active job. */
-  steered?: boolean;
   output?: { reply: string; [k: string]: unknown };
   error?: ApiErrorBody;
   links?: JobLinks | null;
+  /** Only on the answer to a `multitask: "steer"` submit: true, the message joined this job (the
+   * conversation's job under way); false, it became this new job (that one was replying or ended). */
+  steered?: boolean;
 }
 
 export type EventType =
   | 'status' | 'phase' | 'plan' | 'step' | 'delta' | 'resumed' | 'input_required' | 'input_received'
-  | 'complete' | 'failed' | 'cancelled';
+  | 'steered' | 'complete' | 'failed' | 'cancelled';
 
 export type QuestionKind = 'confirm' | 'choice' | 'text';
 
@@ -116,8 +117,11 @@ export interface JobView {
   question: QuestionView | null;
   /** The last answer taken (from `input_received`, whichever device sent it). */
   answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
-  /** Messages that joined this job (`steered` events, multitask "steer"), in order. */
-  steers: { messageId: string | null; text: string }[];
+<<<<<<< HEAD
+=======
+  /** Messages the user added to this job while it ran (`steered` events), in order. */
+  steers: { messageId: string; text: string; at: string }[];
+>>>>>>> steer
 }
 
 /** What the client remembers per job in storage (localStorage by default). */
@@ -135,6 +139,8 @@ export interface JobRecord {
   /** 404 from the API: expired or not this user's. */
   gone?: boolean;
   idempotencyKey?: string;
+  /** Messages this device steered into the job (their Idempotency-Keys and texts). */
+  steers?: { key: string; message: string }[];
   seq?: number;
   view?: JobView;
   createdAt: number;
@@ -158,6 +164,9 @@ export interface WatchHandlers {
   onJob?(job: Job, view: JobView): void;
   /** The API answered 401 (token expired or invalid). */
   onAuthError?(error: AlfredApiError): void;
+  /** This device steered a message into the watched job (`submitChat` with `multitask: "steer"`
+   * answered `steered: true`); its `steered` event follows in `onEvent` once the runner records it. */
+  onSteered?(outcome: { steered: true; message: string; job: Job }, view: JobView): void;
 }
 
 export interface Watcher {

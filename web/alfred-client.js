@@ -128,6 +128,12 @@ export function applyEvent(view, ev) {
       };
       v.retry = null;
       break;
+    case 'steered':
+      // A message the user added to this job (multitask "steer"): the agent sees it from here on.
+      if (!(v.steers || []).some((m) => m.messageId === d.message_id)) {
+        v.steers = [...(v.steers || []), { messageId: d.message_id, text: d.text, at: ev.at }];
+      }
+      break;
     case 'input_received':
       // Answered, on this device or any other: the question is closed and the job goes on.
       if (v.question && v.question.inputId === d.input_id) {
@@ -162,11 +168,6 @@ export function applyEvent(view, ev) {
       v.cancelledBy = d.by || null;
       v.currentStep = null;
       v.retry = null;
-      break;
-    case 'steered':
-      // A message of the user joined this job (multitask "steer"): the agent sees it from the
-      // next step boundary on; the conversation shows it as the user's, before the one reply.
-      v.steers = [...(view.steers || []), { messageId: d.message_id || null, text: d.text || '' }];
       break;
     default:
       break; // unknown types are ignored: the contract may grow
@@ -306,8 +307,9 @@ export function createAlfredClient(options = {}) {
    * answer return the same job; network errors and 5xx are retried with that same key.
    * `multitask` (enqueue | reject | interrupt | steer) says what to do if the conversation has a job
    * under way; unset, the server's default (enqueue: the new job waits its turn). With `steer` the
-   * answer is the active job with `steered: true` (the message joined it), or a new job with
-   * `steered: false` (that job was already replying or had ended: the message was queued). A 429 too_many_jobs
+   * answer says which happened: `steered: true`, the message joined the job `job_id` (the one
+   * under way; watch it: its `steered` event shows the message), or `steered: false`, it became
+   * a new job (the one under way was already replying or had ended). A 429 too_many_jobs
    * is not retried here: it frees up only when one of the user's jobs ends (see `retryAfter`).
    */
   async function submitChat(message, opts = {}) {
@@ -320,6 +322,14 @@ export function createAlfredClient(options = {}) {
       try {
         const job = await api('/api/chat', { method: 'POST', body, headers: { 'Idempotency-Key': key }, signal: opts.signal });
         const prev = readRecord(job.job_id);
+        if (job.steered === true) {
+          // Joined the job under way: its record keeps its own message; this one is a steer of it.
+          const steers = [...(prev?.steers || []).filter((m) => m.key !== key), { key, message }];
+          writeRecord(job.job_id, { steers, conversationId: job.conversation_id,
+            createdAt: prev?.createdAt || Date.parse(job.created_at) || Date.now() });
+          watchers.get(job.job_id)?.handlers.onSteered?.({ steered: true, message, job }, watchers.get(job.job_id).view);
+          return job;
+        }
         writeRecord(job.job_id, {
           message, conversationId: job.conversation_id, status: prev?.status || job.status,
           active: prev ? prev.active : !isTerminal(job.status), idempotencyKey: key,

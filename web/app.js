@@ -1165,13 +1165,11 @@ function bringIntoView(el) {
 }
 
 // ---- steering: a message sent while Alfred works joins what he is doing ---------------------
-const pendingSteers = new Map(); // job id → texts the server took (202 steered) before their event
 const steerMissed = new Set(); // jobs made of a steer that came too late (Alfred was replying)
 
 /** The 202 said steered: the message joined the active job; it shows as the user's, above Alfred's bubble. */
 function steeredInto(job, text) {
   jobObjects.set(job.job_id, { ...jobObjects.get(job.job_id), ...job });
-  pendingSteers.set(job.job_id, [...(pendingSteers.get(job.job_id) || []), text]);
   const li = jobEntry(job.job_id);
   const view = lastViews.get(job.job_id);
   if (view) render(job.job_id, view);
@@ -1180,20 +1178,21 @@ function steeredInto(job, text) {
   if (!client.watching().includes(job.job_id) && !isTerminal(job.status)) watch(job);
 }
 
-/** The user's messages that joined a job (its steered events, then those on their way), each a
- * bubble of the user's between the job's first message and Alfred's bubble. */
+/** The user's messages that joined a job (its steered events, then those this device sent that
+ * the server took but the runner has not recorded yet), each a bubble of the user's between the
+ * job's first message and Alfred's bubble. */
 function renderSteers(jobId, li, view) {
   const taken = (view.steers || []).map((x) => x.text);
   const left = [...taken];
-  const pending = (pendingSteers.get(jobId) || []).filter((t) => {
+  const sent = (client.record(jobId)?.steers || []).map((m) => m.message);
+  const pending = sent.filter((t) => {
     const i = left.indexOf(t);
     if (i === -1) return true;
     left.splice(i, 1); // its event arrived
     return false;
   });
-  if (pending.length) pendingSteers.set(jobId, pending);
-  else pendingSteers.delete(jobId);
-  const all = [...taken.map((text) => ({ text, pending: false })), ...pending.map((text) => ({ text, pending: true }))];
+  const waiting = !isTerminal(view.status || 'pending');
+  const all = [...taken.map((text) => ({ text, pending: false })), ...pending.map((text) => ({ text, pending: waiting }))];
   const bubbles = li.steerBubbles || (li.steerBubbles = []);
   if (!all.length && !bubbles.length) return;
   while (bubbles.length < all.length) {
@@ -1499,7 +1498,7 @@ async function start(nextAuth) {
   showComposerNote('');
   lastAnnounced.clear();
   for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions, committedAt, detached, pinned,
-    pendingSteers, steerMissed, conversationTitles]) {
+    steerMissed, conversationTitles]) {
     m.clear();
   }
   hideNotifyPrompt();

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks, random_id
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import Event, Job, JobStatus, Progress
+from alfred_jobs.domain.models import Event, Job, JobStatus, Progress, Steer, SteerClaim
 from alfred_jobs.domain.push import PushMessage, PushSubscription
 from alfred_jobs.settings import Settings
 
@@ -86,6 +86,26 @@ class JobStore(Protocol):
         caller sends the job again. The condition is checked on the record as it is, whatever a
         stale index read said. ``acquire_lease`` and ``release_lease`` clear the mark too (the
         message was received; one sent after a give-back is a new send)."""
+
+    def steer(self, job_id: str, steer: Steer, now: float, max_steers: int) -> bool:
+        """Add ``steer`` to an active, unexpired job whose door is open and which holds fewer than
+        ``max_steers`` steers: True. True as well for a steer already on it, door open or not (the
+        retry of a write whose answer was lost: the message id is the key). False, and nothing
+        written, otherwise: the door is closed (the job is replying or ended), or the job is gone."""
+
+    def close_door(self, job_id: str, seen: int, *, owner: str | None) -> Job | None:
+        """Close the job's door if it holds exactly ``seen`` steers and, with ``owner``, while that
+        owner holds the lease: the record after it. None, and nothing written, otherwise (a steer
+        slipped in, or the lease was lost): the caller reads the record and decides. Closing an
+        already closed door with the same count is no error (the SDK's retry of a landed close)."""
+
+    def claim_steer(self, claim: SteerClaim) -> SteerClaim | None:
+        """Put ``claim`` under its message id if no live job nor claim has that id: the claim
+        that is there after it (ours, or the one a repeat of the request put first). None if a live
+        job has the id (the key was used for a job)."""
+
+    def steer_claim(self, message_id: str) -> SteerClaim | None:
+        """The live claim under ``message_id``, or None (strongly consistent)."""
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         """Delete a job record no worker ever took (a submit refused after its put): only the
@@ -237,8 +257,9 @@ class ConversationStore(Protocol):
     conversation's length (or the number of conversations)."""
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
-        """Write the user message and the reply of one job; idempotent on job id."""
+                    at: str, expires_at: int, steered: tuple[str, ...] = ()) -> None:
+        """Write the user message, the messages steered into the job (in order) and the reply of
+        one job (``turn_messages``); idempotent on job id."""
 
     def page(self, user_id: str, conversation_id: str, limit: int, before: str | None = None) -> MessagePage:
         """The newest ``limit`` live messages older than ``before`` (all, if None), returned oldest

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
 
     # --- limits on input ---------------------------------------------------------------
     max_message_chars: int = 8000
+    # Messages one job takes by steering (``multitask: steer``); past it a steer becomes a new job.
+    # Its turn is one BatchWriteItem of at most 25 items: the message, these, the reply.
+    max_steers_per_job: int = Field(default=20, ge=0, le=23)
     # Bodies: read no further than this (a 413 at once, chunked or not); JSON nested no deeper.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     max_json_depth: int = Field(default=32, ge=1, le=256)

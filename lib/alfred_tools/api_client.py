@@ -139,7 +139,7 @@ class ApiClient:
 
     def submit(self, message: str, conversation_id: str | None = None,
                idempotency_key: str | None = None, multitask: str | None = None) -> dict[str, Any]:
-        """``POST /api/chat``. ``multitask`` (enqueue, reject, interrupt) says what to do if the
+        """``POST /api/chat``. ``multitask`` (enqueue, reject, interrupt, steer) says what to do if the
         conversation has a job under way; None leaves it to the server (enqueue)."""
         body: dict[str, Any] = {"message": message}
         if conversation_id:

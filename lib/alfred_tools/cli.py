@@ -244,11 +244,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         job = client.submit(args.message, args.conversation, args.idempotency_key, args.multitask)
     except ApiError as exc:
         raise submit_refusal(exc) or exc from None
+    note = sys.stderr if args.json or not sys.stdout.isatty() else sys.stdout
+    if "steered" in job:
+        print(f"Added to the running job {job['job_id']}: it takes your message at its next step."
+              if job["steered"] else
+              f"Queued as a new job {job['job_id']}: the job under way had already begun its reply.",
+              file=note if args.follow else sys.stderr, flush=True)
     if not args.follow:
         print(json.dumps(job) if args.json else job["job_id"])
         return 0
-    print(f"job {job['job_id']} (conversation {job['conversation_id']})",
-          file=sys.stderr if args.json or not sys.stdout.isatty() else sys.stdout, flush=True)
+    print(f"job {job['job_id']} (conversation {job['conversation_id']})", file=note, flush=True)
     return _watch(client, job["job_id"], 0, args)
 
 
@@ -418,9 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--follow", "-f", action="store_true", help="show progress live until the job ends")
     c.add_argument("--conversation", metavar="ID")
     c.add_argument("--idempotency-key", metavar="KEY")
-    c.add_argument("--multitask", choices=["enqueue", "reject", "interrupt"],
+    c.add_argument("--multitask", choices=["enqueue", "reject", "interrupt", "steer"],
                    help="if the conversation has a job under way: run after it (the server's default), "
-                        "refuse, or stop it")
+                        "refuse, stop it, or add the message to it (steer: if it is already replying, "
+                        "the message is queued as a new job instead; the command says which)")
     follow_opts(c)
     c.set_defaults(func=cmd_chat)
 

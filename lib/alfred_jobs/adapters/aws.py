@@ -23,7 +23,18 @@ from botocore.exceptions import ClientError as BotoClientError
 
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, EventType, Job, JobStatus, Progress, iso
+from alfred_jobs.domain.models import (
+    ACTIVE_STATUSES,
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Progress,
+    Steer,
+    SteerClaim,
+    iso,
+    turn_messages,
+)
 from alfred_jobs.domain.retention import expired
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld, StoreError, TransientStoreError
 from alfred_jobs.ports import ConversationHead, ConversationList, JobPage, MessagePage
@@ -163,6 +174,11 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "lease_expires": job.lease_expires,
         "expires_at": job.expires_at,
     }
+    if job.steers:
+        item["steers"] = [{"message_id": st.message_id, "text": st.text} for st in job.steers]
+        item["steer_ids"] = {st.message_id for st in job.steers}
+    if job.door_closed:
+        item["door_closed"] = True
     return item
 
 
@@ -189,7 +205,22 @@ def item_to_job(item: dict[str, Any]) -> Job:
         cancel_by=item.get("cancel_by"),
         lease_owner=item.get("lease_owner"),
         lease_expires=float(item.get("lease_expires", 0)),
+        steers=tuple(Steer(message_id=st["message_id"], text=st["text"]) for st in item.get("steers") or ()),
+        door_closed=bool(item.get("door_closed", False)),
     )
+
+
+def claim_to_item(claim: SteerClaim) -> dict[str, Any]:
+    """A keyed steer's claim: an item of the jobs table under the id a job of its key would have,
+    with none of the indexes' keys (no ``user_id``, ``active_shard``: no list or sweep sees it)."""
+    return {"job_id": claim.message_id, "steer_target": claim.target or "", "claim_user": claim.user_id,
+            "body_hash": claim.body_hash, "created_at": claim.created_at, "expires_at": claim.expires_at}
+
+
+def item_to_claim(item: dict[str, Any]) -> SteerClaim:
+    return SteerClaim(message_id=item["job_id"], user_id=item["claim_user"], target=item["steer_target"] or None,
+                      body_hash=item.get("body_hash", ""), created_at=float(item["created_at"]),
+                      expires_at=int(item["expires_at"]))
 
 
 _ACTIVE_VALUES = {":pending": JobStatus.PENDING.value, ":running": JobStatus.RUNNING.value,
@@ -230,8 +261,65 @@ class DynamoJobStore:
                                             ConsistentRead=consistent)
         if "Item" not in out:
             return None
-        job = item_to_job(deserialize(out["Item"]))
+        item = deserialize(out["Item"])
+        if "steer_target" in item:
+            return None  # a steer's claim, not a job (``claim_steer``)
+        job = item_to_job(item)
         return None if job.expired(self._clock.now()) else job
+
+    def steer(self, job_id: str, steer: Steer, now: float, max_steers: int) -> bool:
+        # The message id is the key: a steer already on the job is no second one (the SDK's retry
+        # of a landed write fails the condition on its own steer, and the read below says so).
+        try:
+            self._update(
+                Key=serialize({"job_id": job_id}),
+                UpdateExpression="SET steers = list_append(if_not_exists(steers, :none), :one) ADD steer_ids :ids",
+                ConditionExpression=("attribute_exists(job_id) AND #s IN (:pending, :running, :waiting) "
+                                     "AND expires_at > :now AND attribute_not_exists(door_closed) "
+                                     "AND (attribute_not_exists(steer_ids) OR NOT contains(steer_ids, :mid)) "
+                                     "AND (attribute_not_exists(steers) OR size(steers) < :max)"),
+                ExpressionAttributeNames={"#s": "status"},
+                values={":none": [], ":one": [{"message_id": steer.message_id, "text": steer.text}],
+                        ":ids": {steer.message_id}, ":mid": steer.message_id, ":now": now,
+                        ":max": max_steers, **_ACTIVE_VALUES})
+            return True
+        except ConditionFailed:
+            job = self.get(job_id)  # strongly consistent
+            return job is not None and any(st.message_id == steer.message_id for st in job.steers)
+
+    def close_door(self, job_id: str, seen: int, *, owner: str | None) -> Job | None:
+        count = "attribute_not_exists(steers)" if seen == 0 else "size(steers) = :n"
+        values: dict[str, Any] = {":t": True, **({":n": seen} if seen else {})}
+        condition = f"attribute_exists(job_id) AND {count}"
+        if owner is not None:
+            condition += " AND lease_owner = :me"
+            values[":me"] = owner
+        try:
+            return item_to_job(self._update(Key=serialize({"job_id": job_id}), UpdateExpression="SET door_closed = :t",
+                                            ConditionExpression=condition, values=values, ReturnValues="ALL_NEW"))
+        except ConditionFailed:
+            return None
+
+    def claim_steer(self, claim: SteerClaim) -> SteerClaim | None:
+        try:
+            with mapped_errors():
+                self._c.dynamodb.put_item(
+                    TableName=self._table, Item=serialize(claim_to_item(claim)),
+                    ConditionExpression="attribute_not_exists(job_id) OR expires_at <= :now",
+                    ExpressionAttributeValues=serialize({":now": int(self._clock.now())}))
+            return claim
+        except ConditionFailed:
+            # An earlier claim (or our own put, landed with its answer lost), or a job of this key.
+            return self.steer_claim(claim.message_id)
+
+    def steer_claim(self, message_id: str) -> SteerClaim | None:
+        with mapped_errors():
+            out = self._c.dynamodb.get_item(TableName=self._table, Key=serialize({"job_id": message_id}),
+                                            ConsistentRead=True)
+        item = deserialize(out.get("Item") or {})
+        if "steer_target" not in item or expired(int(item["expires_at"]), self._clock.now()):
+            return None
+        return item_to_claim(item)
 
     def acquire_lease(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
         try:
@@ -841,7 +929,7 @@ class DynamoConversationStore:
         self._clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
+                    at: str, expires_at: int, steered: tuple[str, ...] = ()) -> None:
         key = f"{user_id}#{conversation_id}"
         # Keyed by job id: a repeated commit overwrites the same two items with the same content
         # (both come from the stored terminal event), so the turn exists exactly once. Both go in
@@ -851,7 +939,7 @@ class DynamoConversationStore:
         requests = [{"PutRequest": {"Item": serialize({
             "conversation_key": key, "sk": f"{at}#{job_id}#{n}", "role": role, "text": text,
             "job_id": job_id, "at": at, "expires_at": expires_at})}}
-            for n, (role, text) in enumerate((("user", message), ("assistant", reply)))]
+            for n, role, text in turn_messages(message, steered, reply)]
         for attempt in range(8):
             with mapped_errors():
                 out = self._c.dynamodb.batch_write_item(RequestItems={self._table: requests})

@@ -15,7 +15,17 @@ from typing import Any
 from alfred_jobs.adapters.push_memory import MemoryPushStore, RecordingNotifier
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
 from alfred_jobs.domain.gate import Gate, GateEntry
-from alfred_jobs.domain.models import ACTIVE_STATUSES, Event, Job, JobStatus, Progress, iso
+from alfred_jobs.domain.models import (
+    ACTIVE_STATUSES,
+    Event,
+    Job,
+    JobStatus,
+    Progress,
+    Steer,
+    SteerClaim,
+    iso,
+    turn_messages,
+)
 from alfred_jobs.exceptions import ConditionFailed, Fenced, GateFull, LeaseHeld
 from alfred_jobs.ports import ConversationHead, ConversationList, Deps, JobPage, MessagePage
 from alfred_jobs.settings import Settings
@@ -24,6 +34,7 @@ from alfred_jobs.settings import Settings
 class MemoryJobStore:
     def __init__(self, pending_grace: float = 30.0, clock: Clock | None = None) -> None:
         self.items: dict[str, Job] = {}
+        self.claims: dict[str, SteerClaim] = {}  # keyed steers' claims, under the id a job would have
         self.due: dict[str, float] = {}
         # The sweeper's mark on a never-started job's message (as ``queued`` in DynamoDB):
         # "presumed" (presumed queued once since its last send) or "swept" (the sweeper sent it)
@@ -37,6 +48,10 @@ class MemoryJobStore:
             old = self.items.get(job.job_id)
             if old is not None and not old.expired(self.clock.now()):
                 raise ConditionFailed(job.job_id)  # an expired record is replaced, as in DynamoDB
+            claim = self.claims.get(job.job_id)
+            if claim is not None and claim.expires_at > self.clock.now():
+                raise ConditionFailed(job.job_id)  # the id holds a steer's claim (one item in DynamoDB)
+            self.claims.pop(job.job_id, None)
             self.items[job.job_id] = job
             self.due[job.job_id] = job.created_at + self.pending_grace
             self.queued.pop(job.job_id, None)
@@ -145,6 +160,45 @@ class MemoryJobStore:
             self.due[job_id] = due_at
             self.queued.setdefault(job_id, "presumed")
             return True
+
+    def steer(self, job_id: str, steer: Steer, now: float, max_steers: int) -> bool:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None:
+                return False
+            if any(s.message_id == steer.message_id for s in job.steers):
+                return True
+            if (job.door_closed or job.status not in ACTIVE_STATUSES or job.expires_at <= now
+                    or job.expired(self.clock.now()) or len(job.steers) >= max_steers):
+                return False
+            self.items[job_id] = replace(job, steers=(*job.steers, steer))
+            return True
+
+    def close_door(self, job_id: str, seen: int, *, owner: str | None) -> Job | None:
+        with self.lock:
+            job = self.items.get(job_id)
+            if job is None or len(job.steers) != seen or (owner is not None and job.lease_owner != owner):
+                return None
+            job = replace(job, door_closed=True)
+            self.items[job_id] = job
+            return job
+
+    def claim_steer(self, claim: SteerClaim) -> SteerClaim | None:
+        with self.lock:
+            now = self.clock.now()
+            job = self.items.get(claim.message_id)
+            if job is not None and not job.expired(now):
+                return None
+            old = self.claims.get(claim.message_id)
+            if old is not None and old.expires_at > now:
+                return old
+            self.claims[claim.message_id] = claim
+            return claim
+
+    def steer_claim(self, message_id: str) -> SteerClaim | None:
+        with self.lock:
+            claim = self.claims.get(message_id)
+            return claim if claim is not None and claim.expires_at > self.clock.now() else None
 
     def delete_unstarted(self, job_id: str, created_at: float) -> None:
         with self.lock:
@@ -414,10 +468,10 @@ class MemoryConversationStore:
         self.clock = clock or SystemClock()
 
     def commit_turn(self, user_id: str, conversation_id: str, job_id: str, message: str, reply: str,
-                    at: str, expires_at: int) -> None:
+                    at: str, expires_at: int, steered: tuple[str, ...] = ()) -> None:
         with self.lock:
             conv = self.items.setdefault((user_id, conversation_id), {})
-            for n, (role, text) in enumerate((("user", message), ("assistant", reply))):
+            for n, role, text in turn_messages(message, steered, reply):
                 sk = f"{at}#{job_id}#{n}"
                 conv[sk] = {"role": role, "text": text, "job_id": job_id, "at": at}
                 self.expiry[(user_id, conversation_id, sk)] = expires_at

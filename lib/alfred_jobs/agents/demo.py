@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from alfred_jobs.agents.demo_text import reply_text
+from alfred_jobs.agents.steering import MEAT_FREE, steer_note, with_steers
 from alfred_jobs.clock import Clock, SystemClock
 from alfred_jobs.domain.agent import AgentContext, Plan, PlanStep
 from alfred_jobs.domain.retention import expiry
@@ -105,7 +106,9 @@ class DemoAgent:
             raise RetryableAgentError("the recipe service timed out", code="recipe_timeout")
         self._sleep(self._pace(ctx), ctx)
         out: dict[str, Any] = {"step": step.index, "label": step.label,
-                               "ingredients": _ingredients(ctx.message), "runs": runs}
+                               "ingredients": _ingredients(with_steers(ctx.message, ctx.steers)), "runs": runs}
+        if ctx.steers:
+            out["steers"] = len(ctx.steers)  # the step was re-planned with what the user added
         if pantry is not None:
             out["pantry"] = pantry
         return out
@@ -115,7 +118,10 @@ class DemoAgent:
         pantry = first.get("pantry") if isinstance(first, dict) else None
         note = {"used": "I used the 2 lb of chicken from your pantry.",
                 "kept": "I left your pantry as it was: the chicken is still there."}.get(pantry or "", "")
-        text = reply_text(ctx.message, note)
+        if ctx.steers:  # re-planned with the steers: a meat-free request names no meat
+            meat_free = any(MEAT_FREE.search(s) for s in ctx.steers)
+            note = " ".join(n for n in ("" if meat_free else note, steer_note(ctx.steers)) if n)
+        text = reply_text(with_steers(ctx.message, ctx.steers), note)
         # Streamed a few words at a time; a chunk never ends mid-word.
         words = re.split(r"(?<=[ \n])", text)
         pause = (self.step_seconds / 2) / max(1, len(words))

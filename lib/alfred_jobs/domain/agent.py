@@ -10,6 +10,10 @@ the work. What the runner promises an agent:
 - ``reply`` yields text chunks; the runner coalesces them into ``delta`` events and stops
   consuming within about a second of a cancel.
 
+- ``ctx.steers`` lists the messages the user added to the job while it ran (``multitask:
+  steer``), in order; each appears from the step boundary after it arrived, and always before
+  the reply. An agent re-plans what is left with them (the reply must answer them too).
+
 - ``ask`` (in ``think`` or ``act``) asks the user and returns the answer. The first time, the
   question is recorded and the attempt ends there (the job is ``waiting``, holding no worker); once
   answered, the job resumes from its checkpoint and the same ``ask`` returns the recorded answer.
@@ -55,6 +59,9 @@ class AgentContext:
     expires_at: int = 0
     # The runner's durable question (see ``ask``); None where a job cannot ask.
     asker: Callable[[str, str, list[str] | None], Any] | None = None
+    # Messages the user steered into this job (``multitask: steer``), oldest first. The runner
+    # adds to it at step boundaries: the next ``think``, ``act`` or ``reply`` sees each new one.
+    steers: list[str] = field(default_factory=list)
 
     def ask(self, prompt: str, kind: str = "confirm", options: list[str] | None = None) -> Any:
         """Ask the user; returns ``True``/``False`` (confirm), one of ``options`` (choice) or text.

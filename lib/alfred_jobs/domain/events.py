@@ -59,6 +59,7 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
     INPUT_REQUIRED = "input_required"
     INPUT_RECEIVED = "input_received"
+    STEERED = "steered"
 
 
 TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED})
@@ -261,14 +262,23 @@ class InputReceivedPayload(Payload):
     answer: bool | str
 
 
+class SteeredPayload(Payload):
+    """A user message joined this job (``multitask: steer``); the agent sees it from here on."""
+
+    event_type = EventType.STEERED
+    message_id: str
+    text: str
+
+
 AnyPayload = (StatusPayload | PhasePayload | PlanPayload | StepPayload | DeltaPayload | ResumedPayload
               | CompletePayload | FailedPayload | CancelledPayload | InputRequiredPayload
-              | InputReceivedPayload)
+              | InputReceivedPayload | SteeredPayload)
 
 PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     cls.event_type: cls
     for cls in (StatusPayload, PhasePayload, PlanPayload, StepPayload, DeltaPayload, ResumedPayload,
-                CompletePayload, FailedPayload, CancelledPayload, InputRequiredPayload, InputReceivedPayload)
+                CompletePayload, FailedPayload, CancelledPayload, InputRequiredPayload, InputReceivedPayload,
+                SteeredPayload)
 }
 
 
@@ -388,6 +398,7 @@ class LogState:
     asked: dict[str, InputRequiredPayload] = field(default_factory=dict)  # questions, by input_id
     answers: dict[str, bool | str] = field(default_factory=dict)  # their answers, by input_id
     handed_on: int = 0  # attempts that ended out of invocation time (``status: pending``, no error)
+    steered: dict[str, str] = field(default_factory=dict)  # steered messages, message_id -> text, in order
 
     @property
     def question(self) -> InputRequiredPayload | None:
@@ -444,6 +455,8 @@ class LogState:
         elif isinstance(p, InputReceivedPayload):
             self.answers[p.input_id] = p.answer
             self.status = JobStatus.PENDING  # until an attempt picks it up again (``resumed``)
+        elif isinstance(p, SteeredPayload):
+            self.steered.setdefault(p.message_id, p.text)
         else:  # terminal: complete, failed, cancelled
             self.status = TERMINAL_STATUS_OF_EVENT[ev.type]
             self.completed_at = ev.ts

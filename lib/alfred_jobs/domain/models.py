@@ -29,10 +29,47 @@ from alfred_jobs.domain.ids import CONVERSATION_ID_PATTERN
 from alfred_jobs.domain.retention import expired
 
 __all__ = [
-    "ACTIVE_STATUSES", "TERMINAL_EVENT_TYPES", "TERMINAL_STATUSES", "TERMINAL_STATUS_OF_EVENT",
-    "ChatRequest", "ErrorBody", "ErrorResponse", "Event", "EventType", "Job", "JobStatus", "Progress",
-    "fold", "iso", "refold",
+    "ACTIVE_STATUSES",
+    "TERMINAL_EVENT_TYPES",
+    "TERMINAL_STATUSES",
+    "TERMINAL_STATUS_OF_EVENT",
+    "ChatRequest",
+    "ErrorBody",
+    "ErrorResponse",
+    "Event",
+    "EventType",
+    "Job",
+    "JobStatus",
+    "Progress",
+    "Steer",
+    "SteerClaim",
+    "fold",
+    "iso",
+    "refold",
+    "turn_messages",
 ]
+
+
+@dataclass(frozen=True)
+class Steer:
+    """A message steered into a job (``multitask: steer``), as its record holds it."""
+
+    message_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SteerClaim:
+    """What a steer with an Idempotency-Key decided, kept under its message id (the id a job of
+    that key would have) so a repeat decides the same: join ``target`` (None: there was no active
+    job to join). See ``JobService.steer``."""
+
+    message_id: str
+    user_id: str
+    target: str | None
+    body_hash: str
+    created_at: float
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +95,12 @@ class Job:
     cancel_by: str | None = None  # the job that interrupts this one (multitask "interrupt")
     lease_owner: str | None = None
     lease_expires: float = 0.0
+    # Steering (docs/architecture.md, "Steering: the reply door"): the messages steered into the
+    # job, in the order they landed, and whether its door is closed (no steer gets in any more:
+    # it is replying or ended). Only ``JobStore.steer`` adds to ``steers``, only while the door is
+    # open; only ``JobStore.close_door`` closes it, having seen every steer.
+    steers: tuple[Steer, ...] = ()
+    door_closed: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -93,6 +136,15 @@ class Job:
         if links is not None:
             body["links"] = links
         return body
+
+
+def turn_messages(message: str, steered: tuple[str, ...] | list[str], reply: str) -> list[tuple[str, str, str]]:
+    """The messages one job commits to its conversation, as (key suffix, role, text): the user's
+    message, the messages steered into the job in their order, then the one reply. The suffixes
+    sort in that order after the job's ``at#job_id#`` (``0``, ``0.001``..., ``1``: a turn without
+    steers keeps the two keys it always had)."""
+    return [("0", "user", message), *((f"0.{n:03d}", "user", text) for n, text in enumerate(steered, 1)),
+            ("1", "assistant", reply)]
 
 
 def fold(job: Job, events: list[Event]) -> Job:
@@ -140,8 +192,9 @@ class ChatRequest(BaseModel):
     message: str = Field(min_length=1)
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN)
     # What to do when the conversation already has an active job (docs/architecture.md, "The
-    # gate"): wait behind it, refuse (409 conversation_busy), or end it (cancelled, interrupted).
-    multitask: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    # gate"): wait behind it, refuse (409 conversation_busy), end it (cancelled, interrupted), or
+    # join it if it has not begun its reply (steer; else it is enqueued).
+    multitask: Literal["enqueue", "reject", "interrupt", "steer"] = "enqueue"
 
     @field_validator("message", mode="before")
     @classmethod

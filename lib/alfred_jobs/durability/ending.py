@@ -12,7 +12,7 @@ gate entry, still there, would hold its conversation until then.
 
 from __future__ import annotations
 
-from alfred_jobs.domain.events import CancelledPayload, FailedPayload, Payload
+from alfred_jobs.domain.events import CancelledPayload, EventType, FailedPayload, Payload, SteeredPayload
 from alfred_jobs.domain.models import Event, Job, JobStatus, fold
 from alfred_jobs.durability.admission import Admission
 from alfred_jobs.durability.journal import Journal
@@ -33,6 +33,10 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     # through ``_asking``, which sends an ended job; any other is sent once it may start, or by
     # the hand-off that frees its way). Not its question's expiry, a day away.
     deps.jobs.postpone(job.job_id, deps.clock.now() + deps.settings.pending_grace_seconds)
+    sealed = _seal_unheld(deps, journal, job, writer)
+    if sealed is None:
+        return None
+    job = sealed
     ev = Event.of(job.last_seq + 1, payload, attempt=job.attempts, writer=writer, at=deps.clock.now())
     try:
         journal.append(job.job_id, ev, job.expires_at)
@@ -47,6 +51,35 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     except StoreError as exc:
         log.warning("ended; finalizing is left to a worker", extra={"job_id": job.job_id, "error": str(exc)})
     return done
+
+
+def _seal_unheld(deps: Deps, journal: Journal, job: Job, writer: str) -> Job | None:
+    """Close the job's reply door before its terminal event, as a worker does (``_Attempt._seal``):
+    each steer on the record gets its ``steered`` event first, so none is left unanswered. The job
+    with those events, or None if another writer got into the log first (the caller reads again).
+    Without a lease, the close is conditional only on the steers seen; should the terminal event
+    then lose its slot to a worker, the door stays closed: later steers become new jobs."""
+    for _ in range(deps.settings.max_steers_per_job + 3):
+        rec = deps.jobs.get(job.job_id)  # strongly consistent
+        steers = rec.steers if rec is not None else ()
+        if steers:
+            events = journal.read_all(job.job_id, known_head=job.last_seq)
+            if events and events[-1].seq > job.last_seq:
+                return None  # written meanwhile: the caller's view is stale
+            recorded = {e.data["message_id"] for e in events if e.type is EventType.STEERED}
+            for st in steers:
+                if st.message_id in recorded:
+                    continue
+                ev = Event.of(job.last_seq + 1, SteeredPayload(message_id=st.message_id, text=st.text),
+                              attempt=job.attempts, writer=writer, at=deps.clock.now())
+                try:
+                    journal.append(job.job_id, ev, job.expires_at)
+                except SlotTaken:
+                    return None
+                job = fold(job, [ev])
+        if rec is None or deps.jobs.close_door(job.job_id, len(steers), owner=None) is not None:
+            return job
+    return None
 
 
 def end_if_cancelled(deps: Deps, job_id: str, writer: str) -> Job | None:

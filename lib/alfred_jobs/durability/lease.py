@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from alfred_jobs.clock import Handle
-from alfred_jobs.domain.models import JobStatus, Progress
+from alfred_jobs.domain.models import JobStatus, Progress, Steer
 from alfred_jobs.exceptions import Fenced, StoreError
 from alfred_jobs.observability import get_logger
 from alfred_jobs.ports import Deps
@@ -23,7 +23,7 @@ class LeaseKeeper:
 
     def __init__(self, deps: Deps, job_id: str, owner: str, lease_expires: float,
                  receipt_handle: str | None, state: Callable[[], tuple[int, JobStatus, Progress]],
-                 cancel_requested: bool, cancel_by: str | None = None) -> None:
+                 cancel_requested: bool, cancel_by: str | None = None, steers: tuple[Steer, ...] = ()) -> None:
         self.deps = deps
         self.clock = deps.clock
         self.job_id = job_id
@@ -33,6 +33,9 @@ class LeaseKeeper:
         self.state = state
         self.cancel_requested = cancel_requested
         self.cancel_by = cancel_by  # the job that interrupts this one, if that is why it is cancelled
+        # The messages steered into the job, as the newest read of the record said (they only grow):
+        # the runner records the new ones at its next step boundary.
+        self.steers = steers
         self.fenced = False
         self._stop = self.clock.signal()
         self._last_renew = self.clock.monotonic()
@@ -80,10 +83,16 @@ class LeaseKeeper:
     def _poll(self) -> None:
         sent = self.clock.monotonic()
         job = self.deps.jobs.get(self.job_id)
+        if job is not None:
+            self._saw(job.steers)
         if job is not None and (job.terminal or job.cancel_requested):
             self.cancel_by = self.cancel_by or job.cancel_by
             self.cancel_requested = True  # cancelled or ended elsewhere: stop at the boundary
         self._read_at = max(self._read_at, sent)
+
+    def _saw(self, steers: tuple[Steer, ...]) -> None:
+        if len(steers) > len(self.steers):
+            self.steers = steers
 
     def cancel_seen(self) -> bool:
         """Whether the job is to stop (at a step boundary, in the reply): always True for a cancel
@@ -132,6 +141,7 @@ class LeaseKeeper:
         self._last_renew = self.clock.monotonic()
         self.cancel_by = self.cancel_by or job.cancel_by
         self.cancel_requested = self.cancel_requested or job.cancel_requested
+        self._saw(job.steers)
         self._read_at = max(self._read_at, sent)  # the renewal returns the record as it now is
         if self.receipt:
             try:

@@ -48,12 +48,17 @@ from alfred_jobs.domain.events import (
     PlanPayload,
     ResumedPayload,
     StatusPayload,
+    SteeredPayload,
     StepPayload,
     apply_delta,
     parse_iso,
     replay,
 )
+<<<<<<< HEAD
 from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, conversation_title, fold, iso, refold
+=======
+from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, Steer, fold, iso, refold
+>>>>>>> steer
 from alfred_jobs.domain.push import PushMessage, preview
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.budget import Part, expected_seconds, fits
@@ -201,7 +206,8 @@ class _Attempt:
         self._behind: Pending[Event] | None = None  # the one write still in flight (append_behind)
         self._worked = False  # whether this attempt has done a part (think, a step): see ``_fits``
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
-                                  self._state, job.cancel_requested, job.cancel_by)
+                                  self._state, job.cancel_requested, job.cancel_by, job.steers)
+        self._ctx: AgentContext | None = None  # the agent's context, once it has one (steers go in it)
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -274,8 +280,10 @@ class _Attempt:
 
     def append(self, payload: Payload) -> Event:
         """Checkpoint: one conditional PutItem at the head of the log, after the write still
-        behind (``append_behind``), if any."""
+        behind (``append_behind``), if any. A terminal event closes the reply door first."""
         self._drain()
+        if payload.event_type in (EventType.COMPLETE, EventType.FAILED, EventType.CANCELLED):
+            self._seal()
         return self._put(payload)
 
     def append_behind(self, payload: Payload) -> None:
@@ -320,6 +328,51 @@ class _Attempt:
         self._within_retention()
         if self.keeper.cancel_seen():
             self.finish(self._cancelled())
+        self._record_steers(self.keeper.steers)
+
+    # ---- steering: the reply door (docs/architecture.md, "Steering") ---------------------------
+
+    def _steered_ids(self) -> set[str]:
+        return {e.data["message_id"] for e in self.events if e.type is EventType.STEERED}
+
+    def _record_steers(self, steers: tuple[Steer, ...]) -> None:
+        """Put a ``steered`` event for each steer on the record not yet in the log, in the order
+        they landed, and show them to the agent (``ctx.steers``)."""
+        recorded = self._steered_ids()
+        new = [st for st in steers if st.message_id not in recorded]
+        if not new:
+            return
+        self._drain()
+        for st in new:
+            self._put(SteeredPayload(message_id=st.message_id, text=st.text))
+            if self._ctx is not None:
+                self._ctx.steers.append(st.text)
+        count("SteersRecorded", len(new))
+
+    def _seal(self) -> None:
+        """Close the job's reply door before ``phase: reply`` or a terminal event: from then on no
+        steer can join the job (``JobStore.steer`` refuses it, and it becomes a new job).
+
+        The close is conditional on the number of steers the record holds: "closed, having seen
+        these". If a steer slipped in since the keeper last read the record, it fails; the record
+        is read (strongly consistent), the new steers recorded as ``steered`` events (the agent
+        sees them), and the close tried again. So every steer that landed precedes the reply in
+        the log. Only the lease's owner closes it: a fenced attempt cannot close the door for the
+        new owner (nor record steers: the log's slots fence those). A door closed already (a
+        resumed attempt, the SDK's retry of our own close) closes again with the same count."""
+        known = self.keeper.steers
+        for _ in range(self.s.max_steers_per_job + 3):
+            self._record_steers(known)
+            if self.deps.jobs.close_door(self.job.job_id, len(known), owner=self.owner) is not None:
+                return
+            rec = self.deps.jobs.get(self.job.job_id)  # strongly consistent
+            if rec is None or rec.lease_owner != self.owner:
+                raise Fenced(self.job.job_id)
+            known = rec.steers
+            if rec.door_closed:  # closed by an ender that then lost the log's slot to us
+                self._record_steers(known)
+                return
+        raise TransientStoreError(f"could not close the reply door of {self.job.job_id}")
 
     def _fits(self, part: Part, step: PlanStep | None = None) -> bool:
         """Whether ``part`` can finish, with the margin to hand on, in the invocation's time.
@@ -363,12 +416,19 @@ class _Attempt:
         job = self.view
         outcome = term.payload
         if isinstance(outcome, CompletePayload):
+<<<<<<< HEAD
             expires_at = self.journal.expires_at(self.clock.now())
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
                                                 outcome.reply, term.at, expires_at)
             # Its place on the user's list (again: a submit's touch is best effort).
             self.deps.conversations.touch(job.user_id, job.conversation_id, term.at,
                                           conversation_title(job.message), expires_at)
+=======
+            steered = tuple(replay(self.events).steered.values())  # both user turns, in order
+            self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
+                                                outcome.reply, term.at, self.journal.expires_at(self.clock.now()),
+                                                steered)
+>>>>>>> steer
         elif isinstance(outcome, FailedPayload):
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's
@@ -696,7 +756,9 @@ class _Attempt:
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
                            step_outputs=outputs, cancelled=self.keeper.cancel_seen,
-                           created_at=job.created_at, expires_at=job.expires_at, asker=self._ask)
+                           created_at=job.created_at, expires_at=job.expires_at, asker=self._ask,
+                           steers=list(done.steered.values()))
+        self._ctx = ctx
         self._step = 0
         # No ``phase`` event for think and act: the attempt's first event (``status: running``,
         # ``resumed``) opens thinking, and the first step event the act phase. One write each less.
@@ -747,6 +809,8 @@ class _Attempt:
         self._within_budget("reply")
         self._step = total + 1
         if "reply" not in done.phases:
+            self._drain()
+            self._seal()  # before the reply: every steer that got in is seen by it
             self.append_behind(PhasePayload(phase="reply"))  # the agent starts replying meanwhile
         reply = self._stream_reply(plan, ctx, done.shown)
         self.boundary()

@@ -21,7 +21,12 @@ from alfred_jobs.domain.models import (
     Event,
     Job,
     JobStatus,
+<<<<<<< HEAD
     conversation_title,
+=======
+    Steer,
+    SteerClaim,
+>>>>>>> steer
     fold,
     iso,
     refold,
@@ -57,6 +62,7 @@ log = get_logger()
 class Submitted:
     job: Job
     created: bool
+    steered: bool = False  # ``multitask: steer``: the message joined ``job`` (an active job)
 
 
 def validate_job_id(job_id: str) -> str:
@@ -67,8 +73,20 @@ def validate_job_id(job_id: str) -> str:
 
 
 def body_hash(req: ChatRequest) -> str:
-    # ``multitask`` says what to do on arrival, not what was asked: a replay may differ in it.
-    return hashlib.sha256(json.dumps(req.model_dump(exclude={"multitask"}), sort_keys=True).encode()).hexdigest()
+    # ``multitask`` is part of what was asked (steer or interrupt or wait): the same key with
+    # another strategy is another request (409), not a silent replay of the first one.
+    return hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def keyed_id(user_id: str, idempotency_key: str) -> str:
+    """The id a request with this Idempotency-Key gets: its job's, or its steer's message id."""
+    return hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def steered_job_id(message_id: str) -> str:
+    """The job a keyed steer becomes when it cannot join: a second id of the same key (the first
+    holds the steer's claim), so every repeat of the request meets that job."""
+    return hashlib.sha256(f"{message_id}\0job".encode()).hexdigest()[:32]
 
 
 def _answer_hint(question: InputRequiredPayload) -> str:
@@ -95,17 +113,96 @@ class JobService:
     # ---- submit -----------------------------------------------------------------------
 
     def submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
-        """Create a job (see ``_submit``); a resend that finds its job refused meanwhile by another
-        resend of its key (the record deleted) is this key's first submit again: once."""
+        """Create a job (see ``_submit``), or steer the message into the conversation's active job
+        (``steer``); a resend that finds its job refused meanwhile by another resend of its key
+        (the record deleted) is this key's first submit again: once."""
+        self._check(req, idempotency_key)
+        if req.multitask == "steer":
+            return self.steer(user_id, req, idempotency_key)
+        return self._submit_once(user_id, req, idempotency_key)
+
+    def _submit_once(self, user_id: str, req: ChatRequest, idempotency_key: str | None,
+                     job_id: str | None = None) -> Submitted:
         try:
-            return self._submit(user_id, req, idempotency_key)
+            return self._submit(user_id, req, idempotency_key, job_id)
         except _RefusedMeanwhile:
             try:
-                return self._submit(user_id, req, idempotency_key)
+                return self._submit(user_id, req, idempotency_key, job_id)
             except _RefusedMeanwhile as again:
                 raise TransientStoreError(f"job {again} was refused meanwhile; send it again") from None
 
-    def _submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
+    def _check(self, req: ChatRequest, idempotency_key: str | None) -> None:
+        if len(req.message) > self.settings.max_message_chars:
+            raise InvalidInput(f"message is longer than {self.settings.max_message_chars} characters",
+                               code="message_too_long")
+        if idempotency_key is not None and not is_idempotency_key(idempotency_key):
+            raise InvalidInput("Idempotency-Key must be 1-128 printable ASCII characters",
+                               code="invalid_idempotency_key")
+
+    # ---- steering ---------------------------------------------------------------------------
+
+    def steer(self, user_id: str, req: ChatRequest, idempotency_key: str | None) -> Submitted:
+        """``multitask: steer``: join the conversation's active job if its door is open (it has not
+        begun its reply), else become a new job as ``enqueue`` would; never both, never neither.
+
+        The decision is one conditional write on the active job's record (``JobStore.steer``): it
+        lands only while the door is open, and the runner closes the door, having seen every steer
+        on the record, before it writes ``phase: reply`` or any terminal event (``Door``). So a
+        steer that landed is recorded as a ``steered`` event before the reply; one refused can
+        never land later (a door never opens again) and becomes its own job.
+
+        With an Idempotency-Key the message id is the key's id, and the decision is kept there
+        first (``claim_steer``: which job to join, or none): every repeat, concurrent or late,
+        follows the same claim to the same job, whose steer write is idempotent on the message id,
+        and a refused one to the same new job (``steered_job_id``). The claim costs one write.
+        """
+        digest = body_hash(req)
+        now = self.deps.clock.now()
+        if idempotency_key is None:
+            message_id = self.deps.new_id()
+            target = self._active_job(user_id, req.conversation_id)
+        else:
+            message_id = keyed_id(user_id, idempotency_key)
+            if self.deps.jobs.get(message_id) is not None:
+                # The key made a job (another strategy: its body differs): its own replay says 409.
+                return self._submit_once(user_id, req, idempotency_key)
+            claim = self.deps.jobs.steer_claim(message_id)
+            if claim is None:
+                claim = self.deps.jobs.claim_steer(SteerClaim(
+                    message_id=message_id, user_id=user_id,
+                    target=self._active_job(user_id, req.conversation_id), body_hash=digest,
+                    created_at=now, expires_at=expiry(now, self.settings.retention_seconds)))
+                if claim is None:  # a job of this key went in meanwhile
+                    return self._submit_once(user_id, req, idempotency_key)
+            if claim.user_id != user_id or claim.body_hash != digest:
+                raise Conflict("this Idempotency-Key was already used with a different request",
+                               code="idempotency_key_reused")
+            target = claim.target
+        if target is not None and self.deps.jobs.steer(target, Steer(message_id=message_id, text=req.message),
+                                                       now, self.settings.max_steers_per_job):
+            count("MessagesSteered")
+            log.info("message steered into the active job", extra={"job_id": target, "user": user_id})
+            return Submitted(self.get(user_id, target), created=False, steered=True)
+        if idempotency_key is None:
+            return self._submit_once(user_id, req, None)
+        return self._submit_once(user_id, req, idempotency_key, job_id=steered_job_id(message_id))
+
+    def _active_job(self, user_id: str, conversation_id: str | None) -> str | None:
+        """The conversation's active job a steer would join: the one that holds the conversation
+        (running, or asking the user), else the first waiting its turn. From the gate, read
+        strongly consistent; its entries may outlive their jobs a moment, which is no harm: the
+        steer's own write is what decides (an ended job's door is closed)."""
+        if conversation_id is None:
+            return None
+        entries = self.deps.gates.read(user_id).conversation(conversation_id)
+        holding = [e for e in entries if e.holds_conversation]
+        first = holding[0] if holding else (entries[0] if entries else None)
+        return first.job_id if first is not None else None
+
+    # ---- submitting a job -----------------------------------------------------------------
+
+    def _submit(self, user_id: str, req: ChatRequest, idempotency_key: str | None,
+                job_id: str | None = None) -> Submitted:
         """Create a job, enroll it in its user's gate, and send it if it may start now; returns
         before any agent work starts (guarantee 1).
 
@@ -119,17 +216,9 @@ class JobService:
         without a job (a refusal whose removal failed) is dropped by the sweeper or the hand-off
         once it is in anyone's way (docs/architecture.md, "The gate").
         """
-        if len(req.message) > self.settings.max_message_chars:
-            raise InvalidInput(f"message is longer than {self.settings.max_message_chars} characters",
-                               code="message_too_long")
         digest = body_hash(req)
-        if idempotency_key is not None:
-            if not is_idempotency_key(idempotency_key):
-                raise InvalidInput("Idempotency-Key must be 1-128 printable ASCII characters",
-                                   code="invalid_idempotency_key")
-            job_id = hashlib.sha256(f"{user_id}\0{idempotency_key}".encode()).hexdigest()[:32]
-        else:
-            job_id = self.deps.new_id()
+        if job_id is None:
+            job_id = keyed_id(user_id, idempotency_key) if idempotency_key is not None else self.deps.new_id()
         now = self.deps.clock.now()
         job = Job(job_id=job_id, user_id=user_id, message=req.message,
                   conversation_id=req.conversation_id or self.deps.new_id(),
@@ -256,6 +345,10 @@ class JobService:
             except ConditionFailed:
                 existing = self.deps.jobs.get(job.job_id)  # strongly consistent
                 if existing is None:
+                    if self.deps.jobs.steer_claim(job.job_id) is not None:
+                        # The key was used for a steer (``multitask`` is part of the request).
+                        raise Conflict("this Idempotency-Key was already used with a different request",
+                                       code="idempotency_key_reused") from None
                     continue  # it expired between the put and the read: the id is free now
                 if existing.created_at == job.created_at and existing.body_hash == job.body_hash:
                     return None

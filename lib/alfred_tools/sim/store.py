@@ -26,7 +26,7 @@ from typing import Any
 
 from alfred_jobs.adapters.memory import MemoryEventLog, MemoryJobStore, page_of
 from alfred_jobs.domain.events import StepPayload
-from alfred_jobs.domain.models import Event, Job, JobStatus
+from alfred_jobs.domain.models import Event, Job, JobStatus, SteerClaim
 from alfred_jobs.exceptions import StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
 from alfred_tools.sim.kernel import Kernel, Process, Task
@@ -251,7 +251,8 @@ class SimJobStore:
     """``JobStore`` over ``MemoryJobStore``, through the wire; index reads are eventually consistent."""
 
     WRITES = ("create", "acquire_lease", "renew_lease", "release_lease", "save_projection",
-              "request_cancel", "postpone", "presume_queued", "delete_unstarted")
+              "request_cancel", "postpone", "presume_queued", "delete_unstarted", "steer", "close_door",
+              "claim_steer")
 
     def __init__(self, wire: Wire, inner: MemoryJobStore) -> None:
         self.wire = wire
@@ -267,7 +268,8 @@ class SimJobStore:
         fn = getattr(self.inner, name)
 
         def call(job_id_or_job: Any, *args: Any, **kwargs: Any) -> Any:
-            job_id = job_id_or_job.job_id if isinstance(job_id_or_job, Job) else job_id_or_job
+            job_id = (job_id_or_job.job_id if isinstance(job_id_or_job, Job)
+                      else job_id_or_job.message_id if isinstance(job_id_or_job, SteerClaim) else job_id_or_job)
             if name == "release_lease":
                 self.let_go.add(args[0])
 
@@ -305,6 +307,9 @@ class SimJobStore:
             return self.inner.get(job_id)
 
         return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id)
+
+    def steer_claim(self, message_id: str) -> SteerClaim | None:
+        return self.wire.call("jobs.steer_claim", False, lambda: self.inner.steer_claim(message_id), message_id)
 
     def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
         t = self.wire.k.t

@@ -792,11 +792,14 @@ class BedrockAgent:
 
     @staticmethod
     def _conversation(ctx: AgentContext, last: str, keep: int) -> list[dict[str, Any]]:
-        """The last ``keep`` messages of history plus the new user turn, shaped as Bedrock wants: user
-        first, roles alternating, no blank text (a blank turn of the history is left out)."""
+        """The last ``keep`` messages of history plus the new user turn and the messages the user
+        steered into the job since (``ctx.steers``: user turns after it), shaped as Bedrock wants:
+        user first, roles alternating (consecutive user turns join), no blank text (a blank turn of
+        the history is left out)."""
         history = ctx.history[-keep:] if keep > 0 else []  # [-0:] would be the whole history
+        steered = [{"role": "user", "text": text} for text in ctx.steers]
         messages: list[dict[str, Any]] = []
-        for m in [*history, {"role": "user", "text": last if last.strip() else _EMPTY_MESSAGE}]:
+        for m in [*history, {"role": "user", "text": last if last.strip() else _EMPTY_MESSAGE}, *steered]:
             role, text = m.get("role"), str(m.get("text", ""))
             if role not in ("user", "assistant") or not text.strip() or (not messages and role != "user"):
                 continue

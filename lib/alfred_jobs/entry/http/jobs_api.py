@@ -69,6 +69,8 @@ def submit_chat(user: CurrentUser, svc: Service, raw: RawBody,
         raise InvalidInput(f"{where or 'body'}: {first.get('msg')}", code="invalid_input") from None
     result = svc.submit(user, req, idempotency_key)
     body = result.job.public(job_links(svc.deps, user, result.job))
+    if req.multitask == "steer":
+        body["steered"] = result.steered  # which happened: joined the active job, or queued as a new one
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/jobs/{result.job.job_id}"})
 
 
