@@ -117,11 +117,8 @@ export interface JobView {
   question: QuestionView | null;
   /** The last answer taken (from `input_received`, whichever device sent it). */
   answered: { inputId: string; answer: boolean | string; prompt: string | null; kind: QuestionKind | null } | null;
-<<<<<<< HEAD
-=======
   /** Messages the user added to this job while it ran (`steered` events), in order. */
   steers: { messageId: string; text: string; at: string }[];
->>>>>>> steer
 }
 
 /** What the client remembers per job in storage (localStorage by default). */

@@ -232,7 +232,7 @@ def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str
     jobs = web_stack.jobs(user)
     assert [j["job_id"] for j in jobs] == [job_id], jobs
     reply = str(b.locator(".reply").get_attribute("data-source"))
-    assert "vegetarian" in reply.lower() or "chicken" not in reply.lower(), reply
+    assert "made it vegetarian" in reply and "chicken" not in reply.lower(), reply
     # AND a second device shows both user messages, then the one reply
     laptop_ctx = new_device(chromium, web_stack, user)
     try:

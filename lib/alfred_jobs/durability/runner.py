@@ -54,11 +54,18 @@ from alfred_jobs.domain.events import (
     parse_iso,
     replay,
 )
-<<<<<<< HEAD
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, conversation_title, fold, iso, refold
-=======
-from alfred_jobs.domain.models import Event, EventType, Job, JobStatus, Progress, Steer, fold, iso, refold
->>>>>>> steer
+from alfred_jobs.domain.models import (
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Progress,
+    Steer,
+    conversation_title,
+    fold,
+    iso,
+    refold,
+)
 from alfred_jobs.domain.push import PushMessage, preview
 from alfred_jobs.durability.admission import Admission, Verdict
 from alfred_jobs.durability.budget import Part, expected_seconds, fits
@@ -416,19 +423,13 @@ class _Attempt:
         job = self.view
         outcome = term.payload
         if isinstance(outcome, CompletePayload):
-<<<<<<< HEAD
             expires_at = self.journal.expires_at(self.clock.now())
+            steered = tuple(replay(self.events).steered.values())  # both user turns, in order
             self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                outcome.reply, term.at, expires_at)
+                                                outcome.reply, term.at, expires_at, steered)
             # Its place on the user's list (again: a submit's touch is best effort).
             self.deps.conversations.touch(job.user_id, job.conversation_id, term.at,
                                           conversation_title(job.message), expires_at)
-=======
-            steered = tuple(replay(self.events).steered.values())  # both user turns, in order
-            self.deps.conversations.commit_turn(job.user_id, job.conversation_id, job.job_id, job.message,
-                                                outcome.reply, term.at, self.journal.expires_at(self.clock.now()),
-                                                steered)
->>>>>>> steer
         elif isinstance(outcome, FailedPayload):
             self.deps.queue.dead_letter(job.job_id, self.delivery.body or job.job_id, outcome.error.code)
         # Hand the job's place on before the terminal projection takes it off the sweeper's

@@ -21,12 +21,9 @@ from alfred_jobs.domain.models import (
     Event,
     Job,
     JobStatus,
-<<<<<<< HEAD
-    conversation_title,
-=======
     Steer,
     SteerClaim,
->>>>>>> steer
+    conversation_title,
     fold,
     iso,
     refold,
