@@ -1062,7 +1062,7 @@ async function submit(c, key) {
       watch(job);
       if (missed) {
         $('.steer-note', jobEntry(job.job_id)).hidden = false;
-        announce(job.job_id, 'Alfred had already begun his reply: your message was queued as a new one.');
+        announce(job.job_id, 'Too late to add to the answer before: your message went as a new one.');
       }
     }
     if (navigator.onLine === false) updateOnline();

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
+
 from tests.browser.conftest import WebStack, screenshot
 from tests.browser.test_conversation import new_device, send_and_finish, send_new, user_texts
 from tests.browser.test_web import bubble, open_page
@@ -256,3 +258,34 @@ def test_stop_in_the_composer_cancels_the_job_under_way(page: Any, user: str, we
     expect(bubble(page, job_id).locator(".state-cancelled")).to_be_visible(timeout=20_000)
     assert web_stack.wait_status(user, job_id, {"cancelled"})["status"] == "cancelled"
     expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+
+
+def test_a_steer_that_comes_too_late_goes_as_a_new_message_and_the_page_says_so(page: Any, user: str,
+                                                                                 web_stack: WebStack) -> None:
+    # GIVEN a job under way, and a message sent to it (steer, the default) that reaches the server
+    # only once the job has ended (held on the way: the job has begun its reply, or finished)
+    open_page(page, user)
+    first = send_new(page, "[steps=3] [pace=1.5] salmon and leeks")
+    expect(bubble(page, first).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"))
+    expect(page.get_by_label("Add to this request")).to_be_checked()
+    bodies: list[str] = []
+
+    def late(route: Any) -> None:
+        bodies.append(route.request.post_data or "")
+        web_stack.wait_status(user, first, {"complete"})
+        route.continue_()
+
+    page.route(re.compile(r"/api/chat$"), late)
+    second = send_new(page, "and a salad")
+    page.unroute_all()
+    # THEN the server made it a new job (steered: false), and the page says so on it
+    assert '"multitask": "steer"' in bodies[0] or '"multitask":"steer"' in bodies[0], bodies
+    assert second != first
+    expect(bubble(page, second).locator(".steer-note")).to_be_visible()
+    expect(bubble(page, second).locator(".steer-note")).to_contain_text("went as a new message")
+    expect(page.locator("#live")).to_contain_text("went as a new one")
+    expect(page.locator("li.msg-steer")).to_have_count(0)
+    expect(bubble(page, second).locator(".reply")).not_to_be_empty(timeout=20_000)
+    job = httpx.get(f"{web_stack.base_url}/api/jobs/{second}",
+                    headers={"Authorization": f"Bearer {web_stack.token(user)}"}, timeout=10).json()
+    assert job["message"] == "and a salad", job
