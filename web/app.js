@@ -1283,15 +1283,21 @@ function showElsewhereToast(jobId, view) {
   close.type = 'button';
   close.className = 'secondary';
   close.textContent = 'Dismiss';
-  close.addEventListener('click', () => { toast.remove(); updateChatsBadge(); });
+  close.addEventListener('click', () => toast.remove());
   toast.append(text, link, close);
   els.toasts.append(toast);
+  unseenElsewhere.add(conv);
+  // Two at most: older news stays on the Chats button's count until its conversation is opened.
+  while (els.toasts.children.length > MAX_TOASTS) els.toasts.firstElementChild.remove();
   updateChatsBadge();
   announce(jobId, `${what} in another conversation: ${title}.`);
 }
 
+const unseenElsewhere = new Set(); // conversations with an ending the user has not opened yet
+const MAX_TOASTS = 2;
+
 function updateChatsBadge() {
-  const n = els.toasts.children.length;
+  const n = unseenElsewhere.size;
   els.chatsBadge.textContent = String(n);
   els.chatsBadge.hidden = !n;
 }
@@ -1299,6 +1305,7 @@ function updateChatsBadge() {
 /** Opening a conversation settles what was said about it. */
 function dropToastsOf(conv) {
   for (const t of els.toasts.querySelectorAll(`.toast[data-conversation-id="${CSS.escape(conv)}"]`)) t.remove();
+  unseenElsewhere.delete(conv);
   updateChatsBadge();
 }
 
@@ -1498,9 +1505,11 @@ async function start(nextAuth) {
   showComposerNote('');
   lastAnnounced.clear();
   for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions, committedAt, detached, pinned,
-    steerMissed, conversationTitles]) {
+    steerMissed, conversationTitles, unseenElsewhere]) {
     m.clear();
   }
+  els.toasts.replaceChildren();
+  updateChatsBadge();
   hideNotifyPrompt();
   pushKey = undefined;
   auth = nextAuth;

@@ -155,10 +155,10 @@ def test_the_question_comes_into_view_and_says_waiting_once(page: Any, user: str
     job_id = send_new(page, "[steps=2] chicken from my pantry")
     b = bubble(page, job_id)
     expect(b.locator(".question")).to_be_visible(timeout=20_000)
-    # THEN its buttons are in view, and "Waiting for your answer" is said once
+    # THEN "Waiting for your answer" is said once (problem 8), and its buttons are in view (problem 5)
+    expect(b.get_by_text("Waiting for your answer")).to_have_count(1)
     expect(b.get_by_role("button", name="Yes")).to_be_in_viewport(ratio=1)
     expect(b.get_by_role("button", name="No")).to_be_in_viewport(ratio=1)
-    expect(b.get_by_text("Waiting for your answer")).to_have_count(1)
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Paused (at step \d of 2|before his first step)"))
     b.get_by_role("button", name="No").click()
     expect(b.locator(".reply")).not_to_be_empty(timeout=20_000)
