@@ -207,9 +207,11 @@ function updateOnline() {
 window.addEventListener('online', () => { updateOnline(); showNotice(''); flushOutbox(); });
 window.addEventListener('offline', updateOnline);
 
+let quiet = false; // rendering history (ended jobs read back): nothing to announce
 function announce(jobId, text) {
   if (!text || lastAnnounced.get(jobId) === text) return;
   lastAnnounced.set(jobId, text);
+  if (quiet) return;
   els.live.textContent = text;
 }
 
@@ -1408,10 +1410,14 @@ async function showEndedJobs(c, conv) {
     if (!isTerminal(view.status)) continue; // the list was behind: its watcher shows it
     noteJob(j.job_id, j.conversation_id, j.created_at);
     jobObjects.set(j.job_id, { ...j, ...jobObjects.get(j.job_id) });
-    lastAnnounced.set(j.job_id, 'history'); // history is not news
     jobEntry(j.job_id, j.message);
     const known = lastViews.get(j.job_id);
-    render(j.job_id, known?.fromTurns && !view.steers.length ? { ...view, steers: known.steers } : view);
+    quiet = true; // history is not news
+    try {
+      render(j.job_id, known?.fromTurns && !view.steers.length ? { ...view, steers: known.steers } : view);
+    } finally {
+      quiet = false;
+    }
   }
 }
 
