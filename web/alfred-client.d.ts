@@ -264,6 +264,11 @@ export interface AlfredClient {
     messages: { role: 'user' | 'assistant'; text: string; job_id: string; at: string; stopped?: true }[] }>;
   /** `GET /api/jobs/{id}/timeline`: the job's attempts, spans, waits, tokens and cost (SPEC "A job's timeline"). */
   getTimeline(jobId: string): Promise<Timeline>;
+  /** `GET /api/conversations`: the caller's conversations, most recently active first. */
+  listConversations(page?: { limit?: number; cursor?: string }): Promise<{
+    conversations: { conversation_id: string; updated_at: string; title: string }[]; next_cursor: string | null }>;
+  /** A job's view folded from its whole log, read once (`GET .../events?wait=0`, no stream held). */
+  readView(jobId: string): Promise<JobView>;
   /** Answer the job's question at `links.input` (or `/api/jobs/{id}/input`). `taken`: true on 202 (the job
    * goes on), false on 200 (the same answer was already taken). Rejects with an AlfredApiError: 409
    * `input_answered` (answered otherwise, e.g. on another device), `stale_input`, `input_expired`,

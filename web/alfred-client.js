@@ -443,6 +443,28 @@ export function createAlfredClient(options = {}) {
     return api(`/api/conversations/${encodeURIComponent(id)}${query ? `?${query}` : ''}`);
   };
 
+  /** The caller's conversations, most recently active first: `{conversations, next_cursor}`. */
+  const listConversations = ({ limit = 50, cursor } = {}) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (cursor) q.set('cursor', cursor);
+    return api(`/api/conversations?${q}`);
+  };
+
+  /**
+   * A job's view folded from its whole log, read once (no stream held): for a job that has ended,
+   * to show it as the device that sent it did (its error, its cancel, its question's answer).
+   */
+  async function readView(jobId) {
+    let view = emptyView(jobId);
+    for (let pages = 0; pages < 50; pages += 1) {
+      const page = await api(`/api/jobs/${encodeURIComponent(jobId)}/events?after=${view.lastSeq}&wait=0`);
+      const events = (page.events || []).filter((ev) => ev.seq > view.lastSeq).sort((a, b) => a.seq - b.seq);
+      for (const ev of events) view = applyEvent(view, ev);
+      if (!events.length || isTerminal(view.status)) break;
+    }
+    return view;
+  }
+
   // ---- watch -------------------------------------------------------------------------
   class Watcher {
     constructor(job, handlers) {
@@ -723,6 +745,7 @@ export function createAlfredClient(options = {}) {
 
   return {
     submitChat, watchJob, resumeActiveJobs, getJob, listJobs, cancelJob, getConversation, getTimeline, answerInput,
+    listConversations, readView,
     getPushKey, savePushSubscription, deletePushSubscription,
     draftKey, finishedWhileAway, acknowledge, records: allRecords, record: readRecord, close,
     watching: () => Array.from(watchers.keys()),

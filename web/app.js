@@ -34,6 +34,16 @@ const els = {
   notifyYes: $('#notify-yes'),
   notifyNo: $('#notify-no'),
   notifyError: $('#notify-error'),
+  chatsButton: $('#chats-button'),
+  chatsBadge: $('#chats-badge'),
+  chatsDialog: $('#chats-dialog'),
+  chatsClose: $('#chats-close'),
+  chatsNew: $('#chats-new'),
+  chatsList: $('#chats-list'),
+  chatsStatus: $('#chats-status'),
+  toasts: $('#toasts'),
+  whileWorking: $('#while-working'),
+  stop: $('#stop'),
 };
 
 // ---- configuration -------------------------------------------------------------------
@@ -61,7 +71,7 @@ const queuedJobs = new Set();
 const jobObjects = new Map();
 const closedQuestions = new Map();
 let focusWanted = null; // a job opened from a notification: focus its question once it shows
-const debug = (window.alfredDebug = { seen: {}, modes: {}, apiBase });
+const debug = (window.alfredDebug = { seen: {}, modes: {}, apiBase, activeJobs });
 
 // ---- auth ----------------------------------------------------------------------------
 function loadAuth() {
@@ -156,6 +166,8 @@ els.accountForm.addEventListener('submit', async (e) => {
     }
     // Another user on this browser: it must stop receiving the previous one's notifications.
     if (auth && next.user !== auth.user) await unsubscribePush();
+    // Another user: the URL's conversation is the previous user's.
+    if (!auth || next.user !== auth.user) window.history.replaceState(null, '', window.location.pathname);
     saveAuth(next);
     els.dialog.close();
     await start(next);
@@ -195,9 +207,11 @@ function updateOnline() {
 window.addEventListener('online', () => { updateOnline(); showNotice(''); flushOutbox(); });
 window.addEventListener('offline', updateOnline);
 
+let quiet = false; // rendering history (ended jobs read back): nothing to announce
 function announce(jobId, text) {
   if (!text || lastAnnounced.get(jobId) === text) return;
   lastAnnounced.set(jobId, text);
+  if (quiet) return;
   els.live.textContent = text;
 }
 
@@ -465,7 +479,8 @@ function render(jobId, view) {
   let stepText;
   let stepLabel = '';
   if (waiting) {
-    stepText = 'Waiting for your answer';
+    // The title already reads "Waiting for your answer": the step line says where he paused (once).
+    stepText = so ? `Paused at step ${so.k} of ${so.n}` : 'Paused before his first step';
     if (so) stepLabel = view.steps.find((s) => s.index === so.k)?.label || '';
   } else if (view.phase === 'reply') {
     stepText = 'Writing the reply';
@@ -546,6 +561,8 @@ function render(jobId, view) {
   offerTimeline(li, view);
 
   renderQuestion(jobId, li, view, active);
+  renderSteers(jobId, li, view);
+  $('.steer-note', li).hidden = !steerMissed.has(jobId);
 
   if (queued) announce(jobId, 'Queued: starts when Alfred has finished your earlier message.');
   else if (waiting && view.question) announce(jobId, `Alfred asks: ${view.question.prompt}`);
@@ -555,14 +572,20 @@ function render(jobId, view) {
   else if (interrupted) announce(jobId, 'Interrupted by your next message.');
   else if (view.status === 'cancelled') announce(jobId, 'Cancelled.');
 
-  if (wasActive !== active) refreshWaiting(jobId);
+  if (wasActive !== active) {
+    refreshWaiting(jobId);
+    refreshComposer();
+  }
 }
 
 // ---- Stop keeps the words: a reply cut off by a cancel stays, marked "Stopped" --------------
 
 /** The view of a committed turn: its reply, and a stopped one (cancelled while replying) as such. */
 function committedView(jobId, turn) {
-  const view = { ...emptyView(jobId, turn.stopped ? 'cancelled' : 'complete'), reply: turn.assistant || '' };
+  const view = {
+    ...emptyView(jobId, turn.stopped ? 'cancelled' : 'complete'), reply: turn.assistant || '', fromTurns: true,
+    steers: (turn.steers || []).map((text) => ({ messageId: null, text })),
+  };
   return turn.stopped ? { ...view, stopped: true } : view;
 }
 
@@ -699,10 +722,12 @@ function renderQuestion(jobId, li, view, active) {
   const q = active ? view.question : null;
   const closed = q ? closedQuestions.get(jobId) : null;
   const open = Boolean(q) && !(closed && closed.inputId === q.inputId);
-  if (q && box.dataset.inputId !== q.inputId) buildQuestion(jobId, box, q);
+  const arrived = q && box.dataset.inputId !== q.inputId;
+  if (arrived) buildQuestion(jobId, box, q);
   if (!q) delete box.dataset.inputId;
   box.hidden = !open;
   li.classList.toggle('has-question', open);
+  if (arrived && open && li.parentNode) bringIntoView(box);
   if (open && focusWanted === jobId) {
     focusWanted = null;
     box.querySelector('button:not([disabled]), input:not([disabled])')?.focus({ preventScroll: true });
@@ -799,6 +824,7 @@ async function openJob(jobId) {
       watch(job);
     } catch { return; }
   }
+  stick = false; // the user asked for this job: stay on it
   li.scrollIntoView({ block: 'center' });
   li.classList.add('is-opened');
   setTimeout(() => li.classList.remove('is-opened'), 2000);
@@ -813,7 +839,7 @@ function attach(jobId) {
   if (!li) return;
   detached.delete(jobId);
   els.empty.hidden = true;
-  els.messages.append(li.user, li);
+  els.messages.append(li.user, ...(li.steerBubbles || []), li);
   place(jobId);
 }
 
@@ -1005,6 +1031,7 @@ function handlersFor(jobId) {
     onDone(view, { whileAway }) {
       render(jobId, view);
       if (whileAway) showAwayCard(jobId);
+      else if (!shownHere(jobId)) showElsewhereToast(jobId, view);
     },
     onGone() {
       // 404: expired, or the local stack was restarted and forgot it. Stop spinning and say so.
@@ -1084,7 +1111,9 @@ function send() {
   // Same draft text → same Idempotency-Key: a double tap or a resend is one job. Keyed now, sent
   // in turn: each submit waits for the one before (so it has the conversation id and its place).
   const key = draft.keyFor(text);
-  if (!outbox().some((e) => e.key === key)) saveOutbox([...outbox(), { key, text, conv: null, tried: false }]);
+  const multitask = chosenMultitask();
+  if (!outbox().some((e) => e.key === key)) saveOutbox([...outbox(), { key, text, conv: null, tried: false, multitask }]);
+  stickToEnd();
   if (navigator.onLine === false) {
     offlineQueued(key, text);
     return undefined;
@@ -1134,7 +1163,9 @@ async function submit(c, key) {
     updateEntry(key, { conv: entry.conv, tried: true });
   }
   try {
-    const job = await c.submitChat(entry.text, { conversationId: entry.conv || undefined, idempotencyKey: key });
+    const job = await c.submitChat(entry.text, {
+      conversationId: entry.conv || undefined, idempotencyKey: key, multitask: entry.multitask || undefined,
+    });
     draft.sent(entry.text);
     dropEntry(key);
     if (client !== c) return;
@@ -1143,13 +1174,22 @@ async function submit(c, key) {
       autoGrow();
     }
     if (!conversationId && !entry.conv) { // the first message of a new chat: this is its conversation
-      conversationId = job.conversation_id;
-      debug.conversationId = conversationId;
-      localStorage.setItem(convKey(), conversationId);
+      rememberConversation(job.conversation_id);
+      setConversationUrl(conversationId, false);
       // Seen (from the job list) before its answer came back: it is this conversation's after all.
       for (const id of Array.from(detached.keys())) if (shownHere(id)) attach(id);
     }
-    watch(job);
+    if (job.steered === true) {
+      steeredInto(job, entry.text);
+    } else {
+      const missed = entry.multitask === 'steer' && job.steered === false;
+      if (missed) steerMissed.add(job.job_id);
+      watch(job);
+      if (missed) {
+        $('.steer-note', jobEntry(job.job_id)).hidden = false;
+        announce(job.job_id, 'Too late to add to the answer before: your message went as a new one.');
+      }
+    }
     if (navigator.onLine === false) updateOnline();
     offerNotifications();
   } catch (err) {
@@ -1200,11 +1240,392 @@ els.message.addEventListener('keydown', (e) => {
 });
 els.message.addEventListener('input', autoGrow);
 
+// ---- the newest thing stays in view -------------------------------------------------------
+// The conversation follows its end (a streaming reply, a queued message, a question, the panel
+// that offers notifications taking room) unless the user scrolled up to read. Only the user's
+// own scrolling (wheel, touch, keys) lets go of the end: content that grows or shrinks, and the
+// browser's scroll anchoring, move scrollTop too, and must not. Back at the end, it follows again.
+let stick = true;
+let userScrolledAt = -Infinity;
+const NEAR_END_PX = 64;
+const USER_SCROLL_MS = 1000;
+
+function nearEnd() {
+  const c = els.conversation;
+  return c.scrollHeight - c.scrollTop - c.clientHeight < NEAR_END_PX;
+}
+
+const userScrolls = () => { userScrolledAt = performance.now(); };
+for (const type of ['wheel', 'touchmove']) els.conversation.addEventListener(type, userScrolls, { passive: true });
+els.conversation.addEventListener('keydown', (e) => {
+  if (['ArrowUp', 'ArrowDown', 'PageUp', 'PageDown', 'Home', 'End', ' '].includes(e.key)) userScrolls();
+});
+els.conversation.addEventListener('scroll', () => {
+  if (nearEnd()) stick = true;
+  else if (performance.now() - userScrolledAt < USER_SCROLL_MS) stick = false;
+}, { passive: true });
+
+/** Follow the end from now on (the user sent something, or opened a conversation). */
+function stickToEnd() {
+  stick = true;
+  scrollToEnd();
+}
+
+function followEnd() {
+  if (stick) scrollToEnd();
+}
+
+if ('ResizeObserver' in window) {
+  const ro = new ResizeObserver(followEnd);
+  ro.observe(els.messages);
+  ro.observe(els.conversation);
+}
+
+/** Show an element that asks for the user (a question's buttons): whether or not following. */
+function bringIntoView(el) {
+  requestAnimationFrame(() => {
+    el.scrollIntoView({ block: 'nearest' });
+    if (nearEnd()) stick = true;
+  });
+}
+
+// ---- steering: a message sent while Alfred works joins what he is doing ---------------------
+const steerMissed = new Set(); // jobs made of a steer that came too late (Alfred was replying)
+
+/** The 202 said steered: the message joined the active job; it shows as the user's, above Alfred's bubble. */
+function steeredInto(job, text) {
+  jobObjects.set(job.job_id, { ...jobObjects.get(job.job_id), ...job });
+  const li = jobEntry(job.job_id);
+  const view = lastViews.get(job.job_id);
+  if (view) render(job.job_id, view);
+  else renderSteers(job.job_id, li, { steers: [] });
+  announce(job.job_id, 'Added to what Alfred is doing: he takes it into account at his next step.');
+  if (!client.watching().includes(job.job_id) && !isTerminal(job.status)) watch(job);
+}
+
+/** The user's messages that joined a job (its steered events, then those this device sent that
+ * the server took but the runner has not recorded yet), each a bubble of the user's between the
+ * job's first message and Alfred's bubble. */
+function renderSteers(jobId, li, view) {
+  const taken = (view.steers || []).map((x) => x.text);
+  const left = [...taken];
+  const sent = (client.record(jobId)?.steers || []).map((m) => m.message);
+  const pending = sent.filter((t) => {
+    const i = left.indexOf(t);
+    if (i === -1) return true;
+    left.splice(i, 1); // its event arrived
+    return false;
+  });
+  const waiting = !isTerminal(view.status || 'pending');
+  const all = [...taken.map((text) => ({ text, pending: false })), ...pending.map((text) => ({ text, pending: waiting }))];
+  const bubbles = li.steerBubbles || (li.steerBubbles = []);
+  if (!all.length && !bubbles.length) return;
+  while (bubbles.length < all.length) {
+    const b = userBubble('', jobId);
+    b.classList.add('msg-steer');
+    const tag = document.createElement('span');
+    tag.className = 'steer-tag';
+    $('.bubble', b).append(tag);
+    bubbles.push(b);
+  }
+  for (const extra of bubbles.splice(all.length)) extra.remove();
+  all.forEach((m, i) => {
+    const b = bubbles[i];
+    $('.msg-text', b).textContent = m.text;
+    b.classList.toggle('is-pending', m.pending);
+    $('.steer-tag', b).textContent = m.pending ? 'Added while Alfred works: he reads it at his next step'
+      : 'Added while Alfred worked';
+  });
+  if (li.parentNode === els.messages) {
+    let prev = li.previousElementSibling;
+    let inOrder = true;
+    for (let i = bubbles.length - 1; i >= 0; i -= 1) {
+      if (prev !== bubbles[i]) { inOrder = false; break; }
+      prev = prev.previousElementSibling;
+    }
+    if (!inOrder) for (const b of bubbles) els.messages.insertBefore(b, li);
+  }
+}
+
+/** The conversation's job being worked on now (the first active one in the server's order). */
+function workingJob() {
+  let best = null;
+  for (const [jobId, active] of activeJobs) {
+    if (!active || !shownHere(jobId)) continue;
+    const li = els.messages.querySelector(`li.msg-alfred[data-job-id="${CSS.escape(jobId)}"]`);
+    if (!li) continue;
+    const order = metaOf(jobId)?.order || '';
+    if (!best || order < best.order) best = { jobId, order, li };
+  }
+  return best;
+}
+
+/** While a job of this conversation is under way: the choices for the next message, and Stop. */
+function refreshComposer() {
+  const working = workingJob();
+  const was = !els.whileWorking.hidden;
+  els.whileWorking.hidden = !working;
+  if (!working && was) resetMultitask();
+}
+
+function resetMultitask() {
+  const steer = els.whileWorking.querySelector('input[name="multitask"][value="steer"]');
+  if (steer) steer.checked = true;
+}
+
+/** What a message sent now does: steer (default), enqueue or interrupt while a job is under way. */
+function chosenMultitask() {
+  if (els.whileWorking.hidden) return undefined;
+  const value = els.whileWorking.querySelector('input[name="multitask"]:checked')?.value || 'steer';
+  resetMultitask(); // each message chooses afresh; steering is the default
+  return value;
+}
+
+els.stop.addEventListener('click', () => {
+  const working = workingJob();
+  if (working) cancel(working.jobId, working.li);
+});
+
+// ---- a reply that finished in another conversation, said where the user is ---------------------
+function showElsewhereToast(jobId, view) {
+  const conv = metaOf(jobId)?.conversation || jobObjects.get(jobId)?.conversation_id || client.record(jobId)?.conversationId;
+  if (!conv || els.toasts.querySelector(`.toast[data-job-id="${CSS.escape(jobId)}"]`)) return;
+  const title = conversationTitles.get(conv) || messageOf(jobId) || 'another conversation';
+  const what = view.status === 'complete' ? 'Alfred finished' : view.status === 'failed' ? "Alfred couldn't finish"
+    : 'Alfred stopped';
+  const toast = document.createElement('div');
+  toast.className = `toast toast-${view.status}`;
+  toast.dataset.jobId = jobId;
+  toast.dataset.conversationId = conv;
+  const text = document.createElement('span');
+  text.className = 'toast-text';
+  text.textContent = `${what} in “${title}”`;
+  const link = document.createElement('a');
+  link.href = `#/c/${conv}`;
+  link.textContent = 'Open';
+  link.setAttribute('aria-label', `Open “${title}”`);
+  const close = document.createElement('button');
+  close.type = 'button';
+  close.className = 'secondary';
+  close.textContent = 'Dismiss';
+  close.addEventListener('click', () => toast.remove());
+  toast.append(text, link, close);
+  els.toasts.append(toast);
+  unseenElsewhere.add(conv);
+  // Two at most: older news stays on the Chats button's count until its conversation is opened.
+  while (els.toasts.children.length > MAX_TOASTS) els.toasts.firstElementChild.remove();
+  updateChatsBadge();
+  announce(jobId, `${what} in another conversation: ${title}.`);
+}
+
+const unseenElsewhere = new Set(); // conversations with an ending the user has not opened yet
+const MAX_TOASTS = 2;
+
+function updateChatsBadge() {
+  const n = unseenElsewhere.size;
+  els.chatsBadge.textContent = String(n);
+  els.chatsBadge.hidden = !n;
+}
+
+/** Opening a conversation settles what was said about it. */
+function dropToastsOf(conv) {
+  for (const t of els.toasts.querySelectorAll(`.toast[data-conversation-id="${CSS.escape(conv)}"]`)) t.remove();
+  unseenElsewhere.delete(conv);
+  updateChatsBadge();
+}
+
+// ---- every conversation: a list, a URL each (#/c/ID), Back works ----------------------------
+const conversationTitles = new Map(); // conversation id → its title (from the list)
+let recentJobs = []; // the user's latest jobs (newest first), to show a conversation's ended ones
+
+function conversationFromUrl() {
+  const m = /^#\/c\/([A-Za-z0-9_-]{1,64})$/.exec(window.location.hash);
+  return m ? m[1] : null;
+}
+
+/** This conversation's URL, as a new history entry (push) or in place of the current one. */
+function setConversationUrl(id, push) {
+  if (jobFromHash()) return; // opened from a notification: that URL stays what it was
+  const hash = id ? `#/c/${id}` : '#/new';
+  if (window.location.hash === hash) return;
+  const url = `${window.location.pathname}${window.location.search}${hash}`;
+  if (push) window.history.pushState({ conversation: id }, '', url);
+  else window.history.replaceState({ conversation: id }, '', url);
+}
+
+function rememberConversation(id) {
+  conversationId = id;
+  debug.conversationId = id;
+  try {
+    if (id) localStorage.setItem(convKey(), id);
+    else localStorage.removeItem(convKey());
+  } catch { /* ignore */ }
+}
+
+/** Take every bubble off the page (their jobs are still watched) and empty it. */
+function leaveConversation() {
+  for (const li of els.messages.querySelectorAll('li.msg-alfred[data-job-id]')) detached.set(li.dataset.jobId, li);
+  pinned.clear();
+  resetPage();
+}
+
+/** Show another conversation: what this device knows at once, then the server's turns and ended jobs. */
+async function openConversation(id, { push = true } = {}) {
+  const c = client;
+  if (!c) return;
+  if (els.chatsDialog.open) els.chatsDialog.close();
+  if (push) setConversationUrl(id, true);
+  if (id === conversationId) return;
+  leaveConversation();
+  rememberConversation(id);
+  dropToastsOf(id);
+  for (const jobId of Array.from(detached.keys())) if (shownHere(jobId)) attach(jobId);
+  for (const r of c.records().filter((x) => !x.gone && x.view && x.conversationId === id)) {
+    if (!lastViews.has(r.jobId)) {
+      jobEntry(r.jobId, r.message);
+      render(r.jobId, r.view);
+    }
+  }
+  for (const e of outbox()) showWaiting(e);
+  refreshComposer();
+  stickToEnd();
+  try {
+    recentJobs = (await c.listJobs({ limit: 100 })).jobs || recentJobs;
+    for (const j of recentJobs) noteJob(j.job_id, j.conversation_id, j.created_at);
+  } catch { /* offline: what we have is shown */ }
+  if (client !== c || conversationId !== id) return;
+  try {
+    const conv = await c.getConversation(id);
+    if (client !== c || conversationId !== id) return;
+    mergeConversation(conv.messages || []);
+  } catch { /* offline or expired */ }
+  await showEndedJobs(c, id);
+  if (client !== c || conversationId !== id) return;
+  // Jobs still under way in it (sent from another device meanwhile) join it.
+  syncConversation();
+  refreshComposer();
+  followEnd();
+}
+
+/** "New chat": an empty conversation (its own URL, #/new); the next message starts it on the server. */
+function newChat({ push = true } = {}) {
+  if (!client) return;
+  if (els.chatsDialog.open) els.chatsDialog.close();
+  leaveConversation();
+  rememberConversation(null);
+  if (push) setConversationUrl(null, true);
+  refreshComposer();
+  els.message.focus();
+}
+
+/**
+ * The jobs of this conversation that ended and are not (only) committed turns: failed and
+ * cancelled ones, and the answers given on the way, read from each job's log as the device that
+ * sent them saw it. From the user's latest jobs (the job list), one job at a time.
+ */
+async function showEndedJobs(c, conv) {
+  const ended = recentJobs.filter((j) => j.conversation_id === conv && isTerminal(j.status)
+    && (!lastViews.has(j.job_id) || lastViews.get(j.job_id).fromTurns));
+  for (const j of ended) {
+    let view;
+    try { view = await c.readView(j.job_id); } catch { continue; }
+    if (client !== c || conversationId !== conv) return;
+    if (!isTerminal(view.status)) continue; // the list was behind: its watcher shows it
+    noteJob(j.job_id, j.conversation_id, j.created_at);
+    jobObjects.set(j.job_id, { ...j, ...jobObjects.get(j.job_id) });
+    jobEntry(j.job_id, j.message);
+    const known = lastViews.get(j.job_id);
+    quiet = true; // history is not news
+    try {
+      render(j.job_id, known?.fromTurns && !view.steers.length ? { ...view, steers: known.steers } : view);
+    } finally {
+      quiet = false;
+    }
+  }
+}
+
+async function loadConversationList() {
+  const c = client;
+  els.chatsStatus.textContent = 'Loading…';
+  let list;
+  try {
+    list = (await c.listConversations({ limit: 50 })).conversations || [];
+  } catch (err) {
+    if (!(err instanceof AlfredApiError) || err.status !== 404) {
+      els.chatsStatus.textContent = navigator.onLine === false ? "You're offline: the list comes back with the network."
+        : `Couldn't load your conversations: ${err.message}`;
+      return;
+    }
+    list = await conversationsFromJobs(c); // a server without GET /api/conversations
+  }
+  if (client !== c) return;
+  els.chatsStatus.textContent = list.length ? '' : 'No conversations yet.';
+  els.chatsList.replaceChildren(...list.map((conv) => {
+    conversationTitles.set(conv.conversation_id, conv.title || 'Untitled');
+    const li = document.createElement('li');
+    const a = document.createElement('a');
+    a.href = `#/c/${conv.conversation_id}`;
+    a.dataset.conversationId = conv.conversation_id;
+    if (conv.conversation_id === conversationId) a.setAttribute('aria-current', 'page');
+    const title = document.createElement('span');
+    title.className = 'chat-title';
+    title.textContent = conv.title || 'Untitled';
+    const when = document.createElement('time');
+    when.className = 'chat-when';
+    const at = Date.parse(conv.updated_at);
+    if (!Number.isNaN(at)) {
+      when.dateTime = new Date(at).toISOString();
+      when.textContent = timeFormat.format(new Date(at));
+    }
+    a.append(title, when);
+    li.append(a);
+    return li;
+  }));
+}
+
+/** The list folded from the user's latest jobs (newest first; titled by each one's first message). */
+async function conversationsFromJobs(c) {
+  const jobs = (await c.listJobs({ limit: 100 })).jobs || [];
+  const byConv = new Map();
+  for (const j of jobs) {
+    const cur = byConv.get(j.conversation_id);
+    if (!cur) byConv.set(j.conversation_id, { conversation_id: j.conversation_id, updated_at: j.created_at, title: j.message });
+    else cur.title = j.message; // older: the conversation's first message titles it
+  }
+  return Array.from(byConv.values()).map((x) => ({ ...x, title: (x.title || '').slice(0, 80) }));
+}
+
+els.chatsButton.addEventListener('click', () => {
+  if (!client) return;
+  els.chatsDialog.showModal();
+  loadConversationList();
+});
+els.chatsClose.addEventListener('click', () => els.chatsDialog.close());
+els.chatsNew.addEventListener('click', () => newChat());
+els.chatsList.addEventListener('click', (e) => {
+  const a = e.target.closest('a[data-conversation-id]');
+  if (!a) return;
+  e.preventDefault();
+  openConversation(a.dataset.conversationId);
+});
+// Back and Forward between conversations (and a toast's link, a #/c/ID typed in).
+window.addEventListener('popstate', () => {
+  if (!client || jobFromHash()) return;
+  const id = conversationFromUrl();
+  if (id) openConversation(id, { push: false });
+  else if (window.location.hash === '#/new' && conversationId) newChat({ push: false });
+});
+window.addEventListener('hashchange', () => {
+  const id = conversationFromUrl();
+  if (client && id && id !== conversationId) openConversation(id, { push: false });
+});
+
 // ---- start -----------------------------------------------------------------------------
 function resetPage() {
   els.messages.replaceChildren();
   els.awayCards.replaceChildren();
   els.empty.hidden = false;
+  els.whileWorking.hidden = true;
 }
 
 async function start(nextAuth) {
@@ -1212,9 +1633,12 @@ async function start(nextAuth) {
   resetPage();
   showComposerNote('');
   lastAnnounced.clear();
-  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions, committedAt, detached, pinned]) {
+  for (const m of [jobMeta, activeJobs, lastViews, queuedJobs, jobObjects, closedQuestions, committedAt, detached, pinned,
+    steerMissed, conversationTitles, unseenElsewhere]) {
     m.clear();
   }
+  els.toasts.replaceChildren();
+  updateChatsBadge();
   hideNotifyPrompt();
   pushKey = undefined;
   auth = nextAuth;
@@ -1228,10 +1652,13 @@ async function start(nextAuth) {
 
   // 1. Which conversation: the last one this browser used, else the user's most recent (the job
   // list also tells when each recent job was sent, for the order of their turns).
-  conversationId = localStorage.getItem(convKey());
+  const fromUrl = conversationFromUrl();
+  conversationId = fromUrl || (window.location.hash === '#/new' ? null : localStorage.getItem(convKey()));
+  if (fromUrl) localStorage.setItem(convKey(), fromUrl);
   try {
-    const recent = (await c.listJobs({ limit: 50 })).jobs || [];
+    const recent = (await c.listJobs({ limit: 100 })).jobs || [];
     if (client !== c) return;
+    recentJobs = recent;
     for (const j of recent) {
       noteJob(j.job_id, j.conversation_id, j.created_at);
       if (!jobObjects.has(j.job_id)) jobObjects.set(j.job_id, j);
@@ -1245,6 +1672,7 @@ async function start(nextAuth) {
     /* offline: what this device knows is shown */
   }
   debug.conversationId = conversationId;
+  if (conversationId) setConversationUrl(conversationId, false);
   await showConversation(c);
 }
 
@@ -1266,6 +1694,8 @@ async function showConversation(c) {
       if (client !== c) return;
       mergeConversation(conv.messages || []);
     } catch { /* offline or expired: what we have is shown */ }
+    await showEndedJobs(c, conversationId);
+    if (client !== c) return;
   }
 
   // Resume every job still running (this device's and the user's others, with their own text).
@@ -1288,7 +1718,8 @@ async function showConversation(c) {
   for (const e of outbox()) showWaiting(e);
   flushOutbox();
   updateOnline();
-  scrollToEnd();
+  refreshComposer();
+  stickToEnd();
 
   // Opened from a notification (#job=ID): show that job.
   if (jobFromHash()) await openJob(jobFromHash());
@@ -1302,8 +1733,9 @@ function mergeConversation(messages) {
   const turns = new Map();
   for (const m of messages) {
     if (!m.job_id) continue;
-    const t = turns.get(m.job_id) || {};
-    t[m.role] = m.text;
+    const t = turns.get(m.job_id) || { steers: [] };
+    if (m.role === 'user' && t.user !== undefined) t.steers.push(m.text); // joined the job (steer)
+    else t[m.role] = m.text;
     if (m.role === 'assistant' && m.stopped) t.stopped = true;
     t.at = m.at;
     turns.set(m.job_id, t);
@@ -1347,16 +1779,7 @@ document.addEventListener('visibilitychange', () => {
 });
 
 // "New chat": an empty conversation; the next message starts a new one on the server.
-els.newChat.addEventListener('click', () => {
-  if (!client) return;
-  for (const li of els.messages.querySelectorAll('li.msg-alfred[data-job-id]')) detached.set(li.dataset.jobId, li);
-  pinned.clear();
-  resetPage();
-  conversationId = null;
-  debug.conversationId = null;
-  try { localStorage.removeItem(convKey()); } catch { /* ignore */ }
-  els.message.focus();
-});
+els.newChat.addEventListener('click', () => newChat());
 
 async function boot() {
   updateOnline();

@@ -2,7 +2,8 @@
 
 Each state is asserted (what shows, by text and role) before its picture is taken: the empty
 conversation, a completed reply (its numbered list rendered as an ``ol``), a question card, a
-failed job with Retry, a job running, and a second message queued behind it. The pictures go to
+failed job with Retry, a job running, a second message queued behind it, a message added to a
+job under way (steer), a reply that finished in a conversation left, and the list of conversations. The pictures go to
 ``docs/web/{scheme}-{state}.png`` (committed, small) and ``test-output/screenshots/``.
 
 Also here: a job the server no longer knows (404) stops spinning and says it is gone.
@@ -146,13 +147,43 @@ def test_screens_of_each_state(phone: Any, user: str, scheme: str) -> None:
     expect(first.get_by_role("button", name="Cancel")).to_be_visible()
     shoot(page, scheme, "running")
 
-    # A second message while it runs: queued under it, muted, with its own Cancel
+    # A second message while it runs, with "Queue it" chosen: queued under it, muted, with its own Cancel
+    page.get_by_label("Queue it").check()
     second = send_new(page, "[steps=1] two quick desserts")
     expect(second.locator(".queued-label")).to_have_text("Queued")
     expect(second.locator(".queued")).to_contain_text("Starts by itself when Alfred has finished your earlier message")
     expect(second.get_by_role("button", name="Cancel")).to_be_visible()
     expect(first.locator(".step-text")).to_have_text(re.compile(r"Step [1-5] of 6"))
     shoot(page, scheme, "queued")
+
+    # A message added to a job under way (steer, the default): the user's bubble above Alfred's,
+    # the composer's choices and Stop under the conversation
+    new_chat(page)
+    steered = send_new(page, "[steps=6] [pace=1] chicken and rice")
+    expect(steered.locator(".step-text")).to_have_text(re.compile(r"Step [1-3] of 6"))
+    expect(page.get_by_label("Add to this request")).to_be_checked()
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    box = page.get_by_label("Message")
+    box.fill("make it vegetarian")
+    box.press("Enter")
+    expect(page.locator("li.msg-steer .msg-text")).to_have_text("make it vegetarian")
+    expect(page.locator("#messages li.msg-alfred")).to_have_count(1)
+    shoot(page, scheme, "steered")
+
+    # A reply that finished in a conversation left: said here, with a link to it
+    new_chat(page)
+    toast = page.locator("#toasts .toast").filter(has_text="chicken and rice")
+    expect(toast).to_be_visible(timeout=30_000)
+    expect(toast.get_by_role("link", name=re.compile("Open"))).to_be_visible()
+    shoot(page, scheme, "finished-elsewhere")
+
+    # The list of conversations, newest first (the four above and the queued one's)
+    page.get_by_role("button", name="Chats").click()
+    rows = page.get_by_role("dialog", name="Conversations").locator(".chats-list a")
+    expect(rows.filter(has_text="[steps=6] [pace=1] chicken and rice")).to_have_count(1)
+    expect(rows.filter(has_text="salmon and leeks")).to_have_count(1)
+    assert rows.count() >= 4
+    shoot(page, scheme, "conversations")
 
 
 def test_a_job_the_server_no_longer_knows_stops_spinning_and_says_it_is_gone(page: Any, user: str,
