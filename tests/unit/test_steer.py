@@ -22,6 +22,7 @@ from alfred_jobs.exceptions import Conflict, SlotTaken
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService, Submitted, body_hash
 from alfred_jobs.settings import Settings
+from tests.support.clocks import ShiftedClock
 
 CONV = "c" * 32
 
@@ -241,3 +242,43 @@ def test_a_slot_taken_by_an_older_attempts_late_write_gives_the_lease_back(deps:
     assert rec is not None and rec.lease_owner is None  # given back: the message's return resumes it
     newer = Event.of(2, PhasePayload(phase="think"), attempt=3, writer="w3", at=deps.clock.now())
     assert attempt._lost_slot(SlotTaken(newer)).outcome is Outcome.DROPPED  # a newer owner: fenced
+
+
+class FrozenInTheClose(MemoryJobStore):
+    """The process freezes with the reply door's close on the wire, past its lease; meanwhile the
+    user cancels. The close lands as the process wakes."""
+
+    def __init__(self, clock: ShiftedClock) -> None:
+        super().__init__(clock=clock)
+        self.shifted = clock
+        self.froze = False
+
+    def close_door(self, job_id: str, seen: int, *, owner: str | None) -> Job | None:
+        closed = super().close_door(job_id, seen, owner=owner)  # it lands as sent; its answer comes late
+        if not self.froze:
+            self.froze = True
+            self.shifted.offset += 120  # two minutes frozen: the lease (30 s) ran out long ago
+            self.request_cancel(job_id)
+        return closed
+
+
+def test_a_worker_frozen_in_the_doors_close_does_not_start_the_reply() -> None:
+    """Sim seed 4508 (``cancel_stops_at_the_next_boundary``): the door's close before the reply can
+    take any time; a worker frozen two minutes in it woke and started replying, its lease long gone
+    and its job cancelled meanwhile. The boundary's checks come after the close."""
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=30, cancel_poll_seconds=60), clock=clock)
+    deps.jobs = FrozenInTheClose(clock)
+    job_id = send(deps, "chicken [steps=1]").job.job_id
+
+    class Replies(DemoAgent):
+        replied = False
+
+        def reply(self, plan: Any, ctx: AgentContext) -> Any:
+            Replies.replied = True
+            return super().reply(plan, ctx)
+
+    outcome = run(deps, job_id, Replies(deps.agent_data, deps.settings))
+    assert deps.jobs.froze and not Replies.replied, "the agent replied after its lease ran out"
+    assert outcome is not Outcome.DONE or log_of(deps, job_id)[-1].type is EventType.CANCELLED
+    assert "phase:reply" not in kinds(log_of(deps, job_id))

@@ -916,6 +916,10 @@ class _Attempt:
         if "reply" not in done.phases:
             self._drain()
             self._seal()  # before the reply: every steer that got in is seen by it
+            # The close can take any time (a paused process): the boundary's checks come after it,
+            # the last thing before the agent replies (sim seed 4508: a worker frozen two minutes
+            # in the close woke and started replying, its lease long gone and its job cancelled).
+            self.boundary()
             self.append_behind(PhasePayload(phase="reply"))  # the agent starts replying meanwhile
         reply = self._stream_reply(plan, ctx, done.shown)
         self.boundary()
