@@ -292,6 +292,11 @@ class World:
             return
         self.k.log("lambda", f"TIMEOUT {proc.name} at {until:.1f}: killed")
         self.k.kill(proc)
+        # A kill is a crash, faults or not: a wake-up the killed process was about to send (a
+        # finalize's hand-off) is the sweeper's to repair, not lost by the protocol. The ways clear
+        # at the next check are taken as cleared in faults (sim seed 2423: a worker killed at its
+        # timeout as it finished a cancel; the next job of the user waited for the sweeper).
+        self.handoffs_checked = False
         self.idle_since.pop(proc.name, None)
         if proc in self.workers:
             self.workers[self.workers.index(proc)] = self.start_worker(len(self.workers) + self.k.rng.randrange(1000))
