@@ -66,7 +66,7 @@ def test_a_stopped_reply_stays_marked_on_both_devices_and_the_timeline_shows_it(
     rows = timeline.locator(".tl-row")
     expect(rows).to_have_count(4)  # queued, thinking, step 1, reply
     names = [n.strip() for n in timeline.locator(".tl-name").all_text_contents()]
-    assert names == ["Queued", "Thinking", "Step 1 · Check the pantry", "Reply"], names
+    assert names == ["Queued", "Thinking", "Step 1 · Search risottos with mushrooms", "Reply"], names
     expect(timeline.locator(".tl-cancel")).to_have_text("Cancelled: you stopped it")
     expect(timeline.locator(".tl-totals")).to_contain_text(re.compile(r"in all · .*tokens · \$0\.\d{4}"))
     expect(timeline.locator(".tl-reply .tl-meta")).to_contain_text("out tokens")

@@ -205,8 +205,10 @@ def test_failed_job_shows_its_error(page: Any, user: str, web_stack: WebStack) -
     open_page(page, user)
     job_id = send(page, "[fatal] mystery stew")
     b = bubble(page, job_id)
-    expect(b.locator(".state-failed")).to_have_text(
+    # the error says the request itself is the cause, so that a Retry is not expected to help
+    expect(b.locator(".state-failed")).to_contain_text(
         "Alfred couldn't finish: the recipe service refused this request")
+    expect(b.locator(".state-failed")).to_contain_text("sending it again fails the same way")
     expect(b.locator(".working")).to_be_hidden()
     assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "failed"
     screenshot(page, "11-failed")

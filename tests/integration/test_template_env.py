@@ -58,8 +58,8 @@ TERMINAL = {str(t) for t in (EventType.COMPLETE, EventType.FAILED, EventType.CAN
 RUNTIME_KEYS = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                 "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME",
                 "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "TZ", "LANG", "HOME", "PATH", "LAMBDA_TASK_ROOT", "AWS_XRAY_CONTEXT_MISSING",
-                "AWS_XRAY_DAEMON_ADDRESS"}
+                "TZ", "LANG", "HOME", "PATH", "LAMBDA_TASK_ROOT"}
+XRAY_KEYS = {"AWS_XRAY_CONTEXT_MISSING", "AWS_XRAY_DAEMON_ADDRESS"}  # with Tracing=Active only
 ZIP_RUNTIME_KEYS = {"AWS_EXECUTION_ENV", "_HANDLER", "LAMBDA_RUNTIME_DIR", "PYTHONPATH"}
 
 
@@ -160,6 +160,8 @@ def test_each_function_starts_with_exactly_its_template_environment(
         # THEN it is the template's variables, the runtime's, the emulator endpoints: nothing else
         is_zip = logical_id != "StreamFunction"
         expected = set(template_vars) | RUNTIME_KEYS | set(deployment.endpoints) - {"AWS_DEFAULT_REGION"}
+        if deployment.resolver.resolve({"Ref": "Tracing"}) == "Active":
+            expected |= XRAY_KEYS
         expected |= ZIP_RUNTIME_KEYS if is_zip else set(image_env)
         assert set(env) == expected, f"{logical_id}: unexpected {set(env) - expected}, missing {expected - set(env)}"
         assert {k: env[k] for k in template_vars} == template_vars, logical_id
@@ -171,7 +173,8 @@ def test_each_function_starts_with_exactly_its_template_environment(
     submit = deployment.environment("SubmitFunction")
     assert submit["ALFRED_STREAM_URL"] == f"http://127.0.0.1:{deployment.stream_port}/"
     assert submit["ALFRED_STREAM_TOKEN_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
-    assert deployment.environment("WorkerFunction")["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "1024"
+    memory = deployment.resolver.resolve({"Ref": "WorkerMemorySize"})
+    assert deployment.environment("WorkerFunction")["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == str(memory)
 
 
 def test_a_reference_the_deployment_cannot_resolve_fails_loudly() -> None:

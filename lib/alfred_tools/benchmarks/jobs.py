@@ -232,7 +232,7 @@ def throughput_scenario(stack: BenchStack, sizes: Sizes, trace: list[dict[str, A
 
     trace_file = stack.tmp / f"trace-{uuid.uuid4().hex[:8]}.json"
     trace_file.write_text(json.dumps(trace), encoding="utf-8")
-    floor_submit = _FloorSubmit(stack)
+    floor_submit = _FloorSubmit(stack, _recorded_created_at(trace))
     replayers = [stack.spawn(["-m", "alfred_tools.benchmarks.floor", str(trace_file)]) for _ in range(n)]
     try:
         done = _complete_count(stack)
@@ -251,11 +251,23 @@ def throughput_scenario(stack: BenchStack, sizes: Sizes, trace: list[dict[str, A
             "floor_calls_per_job": len(trace)}
 
 
+def _recorded_created_at(trace: list[dict[str, Any]]) -> float | None:
+    """The recorded job's ``created_at`` as its status writes name it (``created_at = :ca``: a
+    late write must not land on a new job that reuses the id). The floor's jobs are created with
+    it, so that the replayed writes' conditions hold for them as they did for the recorded job."""
+    for call in trace:
+        value = (call["params"].get("ExpressionAttributeValues") or {}).get(":ca")
+        if value and "N" in value:
+            return float(value["N"])
+    return None
+
+
 class _FloorSubmit:
     """The submit side of the floor: the same PutItem + SendMessage, bare (see ``submit_scenario``)."""
 
-    def __init__(self, stack: BenchStack) -> None:
+    def __init__(self, stack: BenchStack, created_at: float | None = None) -> None:
         self.stack = stack
+        self.created_at = created_at
 
     def __call__(self, count: int) -> None:
         from alfred_jobs.adapters.aws import job_to_item, serialize
@@ -265,7 +277,7 @@ class _FloorSubmit:
         for _ in range(count):
             now = time.time()
             job = Job(job_id=uuid.uuid4().hex, user_id=USER, message=MESSAGE, conversation_id=uuid.uuid4().hex,
-                      created_at=now, expires_at=int(now + 604800), body_hash="0" * 64)
+                      created_at=self.created_at or now, expires_at=int(now + 604800), body_hash="0" * 64)
             item = {**job_to_item(job), "active_shard": "A#0", "due_at": now + 30}
             c.dynamodb.put_item(TableName=self.stack.settings.jobs_table, Item=serialize(item),
                                 ConditionExpression="attribute_not_exists(job_id)")
