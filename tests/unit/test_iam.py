@@ -99,6 +99,15 @@ CALLS: list[tuple[str, str, str, str, str | None]] = [
     ("SweeperFunction", "sqs", "GetQueueAttributes", "JobsQueue", None),
     # the gates due for a check of their entries (the sparse gate_check index)
     ("SweeperFunction", "dynamodb", "Query", "JobsTable", "gate_check"),
+    # ending a job nobody holds (an unanswered question, a cancel nobody acted on, a log that
+    # ended while its finalize failed): the log read and appended to, the turn committed, the
+    # conversation's place on the list, a failure's message parked
+    ("SweeperFunction", "dynamodb", "GetItem", "EventsTable", None),
+    ("SweeperFunction", "dynamodb", "BatchGetItem", "EventsTable", None),
+    ("SweeperFunction", "dynamodb", "PutItem", "EventsTable", None),
+    ("SweeperFunction", "dynamodb", "BatchWriteItem", "ConversationsTable", None),
+    ("SweeperFunction", "dynamodb", "UpdateItem", "ConversationsTable", None),
+    ("SweeperFunction", "sqs", "SendMessage", "JobsDeadLetterQueue", None),
     # stream: its secret at start, the job, the log (key reads)
     ("StreamFunction", "secretsmanager", "GetSecretValue", "StreamTokenSecret", None),
     ("StreamFunction", "dynamodb", "GetItem", "JobsTable", None),
@@ -123,7 +132,7 @@ NOT_ALLOWED: list[tuple[str, str, str, str]] = [
     ("SweeperFunction", "secretsmanager", "GetSecretValue", "VapidSecret"),
     ("SweeperFunction", "secretsmanager", "GetSecretValue", "CursorSecret"),
     ("SweeperFunction", "dynamodb", "GetItem", "ConversationsTable"),
-    ("SweeperFunction", "dynamodb", "PutItem", "EventsTable"),
+    ("SweeperFunction", "dynamodb", "DeleteItem", "EventsTable"),
     ("SweeperFunction", "sqs", "ReceiveMessage", "JobsQueue"),
     ("SubmitFunction", "dynamodb", "PutItem", "ConversationsTable"),
     ("SubmitFunction", "sqs", "ChangeMessageVisibility", "JobsQueue"),
