@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from alfred_tools.sim.history import quiet_logs, run_many, run_one
 
 CI_SEEDS = int(os.environ.get("ALFRED_SIM_SEEDS", "10000"))
@@ -25,6 +27,11 @@ def _broken(violations: list[str], error: str | None) -> set[str]:
     return names | ({"escaped_error"} if error else set())
 
 
+# The suite's 300 s per test bounds a hang; this test is CPU work that scales with the machine's
+# load (151 s idle on 2 cores, about twice that beside a CPU hog on both), and a history that
+# never moves virtual time on ends as a ``Livelock`` finding, not a hang. Its bound is the
+# machine's share, not a guess of its speed.
+@pytest.mark.timeout(1800)
 def test_the_ci_seed_set_keeps_every_invariant() -> None:
     summary = run_many(range(1, CI_SEEDS + 1), processes=2)
     print(summary.report())
