@@ -26,8 +26,9 @@ class ModelPrice(BaseModel):
 # Amazon Bedrock on-demand prices of the Claude models this project names (us-east-1 and the US
 # cross-region inference profiles; the same as Anthropic's list prices, cache writes at the 5-minute
 # rate): the figures the bench prices the model with (``alfred_tools/benchmarks/prices.toml``, which
-# cites https://www.anthropic.com/pricing; Bedrock's own page was not read for them). A model id not listed here is looked up without its
-# geographic prefix (``us.``, ``eu.``, ``apac.``, ``global.``); one not found has no cost.
+# cites https://www.anthropic.com/pricing; Bedrock's own page was not read for them). A model id
+# not listed here is looked up without its geographic prefix (``us.``, ``eu.``, ``apac.``,
+# ``global.``); one not found has no cost.
 HAIKU_4_5 = ModelPrice(input=1.00, output=5.00, cache_read=0.10, cache_write=1.25)
 SONNET = ModelPrice(input=3.00, output=15.00, cache_read=0.30, cache_write=3.75)
 DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
