@@ -114,8 +114,8 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
     expect(bubble(page, asked).locator(".working")).to_be_hidden()
     failed = send_new(page, "[fatal] stew")
     expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
-    stopped = send_new(page, "[steps=6] [pace=1] beans and greens")
-    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d of 6"))
+    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
+    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     bubble(page, stopped).get_by_role("button", name="Cancel").click()
     expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
     # WHEN another device (same user, nothing stored) opens the page
@@ -127,7 +127,7 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
         # the answer given on the way, the failure with Retry, the cancel
         expect(laptop.locator("#messages li.msg-user")).to_have_count(3)
         assert user_texts(laptop) == ["[steps=1] chicken from my pantry", "[fatal] stew",
-                                      "[steps=6] [pace=1] beans and greens"]
+                                      "[steps=20] [pace=2] beans and greens"]
         expect(bubble(laptop, asked).locator(".answer-note")).to_have_text(
             re.compile(rf"{re.escape(PROMPT)} — (You answered|Answered on another device): Yes\."))
         expect(bubble(laptop, failed).locator(".state-failed")).to_contain_text(
@@ -252,8 +252,8 @@ def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str
 
 def test_stop_in_the_composer_cancels_the_job_under_way(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send_new(page, "[steps=6] [pace=1] beans and greens")
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 6"))
+    job_id = send_new(page, "[steps=20] [pace=2] beans and greens")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     page.get_by_role("button", name="Stop").click()
     expect(bubble(page, job_id).locator(".state-cancelled")).to_be_visible(timeout=20_000)
     assert web_stack.wait_status(user, job_id, {"cancelled"})["status"] == "cancelled"

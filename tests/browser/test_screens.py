@@ -190,10 +190,10 @@ def test_a_job_the_server_no_longer_knows_stops_spinning_and_says_it_is_gone(pag
                                                                              web_stack: WebStack) -> None:
     # GIVEN a job running on the page
     open_page(page, user)
-    b = send_new(page, "[steps=6] [pace=1] beans and greens")
+    b = send_new(page, "[steps=20] [pace=2] beans and greens")
     job_id = str(b.get_attribute("data-job-id"))
     expect(b.get_by_text("Alfred is still working...")).to_be_visible()
-    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 6"))
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     # WHEN the server forgets it (it expired, or `dev` restarted with its in-memory emulator):
     # the job and its events are 404, and the active list no longer has it
     not_found = json.dumps({"error": {"code": "not_found", "message": "No such job."}})
@@ -217,7 +217,7 @@ def test_a_job_the_server_no_longer_knows_stops_spinning_and_says_it_is_gone(pag
     expect(b.locator(".working")).to_be_hidden()
     expect(b.get_by_role("button", name="Cancel")).to_be_hidden()
     expect(page.locator(f'li.msg-user[data-job-id="{job_id}"] .msg-text')).to_have_text(
-        "[steps=6] [pace=1] beans and greens")
+        "[steps=20] [pace=2] beans and greens")
     assert hits, "the page never asked for the job"
     screenshot(page, "31-gone")
     page.unroute_all()
