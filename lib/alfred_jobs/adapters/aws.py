@@ -422,7 +422,11 @@ class DynamoJobStore:
         return item_to_job(attrs)
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-                      start_key: dict[str, Any] | None) -> JobPage:
+                      start_key: dict[str, Any] | None, conversation_id: str | None = None) -> JobPage:
+        # The user index (eventually consistent: a listing only). A conversation's jobs are the
+        # user's, filtered: no index of their own, which every job write would pay for. Such a
+        # read costs the user's jobs from ``start_key`` back to the page's last match (to the
+        # user's oldest live job on the last page): bounded by retention, not by the table.
         now = self._clock.now()
         jobs: list[Job] = []
         key = start_key
@@ -434,12 +438,19 @@ class DynamoJobStore:
                 values[f":s{i}"] = str(st)
                 placeholders.append(f":s{i}")
             filt += f" AND #s IN ({', '.join(placeholders)})"
+        if conversation_id is not None:
+            values[":c"] = conversation_id
+            filt += " AND conversation_id = :c"
+        ask = 0
         while True:
+            # A filtered page that came back short asks for more each round (few calls to cross
+            # a run of other conversations' jobs); the first ask is the page, as before.
+            ask = max(limit, 25) if ask == 0 else min(MAX_QUERY_LIMIT, 2 * ask)
             args: dict[str, Any] = {
                 "TableName": self._table, "IndexName": "by_user",
                 "KeyConditionExpression": "user_id = :u", "FilterExpression": filt,
                 "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False,
-                "Limit": max(limit, 25)}
+                "Limit": ask}
             if statuses:
                 args["ExpressionAttributeNames"] = {"#s": "status"}
             if key:
