@@ -223,6 +223,42 @@ def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
         JobService(deps).answer("u", job.job_id, "s1q1", True)
 
 
+class Killed(Exception):
+    """The process dies here (a SIGKILL, a frozen Lambda past its timeout)."""
+
+
+def test_a_timed_out_question_whose_ender_dies_before_its_dead_letter_is_parked_by_the_next_sweep() -> None:
+    # GIVEN the sweeper ends an expired question and dies after its terminal event and its gate
+    # removal, before the dead letter (sim seed 16182 at 2e09054: the simulator's quiet check came
+    # before this repair could, and took it for a failure never parked)
+    deps = make_deps(input_timeout_seconds=0.01)
+    job = ask_job(deps)
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    threading.Event().wait(0.02)  # the question's 10 ms expiry (the timeout under test is time itself)
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue)
+    park = queue.dead_letter
+
+    def die(*_: Any) -> None:
+        raise Killed
+
+    queue.dead_letter = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        Sweeper(deps).sweep()
+    queue.dead_letter = park  # type: ignore[method-assign]
+    assert log(deps, job.job_id)[-1].type is EventType.FAILED and queue.dead == []
+    assert record(deps, job.job_id).status is JobStatus.WAITING and deps.gates.read("u") == Gate()
+    # its sweep deadline moved a grace period on before the terminal event, not to the expiry
+    assert deps.jobs.due[job.job_id] <= time.time() + deps.settings.pending_grace_seconds  # type: ignore[attr-defined]
+    # WHEN that grace period passes and the sweeper looks again, and a worker takes the job
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+    assert run(deps, job.job_id) is Outcome.DONE
+    # THEN the failure is parked, once, and the job is finished
+    assert queue.dead == [(job.job_id, "input_timeout")]
+    assert record(deps, job.job_id).status is JobStatus.FAILED
+
+
 def test_the_sweeper_leaves_a_job_waiting_for_its_answer_alone_until_it_expires() -> None:
     deps = make_deps()
     job = ask_job(deps)
