@@ -698,8 +698,8 @@ class World:
 
     def _monitor(self) -> None:
         """Checks the active limit every second and the hand-offs every two, and ends the history
-        once it is quiet (every user done, every job ended or waiting on a question nobody will
-        answer), looked at every five."""
+        once it is quiet (every user done, every job ended and finalized or waiting on a question
+        nobody will answer), looked at every five."""
         n = 0
         while True:
             self.k.sleep(1.0)
