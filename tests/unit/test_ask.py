@@ -223,6 +223,39 @@ def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
         JobService(deps).answer("u", job.job_id, "s1q1", True)
 
 
+def test_an_askers_late_deadline_write_does_not_hide_the_next_attempt_from_the_sweeper() -> None:
+    # GIVEN the asker's last write, its job's sweep deadline moved to the question's expiry, frozen
+    # in flight (its process stopped before the request went), and meanwhile the user answered and
+    # a next attempt took the job and died (killed: its lease ran out); the cancel path, the
+    # sweeper's, relies on the job being found due then (sim seed 47480 at abf65d9: the late write
+    # landed just after the next attempt's lease, which froze; a cancel (202) waited 10 minutes,
+    # until the message's visibility timeout)
+    deps = make_deps()
+    held: list[Any] = []
+    far = time.time() + 3600  # the expiry is a day away; the grace periods are seconds
+    for name in ("postpone", "postpone_waiting"):
+        real = getattr(deps.jobs, name, None)
+        if real is None:
+            continue
+
+        def hold(job_id: str, due_at: float, *args: Any, real: Any = real, **kwargs: Any) -> bool:
+            if due_at < far:
+                return bool(real(job_id, due_at, *args, **kwargs))
+            held.append(lambda: real(job_id, due_at, *args, **kwargs))
+            return True
+
+        setattr(deps.jobs, name, hold)
+    job = ask_job(deps)
+    assert len(held) == 1  # the move to the expiry, on its way
+    _, taken = JobService(deps).answer("u", job.job_id, "s1q1", True)
+    assert taken
+    deps.jobs.acquire_lease(job.job_id, "next-attempt", time.time() - 10, 5)  # taken, then killed
+    # WHEN the asker's write lands
+    held.pop()()
+    # THEN the job is still due (its lease ran out), and the sweeper sends it again
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+
+
 class Killed(Exception):
     """The process dies here (a SIGKILL, a frozen Lambda past its timeout)."""
 
