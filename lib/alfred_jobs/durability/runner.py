@@ -741,7 +741,9 @@ class _Attempt:
                                          body=question.prompt[:160]))
             # Before the tail's read: an answer landing after it postpones after us, and one landing
             # before it is seen there and resumed (which postpones again, if the job may start).
-            self.deps.jobs.postpone(self.job.job_id, expires)
+            # Only while the job still waits and nobody holds it: frozen with this write in flight,
+            # we may land it after the answer and a next attempt's lease (sim seed 47480).
+            self.deps.jobs.postpone_waiting(self.job.job_id, expires, self.clock.now())
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
                 self.r.admission.resume(self.view, attempt=self.attempt)
