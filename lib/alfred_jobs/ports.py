@@ -80,6 +80,19 @@ class JobStore(Protocol):
         may be lost after the write, or a caller that sends nothing) the mark goes, and the next
         presumption is the first since that send."""
 
+    def postpone_waiting(self, job_id: str, due_at: float, now: float) -> bool:
+        """Move the sweep deadline of a job that waits on its question, and that nobody holds at
+        ``now``, to ``due_at`` (the question's expiry). False, and nothing written, if the record
+        does not say ``waiting`` or holds a live lease: the answer came (its projection says
+        ``pending``) or a next attempt took the job, while this write was on its way.
+
+        Why not ``postpone``: a deadline a day away, written unconditionally by a process frozen
+        with the write in flight (the asker as it leaves, the sweeper looking at an asking job),
+        can land after the answer and the next attempt's lease; should that attempt die, the
+        sweeper would not look at the job for the question's day, and a cancel (202) of it would
+        wait for the message's visibility timeout (sim seed 47480 at abf65d9). The condition is
+        checked on the record as it is, whatever the caller read."""
+
     def presume_queued(self, job_id: str, due_at: float) -> bool:
         """The sweeper presumes a never-started job's message is still in the queue's backlog:
         move the sweep deadline to ``due_at`` and mark it presumed, if the job is active and not

@@ -545,6 +545,38 @@ def test_postpone_moves_an_active_jobs_deadline(due_backend: Backend) -> None:
     assert b.jobs.get(unknown) is None
 
 
+def test_postpone_waiting_moves_the_deadline_of_a_waiting_job_nobody_holds_only(due_backend: Backend) -> None:
+    b = due_backend
+    job = created(b)
+    now = time.time()
+    expiry = now + 86400  # the question's
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is False, "pending: it does not wait"
+    b.jobs.acquire_lease(job.job_id, "w1", now, LEASE)
+    b.jobs.save_projection(replace(stored(b, job.job_id), status=JobStatus.WAITING, last_seq=3), owner="w1")
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is False, "held: its asker has not left"
+    b.jobs.release_lease(job.job_id, "w1", now + 5)
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is True
+    assert due_ids(b, expiry - 1, job) == set() and due_ids(b, expiry + 1, job) == {job.job_id}
+    # a next attempt takes it (an answer's resume, whose projection failed) and dies: the asker's
+    # write landing late leaves its deadline at the lease's end
+    b.jobs.release_lease(job.job_id, "w1", now + 5)
+    b.jobs.acquire_lease(job.job_id, "w2", now, LEASE)
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is False, "a live lease"
+    assert due_ids(b, now + LEASE + 1, job) == {job.job_id}
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now + LEASE + 1) is True, "a lease run out holds nothing"
+    # the answer's projection says pending: nothing written
+    b.jobs.save_projection(replace(stored(b, job.job_id), status=JobStatus.PENDING, last_seq=4), owner=None)
+    b.jobs.postpone(job.job_id, now + 5)
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now + LEASE + 1) is False
+    assert due_ids(b, now + 6, job) == {job.job_id}
+    assert stored(b, job.job_id).status is JobStatus.PENDING, "only the deadline ever moves"
+    b.jobs.save_projection(terminal(stored(b, job.job_id), 5), owner=None)
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is False, "not active"
+    unknown = uid("job")
+    assert b.jobs.postpone_waiting(unknown, expiry, now) is False  # says so, and creates nothing
+    assert b.jobs.get(unknown) is None
+
+
 def test_presume_queued_once_per_send(due_backend: Backend) -> None:
     b = due_backend
     job = created(b)

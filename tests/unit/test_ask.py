@@ -223,6 +223,75 @@ def test_an_unanswered_question_fails_its_job_when_it_expires() -> None:
         JobService(deps).answer("u", job.job_id, "s1q1", True)
 
 
+def test_an_askers_late_deadline_write_does_not_hide_the_next_attempt_from_the_sweeper() -> None:
+    # GIVEN the asker's last write, its job's sweep deadline moved to the question's expiry, frozen
+    # in flight (its process stopped before the request went), and meanwhile the user answered and
+    # a next attempt took the job and died (killed: its lease ran out); the cancel path, the
+    # sweeper's, relies on the job being found due then (sim seed 47480 at abf65d9: the late write
+    # landed just after the next attempt's lease, which froze; a cancel (202) waited 10 minutes,
+    # until the message's visibility timeout)
+    deps = make_deps()
+    held: list[Any] = []
+    far = time.time() + 3600  # the expiry is a day away; the grace periods are seconds
+    for name in ("postpone", "postpone_waiting"):
+        real = getattr(deps.jobs, name, None)
+        if real is None:
+            continue
+
+        def hold(job_id: str, due_at: float, *args: Any, real: Any = real, **kwargs: Any) -> bool:
+            if due_at < far:
+                return bool(real(job_id, due_at, *args, **kwargs))
+            held.append(lambda: real(job_id, due_at, *args, **kwargs))
+            return True
+
+        setattr(deps.jobs, name, hold)
+    job = ask_job(deps)
+    assert len(held) == 1  # the move to the expiry, on its way
+    _, taken = JobService(deps).answer("u", job.job_id, "s1q1", True)
+    assert taken
+    deps.jobs.acquire_lease(job.job_id, "next-attempt", time.time() - 10, 5)  # taken, then killed
+    # WHEN the asker's write lands
+    held.pop()()
+    # THEN the job is still due (its lease ran out), and the sweeper sends it again
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+
+
+class Killed(Exception):
+    """The process dies here (a SIGKILL, a frozen Lambda past its timeout)."""
+
+
+def test_a_timed_out_question_whose_ender_dies_before_its_dead_letter_is_parked_by_the_next_sweep() -> None:
+    # GIVEN the sweeper ends an expired question and dies after its terminal event and its gate
+    # removal, before the dead letter (sim seed 16182 at 2e09054: the simulator's quiet check came
+    # before this repair could, and took it for a failure never parked)
+    deps = make_deps(input_timeout_seconds=0.01)
+    job = ask_job(deps)
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    threading.Event().wait(0.02)  # the question's 10 ms expiry (the timeout under test is time itself)
+    queue = deps.queue
+    assert isinstance(queue, MemoryJobQueue)
+    park = queue.dead_letter
+
+    def die(*_: Any) -> None:
+        raise Killed
+
+    queue.dead_letter = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        Sweeper(deps).sweep()
+    queue.dead_letter = park  # type: ignore[method-assign]
+    assert log(deps, job.job_id)[-1].type is EventType.FAILED and queue.dead == []
+    assert record(deps, job.job_id).status is JobStatus.WAITING and deps.gates.read("u") == Gate()
+    # its sweep deadline moved a grace period on before the terminal event, not to the expiry
+    assert deps.jobs.due[job.job_id] <= time.time() + deps.settings.pending_grace_seconds  # type: ignore[attr-defined]
+    # WHEN that grace period passes and the sweeper looks again, and a worker takes the job
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+    assert run(deps, job.job_id) is Outcome.DONE
+    # THEN the failure is parked, once, and the job is finished
+    assert queue.dead == [(job.job_id, "input_timeout")]
+    assert record(deps, job.job_id).status is JobStatus.FAILED
+
+
 def test_the_sweeper_leaves_a_job_waiting_for_its_answer_alone_until_it_expires() -> None:
     deps = make_deps()
     job = ask_job(deps)

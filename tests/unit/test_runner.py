@@ -603,3 +603,30 @@ def test_a_plain_chat_turn_of_no_steps_thinks_then_replies(deps: Deps) -> None:
     assert EventType.STEP not in kinds and EventType.DELTA in kinds and kinds[-1] is EventType.COMPLETE
     plan = next(e for e in events(deps, job_id) if e.type is EventType.PLAN)
     assert plan.data["steps"] == []
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not applied", "applied, answer lost"])
+def test_a_lease_take_the_store_does_not_answer_lets_the_message_come_back_soon(deps: Deps, landed: bool) -> None:
+    # GIVEN the store does not answer the lease's take (timed out after the SDK's retries): it
+    # may not have landed, or landed with its answer lost (sim seed 62986 at 8f2ca27: raised out
+    # of the runner, the delivery failed and its message came back after the queue's visibility
+    # timeout, 12 minutes, while the sweeper presumed it queued behind a busy queue)
+    job_id = submit(deps)
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    real = store.acquire_lease
+
+    def unanswered(*args: Any, **kwargs: Any) -> Job:
+        if landed:
+            real(*args, **kwargs)
+        raise TransientStoreError("acquire_lease: timed out")
+
+    store.acquire_lease = unanswered  # type: ignore[method-assign]
+    result = JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id, "rh"))
+    store.acquire_lease = real  # type: ignore[method-assign]
+    # THEN the delivery asks to come back within seconds, holding no lease of its own, no attempt counted
+    assert result.outcome is Outcome.RETRY and result.retry_after <= 1
+    job = store.get(job_id)
+    assert job is not None and job.lease_owner is None and job.attempts == 0
+    # and the next delivery runs the job
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).outcome is Outcome.DONE

@@ -493,6 +493,18 @@ class DynamoJobStore:
             return False  # it became terminal meanwhile, or has no record
         return True
 
+    def postpone_waiting(self, job_id: str, due_at: float, now: float) -> bool:
+        try:
+            self._update(Key=serialize({"job_id": job_id}),
+                         UpdateExpression="SET due_at = :d REMOVE queued",
+                         ConditionExpression=("attribute_exists(active_shard) AND #s = :waiting "
+                                              "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
+                         ExpressionAttributeNames={"#s": "status"},
+                         values={":d": due_at, ":now": now, ":waiting": JobStatus.WAITING.value})
+        except ConditionFailed:
+            return False  # answered, taken by a next attempt, or ended meanwhile
+        return True
+
     def presume_queued(self, job_id: str, due_at: float) -> bool:
         try:
             self._update(Key=serialize({"job_id": job_id}),

@@ -155,6 +155,16 @@ class MemoryJobStore:
                 self.queued.pop(job_id, None)
             return True
 
+    def postpone_waiting(self, job_id: str, due_at: float, now: float) -> bool:
+        with self.lock:
+            job = self.items.get(job_id)
+            if (job is None or job_id not in self.due or job.status is not JobStatus.WAITING
+                    or job.lease_live(now)):
+                return False
+            self.due[job_id] = due_at
+            self.queued.pop(job_id, None)
+            return True
+
     def presume_queued(self, job_id: str, due_at: float) -> bool:
         with self.lock:
             if job_id not in self.due or self.queued.get(job_id) == "presumed":

@@ -182,6 +182,8 @@ class JobRunner:
             return RunResult(Outcome.DROPPED, "held by a live worker")
         except ConditionFailed:
             return RunResult(Outcome.DONE, "finished, expired or unknown")
+        except TransientStoreError:
+            return self._not_taken(delivery.job_id, owner)
         bind_job(job_id=job.job_id, attempt=job.attempts, user=job.user_id)
         attempt = _Attempt(self, job, owner, delivery)
         try:
@@ -189,6 +191,22 @@ class JobRunner:
         finally:
             attempt.settle_behind()
             attempt.keeper.stop()
+
+
+    def _not_taken(self, job_id: str, owner: str) -> RunResult:
+        """The store did not answer the lease's take: it may have landed (its answer lost) or not.
+        Let a lease of ours go, if there is one (the release is conditional on its owner), and let
+        the message come back in a second. Raised out of here, the delivery would fail and its
+        message come back only after the queue's visibility timeout, 12 minutes, while a busy
+        queue's backlog lets the sweeper presume it queued (sim seed 62986 at 8f2ca27). Should the
+        release fail too, a lease of ours may be live: the message comes back once it ran out."""
+        s = self.settings
+        try:
+            self.deps.jobs.release_lease(job_id, owner, self.deps.clock.now() + s.pending_grace_seconds,
+                                         undo_attempt=True)
+        except StoreError:
+            return RunResult(Outcome.RETRY, "store_unavailable", retry_after=int(s.lease_seconds) + 1)
+        return RunResult(Outcome.RETRY, "store_unavailable", retry_after=1)
 
 
 class _Attempt:
@@ -741,7 +759,9 @@ class _Attempt:
                                          body=question.prompt[:160]))
             # Before the tail's read: an answer landing after it postpones after us, and one landing
             # before it is seen there and resumed (which postpones again, if the job may start).
-            self.deps.jobs.postpone(self.job.job_id, expires)
+            # Only while the job still waits and nobody holds it: frozen with this write in flight,
+            # we may land it after the answer and a next attempt's lease (sim seed 47480).
+            self.deps.jobs.postpone_waiting(self.job.job_id, expires, self.clock.now())
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
                 self.r.admission.resume(self.view, attempt=self.attempt)

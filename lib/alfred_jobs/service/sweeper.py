@@ -255,8 +255,8 @@ class Sweeper:
             # Its flag, read strongly: the index read that found the job may not show it yet, and
             # the deadline below is a day away (its asker died after letting the lease go).
             report.cancelled.append(job.job_id)
-        else:  # the user has until the question expires
-            self.deps.jobs.postpone(job.job_id, parse_iso(question.expires_at))
+        else:  # the user has until the question expires (unless answered or taken meanwhile)
+            self.deps.jobs.postpone_waiting(job.job_id, parse_iso(question.expires_at), now)
             report.waiting.append(job.job_id)
 
     def _repaired(self, gate: Gate, due: Job, live: set[str], report: SweepReport) -> Gate:

@@ -251,8 +251,8 @@ class SimJobStore:
     """``JobStore`` over ``MemoryJobStore``, through the wire; index reads are eventually consistent."""
 
     WRITES = ("create", "acquire_lease", "renew_lease", "release_lease", "save_projection",
-              "request_cancel", "postpone", "presume_queued", "delete_unstarted", "steer", "close_door",
-              "claim_steer")
+              "request_cancel", "postpone", "postpone_waiting", "presume_queued", "delete_unstarted", "steer",
+              "close_door", "claim_steer")
 
     def __init__(self, wire: Wire, inner: MemoryJobStore) -> None:
         self.wire = wire
