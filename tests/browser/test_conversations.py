@@ -102,6 +102,18 @@ def test_a_reply_that_finishes_in_a_conversation_left_is_announced_with_a_link(p
     expect(page.locator("#toasts .toast")).to_have_count(0)
 
 
+def send_a_failing_and_a_cancelled_job(page: Any) -> tuple[str, str]:
+    """A job that fails, then one cancelled while it runs (20 steps of 2 s: still running when the
+    click lands, however busy the machine): their ids, once the page shows each end."""
+    failed = send_new(page, "[fatal] stew")
+    expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
+    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
+    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
+    bubble(page, stopped).get_by_role("button", name="Cancel").click()
+    expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
+    return failed, stopped
+
+
 def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: Any, chromium: Any, user: str,
                                                                         web_stack: WebStack) -> None:
     # GIVEN a conversation with an answered question, a failed job and a cancelled one
@@ -112,12 +124,7 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
     card.get_by_role("button", name="Yes").click()
     expect(bubble(page, asked).locator(".reply")).not_to_be_empty(timeout=20_000)
     expect(bubble(page, asked).locator(".working")).to_be_hidden()
-    failed = send_new(page, "[fatal] stew")
-    expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
-    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
-    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
-    bubble(page, stopped).get_by_role("button", name="Cancel").click()
-    expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
+    failed, stopped = send_a_failing_and_a_cancelled_job(page)
     # WHEN another device (same user, nothing stored) opens the page
     laptop_ctx = new_device(chromium, web_stack, user)
     try:
@@ -148,12 +155,7 @@ def test_an_older_conversations_failed_and_cancelled_turns_show_on_a_fresh_devic
     is 1 here (``ALFRED_CONFIG.recentJobs``) instead of 100 jobs sent."""
     # GIVEN a conversation with a failed job and a cancelled one
     open_page(page, user)
-    failed = send_new(page, "[fatal] stew")
-    expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
-    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
-    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
-    bubble(page, stopped).get_by_role("button", name="Cancel").click()
-    expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
+    failed, stopped = send_a_failing_and_a_cancelled_job(page)
     older = conversation_id(page)
     # AND a newer job in another conversation: the older one's jobs are not among the latest N
     page.get_by_role("button", name="New chat").click()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from alfred_jobs.domain.events import step_started_by
 from alfred_jobs.domain.models import Event, EventType
+from alfred_tools.fidelity import FidelityProxy
 from tests.integration.helpers import TERMINAL, log_of
-from tests.support.stack import Stack
+from tests.support.stack import Stack, make_stack
 
 
 def allow_receives(stack: Stack, max_receive_count: int, visibility_timeout: int | None = None) -> None:
@@ -61,3 +64,22 @@ def assert_conversation_once(stack: Stack, user: str, conversation_id: str, job_
 def terminal_log(stack: Stack, job_id: str) -> list[Event] | None:
     evs = log_of(stack, job_id)
     return evs if evs and evs[-1].type in TERMINAL else None
+
+
+@contextmanager
+def on_the_faithful_proxy(faithful: tuple[dict[str, str], FidelityProxy], **env: str) -> Iterator[Stack]:
+    """Fresh tables and queues on the faithful proxy (AWS's semantics), with ``env`` on top; the
+    proxy's scripted faults are cleared after.
+
+    A lost delete (AWS's at-least-once, which the proxy plays) brings a message back after the
+    queue's visibility timeout: 720 s in the template, 3 s here so that the no-op redelivery (the
+    job is over: acked again) happens within a test that waits for the queue to drain. Receives
+    stay well under the raised maxReceiveCount.
+    """
+    base, proxy = faithful
+    try:
+        with make_stack(base, **env) as s:
+            allow_receives(s, 10, visibility_timeout=3)
+            yield s
+    finally:
+        proxy.clear_script()

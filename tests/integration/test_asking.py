@@ -15,23 +15,18 @@ from alfred_jobs.domain.models import EventType, JobStatus
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.service.auth import issue_local_token
 from alfred_tools.fidelity import FidelityProxy
-from tests.chaos.support import allow_receives, assert_effects_once_per_completed_step
+from tests.chaos.support import assert_effects_once_per_completed_step, on_the_faithful_proxy
 from tests.integration.helpers import assert_contiguous_single_terminal, log_of, wait_terminal
 from tests.support.servers import serve
-from tests.support.stack import Stack, make_stack, wait_until
+from tests.support.stack import Stack, wait_until
 
 Faithful = tuple[dict[str, str], FidelityProxy]
 
 
 @pytest.fixture
 def stack(faithful: Faithful) -> Iterator[Stack]:
-    env, proxy = faithful
-    try:
-        with make_stack(env, ALFRED_DEMO_STEP_SECONDS="0.1") as s:
-            allow_receives(s, 10, visibility_timeout=3)
-            yield s
-    finally:
-        proxy.clear_script()
+    with on_the_faithful_proxy(faithful, ALFRED_DEMO_STEP_SECONDS="0.1") as s:
+        yield s
 
 
 def waiting(stack: Stack, job_id: str) -> bool:
