@@ -844,6 +844,10 @@ function attach(jobId) {
   els.empty.hidden = true;
   els.messages.append(li.user, ...(li.steerBubbles || []), li);
   place(jobId);
+  // A job under way that joins the conversation shown (its bubble waited aside: the page saw it,
+  // e.g. in the list of active jobs, before the submit's answer named its conversation) brings
+  // Stop and the choices for the next message, as if it had been rendered here.
+  if (activeJobs.get(jobId)) refreshComposer();
 }
 
 function jobFromHash() {

@@ -332,3 +332,24 @@ def test_a_steer_that_comes_too_late_goes_as_a_new_message_and_the_page_says_so(
     job = httpx.get(f"{web_stack.base_url}/api/jobs/{second}",
                     headers={"Authorization": f"Bearer {web_stack.token(user)}"}, timeout=10).json()
     assert job["message"] == "and a salad", job
+
+
+def test_stop_shows_when_the_page_saw_the_job_before_its_submit_answered(page: Any, user: str,
+                                                                         web_stack: WebStack) -> None:
+    """On a busy machine the page's list of active jobs can bring a new chat's first job before
+    the submit's answer says which conversation it is: the bubble waits aside, then joins the
+    conversation. Stop must show for it then too (CI stop 30 and a run beside other work: it never did)."""
+    open_page(page, user)
+
+    def seen_first(route: Any) -> None:
+        answer = route.fetch()  # the job exists now
+        page.evaluate("() => window.dispatchEvent(new Event('online'))")  # the page lists active jobs
+        page.wait_for_function("() => window.alfredDebug.activeJobs.size > 0")
+        route.fulfill(response=answer)
+
+    page.route(re.compile(r"/api/chat$"), seen_first)
+    job_id = send_new(page, "[steps=20] [pace=2] beans and greens")
+    page.unroute_all()
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
+    page.get_by_role("button", name="Stop").click()
+    expect(bubble(page, job_id).locator(".state-cancelled")).to_be_visible(timeout=20_000)
