@@ -111,6 +111,100 @@ def test_the_same_answer_again_is_200_and_any_other_is_refused() -> None:
     assert [e.type for e in log(deps, job.job_id)].count(EventType.INPUT_RECEIVED) == 1
 
 
+def failing_projections(deps: Deps, times: int) -> None:
+    """The next ``times`` projections of the job record time out (their writes never land)."""
+    real = deps.jobs.save_projection
+    left = [times]
+
+    def save(job: Job, *, owner: str | None) -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise TransientStoreError("timed out")
+        real(job, owner=owner)
+
+    deps.jobs.save_projection = save  # type: ignore[method-assign]
+
+
+def test_the_same_answer_again_finishes_what_the_first_left_undone() -> None:
+    # GIVEN an answer that landed in the log, whose projection timed out, so its resume never ran
+    # (sim seed 62469 at adb30d9: a client's retry, answered 200, repaired nothing)
+    deps = make_deps()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    failing_projections(deps, 1)
+    assert svc.answer("u", job.job_id, "s1q1", True)[1] is True
+    assert record(deps, job.job_id).status is JobStatus.WAITING and job.job_id not in sent(deps)[1:]
+    # WHEN the client sends the same answer again
+    again, taken = svc.answer("u", job.job_id, "s1q1", True)
+    # THEN it is still the 200 of a repeat, and the job is projected and sent on
+    assert taken is False and again.status is JobStatus.PENDING
+    assert record(deps, job.job_id).status is JobStatus.PENDING
+    assert sent(deps)[-1] == job.job_id
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.COMPLETE
+    assert [e.type for e in log(deps, job.job_id)].count(EventType.INPUT_RECEIVED) == 1
+
+
+def test_an_answer_landing_after_the_sweepers_read_does_not_leave_the_job_for_the_questions_day() -> None:
+    # GIVEN a sweeper that found the waiting job due and read its log (no answer yet), with its
+    # move of the deadline to the question's expiry on its way; meanwhile the answer lands, its
+    # projection times out, and all its other writes land before the sweeper's (sim seed 62469)
+    deps = make_deps()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    deps.jobs.due[job.job_id] = time.time() - 1  # type: ignore[attr-defined]
+    real = deps.jobs.postpone_waiting
+    answers: list[bool] = []
+
+    def late(job_id: str, due_at: float, now: float) -> bool:
+        if not answers:
+            failing_projections(deps, 1)
+            answers.append(svc.answer("u", job.job_id, "s1q1", True)[1])
+        return real(job_id, due_at, now)
+
+    deps.jobs.postpone_waiting = late  # type: ignore[method-assign]
+    # WHEN the sweeper's write lands
+    report = Sweeper(deps).sweep()
+    # THEN the sweeper, reading the log again after it, finds the answer and resumes the job
+    assert answers == [True]
+    assert report.requeued == [job.job_id] and report.waiting == []
+    assert sent(deps)[-1] == job.job_id
+    assert deps.jobs.due[job.job_id] <= time.time() + deps.settings.pending_grace_seconds  # type: ignore[attr-defined]
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.COMPLETE
+
+
+def test_an_answer_whose_projection_fails_after_the_sweeper_looked_makes_the_job_due_at_once() -> None:
+    # GIVEN an answer frozen between its first postpone and its event (sim seed 62469: 75 s), and a
+    # sweeper that found the job due from before, read no answer and moved the deadline to the
+    # question's expiry in between
+    deps = make_deps()
+    svc = JobService(deps)
+    job = ask_job(deps)
+    store = deps.log
+    assert isinstance(store, MemoryEventLog)
+    real_append = store.append
+    swept: list[Any] = []
+
+    def frozen(job_id: str, event: Event, expires_at: int) -> None:
+        if event.type is EventType.INPUT_RECEIVED and not swept:
+            deps.jobs.due[job_id] = time.time() - 1  # type: ignore[attr-defined]  # its earlier deadline
+            swept.append(Sweeper(deps).sweep())
+        real_append(job_id, event, expires_at)
+
+    store.append = frozen  # type: ignore[method-assign]
+    failing_projections(deps, 1)
+    # WHEN the answer lands, and its projection times out
+    assert svc.answer("u", job.job_id, "s1q1", True)[1] is True
+    assert swept[0].waiting == [job.job_id]
+    # THEN the job is due now, not at the question's expiry, and the next sweep resumes it
+    assert deps.jobs.due[job.job_id] <= time.time()  # type: ignore[attr-defined]
+    assert Sweeper(deps).sweep().requeued == [job.job_id]
+    assert sent(deps)[-1] == job.job_id
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.COMPLETE
+
+
 def test_two_answers_at_once_from_two_devices_one_is_taken() -> None:
     deps = make_deps()
     job = ask_job(deps)

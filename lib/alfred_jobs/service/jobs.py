@@ -485,7 +485,13 @@ class JobService:
                 raise Conflict("no such question for this job", code="stale_input")
             if input_id in state.answers:
                 if state.answers[input_id] == answer and type(state.answers[input_id]) is type(answer):
-                    return refold(job, events), False
+                    answered = refold(job, events)
+                    if job.status is JobStatus.WAITING and state.question is None and not state.status.terminal:
+                        # The record (read strongly) still says waiting on an answered question:
+                        # the first request's projection or resume failed (or is under way; both
+                        # steps are idempotent). A client's retry finishes what it left undone.
+                        self._continue(answered)
+                    return answered, False
                 raise Conflict("this question was already answered otherwise", code="input_answered")
             if state.status.terminal:
                 raise Conflict(f"job is already {state.status}", code="job_finished")
@@ -506,14 +512,30 @@ class JobService:
             except SlotTaken:
                 continue  # another answer, a cancel or the timeout got there first: read and say so
             answered = refold(job, [*events, ev])
-            try:
-                self.deps.jobs.save_projection(answered, owner=None)
-                self.admission.resume(answered)
-            except StoreError as exc:  # the sweeper resumes it (its deadline is a grace period away)
-                log.warning("answered; resuming is left to the sweeper", extra={"job_id": job_id, "error": str(exc)})
+            self._continue(answered)
             count("QuestionsAnswered")
             return answered, True
         raise TransientStoreError(f"could not answer {job_id}")
+
+    def _continue(self, answered: Job) -> None:
+        """Project the answered job and resume it (both idempotent). Should either fail, its sweep
+        deadline moves to now: the sweeper then finds the answer and resumes the job.
+
+        Why now, after the answer landed, and not only the grace period set before it: a sweeper
+        that read the log before the answer landed may move the deadline to the question's expiry
+        (``postpone_waiting``, the record still saying ``waiting``) after that first postpone. This
+        one, written after the answer, either lands after the sweeper's, or before it, and then
+        the sweeper's read of the log that follows its write finds the answer (sim seed 62469)."""
+        job_id = answered.job_id
+        try:
+            self.deps.jobs.save_projection(answered, owner=None)
+            self.admission.resume(answered)
+        except StoreError as exc:
+            log.warning("answered; resuming is left to the sweeper", extra={"job_id": job_id, "error": str(exc)})
+            try:
+                self.deps.jobs.postpone(job_id, self.deps.clock.now())
+            except StoreError:
+                pass  # the grace period's deadline stands; the client's retry of the answer repairs
 
     # ---- conversations ------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alfred_jobs.domain.events import ErrorInfo, FailedPayload, parse_iso, replay
+from alfred_jobs.domain.events import ErrorInfo, EventType, FailedPayload, parse_iso, replay
 from alfred_jobs.domain.gate import Gate
 from alfred_jobs.domain.models import Job, fold
 from alfred_jobs.durability.admission import Admission
@@ -242,9 +242,7 @@ class Sweeper:
             self.deps.jobs.postpone(job.job_id, now + max(s.lease_seconds, s.pending_grace_seconds))
             report.requeued.append(job.job_id)
         elif question is None:  # answered, and its resume was lost
-            self.admission.resume(job)
-            self.deps.jobs.postpone(job.job_id, now + s.pending_grace_seconds)
-            report.requeued.append(job.job_id)
+            self._resume(job, now, report)
         elif parse_iso(question.expires_at) <= now:
             timeout = FailedPayload(error=ErrorInfo(
                 code="input_timeout", message="no answer came in time; the job was given up"))
@@ -255,9 +253,24 @@ class Sweeper:
             # Its flag, read strongly: the index read that found the job may not show it yet, and
             # the deadline below is a day away (its asker died after letting the lease go).
             report.cancelled.append(job.job_id)
-        else:  # the user has until the question expires (unless answered or taken meanwhile)
-            self.deps.jobs.postpone_waiting(job.job_id, parse_iso(question.expires_at), now)
+        elif self.deps.jobs.postpone_waiting(job.job_id, parse_iso(question.expires_at), now):
+            # The user has until the question expires, unless the answer landed after our read:
+            # its request may have failed to resume the job, and its last word (a deadline of
+            # now) may have landed before ours. Read again, after our write: an answer landing
+            # after this read moves the deadline after ours (sim seed 62469).
+            tail = journal.read_after(job.job_id, job.last_seq)
+            if any(e.type is EventType.INPUT_RECEIVED for e in tail):
+                self._resume(job, now, report)
+            else:
+                report.waiting.append(job.job_id)
+        else:  # answered (the record says so) or taken meanwhile
             report.waiting.append(job.job_id)
+
+    def _resume(self, job: Job, now: float, report: SweepReport) -> None:
+        """An answered job whose resume was lost: resume it, as the answer would."""
+        self.admission.resume(job)
+        self.deps.jobs.postpone(job.job_id, now + self.deps.settings.pending_grace_seconds)
+        report.requeued.append(job.job_id)
 
     def _repaired(self, gate: Gate, due: Job, live: set[str], report: SweepReport) -> Gate:
         """``gate`` without the leftovers that keep ``due`` waiting: entries whose job record is
