@@ -254,7 +254,9 @@ export interface AlfredClient {
   /** On page load: watch this device's remembered active jobs and the user's active jobs on the server. */
   resumeActiveJobs(handlersFor: (job: Job, record: JobRecord | null) => WatchHandlers): Promise<Watcher[]>;
   getJob(jobId: string): Promise<Job>;
-  listJobs(query?: { status?: JobStatus | 'active'; limit?: number; cursor?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
+  /** `GET /api/jobs`: the user's jobs, newest first; with `conversationId`, only that conversation's
+   * (a cursor goes on the list it came from). */
+  listJobs(query?: { status?: JobStatus | 'active'; limit?: number; cursor?: string; conversationId?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
   /** 202/200 → the job; 409 (already finished) → null. */
   cancelJob(jobId: string): Promise<Job | null>;
   /** The newest messages of a conversation, oldest first (a page: `limit` 1..100, default 100);

@@ -378,9 +378,11 @@ export function createAlfredClient(options = {}) {
   }
 
   const getJob = (id) => api(`/api/jobs/${encodeURIComponent(id)}`);
-  const listJobs = ({ status, limit = 20, cursor } = {}) => {
+  /** GET /api/jobs: the user's jobs, newest first; `conversationId`: only that conversation's. */
+  const listJobs = ({ status, limit = 20, cursor, conversationId } = {}) => {
     const q = new URLSearchParams();
     if (status) q.set('status', status);
+    if (conversationId) q.set('conversation_id', conversationId);
     q.set('limit', String(limit));
     if (cursor) q.set('cursor', cursor);
     return api(`/api/jobs?${q}`);

@@ -52,6 +52,9 @@ const apiBase = (config.apiBase ?? document.querySelector('meta[name="alfred-api
   .replace(/\/+$/, '');
 const AUTH_KEY = 'alfred:auth';
 const DEFAULT_USER = config.defaultUser || 'you';
+// How many of the user's latest jobs the page reads on load (which conversation, when each recent
+// job was sent). A conversation's own jobs are read by themselves (`loadConversationJobs`).
+const RECENT_JOBS = Math.min(100, Math.max(1, Number(config.recentJobs) || 100));
 
 /** @type {{mode: 'dev'|'token', user: string, token: string} | null} */
 let auth = null;
@@ -1436,7 +1439,7 @@ function dropToastsOf(conv) {
 
 // ---- every conversation: a list, a URL each (#/c/ID), Back works ----------------------------
 const conversationTitles = new Map(); // conversation id → its title (from the list)
-let recentJobs = []; // the user's latest jobs (newest first), to show a conversation's ended ones
+let recentJobs = []; // the user's latest RECENT_JOBS jobs (newest first): which conversation, when each was sent
 
 function conversationFromUrl() {
   const m = /^#\/c\/([A-Za-z0-9_-]{1,64})$/.exec(window.location.hash);
@@ -1490,16 +1493,18 @@ async function openConversation(id, { push = true } = {}) {
   refreshComposer();
   stickToEnd();
   try {
-    recentJobs = (await c.listJobs({ limit: 100 })).jobs || recentJobs;
+    recentJobs = (await c.listJobs({ limit: RECENT_JOBS })).jobs || recentJobs;
     for (const j of recentJobs) noteJob(j.job_id, j.conversation_id, j.created_at);
   } catch { /* offline: what we have is shown */ }
+  if (client !== c || conversationId !== id) return;
+  const jobs = await loadConversationJobs(c, id);
   if (client !== c || conversationId !== id) return;
   try {
     const conv = await c.getConversation(id);
     if (client !== c || conversationId !== id) return;
     mergeConversation(conv.messages || []);
   } catch { /* offline or expired */ }
-  await showEndedJobs(c, id);
+  await showEndedJobs(c, id, jobs);
   if (client !== c || conversationId !== id) return;
   // Jobs still under way in it (sent from another device meanwhile) join it.
   syncConversation();
@@ -1519,12 +1524,31 @@ function newChat({ push = true } = {}) {
 }
 
 /**
+ * This conversation's own jobs, newest first (`GET /api/jobs?conversation_id=`, one page of 100:
+ * as many as the latest page of its turns), however many jobs the user sent since in other
+ * conversations; each one's send time orders its turn. A listing (the server's index may lag a
+ * moment): what it says of a job is checked in the job's log before it is shown. Offline, or
+ * against a server that ignores the filter, what the user's latest jobs hold of it.
+ */
+async function loadConversationJobs(c, conv) {
+  const known = recentJobs.filter((j) => j.conversation_id === conv);
+  let jobs = [];
+  try {
+    jobs = ((await c.listJobs({ conversationId: conv, limit: 100 })).jobs || []).filter((j) => j.conversation_id === conv);
+  } catch { return known; }
+  const ids = new Set(jobs.map((j) => j.job_id));
+  jobs = [...jobs, ...known.filter((j) => !ids.has(j.job_id))];
+  for (const j of jobs) noteJob(j.job_id, j.conversation_id, j.created_at);
+  return jobs;
+}
+
+/**
  * The jobs of this conversation that ended and are not (only) committed turns: failed and
  * cancelled ones, and the answers given on the way, read from each job's log as the device that
- * sent them saw it. From the user's latest jobs (the job list), one job at a time.
+ * sent them saw it. From the conversation's jobs (`loadConversationJobs`), one job at a time.
  */
-async function showEndedJobs(c, conv) {
-  const ended = recentJobs.filter((j) => j.conversation_id === conv && isTerminal(j.status)
+async function showEndedJobs(c, conv, jobs) {
+  const ended = jobs.filter((j) => j.conversation_id === conv && isTerminal(j.status)
     && (!lastViews.has(j.job_id) || lastViews.get(j.job_id).fromTurns));
   for (const j of ended) {
     let view;
@@ -1585,7 +1609,7 @@ async function loadConversationList() {
 
 /** The list folded from the user's latest jobs (newest first; titled by each one's first message). */
 async function conversationsFromJobs(c) {
-  const jobs = (await c.listJobs({ limit: 100 })).jobs || [];
+  const jobs = (await c.listJobs({ limit: RECENT_JOBS })).jobs || [];
   const byConv = new Map();
   for (const j of jobs) {
     const cur = byConv.get(j.conversation_id);
@@ -1656,7 +1680,7 @@ async function start(nextAuth) {
   conversationId = fromUrl || (window.location.hash === '#/new' ? null : localStorage.getItem(convKey()));
   if (fromUrl) localStorage.setItem(convKey(), fromUrl);
   try {
-    const recent = (await c.listJobs({ limit: 100 })).jobs || [];
+    const recent = (await c.listJobs({ limit: RECENT_JOBS })).jobs || [];
     if (client !== c) return;
     recentJobs = recent;
     for (const j of recent) {
@@ -1689,12 +1713,14 @@ async function showConversation(c) {
 
   // The committed conversation from the server (turns sent from other devices too).
   if (conversationId) {
+    const jobs = await loadConversationJobs(c, conversationId);
+    if (client !== c) return;
     try {
       const conv = await client.getConversation(conversationId);
       if (client !== c) return;
       mergeConversation(conv.messages || []);
     } catch { /* offline or expired: what we have is shown */ }
-    await showEndedJobs(c, conversationId);
+    await showEndedJobs(c, conversationId, jobs);
     if (client !== c) return;
   }
 

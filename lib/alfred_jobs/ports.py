@@ -61,8 +61,10 @@ class JobStore(Protocol):
         ``ConditionFailed`` if it is terminal."""
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-                      start_key: dict[str, Any] | None) -> JobPage:
-        """The user's jobs, newest first, one page."""
+                      start_key: dict[str, Any] | None, conversation_id: str | None = None) -> JobPage:
+        """The user's jobs, newest first, one page; with ``conversation_id``, only that
+        conversation's. Read from the user index: eventually consistent (a listing, never a
+        decision), and an expired job is left out whether or not TTL has deleted it yet."""
 
     def find_due(self, now: float, limit: int) -> list[Job]:
         """Active jobs whose pending grace or running lease has run out (for the sweeper)."""

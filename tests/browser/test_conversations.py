@@ -141,6 +141,43 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
         laptop_ctx.close()
 
 
+def test_an_older_conversations_failed_and_cancelled_turns_show_on_a_fresh_device(
+        page: Any, chromium: Any, user: str, web_stack: WebStack) -> None:
+    """However many jobs the user sent since elsewhere: the page reads the conversation's own jobs
+    (GET /api/jobs?conversation_id=), not only the user's latest ones. The page's "latest N jobs"
+    is 1 here (``ALFRED_CONFIG.recentJobs``) instead of 100 jobs sent."""
+    # GIVEN a conversation with a failed job and a cancelled one
+    open_page(page, user)
+    failed = send_new(page, "[fatal] stew")
+    expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
+    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
+    expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
+    bubble(page, stopped).get_by_role("button", name="Cancel").click()
+    expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
+    older = conversation_id(page)
+    # AND a newer job in another conversation: the older one's jobs are not among the latest N
+    page.get_by_role("button", name="New chat").click()
+    send_and_finish(page, "[steps=1] two quick desserts")
+    latest = web_stack.api(user, "GET", "/api/jobs?limit=1").json()["jobs"]
+    assert [j["conversation_id"] for j in latest] != [older]
+    # WHEN another device (nothing stored) that reads only the latest job opens the older conversation
+    laptop_ctx = new_device(chromium, web_stack, user)
+    laptop_ctx.add_init_script("window.ALFRED_CONFIG = {...window.ALFRED_CONFIG, recentJobs: 1};")
+    try:
+        laptop = laptop_ctx.new_page()
+        laptop.goto(f"/#/c/{older}")
+        # THEN it shows both turns as the sending device does: the failure with Retry, the cancel
+        expect(laptop.locator("#messages li.msg-user")).to_have_count(2)
+        assert user_texts(laptop) == ["[fatal] stew", "[steps=20] [pace=2] beans and greens"]
+        expect(bubble(laptop, failed).locator(".state-failed")).to_contain_text("Alfred couldn't finish")
+        expect(bubble(laptop, failed).get_by_role("button", name="Retry")).to_be_visible()
+        expect(bubble(laptop, stopped).locator(".state-cancelled")).to_be_visible()
+        order = laptop.locator("#messages > li").evaluate_all("els => els.map(e => e.dataset.jobId)")
+        assert order == [failed, failed, stopped, stopped], order
+    finally:
+        laptop_ctx.close()
+
+
 def fill_with_turns(page: Any) -> None:
     """Two finished turns: the conversation is taller than the screen."""
     send_and_finish(page, "[steps=1] chicken and rice")

@@ -441,6 +441,38 @@ def test_list_filters_by_status_across_pages(backend: Backend, wanted: str) -> N
         "an empty filter is no filter"
 
 
+def test_list_of_one_conversation_crosses_other_conversations_jobs(backend: Backend) -> None:
+    """``conversation_id``: that conversation's live jobs only, newest first, every one once across
+    pages, even behind more jobs of other conversations than one query reads; an expired one
+    (TTL deletes late) is left out."""
+    user, conv = uid("user"), uid("conv")
+    base = time.time() - 3600
+    ours: list[Job] = []
+    for i in range(64):  # the conversation's jobs at 0, 1, 2 and 63; 60 others between
+        mine = i in (0, 1, 2, 63)
+        job = new_job(user_id=user, created_at=base + i,
+                      **({"expires_at": past()} if i == 1 else {}))
+        job = replace(job, conversation_id=conv if mine else job.conversation_id)
+        backend.jobs.create(job)
+        if mine and i != 1:
+            ours.append(job)
+    backend.jobs.create(replace(new_job(created_at=base + 10), conversation_id=conv))  # another user's
+    pages: list[list[Job]] = []
+    key = None
+    while True:
+        page = backend.jobs.list_for_user(user, None, 2, key, conv)
+        pages.append(page.jobs)
+        if page.next_key is None:
+            break
+        key = page.next_key
+        assert len(pages) < 10
+    assert ids([j for p in pages for j in p]) == ids(ours[::-1])
+    assert [len(p) for p in pages][:2] == [2, 1]
+    assert all(j.conversation_id == conv and j.user_id == user for p in pages for j in p)
+    assert backend.jobs.list_for_user(user, None, 10, None, uid("conv")).jobs == []
+    assert ids(backend.jobs.list_for_user(user, TERMINAL_STATUSES, 10, None, conv).jobs) == []
+
+
 def test_list_hides_expired_jobs(backend: Backend) -> None:
     user = uid("user")
     old = user_jobs(backend, user, 2, expires_at=past())

@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from alfred_jobs.domain.events import replay, step_started_by
 from alfred_jobs.domain.models import EventType, JobStatus
 from alfred_jobs.service.jobs import JobService
-from alfred_tools.fidelity import FidelityProxy
-from tests.chaos.support import allow_receives
 from tests.integration.helpers import (
     assert_contiguous_single_terminal,
     completed_steps,
@@ -26,25 +23,13 @@ from tests.integration.helpers import (
     submit,
     wait_terminal,
 )
-from tests.support.stack import Stack, make_stack, wait_until
+from tests.support.stack import Stack, wait_until
 
 
 @pytest.fixture
-def stack(faithful: tuple[dict[str, str], FidelityProxy]) -> Iterator[Stack]:
-    env, proxy = faithful
-    try:
-        # Leases of 20 s, not the suite's 2 s: on a busy machine a renewal can be late by seconds,
-        # and a lapsed lease is a takeover no test here means to make. The tests that are about a
-        # lease lapsing give that one worker a short lease.
-        with make_stack(env, ALFRED_LEASE_SECONDS="20") as s:
-            # A lost delete (AWS's at-least-once, which the proxy plays) brings a message back after
-            # the queue's visibility timeout: 720 s in the template, 3 s here so that the no-op
-            # redelivery (the job is over: acked again) happens within a test that waits for the
-            # queue to drain. Receives stay well under the raised maxReceiveCount.
-            allow_receives(s, 10, visibility_timeout=3)
-            yield s
-    finally:
-        proxy.clear_script()
+def stack(faithful_stack: Stack) -> Stack:
+    """The faithful stack of conftest.py (leases of 20 s, lost deletes back in 3 s)."""
+    return faithful_stack
 
 
 def step_started(stack: Stack, job_id: str, index: int) -> bool:

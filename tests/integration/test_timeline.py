@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,26 +15,16 @@ from alfred_jobs.domain.models import EventType
 from alfred_jobs.entry.http.jobs_api import create_app
 from alfred_jobs.service.auth import issue_local_token
 from alfred_jobs.service.timeline import cost_usd
-from alfred_tools.fidelity import FidelityProxy
 from alfred_tools.timeline_text import render
-from tests.chaos.support import allow_receives
 from tests.integration.helpers import assert_contiguous_single_terminal, log_of, wait_terminal
 from tests.support.servers import serve
-from tests.support.stack import Stack, make_stack, wait_until
-
-Faithful = tuple[dict[str, str], FidelityProxy]
+from tests.support.stack import Stack, wait_until
 
 
 @pytest.fixture
-def stack(faithful: Faithful) -> Iterator[Stack]:
-    env, proxy = faithful
-    try:
-        # Leases of 20 s (no takeover but the one the kill makes), as test_guarantees does.
-        with make_stack(env, ALFRED_LEASE_SECONDS="20") as s:
-            allow_receives(s, 10, visibility_timeout=3)
-            yield s
-    finally:
-        proxy.clear_script()
+def stack(faithful_stack: Stack) -> Stack:
+    """The faithful stack of conftest.py (leases of 20 s, lost deletes back in 3 s)."""
+    return faithful_stack
 
 
 def has(stack: Stack, job_id: str, kind: EventType, **data: object) -> bool:

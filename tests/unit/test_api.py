@@ -88,7 +88,8 @@ def test_bad_bodies_are_4xx_in_the_error_shape(client: TestClient, body: bytes, 
     "/api/jobs/not-an-id", "/api/jobs?limit=0", "/api/jobs?limit=101", "/api/jobs?limit=abc",
     "/api/jobs?status=weird", "/api/jobs?cursor=garbage", "/api/jobs/" + "a" * 32 + "/events?after=-1",
     "/api/jobs/" + "a" * 32 + "/events?wait=21", "/api/jobs/" + "a" * 32 + "/events?after=x",
-    "/api/conversations/bad%20id",
+    "/api/conversations/bad%20id", "/api/jobs?conversation_id=bad%20id", "/api/jobs?conversation_id=",
+    "/api/jobs?conversation_id=" + "c" * 65, "/api/jobs?conversation_id=" + "c" * 1025,
 ])
 def test_bad_queries_are_400(client: TestClient, path: str) -> None:
     assert_error(client.get(path, headers=auth()), 400)
@@ -133,6 +134,36 @@ def test_list_pagination_newest_first_with_opaque_cursor(client: TestClient) -> 
     assert_error(client.get(f"/api/jobs?cursor={page1['next_cursor'][:-2]}xx", headers=auth()), 400)
     active = client.get("/api/jobs?status=active", headers=auth()).json()["jobs"]
     assert len(active) == 5
+
+
+def test_list_of_one_conversation_pages_its_jobs_only_newest_first(client: TestClient) -> None:
+    """``?conversation_id=``: that conversation's jobs, the caller's own only, paged like the
+    list; its cursor goes on that list only."""
+    def send(message: str, conv: str, user: str = "alice") -> str:
+        body = {"message": message, "conversation_id": conv}
+        return str(client.post("/api/chat", json=body, headers=auth(user)).json()["job_id"])
+
+    ours = []
+    for i in range(3):  # interleaved with another conversation's jobs
+        ours.append(send(f"soup {i}", "conv-a"))
+        send(f"stew {i}", "conv-b")
+    send("bob's soup", "conv-a", "bob")  # another user's job under the same conversation id
+    page1 = client.get("/api/jobs?conversation_id=conv-a&limit=2", headers=auth()).json()
+    page2 = client.get(f"/api/jobs?conversation_id=conv-a&limit=2&cursor={page1['next_cursor']}",
+                       headers=auth()).json()
+    got = [j["job_id"] for p in (page1, page2) for j in p["jobs"]]
+    assert got == ours[::-1] and page2["next_cursor"] is None
+    assert {j["conversation_id"] for p in (page1, page2) for j in p["jobs"]} == {"conv-a"}
+    assert client.get("/api/jobs?conversation_id=conv-c", headers=auth()).json() == {"jobs": [], "next_cursor": None}
+    assert client.get("/api/jobs?conversation_id=conv-a&status=complete", headers=auth()).json()["jobs"] == []
+    # a cursor of one conversation's list goes on neither another conversation's nor the whole list
+    for other in ("/api/jobs?conversation_id=conv-b&", "/api/jobs?"):
+        err = assert_error(client.get(f"{other}limit=2&cursor={page1['next_cursor']}", headers=auth()), 400)
+        assert err["code"] == "invalid_cursor"
+    whole = client.get("/api/jobs?limit=2", headers=auth()).json()["next_cursor"]
+    assert_error(client.get(f"/api/jobs?conversation_id=conv-a&cursor={whole}", headers=auth()), 400)
+    err = assert_error(client.get("/api/jobs?conversation_id=a.b", headers=auth()), 400)
+    assert err["code"] == "invalid_conversation_id"
 
 
 def test_cancel_pending_is_200_then_idempotent_and_events_show_it(client: TestClient) -> None:

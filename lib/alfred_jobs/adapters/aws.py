@@ -422,7 +422,11 @@ class DynamoJobStore:
         return item_to_job(attrs)
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-                      start_key: dict[str, Any] | None) -> JobPage:
+                      start_key: dict[str, Any] | None, conversation_id: str | None = None) -> JobPage:
+        # The user index (eventually consistent: a listing only). A conversation's jobs are the
+        # user's, filtered: no index of their own, which every job write would pay for. Such a
+        # read costs the user's jobs from ``start_key`` back to the page's last match (to the
+        # user's oldest live job on the last page): bounded by retention, not by the table.
         now = self._clock.now()
         jobs: list[Job] = []
         key = start_key
@@ -434,12 +438,19 @@ class DynamoJobStore:
                 values[f":s{i}"] = str(st)
                 placeholders.append(f":s{i}")
             filt += f" AND #s IN ({', '.join(placeholders)})"
+        if conversation_id is not None:
+            values[":c"] = conversation_id
+            filt += " AND conversation_id = :c"
+        ask = 0
         while True:
+            # A filtered page that came back short asks for more each round (few calls to cross
+            # a run of other conversations' jobs); the first ask is the page, as before.
+            ask = max(limit, 25) if ask == 0 else min(MAX_QUERY_LIMIT, 2 * ask)
             args: dict[str, Any] = {
                 "TableName": self._table, "IndexName": "by_user",
                 "KeyConditionExpression": "user_id = :u", "FilterExpression": filt,
                 "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False,
-                "Limit": max(limit, 25)}
+                "Limit": ask}
             if statuses:
                 args["ExpressionAttributeNames"] = {"#s": "status"}
             if key:
@@ -972,20 +983,28 @@ class DynamoConversationStore:
         items, whether the conversation holds 50 turns or 5,000 (it used to read them all and
         keep the last N). The item past the page only says there is more."""
         key = f"{user_id}#{conversation_id}"
-        found: list[dict[str, Any]] = []  # newest first
         start: dict[str, Any] | None = {"conversation_key": key, "sk": before} if before else None
+        # Strongly consistent: the next job plans from this history, and a stale read would
+        # leave out the turn committed a moment ago.
+        found = self._live_items({
+            "TableName": self._table, "KeyConditionExpression": "conversation_key = :k",
+            "ExpressionAttributeValues": serialize({":k": key}),
+            "ScanIndexForward": False, "ConsistentRead": True}, start, limit + 1)  # newest first
+        if len(found) > limit:
+            kept = found[:limit]
+            return MessagePage([_message(m) for m in reversed(kept)], kept[-1]["sk"] if kept else None)
+        return MessagePage([_message(m) for m in reversed(found)], None)
+
+    def _live_items(self, query: dict[str, Any], start: dict[str, Any] | None, count: int) -> list[dict[str, Any]]:
+        """The first ``count`` unexpired items of ``query`` from ``start``, in its order (fewer
+        at its end). A round that came back short of live items met expired ones (TTL deletes
+        days late): ask for more each round, so an expired run costs few calls."""
+        found: list[dict[str, Any]] = []
         ask = 0
         while True:
-            want = limit + 1 - len(found)
-            # A page that came back short of live items met expired ones (TTL deletes days late):
-            # ask for more each round, so an expired tail costs few calls.
+            want = count - len(found)
             ask = want if ask == 0 else min(MAX_QUERY_LIMIT, max(want, 2 * ask))
-            # Strongly consistent: the next job plans from this history, and a stale read would
-            # leave out the turn committed a moment ago.
-            args: dict[str, Any] = {
-                "TableName": self._table, "KeyConditionExpression": "conversation_key = :k",
-                "ExpressionAttributeValues": serialize({":k": key}),
-                "ScanIndexForward": False, "ConsistentRead": True, "Limit": ask}
+            args = {**query, "Limit": ask}
             if start:
                 args["ExclusiveStartKey"] = serialize(start)
             with mapped_errors():
@@ -996,12 +1015,11 @@ class DynamoConversationStore:
                 if expired(int(d.get("expires_at", 0)), now):
                     continue
                 found.append(d)
-                if len(found) > limit:
-                    kept = found[:limit]
-                    return MessagePage([_message(m) for m in reversed(kept)], kept[-1]["sk"] if kept else None)
+                if len(found) == count:
+                    return found
             lek = out.get("LastEvaluatedKey")
             if not lek:
-                return MessagePage([_message(m) for m in reversed(found)], None)
+                return found
             start = deserialize(lek)
 
     def messages(self, user_id: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
@@ -1039,35 +1057,17 @@ class DynamoConversationStore:
     def recent(self, user_id: str, limit: int, before: str | None = None) -> ConversationList:
         """An index query, newest first, from ``before``; expired heads (TTL deletes days late)
         are skipped, asking for more each round as ``page`` does."""
-        found: list[dict[str, Any]] = []
-        start: dict[str, Any] | None = None
         cond, values = "user_id = :u", {":u": user_id}
         if before:
             cond, values = "user_id = :u AND active_sk < :b", {":u": user_id, ":b": before}
-        ask = 0
-        while True:
-            want = limit + 1 - len(found)
-            ask = want if ask == 0 else min(MAX_QUERY_LIMIT, max(want, 2 * ask))
-            args: dict[str, Any] = {
-                "TableName": self._table, "IndexName": "by_activity", "KeyConditionExpression": cond,
-                "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False, "Limit": ask}
-            if start:
-                args["ExclusiveStartKey"] = serialize(start)
-            with mapped_errors():
-                out = self._c.dynamodb.query(**args)
-            now = self._clock.now()
-            for raw in out.get("Items", []):
-                d = deserialize(raw)
-                if not expired(int(d.get("expires_at", 0)), now):
-                    found.append(d)
-            lek = out.get("LastEvaluatedKey")
-            if len(found) > limit or not lek:
-                kept = found[:limit]
-                more = len(found) > limit
-                return ConversationList(
-                    [ConversationHead(h["conversation_id"], h["updated_at"], h.get("title", "")) for h in kept],
-                    kept[-1]["active_sk"] if more and kept else None)
-            start = deserialize(lek)
+        found = self._live_items({
+            "TableName": self._table, "IndexName": "by_activity", "KeyConditionExpression": cond,
+            "ExpressionAttributeValues": serialize(values), "ScanIndexForward": False}, None, limit + 1)
+        kept = found[:limit]
+        more = len(found) > limit
+        return ConversationList(
+            [ConversationHead(h["conversation_id"], h["updated_at"], h.get("title", "")) for h in kept],
+            kept[-1]["active_sk"] if more and kept else None)
 
 
 HEAD_SK = "head"

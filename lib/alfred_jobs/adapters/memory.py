@@ -134,9 +134,10 @@ class MemoryJobStore:
             return job
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-                      start_key: dict[str, Any] | None) -> JobPage:
+                      start_key: dict[str, Any] | None, conversation_id: str | None = None) -> JobPage:
         with self.lock:
-            return page_of(self.items.values(), user_id, statuses, limit, start_key, self.clock.now())
+            return page_of(self.items.values(), user_id, statuses, limit, start_key, self.clock.now(),
+                           conversation_id)
 
     def find_due(self, now: float, limit: int) -> list[Job]:
         with self.lock:
@@ -223,9 +224,10 @@ class MemoryJobStore:
 
 
 def page_of(jobs: Iterable[Job], user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-            start_key: dict[str, Any] | None, now: float) -> JobPage:
-    """One page of a user's live jobs, newest first, as the user index serves it (the simulator
-    pages its stale view of the index with this too)."""
+            start_key: dict[str, Any] | None, now: float, conversation_id: str | None = None) -> JobPage:
+    """One page of a user's live jobs (of one conversation, with ``conversation_id``), newest
+    first, as the user index serves it (the simulator pages its stale view of the index with this
+    too)."""
     mine = sorted((j for j in jobs if j.user_id == user_id and not j.expired(now)),
                   key=lambda j: (iso(j.created_at), j.job_id), reverse=True)
     if start_key:
@@ -233,6 +235,8 @@ def page_of(jobs: Iterable[Job], user_id: str, statuses: frozenset[JobStatus] | 
         mine = [j for j in mine if (iso(j.created_at), j.job_id) < pos]
     if statuses:
         mine = [j for j in mine if j.status in statuses]
+    if conversation_id is not None:
+        mine = [j for j in mine if j.conversation_id == conversation_id]
     page = mine[:limit]
     nxt = None
     if len(mine) > limit:

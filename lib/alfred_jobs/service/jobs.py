@@ -375,8 +375,13 @@ class JobService:
         return self.fold_tail(self.owned(user_id, job_id))
 
     def list_jobs(self, user_id: str, status: str | None, limit: int, cursor: str | None,
-             ) -> tuple[list[Job], str | None]:
-        """The caller's jobs, newest first (a page, with an opaque cursor for the next one)."""
+                  conversation_id: str | None = None) -> tuple[list[Job], str | None]:
+        """The caller's jobs, newest first (a page, with an opaque cursor for the next one); with
+        ``conversation_id``, only that conversation's (its cursor is bound to it). A listing, read
+        from the user index: eventually consistent, so a job created a moment ago may be missing
+        and a status may lag; what decides reads the job itself (``get``)."""
+        if conversation_id is not None and not is_conversation_id(conversation_id):
+            raise InvalidInput("malformed conversation id", code="invalid_conversation_id")
         statuses = None
         if status is not None:
             if status not in STATUS_FILTERS:
@@ -386,11 +391,17 @@ class JobService:
         if not 1 <= limit <= self.settings.max_list_limit:
             raise InvalidInput(f"limit must be 1..{self.settings.max_list_limit}", code="invalid_limit")
         start = decode_cursor(self.settings.cursor_secret, user_id, cursor) if cursor else None
-        if start is not None and (start.get("user_id") != user_id or not isinstance(start.get("job_id"), str)
-                                  or not isinstance(start.get("created_sk"), str)):
+        # A cursor of one conversation's list goes on that list only (and an unfiltered cursor,
+        # which has no conversation, the unfiltered list only).
+        if start is not None and (
+                start.pop("conversation_id", None) != conversation_id or start.get("user_id") != user_id
+                or not isinstance(start.get("job_id"), str) or not isinstance(start.get("created_sk"), str)):
             raise InvalidInput("malformed cursor", code="invalid_cursor")
-        page = self.deps.jobs.list_for_user(user_id, statuses, limit, start)
-        nxt = encode_cursor(self.settings.cursor_secret, user_id, page.next_key) if page.next_key else None
+        page = self.deps.jobs.list_for_user(user_id, statuses, limit, start, conversation_id)
+        nxt = None
+        if page.next_key:
+            bound = {**page.next_key, "conversation_id": conversation_id} if conversation_id else page.next_key
+            nxt = encode_cursor(self.settings.cursor_secret, user_id, bound)
         return page.jobs, nxt
 
     def timeline(self, user_id: str, job_id: str) -> dict[str, Any]:

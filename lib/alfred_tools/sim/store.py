@@ -329,10 +329,10 @@ class SimJobStore:
         return self.wire.call("jobs.find_due~", False, op)
 
     def list_for_user(self, user_id: str, statuses: frozenset[JobStatus] | None, limit: int,
-                      start_key: dict[str, Any] | None) -> JobPage:
+                      start_key: dict[str, Any] | None, conversation_id: str | None = None) -> JobPage:
         def op() -> JobPage:
             jobs = [job for job, _ in self._stale_items().values() if job is not None]
-            return page_of(jobs, user_id, statuses, limit, start_key, self.wire.k.now())
+            return page_of(jobs, user_id, statuses, limit, start_key, self.wire.k.now(), conversation_id)
 
         return self.wire.call("jobs.list~", False, op)
 

@@ -85,9 +85,10 @@ def get_job(job_id: str, user: CurrentUser, svc: Service) -> dict[str, Any]:
 def list_jobs(user: CurrentUser, svc: Service,
               status: Annotated[str | None, Query(max_length=16)] = None,
               limit: Annotated[int, Query()] = 20,  # 1..settings.max_list_limit, checked by the service
-              cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
-    """The caller's jobs, newest first."""
-    jobs, nxt = svc.list_jobs(user, status, limit, cursor)
+              cursor: Annotated[str | None, Query(max_length=1024)] = None,
+              conversation_id: Annotated[str | None, Query(max_length=1024)] = None) -> dict[str, Any]:
+    """The caller's jobs, newest first; with ``conversation_id``, only that conversation's."""
+    jobs, nxt = svc.list_jobs(user, status, limit, cursor, conversation_id)
     return {"jobs": [j.public(job_links(svc.deps, user, j)) for j in jobs], "next_cursor": nxt}
 
 
