@@ -54,7 +54,8 @@ class JobStore(Protocol):
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         """Write a folded job record. With ``owner``, only while that owner holds the lease;
-        terminal projections are written by anyone and only move forward in ``last_seq``."""
+        terminal projections are written by anyone and only move forward in ``last_seq``. Never
+        ``attempts``: only the lease's acquisition and its holder's release move it (the gate's fence)."""
 
     def request_cancel(self, job_id: str, by: str | None = None) -> Job:
         """Set ``cancel_requested`` on an active job (``by``: the job that interrupts it);
