@@ -54,7 +54,8 @@ class JobStore(Protocol):
 
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         """Write a folded job record. With ``owner``, only while that owner holds the lease;
-        terminal projections are written by anyone and only move forward in ``last_seq``."""
+        terminal projections are written by anyone and only move forward in ``last_seq``. Never
+        ``attempts``: only the lease's acquisition and its holder's release move it (the gate's fence)."""
 
     def request_cancel(self, job_id: str, by: str | None = None) -> Job:
         """Set ``cancel_requested`` on an active job (``by``: the job that interrupts it);
@@ -136,8 +137,10 @@ class GateStore(Protocol):
 
     **The fence.** A running entry records the attempt that took its slot (``GateEntry.attempt``:
     the job's ``attempts`` as the taker's lease returned it). Every lease acquisition bumps
-    ``attempts``, and only a lease's holder undoes its own bump (a delivery that did not start the
-    job), so every attempt that takes a job after attempt n lost it is numbered above n. An
+    ``attempts``, only a lease's holder undoes its own bump (a delivery that did not start the
+    job), and nothing else writes it (not ``JobStore.save_projection``), so every attempt that
+    takes a job after attempt n lost it is numbered above n; one that undid its bump gave its
+    number to the next, and fences its writes after that with the number before it. An
     attempt passes its number with its own writes (``pause``, and ``unpause`` and ``remove`` when
     made by a worker); the store refuses them (``ConditionFailed``) once the entry is stamped by a
     later attempt: the caller lost the job, and stops without touching anything else. The API and

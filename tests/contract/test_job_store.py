@@ -324,6 +324,22 @@ def test_save_projection_does_not_erase_fields_it_does_not_carry(backend: Backen
     assert stored(backend, job.job_id).started_at == started
 
 
+def test_save_projection_never_moves_attempts_back(backend: Backend) -> None:
+    """``attempts`` is the lease's: bumped by each acquisition, undone only by its holder. A fold
+    read before a later acquisition (the answer's, held in flight while a redelivery took the job)
+    must not write the older count back: two attempts would share a number, and the gate's fence
+    could not tell the later from the earlier (sim seed 918, two of a user's jobs running at once
+    with ``max_running_per_user`` 1)."""
+    first = leased(backend, "w1")
+    backend.jobs.release_lease(first.job_id, "w1", past())
+    second = backend.jobs.acquire_lease(first.job_id, "w2", time.time(), LEASE)
+    assert (first.attempts, second.attempts) == (1, 2)
+    backend.jobs.save_projection(running(first, 2), owner=None)  # the answer's fold of attempt 1
+    assert stored(backend, first.job_id).attempts == 2
+    backend.jobs.save_projection(running(second, 3), owner="w2")
+    assert stored(backend, first.job_id).attempts == 2
+
+
 @pytest.mark.parametrize("owner", [None, "w1"])
 def test_save_projection_of_an_unknown_job_creates_nothing(backend: Backend, owner: str | None) -> None:
     job = new_job()

@@ -3,10 +3,13 @@ history the protocol is done with."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from unittest.mock import patch
+
 from alfred_jobs.domain.events import ErrorInfo, Event, FailedPayload
 from alfred_jobs.domain.models import Job, fold
-from alfred_tools.sim.kernel import Process
-from alfred_tools.sim.world import World
+from alfred_tools.sim.kernel import Kernel, Process
+from alfred_tools.sim.world import Config, World, draw_config
 
 
 def test_a_job_its_log_ended_is_not_quiet_until_its_record_is_finalized() -> None:
@@ -30,5 +33,47 @@ def test_a_job_its_log_ended_is_not_quiet_until_its_record_is_finalized() -> Non
 
         w.inner_jobs.save_projection(fold(job, [ev]), owner=None)
         assert w._quiet()
+    finally:
+        w.k.close()
+
+
+def test_one_history_in_eight_is_question_heavy_and_the_others_are_drawn_as_before() -> None:
+    """Every job of a question-heavy history asks (``ask_share`` 1), with one run slot per user
+    more often and at least two workers; its draw comes from a stream of its own, so that the
+    other histories are those their seeds made before it existed."""
+    heavy = []
+    for seed in range(1, 801):
+        k = Kernel(seed)
+        cfg = draw_config(k, 10)
+        plain = _drawn_without_question_heavy(seed)
+        if cfg.ask_share == 1.0:
+            heavy.append(cfg)
+            assert cfg.workers >= 2
+            assert replace(cfg, ask_share=plain.ask_share, max_running=plain.max_running, workers=plain.workers,
+                           plan=replace(cfg.plan, held=plain.plan.held)) == plain
+        else:
+            assert cfg == plain
+            assert k.rng.getstate() == _rng_after_plain_draw(seed)
+    assert 60 <= len(heavy) <= 140  # about 100
+    assert sum(c.max_running == 1 for c in heavy) > len(heavy) / 2
+
+
+def _drawn_without_question_heavy(seed: int) -> Config:
+    with patch("alfred_tools.sim.world.QUESTION_HEAVY_SHARE", 0.0):
+        return draw_config(Kernel(seed), 10)
+
+
+def _rng_after_plain_draw(seed: int) -> object:
+    k = Kernel(seed)
+    with patch("alfred_tools.sim.world.QUESTION_HEAVY_SHARE", 0.0):
+        draw_config(k, 10)
+    return k.rng.getstate()
+
+
+def test_every_job_of_a_question_heavy_history_asks() -> None:
+    seed = next(s for s in range(1, 100) if draw_config(Kernel(s), 10).ask_share == 1.0)
+    w = World(seed)
+    try:
+        assert all("ask=" in w._message() for _ in range(50))
     finally:
         w.k.close()

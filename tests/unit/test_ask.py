@@ -777,3 +777,46 @@ def test_an_askers_pause_landing_after_a_new_owner_took_the_job_leaves_the_new_o
     assert sent(deps)[-1] == other.job_id
     assert run(deps, other.job_id) is Outcome.DONE
     assert deps.gates.read("u") == Gate()
+
+
+def test_a_stray_deliverys_pause_after_it_gave_its_attempt_back_leaves_the_next_attempts_slot_alone() -> None:
+    # GIVEN one run slot per user: a job waiting on its question (attempt 1, its slot handed on),
+    # another of the user's jobs (c2) behind it, and a stray delivery of the waiting job, which gives
+    # back the attempt its lease counted (2) and then pauses the job's entry
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                                max_running_per_user=1), clock=clock)
+    armed: list[bool] = []
+    took_over: list[str] = []
+
+    class PauseHeldInFlight(MemoryGateStore):
+        def pause(self, user_id: str, job_id: str, conversation_id: str, *args: Any, **kwargs: Any) -> Gate:
+            if armed and not took_over:
+                took_over.append(job_id)
+                # The stray's pause is on the wire, its process frozen, its lease released and its
+                # attempt given back. Meanwhile the user answers (the job is sent) ...
+                assert svc.answer(user_id, job_id, "s1q1", True)[1] is True
+                # ... and the next attempt (numbered 2 again) takes the job and its slot, and is
+                # running it (frozen in step 1, lease and slot held)
+                with pytest.raises(SystemExit):
+                    JobRunner(deps, DiesInStepOne(deps.agent_data, deps.settings)).run(Delivery(job_id))
+            return super().pause(user_id, job_id, conversation_id, *args, **kwargs)
+
+    deps.gates = PauseHeldInFlight(clock)
+    svc = JobService(deps)
+    job = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1"), None).job
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.WAITING
+    other = svc.submit("u", ChatRequest(message="other", conversation_id="c2"), None).job  # not run yet
+    # WHEN the stray's pause lands after the next attempt took the slot
+    armed.append(True)
+    run(deps, job.job_id)
+    assert took_over == [job.job_id]
+    now_running = record(deps, job.job_id)
+    assert now_running.lease_live(clock.now()) and now_running.attempts == 2
+    # THEN that attempt's slot is left alone: the job still holds it, and the user's other job does
+    # not start on a delivery (max_running_per_user: 1)
+    gate = deps.gates.read("u")
+    mine = gate.entry(job.job_id)
+    assert mine is not None and mine.running and gate.running == 1
+    assert run(deps, other.job_id) is Outcome.DROPPED and log(deps, other.job_id) == []

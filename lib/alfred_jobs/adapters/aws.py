@@ -379,9 +379,11 @@ class DynamoJobStore:
     def save_projection(self, job: Job, *, owner: str | None) -> None:
         names = {"#s": "status"}
         values: dict[str, Any] = {
-            ":st": str(job.status), ":ls": job.last_seq, ":p": json.dumps(job.progress.public()),
-            ":att": job.attempts}
-        sets = ["#s = :st", "last_seq = :ls", "progress_json = :p", "attempts = :att"]
+            ":st": str(job.status), ":ls": job.last_seq, ":p": json.dumps(job.progress.public())}
+        # Not ``attempts``: it is the lease's (bumped by each acquisition, undone by its holder). A
+        # fold read before a later acquisition would write an older count back, and the gate's
+        # fence could no longer tell that attempt from the one before (sim seed 918).
+        sets = ["#s = :st", "last_seq = :ls", "progress_json = :p"]
         removes: list[str] = []
         for attr, val in (("started_at", job.started_at), ("completed_at", job.completed_at),
                           ("output_json", json.dumps(job.output) if job.output is not None else None),

@@ -113,8 +113,8 @@ class MemoryJobStore:
             if not job.terminal and owner is not None and (
                     cur.lease_owner != owner or cur.status not in ACTIVE_STATUSES):
                 raise Fenced(job.job_id)
+            # Not ``attempts``: it is the lease's (``DynamoJobStore.save_projection``).
             new = replace(cur, status=job.status, last_seq=job.last_seq, progress=job.progress,
-                          attempts=job.attempts,
                           started_at=job.started_at or cur.started_at,
                           completed_at=job.completed_at or cur.completed_at,
                           output=job.output if job.output is not None else cur.output,

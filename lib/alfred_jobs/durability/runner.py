@@ -735,12 +735,15 @@ class _Attempt:
         The pause and the resume carry our attempt: once a later attempt has taken the job over
         (we were frozen past our lease, or slow after releasing it, and the answer came), the gate
         refuses them and we stop (``Fenced``): a pause landing then would give away the slot the
-        later attempt runs in, and its hand-off would start another job beside it.
+        later attempt runs in, and its hand-off would start another job beside it. Having given
+        our attempt back (``undo_attempt``), we carry the one before it: the next attempt to take
+        the job is numbered as ours was, and the fence must tell it from us (sim seed 918).
         """
         self.keeper.stop()
         question = replay(self.events).question
         expires = parse_iso(question.expires_at) if question else self.clock.now() + self.s.input_timeout_seconds
         released = False
+        fence = self.attempt - 1 if undo_attempt else self.attempt
         self._settle_projection()
         try:
             try:
@@ -752,7 +755,7 @@ class _Attempt:
             released = True
             if self._cancelled_after_release():
                 return RunResult(Outcome.DONE, "cancelled", status=JobStatus.CANCELLED)
-            self.r.admission.pause(self.view, attempt=self.attempt)
+            self.r.admission.pause(self.view, attempt=fence)
             if question is not None:
                 self._notify(PushMessage(job_id=self.job.job_id, status=str(JobStatus.WAITING),
                                          seq=self.head, title="Alfred needs your answer",
@@ -764,7 +767,7 @@ class _Attempt:
             self.deps.jobs.postpone_waiting(self.job.job_id, expires, self.clock.now())
             tail = self.journal.read_after(self.job.job_id, self.head)
             if any(e.type is EventType.INPUT_RECEIVED for e in tail):
-                self.r.admission.resume(self.view, attempt=self.attempt)
+                self.r.admission.resume(self.view, attempt=fence)
         except Fenced:
             # A later attempt took the job over (the answer came, and it runs): its slot is not
             # ours to give back, nor its conversation to free. Nothing else is ours to write.

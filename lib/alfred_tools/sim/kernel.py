@@ -66,6 +66,7 @@ class Kernel:
     """Virtual time and the run queue."""
 
     def __init__(self, seed: int, trace: Callable[[str], None] | None = None) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.t = 0.0  # virtual seconds since the start
         self._heap: list[tuple[float, float, int, Task, int]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -111,6 +112,7 @@ class Config:
     stream_cap: int = 20     # open streams per user across the stream processes (issue 26)
     slot_lease: float = 30.0  # a stream slot's lease (a killed stream process's slots free within it)
     watch_pace: tuple[float, float] = WATCH_PACES[0]  # the watch hub's poll intervals (min, max)
+    ask_share: float = 0.25  # the share of jobs that ask their user (every one in question-heavy histories)
 
 
 def r_busy(k: Kernel) -> Callable[[], int]:
@@ -139,8 +141,31 @@ def draw_config(k: Kernel, min_jobs: int) -> Config:
         flood=r.random() < 0.3, busy_queue=r.random() < 0.5,
         **({"retention": r.randint(150, 300), "reuse": True} if r.random() < 0.25
            else {"retention": 7 * 86400, "reuse": False}))
-    return replace(config, stream_cap=r.choice([2, 3, 5, 20]), slot_lease=r.choice([10.0, 30.0]),
-                   watch_pace=r.choice(WATCH_PACES))
+    config = replace(config, stream_cap=r.choice([2, 3, 5, 20]), slot_lease=r.choice([10.0, 30.0]),
+                     watch_pace=r.choice(WATCH_PACES))
+    return _question_heavy(k, config, calm)
+
+
+QUESTION_HEAVY_SHARE = 1 / 8
+
+
+def _question_heavy(k: Kernel, config: Config, calm: bool) -> Config:
+    """In one history of eight every job asks its user: the pause, the answer's resume and the
+    slot handed on while a question is open happen for every job, where the uniform draw (a
+    quarter of the jobs ask) rarely makes two of them meet a fault at once. Such a history has
+    one run slot per user more often (3 in 4), at least two workers (a redelivery and a successor
+    racing the asker), and more ``held`` writes (a Lambda frozen with a write in flight: the same
+    fault, struck more often). Drawn from a stream of its own, so that the other histories are the
+    ones their seeds made before (the seeds the docs and ``OPEN_FINDINGS`` name replay as written).
+    """
+    aside = random.Random(f"question-heavy/{k.seed}")
+    if aside.random() >= QUESTION_HEAVY_SHARE:
+        return config
+    max_running = 1 if aside.random() < 0.75 else config.max_running
+    workers = max(config.workers, aside.choice([2, 3, 4]))
+    held = aside.choice([0.01, 0.03, 0.05])
+    return replace(config, ask_share=1.0, max_running=max_running, workers=workers,
+                   plan=config.plan if calm else replace(config.plan, held=held))
 
 
 def result_job(body: str) -> str:
@@ -434,7 +459,7 @@ class World:
         r = self.k.rng
         parts = [f"steps={r.randint(0, 4)}", f"think={r.uniform(0.2, 3):.2f}", f"step={r.uniform(0.2, 4):.2f}",
                  f"chunks={r.randint(1, 8)}"]
-        if r.random() < 0.25:
+        if r.random() < self.cfg.ask_share:
             parts.append(f"ask={r.randint(1, 3)}")
             if r.random() < 0.5:
                 parts.append(f"ask_after={r.uniform(0.2, 3):.2f}")
