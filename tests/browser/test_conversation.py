@@ -122,6 +122,10 @@ def test_a_message_sent_just_before_the_tab_closes_comes_back_at_the_bottom(cont
         page.goto("/")
         expect(page.locator("#messages li.msg-user")).to_have_count(2 + i)
         assert user_texts(page)[-1] == text, user_texts(page)
+        # ... and goes (again, from the outbox, if the closing tab cut it off): its own job's bubble,
+        # not the turn before's, is the last, and it runs to its reply
+        expect(page.locator("#messages li.msg-user.is-unsent")).to_have_count(0, timeout=20_000)
+        expect(page.locator("#messages li.msg-alfred")).to_have_count(2 + i)
         last = page.locator("#messages li.msg-alfred").last
         expect(last.locator(".reply")).not_to_be_empty(timeout=20_000)
         assert len(jobs_with(web_stack, user, text)) == 1

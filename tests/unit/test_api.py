@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -174,3 +176,31 @@ def test_cancel_pending_is_200_then_idempotent_and_events_show_it(client: TestCl
     ev = client.get(f"/api/jobs/{jid}/events?after=0", headers=auth()).json()
     assert [e["type"] for e in ev["events"]] == ["cancelled"] and ev["done"] is True
     assert ev["status"] == "cancelled" and ev["next_after"] == 1
+
+
+def test_a_client_gone_before_its_body_is_a_4xx_and_no_job() -> None:
+    """A tab closed just after Send: the body never arrives. Nothing is done, and it is not a 5xx
+    (the page's outbox sends the message again on the next visit)."""
+    deps = memory_deps(SETTINGS)
+    app = create_app(deps)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/api/chat", "raw_path": b"/api/chat", "query_string": b"",
+             "root_path": "", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", b"20"),
+                         (b"authorization", auth()["Authorization"].encode())]}
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
+    assert json.loads(body)["error"]["code"] == "client_disconnected"
+    with TestClient(app) as c:
+        assert c.get("/api/jobs", headers=auth()).json()["jobs"] == []

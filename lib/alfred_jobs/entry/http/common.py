@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alfred_jobs.exceptions import (
@@ -83,6 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("storage unavailable", extra={"path": request.url.path, "error": str(exc)})
         return error_response(503, "unavailable", "storage is briefly unavailable; retry shortly",
                               {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client left before its body arrived (a tab closed just after Send): nothing was done,
+        # its outbox sends it again. Not a server error, and no one is there to read the answer.
+        log.info("client left before its request was read", extra={"path": request.url.path})
+        return error_response(400, "client_disconnected", "the request ended before its body was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
