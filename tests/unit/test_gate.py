@@ -603,6 +603,44 @@ def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leav
     assert all(deps.jobs.get(e.job_id) is not None for e in entries)
 
 
+def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that_asked() -> None:
+    # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo (the removal
+    # of its entry) is frozen in flight: meanwhile the job ahead ends and hands on, a worker takes
+    # the refused job after all, it asks the user (its slot back, its conversation held), and a
+    # third message of the conversation queues behind it (sim seed 108223 at d7a96dd)
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    first = chat(svc, "first")
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+    later: list[Job] = []
+
+    def frozen_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
+        if kwargs.get("only_waiting") and not later:
+            assert run(deps, first.job_id) is Outcome.DONE
+            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job: its way was clear"
+            assert run(deps, job_id) is Outcome.DONE
+            assert log(deps, job_id)[-1].type is EventType.INPUT_REQUIRED
+            later.append(chat(svc, "third"))
+        return real_remove(user_id, job_id, **kwargs)
+
+    gates.remove = frozen_undo  # type: ignore[method-assign]
+    # WHEN the undo lands
+    asked = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1",
+                                        multitask="reject"), None)
+    gates.remove = real_remove  # type: ignore[method-assign]
+    # THEN the job that started keeps its entry (asking: it holds its conversation), so the third
+    # message still waits behind it: removed, its way would be clear with no message to start it
+    # (nobody sends it: the removal is an undo, not an ending that hands on), and the asker's
+    # conversation would be open to the next job while its question waits
+    assert asked.created and asked.job.job_id == sent(deps)[-1]
+    entry = deps.gates.read("u").entry(asked.job.job_id)
+    assert entry is not None and entry.asking
+    assert not deps.gates.read("u").may_start(later[0].job_id, 1)
+    assert later[0].job_id not in sent(deps)
+
+
 class _Done:
     def __init__(self, value: Any) -> None:
         self.value = value
