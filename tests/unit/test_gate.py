@@ -266,11 +266,11 @@ class FlakyGates(MemoryGateStore):
         self.fail_removes = 1
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
         if self.fail_removes:
             self.fail_removes -= 1
             raise StoreError("the process died here")
-        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting,
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_untaken=only_untaken,
                               attempt=attempt)
 
 
@@ -617,7 +617,7 @@ def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that
     later: list[Job] = []
 
     def frozen_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
-        if kwargs.get("only_waiting") and not later:
+        if kwargs.get("only_untaken") and not later:
             assert run(deps, first.job_id) is Outcome.DONE
             assert sent(deps)[-1] == job_id, "the hand-off sent the refused job: its way was clear"
             assert run(deps, job_id) is Outcome.DONE
