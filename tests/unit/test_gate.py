@@ -641,6 +641,38 @@ def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that
     assert later[0].job_id not in sent(deps)
 
 
+def test_a_rejects_undo_after_the_hand_off_sent_its_job_hands_on_to_the_job_behind_it() -> None:
+    # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo is slow to
+    # land: meanwhile the job ahead ends and hands on to the refused job (its message on the way,
+    # no worker has taken it yet), and a later message of the conversation queues behind it
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    first = chat(svc, "first")
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+    later: list[Job] = []
+
+    def slow_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
+        if kwargs.get("only_untaken") and not later:
+            assert run(deps, first.job_id) is Outcome.DONE
+            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job"
+            later.append(chat(svc, "third"))
+            assert sent(deps)[-1] == job_id, "the third waits behind the refused job"
+        return real_remove(user_id, job_id, **kwargs)
+
+    gates.remove = slow_undo  # type: ignore[method-assign]
+    # WHEN the undo lands: the refused job's entry goes (no worker took it) and its record too
+    with pytest.raises(ConversationBusy):
+        chat(svc, "second", multitask="reject")
+    gates.remove = real_remove  # type: ignore[method-assign]
+    # THEN the job behind it, whose way the removal cleared, is sent: the refused job's message
+    # finds no record and is dropped, and nobody else would send it (only the sweeper's repair)
+    assert deps.gates.read("u").next_up(later[0].job_id, 1)
+    assert sent(deps)[-1] == later[0].job_id
+    assert run(deps, later[0].job_id) is Outcome.DONE
+
+
 class _Done:
     def __init__(self, value: Any) -> None:
         self.value = value
