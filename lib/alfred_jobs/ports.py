@@ -196,13 +196,15 @@ class GateStore(Protocol):
         With ``attempt`` (a worker's): ``ConditionFailed`` if a later attempt stamped the entry."""
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
         """Remove the job's entry, waiting or running (freeing its slot); returns the gate after
         it. Idempotent: a job not enrolled leaves the gate as it is. ``conversation_id`` (the
-        job's, if known) lets the store write at once instead of reading first. ``only_waiting``: a running
-        entry is left alone and the call raises ``ConditionFailed`` (a refused submit's undo,
-        which a worker beat to the job). With ``attempt`` (a worker's finalize):
-        ``ConditionFailed`` if a later attempt stamped the entry."""
+        job's, if known) lets the store write at once instead of reading first. ``only_untaken``:
+        an entry a worker has taken (stamped with an attempt: running, asking the user, or
+        answered and waiting again) is left alone and the call raises ``ConditionFailed`` (a
+        refused submit's undo, which a worker beat to the job: one that asked has given its slot
+        back, but its entry still holds its conversation; sim seed 108223). With ``attempt`` (a
+        worker's finalize): ``ConditionFailed`` if a later attempt stamped the entry."""
 
 
 class StreamSlots(Protocol):

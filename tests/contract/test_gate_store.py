@@ -95,15 +95,34 @@ def test_remove_frees_the_slot_and_the_conversation_and_is_idempotent(backend: B
     assert gates.read(user) == Gate()
 
 
-def test_remove_only_waiting_leaves_a_running_entry(backend: Backend) -> None:
+def test_remove_only_untaken_leaves_a_running_entry(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     a, b = entry("c1"), entry("c2")
     gates.enroll(user, a, None, live(), check_at=time.time() + 600)
     gates.enroll(user, b, None, live(), check_at=time.time() + 600)
     gates.take(user, a, 2, live(), attempt=1)
     with pytest.raises(ConditionFailed):
-        gates.remove(user, a.job_id, conversation_id="c1", only_waiting=True)
-    assert ids(gates.remove(user, b.job_id, conversation_id="c2", only_waiting=True)) == [a.job_id]
+        gates.remove(user, a.job_id, conversation_id="c1", only_untaken=True)
+    assert ids(gates.remove(user, b.job_id, conversation_id="c2", only_untaken=True)) == [a.job_id]
+
+
+def test_remove_only_untaken_leaves_an_entry_a_worker_took_that_gave_its_slot_back(backend: Backend) -> None:
+    # A refused submit's undo is for an entry no worker took: one that asked the user (its slot
+    # back, its conversation held) or was answered since (waiting to run again) is a started job's.
+    gates, user = backend.deps.gates, uid("user")
+    a = entry("c1")
+    gates.enroll(user, a, None, live(), check_at=time.time() + 600)
+    gates.take(user, a, 1, live(), attempt=1)
+    gates.pause(user, a.job_id, "c1", attempt=1)
+    for hint in ("c1", None):
+        with pytest.raises(ConditionFailed):
+            gates.remove(user, a.job_id, conversation_id=hint, only_untaken=True)
+    gates.unpause(user, a.job_id, attempt=1)
+    for hint in ("c1", None):
+        with pytest.raises(ConditionFailed):
+            gates.remove(user, a.job_id, conversation_id=hint, only_untaken=True)
+    after = gates.read(user)
+    assert ids(after) == [a.job_id] and after.entries[0].attempt == 1 and not after.entries[0].running
 
 
 def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: Backend) -> None:

@@ -601,10 +601,10 @@ class RemoveFails(MemoryGateStore):
     failing = False
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
         if self.failing:
             raise TransientStoreError("throttled")
-        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting,
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_untaken=only_untaken,
                               attempt=attempt)
 
 

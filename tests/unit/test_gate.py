@@ -266,11 +266,11 @@ class FlakyGates(MemoryGateStore):
         self.fail_removes = 1
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
         if self.fail_removes:
             self.fail_removes -= 1
             raise StoreError("the process died here")
-        return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting,
+        return super().remove(user_id, job_id, conversation_id=conversation_id, only_untaken=only_untaken,
                               attempt=attempt)
 
 
@@ -601,6 +601,76 @@ def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leav
     entries = deps.gates.read("u").entries
     assert len(entries) == 2
     assert all(deps.jobs.get(e.job_id) is not None for e in entries)
+
+
+def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that_asked() -> None:
+    # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo (the removal
+    # of its entry) is frozen in flight: meanwhile the job ahead ends and hands on, a worker takes
+    # the refused job after all, it asks the user (its slot back, its conversation held), and a
+    # third message of the conversation queues behind it (sim seed 108223 at d7a96dd)
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    first = chat(svc, "first")
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+    later: list[Job] = []
+
+    def frozen_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
+        if kwargs.get("only_untaken") and not later:
+            assert run(deps, first.job_id) is Outcome.DONE
+            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job: its way was clear"
+            assert run(deps, job_id) is Outcome.DONE
+            assert log(deps, job_id)[-1].type is EventType.INPUT_REQUIRED
+            later.append(chat(svc, "third"))
+        return real_remove(user_id, job_id, **kwargs)
+
+    gates.remove = frozen_undo  # type: ignore[method-assign]
+    # WHEN the undo lands
+    asked = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1",
+                                        multitask="reject"), None)
+    gates.remove = real_remove  # type: ignore[method-assign]
+    # THEN the job that started keeps its entry (asking: it holds its conversation), so the third
+    # message still waits behind it: removed, its way would be clear with no message to start it
+    # (nobody sends it: the removal is an undo, not an ending that hands on), and the asker's
+    # conversation would be open to the next job while its question waits
+    assert asked.created and asked.job.job_id == sent(deps)[-1]
+    entry = deps.gates.read("u").entry(asked.job.job_id)
+    assert entry is not None and entry.asking
+    assert not deps.gates.read("u").may_start(later[0].job_id, 1)
+    assert later[0].job_id not in sent(deps)
+
+
+def test_a_rejects_undo_after_the_hand_off_sent_its_job_hands_on_to_the_job_behind_it() -> None:
+    # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo is slow to
+    # land: meanwhile the job ahead ends and hands on to the refused job (its message on the way,
+    # no worker has taken it yet), and a later message of the conversation queues behind it
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    first = chat(svc, "first")
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+    later: list[Job] = []
+
+    def slow_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
+        if kwargs.get("only_untaken") and not later:
+            assert run(deps, first.job_id) is Outcome.DONE
+            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job"
+            later.append(chat(svc, "third"))
+            assert sent(deps)[-1] == job_id, "the third waits behind the refused job"
+        return real_remove(user_id, job_id, **kwargs)
+
+    gates.remove = slow_undo  # type: ignore[method-assign]
+    # WHEN the undo lands: the refused job's entry goes (no worker took it) and its record too
+    with pytest.raises(ConversationBusy):
+        chat(svc, "second", multitask="reject")
+    gates.remove = real_remove  # type: ignore[method-assign]
+    # THEN the job behind it, whose way the removal cleared, is sent: the refused job's message
+    # finds no record and is dropped, and nobody else would send it (only the sweeper's repair)
+    assert deps.gates.read("u").next_up(later[0].job_id, 1)
+    assert sent(deps)[-1] == later[0].job_id
+    assert run(deps, later[0].job_id) is Outcome.DONE
 
 
 class _Done:

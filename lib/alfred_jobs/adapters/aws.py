@@ -742,11 +742,11 @@ class DynamoGateStore:
             return gate  # not asking (answered already, or never paused yet)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
-        # With the conversation known, guess the state (running, unless only a waiting entry may
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+        # With the conversation known, guess the state (running, unless only an untaken entry may
         # go) and write at once: a job that ends removes itself in one write. A wrong guess fails
         # its condition, and the gate is read.
-        entry = GateEntry(job_id, conversation_id, "", running=not only_waiting) if conversation_id else None
+        entry = GateEntry(job_id, conversation_id, "", running=not only_untaken) if conversation_id else None
         for _ in range(4):
             if entry is None:
                 gate = self.read(user_id)
@@ -757,19 +757,23 @@ class DynamoGateStore:
                     raise ConditionFailed(f"{job_id}: held by attempt {entry.attempt}")
             names = {"#j": job_id}
             try:
+                if only_untaken and (entry.running or entry.attempt):
+                    raise ConditionFailed(f"{job_id}: taken by attempt {entry.attempt}")
                 if entry.running:
-                    if only_waiting:
-                        raise ConditionFailed(f"{job_id} is running")
                     names["#c"] = entry.conversation_id
                     values: dict[str, Any] = {":t": True, ":j": job_id, ":m1": -1}
                     return self._write(user_id, "REMOVE m.#j, busy.#c ADD running :m1",
                                        self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt),
                                        names, values)
                 values = {":f": False}
-                return self._write(user_id, "REMOVE m.#j", self._fence("m.#j.r = :f", names, values, attempt),
+                condition = "m.#j.r = :f"
+                if only_untaken:  # and no worker's stamp: one that asked, or was answered since, is started
+                    names["#n"], values[":zero"] = "n", 0
+                    condition += " AND (attribute_not_exists(m.#j.#n) OR m.#j.#n = :zero)"
+                return self._write(user_id, "REMOVE m.#j", self._fence(condition, names, values, attempt),
                                    names, values)
             except ConditionFailed:
-                if only_waiting and entry.running:
+                if only_untaken and (entry.running or entry.attempt):
                     raise
                 entry = None  # another state than guessed, or it moved: read and go again
         raise TransientStoreError(f"could not remove {job_id} from its gate")

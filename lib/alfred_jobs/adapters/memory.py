@@ -365,14 +365,14 @@ class MemoryGateStore:
             return self._gate(entries)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
             if mine is None:
                 return self._gate(entries)
-            if only_waiting and mine.running:
-                raise ConditionFailed(job_id)
+            if only_untaken and (mine.running or mine.attempt):
+                raise ConditionFailed(job_id)  # a worker took it (it may have given its slot back since)
             self._fence(entries, job_id, attempt)
             del entries[job_id]
             self.gates[user_id] = (entries, self.gates[user_id][1])

@@ -203,6 +203,26 @@ class Admission:
             raise Fenced(job.job_id) from None
         return self.hand_on(job.user_id, gate)
 
+    def withdraw(self, job: Job) -> bool:
+        """Take the entry of a refused submit's job out again, if no worker has taken it (False
+        otherwise: it runs after all), and send the later job of its conversation if the removal
+        let that one start: the job ahead may have ended meanwhile and handed on to this one, whose
+        message will find no record; nobody else would send the next (sim seed 108223's family).
+        Only later jobs of its conversation are looked at: the removal frees no slot, so it cleared
+        no other way (and an earlier job that may start could already, and was sent)."""
+        try:
+            gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
+                                          only_untaken=True)
+        except ConditionFailed:
+            return False
+        # The entry's order is its creation's, or later if the gate's last was later: this is a floor.
+        mine = gate_entry(job)
+        cleared = [e for e in gate.startable(self.settings.max_running_per_user)
+                   if e.conversation_id == job.conversation_id and e.order > mine.order]
+        if cleared:
+            self.hand_on(job.user_id, Gate(tuple(cleared), gate.running))
+        return True
+
     def pause(self, job: Job, *, attempt: int) -> list[str]:
         """The job asks the user: its slot goes back (handed on to the user's other jobs), its
         conversation stays held until it ends. ``Fenced`` (and nothing written) if a later attempt

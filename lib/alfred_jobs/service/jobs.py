@@ -271,14 +271,12 @@ class JobService:
             return full.gate, True
 
     def _undo_enroll(self, job: Job) -> bool:
-        """Take a refused job's entry out again; False if a worker already runs it. A store error
-        is raised: the job is then not refused (it keeps its record and its entry)."""
-        try:
-            self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
-                                   only_waiting=True)
-            return True
-        except ConditionFailed:
-            return False  # running: a worker took it between the enroll and now
+        """Take a refused job's entry out again (handing on to the next job of its conversation if
+        that one may start now); False if a worker took it meanwhile (it runs, or has asked the
+        user since: its entry, slot given back, still holds its conversation, and removing it would
+        open the conversation to the next job with nobody to send that one). A store error is
+        raised: the job is then not refused (it keeps its record and its entry)."""
+        return self.admission.withdraw(job)
         # A StoreError goes up (a 503): the record stays with its entry, so the job runs as if
         # enqueued, and a resend with its key finds it. Deleting the record while its entry stays
         # would leave an entry with no job (seed 840 before this).
@@ -320,8 +318,7 @@ class JobService:
             # that and left an entry with no job (a user with no live job and a non-empty gate). Read
             # after our enroll landed: either the refusal's removal came later and took our entry
             # too, or we see the record gone here and take it out ourselves. The client sends again.
-            self.deps.gates.remove(user_id, existing.job_id, conversation_id=existing.conversation_id,
-                                   only_waiting=True)
+            self.admission.withdraw(existing)  # (no worker takes a job without a record)
             raise _RefusedMeanwhile(existing.job_id)
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
