@@ -300,12 +300,12 @@ class FlakyGates(MemoryGateStore):
         self.fail_removes = 1
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_waiting: bool = False, attempt: int | None = None) -> Gate:
+               only_waiting: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         if self.fail_removes:
             self.fail_removes -= 1
             raise StoreError("the process died here")
         return super().remove(user_id, job_id, conversation_id=conversation_id, only_waiting=only_waiting,
-                              attempt=attempt)
+                              attempt=attempt, created_at=created_at)
 
 
 def test_a_job_that_dies_before_handing_on_is_finalized_again_and_hands_on() -> None:
