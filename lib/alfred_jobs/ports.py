@@ -146,6 +146,11 @@ class GateStore(Protocol):
     later attempt: the caller lost the job, and stops without touching anything else. The API and
     the sweeper hold no lease and pass none: their writes are fenced by the log (a terminal event,
     an answer) before they are made.
+
+    A worker passes its job's ``created_at`` with its attempt, and the entry keeps the creation
+    time of the job that enrolled it or last took its slot (``GateEntry.fences``): a reused
+    Idempotency-Key makes a new job with the id of one whose retention ran out, numbered from
+    attempt 1 again, and an attempt of the old job must not pass the new job's fence.
     """
 
     def read(self, user_id: str) -> Gate:
@@ -176,27 +181,29 @@ class GateStore(Protocol):
         one stays to be checked)."""
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
-        """Mark a waiting entry running, stamped with ``attempt``, if its conversation has no running
-        job and fewer than ``max_running`` slots are held; ``ConditionFailed`` otherwise (the caller
-        reads and decides: already running, not enrolled, or must wait)."""
+        """Mark a waiting entry running, stamped with ``attempt`` and ``entry.created_at``, if its
+        conversation has no running job and fewer than ``max_running`` slots are held, and it is not
+        fenced; ``ConditionFailed`` otherwise (the caller reads and decides: already running, not
+        enrolled, must wait, or a later job of the id)."""
 
-    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int, created_at: float = 0.0) -> Gate:
         """A later attempt takes over the slot its job holds already (an earlier attempt took it and
-        lost the job before giving it back): stamp the running entry with ``attempt`` if an earlier
-        attempt's stamp is on it. ``ConditionFailed`` otherwise (not running, or stamped by
-        ``attempt`` or a later one: the caller reads and decides)."""
+        lost the job before giving it back): stamp the running entry with ``attempt`` and
+        ``created_at`` if an earlier attempt's stamp is on it. ``ConditionFailed`` otherwise (not
+        running, or stamped by ``attempt`` or a later one: the caller reads and decides)."""
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int,
+              created_at: float = 0.0) -> Gate:
         """A running entry asks the user: it gives its slot back but keeps its conversation
         (``asking``) and its stamp; returns the gate after it. Idempotent (an entry not running is
         left as is). ``ConditionFailed`` if a later attempt than ``attempt`` stamped the entry."""
 
-    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         """The user answered: the entry waits to run again. Idempotent; returns the gate after it.
         With ``attempt`` (a worker's): ``ConditionFailed`` if a later attempt stamped the entry."""
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         """Remove the job's entry, waiting or running (freeing its slot); returns the gate after
         it. Idempotent: a job not enrolled leaves the gate as it is. ``conversation_id`` (the
         job's, if known) lets the store write at once instead of reading first. ``only_untaken``:

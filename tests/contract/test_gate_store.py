@@ -207,6 +207,47 @@ def test_a_later_attempt_writes_over_an_earlier_stamp(backend: Backend) -> None:
     assert gates.remove(user, b.job_id, conversation_id="c2", attempt=3).entry(b.job_id) is None
 
 
+def test_the_fence_tells_apart_two_jobs_of_one_id_by_their_creation_time(backend: Backend) -> None:
+    # A reused Idempotency-Key made a new job with the id of one whose retention ran out (seed
+    # 1106): the new job's attempt 1 holds the slot; the old job's attempts (numbered 1 and 2 too)
+    # wake late, and none of their writes may move the new job's entry.
+    gates, user = backend.deps.gates, uid("user")
+    born = time.time()
+    new = replace(entry(), created_at=born)
+    old_at = born - 200
+    gates.enroll(user, new, None, live(), check_at=time.time() + 600)
+    running = gates.take(user, new, 2, live(), attempt=1)
+    assert running.entry(new.job_id) == replace(new, running=True, attempt=1)
+    with pytest.raises(ConditionFailed):
+        gates.pause(user, new.job_id, "c1", attempt=1, created_at=old_at)
+    with pytest.raises(ConditionFailed):
+        gates.remove(user, new.job_id, conversation_id="c1", attempt=2, created_at=old_at)
+    with pytest.raises(ConditionFailed):
+        gates.remove(user, new.job_id, attempt=2, created_at=old_at)  # without the hint: read, then refused
+    with pytest.raises(ConditionFailed):
+        gates.retake(user, new.job_id, attempt=2, created_at=old_at)
+    assert gates.read(user) == running, "nothing written"
+    asking = gates.pause(user, new.job_id, "c1", attempt=1, created_at=born)
+    with pytest.raises(ConditionFailed):
+        gates.unpause(user, new.job_id, attempt=2, created_at=old_at)
+    assert gates.read(user) == asking
+    # ... nor take a waiting entry of the new job
+    waiting = gates.unpause(user, new.job_id, attempt=1, created_at=born)
+    with pytest.raises(ConditionFailed):
+        gates.take(user, replace(new, created_at=old_at), 2, live(), attempt=3)
+    assert gates.read(user) == waiting
+    # The new job's own writes pass, and an entry an earlier job of the id stamped fences nothing
+    # of the new one's (a leftover its enroll kept): the new job takes it over
+    again = gates.take(user, new, 2, live(), attempt=1)
+    assert again.entry(new.job_id) == replace(new, running=True, attempt=1)
+    later = born + 300
+    taken = gates.retake(user, new.job_id, attempt=1, created_at=later)
+    assert taken.entry(new.job_id) == replace(new, running=True, attempt=1, created_at=later)
+    with pytest.raises(ConditionFailed):
+        gates.retake(user, new.job_id, attempt=1, created_at=later)  # the same stamp again
+    assert gates.remove(user, new.job_id, attempt=1, created_at=later).entries == ()
+
+
 # ---- the check index (due_for_check, check_later, unlist_if_empty) -----------------------------
 # The index spans the jobs table: on the shared AWS stack other tests' gates are listed too, so
 # each test looks only at its own users (``mine``).

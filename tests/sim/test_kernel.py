@@ -118,3 +118,41 @@ def test_waits_that_never_move_time_on_are_a_finding_not_a_hang() -> None:
     k.run(100.0)
     assert isinstance(k.failure, Livelock)
     k.close()
+
+
+def test_a_history_ending_before_the_loop_steps_a_task_leaves_no_coroutine_never_awaited() -> None:
+    """The stream's loop is parked, not closed, when a history ends (``Stream.start``). A task it
+    has scheduled but not yet stepped (``wait_for`` wraps the event's ``wait()`` in one) holds a
+    coroutine that never ran: left to the collector, it warned ``coroutine 'Event.wait' was never
+    awaited`` after the history (history.py's ``gc.collect``)."""
+    import asyncio
+    import gc
+    import warnings
+
+    from alfred_tools.sim.aio import VirtualLoop
+
+    k = Kernel(0)
+    proc = Process("stream")
+    waiting: list[bool] = []
+
+    async def main() -> None:
+        ev = asyncio.Event()
+        waiting.append(True)
+        await asyncio.wait_for(ev.wait(), 0)  # the wait becomes a task, run at the loop's next turn
+
+    def host() -> None:
+        loop = VirtualLoop(k, proc)
+        forever = main()
+        try:
+            loop.run_until_complete(forever)
+        finally:
+            forever.close()  # as ``Stream.start``: the history ended with the loop parked in it
+
+    k.spawn(proc, "loop", host)
+    # The history ends at the loop's next turn, before it steps the wait's task
+    k.run(100.0, stop=lambda: bool(waiting))
+    k.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

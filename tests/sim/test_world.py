@@ -4,12 +4,16 @@ history the protocol is done with."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from unittest.mock import patch
 
 from alfred_jobs.domain.events import ErrorInfo, Event, FailedPayload
 from alfred_jobs.domain.models import Job, fold
+from alfred_tools.bootstrap import load_template
 from alfred_tools.sim.kernel import Kernel, Process
-from alfred_tools.sim.world import Config, World, draw_config
+from alfred_tools.sim.world import CLIENT_TIMEOUT, Config, World, draw_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_job_its_log_ended_is_not_quiet_until_its_record_is_finalized() -> None:
@@ -77,3 +81,13 @@ def test_every_job_of_a_question_heavy_history_asks() -> None:
         assert all("ask=" in w._message() for _ in range(50))
     finally:
         w.k.close()
+
+
+def test_a_client_gives_up_before_api_gateways_integration_limit() -> None:
+    """A client of the simulation waits at most ``CLIENT_TIMEOUT`` for an answer, then retries as
+    after a lost answer. API Gateway cuts a request at 29 s with a 504 (the API function's Timeout
+    is set to it): were the client to wait that long, the simulator would have to answer that 504
+    itself, not the late answer of a request frozen past it."""
+    api = load_template(ROOT / "template.yaml")["Resources"]["SubmitFunction"]["Properties"]
+    assert api["Timeout"] <= 29, "API Gateway's integration limit"
+    assert api["Timeout"] > CLIENT_TIMEOUT

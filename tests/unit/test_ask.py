@@ -267,10 +267,11 @@ def test_an_answer_while_the_asker_is_still_leaving_is_not_lost() -> None:
     svc = JobService(deps)
 
     class AnswerDuringPause(MemoryGateStore):
-        def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+        def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int,
+                  created_at: float = 0.0) -> Gate:
             # the user answers between the question's event and the asker giving its slot back
             svc.answer(user_id, job_id, "s1q1", True)
-            return super().pause(user_id, job_id, conversation_id, attempt=attempt)
+            return super().pause(user_id, job_id, conversation_id, attempt=attempt, created_at=created_at)
 
     deps.gates = AnswerDuringPause()
     svc = JobService(deps)
@@ -601,11 +602,11 @@ class RemoveFails(MemoryGateStore):
     failing = False
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         if self.failing:
             raise TransientStoreError("throttled")
         return super().remove(user_id, job_id, conversation_id=conversation_id, only_untaken=only_untaken,
-                              attempt=attempt)
+                              attempt=attempt, created_at=created_at)
 
 
 @pytest.mark.parametrize("how", ["cancel", "interrupt"])

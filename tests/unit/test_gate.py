@@ -17,10 +17,17 @@ from alfred_jobs.domain.agent import AgentContext, PlanStep
 from alfred_jobs.domain.events import CancelledPayload
 from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.models import ChatRequest, Event, EventType, Job, JobStatus
-from alfred_jobs.durability.admission import gate_entry
+from alfred_jobs.durability.admission import Admission, Verdict, gate_entry
 from alfred_jobs.durability.ending import end_unheld
 from alfred_jobs.durability.runner import Delivery, JobRunner, Outcome
-from alfred_jobs.exceptions import AgentError, ConversationBusy, StoreError, TooManyRequests, TransientStoreError
+from alfred_jobs.exceptions import (
+    AgentError,
+    ConversationBusy,
+    Fenced,
+    StoreError,
+    TooManyRequests,
+    TransientStoreError,
+)
 from alfred_jobs.ports import Deps
 from alfred_jobs.service.jobs import JobService
 from alfred_jobs.service.sweeper import Sweeper
@@ -231,6 +238,33 @@ def test_at_most_max_running_jobs_of_a_user_run_and_others_are_not_held_up() -> 
     assert sent(deps)[-1] == y.job_id
 
 
+def test_an_attempt_of_an_earlier_job_of_the_same_id_never_moves_the_new_jobs_entry() -> None:
+    """Seed 1106 (docs/simulation.md): a reused Idempotency-Key makes a new job with the id of one
+    whose retention ran out. An attempt of the old job that wakes late carries the same attempt
+    numbers as the new job's: the gate's fence must tell the two jobs apart by creation time."""
+    # GIVEN a new job of a reused id, its attempt 1 running in the user's only slot, and the old
+    # job of that id (created earlier), whose attempts 1 and 2 are still about
+    deps = make_deps(max_running_per_user=1)
+    admission = Admission(deps)
+    new = replace(chat(JobService(deps), "again", conv="c1"), attempts=1)
+    old = replace(new, created_at=new.created_at - 200)
+    assert admission.take(new) is Verdict.RUN
+    running = deps.gates.read("u")
+    # WHEN the old job's asker pauses, or its finalize releases the slot
+    # THEN each is refused as the old job's: the new job keeps its slot
+    with pytest.raises(Fenced):
+        admission.pause(old, attempt=1)
+    with pytest.raises(Fenced):
+        admission.release(replace(old, attempts=2), attempt=2)
+    assert deps.gates.read("u") == running
+    # AND once the new job asks the user itself, the old asker's resume cannot answer it
+    admission.pause(new, attempt=1)
+    asking = deps.gates.read("u")
+    with pytest.raises(Fenced):
+        admission.resume(old, attempt=1)
+    assert deps.gates.read("u") == asking
+
+
 def test_past_max_active_a_submit_is_a_429_and_leaves_no_record() -> None:
     deps = make_deps(max_active_per_user=2)
     svc = JobService(deps)
@@ -266,12 +300,12 @@ class FlakyGates(MemoryGateStore):
         self.fail_removes = 1
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         if self.fail_removes:
             self.fail_removes -= 1
             raise StoreError("the process died here")
         return super().remove(user_id, job_id, conversation_id=conversation_id, only_untaken=only_untaken,
-                              attempt=attempt)
+                              attempt=attempt, created_at=created_at)
 
 
 def test_a_job_that_dies_before_handing_on_is_finalized_again_and_hands_on() -> None:

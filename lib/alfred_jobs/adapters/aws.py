@@ -560,19 +560,21 @@ def item_to_gate(item: dict[str, Any] | None, now: float) -> Gate:
     if not item or expired(int(item.get("expires_at", 0)), now):
         return Gate()
     entries = tuple(GateEntry(job_id=j, conversation_id=e["c"], order=e["k"], running=bool(e.get("r")),
-                              asking=bool(e.get("a")), attempt=int(e.get("n", 0)))
+                              asking=bool(e.get("a")), attempt=int(e.get("n", 0)),
+                              created_at=float(e.get("t", 0)))
                     for j, e in (item.get("m") or {}).items())
     return Gate(entries=entries, running=int(item.get("running", 0)))
 
 
 class DynamoGateStore:
     """Each user's gate as one item of the jobs table (``gate#<user>``): ``m`` maps each active job
-    id to ``{c: conversation, k: order, r: running, a: asking, n: the attempt that took its slot}``,
+    id to ``{c: conversation, k: order, r: running, a: asking, n: the attempt that took its slot,
+    t: the creation time of the job that enrolled it or took its slot}``,
     ``busy`` maps each conversation with a running job to that job, ``running`` counts the slots
     held. Every change is one UpdateItem whose condition is the state it changes from (so the SDK's
     retry of a landed write fails the condition instead of applying twice), returning ALL_NEW; a
-    worker's writes are also conditional on no later attempt's stamp (``n``: the fence, see
-    ``ports.GateStore``). ``gate_shard`` and ``check_at`` put the gate on the sparse, KEYS_ONLY
+    worker's writes are also conditional on no later attempt's stamp (``t`` and ``n``: the fence,
+    see ``ports.GateStore``). ``gate_shard`` and ``check_at`` put the gate on the sparse, KEYS_ONLY
     ``gate_check`` index while it may hold entries: set by the enroll that adds one (an earlier
     ``check_at`` stays), moved by the sweeper's check, removed only under ``size(m) = 0``; KEYS_ONLY,
     so the gate's other writes cost the index nothing. See docs/data-model.md."""
@@ -630,7 +632,7 @@ class DynamoGateStore:
         for _ in range(max_active + 8 if max_active is not None else 64):
             values[":now"] = int(self._clock.now())
             values[":k"] = order
-            values[":e"] = {"c": entry.conversation_id, "k": order, "r": False}
+            values[":e"] = {"c": entry.conversation_id, "k": order, "r": False, "t": entry.created_at}
             try:
                 # The same write lists the gate for the sweeper's check: no entry without it.
                 return self._write(user_id, "SET m.#j = :e, #last = :k, expires_at = :x, gate_shard = :gs, "
@@ -687,62 +689,93 @@ class DynamoGateStore:
         return True
 
     def take(self, user_id: str, entry: GateEntry, max_running: int, expires_at: int, *, attempt: int) -> Gate:
+        names = {"#j": entry.job_id, "#c": entry.conversation_id}
+        values: dict[str, Any] = {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running,
+                                  ":x": expires_at}
+        condition = ("attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c) "
+                     "AND (attribute_not_exists(m.#j.a) OR m.#j.a = :f)")
+        stamp = self._stamp(names, values, attempt, entry.created_at)
+        if entry.created_at:
+            condition += " AND (attribute_not_exists(m.#j.#t) OR m.#j.#t <= :ct)"  # not a later job's entry
         return self._write(
-            user_id, "SET m.#j.r = :t, m.#j.#n = :att, busy.#c = :j, expires_at = :x ADD running :one",
-            "attribute_exists(m.#j) AND m.#j.r = :f AND running < :max AND attribute_not_exists(busy.#c) "
-            "AND (attribute_not_exists(m.#j.a) OR m.#j.a = :f)",
-            {"#j": entry.job_id, "#c": entry.conversation_id, "#n": "n"},
-            {":t": True, ":f": False, ":j": entry.job_id, ":one": 1, ":max": max_running, ":x": expires_at,
-             ":att": attempt})
+            user_id, f"SET m.#j.r = :t, {stamp}, busy.#c = :j, "
+                     "expires_at = :x ADD running :one", condition, names, values)
 
-    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
-        return self._write(user_id, "SET m.#j.#n = :att",
-                           "m.#j.r = :t AND (attribute_not_exists(m.#j.#n) OR m.#j.#n < :att)",
-                           {"#j": job_id, "#n": "n"}, {":t": True, ":att": attempt})
+    def retake(self, user_id: str, job_id: str, *, attempt: int, created_at: float = 0.0) -> Gate:
+        # Stamped by an earlier attempt only: fenced by no later one, and not by this one.
+        names = {"#j": job_id}
+        values: dict[str, Any] = {":t": True}
+        condition = self._fence("m.#j.r = :t", names, values, attempt, created_at)
+        same = "m.#j.#n = :att" if not created_at else "m.#j.#n = :att AND (m.#j.#t = :ct OR NOT m.#j.#t > :zero)"
+        return self._write(user_id, f"SET {self._stamp(names, values, attempt, created_at)}",
+                           f"{condition} AND NOT ({same})", names, values)
 
     @staticmethod
-    def _fenced(gate: Gate, job_id: str, attempt: int | None) -> bool:
-        """Whether a later attempt than ``attempt`` stamped the job's entry (as read)."""
+    def _fenced(gate: Gate, job_id: str, attempt: int | None, created_at: float) -> bool:
+        """Whether a later attempt than ``attempt`` (or a later job of the id) stamped the job's
+        entry (as read)."""
         mine = gate.entry(job_id)
-        return attempt is not None and mine is not None and mine.attempt > attempt
+        return attempt is not None and mine is not None and mine.fences(created_at, attempt)
 
     @staticmethod
-    def _fence(condition: str, names: dict[str, str], values: dict[str, Any], attempt: int | None) -> str:
-        """``condition``, and no later attempt than ``attempt`` stamped the entry ``#j`` (with
-        ``attempt``; as is without)."""
+    def _stamp(names: dict[str, str], values: dict[str, Any], attempt: int, created_at: float) -> str:
+        """The SET clauses stamping the entry ``#j`` with ``attempt`` (and ``created_at``, if known)."""
+        names["#n"] = "n"
+        values[":att"] = attempt
+        if not created_at:
+            return "m.#j.#n = :att"
+        names["#t"] = "t"
+        values[":ct"] = created_at
+        return "m.#j.#n = :att, m.#j.#t = :ct"
+
+    @staticmethod
+    def _fence(condition: str, names: dict[str, str], values: dict[str, Any], attempt: int | None,
+               created_at: float) -> str:
+        """``condition``, and the entry ``#j`` does not fence ``attempt`` of the job created at
+        ``created_at`` (``GateEntry.fences``; as is without ``attempt``)."""
         if attempt is None:
             return condition
         names["#n"] = "n"
         values[":att"] = attempt
-        return f"({condition}) AND (attribute_not_exists(m.#j.#n) OR m.#j.#n <= :att)"
+        no_later_attempt = "attribute_not_exists(m.#j.#n) OR m.#j.#n <= :att"
+        if not created_at:
+            return f"({condition}) AND ({no_later_attempt})"
+        # Not a later job of the id; and no later attempt, unless the stamp is an earlier job's.
+        # (An entry without a creation time, or 0: unknown, the attempts alone decide.)
+        names["#t"] = "t"
+        values[":ct"] = created_at
+        values[":zero"] = 0
+        return (f"({condition}) AND (attribute_not_exists(m.#j.#t) OR m.#j.#t <= :ct) "
+                f"AND ({no_later_attempt} OR (m.#j.#t > :zero AND m.#j.#t < :ct))")
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int,
+              created_at: float = 0.0) -> Gate:
         names = {"#j": job_id, "#c": conversation_id}
         values: dict[str, Any] = {":t": True, ":f": False, ":j": job_id, ":m1": -1}
-        condition = self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt)
+        condition = self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt, created_at)
         try:
             return self._write(user_id, "SET m.#j.r = :f, m.#j.a = :t REMOVE busy.#c ADD running :m1",
                                condition, names, values)
         except ConditionFailed:
             gate = self.read(user_id)
-            if self._fenced(gate, job_id, attempt):
+            if self._fenced(gate, job_id, attempt, created_at):
                 raise  # a later attempt holds the job: ours lost it
             return gate  # paused already (a landed earlier try), or not running
 
-    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         names = {"#j": job_id}
         values: dict[str, Any] = {":t": True, ":f": False}
-        condition = self._fence("m.#j.a = :t", names, values, attempt)
+        condition = self._fence("m.#j.a = :t", names, values, attempt, created_at)
         try:
             return self._write(user_id, "SET m.#j.a = :f", condition, names, values)
         except ConditionFailed:
             gate = self.read(user_id)
-            if self._fenced(gate, job_id, attempt):
+            if self._fenced(gate, job_id, attempt, created_at):
                 raise  # a later attempt holds the job: ours lost it
             return gate  # not asking (answered already, or never paused yet)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         # With the conversation known, guess the state (running, unless only an untaken entry may
         # go) and write at once: a job that ends removes itself in one write. A wrong guess fails
         # its condition, and the gate is read.
@@ -753,8 +786,9 @@ class DynamoGateStore:
                 entry = gate.entry(job_id)
                 if entry is None:
                     return gate  # not enrolled (removed already, by us or by an earlier try)
-                if self._fenced(gate, job_id, attempt):
-                    raise ConditionFailed(f"{job_id}: held by attempt {entry.attempt}")
+                if self._fenced(gate, job_id, attempt, created_at):
+                    raise ConditionFailed(f"{job_id}: held by attempt {entry.attempt} of the job created at "
+                                          f"{entry.created_at}")
             names = {"#j": job_id}
             try:
                 if only_untaken and (entry.running or entry.attempt):
@@ -763,14 +797,15 @@ class DynamoGateStore:
                     names["#c"] = entry.conversation_id
                     values: dict[str, Any] = {":t": True, ":j": job_id, ":m1": -1}
                     return self._write(user_id, "REMOVE m.#j, busy.#c ADD running :m1",
-                                       self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt),
+                                       self._fence("m.#j.r = :t AND busy.#c = :j", names, values, attempt,
+                                                   created_at),
                                        names, values)
                 values = {":f": False}
                 condition = "m.#j.r = :f"
                 if only_untaken:  # and no worker's stamp: one that asked, or was answered since, is started
                     names["#n"], values[":zero"] = "n", 0
                     condition += " AND (attribute_not_exists(m.#j.#n) OR m.#j.#n = :zero)"
-                return self._write(user_id, "REMOVE m.#j", self._fence(condition, names, values, attempt),
+                return self._write(user_id, "REMOVE m.#j", self._fence(condition, names, values, attempt, created_at),
                                    names, values)
             except ConditionFailed:
                 if only_untaken and (entry.running or entry.attempt):

@@ -287,7 +287,8 @@ class MemoryGateStore:
                 self.checks.pop(user_id, None)  # and its check time (a new item replaces it)
             order = after(self.last.get(user_id, ""), entry)
             self.last[user_id] = order
-            entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, order, running=False)
+            entries[entry.job_id] = GateEntry(entry.job_id, entry.conversation_id, order, running=False,
+                                              created_at=entry.created_at)
             self.gates[user_id] = (entries, expires_at)
             self.checks.setdefault(user_id, check_at)
             self.writes += 1
@@ -317,35 +318,41 @@ class MemoryGateStore:
             mine = entries.get(entry.job_id)
             busy = any(e.running and e.conversation_id == entry.conversation_id for e in entries.values())
             if (mine is None or mine.running or mine.asking or busy
-                    or sum(e.running for e in entries.values()) >= max_running):
+                    or sum(e.running for e in entries.values()) >= max_running
+                    or mine.later_job(entry.created_at)):
                 raise ConditionFailed(entry.job_id)
-            entries[entry.job_id] = replace(mine, running=True, attempt=attempt)
+            entries[entry.job_id] = replace(mine, running=True, attempt=attempt,
+                                            created_at=entry.created_at or mine.created_at)
             self.gates[user_id] = (entries, expires_at)
             self.writes += 1
             return self._gate(entries)
 
-    def retake(self, user_id: str, job_id: str, *, attempt: int) -> Gate:
+    def retake(self, user_id: str, job_id: str, *, attempt: int, created_at: float = 0.0) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
-            if mine is None or not mine.running or mine.attempt >= attempt:
+            # stamped by an earlier attempt (of this job, or of an earlier job of its id) only
+            if (mine is None or not mine.running or mine.fences(created_at, attempt)
+                    or mine.stamped_by(created_at, attempt)):
                 raise ConditionFailed(job_id)
-            entries[job_id] = replace(mine, attempt=attempt)
+            entries[job_id] = replace(mine, attempt=attempt, created_at=created_at or mine.created_at)
             self.gates[user_id] = (entries, self.gates[user_id][1])
             self.writes += 1
             return self._gate(entries)
 
     @staticmethod
-    def _fence(entries: dict[str, GateEntry], job_id: str, attempt: int | None) -> None:
-        """``ConditionFailed`` if a later attempt than ``attempt`` stamped the job's entry."""
+    def _fence(entries: dict[str, GateEntry], job_id: str, attempt: int | None, created_at: float) -> None:
+        """``ConditionFailed`` if a later attempt than ``attempt`` (or a later job of the id) stamped
+        the job's entry."""
         mine = entries.get(job_id)
-        if attempt is not None and mine is not None and mine.attempt > attempt:
-            raise ConditionFailed(f"{job_id}: held by attempt {mine.attempt}")
+        if attempt is not None and mine is not None and mine.fences(created_at, attempt):
+            raise ConditionFailed(f"{job_id}: held by attempt {mine.attempt} of the job created at {mine.created_at}")
 
-    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int) -> Gate:
+    def pause(self, user_id: str, job_id: str, conversation_id: str, *, attempt: int,
+              created_at: float = 0.0) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
-            self._fence(entries, job_id, attempt)
+            self._fence(entries, job_id, attempt, created_at)
             mine = entries.get(job_id)
             if mine is not None and mine.running:
                 entries[job_id] = replace(mine, running=False, asking=True)
@@ -353,10 +360,10 @@ class MemoryGateStore:
                 self.writes += 1
             return self._gate(entries)
 
-    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None) -> Gate:
+    def unpause(self, user_id: str, job_id: str, *, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
-            self._fence(entries, job_id, attempt)
+            self._fence(entries, job_id, attempt, created_at)
             mine = entries.get(job_id)
             if mine is not None and mine.asking:
                 entries[job_id] = replace(mine, asking=False)
@@ -365,7 +372,7 @@ class MemoryGateStore:
             return self._gate(entries)
 
     def remove(self, user_id: str, job_id: str, *, conversation_id: str | None = None,
-               only_untaken: bool = False, attempt: int | None = None) -> Gate:
+               only_untaken: bool = False, attempt: int | None = None, created_at: float = 0.0) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
@@ -373,7 +380,7 @@ class MemoryGateStore:
                 return self._gate(entries)
             if only_untaken and (mine.running or mine.attempt):
                 raise ConditionFailed(job_id)  # a worker took it (it may have given its slot back since)
-            self._fence(entries, job_id, attempt)
+            self._fence(entries, job_id, attempt, created_at)
             del entries[job_id]
             self.gates[user_id] = (entries, self.gates[user_id][1])
             self.writes += 1

@@ -13,10 +13,13 @@ the backstop) sends its message. The store applies every change as one condition
 returns the gate as it is after it, so each party decides from a state nobody else has moved.
 
 A running entry records the attempt that took its slot (the job's ``attempts`` as its lease
-returned it): the fence of the gate. An attempt's own gate writes (pause, unpause, remove) are
-refused once a later attempt of the job has stamped the entry: an attempt that lost its lease
-(paused past it, frozen with the write on the wire) can never give away a slot its successor
-runs in, nor unpause a question its successor asked.
+returned it) and its job's creation time: the fence of the gate. An attempt's own gate writes
+(pause, unpause, remove) are refused once a later attempt of the job has stamped the entry: an
+attempt that lost its lease (paused past it, frozen with the write on the wire) can never give
+away a slot its successor runs in, nor unpause a question its successor asked. The creation time
+tells apart two jobs of one id (a reused Idempotency-Key makes a new job with the id of one whose
+retention ran out): the new job's attempts are numbered from 1 again, so an attempt of the old
+job waking late would otherwise pass the fence of the new job's entry (seed 1106).
 """
 
 from __future__ import annotations
@@ -39,10 +42,31 @@ class GateEntry:
     # returned it, 0 while none has. Every attempt that takes a job over from another is numbered
     # above it, so a later attempt's stamp fences the earlier ones' gate writes (``GateStore``).
     attempt: int = 0
+    # The creation time (``Job.created_at``) of the job that enrolled the entry or last took its
+    # slot; 0 where unknown (an entry written before it was kept).
+    created_at: float = 0.0
 
     @property
     def holds_conversation(self) -> bool:
         return self.running or self.asking
+
+    def fences(self, created_at: float, attempt: int) -> bool:
+        """Whether this entry refuses the gate writes of ``attempt`` of the job created at
+        ``created_at``: it belongs to a later job of the same id, or a later attempt of the same
+        job stamped it. (An entry of an earlier job of the id, a leftover, fences nothing.) A
+        creation time of 0 on either side is unknown: the attempts alone are compared."""
+        if self.created_at and created_at and self.created_at != created_at:
+            return self.later_job(created_at)
+        return self.attempt > attempt
+
+    def later_job(self, created_at: float) -> bool:
+        """Whether it belongs to a job of its id created after ``created_at`` (0: unknown, no)."""
+        return bool(created_at) and self.created_at > created_at
+
+    def stamped_by(self, created_at: float, attempt: int) -> bool:
+        """Whether ``attempt`` of the job created at ``created_at`` is the one that stamped it."""
+        same_job = not (self.created_at and created_at) or self.created_at == created_at
+        return same_job and self.attempt == attempt
 
 
 @dataclass(frozen=True)

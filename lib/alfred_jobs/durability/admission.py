@@ -50,7 +50,8 @@ class Verdict(StrEnum):
 
 def gate_entry(job: Job) -> GateEntry:
     """The job's entry: its conversation, and its place in submit order (as ``created_sk``)."""
-    return GateEntry(job.job_id, job.conversation_id, f"{iso(job.created_at)}#{job.job_id}")
+    return GateEntry(job.job_id, job.conversation_id, f"{iso(job.created_at)}#{job.job_id}",
+                     created_at=job.created_at)
 
 
 def entered_at(entry: GateEntry) -> float:
@@ -170,12 +171,12 @@ class Admission:
             if mine is None:
                 return Verdict.NOT_ENROLLED
             if mine.running:
-                if mine.attempt == attempt:
+                if mine.stamped_by(job.created_at, attempt):
                     return Verdict.RUN  # ours already: our write landed unanswered
-                if mine.attempt > attempt:
-                    raise Fenced(job.job_id)  # a later attempt took the job over
+                if mine.fences(job.created_at, attempt):
+                    raise Fenced(job.job_id)  # a later attempt (or a later job of the id) holds it
                 try:
-                    self.deps.gates.retake(job.user_id, job.job_id, attempt=attempt)
+                    self.deps.gates.retake(job.user_id, job.job_id, attempt=attempt, created_at=job.created_at)
                     count("GateSlotsTakenOver")
                     return Verdict.RUN
                 except ConditionFailed:
@@ -198,7 +199,7 @@ class Admission:
         a job nobody holds, after their terminal event landed."""
         try:
             gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
-                                          attempt=attempt)
+                                          attempt=attempt, created_at=job.created_at)
         except ConditionFailed:
             raise Fenced(job.job_id) from None
         return self.hand_on(job.user_id, gate)
@@ -228,7 +229,8 @@ class Admission:
         conversation stays held until it ends. ``Fenced`` (and nothing written) if a later attempt
         than ``attempt`` took the job over: the slot is that one's now."""
         try:
-            gate = self.deps.gates.pause(job.user_id, job.job_id, job.conversation_id, attempt=attempt)
+            gate = self.deps.gates.pause(job.user_id, job.job_id, job.conversation_id, attempt=attempt,
+                                         created_at=job.created_at)
         except ConditionFailed:
             raise Fenced(job.job_id) from None
         return self.hand_on(job.user_id, gate)
@@ -239,7 +241,7 @@ class Admission:
         which saw the answer as it left (``Fenced`` if a later attempt took the job over); the
         API and the sweeper pass none."""
         try:
-            gate = self.deps.gates.unpause(job.user_id, job.job_id, attempt=attempt)
+            gate = self.deps.gates.unpause(job.user_id, job.job_id, attempt=attempt, created_at=job.created_at)
         except ConditionFailed:
             raise Fenced(job.job_id) from None
         if not gate.next_up(job.job_id, self.settings.max_running_per_user):

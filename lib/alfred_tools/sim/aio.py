@@ -10,8 +10,11 @@ the same simulated process, so its store calls interleave with everything else, 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
+
+from greenlet import GreenletExit
 
 from alfred_tools.sim.kernel import Kernel, Process, Task
 
@@ -66,6 +69,24 @@ class VirtualLoop(asyncio.BaseEventLoop):
 
     def time(self) -> float:
         return self.k.t
+
+    def run_until_complete(self, future: Any) -> Any:
+        try:
+            return super().run_until_complete(future)
+        except GreenletExit:
+            self._close_unstarted()
+            raise
+
+    def _close_unstarted(self) -> None:
+        """The history ended with the loop parked (the kernel ended its task): it never turns
+        again. A task it scheduled and has not stepped yet (``wait_for`` wraps what it waits for
+        in one) holds a coroutine that never ran, which the collector would report as never
+        awaited; closed now, it is dropped quietly. (The other tasks' coroutines have run and are
+        suspended: the collector closes them, running their clean-up, as before.)"""
+        for task in asyncio.all_tasks(self):
+            coro = task.get_coro()
+            if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()
 
     def _process_events(self, event_list: list[Any]) -> None:
         pass

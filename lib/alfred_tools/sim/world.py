@@ -74,7 +74,13 @@ CANCEL_SEEN_SECONDS = 2 * 0.5 + 0.01
 # the hand-off sends it at once; a lost message is the sweeper's after a grace period and a sweep.
 WAKEUP_GRACE_SECONDS = 10.0  # a startable job with no message for it this long lost its wake-up
 HANDOFF_SECONDS = 30.0 + 2 * 72.0 + 30.0 + 16.0
-CLIENT_TIMEOUT = 10.0    # an API call with no answer by then is a lost answer to the client
+# An API call with no answer by then is a lost answer to the client (status 0), which retries it
+# as the web client retries a network error or a 5xx. Below API Gateway's 29 s integration limit
+# (the API function's Timeout, tests/sim/test_world.py): no client waits on a request until the
+# 504 it would get there, so the 504 needs no model of its own. A frozen request's process goes
+# on, its writes landing late (more than AWS allows: a real API Lambda ends at its 29 s timeout,
+# only a write already on the wire landing after it; the simulator's adversary is the stronger).
+CLIENT_TIMEOUT = 10.0
 # A worker's invocation budget (a Lambda's timeout), drawn per worker: None is a local worker
 # without one; the short ones make hand-offs frequent, and the first part of an attempt, which
 # always runs, sometimes overrun them (the Lambda is then killed at its timeout).
