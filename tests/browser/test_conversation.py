@@ -125,6 +125,8 @@ def test_a_message_sent_just_before_the_tab_closes_comes_back_at_the_bottom(cont
         job_id = str(mine.get_attribute("data-job-id"))
         expect(page.locator("#messages li.msg-alfred").last).to_have_attribute("data-job-id", job_id)
         expect(bubble(page, job_id).locator(".reply")).not_to_be_empty(timeout=20_000)
+        # ended, not only replying: the next message, sent while it runs, would be added to it
+        expect(bubble(page, job_id).locator(".working")).to_be_hidden(timeout=20_000)
         assert [j["job_id"] for j in jobs_with(web_stack, user, text)] == [job_id]
     expect_user_texts(page, sent)
 
