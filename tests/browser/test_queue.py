@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from tests.browser.conftest import WebStack, screenshot
-from tests.browser.test_web import TERMINAL, assert_each_step_once, bubble, open_page, seen_seqs, send
+from tests.browser.test_web import TERMINAL, assert_each_step_once, bubble, expect_order, open_page, seen_seqs, send
 
 try:
     from playwright.sync_api import expect
@@ -50,8 +50,7 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(user_bubble(page, second)).to_have_class(re.compile(r"\bis-queued\b"))
     expect(b1.locator(".working-title")).to_be_visible()
     expect(b1.locator(".queued")).to_be_hidden()
-    assert page.evaluate("() => [...document.querySelectorAll('li.msg-alfred')].map(li => li.dataset.jobId)") \
-        == [first, second]
+    expect_order(page, [first, first, second, second])
     jobs = {j["job_id"]: j for j in web_stack.jobs(user)}
     assert jobs[first]["conversation_id"] == jobs[second]["conversation_id"]
     assert jobs[second]["status"] == "pending"
@@ -80,8 +79,8 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     two = web_stack.wait_status(user, second, TERMINAL)
     assert (one["status"], two["status"]) == ("complete", "complete")
     assert when(two["started_at"]) >= when(one["completed_at"]), (one, two)
-    conv = web_stack.api(user, "GET", f"/api/conversations/{one['conversation_id']}").json()
-    assert [(m["role"], m["job_id"]) for m in conv["messages"]] == [
+    messages = web_stack.wait_messages(user, one["conversation_id"], lambda ms: len(ms) >= 4)
+    assert [(m["role"], m["job_id"]) for m in messages] == [
         ("user", first), ("assistant", first), ("user", second), ("assistant", second)]
     screenshot(page, "22-both-replies-in-order")
 

@@ -36,9 +36,9 @@ def test_a_stopped_reply_stays_marked_on_both_devices_and_the_timeline_shows_it(
     expect(b.locator(".state-cancelled")).to_be_hidden()
     expect(b.locator(".reply")).to_be_visible()
     conv_id = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()["conversation_id"]
-    messages = web_stack.api(user, "GET", f"/api/conversations/{conv_id}").json()["messages"]
+    messages = web_stack.wait_messages(user, conv_id, lambda ms: bool(ms) and ms[-1]["role"] == "assistant")
     stopped = messages[-1]
-    assert stopped["role"] == "assistant" and stopped["stopped"] is True and stopped["job_id"] == job_id
+    assert stopped["stopped"] is True and stopped["job_id"] == job_id, stopped
     expect(b.locator(".reply")).to_have_attribute("data-source", stopped["text"])
     assert stopped["text"].strip() and len(stopped["text"]) < 400
 

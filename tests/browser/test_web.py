@@ -119,9 +119,12 @@ def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack
     expect(page.locator("#offline-banner")).to_be_hidden()
     expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with salmon and leeks", timeout=10_000)
     assert_each_step_once(page, job_id, 4)
-    # AND no event was applied twice or skipped
-    seqs = seen_seqs(page, job_id)
+    # AND no event was applied twice or skipped: every event of the job, once (waited for: the reply
+    # shows before the page has applied the job's last events)
     job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
+    page.wait_for_function("([id, n]) => (window.alfredDebug.seen[id] || []).length >= n",
+                           arg=[job_id, job["last_seq"]])
+    seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, job["last_seq"] + 1)), seqs
     screenshot(page, "05-back-online-complete")
 
