@@ -275,7 +275,7 @@ def test_notifications_are_offered_only_after_a_message_and_only_with_a_push_key
     job_id = send(page, "[steps=1] rice")
     expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes", timeout=20_000)
     # (ended, not only replying: a message sent while a job runs is added to it, not a job of its own)
-    expect(bubble(page, job_id).locator(".working")).to_be_hidden(timeout=20_000)
+    expect(bubble(page, job_id)).to_have_class(re.compile(r"\bis-complete\b"), timeout=20_000)
     # THEN nothing is offered
     expect(prompt).to_be_hidden()
     # GIVEN a server with a key (the key route answered as a configured server would)
@@ -296,7 +296,7 @@ def test_notifications_are_offered_only_after_a_message_and_only_with_a_push_key
     prompt.get_by_role("button", name="Not now").click()
     expect(prompt).to_be_hidden()
     # (the next message once this one has ended: sent while it runs, it would be added to it)
-    expect(bubble(page, beans).locator(".working")).to_be_hidden(timeout=20_000)
+    expect(bubble(page, beans)).to_have_class(re.compile(r"\bis-complete\b"), timeout=20_000)
     job_id = send(page, "[steps=1] peas")
     expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes", timeout=20_000)
     expect(prompt).to_be_hidden()

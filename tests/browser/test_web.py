@@ -26,27 +26,29 @@ def open_page(page: Any, user: str) -> None:
     expect(page.locator("#account-name")).to_have_text(user)
 
 
-def job_ids(page: Any) -> list[str]:
-    """The job ids of Alfred's bubbles on the page, in the page's order."""
-    return list(page.locator("#messages li.msg-alfred").evaluate_all("els => els.map(e => e.dataset.jobId)"))
-
-
-NEW_BUBBLE = """before => [...document.querySelectorAll('#messages li.msg-alfred')]
-    .some(li => !before.includes(li.dataset.jobId))"""
+# The ids of the jobs whose user message reads ``text`` and whose Alfred bubble is in the
+# conversation (not a message added to a job under way), or null while there is none.
+JOBS_OF_TEXT = """text => {
+    const ids = [...document.querySelectorAll('#messages li.msg-user:not(.msg-steer)[data-job-id]')]
+        .filter(li => li.querySelector('.msg-text')?.textContent.trim() === text)
+        .map(li => li.dataset.jobId)
+        .filter(id => document.querySelector(`#messages li.msg-alfred[data-job-id="${CSS.escape(id)}"]`));
+    return ids.length ? ids : null;
+}"""
 
 
 def send(page: Any, text: str, timeout: float | None = None) -> str:
-    """Type a message, press Enter, return the id of its job: the one bubble that was not on the page
-    before. Not ``.last`` or a count: a bubble already there (the turn before's) would satisfy the
-    wait at once, and the test would go on with the wrong job, or before this one exists."""
-    before = job_ids(page)
+    """Type a message, press Enter, return the id of its job: the bubble of the job whose message it
+    is. Not ``.last``, a count or "a bubble not there before": a bubble already on the page (the
+    turn before's, or one a reloaded page was still bringing in) satisfied those at once, and the
+    test went on with the wrong job. A test sends each text once in a conversation: the same text
+    twice would be two bubbles, and fails here rather than picking one."""
     box = page.get_by_label("Message")
     box.fill(text)
     box.press("Enter")
-    page.wait_for_function(NEW_BUBBLE, arg=before, timeout=timeout)
-    new = [job_id for job_id in job_ids(page) if job_id not in before]
-    assert len(new) == 1, (before, new)
-    return new[0]
+    ids = page.wait_for_function(JOBS_OF_TEXT, arg=text, timeout=timeout).json_value()
+    assert len(ids) == 1, (text, ids)
+    return str(ids[0])
 
 
 def expect_order(page: Any, job_ids_in_order: list[str]) -> None:
