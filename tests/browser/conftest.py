@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,21 @@ class WebStack:
                 return dict(job)
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout}s")
+            time.sleep(0.1)
+
+    def wait_messages(self, user: str, conversation_id: str, accept: Callable[[list[dict[str, Any]]], bool],
+                      timeout: float = 30) -> list[dict[str, Any]]:
+        """Poll the conversation until ``accept`` takes its messages. A job reads as ended as soon as
+        its terminal event is in its log; its turn is committed to the conversation after that."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.api(user, "GET", f"/api/conversations/{conversation_id}")
+            r.raise_for_status()
+            messages = list(r.json()["messages"])
+            if accept(messages):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"conversation {conversation_id} still {messages} after {timeout}s")
             time.sleep(0.1)
 
 

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from tests.browser.conftest import VIEWPORT, WebStack, screenshot
-from tests.browser.test_web import TERMINAL, bubble, open_page
+from tests.browser.test_web import TERMINAL, bubble, expect_order, open_page, send
 
 try:
     from playwright.sync_api import expect
@@ -21,6 +21,12 @@ except ImportError:  # the `chromium` fixture fails in CI or skips locally, with
 
 def user_texts(page: Any) -> list[str]:
     return [t.strip() for t in page.locator("#messages li.msg-user .msg-text").all_text_contents()]
+
+
+def expect_user_texts(page: Any, texts: list[str]) -> None:
+    """Wait until the user's messages read these, top to bottom. Not a count and one read: an entry
+    can be on the page before its text (a job another device sent, its message read after)."""
+    expect(page.locator("#messages li.msg-user .msg-text")).to_have_text(texts)
 
 
 def jobs_with(web_stack: WebStack, user: str, message: str) -> list[dict[str, Any]]:
@@ -35,18 +41,8 @@ def new_device(chromium: Any, web_stack: WebStack, user: str) -> Any:
     return ctx
 
 
-def send_new(page: Any, text: str) -> str:
-    """Send, and return the id of the job whose bubble is new (not the last one already there)."""
-    count = page.locator("#messages li.msg-alfred").count()
-    box = page.get_by_label("Message")
-    box.fill(text)
-    box.press("Enter")
-    expect(page.locator("#messages li.msg-alfred")).to_have_count(count + 1)
-    return str(page.locator("#messages li.msg-alfred").last.get_attribute("data-job-id"))
-
-
 def send_and_finish(page: Any, text: str) -> str:
-    job_id = send_new(page, text)
+    job_id = send(page, text)
     expect(bubble(page, job_id).locator(".reply")).not_to_be_empty(timeout=20_000)
     expect(bubble(page, job_id).locator(".working")).to_be_hidden()
     return job_id
@@ -67,22 +63,20 @@ def test_a_second_device_sees_the_same_ordered_conversation(page: Any, chromium:
         # WHEN a second device (same user, nothing stored) opens the page
         laptop.goto("/")
         # THEN it shows the same conversation, in the same order, with the replies
-        expect(laptop.locator("#messages li.msg-user")).to_have_count(2)
-        assert user_texts(laptop) == ["[steps=1] chicken and rice", "[steps=1] two quick desserts"]
-        order = laptop.locator("#messages > li").evaluate_all("els => els.map(e => e.dataset.jobId)")
-        assert order == [first, first, second, second], order
+        expect_user_texts(laptop, ["[steps=1] chicken and rice", "[steps=1] two quick desserts"])
+        expect_order(laptop, [first, first, second, second])
         expect(bubble(laptop, second).locator(".reply")).to_contain_text("dessert")
         # WHEN the laptop sends the next message, and the phone reloads
-        third = send_new(laptop, "[steps=2] salmon and leeks")
+        third = send(laptop, "[steps=2] salmon and leeks")
         expect(bubble(laptop, third).locator(".step-text")).to_have_text(re.compile(r"Step \d of 2"))
         # the plan's rows stay folded while it runs: the step line says where Alfred is
         assert bubble(laptop, third).locator(".steps-box").evaluate("d => d.open") is False
         page.reload()
         # THEN the phone shows it running, with its own text, at the bottom
-        expect(page.locator("#messages li.msg-user")).to_have_count(3)
-        assert user_texts(page)[-1] == "[steps=2] salmon and leeks"
+        texts = ["[steps=1] chicken and rice", "[steps=1] two quick desserts", "[steps=2] salmon and leeks"]
+        expect_user_texts(page, texts)
         expect(bubble(page, third).locator(".reply")).to_contain_text("salmon", timeout=20_000)
-        assert user_texts(page) == user_texts(laptop)
+        expect_user_texts(laptop, texts)
         screenshot(laptop, "20-second-device")
     finally:
         laptop_ctx.close()
@@ -101,7 +95,7 @@ def test_a_job_sent_from_the_cli_shows_with_its_text(page: Any, user: str, web_s
     page.reload()
     # THEN the job shows with its text (not "sent from another device"), after the earlier turn
     expect(page.locator(f'li.msg-user[data-job-id="{cli_job}"] .msg-text')).to_have_text("[steps=3] beans from the cli")
-    assert user_texts(page) == ["[steps=1] lentils", "[steps=3] beans from the cli"]
+    expect_user_texts(page, ["[steps=1] lentils", "[steps=3] beans from the cli"])
     expect(page.get_by_text("Message sent from another device")).to_have_count(0)
     expect(bubble(page, cli_job).locator(".reply")).to_contain_text("beans", timeout=20_000)
 
@@ -110,8 +104,9 @@ def test_a_message_sent_just_before_the_tab_closes_comes_back_at_the_bottom(cont
                                                                            web_stack: WebStack) -> None:
     page = context.new_page()
     open_page(page, user)
-    send_and_finish(page, "[steps=1] tofu and broccoli")
-    for i, text in enumerate(["[steps=1] eggs and spinach", "[steps=1] leek soup"]):
+    sent = ["[steps=1] tofu and broccoli"]
+    send_and_finish(page, sent[0])
+    for text in ["[steps=1] eggs and spinach", "[steps=1] leek soup"]:
         # WHEN a message is sent and the tab closed at once (tap Send, lock the phone)
         box = page.get_by_label("Message")
         box.fill(text)
@@ -120,16 +115,20 @@ def test_a_message_sent_just_before_the_tab_closes_comes_back_at_the_bottom(cont
         # THEN on the next visit it is there, at the bottom, after every earlier turn, once
         page = context.new_page()
         page.goto("/")
-        expect(page.locator("#messages li.msg-user")).to_have_count(2 + i)
-        assert user_texts(page)[-1] == text, user_texts(page)
+        sent.append(text)
+        expect_user_texts(page, sent)
         # ... and goes (again, from the outbox, if the closing tab cut it off): its own job's bubble,
-        # not the turn before's, is the last, and it runs to its reply
+        # not the turn before's, is the last, and it runs to its reply; the server has that one job
         expect(page.locator("#messages li.msg-user.is-unsent")).to_have_count(0, timeout=20_000)
-        expect(page.locator("#messages li.msg-alfred")).to_have_count(2 + i)
-        last = page.locator("#messages li.msg-alfred").last
-        expect(last.locator(".reply")).not_to_be_empty(timeout=20_000)
-        assert len(jobs_with(web_stack, user, text)) == 1
-    assert user_texts(page) == ["[steps=1] tofu and broccoli", "[steps=1] eggs and spinach", "[steps=1] leek soup"]
+        mine = page.locator("#messages li.msg-user").filter(has_text=text)
+        expect(mine).to_have_attribute("data-job-id", re.compile(r".+"))
+        job_id = str(mine.get_attribute("data-job-id"))
+        expect(page.locator("#messages li.msg-alfred").last).to_have_attribute("data-job-id", job_id)
+        expect(bubble(page, job_id).locator(".reply")).not_to_be_empty(timeout=20_000)
+        # ended, not only replying: the next message, sent while it runs, would be added to it
+        expect(bubble(page, job_id).locator(".working")).to_be_hidden(timeout=20_000)
+        assert [j["job_id"] for j in jobs_with(web_stack, user, text)] == [job_id]
+    expect_user_texts(page, sent)
 
 
 def test_a_message_sent_offline_is_queued_and_sent_on_reconnect(page: Any, context: Any, user: str,
@@ -155,16 +154,16 @@ def test_a_message_sent_offline_is_queued_and_sent_on_reconnect(page: Any, conte
     context.set_offline(False)
     # THEN it is sent (once) and runs to its reply
     expect(waiting).to_have_count(0)
-    last = page.locator("#messages li.msg-alfred").last
+    last = page.locator("#messages li.msg-alfred").last  # the only one: nothing else was sent
     expect(last.locator(".reply")).to_contain_text("pasta", timeout=20_000)
-    assert user_texts(page) == ["[steps=1] offline pasta"]
+    expect_user_texts(page, ["[steps=1] offline pasta"])
     assert len(jobs_with(web_stack, user, "[steps=1] offline pasta")) == 1
     expect(banner).to_be_hidden()
 
 
 def test_retry_a_failed_job(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send_new(page, "[fatal] stew")
+    job_id = send(page, "[fatal] stew")
     b = bubble(page, job_id)
     expect(b.locator(".state-failed")).to_be_visible(timeout=20_000)
     # WHEN Retry is tapped
@@ -191,5 +190,4 @@ def test_new_chat_starts_an_empty_conversation(page: Any, user: str, web_stack: 
     assert a != b
     # a reload stays on the new conversation (the last one this browser used)
     page.reload()
-    expect(page.locator("#messages li.msg-user")).to_have_count(1)
-    assert user_texts(page) == ["[steps=1] **bold** noodles"]
+    expect_user_texts(page, ["[steps=1] **bold** noodles"])

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from tests.browser.conftest import WebStack, screenshot
-from tests.browser.test_conversation import new_device, send_and_finish, send_new, user_texts
-from tests.browser.test_web import bubble, open_page
+from tests.browser.test_conversation import expect_user_texts, new_device, send_and_finish
+from tests.browser.test_web import bubble, expect_order, open_page, send
 
 try:
     from playwright.sync_api import expect
@@ -80,19 +80,19 @@ def test_conversations_are_listed_each_with_its_url_and_back_works(page: Any, us
 
 def test_a_reply_that_finishes_in_a_conversation_left_is_announced_with_a_link(page: Any, user: str,
                                                                                web_stack: WebStack) -> None:
-    # GIVEN a job under way in one conversation
+    # GIVEN a job under way in one conversation (4 steps of 2 s, seen at step 1 or 2: it still runs,
+    # 4 s at least, when the user leaves it)
     open_page(page, user)
-    b = send_new(page, "[steps=3] [pace=1] salmon and leeks")
-    job_id = b
+    job_id = send(page, "[steps=4] [pace=2] salmon and leeks")
     conv = conversation_id(page)
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
     # WHEN the user goes to a new chat meanwhile
     page.get_by_role("button", name="New chat").click()
     expect(page.locator("#messages li")).to_have_count(0)
     # THEN its end is said here, visibly, with a link to it (not only to screen readers)
     toast = page.locator("#toasts .toast")
-    expect(toast).to_be_visible(timeout=20_000)
-    expect(toast).to_contain_text("Alfred finished in “[steps=3] [pace=1] salmon and leeks”")
+    expect(toast).to_be_visible(timeout=30_000)
+    expect(toast).to_contain_text("Alfred finished in “[steps=4] [pace=2] salmon and leeks”")
     expect(page.locator("#chats-badge")).to_have_text("1")
     screenshot(page, "41-finished-elsewhere-toast")
     # AND the link opens that conversation with the reply
@@ -105,9 +105,9 @@ def test_a_reply_that_finishes_in_a_conversation_left_is_announced_with_a_link(p
 def send_a_failing_and_a_cancelled_job(page: Any) -> tuple[str, str]:
     """A job that fails, then one cancelled while it runs (20 steps of 2 s: still running when the
     click lands, however busy the machine): their ids, once the page shows each end."""
-    failed = send_new(page, "[fatal] stew")
+    failed = send(page, "[fatal] stew")
     expect(bubble(page, failed).locator(".state-failed")).to_be_visible(timeout=20_000)
-    stopped = send_new(page, "[steps=20] [pace=2] beans and greens")
+    stopped = send(page, "[steps=20] [pace=2] beans and greens")
     expect(bubble(page, stopped).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     bubble(page, stopped).get_by_role("button", name="Cancel").click()
     expect(bubble(page, stopped).locator(".state-cancelled")).to_be_visible(timeout=20_000)
@@ -118,7 +118,7 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
                                                                         web_stack: WebStack) -> None:
     # GIVEN a conversation with an answered question, a failed job and a cancelled one
     open_page(page, user)
-    asked = send_new(page, "[steps=1] chicken from my pantry")
+    asked = send(page, "[steps=1] chicken from my pantry")
     card = bubble(page, asked).locator(".question")
     expect(card).to_be_visible(timeout=20_000)
     card.get_by_role("button", name="Yes").click()
@@ -132,17 +132,15 @@ def test_a_fresh_device_shows_failed_and_cancelled_turns_and_the_answer(page: An
         laptop.goto("/")
         # THEN it shows the same turns as the sending device: the user's three messages in order,
         # the answer given on the way, the failure with Retry, the cancel
-        expect(laptop.locator("#messages li.msg-user")).to_have_count(3)
-        assert user_texts(laptop) == ["[steps=1] chicken from my pantry", "[fatal] stew",
-                                      "[steps=20] [pace=2] beans and greens"]
+        expect_user_texts(laptop, ["[steps=1] chicken from my pantry", "[fatal] stew",
+                                   "[steps=20] [pace=2] beans and greens"])
         expect(bubble(laptop, asked).locator(".answer-note")).to_have_text(
             re.compile(rf"{re.escape(PROMPT)} — (You answered|Answered on another device): Yes\."))
         expect(bubble(laptop, failed).locator(".state-failed")).to_contain_text(
             "Alfred couldn't finish: the recipe service refused this request")
         expect(bubble(laptop, failed).get_by_role("button", name="Retry")).to_be_visible()
         expect(bubble(laptop, stopped).locator(".state-cancelled")).to_be_visible()
-        order = laptop.locator("#messages > li").evaluate_all("els => els.map(e => e.dataset.jobId)")
-        assert order == [asked, asked, failed, failed, stopped, stopped], order
+        expect_order(laptop, [asked, asked, failed, failed, stopped, stopped])
         screenshot(laptop, "42-fresh-device-failed-and-cancelled")
     finally:
         laptop_ctx.close()
@@ -169,13 +167,11 @@ def test_an_older_conversations_failed_and_cancelled_turns_show_on_a_fresh_devic
         laptop = laptop_ctx.new_page()
         laptop.goto(f"/#/c/{older}")
         # THEN it shows both turns as the sending device does: the failure with Retry, the cancel
-        expect(laptop.locator("#messages li.msg-user")).to_have_count(2)
-        assert user_texts(laptop) == ["[fatal] stew", "[steps=20] [pace=2] beans and greens"]
+        expect_user_texts(laptop, ["[fatal] stew", "[steps=20] [pace=2] beans and greens"])
         expect(bubble(laptop, failed).locator(".state-failed")).to_contain_text("Alfred couldn't finish")
         expect(bubble(laptop, failed).get_by_role("button", name="Retry")).to_be_visible()
         expect(bubble(laptop, stopped).locator(".state-cancelled")).to_be_visible()
-        order = laptop.locator("#messages > li").evaluate_all("els => els.map(e => e.dataset.jobId)")
-        assert order == [failed, failed, stopped, stopped], order
+        expect_order(laptop, [failed, failed, stopped, stopped])
     finally:
         laptop_ctx.close()
 
@@ -191,7 +187,7 @@ def test_the_question_comes_into_view_and_says_waiting_once(page: Any, user: str
     open_page(page, user)
     fill_with_turns(page)
     # WHEN Alfred asks (his question card grows the bubble below the fold)
-    job_id = send_new(page, "[steps=2] chicken from my pantry")
+    job_id = send(page, "[steps=2] chicken from my pantry")
     b = bubble(page, job_id)
     expect(b.locator(".question")).to_be_visible(timeout=20_000)
     # THEN "Waiting for your answer" is said once (problem 8), and its buttons are in view (problem 5)
@@ -208,16 +204,18 @@ def test_a_second_device_follows_a_reply_as_it_arrives(page: Any, chromium: Any,
     # GIVEN a conversation taller than the screen, and a job under way in it
     open_page(page, user)
     fill_with_turns(page)
-    job_id = send_new(page, "[steps=3] [pace=1] salmon and leeks")
+    # (4 steps of 2 s: still under way once a second browser context has opened the page)
+    job_id = send(page, "[steps=4] [pace=2] salmon and leeks")
     laptop_ctx = new_device(chromium, web_stack, user)
     try:
         # WHEN a second device opens the page while it works
         laptop = laptop_ctx.new_page()
         laptop.goto("/")
         b = bubble(laptop, job_id)
-        expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+        expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 4"))
+        expect(b.locator(".working")).to_be_visible()
         # THEN it follows the reply to its end as it arrives
-        expect(b.locator(".reply")).to_contain_text("Want the full recipe", timeout=20_000)
+        expect(b.locator(".reply")).to_contain_text("Want the full recipe", timeout=30_000)
         expect(b.locator(".reply > p").last).to_be_in_viewport(ratio=1)
         # AND on the sending device too
         expect(bubble(page, job_id).locator(".reply > p").last).to_be_in_viewport(ratio=1)
@@ -230,14 +228,15 @@ def test_a_queued_message_stays_in_view_while_the_reply_above_it_streams(page: A
     # GIVEN a finished turn and a job under way
     open_page(page, user)
     send_and_finish(page, "[steps=1] chicken and rice")
-    first = send_new(page, "[steps=2] [pace=1] salmon and leeks")
-    expect(bubble(page, first).locator(".step-text")).to_have_text(re.compile(r"Step \d of 2"))
+    # (4 steps of 2 s, seen at step 1 or 2: still under way, 4 s at least, when the next one is sent)
+    first = send(page, "[steps=4] [pace=2] salmon and leeks")
+    expect(bubble(page, first).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
     # WHEN the next message is queued behind it
     page.get_by_label("Queue it").check()
-    second = send_new(page, "[steps=2] [pace=1] two quick desserts")
+    second = send(page, "[steps=2] [pace=1] two quick desserts")
     expect(bubble(page, second).locator(".queued-label")).to_have_text("Queued")
     # THEN, once the reply above it has streamed in, the queued message is still in view
-    expect(bubble(page, first).locator(".reply")).to_contain_text("Want the full recipe", timeout=20_000)
+    expect(bubble(page, first).locator(".reply")).to_contain_text("Want the full recipe", timeout=30_000)
     expect(page.locator(f'li.msg-user[data-job-id="{second}"]')).to_be_in_viewport(ratio=1)
     # AND a user who scrolled up to read is left where they are
     page.locator("#conversation").hover()
@@ -248,9 +247,10 @@ def test_a_queued_message_stays_in_view_while_the_reply_above_it_streams(page: A
 
 
 def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str, web_stack: WebStack) -> None:
-    # GIVEN a 6-step job at its second step
+    # GIVEN a 6-step job at its second step (3 s a step: a window the wait cannot miss, and 12 s of
+    # steps still to run when the message added to it lands)
     open_page(page, user)
-    job_id = send_new(page, "[steps=6] [pace=1] chicken and rice")
+    job_id = send(page, "[steps=6] [pace=3] chicken and rice")
     b = bubble(page, job_id)
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step 2 of 6"), timeout=20_000)
     # THEN the composer offers Stop and the three choices, "Add to this request" chosen
@@ -267,7 +267,7 @@ def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str
     expect(steer.locator(".msg-text")).to_have_text("make it vegetarian")
     screenshot(page, "43-steered")
     expect(page.locator("#messages li.msg-alfred")).to_have_count(1)
-    expect(b.locator(".reply")).not_to_be_empty(timeout=30_000)
+    expect(b.locator(".reply")).not_to_be_empty(timeout=40_000)
     expect(b.locator(".working")).to_be_hidden(timeout=20_000)
     expect(steer).not_to_have_class(re.compile(r"\bis-pending\b"))
     jobs = web_stack.jobs(user)
@@ -279,11 +279,9 @@ def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str
     try:
         laptop = laptop_ctx.new_page()
         laptop.goto("/")
-        expect(laptop.locator("#messages li.msg-user")).to_have_count(2)
-        assert user_texts(laptop) == ["[steps=6] [pace=1] chicken and rice", "make it vegetarian"]
-        kinds = laptop.locator("#messages > li").evaluate_all(
-            "els => els.map(e => e.classList.contains('msg-user') ? 'user' : 'alfred')")
-        assert kinds == ["user", "user", "alfred"], kinds
+        expect_user_texts(laptop, ["[steps=6] [pace=3] chicken and rice", "make it vegetarian"])
+        expect(laptop.locator("#messages > li")).to_have_class(
+            [re.compile(r"\bmsg-user\b"), re.compile(r"\bmsg-user\b"), re.compile(r"\bmsg-alfred\b")])
         expect(bubble(laptop, job_id).locator(".reply")).to_have_attribute("data-source", reply)
     finally:
         laptop_ctx.close()
@@ -291,7 +289,7 @@ def test_steering_a_six_step_job_at_step_two(page: Any, chromium: Any, user: str
 
 def test_stop_in_the_composer_cancels_the_job_under_way(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send_new(page, "[steps=20] [pace=2] beans and greens")
+    job_id = send(page, "[steps=20] [pace=2] beans and greens")
     expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     page.get_by_role("button", name="Stop").click()
     expect(bubble(page, job_id).locator(".state-cancelled")).to_be_visible(timeout=20_000)
@@ -304,8 +302,9 @@ def test_a_steer_that_comes_too_late_goes_as_a_new_message_and_the_page_says_so(
     # GIVEN a job under way, and a message sent to it (steer, the default) that reaches the server
     # only once the job has ended (held on the way: the job has begun its reply, or finished)
     open_page(page, user)
-    first = send_new(page, "[steps=3] [pace=1.5] salmon and leeks")
-    expect(bubble(page, first).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"))
+    # (4 steps of 2 s, seen at step 1 or 2: the composer still steers, 4 s at least, when it is sent)
+    first = send(page, "[steps=4] [pace=2] salmon and leeks")
+    expect(bubble(page, first).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
     expect(page.get_by_label("Add to this request")).to_be_checked()
     bodies: list[str] = []
 
@@ -319,7 +318,7 @@ def test_a_steer_that_comes_too_late_goes_as_a_new_message_and_the_page_says_so(
         new MutationObserver(() => window.said.push(document.querySelector('#live').textContent))
             .observe(document.querySelector('#live'), {childList: true, characterData: true, subtree: true}); }""")
     page.route(re.compile(r"/api/chat$"), late)
-    second = send_new(page, "and a salad")
+    second = send(page, "and a salad", timeout=30_000)  # its answer held until the first job ended
     page.unroute_all()
     # THEN the server made it a new job (steered: false), and the page says so on it
     assert '"multitask": "steer"' in bodies[0] or '"multitask":"steer"' in bodies[0], bodies
@@ -348,7 +347,7 @@ def test_stop_shows_when_the_page_saw_the_job_before_its_submit_answered(page: A
         route.fulfill(response=answer)
 
     page.route(re.compile(r"/api/chat$"), seen_first)
-    job_id = send_new(page, "[steps=20] [pace=2] beans and greens")
+    job_id = send(page, "[steps=20] [pace=2] beans and greens")
     page.unroute_all()
     expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     page.get_by_role("button", name="Stop").click()

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from tests.browser.conftest import WebStack, screenshot
-from tests.browser.test_web import TERMINAL, assert_each_step_once, bubble, open_page, seen_seqs, send
+from tests.browser.test_web import TERMINAL, assert_each_step_once, bubble, expect_order, open_page, seen_seqs, send
 
 try:
     from playwright.sync_api import expect
@@ -23,24 +23,15 @@ def when(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-def send_another(page: Any, text: str) -> str:
-    """``send`` for a page that already shows jobs: wait for the new bubble, return its job id."""
-    before = page.locator("li.msg-alfred").count()
-    box = page.get_by_label("Message")
-    box.fill(text)
-    box.press("Enter")
-    expect(page.locator("li.msg-alfred")).to_have_count(before + 1)
-    return str(page.locator("li.msg-alfred").last.get_attribute("data-job-id"))
-
-
 def user_bubble(page: Any, job_id: str) -> Any:
     return page.locator(f'li.msg-user[data-job-id="{job_id}"]')
 
 
 def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    # GIVEN a long job under way (4 steps of 2 s: still running when the next message lands)
-    first = send(page, "[steps=4] [pace=2] chicken and rice")
+    # GIVEN a long job under way (6 steps of 2 s: still running when the next message lands, and
+    # after the reload below, however busy the machine)
+    first = send(page, "[steps=6] [pace=2] chicken and rice")
     b1 = bubble(page, first)
     expect(b1.get_by_text("Alfred is still working...")).to_be_visible()
     # WHEN a second message is sent at once, in the same conversation (the box is not locked)
@@ -49,7 +40,7 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     # (a message sent while Alfred works joins his job by default: "Queue it" makes it a job of its own)
     page.get_by_label("Queue it").check()
-    second = send_another(page, "[steps=2] [pace=1] and a salad")
+    second = send(page, "[steps=3] [pace=2] and a salad")
     assert second != first
     b2 = bubble(page, second)
     # THEN it shows as queued under the running one, which keeps working
@@ -59,8 +50,7 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     expect(user_bubble(page, second)).to_have_class(re.compile(r"\bis-queued\b"))
     expect(b1.locator(".working-title")).to_be_visible()
     expect(b1.locator(".queued")).to_be_hidden()
-    assert page.evaluate("() => [...document.querySelectorAll('li.msg-alfred')].map(li => li.dataset.jobId)") \
-        == [first, second]
+    expect_order(page, [first, first, second, second])
     jobs = {j["job_id"]: j for j in web_stack.jobs(user)}
     assert jobs[first]["conversation_id"] == jobs[second]["conversation_id"]
     assert jobs[second]["status"] == "pending"
@@ -71,14 +61,15 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     b1, b2 = bubble(page, first), bubble(page, second)
     # WHEN the first one ends, THEN the second starts by itself: the label goes, its progress shows
     expect(b1.locator(".reply")).to_contain_text("Here are 3 recipes with chicken and rice", timeout=30_000)
-    expect(b2.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 2"), timeout=20_000)
+    # (3 steps of 2 s, seen at step 1 or 2: still working, 2 s at least, for the checks that follow)
+    expect(b2.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"), timeout=20_000)
     expect(b2.locator(".queued")).to_be_hidden()
     expect(b2.locator(".working-title")).to_have_text("Alfred is still working...")
     expect(user_bubble(page, second)).not_to_have_class(re.compile(r"\bis-queued\b"))
     screenshot(page, "21-queued-one-running")
     expect(b2.locator(".reply")).to_contain_text("Here is 1 salad with what you have", timeout=20_000)
     expect(b2.locator(".reply")).to_contain_text("Want the full recipe?", timeout=20_000)  # the whole reply
-    assert_each_step_once(page, second, 2)
+    assert_each_step_once(page, second, 3)
     seqs = seen_seqs(page, second)
     assert seqs == list(range(1, len(seqs) + 1)), seqs
     # AND both replies are there, in order, on the page and in the system
@@ -88,8 +79,8 @@ def test_message_sent_while_alfred_works_is_queued_then_runs(page: Any, user: st
     two = web_stack.wait_status(user, second, TERMINAL)
     assert (one["status"], two["status"]) == ("complete", "complete")
     assert when(two["started_at"]) >= when(one["completed_at"]), (one, two)
-    conv = web_stack.api(user, "GET", f"/api/conversations/{one['conversation_id']}").json()
-    assert [(m["role"], m["job_id"]) for m in conv["messages"]] == [
+    messages = web_stack.wait_messages(user, one["conversation_id"], lambda ms: len(ms) >= 4)
+    assert [(m["role"], m["job_id"]) for m in messages] == [
         ("user", first), ("assistant", first), ("user", second), ("assistant", second)]
     screenshot(page, "22-both-replies-in-order")
 

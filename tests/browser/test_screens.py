@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import ROOT, WebStack, screenshot
-from tests.browser.test_web import bubble, open_page
+from tests.browser.test_web import bubble, open_page, send
 
 try:
     from playwright.sync_api import expect
@@ -72,12 +72,7 @@ def shoot(page: Any, scheme: str, state: str) -> Path:
 
 def send_new(page: Any, text: str) -> Any:
     """Send with Enter; the new Alfred bubble (a locator bound to its job id)."""
-    count = page.locator("#messages li.msg-alfred").count()
-    box = page.get_by_label("Message")
-    box.fill(text)
-    box.press("Enter")
-    expect(page.locator("#messages li.msg-alfred")).to_have_count(count + 1)
-    return bubble(page, str(page.locator("#messages li.msg-alfred").last.get_attribute("data-job-id")))
+    return bubble(page, send(page, text))
 
 
 def new_chat(page: Any) -> None:
@@ -138,9 +133,10 @@ def test_screens_of_each_state(phone: Any, user: str, scheme: str) -> None:
     expect(b.locator(".working")).to_be_hidden()
     shoot(page, scheme, "failed")
 
-    # A job running: the panel, the bar, "Step k of 6", Cancel (a second per step: still running)
+    # A job running: the panel, the bar, "Step k of 6", Cancel (2 s a step: seen at step 3 at the
+    # latest, it still runs, 6 s at least, when the next message is queued behind it)
     new_chat(page)
-    first = send_new(page, "[steps=6] [pace=1] salmon and leeks")
+    first = send_new(page, "[steps=6] [pace=2] salmon and leeks")
     expect(first.get_by_text("Alfred is still working...")).to_be_visible()
     expect(first.locator(".step-text")).to_have_text(re.compile(r"Step [1-3] of 6"))
     expect(first.get_by_role("progressbar")).to_be_visible()
@@ -159,7 +155,7 @@ def test_screens_of_each_state(phone: Any, user: str, scheme: str) -> None:
     # A message added to a job under way (steer, the default): the user's bubble above Alfred's,
     # the composer's choices and Stop under the conversation
     new_chat(page)
-    steered = send_new(page, "[steps=6] [pace=1] chicken and rice")
+    steered = send_new(page, "[steps=6] [pace=2] chicken and rice")  # still running when added to
     expect(steered.locator(".step-text")).to_have_text(re.compile(r"Step [1-3] of 6"))
     expect(page.get_by_label("Add to this request")).to_be_checked()
     expect(page.get_by_role("button", name="Stop")).to_be_visible()
@@ -180,7 +176,7 @@ def test_screens_of_each_state(phone: Any, user: str, scheme: str) -> None:
     # The list of conversations, newest first (the four above and the queued one's)
     page.get_by_role("button", name="Chats").click()
     rows = page.get_by_role("dialog", name="Conversations").locator(".chats-list a")
-    expect(rows.filter(has_text="[steps=6] [pace=1] chicken and rice")).to_have_count(1)
+    expect(rows.filter(has_text="[steps=6] [pace=2] chicken and rice")).to_have_count(1)
     expect(rows.filter(has_text="salmon and leeks")).to_have_count(1)
     assert rows.count() >= 4
     shoot(page, scheme, "conversations")

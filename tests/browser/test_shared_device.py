@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from alfred_jobs.service.push import vapid_key
 from tests.browser.conftest import VIEWPORT, WEB_DIR, WebStack
-from tests.browser.test_web import bubble, open_page, send
+from tests.browser.test_web import TERMINAL, bubble, open_page, send
 from tests.support.push_receiver import PushReceiver
 from tests.support.stack import make_stack
 
@@ -86,12 +86,15 @@ def test_the_next_user_on_a_browser_never_gets_the_previous_ones_notifications(
     ctx.set_default_timeout(20_000)
     page = ctx.new_page()
     try:
-        # GIVEN alice turned notifications on in this browser after sending a message
+        # GIVEN alice turned notifications on in this browser after sending a message (3 steps of
+        # 2 s: the job still runs once the browser's subscription is saved, so its end is pushed)
         open_page(page, alice)
-        first = send(page, "[steps=1] rice")
+        first = send(page, "[steps=3] [pace=2] rice")
         page.get_by_role("button", name="Turn on notifications").click()
-        expect(page.locator("#notify-prompt")).to_be_hidden()
+        expect(page.locator("#notify-prompt")).to_be_hidden()  # after the subscription was saved
         assert web.stack.deps.push is not None
+        assert web.api(alice, "GET", f"/api/jobs/{first}").json()["status"] not in TERMINAL, \
+            "the job ended before the subscription was saved: make it longer"
         deadline = time.monotonic() + 20
         while not receiver.for_endpoint(device.endpoint):  # her job's push reached the browser
             assert time.monotonic() < deadline, "alice's push never came"
@@ -112,12 +115,19 @@ def test_the_next_user_on_a_browser_never_gets_the_previous_ones_notifications(
         assert page.evaluate("window.pushLog") == [["subscribe", device.endpoint], ["unsubscribe", device.endpoint]]
         assert web.stack.deps.push.list(alice) == []
 
-        # WHEN alice's next job (sent from her phone) ends
+        # WHEN alice's next job (sent from her phone, which has notifications on) ends
+        phone = receiver.subscribe()
+        saved = web.api(alice, "POST", "/api/push/subscriptions", json=phone.json())
+        assert saved.status_code == 201, saved.text
         job = web.api(alice, "POST", "/api/chat", json={"message": "[steps=1] beans"}).json()["job_id"]
         web.wait_status(alice, job, {"complete"})
-        # THEN nothing more reaches this browser: the worker's push for it went nowhere (a
-        # push is sent right after the job's end is written; a second is a generous wait)
-        time.sleep(1.0)
+        # THEN its push reaches her phone, and nothing more reached this browser: the worker sends a
+        # job's end to all of its user's subscriptions in one pass, so a subscription still kept for
+        # this browser would have been sent beside the phone's (a wait on that event, not the clock)
+        deadline = time.monotonic() + 20
+        while not receiver.for_endpoint(phone.endpoint):
+            assert time.monotonic() < deadline, "alice's push to her phone never came"
+            time.sleep(0.05)
         assert len(receiver.for_endpoint(device.endpoint)) == 1
     finally:
         ctx.close()

@@ -22,8 +22,9 @@ DOCS_WEB = ROOT / "docs" / "web"
 def test_a_stopped_reply_stays_marked_on_both_devices_and_the_timeline_shows_it(
         page: Any, chromium: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    # GIVEN a job whose reply takes a few seconds to write
-    job_id = send(page, "[steps=1] [pace=2] [reply=4] mushroom risotto")
+    # GIVEN a job whose reply takes seconds to write (8: Cancel lands while it is written, however
+    # busy the machine)
+    job_id = send(page, "[steps=1] [pace=2] [reply=8] mushroom risotto")
     b = bubble(page, job_id)
     # WHEN the user stops it while the reply is being written
     expect(b.locator(".reply")).not_to_be_empty(timeout=30_000)
@@ -35,9 +36,9 @@ def test_a_stopped_reply_stays_marked_on_both_devices_and_the_timeline_shows_it(
     expect(b.locator(".state-cancelled")).to_be_hidden()
     expect(b.locator(".reply")).to_be_visible()
     conv_id = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()["conversation_id"]
-    messages = web_stack.api(user, "GET", f"/api/conversations/{conv_id}").json()["messages"]
+    messages = web_stack.wait_messages(user, conv_id, lambda ms: bool(ms) and ms[-1]["role"] == "assistant")
     stopped = messages[-1]
-    assert stopped["role"] == "assistant" and stopped["stopped"] is True and stopped["job_id"] == job_id
+    assert stopped["stopped"] is True and stopped["job_id"] == job_id, stopped
     expect(b.locator(".reply")).to_have_attribute("data-source", stopped["text"])
     assert stopped["text"].strip() and len(stopped["text"]) < 400
 

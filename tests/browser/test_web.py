@@ -12,9 +12,11 @@ from typing import Any
 from tests.browser.conftest import WebStack, screenshot
 
 try:
+    from playwright.sync_api import TimeoutError as PageTimeout
     from playwright.sync_api import expect
 except ImportError:  # the `chromium` fixture fails in CI or skips locally, with the reason
     expect = None  # type: ignore[assignment]
+    PageTimeout = TimeoutError  # type: ignore[assignment,misc]
 
 TERMINAL = {"complete", "failed", "cancelled"}
 
@@ -24,14 +26,41 @@ def open_page(page: Any, user: str) -> None:
     expect(page.locator("#account-name")).to_have_text(user)
 
 
-def send(page: Any, text: str) -> str:
-    """Type a message, press Enter, return the id of the job that appears."""
+# The ids of the jobs whose user message reads ``text`` and whose Alfred bubble is in the
+# conversation (not a message added to a job under way), or null while there is none.
+JOBS_OF_TEXT = """text => {
+    const ids = [...document.querySelectorAll('#messages li.msg-user:not(.msg-steer)[data-job-id]')]
+        .filter(li => li.querySelector('.msg-text')?.textContent.trim() === text)
+        .map(li => li.dataset.jobId)
+        .filter(id => document.querySelector(`#messages li.msg-alfred[data-job-id="${CSS.escape(id)}"]`));
+    return ids.length ? ids : null;
+}"""
+
+
+def send(page: Any, text: str, timeout: float | None = None) -> str:
+    """Type a message, press Enter, return the id of its job: the bubble of the job whose message it
+    is. Not ``.last``, a count or "a bubble not there before": a bubble already on the page (the
+    turn before's, or one a reloaded page was still bringing in) satisfied those at once, and the
+    test went on with the wrong job. A test sends each text once in a conversation: the same text
+    twice would be two bubbles, and fails here rather than picking one."""
     box = page.get_by_label("Message")
     box.fill(text)
     box.press("Enter")
-    bubble = page.locator("li.msg-alfred").last
-    expect(bubble).to_have_attribute("data-job-id", re.compile(r".+"))
-    return str(bubble.get_attribute("data-job-id"))
+    ids = page.wait_for_function(JOBS_OF_TEXT, arg=text, timeout=timeout).json_value()
+    assert len(ids) == 1, (text, ids)
+    return str(ids[0])
+
+
+def expect_order(page: Any, job_ids_in_order: list[str]) -> None:
+    """Wait until the conversation's entries (each user message and Alfred's bubble) carry these job
+    ids, top to bottom. A wait, not one read: the page places a turn again when its job ends."""
+    order = "ids => JSON.stringify([...document.querySelectorAll('#messages > li')].map(e => e.dataset.jobId))" \
+            " === JSON.stringify(ids)"
+    try:
+        page.wait_for_function(order, arg=job_ids_in_order)
+    except PageTimeout as exc:  # say what the page shows instead
+        shown = page.locator("#messages > li").evaluate_all("els => els.map(e => e.dataset.jobId)")
+        raise AssertionError(f"the conversation's order is {shown}, not {job_ids_in_order}") from exc
 
 
 def bubble(page: Any, job_id: str) -> Any:
@@ -76,7 +105,8 @@ def test_send_shows_steps_then_reply(page: Any, user: str, web_stack: WebStack) 
 
 def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=4] salmon and leeks")
+    # 4 steps of 2 s: seen at step 1 or 2, it still runs (4 s at least) when the network goes
+    job_id = send(page, "[steps=4] [pace=2] salmon and leeks")
     b = bubble(page, job_id)
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
     # WHEN the network goes away mid-job
@@ -91,17 +121,22 @@ def test_offline_mid_job_then_back(page: Any, context: Any, user: str, web_stack
     expect(page.locator("#offline-banner")).to_be_hidden()
     expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with salmon and leeks", timeout=10_000)
     assert_each_step_once(page, job_id, 4)
-    # AND no event was applied twice or skipped
-    seqs = seen_seqs(page, job_id)
+    # AND no event was applied twice or skipped: every event of the job, once (waited for: the reply
+    # shows before the page has applied the job's last events)
     job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
+    page.wait_for_function("([id, n]) => (window.alfredDebug.seen[id] || []).length >= n",
+                           arg=[job_id, job["last_seq"]])
+    seqs = seen_seqs(page, job_id)
     assert seqs == list(range(1, job["last_seq"] + 1)), seqs
     screenshot(page, "05-back-online-complete")
 
 
 def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=5] lentils")
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text("Step 2 of 5")
+    # 5 steps of 2 s, seen at step 2 or 3 (a window the wait cannot miss on a busy machine): a step
+    # is done, and the job still runs (4 s at least) when the reloaded page shows it
+    job_id = send(page, "[steps=5] [pace=2] lentils")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step [23] of 5"))
     # WHEN the page is reloaded mid-job
     page.reload()
     b = bubble(page, job_id)
@@ -112,17 +147,18 @@ def test_reload_mid_job_shows_still_working(page: Any, user: str, web_stack: Web
     shown = int(re.search(r"Step (\d)", b.locator(".step-text").inner_text()).group(1))  # type: ignore[union-attr]
     job = web_stack.api(user, "GET", f"/api/jobs/{job_id}").json()
     assert job["progress"]["completed_steps"] >= shown - 1, (shown, job["progress"])
-    expect(page.locator("li.msg-user .msg-text")).to_have_text("[steps=5] lentils")
+    expect(page.locator("li.msg-user .msg-text")).to_have_text("[steps=5] [pace=2] lentils")
     # AND it still ends normally, each step once
-    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with lentils", timeout=20_000)
+    expect(b.locator(".reply")).to_contain_text("Here are 3 recipes with lentils", timeout=30_000)
     assert_each_step_once(page, job_id, 5)
 
 
 def test_finished_while_away_then_got_it(context: Any, user: str, web_stack: WebStack) -> None:
     page = context.new_page()
     open_page(page, user)
-    job_id = send(page, "[steps=3] tofu and broccoli")
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    # 3 steps of 2 s, seen at step 1 or 2: it still runs (2 s at least) when the tab closes
+    job_id = send(page, "[steps=3] [pace=2] tofu and broccoli")
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"))
     # WHEN the user leaves (the tab is closed) and the job finishes meanwhile
     page.close()
     assert web_stack.wait_status(user, job_id, TERMINAL)["status"] == "complete"
@@ -147,8 +183,8 @@ def test_finished_while_away_then_got_it(context: Any, user: str, web_stack: Web
 
 def test_navigate_away_and_back_also_counts_as_away(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=2] eggs")
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 2"))
+    job_id = send(page, "[steps=3] [pace=2] eggs")  # still running when the page goes (as above)
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"))
     page.goto("about:blank")
     web_stack.wait_status(user, job_id, TERMINAL)
     page.go_back()
@@ -188,9 +224,9 @@ def test_double_submit_makes_one_job(page: Any, user: str, web_stack: WebStack) 
 
 def test_cancel_running_job(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=6] beef stew")
+    job_id = send(page, "[steps=20] [pace=2] beef stew")  # still running when Cancel lands, however busy
     b = bubble(page, job_id)
-    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 6"))
+    expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d+ of 20"))
     # WHEN Cancel is pressed
     b.get_by_role("button", name="Cancel").click()
     # THEN the job is cancelled, on the page and in the system
@@ -232,7 +268,7 @@ def test_job_failing_every_attempt_shows_it_gave_up(page: Any, user: str, web_st
 def test_switch_user(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
     job_id = send(page, "[steps=1] toast")
-    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes")
+    expect(bubble(page, job_id).locator(".reply")).to_contain_text("Here are 3 recipes", timeout=20_000)
     page.get_by_role("button", name=re.compile(user)).click()
     screenshot(page, "12-switch-user")
     other = f"{user}-b"
@@ -248,7 +284,7 @@ def test_falls_back_to_long_poll_when_the_stream_is_blocked(page: Any, user: str
     # GIVEN a network that drops the SSE endpoint (a proxy that buffers or blocks streams)
     page.route(re.compile(r".*/api/jobs/[^/]+/stream.*"), lambda route: route.abort())
     open_page(page, user)
-    job_id = send(page, "[steps=3] mushrooms")
+    job_id = send(page, "[steps=3] [pace=2] mushrooms")  # its steps last long enough to be polled
     b = bubble(page, job_id)
     # THEN the page still shows the job from start to end, by long-poll, each step once
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
@@ -272,8 +308,8 @@ SHOW = """() => {
 
 def test_locked_phone_hidden_and_frozen_then_back(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=3] peppers")
-    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step \d of 3"))
+    job_id = send(page, "[steps=3] [pace=2] peppers")  # still running when the phone locks
+    expect(bubble(page, job_id).locator(".step-text")).to_have_text(re.compile(r"Step [12] of 3"))
     # WHEN the phone locks: the page is hidden, then frozen (no script runs)
     page.evaluate(HIDE)
     cdp = page.context.new_cdp_session(page)
@@ -294,7 +330,7 @@ def test_locked_phone_hidden_and_frozen_then_back(page: Any, user: str, web_stac
 
 def test_hidden_briefly_while_still_running_is_not_away(page: Any, user: str, web_stack: WebStack) -> None:
     open_page(page, user)
-    job_id = send(page, "[steps=4] beans")
+    job_id = send(page, "[steps=4] [pace=2] beans")  # still running when the page shows again
     b = bubble(page, job_id)
     expect(b.locator(".step-text")).to_have_text(re.compile(r"Step [12] of 4"))
     # A glance at a notification: hidden and back while the job still runs
