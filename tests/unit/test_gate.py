@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -637,6 +639,27 @@ def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leav
     assert all(deps.jobs.get(e.job_id) is not None for e in entries)
 
 
+@contextmanager
+def undo_held(deps: Deps, meanwhile: Callable[[str], Job]) -> Iterator[list[Job]]:
+    """A refused submit's undo (the removal of its entry) held in flight: ``meanwhile(job_id)``
+    runs before it lands, once; the job it returns is put in the list yielded."""
+    gates = deps.gates
+    assert isinstance(gates, MemoryGateStore)
+    real_remove = gates.remove
+    later: list[Job] = []
+
+    def held(user_id: str, job_id: str, **kwargs: Any) -> Gate:
+        if kwargs.get("only_untaken") and not later:
+            later.append(meanwhile(job_id))
+        return real_remove(user_id, job_id, **kwargs)
+
+    gates.remove = held  # type: ignore[method-assign]
+    try:
+        yield later
+    finally:
+        gates.remove = real_remove  # type: ignore[method-assign]
+
+
 def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that_asked() -> None:
     # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo (the removal
     # of its entry) is frozen in flight: meanwhile the job ahead ends and hands on, a worker takes
@@ -645,25 +668,18 @@ def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that
     deps = make_deps(max_running_per_user=1)
     svc = JobService(deps)
     first = chat(svc, "first")
-    gates = deps.gates
-    assert isinstance(gates, MemoryGateStore)
-    real_remove = gates.remove
-    later: list[Job] = []
 
-    def frozen_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
-        if kwargs.get("only_untaken") and not later:
-            assert run(deps, first.job_id) is Outcome.DONE
-            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job: its way was clear"
-            assert run(deps, job_id) is Outcome.DONE
-            assert log(deps, job_id)[-1].type is EventType.INPUT_REQUIRED
-            later.append(chat(svc, "third"))
-        return real_remove(user_id, job_id, **kwargs)
+    def meanwhile(job_id: str) -> Job:
+        assert run(deps, first.job_id) is Outcome.DONE
+        assert sent(deps)[-1] == job_id, "the hand-off sent the refused job: its way was clear"
+        assert run(deps, job_id) is Outcome.DONE
+        assert log(deps, job_id)[-1].type is EventType.INPUT_REQUIRED
+        return chat(svc, "third")
 
-    gates.remove = frozen_undo  # type: ignore[method-assign]
     # WHEN the undo lands
-    asked = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1",
-                                        multitask="reject"), None)
-    gates.remove = real_remove  # type: ignore[method-assign]
+    with undo_held(deps, meanwhile) as later:
+        asked = svc.submit("u", ChatRequest(message="chicken from my pantry [steps=2]", conversation_id="c1",
+                                            multitask="reject"), None)
     # THEN the job that started keeps its entry (asking: it holds its conversation), so the third
     # message still waits behind it: removed, its way would be clear with no message to start it
     # (nobody sends it: the removal is an undo, not an ending that hands on), and the asker's
@@ -682,24 +698,17 @@ def test_a_rejects_undo_after_the_hand_off_sent_its_job_hands_on_to_the_job_behi
     deps = make_deps(max_running_per_user=1)
     svc = JobService(deps)
     first = chat(svc, "first")
-    gates = deps.gates
-    assert isinstance(gates, MemoryGateStore)
-    real_remove = gates.remove
-    later: list[Job] = []
 
-    def slow_undo(user_id: str, job_id: str, **kwargs: Any) -> Gate:
-        if kwargs.get("only_untaken") and not later:
-            assert run(deps, first.job_id) is Outcome.DONE
-            assert sent(deps)[-1] == job_id, "the hand-off sent the refused job"
-            later.append(chat(svc, "third"))
-            assert sent(deps)[-1] == job_id, "the third waits behind the refused job"
-        return real_remove(user_id, job_id, **kwargs)
+    def meanwhile(job_id: str) -> Job:
+        assert run(deps, first.job_id) is Outcome.DONE
+        assert sent(deps)[-1] == job_id, "the hand-off sent the refused job"
+        third = chat(svc, "third")
+        assert sent(deps)[-1] == job_id, "the third waits behind the refused job"
+        return third
 
-    gates.remove = slow_undo  # type: ignore[method-assign]
     # WHEN the undo lands: the refused job's entry goes (no worker took it) and its record too
-    with pytest.raises(ConversationBusy):
+    with undo_held(deps, meanwhile) as later, pytest.raises(ConversationBusy):
         chat(svc, "second", multitask="reject")
-    gates.remove = real_remove  # type: ignore[method-assign]
     # THEN the job behind it, whose way the removal cleared, is sent: the refused job's message
     # finds no record and is dropped, and nobody else would send it (only the sweeper's repair)
     assert deps.gates.read("u").next_up(later[0].job_id, 1)
