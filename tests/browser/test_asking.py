@@ -215,6 +215,40 @@ def registration_ids(page: Any, cdp: Any, base_url: str, log: list[Any]) -> set[
     return ours
 
 
+# Counts, in the service worker, the notifications its push handler has finished showing (the
+# promise of ``showNotification`` resolved), without changing what it shows.
+COUNT_SHOWN = """() => {
+  if (self.__shown !== undefined) return;
+  self.__shown = 0;
+  const show = self.registration.showNotification.bind(self.registration);
+  self.registration.showNotification = (title, options) =>
+    show(title, options).then((r) => { self.__shown += 1; return r; });
+}"""
+
+
+def counted_worker(context: Any) -> Any:
+    """This context's service worker, counting the notifications it has shown.
+
+    Why: the page's ``getNotifications()`` must not be asked while a notification is still being
+    shown. Chromium answers it from its notification database after dropping every entry the
+    platform does not (yet) list as displayed, so a read that lands between the two deletes the
+    notification for good: the push arrived, ``showNotification`` resolved, and every read after
+    it said ``[]`` (seen once in a dozen runs, and in CI). So the test waits for the worker to
+    have shown it, then reads the list.
+    """
+    workers = [w for w in context.service_workers if w.url.endswith("/sw.js")]
+    assert len(workers) == 1, [w.url for w in context.service_workers]
+    workers[0].evaluate(COUNT_SHOWN)
+    return workers[0]
+
+
+def wait_shown(worker: Any, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while (shown := worker.evaluate("() => self.__shown")) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the service worker showed {shown} notifications, not {count}")
+
+
 def deliver(cdp: Any, base_url: str, regs: set[str], payload: dict[str, Any]) -> None:
     for reg in sorted(regs):
         cdp.send("ServiceWorker.deliverPushMessage",
@@ -237,10 +271,12 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     # worker did not show)
     log: list[Any] = []
     regs = registration_ids(page, cdp, web_stack.base_url, log)
+    worker = counted_worker(context)
     # WHEN a push says the job needs an answer (as the job API sends it)
     deliver(cdp, web_stack.base_url, regs, {"job_id": "job1", "status": "waiting", "seq": 6,
                                            "title": "Alfred needs your answer", "body": PROMPT})
     # THEN the service worker shows it, tagged with the job
+    wait_shown(worker, 1)
     # The list is taken from the very read that saw it (a second read could race the browser).
     shown = wait_until(page, f"({NOTIFICATIONS})()", lambda n: len(n) == 1, "the question's notification",
                        seen=lambda: {"target": regs, "protocol": log[-10:]})
@@ -249,6 +285,7 @@ def test_the_service_worker_shows_a_push_as_a_notification(page: Any, context: A
     # WHEN the job then finishes: its notification replaces the question's (one per job)
     deliver(cdp, web_stack.base_url, regs, {"job_id": "job1", "status": "complete", "seq": 17,
                                            "title": "Alfred finished", "body": "Chicken from my pantry: …"})
+    wait_shown(worker, 2)
     replaced = wait_until(page, f"({NOTIFICATIONS})()",
                           lambda n: len(n) == 1 and n[0]["title"] == "Alfred finished",
                           "the finished job's notification")
