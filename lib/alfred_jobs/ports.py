@@ -159,8 +159,10 @@ class GateStore(Protocol):
     def enroll(self, user_id: str, entry: GateEntry, max_active: int | None, expires_at: int, *,
                check_at: float) -> Gate:
         """Add a waiting entry; returns the gate after it. Idempotent: a job already enrolled is
-        left as it is (and the gate returned). ``GateFull`` if the gate holds ``max_active``
-        entries (``None``: no limit, for repairs).
+        left as it is (and the gate returned), except that an entry of its id that another job of
+        the id left untaken (another ``created_at``, never stamped by a worker) takes the enrolling
+        job's creation time (``GateEntry.left_by_another_job``, seed 139234). ``GateFull`` if the
+        gate holds ``max_active`` entries (``None``: no limit, for repairs).
 
         In the same write the gate goes on the sweeper's check index, due at ``check_at``, unless
         it is there already (its earlier check time stays). So a gate that holds an entry is

@@ -248,6 +248,25 @@ def test_the_fence_tells_apart_two_jobs_of_one_id_by_their_creation_time(backend
     assert gates.remove(user, new.job_id, attempt=1, created_at=later).entries == ()
 
 
+def test_an_enroll_takes_over_an_untaken_entry_another_job_of_its_id_left(backend: Backend) -> None:
+    # Seed 139234: a resend of a submit enrolled the id for its own job (created later), whose
+    # record a refusal then deleted; the first submit, frozen with its put in flight, created the
+    # job and enrolled it. Its enroll found the id's entry: it must become the enrolling job's
+    # (a later job's creation time on it would refuse every take of the job: pending forever).
+    gates, user = backend.deps.gates, uid("user")
+    born = time.time()
+    first = replace(entry(), created_at=born - 12)
+    gates.enroll(user, replace(first, created_at=born), None, live(), check_at=time.time() + 600)
+    gate = gates.enroll(user, first, None, live(), check_at=time.time() + 600)
+    mine = gate.entry(first.job_id)
+    assert mine is not None and mine.created_at == first.created_at, "the enrolling job's entry now"
+    running = gates.take(user, first, 2, live(), attempt=1)
+    assert running.entry(first.job_id) == replace(mine, running=True, attempt=1)
+    # An entry a worker took stays its job's, whoever enrolls the id again
+    assert gates.enroll(user, replace(first, created_at=born), None, live(), check_at=time.time() + 600) == running
+    assert gates.read(user) == running
+
+
 # ---- the check index (due_for_check, check_later, unlist_if_empty) -----------------------------
 # The index spans the jobs table: on the shared AWS stack other tests' gates are listed too, so
 # each test looks only at its own users (``mine``).

@@ -642,7 +642,10 @@ class DynamoGateStore:
                 raw = self._raw(user_id)
                 now = self._clock.now()
                 gate = item_to_gate(raw, now)
-                if gate.entry(entry.job_id) is not None:
+                mine = gate.entry(entry.job_id)
+                if mine is not None:
+                    if mine.left_by_another_job(entry.created_at):
+                        return self._take_over_entry(user_id, mine, entry.created_at)
                     return gate  # enrolled already (a replay, or our own write landed unanswered)
                 if raw is None or expired(int(raw.get("expires_at", 0)), now):
                     self._create_empty(user_id, expires_at)
@@ -651,6 +654,20 @@ class DynamoGateStore:
                     raise GateFull(gate) from None
                 order = after(str(raw.get("last") or ""), entry)
         raise TransientStoreError(f"could not enroll {entry.job_id}")
+
+    def _take_over_entry(self, user_id: str, mine: GateEntry, created_at: float) -> Gate:
+        """The enrolling job's creation time on an entry of its id that another job of the id left
+        untaken (``GateEntry.left_by_another_job``), if it is still as read: untaken, with that
+        job's creation time. Otherwise (a worker took it, or a retry of ours landed) the gate as it is."""
+        try:
+            return self._write(
+                user_id, "SET m.#j.#t = :ct",
+                "m.#j.#t = :old AND m.#j.r = :f AND (attribute_not_exists(m.#j.a) OR m.#j.a = :f) "
+                "AND (attribute_not_exists(m.#j.#n) OR m.#j.#n = :zero)",
+                {"#j": mine.job_id, "#t": "t", "#n": "n"},
+                {":ct": created_at, ":old": mine.created_at, ":f": False, ":zero": 0})
+        except ConditionFailed:
+            return self.read(user_id)
 
     def due_for_check(self, now: float, limit: int) -> list[str]:
         users: list[str] = []

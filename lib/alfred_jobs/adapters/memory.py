@@ -278,7 +278,12 @@ class MemoryGateStore:
                check_at: float) -> Gate:
         with self.lock:
             entries = dict(self._live(user_id))
-            if entry.job_id in entries:
+            mine = entries.get(entry.job_id)
+            if mine is not None:
+                if mine.left_by_another_job(entry.created_at):
+                    entries[entry.job_id] = replace(mine, created_at=entry.created_at)
+                    self.gates[user_id] = (entries, self.gates[user_id][1])
+                    self.writes += 1
                 return self._gate(entries)
             if max_active is not None and len(entries) >= max_active:
                 raise GateFull(self._gate(entries))

@@ -63,6 +63,16 @@ class GateEntry:
         """Whether it belongs to a job of its id created after ``created_at`` (0: unknown, no)."""
         return bool(created_at) and self.created_at > created_at
 
+    def left_by_another_job(self, created_at: float) -> bool:
+        """Whether it is an entry no worker took (never stamped) of another job of its id than the
+        one created at ``created_at`` (0 on either side: unknown, no). The enroll of the job whose
+        record holds the id takes it over (seed 139234): a resend's job, created later, enrolled
+        the id and had its record deleted by a refusal, then the first submit's put, frozen in
+        flight, created the job; kept as it was, the later creation time would refuse every take
+        of that job."""
+        return (bool(self.created_at and created_at) and self.created_at != created_at
+                and not (self.running or self.asking or self.attempt))
+
     def stamped_by(self, created_at: float, attempt: int) -> bool:
         """Whether ``attempt`` of the job created at ``created_at`` is the one that stamped it."""
         same_job = not (self.created_at and created_at) or self.created_at == created_at
