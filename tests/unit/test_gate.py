@@ -639,6 +639,13 @@ def test_a_reject_whose_entry_cannot_be_taken_out_keeps_its_job_rather_than_leav
     assert all(deps.jobs.get(e.job_id) is not None for e in entries)
 
 
+def one_job_ahead() -> tuple[Deps, JobService, Job]:
+    """A user with one run slot and one job of conversation c1 ahead, its message sent."""
+    deps = make_deps(max_running_per_user=1)
+    svc = JobService(deps)
+    return deps, svc, chat(svc, "first")
+
+
 @contextmanager
 def undo_held(deps: Deps, meanwhile: Callable[[str], Job]) -> Iterator[list[Job]]:
     """A refused submit's undo (the removal of its entry) held in flight: ``meanwhile(job_id)``
@@ -665,9 +672,7 @@ def test_a_rejects_late_undo_leaves_the_entry_of_a_job_a_worker_started_and_that
     # of its entry) is frozen in flight: meanwhile the job ahead ends and hands on, a worker takes
     # the refused job after all, it asks the user (its slot back, its conversation held), and a
     # third message of the conversation queues behind it (sim seed 108223 at d7a96dd)
-    deps = make_deps(max_running_per_user=1)
-    svc = JobService(deps)
-    first = chat(svc, "first")
+    deps, svc, first = one_job_ahead()
 
     def meanwhile(job_id: str) -> Job:
         assert run(deps, first.job_id) is Outcome.DONE
@@ -695,9 +700,7 @@ def test_a_rejects_undo_after_the_hand_off_sent_its_job_hands_on_to_the_job_behi
     # GIVEN a reject submit, refused (a job of its conversation is ahead), whose undo is slow to
     # land: meanwhile the job ahead ends and hands on to the refused job (its message on the way,
     # no worker has taken it yet), and a later message of the conversation queues behind it
-    deps = make_deps(max_running_per_user=1)
-    svc = JobService(deps)
-    first = chat(svc, "first")
+    deps, svc, first = one_job_ahead()
 
     def meanwhile(job_id: str) -> Job:
         assert run(deps, first.job_id) is Outcome.DONE
