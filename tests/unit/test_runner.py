@@ -420,6 +420,42 @@ def test_a_job_whose_retention_ends_as_it_is_taken_over_runs_no_step_again() -> 
     assert job_id not in gate.entries, "its place in the user's gate is handed on"
 
 
+class PausedInAStepAgent(DemoAgent):
+    """The user cancels while step 1 runs; the worker's process is then paused (SIGSTOP) past its
+    lease and the job's retention, and the step asks ``ctx.cancelled()`` as it wakes."""
+
+    def __init__(self, deps: Deps, clock: ShiftedClock, svc: JobService) -> None:
+        super().__init__(deps.agent_data, deps.settings)
+        self.clock, self.svc = clock, svc
+        self.answers: list[bool] = []
+
+    def act(self, step: PlanStep, ctx: AgentContext) -> Any:
+        if step.index == 1:
+            assert self.svc.cancel("u1", ctx.job_id)[1] is False  # 202: a flag for the worker
+            self.clock.offset += ctx.expires_at - self.clock.now() + 1
+            self.answers.append(ctx.cancelled())
+        return super().act(step, ctx)
+
+
+def test_a_step_woken_past_its_lease_and_its_jobs_retention_stops() -> None:
+    """Sim seed 153439 (``cancel_seen_within_a_second``): a worker was paused mid-step for 75 s;
+    the user cancelled meanwhile, its lease ran out, then the job's retention. Awake, the step's
+    ``ctx.cancelled()`` read the record itself (its keeper's read was old), found it gone (an
+    expired item reads as gone) and answered False: the step went on 27 s after the cancel. An
+    attempt whose lease is lost is to stop as at a cancel, as the reply's check already does."""
+    # GIVEN a keeper that does not poll while the step runs (a minute's poll, a long lease)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=600, max_attempts=3,
+                                cancel_poll_seconds=60, retention_seconds=900), clock=clock)
+    job_id = submit(deps, "chicken [steps=2]")
+    agent = PausedInAStepAgent(deps, clock, JobService(deps))
+    # WHEN the step asks whether to stop after the pause
+    JobRunner(deps, agent).run(Delivery(job_id))
+    # THEN it is told to stop: the cancel's record is gone, and so is the attempt's lease
+    assert deps.jobs.get(job_id) is None, "the record reads as gone"
+    assert agent.answers == [True]
+
+
 class FailingReadLog(MemoryEventLog):
     """A log whose reads are refused (throttled after the SDK's retries) while ``failing``."""
 

@@ -56,7 +56,7 @@ class AgentContext:
     history: list[dict[str, Any]]  # committed messages of the conversation, oldest first
     attempt: int
     step_outputs: dict[int, Any]  # outputs of completed steps, by index
-    cancelled: Callable[[], bool]  # True once a cancel was requested
+    cancelled: Callable[[], bool]  # True once the job is to stop: a cancel was requested, or the lease lost
     # The job's creation time and expiry. A job id can come back after retention (a reused
     # Idempotency-Key): the creation time tells the two jobs apart, and data an agent keeps for a
     # job should expire with it.

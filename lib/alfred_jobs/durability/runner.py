@@ -426,6 +426,17 @@ class _Attempt:
         """This attempt's number among those not handed on: what ``max_attempts`` bounds."""
         return self.attempt - replay(self.events).handed_on
 
+    def _to_stop(self) -> bool:
+        """Whether the agent is to stop what it is doing (``ctx.cancelled()``, the reply's check
+        before each chunk): a cancel is seen, or this attempt's lease is lost.
+
+        The lost lease too, not only the cancel: a process paused past its lease wakes with its
+        keeper's read long old, and the check then reads the record itself; a record gone past its
+        retention reads as no record, and its cancel with it (sim seed 153439: a step went on 27 s
+        after its cancel landed). An attempt whose lease is lost cannot record anything more (its
+        writes are fenced), so nothing it does from here is the job's."""
+        return self.keeper.lost or self.keeper.cancel_seen()
+
     def _cancelled(self) -> CancelledPayload:
         """The cancel, keeping the reply so far (this attempt's, or the one the log shows) and what
         the reply's calls were billed."""
@@ -881,7 +892,7 @@ class _Attempt:
             history = self.deps.conversations.messages(job.user_id, job.conversation_id, 50)
         ctx = AgentContext(job_id=job.job_id, user_id=job.user_id, conversation_id=job.conversation_id,
                            message=job.message, history=history, attempt=self.attempt,
-                           step_outputs=outputs, cancelled=self.keeper.cancel_seen,
+                           step_outputs=outputs, cancelled=self._to_stop,
                            created_at=job.created_at, expires_at=job.expires_at, asker=self._ask,
                            meter=self._meter, steers=list(done.steered.values()))
         self._ctx = ctx
@@ -987,7 +998,7 @@ class _Attempt:
         chunks = self.agent.reply(plan, ctx)
         try:
             for chunk in chunks:
-                if self.keeper.cancel_seen() or self.keeper.lost:
+                if self._to_stop():
                     break
                 full += chunk
                 self._reply_so_far = full
