@@ -196,6 +196,24 @@ def job_context(job_id: str | None = None, attempt: int | None = None,
 
 # ---- metrics -------------------------------------------------------------------------------
 
+# MetricsProfile=essential (template.yaml): each published metric is a custom metric billed by the
+# month ($0.30), whatever its traffic, so a deployment can publish only what is read: the
+# template's alarm on StuckJobs, and docs/observability.md's dashboard. The rest are still totalled
+# in the process (``metrics_snapshot``) and logged at DEBUG.
+ESSENTIAL_METRICS = frozenset({
+    "StuckJobs",                                        # StuckJobsAlarm
+    "JobsSubmitted", "JobsCompleted", "JobsFailed",     # the dashboard: how many, how they end
+    "QueueToStartSeconds", "StepDuration",              # the dashboard: how long they wait and take
+})
+_published: frozenset[str] | None = None  # None: every metric
+
+
+def set_metrics_profile(profile: str) -> None:
+    """Which metrics ``count`` publishes (``Settings.metrics_profile``): "all" or "essential"."""
+    global _published
+    _published = ESSENTIAL_METRICS if profile == "essential" else None
+
+
 
 def _powertools_metrics() -> Any:
     global _metrics
@@ -213,7 +231,7 @@ def count(metric: str, value: float = 1, unit: str = "Count", **dimensions: Any)
     """
     with _lock:
         _local_totals[metric] = _local_totals.get(metric, 0.0) + float(value)
-    if not in_lambda():
+    if not in_lambda() or (_published is not None and metric not in _published):
         _log.debug("metric %s=%s %s", metric, value, unit, extra={"metric_dimensions": dimensions or None})
         return
     try:

@@ -211,6 +211,9 @@ class Settings(BaseSettings):
     faults: str | None = None
 
     log_level: str = "INFO"
+    # Which custom metrics are published on Lambda (template MetricsProfile, docs/observability.md):
+    # every one, or the essential ones the alarms and the dashboard read (each is $0.30 a month).
+    metrics_profile: Literal["all", "essential"] = "all"
     web_dir: str | None = None  # the static web client served by `alfred-jobs dev` (default: web/)
 
     # --- client (CLI) -------------------------------------------------------------------
