@@ -164,11 +164,11 @@ def test_the_lean_option_is_the_same_bill_on_its_own_parameters() -> None:
     # GIVEN the template deployed with [lean]'s parameters
     cfg = cost.load_prices()
     params = cfg["lean"]["parameters"]
-    assert params == {"WorkerMemorySize": 128, "StreamMemorySize": 128, "MetricsProfile": "essential"}
+    assert params == {"WorkerMemorySize": 128, "StreamMemorySize": 128, "MetricsProfile": "alarms"}
     lean_template = cost.with_parameters(load_template(), params)
     facts = cost.template_facts(lean_template)
     assert facts["memory_gb"]["worker"] == facts["memory_gb"]["stream"] == 0.125
-    assert facts["metrics_profile"] == "essential"
+    assert facts["metrics_profile"] == "alarms"
     with pytest.raises(KeyError):
         cost.with_parameters(load_template(), {"NoSuchParameter": 1})
 
@@ -177,7 +177,7 @@ def test_the_lean_option_is_the_same_bill_on_its_own_parameters() -> None:
     default = dataclasses.replace(INPUTS, arch="arm64", memory_gb={**INPUTS.memory_gb, "worker": 0.25, "stream": 0.25},
                                   cpu_seconds=cpu)
     lean = dataclasses.replace(default, memory_gb={**default.memory_gb, "worker": 0.125, "stream": 0.125},
-                               metrics_profile="essential")
+                               metrics_profile="alarms")
     bill = cost.whole_bill(cfg, default, 1000, lean)
 
     # THEN only the Lambdas' seconds and the metrics differ, each by hand
@@ -185,7 +185,7 @@ def test_the_lean_option_is_the_same_bill_on_its_own_parameters() -> None:
     row = bill["lambda_stream_lean"]
     assert row["lambda_worker"] == pytest.approx(19.345938 * 0.125 * gbs_arm + 0.2, abs=0.01)   # 32.44
     assert row["lambda_stream"] == pytest.approx(15.5 * 0.125 * gbs_arm + 0.2, abs=0.01)        # 26.03
-    assert row["cloudwatch_custom_metrics"] == pytest.approx(6 * 0.30 / 730_000 * 1e6, abs=0.01)  # 2.47
+    assert row["cloudwatch_custom_metrics"] == pytest.approx(1 * 0.30 / 730_000 * 1e6, abs=0.01)  # 0.41
     same = {k for k in row if row[k] == bill["lambda_stream"][k]}
     assert set(row) - same == {"lambda_worker", "lambda_stream", "cloudwatch_custom_metrics"}
     # AND it is one of ours for the goal: the cheapest of ours may be it
@@ -246,7 +246,7 @@ def test_custom_metric_count_is_the_runtimes() -> None:
     # every distinct name the runtime counts is a custom metric once published (EMF): the literal
     # ones, and those a call picks from a dict (the runner's terminal JobsCompleted / JobsFailed /
     # JobsCancelled, which the count missed before: 29 instead of 31)
-    from alfred_jobs.observability import ESSENTIAL_METRICS
+    from alfred_jobs.observability import METRIC_PROFILES
 
     src = Path(cost.__file__).resolve().parents[2] / "alfred_jobs"
     names = set()
@@ -258,9 +258,10 @@ def test_custom_metric_count_is_the_runtimes() -> None:
     by_profile = cost.load_prices()["observability"]["custom_metrics_by_profile"]
     assert {"JobsCompleted", "JobsFailed", "JobsCancelled"} <= names
     assert len(names) == by_profile["all"] == cost.custom_metrics(cost.load_prices(), "all"), sorted(names)
-    # the essential profile publishes names the runtime does count (no typo), and that many
-    assert names >= ESSENTIAL_METRICS
-    assert len(ESSENTIAL_METRICS) == by_profile["essential"]
+    # each profile publishes names the runtime does count (no typo), and that many
+    for profile, published in METRIC_PROFILES.items():
+        assert names >= (published or names)
+        assert len(published or names) == by_profile[profile] == cost.custom_metrics(cost.load_prices(), profile)
 
 
 def test_bill_goal_and_managed_instances() -> None:

@@ -711,7 +711,7 @@ INCLUDES = {
                      "(measured lines + platform + EMF + API access log), custom metrics and secrets per month "
                      "shared over the load",
     "lambda_stream_lean": "the same as lambda_stream, with the template parameters of [lean] in prices.toml "
-                          "(the worker and the stream at 128 MB, MetricsProfile=essential): its Lambdas' "
+                          "(the worker and the stream at 128 MB, MetricsProfile=alarms): its Lambdas' "
                           "seconds stretched by their smaller CPU share, its custom metrics the profile's",
     "service_stream": "the same, with the stream as Fargate tasks (min 2 x 0.25 vCPU/0.5 GB) + ALB hour + LCU + "
                       "the ALB's public IPv4 + the tasks' network ([service_stream] network) shared over the load "
