@@ -14,7 +14,10 @@ Two figures come out of a bench run:
   Temporal Cloud (the peers at their own defaults: x86_64, no active tracing, their plans).
   The bench measures a 5 x 1 s job; what grows with time (the stream poller's and the lease
   keeper's reads, the heartbeats) is scaled to 15 s at the rate measured in the same run,
-  between the zero-step job and the 5 x 1 s job.
+  between the zero-step job and the 5 x 1 s job. So is our process CPU per job, which a Lambda
+  runs on a share of a core in proportion to its memory (``cpu_share``): the worker's billed
+  seconds grow by it, the stream's only when it outgrows the job's wall. A seventh row,
+  ``lambda_stream_lean``, is ``lambda_stream`` on the template with ``[lean]``'s parameters.
 """
 
 from __future__ import annotations
