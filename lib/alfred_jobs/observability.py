@@ -196,6 +196,27 @@ def job_context(job_id: str | None = None, attempt: int | None = None,
 
 # ---- metrics -------------------------------------------------------------------------------
 
+# MetricsProfile (template.yaml): each published metric is a custom metric billed by the month
+# ($0.30), whatever its traffic, so a deployment can publish only what is read: "alarms" what the
+# template's alarms read, "essential" that and docs/observability.md's dashboard. The rest are
+# still totalled in the process (``metrics_snapshot``) and logged at DEBUG.
+ALARM_METRICS = frozenset({"StuckJobs"})                # StuckJobsAlarm
+ESSENTIAL_METRICS = ALARM_METRICS | {
+    "JobsSubmitted", "JobsCompleted", "JobsFailed",     # the dashboard: how many, how they end
+    "QueueToStartSeconds", "StepDuration",              # the dashboard: how long they wait and take
+}
+METRIC_PROFILES: dict[str, frozenset[str] | None] = {"all": None, "essential": ESSENTIAL_METRICS,
+                                                     "alarms": ALARM_METRICS}
+_published: frozenset[str] | None = None  # None: every metric
+
+
+def set_metrics_profile(profile: str) -> None:
+    """Which metrics ``count`` publishes (``Settings.metrics_profile``): "all", "essential" or
+    "alarms" (``METRIC_PROFILES``)."""
+    global _published
+    _published = METRIC_PROFILES[profile]
+
+
 
 def _powertools_metrics() -> Any:
     global _metrics
@@ -213,7 +234,7 @@ def count(metric: str, value: float = 1, unit: str = "Count", **dimensions: Any)
     """
     with _lock:
         _local_totals[metric] = _local_totals.get(metric, 0.0) + float(value)
-    if not in_lambda():
+    if not in_lambda() or (_published is not None and metric not in _published):
         _log.debug("metric %s=%s %s", metric, value, unit, extra={"metric_dimensions": dimensions or None})
         return
     try:

@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     faults: str | None = None
 
     log_level: str = "INFO"
+    # Which custom metrics are published on Lambda (template MetricsProfile, docs/observability.md):
+    # every one, the essential ones the alarms and the dashboard read, or only the alarms' (each
+    # is $0.30 a month; observability.METRIC_PROFILES).
+    metrics_profile: Literal["all", "essential", "alarms"] = "all"
     web_dir: str | None = None  # the static web client served by `alfred-jobs dev` (default: web/)
 
     # --- client (CLI) -------------------------------------------------------------------

@@ -35,8 +35,8 @@ CONTRACT_KEYS = [
     # issue 28: the first word of a reply over the stand-in's own; the submit handler's own import
     "first_token_overhead_p50_ms", "first_token_overhead_p99_ms", "submit_import_ratio",
 ]
-BILL_KEYS = ["lambda_stream", "service_stream", "step_functions_standard", "step_functions_express",
-             "lambda_durable_functions", "temporal_cloud"]
+BILL_KEYS = ["lambda_stream", "service_stream", "lambda_stream_lean", "step_functions_standard",
+             "step_functions_express", "lambda_durable_functions", "temporal_cloud"]
 
 
 def _positive(v: object) -> bool:
@@ -92,8 +92,13 @@ def test_quick_scenarios_with_tiny_sizes_write_every_key(tmp_path: Path, monkeyp
     bill = res["aws_cost_per_million_jobs_usd"]
     assert sorted(bill) == sorted(BILL_KEYS)
     for key in BILL_KEYS:
-        assert _positive(bill[key]) and 100 < bill[key] < 5_000, (key, bill[key])
+        # the lean option's two Lambdas at 128 MB are $50 of it
+        assert _positive(bill[key]) and (50 if key.endswith("_lean") else 100) < bill[key] < 5_000, (key, bill[key])
     detail = res["aws_cost_detail"]
+    # our CPU per job was measured (Linux), and the smaller share stretches the worker's seconds
+    stretch = detail["cpu_stretch"]
+    assert stretch["cpu_s_per_job"]["worker"] > 0 and stretch["cpu_s_per_job"]["stream"] > 0
+    assert stretch["lambda_stream_lean"]["billed_s"]["worker"] > stretch["default"]["billed_s"]["worker"]
     assert detail["load_jobs_per_hour"] > 0 and detail["service_stream_break_even_jobs_per_hour"] > 0
     assert detail["units_per_job"]["wru"] >= 10 and detail["units_per_job"]["rru_eventual"] > 0
     # a cancel lands within the job (a few seconds), the first event comes after the submit's answer

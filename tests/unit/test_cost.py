@@ -64,8 +64,8 @@ def test_lambda_stream_bill_by_hand() -> None:
     # no tracing: no trace; logs: 3 invocations x 400 B + 350 B access + 2 x 450 B EMF at $0.50/GB
     assert bill["xray_traces"] == 0.0
     assert bill["cloudwatch_logs"] == pytest.approx((3 * 400 + 350 + 900) / 1024 ** 3 * 0.5 * 1e6, abs=0.01)
-    # 27 metrics x $0.30 a month over 730,000 jobs a month
-    assert bill["cloudwatch_custom_metrics"] == pytest.approx(29 * 0.30 / 730_000 * 1e6, abs=0.01)  # 11.92
+    # 31 metrics (MetricsProfile=all) x $0.30 a month over 730,000 jobs a month
+    assert bill["cloudwatch_custom_metrics"] == pytest.approx(31 * 0.30 / 730_000 * 1e6, abs=0.01)  # 12.74
     assert cost.totals({"x": bill})["x"] == pytest.approx(sum(bill.values()), abs=0.05)
 
 
@@ -125,6 +125,76 @@ def test_service_stream_shares_its_hours_over_the_load_and_breaks_even() -> None
     assert 100 < n < 5000
 
 
+def test_cpu_share_stretches_the_billed_seconds_by_hand() -> None:
+    # GIVEN 0.3 s of our CPU (measured on a full core) in a 15.5 s job
+    wall, cpu = 15.5, 0.3
+    # THEN the share of a core is memory / 1,769 MB, capped at one core
+    assert cost.cpu_share(256 / 1024) == pytest.approx(0.144714, abs=1e-6)
+    assert cost.cpu_share(2048 / 1024) == 1.0
+    # AND a serial function (the worker) waits cpu x (1769 / MB - 1) longer: 5.9102 at 256 MB,
+    # 12.8203 at 128 MB, nothing from one core up
+    assert cost.serial_seconds(wall, cpu, 256 / 1024) == pytest.approx(15.5 + 0.3 * 5.910156, abs=1e-4)  # 17.273
+    assert cost.serial_seconds(wall, cpu, 128 / 1024) == pytest.approx(15.5 + 0.3 * 12.820313, abs=1e-4)  # 19.346
+    assert cost.serial_seconds(wall, cpu, 2.0) == wall
+    # AND a follower (the stream) is billed the job's wall unless its CPU at its share needs more
+    assert cost.follower_seconds(wall, cpu, 128 / 1024) == wall                    # 0.3 x 13.82 = 4.15 s
+    assert cost.follower_seconds(wall, 2.0, 128 / 1024) == pytest.approx(2.0 * 13.820313, abs=1e-4)  # 27.64
+
+    # WHEN the bill is made with the CPU measured, at 256 MB Arm64
+    cfg = cost.load_prices()
+    arm = dataclasses.replace(INPUTS, arch="arm64", memory_gb={**INPUTS.memory_gb, "worker": 0.25, "stream": 0.25},
+                              cpu_seconds={"worker": 0.3, "stream": 0.45})
+    bill = cost.whole_bill(cfg, arm, 1000)["lambda_stream"]
+    # THEN the worker is billed 17.273 s at 0.25 GB, the stream its 15.5 s: $ per million
+    gbs_arm = 0.0000133334 * 1e6
+    assert bill["lambda_worker"] == pytest.approx(17.273047 * 0.25 * gbs_arm + 0.2, abs=0.01)   # 57.78
+    assert bill["lambda_stream"] == pytest.approx(15.5 * 0.25 * gbs_arm + 0.2, abs=0.01)         # 51.87
+
+
+def test_scaling_our_cpu_to_the_priced_job() -> None:
+    # the same straight line as the reads, through the zero-step and the 5 x 1 s job
+    cpu = cost.scale_cpu(15.0, {"worker": 0.05, "stream": 0.03}, 0.2, {"worker": 0.14, "stream": 0.20}, 6.2)
+    assert cpu["worker"] == pytest.approx(0.05 + 0.09 / 6.0 * 14.8)      # 0.272
+    assert cpu["stream"] == pytest.approx(0.03 + 0.17 / 6.0 * 14.8)      # 0.449
+    # not measured (not Linux: NaN) is no stretch, not an error
+    assert cost.scale_cpu(15.0, {}, 0.2, {"worker": math.nan}, 6.2) == {}
+
+
+def test_the_lean_option_is_the_same_bill_on_its_own_parameters() -> None:
+    # GIVEN the template deployed with [lean]'s parameters
+    cfg = cost.load_prices()
+    params = cfg["lean"]["parameters"]
+    assert params == {"WorkerMemorySize": 128, "StreamMemorySize": 128, "MetricsProfile": "alarms"}
+    lean_template = cost.with_parameters(load_template(), params)
+    facts = cost.template_facts(lean_template)
+    assert facts["memory_gb"]["worker"] == facts["memory_gb"]["stream"] == 0.125
+    assert facts["metrics_profile"] == "alarms"
+    with pytest.raises(KeyError):
+        cost.with_parameters(load_template(), {"NoSuchParameter": 1})
+
+    # WHEN both rows are made from the same inputs but the template's
+    cpu = {"worker": 0.3, "stream": 0.45}
+    default = dataclasses.replace(INPUTS, arch="arm64", memory_gb={**INPUTS.memory_gb, "worker": 0.25, "stream": 0.25},
+                                  cpu_seconds=cpu)
+    lean = dataclasses.replace(default, memory_gb={**default.memory_gb, "worker": 0.125, "stream": 0.125},
+                               metrics_profile="alarms")
+    bill = cost.whole_bill(cfg, default, 1000, lean)
+
+    # THEN only the Lambdas' seconds and the metrics differ, each by hand
+    gbs_arm = 0.0000133334 * 1e6
+    row = bill["lambda_stream_lean"]
+    assert row["lambda_worker"] == pytest.approx(19.345938 * 0.125 * gbs_arm + 0.2, abs=0.01)   # 32.44
+    assert row["lambda_stream"] == pytest.approx(15.5 * 0.125 * gbs_arm + 0.2, abs=0.01)        # 26.03
+    assert row["cloudwatch_custom_metrics"] == pytest.approx(1 * 0.30 / 730_000 * 1e6, abs=0.01)  # 0.41
+    same = {k for k in row if row[k] == bill["lambda_stream"][k]}
+    assert set(row) - same == {"lambda_worker", "lambda_stream", "cloudwatch_custom_metrics"}
+    # AND it is one of ours for the goal: the cheapest of ours may be it
+    ok = {"lambda_stream": 190, "service_stream": 150, "lambda_stream_lean": 99, "step_functions_standard": 400,
+          "step_functions_express": 195, "lambda_durable_functions": 220, "temporal_cloud": 700}
+    assert cost.bill_goal(ok) is True
+    assert cost.bill_goal({**ok, "lambda_stream_lean": 101}) is False
+
+
 def test_index_writes_follow_dynamodb_rules() -> None:
     ix = cost.Index("due", frozenset({"active_shard", "due_at"}), "ALL")
     keys_only = cost.Index("due", frozenset({"active_shard", "due_at"}), "KEYS_ONLY")
@@ -169,15 +239,29 @@ def test_template_facts_resolve_the_parameters() -> None:
     assert facts["memory_gb"]["worker"] == params["WorkerMemorySize"]["Default"] / 1024
     assert facts["memory_gb"]["stream"] == params["StreamMemorySize"]["Default"] / 1024
     assert facts["secrets"] == 3
+    assert facts["metrics_profile"] == params["MetricsProfile"]["Default"] == "all"
 
 
 def test_custom_metric_count_is_the_runtimes() -> None:
-    # every distinct name the runtime counts is a custom metric once published (EMF)
+    # every distinct name the runtime counts is a custom metric once published (EMF): the literal
+    # ones, and those a call picks from a dict (the runner's terminal JobsCompleted / JobsFailed /
+    # JobsCancelled, which the count missed before: 29 instead of 31)
+    from alfred_jobs.observability import METRIC_PROFILES
+
     src = Path(cost.__file__).resolve().parents[2] / "alfred_jobs"
     names = set()
     for f in src.rglob("*.py"):
-        names |= set(re.findall(r'\bcount\(\s*"([A-Za-z]+)"', f.read_text(encoding="utf-8")))
-    assert len(names) == cost.load_prices()["observability"]["custom_metrics"], sorted(names)
+        text = f.read_text(encoding="utf-8")
+        names |= set(re.findall(r'\bcount\(\s*"([A-Za-z]+)"', text))
+        for table in re.findall(r"\bcount\(\s*\{([^}]*)\}", text):
+            names |= set(re.findall(r':\s*"([A-Za-z]+)"', table))
+    by_profile = cost.load_prices()["observability"]["custom_metrics_by_profile"]
+    assert {"JobsCompleted", "JobsFailed", "JobsCancelled"} <= names
+    assert len(names) == by_profile["all"] == cost.custom_metrics(cost.load_prices(), "all"), sorted(names)
+    # each profile publishes names the runtime does count (no typo), and that many
+    for profile, published in METRIC_PROFILES.items():
+        assert names >= (published or names)
+        assert len(published or names) == by_profile[profile] == cost.custom_metrics(cost.load_prices(), profile)
 
 
 def test_bill_goal_and_managed_instances() -> None:

@@ -154,6 +154,47 @@ def test_metrics_are_emf_on_lambda(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert obs.metrics_snapshot()["StuckJobs"] == 2
 
 
+@pytest.mark.parametrize(("profile", "published"), [("all", {"JobsCompleted", "Fenced", "StepDuration", "StuckJobs"}),
+                                                   ("essential", {"JobsCompleted", "StepDuration", "StuckJobs"}),
+                                                   ("alarms", {"StuckJobs"})])
+def test_a_metrics_profile_publishes_only_its_metrics(profile: str, published: set[str],
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a Lambda deployed with a MetricsProfile
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "alfred-jobs-WorkerFunction")
+    obs.reset_metrics()
+    obs.set_metrics_profile(profile)
+    try:
+        # WHEN it counts metrics of each kind
+        obs.count("JobsCompleted")
+        obs.count("Fenced")
+        obs.count("StuckJobs", 0)
+        obs.count("StepDuration", 0.5, "Seconds", phase="act")
+        obs.flush_metrics()
+    finally:
+        obs.set_metrics_profile("all")
+    # THEN only the profile's are published (each published name is a billed metric)
+    blobs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    names = {m["Name"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert names == published
+    # AND the process still totals every one (tests, the bench)
+    assert obs.metrics_snapshot() == {"JobsCompleted": 1.0, "Fenced": 1.0, "StuckJobs": 0.0, "StepDuration": 0.5}
+
+
+def test_the_settings_choose_the_metrics_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alfred_jobs.entry import wiring
+
+    monkeypatch.setenv("ALFRED_METRICS_PROFILE", "essential")
+    wiring.get_settings.cache_clear()
+    try:
+        assert wiring.get_settings().metrics_profile == "essential"
+        assert obs._published == obs.ESSENTIAL_METRICS
+    finally:
+        wiring.get_settings.cache_clear()
+        obs.set_metrics_profile("all")
+    assert obs._published is None
+
+
 def test_metrics_are_local_totals_off_lambda(monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)

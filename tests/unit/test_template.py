@@ -234,7 +234,25 @@ def test_cost_levers_are_parameters_with_measured_defaults() -> None:
     assert RESOURCES["WorkerFunction"]["Properties"]["MemorySize"] == {"Ref": "WorkerMemorySize"}
     assert RESOURCES["StreamFunction"]["Properties"]["MemorySize"] == {"Ref": "StreamMemorySize"}
     groups = [g["Parameters"] for g in TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]]
-    assert ["Architecture", "WorkerMemorySize", "StreamMemorySize", "Tracing"] in groups
+    assert ["Architecture", "WorkerMemorySize", "StreamMemorySize", "Tracing", "MetricsProfile"] in groups
+    # 128 MB (the lean option, docs/cost.md) is allowed: Lambda's least
+    assert params["WorkerMemorySize"]["MinValue"] == params["StreamMemorySize"]["MinValue"] == 128
+
+
+def test_the_metrics_profile_reaches_every_function_and_keeps_what_the_alarms_read() -> None:
+    from alfred_jobs.observability import ALARM_METRICS, ESSENTIAL_METRICS
+
+    param = TEMPLATE["Parameters"]["MetricsProfile"]
+    assert param["Default"] == "all" and set(param["AllowedValues"]) == {"all", "essential", "alarms"}
+    assert TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["ALFRED_METRICS_PROFILE"] == {
+        "Ref": "MetricsProfile"}
+    task_env = {e["Name"]: e["Value"] for r in RESOURCES.values() if r["Type"] == "AWS::ECS::TaskDefinition"
+                for c in r["Properties"]["ContainerDefinitions"] for e in c.get("Environment", [])}
+    assert task_env["ALFRED_METRICS_PROFILE"] == {"Ref": "MetricsProfile"}
+    # the alarms profile is exactly what the alarms on metrics of ours read; essential keeps them too
+    ours = {r["Properties"]["MetricName"] for r in RESOURCES.values()
+            if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("Namespace") == "AlfredJobs"}
+    assert ours == ALARM_METRICS and ours <= ESSENTIAL_METRICS
 
 
 @pytest.mark.parametrize(("layer", "arch", "platform"), [("AlfredLibLayer", "x86_64", "manylinux2014_x86_64"),

@@ -22,7 +22,7 @@ from alfred_jobs.adapters.aws import (
 from alfred_jobs.adapters.secrets import resolve_secrets
 from alfred_jobs.adapters.wake import WakingEventLog
 from alfred_jobs.clock import Clock, SystemClock, Tasks, ThreadTasks
-from alfred_jobs.observability import set_level
+from alfred_jobs.observability import set_level, set_metrics_profile
 from alfred_jobs.ports import Deps, EventLog
 from alfred_jobs.settings import Settings
 
@@ -35,6 +35,7 @@ def get_settings() -> Settings:
     """
     settings = resolve_secrets(Settings())
     set_level(settings.log_level)  # ALFRED_LOG_LEVEL, read once, here
+    set_metrics_profile(settings.metrics_profile)  # ALFRED_METRICS_PROFILE, likewise
     return settings
 
 

@@ -83,6 +83,18 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``; NaN elsewhere): what
+    the cost model's CPU stretch needs (a Lambda's CPU share is proportional to its memory)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # after the command's ")": state is field 3, utime 14 and stime 15 (1-based, proc(5))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()

@@ -14,16 +14,20 @@ Two figures come out of a bench run:
   Temporal Cloud (the peers at their own defaults: x86_64, no active tracing, their plans).
   The bench measures a 5 x 1 s job; what grows with time (the stream poller's and the lease
   keeper's reads, the heartbeats) is scaled to 15 s at the rate measured in the same run,
-  between the zero-step job and the 5 x 1 s job.
+  between the zero-step job and the 5 x 1 s job. So is our process CPU per job, which a Lambda
+  runs on a share of a core in proportion to its memory (``cpu_share``): the worker's billed
+  seconds grow by it, the stream's only when it outgrows the job's wall. A seventh row,
+  ``lambda_stream_lean``, is ``lambda_stream`` on the template with ``[lean]``'s parameters.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +146,24 @@ def scale_to(seconds: float, short: Units, short_s: float, long: Units, long_s: 
                  sqs=long.sqs, event_wru=long.event_wru), rate
 
 
+def scale_cpu(seconds: float, short: dict[str, float], short_s: float, long: dict[str, float],
+              long_s: float) -> dict[str, float]:
+    """Our process CPU seconds per job of ``seconds``, by function, on the same straight line as
+    the reads (``scale_to``): the zero-step job's and the 5 x 1 s job's, measured in the same run
+    (``jobs.CpuSplit``). A function measured in neither (or NaN: not Linux) is left out: no stretch."""
+    out: dict[str, float] = {}
+    for fn, cpu in long.items():
+        if not isinstance(cpu, int | float) or math.isnan(cpu):
+            continue
+        base = short.get(fn)
+        span = long_s - short_s
+        if base is None or math.isnan(base) or span <= 0.1:
+            out[fn] = cpu / max(long_s, 1e-3) * seconds
+        else:
+            out[fn] = max(0.0, base + (cpu - base) / span * max(0.0, seconds - short_s))
+    return out
+
+
 def lease_renewals(seconds: float, lease_seconds: float) -> int:
     """Lease renewals of a job of ``seconds``: the lease keeper renews every third of the lease
     (``durability/lease.py``), so a 15 s job on a 30 s lease renews once (at 10 s)."""
@@ -150,6 +172,16 @@ def lease_renewals(seconds: float, lease_seconds: float) -> int:
 
 
 # ---- template.yaml ---------------------------------------------------------------------------------
+
+
+def with_parameters(template: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """The template as a deploy with these parameter values sees it (each becomes its default)."""
+    out = copy.deepcopy(template)
+    for name, value in parameters.items():
+        if name not in out.get("Parameters", {}):
+            raise KeyError(f"template.yaml has no parameter {name}")
+        out["Parameters"][name]["Default"] = value
+    return out
 
 
 def _resolve(template: dict[str, Any], value: Any) -> Any:
@@ -254,6 +286,7 @@ def template_facts(template: dict[str, Any]) -> dict[str, Any]:
             "tracing": str(_resolve(template, glob.get("Tracing", "PassThrough")) or "PassThrough"),
             "sweep_schedule": schedule, "sweeper_ticks_per_hour": ticks_per_hour(str(schedule)),
             "lease_seconds": float(params.get("LeaseSeconds", {}).get("Default", 30)),
+            "metrics_profile": str(params.get("MetricsProfile", {}).get("Default", "all")),
             "jobs_indexes": {ix.name: ix.projection for ix in table_indexes(template)},
             "secrets": sum(1 for r in resources.values()
                            if isinstance(r, dict) and r.get("Type") == "AWS::SecretsManager::Secret")}
@@ -279,6 +312,49 @@ class Inputs:
     index_wru: float = 0.0      # write units of the jobs table's indexes, from its definition
     secrets: int = 0            # Secrets Manager secrets of the stack
     log_bytes: float = 0.0      # the log lines our code emits per job (measured), before the platform's
+    # Our process CPU seconds per priced job, by function ("worker", "stream"), measured on the
+    # bench machine's full cores; a Lambda gets a share of a core in proportion to its memory
+    # (``cpu_share``), which stretches what it is billed for (``worker_seconds``, ``stream_seconds``).
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    metrics_profile: str = "all"  # MetricsProfile: which custom metrics are published
+
+
+# ---- CPU share: Lambda's CPU follows its memory ----------------------------------------------------
+
+# "At 1,769 MB, a function has the equivalent of one vCPU (one vCPU-second of credits per second)"
+# (docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html); below that, a proportional share.
+VCPU_MB = 1769.0
+
+
+def cpu_share(memory_gb: float) -> float:
+    """The share of one core a Lambda of this memory runs on (1.0 from 1,769 MB: our code is one
+    thread at a time where it matters, so more cores add nothing)."""
+    return min(1.0, memory_gb * 1024 / VCPU_MB)
+
+
+def serial_seconds(wall: float, cpu: float, memory_gb: float) -> float:
+    """Billed seconds of a function whose CPU is serial with its waits (the worker: write, wait on
+    the model, write): each CPU second measured on a full core takes 1 / share seconds, so the
+    wall grows by cpu x (1 / share - 1). An upper bound where part of the CPU overlaps a wait (the
+    lease keeper's reads run beside the agent's)."""
+    return wall + cpu * (1 / cpu_share(memory_gb) - 1)
+
+
+def follower_seconds(wall: float, cpu: float, memory_gb: float) -> float:
+    """Billed seconds of a function that follows another's work (the stream: it polls while the
+    worker runs and ends on the terminal event): its CPU runs inside the job's wall, so its
+    duration stays the job's unless its CPU at its share needs longer than that."""
+    return max(wall, cpu / cpu_share(memory_gb))
+
+
+def worker_seconds(inp: Inputs) -> float:
+    return serial_seconds(inp.job_seconds + inp.overhead_seconds, inp.cpu_seconds.get("worker", 0.0),
+                          inp.memory_gb["worker"])
+
+
+def stream_seconds(inp: Inputs) -> float:
+    return follower_seconds(inp.job_seconds + inp.overhead_seconds, inp.cpu_seconds.get("stream", 0.0),
+                            inp.memory_gb["stream"])
 
 
 def _lambda(cfg: dict[str, Any], gb_seconds: float, requests: float, arch: str = "x86_64") -> float:
@@ -306,7 +382,7 @@ def stream_lambda_parts(cfg: dict[str, Any], inp: Inputs, arch: str) -> dict[str
     """Per job: the stream as a Lambda behind its Function URL, open for the whole job, and its
     tail: a job that asks holds its stream open while it waits for the answer (``[stream_tail]``)."""
     job, tail = cfg["job"], cfg["stream_tail"]
-    seconds = inp.job_seconds + inp.overhead_seconds
+    seconds = stream_seconds(inp)
     billable = max(0.0, job["sse_bytes"] - STREAM_FREE_BYTES_PER_REQUEST) * job["stream_connections"]
     gb = inp.memory_gb["stream"] * job["stream_connections"]
     return {"lambda_stream": _lambda(cfg, seconds * gb, job["stream_connections"], arch),
@@ -326,6 +402,11 @@ def sweeper_and_idle_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: floa
             * usd(cfg, "sqs_request")}
 
 
+def custom_metrics(cfg: dict[str, Any], profile: str) -> int:
+    """Custom metrics published under a MetricsProfile (``[observability]`` in prices.toml)."""
+    return int(cfg["observability"]["custom_metrics_by_profile"][profile])
+
+
 def observability_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, invocations: float,
                         traced: float, emf: bool) -> dict[str, float]:
     """Per job: X-Ray traces, CloudWatch Logs ingestion (our lines, measured, + the platform's per
@@ -336,9 +417,10 @@ def observability_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, 
     log_bytes = (inp.log_bytes + invocations * ob["platform_log_bytes_per_invocation"]
                  + cfg["job"]["api_requests"] * ob["api_access_log_bytes_per_request"]
                  + (ob["emf_invocations_per_job"] * ob["emf_bytes_per_invocation"] if emf else 0.0))
+    metrics = custom_metrics(cfg, inp.metrics_profile)
     return {"xray_traces": traced * usd(cfg, "xray_trace_recorded"),
             "cloudwatch_logs": log_bytes / GB * usd(cfg, "cloudwatch_logs_ingested_gb"),
-            "cloudwatch_custom_metrics": (ob["custom_metrics"] * usd(cfg, "cloudwatch_custom_metric_month")
+            "cloudwatch_custom_metrics": (metrics * usd(cfg, "cloudwatch_custom_metric_month")
                                           / jobs_month if emf else 0.0),
             "secrets_manager": inp.secrets * usd(cfg, "secrets_manager_secret_month") / jobs_month
             + ob["secret_reads_per_job"] * usd(cfg, "secrets_manager_api_call")}
@@ -348,7 +430,7 @@ def ours_core_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> d
     """Per job, ours without the stream's hosting: submit, the worker (the agent's compute), the
     storage and queue requests counted, the jobs table's index writes, the sweeper's share."""
     u = inp.units
-    worker_gbs = (inp.job_seconds + inp.overhead_seconds) * inp.memory_gb["worker"]
+    worker_gbs = worker_seconds(inp) * inp.memory_gb["worker"]
     return {**submit_parts(cfg, inp, inp.arch),
             "lambda_worker": _lambda(cfg, worker_gbs, 1, inp.arch),
             "dynamodb": _dynamodb(cfg, u.wru, u.rru_billed),
@@ -513,9 +595,14 @@ def ours_parts(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float, stream: s
 PEERS = ("step_functions_standard", "step_functions_express", "lambda_durable_functions", "temporal_cloud")
 
 
-def whole_bill(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float) -> dict[str, dict[str, float]]:
-    """USD per million jobs of each option, by component."""
-    return {"lambda_stream": _per_million(ours_parts(cfg, inp, jobs_per_hour, "lambda")),
+def whole_bill(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: float,
+               lean: Inputs | None = None) -> dict[str, dict[str, float]]:
+    """USD per million jobs of each option, by component; with ``lean`` (the inputs of the
+    template with ``[lean]``'s parameters), the row ``lambda_stream_lean`` too."""
+    rows = {"lambda_stream": _per_million(ours_parts(cfg, inp, jobs_per_hour, "lambda"))}
+    if lean is not None:
+        rows["lambda_stream_lean"] = _per_million(ours_parts(cfg, lean, jobs_per_hour, "lambda"))
+    return {**rows,
             "service_stream": _per_million(ours_parts(cfg, inp, jobs_per_hour, "service")),
             "step_functions_standard": _per_million(step_functions_parts(cfg, inp, jobs_per_hour)),
             "step_functions_express": _per_million(step_functions_express_parts(cfg, inp, jobs_per_hour)),
@@ -527,17 +614,17 @@ def totals(bill: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(parts.values()), 2) for k, parts in bill.items()}
 
 
-OURS = ("lambda_stream", "service_stream")
+OURS = ("lambda_stream", "service_stream", "lambda_stream_lean")
 DEFAULT_GOAL_USD, CHEAPEST_GOAL_USD = 200.0, 100.0
 
 
 def bill_goal(bill: dict[str, float]) -> bool | None:
     """Issue 28's goal on ``aws_cost_per_million_jobs_usd``: the default hosting (``lambda_stream``)
     ≤ $200, the cheapest of ours ≤ $100, each below every peer (None when a row is missing)."""
-    if not all(k in bill for k in (*OURS, *PEERS)):
+    if not all(k in bill for k in ("lambda_stream", "service_stream", *PEERS)):
         return None
     cheapest_peer = min(bill[k] for k in PEERS)
-    cheapest = min(bill[k] for k in OURS)
+    cheapest = min(bill[k] for k in OURS if k in bill)
     return (bill["lambda_stream"] <= DEFAULT_GOAL_USD and cheapest <= CHEAPEST_GOAL_USD
             and bill["lambda_stream"] < cheapest_peer and cheapest < cheapest_peer)
 
@@ -552,22 +639,22 @@ def managed_instances_worker(cfg: dict[str, Any], inp: Inputs, jobs_per_hour: fl
     instances = max(m["min_instances"], math.ceil(concurrent / m["jobs_per_instance"]))
     hour = usd(cfg, "ec2_instance_hour") * (1 + usd(cfg, "lambda_managed_instances_fee"))
     per_job = instances * hour / jobs_per_hour + usd(cfg, "lambda_request")
-    lam = _lambda(cfg, (inp.job_seconds + inp.overhead_seconds) * inp.memory_gb["worker"], 1, inp.arch)
+    lam = _lambda(cfg, worker_seconds(inp) * inp.memory_gb["worker"], 1, inp.arch)
     fixed = m["min_instances"] * hour
     return {"instance_type": m["instance_type"], "instances": float(instances),
             "usd_per_million_jobs": round(per_job * 1e6, 2), "lambda_worker_usd_per_million_jobs": round(lam * 1e6, 2),
             "break_even_jobs_per_hour": round(fixed / max(1e-12, lam - usd(cfg, "lambda_request")), 0)}
 
 
-def bill_by_load(cfg: dict[str, Any], inp: Inputs, loads: tuple[float, ...] = (100.0, 1000.0, 10000.0)
-                 ) -> dict[str, dict[str, float]]:
+def bill_by_load(cfg: dict[str, Any], inp: Inputs, loads: tuple[float, ...] = (100.0, 1000.0, 10000.0),
+                 lean: Inputs | None = None) -> dict[str, dict[str, float]]:
     """The totals at other loads (jobs an hour): what the fixed monthly and hourly costs (the
     service stream, Temporal's plan, metrics, Lambda Managed Instances) come to per job. Adds
     ``service_stream_lmi_worker``: the service stream with the worker on Lambda Managed Instances
     (documented, not a template option)."""
     out: dict[str, dict[str, float]] = {}
     for load in loads:
-        bill = totals(whole_bill(cfg, inp, load))
+        bill = totals(whole_bill(cfg, inp, load, lean))
         parts = whole_bill(cfg, inp, load)["service_stream"]
         lmi = managed_instances_worker(cfg, inp, load)["usd_per_million_jobs"]
         bill["service_stream_lmi_worker"] = round(sum(parts.values()) - parts["lambda_worker"] + lmi, 2)
@@ -626,6 +713,9 @@ INCLUDES = {
                      "definition, SQS (counted + sweeper + idle ESM polls), X-Ray (3 traces), CloudWatch Logs "
                      "(measured lines + platform + EMF + API access log), custom metrics and secrets per month "
                      "shared over the load",
+    "lambda_stream_lean": "the same as lambda_stream, with the template parameters of [lean] in prices.toml "
+                          "(the worker and the stream at 128 MB, MetricsProfile=alarms): its Lambdas' "
+                          "seconds stretched by their smaller CPU share, its custom metrics the profile's",
     "service_stream": "the same, with the stream as Fargate tasks (min 2 x 0.25 vCPU/0.5 GB) + ALB hour + LCU + "
                       "the ALB's public IPv4 + the tasks' network ([service_stream] network) shared over the load "
                       "instead of the stream Lambda (2 traces: the tasks record none)",
@@ -662,9 +752,15 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
     seconds = float(cfg["job"]["seconds"])
     units, rate = scale_to(seconds, short, short_s, long, long_s)
     overhead = max(0.0, long_s - float(over.get("overhead_inline_s") or long_s))
-    inp, facts, index_wru = inputs_from(cfg, template, units, rate, seconds, overhead, short_s)
+    # the submit's CPU is measured too, but its duration is an assumption ([lambda] submit_seconds)
+    long_cpu = {k: v for k, v in (over.get("cpu_s_per_job") or {}).items() if k in ("worker", "stream")}
+    cpu = scale_cpu(seconds, zero.get("cpu_s_per_job") or {}, short_s, long_cpu, long_s)
+    inp, facts, index_wru = inputs_from(cfg, template, units, rate, seconds, overhead, short_s, cpu)
+    lean_params = dict(cfg["lean"]["parameters"])
+    lean, lean_facts, _ = inputs_from(cfg, with_parameters(template, lean_params), units, rate, seconds, overhead,
+                                      short_s, cpu)
     load = float(cfg["load"]["jobs_per_hour"])
-    bill = whole_bill(cfg, inp, load)
+    bill = whole_bill(cfg, inp, load, lean)
     counted = ours_per_job(over["requests"], agent_table)
     business = totals({"t": _per_million(temporal_parts(cfg, inp, load, "temporal_business"))})["t"]
     return {
@@ -686,10 +782,13 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
             "measured": {"zero_step_job_s": round(short_s, 3), "five_step_job_s": round(long_s, 3),
                          "overhead_s": round(overhead, 3)},
             "template": facts,
+            "cpu_stretch": cpu_stretch_detail(inp, lean, cpu),
+            "lambda_stream_lean_parameters": lean_params,
+            "lambda_stream_lean_template": lean_facts,
             "components_usd_per_million": bill,
             "temporal_cloud_on_business_plan": business,
             "lambda_managed_instances_worker": managed_instances_worker(cfg, inp, load),
-            "totals_by_jobs_per_hour": bill_by_load(cfg, inp),
+            "totals_by_jobs_per_hour": bill_by_load(cfg, inp, lean=lean),
             "stream_tail_per_asking_job_usd_per_million": round(
                 _lambda(cfg, cfg["stream_tail"]["wait_seconds"] * inp.memory_gb["stream"], 0, inp.arch) * 1e6, 2),
             "includes": INCLUDES,
@@ -698,8 +797,24 @@ def bench_figures(over: dict[str, Any], zero: dict[str, Any], template: dict[str
     }
 
 
+def cpu_stretch_detail(inp: Inputs, lean: Inputs, cpu: dict[str, float]) -> dict[str, Any]:
+    """What the CPU share does to the billed seconds, as the bench's JSON shows it."""
+    wall = inp.job_seconds + inp.overhead_seconds
+
+    def at(i: Inputs) -> dict[str, Any]:
+        return {"memory_mb": {k: round(i.memory_gb[k] * 1024) for k in ("worker", "stream")},
+                "cpu_share": {k: round(cpu_share(i.memory_gb[k]), 4) for k in ("worker", "stream")},
+                "billed_s": {"worker": round(worker_seconds(i), 3), "stream": round(stream_seconds(i), 3)}}
+
+    return {"model": "worker: wall + cpu x (1769 MB / memory - 1) (its CPU serial with its waits, an upper "
+                     "bound); stream: max(wall, cpu x 1769 MB / memory) (it polls while the job runs)",
+            "cpu_s_per_job": {k: round(v, 4) for k, v in cpu.items()} or "not measured (no stretch)",
+            "wall_s": round(wall, 3), "default": at(inp), "lambda_stream_lean": at(lean)}
+
+
 def inputs_from(cfg: dict[str, Any], template: dict[str, Any], units: Units, rate: Units, seconds: float,
-                overhead: float, short_s: float) -> tuple[Inputs, dict[str, Any], dict[str, float]]:
+                overhead: float, short_s: float, cpu: dict[str, float] | None = None
+                ) -> tuple[Inputs, dict[str, Any], dict[str, float]]:
     """The bill's inputs from the scaled units and template.yaml: the lease renewals of a job of
     ``seconds`` at the template's LeaseSeconds (one write each, and their index writes) are added
     to the counted writes."""
@@ -710,7 +825,8 @@ def inputs_from(cfg: dict[str, Any], template: dict[str, Any], units: Units, rat
     inp = Inputs(units=units, job_seconds=seconds, overhead_seconds=overhead, memory_gb=facts["memory_gb"],
                  sweeper_ticks_per_hour=facts["sweeper_ticks_per_hour"], arch=facts["architecture"],
                  tracing=facts["tracing"] == "Active", index_wru=sum(index_wru.values()),
-                 secrets=facts["secrets"], log_bytes=float(cfg["observability"]["app_log_bytes_per_job"]))
+                 secrets=facts["secrets"], log_bytes=float(cfg["observability"]["app_log_bytes_per_job"]),
+                 cpu_seconds=dict(cpu or {}), metrics_profile=facts["metrics_profile"])
     return inp, {**facts, "lease_renewals_per_job": renewals}, {k: round(v, 2) for k, v in index_wru.items()}
 
 

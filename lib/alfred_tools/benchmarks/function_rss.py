@@ -1,14 +1,17 @@
 """Peak resident memory of a function's process, to size its ``MemorySize`` (issue 28).
 
-    python -m alfred_tools.benchmarks.function_rss worker   # imports the worker's handler, runs jobs
-    python -m alfred_tools.benchmarks.function_rss stream   # imports the stream app, serves streams
+    python -m alfred_tools.benchmarks.function_rss worker [REPEAT] [TURNS]  # the worker handler, runs jobs
+    python -m alfred_tools.benchmarks.function_rss stream   # imports the stream app, answers /healthz
     python -m alfred_tools.benchmarks.function_rss logs     # log bytes and metric names per job
 
 ``worker``: the worker Lambda's module (boto3 and every client it builds) imported, then one
 conversation of ``model_tokens.TURNS`` jobs through the real runner and the Bedrock agent against
 the Bedrock stand-in (streamed replies, growing history): what one execution environment holds.
-``stream``: the stream app imported and its clients built, then a job's whole SSE stream served
-(in-memory stores): what a Lambda stream (one stream per environment) holds. Each prints its
+``REPEAT`` (default 1: a ~400-token reply) and ``TURNS`` (default ``model_tokens.TURNS``)
+make it harder: ``worker 20 40`` streams 32 KB replies over a 40-turn conversation (the in-memory
+stores hold every event in the process too: an upper bound).
+``stream``: the stream app imported and its clients built, then ``/healthz`` answered (no job is
+streamed here: ``function_cpu stream`` measures the stream app serving jobs). Each prints its
 peak RSS (``ru_maxrss``) in MB as JSON. Run each in its own process: the peak is the process's.
 ``logs``: the same conversation with the Lambda log format (Powertools JSON, INFO) written to a
 counter: the bytes of log lines a job emits (submit and worker: the CloudWatch Logs ingestion the
@@ -34,7 +37,7 @@ def _aws_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def worker() -> dict[str, Any]:
+def worker(reply_repeat: int = 1, turns: int | None = None) -> dict[str, Any]:
     _aws_env()
     import boto3
 
@@ -44,9 +47,10 @@ def worker() -> dict[str, Any]:
     # the clients a warm worker holds
     clients = [boto3.client(s) for s in ("dynamodb", "sqs", "secretsmanager", "bedrock-runtime")]
     after_import = _peak_mb()
-    usages = model_tokens._conversation(True, model_tokens.TURNS)
+    model_tokens.REPLY = model_tokens.REPLY * reply_repeat
+    usages = model_tokens._conversation(True, turns or model_tokens.TURNS)
     return {"function": "worker", "after_import_mb": after_import, "peak_rss_mb": _peak_mb(),
-            "jobs_run": len(usages), "clients": len(clients)}
+            "jobs_run": len(usages), "reply_chars": len(model_tokens.REPLY), "clients": len(clients)}
 
 
 def stream() -> dict[str, Any]:
@@ -96,4 +100,7 @@ def logs() -> dict[str, Any]:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "worker"
-    print(json.dumps({"worker": worker, "stream": stream, "logs": logs}[which]()))
+    if which == "worker":
+        print(json.dumps(worker(*(int(a) for a in sys.argv[2:4]))))
+    else:
+        print(json.dumps({"stream": stream, "logs": logs}[which]()))

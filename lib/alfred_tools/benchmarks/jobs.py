@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from alfred_tools.benchmarks.common import (
     CountedWorker,
     Server,
     Sizes,
+    cpu_seconds,
     ms,
     p50,
     sse_frames,
@@ -43,16 +45,45 @@ TERMINAL = ("complete", "failed", "cancelled")
 MESSAGE = "chicken and rice for tonight"
 
 
-def job_through_http(server: Server, client: httpx.Client, message: str = MESSAGE) -> tuple[float, str]:
-    """Submit over HTTP, follow the SSE stream to the terminal frame; (seconds, terminal type)."""
+def job_through_http(server: Server, client: httpx.Client, message: str = MESSAGE,
+                     cpu: CpuSplit | None = None) -> tuple[float, str]:
+    """Submit over HTTP, follow the SSE stream to the terminal frame; (seconds, terminal type).
+    With ``cpu``, the server's CPU seconds while it answered the submit are added to its share."""
     t0 = time.perf_counter()
+    before = cpu_seconds(server.proc.pid) if cpu else 0.0
     r = client.post(f"{server.base}/api/chat", json={"message": message}, headers=server.headers, timeout=30)
+    if cpu:
+        cpu.submit += cpu_seconds(server.proc.pid) - before
     r.raise_for_status()
     job_id = r.json()["job_id"]
     for f in sse_frames(client, f"{server.base}/api/jobs/{job_id}/stream", server.headers):
         if f.type in TERMINAL:
             return f.at - t0, f.type
     raise RuntimeError("the stream ended without a terminal event")
+
+
+@dataclass
+class CpuSplit:
+    """The process CPU seconds of a run of jobs, by function: the worker's process, and the
+    server's split into the submit (while it answered ``POST /api/chat``) and the stream (the
+    rest: the SSE stream of each job). The server process hosts both (``serve.py``); on AWS they
+    are separate Lambdas."""
+
+    worker_pid: int
+    server_pid: int
+    submit: float = 0.0
+    _worker0: float = 0.0
+    _server0: float = 0.0
+
+    def start(self) -> CpuSplit:
+        self._worker0, self._server0 = cpu_seconds(self.worker_pid), cpu_seconds(self.server_pid)
+        return self
+
+    def per_job(self, jobs: int) -> dict[str, float]:
+        worker = cpu_seconds(self.worker_pid) - self._worker0
+        server = cpu_seconds(self.server_pid) - self._server0
+        return {"worker": round(worker / jobs, 4), "stream": round((server - self.submit) / jobs, 4),
+                "submit": round(self.submit / jobs, 4)}
 
 
 def inline_run(stack: BenchStack, step_seconds: float, message: str = MESSAGE) -> float:
@@ -89,21 +120,23 @@ def overhead_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dict[s
             worker.counts()
             durable: list[float] = []
             inline: list[float] = []
+            cpu = CpuSplit(worker.proc.pid, server.proc.pid).start()
             for i in range(sizes.overhead_runs):
                 if i % 2:
                     inline.append(inline_run(stack, sizes.step_seconds))
-                t, kind = job_through_http(server, client)
+                t, kind = job_through_http(server, client, cpu=cpu)
                 if kind != "complete":
                     raise RuntimeError(f"the job ended {kind}")
                 durable.append(t)
                 if not i % 2:
                     inline.append(inline_run(stack, sizes.step_seconds))
             time.sleep(0.5)  # the worker deletes the message after the client saw the end
+            cpu_per_job = cpu.per_job(sizes.overhead_runs)
             counts = per_job([server.counts(reset=True), worker.counts()], sizes.overhead_runs)
     finally:
         stack.stop(worker.proc)
     return {"overhead_ratio": round(p50(durable) / p50(inline), 4), "overhead_job_s": round(p50(durable), 3),
-            "overhead_inline_s": round(p50(inline), 3), "requests": counts}
+            "overhead_inline_s": round(p50(inline), 3), "requests": counts, "cpu_s_per_job": cpu_per_job}
 
 
 def zero_step_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dict[str, Any]:
@@ -120,12 +153,15 @@ def zero_step_scenario(stack: BenchStack, server: Server, sizes: Sizes) -> dict[
             traced = worker.counts()
             server_counts = server.counts(reset=True)
             times = [first]
+            cpu = CpuSplit(worker.proc.pid, server.proc.pid).start()
             for _ in range(sizes.zero_step_runs - 1):
-                times.append(job_through_http(server, client)[0])
+                times.append(job_through_http(server, client, cpu=cpu)[0])
+            time.sleep(0.5)  # as above: the last job's message deleted before the CPU is read
+            cpu_per_job = cpu.per_job(max(1, sizes.zero_step_runs - 1))
     finally:
         stack.stop(worker.proc)
     return {"zero_step_job_ms": ms(p50(times)), "trace": traced["trace"],
-            "requests": per_job([server_counts, traced], 1)}
+            "requests": per_job([server_counts, traced], 1), "cpu_s_per_job": cpu_per_job}
 
 
 # ---- the floor of any durable design -----------------------------------------------------------
