@@ -84,15 +84,24 @@ class JobStore(Protocol):
     def postpone_waiting(self, job_id: str, due_at: float, now: float) -> bool:
         """Move the sweep deadline of a job that waits on its question, and that nobody holds at
         ``now``, to ``due_at`` (the question's expiry). False, and nothing written, if the record
-        does not say ``waiting`` or holds a live lease: the answer came (its projection says
-        ``pending``) or a next attempt took the job, while this write was on its way.
+        does not say ``waiting``, holds a live lease, or has its door closed: the answer came (its
+        projection says ``pending``), a next attempt took the job, or someone began ending it,
+        while this write was on its way.
 
         Why not ``postpone``: a deadline a day away, written unconditionally by a process frozen
         with the write in flight (the asker as it leaves, the sweeper looking at an asking job),
         can land after the answer and the next attempt's lease; should that attempt die, the
         sweeper would not look at the job for the question's day, and a cancel (202) of it would
         wait for the message's visibility timeout (sim seed 47480 at abf65d9). The condition is
-        checked on the record as it is, whatever the caller read."""
+        checked on the record as it is, whatever the caller read.
+
+        The closed door: an ender (``end_unheld``: the API's cancel or interrupt, the sweeper's
+        timeout) closes it, then sets the deadline a grace period on, then puts its terminal
+        event; should its finalizing fail, the sweeper finds the job by that deadline. A move to
+        the expiry landing after the ender's would hide the ended job, its gate entry holding its
+        conversation for the question's day (sim seed 195980 at 5290c41): one landing before the
+        close is overwritten by the ender's, one after it is refused. Only an ender closes the door
+        of a waiting job (a worker closes it as it starts its reply, past every question)."""
 
     def presume_queued(self, job_id: str, due_at: float) -> bool:
         """The sweeper presumes a never-started job's message is still in the queue's backlog:

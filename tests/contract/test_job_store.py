@@ -593,6 +593,26 @@ def test_postpone_waiting_moves_the_deadline_of_a_waiting_job_nobody_holds_only(
     assert b.jobs.get(unknown) is None
 
 
+def test_postpone_waiting_leaves_a_job_whose_door_an_ender_closed(due_backend: Backend) -> None:
+    # An ender (the API's cancel or interrupt, the sweeper's timeout) closes the door, sets the
+    # job's deadline a grace period on and puts its terminal event; should its finalizing then
+    # fail, the sweeper finds the job by that deadline. An asker's move to the question's expiry
+    # landing after the close must leave it there (sim seed 195980).
+    b = due_backend
+    job = created(b)
+    now = time.time()
+    expiry = now + 86400  # the question's
+    b.jobs.acquire_lease(job.job_id, "w1", now, LEASE)
+    b.jobs.save_projection(replace(stored(b, job.job_id), status=JobStatus.WAITING, last_seq=3), owner="w1")
+    b.jobs.release_lease(job.job_id, "w1", now + 5)
+    assert b.jobs.close_door(job.job_id, 0, owner=None) is not None
+    assert b.jobs.postpone(job.job_id, now + 30) is True  # the ender's, after its close
+    assert b.jobs.postpone_waiting(job.job_id, expiry, now) is False, "an ender closed its door"
+    assert due_ids(b, now + 31, job) == {job.job_id}
+    closed = stored(b, job.job_id)
+    assert closed.status is JobStatus.WAITING and closed.door_closed, "nothing else moved"
+
+
 def test_presume_queued_once_per_send(due_backend: Backend) -> None:
     b = due_backend
     job = created(b)

@@ -643,6 +643,81 @@ def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_pe
     assert deps.gates.read("u") == Gate()
 
 
+@pytest.mark.parametrize("lands", ["before_the_close", "before_the_terminal_event"])
+@pytest.mark.parametrize("how", ["cancel", "interrupt"])
+def test_an_askers_late_move_to_the_expiry_does_not_hide_an_ended_job_whose_hand_off_failed(
+        how: str, lands: str) -> None:
+    # GIVEN an asker whose last write, its job's sweep deadline moved to the question's expiry, is
+    # still on its way (sim seed 195980 at 5290c41: the asker stalled 1.6 s before it), and an
+    # API ending the job meanwhile (a cancel, or a message that interrupts it), itself stalled
+    # after its grace deadline: the asker's write lands in the middle of the ending, and the
+    # ending's gate removal is throttled after its terminal event. The ended job's entry, asking,
+    # held the conversation for the question's day; the message behind it never started.
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=5, cancel_poll_seconds=0.02,
+                                pending_grace_seconds=30), clock=clock)
+    gates = deps.gates = RemoveFails(clock)
+    svc = JobService(deps)
+    held: list[Any] = []
+    real_move = deps.jobs.postpone_waiting
+
+    def hold(job_id: str, due_at: float, now: float) -> bool:
+        held.append(lambda: real_move(job_id, due_at, now))
+        return True
+
+    deps.jobs.postpone_waiting = hold  # type: ignore[method-assign]
+    job = ask_job(deps)
+    assert len(held) == 1, "the asker's move to the expiry, on its way"
+    deps.jobs.postpone_waiting = real_move  # type: ignore[method-assign]
+
+    def land() -> None:
+        if held:
+            held.pop()()
+
+    if lands == "before_the_close":
+        real_close = deps.jobs.close_door
+
+        def close(job_id: str, seen: int, *, owner: str | None) -> Job | None:
+            land()
+            return real_close(job_id, seen, owner=owner)
+
+        deps.jobs.close_door = close  # type: ignore[method-assign]
+    else:
+        store = deps.log
+        assert isinstance(store, MemoryEventLog)
+        real_append = store.append
+
+        def append(job_id: str, event: Event, expires_at: int) -> None:
+            if event.type is EventType.CANCELLED:
+                land()
+            real_append(job_id, event, expires_at)
+
+        store.append = append  # type: ignore[method-assign]
+    # WHEN the API ends the job, the asker's write landing in the middle, and the hand-off fails
+    gates.failing = True
+    if how == "cancel":
+        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
+        assert svc.cancel("u", job.job_id)[1] is True
+    else:
+        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
+                                            multitask="interrupt"), None).job
+    gates.failing = False
+    assert not held, "the asker's write landed"
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
+    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+    # THEN the ended job is still due a grace period on, not at the question's expiry: the sweeper
+    # sends it, a worker finalizes it, and the later job of its conversation runs
+    clock.offset += deps.settings.pending_grace_seconds + 1
+    assert job.job_id in Sweeper(deps).sweep().requeued
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert sent(deps)[-1] == later.job_id
+    assert run(deps, later.job_id) is Outcome.DONE
+    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
+    assert deps.gates.read("u") == Gate()
+
+
 # ---- stray deliveries while a job waits ------------------------------------------------------------
 
 

@@ -500,11 +500,12 @@ class DynamoJobStore:
             self._update(Key=serialize({"job_id": job_id}),
                          UpdateExpression="SET due_at = :d REMOVE queued",
                          ConditionExpression=("attribute_exists(active_shard) AND #s = :waiting "
-                                              "AND (attribute_not_exists(lease_owner) OR lease_expires < :now)"),
+                                              "AND (attribute_not_exists(lease_owner) OR lease_expires < :now) "
+                                              "AND attribute_not_exists(door_closed)"),
                          ExpressionAttributeNames={"#s": "status"},
                          values={":d": due_at, ":now": now, ":waiting": JobStatus.WAITING.value})
         except ConditionFailed:
-            return False  # answered, taken by a next attempt, or ended meanwhile
+            return False  # answered, taken by a next attempt, or being ended (its door closed) meanwhile
         return True
 
     def presume_queued(self, job_id: str, due_at: float) -> bool:

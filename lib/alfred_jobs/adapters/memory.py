@@ -159,7 +159,7 @@ class MemoryJobStore:
         with self.lock:
             job = self.items.get(job_id)
             if (job is None or job_id not in self.due or job.status is not JobStatus.WAITING
-                    or job.lease_live(now)):
+                    or job.lease_live(now) or job.door_closed):
                 return False
             self.due[job_id] = due_at
             self.queued.pop(job_id, None)

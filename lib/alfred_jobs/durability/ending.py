@@ -36,16 +36,21 @@ def end_unheld(deps: Deps, job: Job, payload: Payload, writer: str) -> Job | Non
     """Put ``payload`` (terminal) after ``job.last_seq`` and finish the job; the ended job, or None
     if the slot was taken (a worker, or another ender, wrote first: the caller reads again)."""
     journal = Journal(deps.log, deps.settings.retention_seconds)
-    # Before the terminal event, as ``JobService.answer`` before its own: should the finalizing
-    # below fail (or this process die), the sweeper finds the job a grace period from now and
-    # finishes it (``Sweeper._sweep_one``: an asking entry goes through ``_asking``, which sends an
-    # ended job to a worker; one that may start is sent; one that must wait is finished there, by
-    # ``finish_ended``). Not its question's expiry, a day away.
-    deps.jobs.postpone(job.job_id, deps.clock.now() + deps.settings.pending_grace_seconds)
     sealed = _seal_unheld(deps, journal, job, writer)
     if sealed is None:
         return None
     job = sealed
+    # Before the terminal event, as ``JobService.answer`` before its own: should the finalizing
+    # below fail (or this process die), the sweeper finds the job a grace period from now and
+    # finishes it (``Sweeper._sweep_one``: an asking entry goes through ``_asking``, which sends an
+    # ended job to a worker; one that may start is sent; one that must wait is finished there, by
+    # ``finish_ended``). Not its question's expiry, a day away. After the door's close: an asker
+    # (or a sweeper) moving the deadline to the expiry as we end the job writes only while the
+    # door is open (``postpone_waiting``), so its move lands before the close, and this one
+    # after it, or it is refused (sim seed 195980 at 5290c41: the move landed between this
+    # write and the terminal event, the gate removal after it was throttled, and the ended job's
+    # entry held its conversation for the question's day).
+    deps.jobs.postpone(job.job_id, deps.clock.now() + deps.settings.pending_grace_seconds)
     ev = Event.of(job.last_seq + 1, payload, attempt=job.attempts, writer=writer, at=deps.clock.now())
     try:
         journal.append(job.job_id, ev, job.expires_at)
