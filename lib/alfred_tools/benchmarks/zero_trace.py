@@ -3,10 +3,11 @@ two whole-job goals alone, on a fresh emulator, and where a zero-step job's time
 
 Not part of ``alfred-jobs bench`` (which it mirrors): a tool to look at one figure at a time.
 
-- ``--traces K``: K zero-step jobs, each printed as the serial sequence of AWS calls the worker
-  and the job API + stream process made, from the ``POST /api/chat`` (0 ms) to the terminal frame
-  at the client and after it: start and end in ms, the thread, the operation and its target
-  (the botocore marks of ``counting.RequestCounter``; one machine, one clock).
+- ``--traces K``: K jobs (zero-step, or steps of ``--trace-step-seconds``), each printed as the
+  serial sequence of AWS calls the worker and the job API + stream process made, from the
+  ``POST /api/chat`` (0 ms) to the terminal frame at the client and after it: start and end in
+  ms, the thread, the operation and its target (the botocore marks of
+  ``counting.RequestCounter``; one machine, one clock).
 - then ``--runs N`` zero-step jobs through HTTP and N ``durable_floor_run``s, taken in turn:
   ``zero_step_job_ms`` / ``zero_step_floor_ms`` (p50 each) and their ratio (goal ≤ 1.5);
 - ``--overhead``: then ``overhead_scenario`` (5 x 1 s steps) and its floor, as ``bench.run``
@@ -25,7 +26,17 @@ from typing import Any
 
 import httpx
 
-from alfred_tools.benchmarks.common import QUICK, BenchStack, Server, bench_stack, ms, p50, sse_frames, start_server, start_worker
+from alfred_tools.benchmarks.common import (
+    QUICK,
+    BenchStack,
+    Server,
+    bench_stack,
+    ms,
+    p50,
+    sse_frames,
+    start_server,
+    start_worker,
+)
 from alfred_tools.benchmarks.jobs import MESSAGE, TERMINAL, durable_floor_run, overhead_scenario
 from alfred_tools.emulator import emulator_env, start_moto_server
 
@@ -49,8 +60,8 @@ def print_trace(t0: float, answered: float, terminal: float, calls: list[tuple[s
     print(f"  202 read at {ms(answered - t0):7.1f} ms; terminal frame at {ms(terminal - t0):7.1f} ms")
     marked = False
     for start, end, who, op, target, thread in rows:
-        if start < t0 - 0.001:
-            continue
+        if end < t0:
+            continue  # (a long poll that began before the POST and returned with its message is shown)
         if not marked and start > terminal:
             print("  ---- terminal frame parsed at the client ----")
             marked = True
@@ -58,23 +69,35 @@ def print_trace(t0: float, answered: float, terminal: float, calls: list[tuple[s
               f"{op:28} {target[-28:]}")
 
 
-def zero_vs_floor(stack: BenchStack, floor_stack: BenchStack, server: Server, runs: int, traces: int,
-                  ) -> dict[str, Any]:
-    """The floor runs on a stack of its own: our worker would take its messages off a shared queue."""
-    worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS="0", ALFRED_BENCH_MARKS="1")
+def traces(stack: BenchStack, server: Server, count: int, step_seconds: float) -> None:
+    """Print ``count`` jobs' serial calls (their own worker, steps of ``step_seconds``)."""
+    worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS=str(step_seconds), ALFRED_BENCH_MARKS="1")
     try:
         with httpx.Client() as client:
             traced_job(server, client)  # warm-up
-            durable_floor_run(floor_stack)
             time.sleep(0.3)
-            for k in range(traces):
+            for k in range(count):
                 server.counts(reset=True)
                 worker.counts()
                 _, t0, answered, terminal = traced_job(server, client)
                 time.sleep(0.5)  # the work after the terminal event (gate, delete)
                 w, s = worker.counts(), server.counts(reset=True)
-                print(f"trace {k + 1}: {len(w['timeline'])} worker calls, {len(s['timeline'])} server calls")
+                print(f"trace {k + 1} (steps of {step_seconds:g} s): {len(w['timeline'])} worker calls, "
+                      f"{len(s['timeline'])} server calls")
                 print_trace(t0, answered, terminal, [("worker", w["timeline"]), ("server", s["timeline"])])
+    finally:
+        stack.stop(worker.proc)
+
+
+def zero_vs_floor(stack: BenchStack, floor_stack: BenchStack, server: Server, runs: int) -> dict[str, Any]:
+    """Zero-step jobs and the floor in turn. The floor runs on a stack of its own: our worker would
+    take its messages off a shared queue."""
+    worker = start_worker(stack, 1, ALFRED_DEMO_STEP_SECONDS="0")
+    try:
+        with httpx.Client() as client:
+            traced_job(server, client)  # warm-up
+            durable_floor_run(floor_stack)
+            time.sleep(0.3)
             ours: list[float] = []
             floor: list[float] = []
             for i in range(runs):
@@ -95,6 +118,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--traces", type=int, default=2)
+    p.add_argument("--trace-step-seconds", type=float, default=0.0)
     p.add_argument("--overhead", action="store_true")
     args = p.parse_args()
     load0 = os.getloadavg()
@@ -104,7 +128,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="alfred-zero-") as tmpdir, \
                 bench_stack(env, Path(tmpdir)) as st, bench_stack(env, Path(tmpdir)) as floor_st:
             srv = start_server(st, "dev", ALFRED_BENCH_MARKS="1")
-            out = zero_vs_floor(st, floor_st, srv, args.runs, args.traces)
+            traces(st, srv, args.traces, args.trace_step_seconds)
+            out = zero_vs_floor(st, floor_st, srv, args.runs) if args.runs else {}
             if args.overhead:
                 over = overhead_scenario(st, srv, QUICK)
                 floor = [durable_floor_run(floor_st) for _ in range(5)]
