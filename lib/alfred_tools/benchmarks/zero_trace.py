@@ -10,7 +10,7 @@ Not part of ``alfred-jobs bench`` (which it mirrors): a tool to look at one figu
   ``counting.RequestCounter``; one machine, one clock).
 - then ``--runs N`` zero-step jobs through HTTP and N ``durable_floor_run``s, taken in turn:
   ``zero_step_job_ms`` / ``zero_step_floor_ms`` (p50 each) and their ratio (goal ≤ 1.5);
-- ``--overhead``: then ``overhead_scenario`` (5 x 1 s steps) and its floor, as ``bench.run``
+- ``--overhead``: then ``overhead_scenario`` (5 x 1 s steps, ``--overhead-runs`` a side) and its floor, as ``bench.run``
   computes them (goal ≤ floor + 0.01).
 """
 
@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def main() -> None:
     p.add_argument("--traces", type=int, default=2)
     p.add_argument("--trace-step-seconds", type=float, default=0.0)
     p.add_argument("--overhead", action="store_true")
+    p.add_argument("--overhead-runs", type=int, default=QUICK.overhead_runs)
     args = p.parse_args()
     load0 = os.getloadavg()
     server = start_moto_server()
@@ -144,7 +146,7 @@ def main() -> None:
             traces(st, srv, args.traces, args.trace_step_seconds)
             out = zero_vs_floor(st, floor_st, srv, args.runs) if args.runs else {}
             if args.overhead:
-                over = overhead_scenario(st, srv, QUICK)
+                over = overhead_scenario(st, srv, replace(QUICK, overhead_runs=args.overhead_runs))
                 floor = [durable_floor_run(floor_st) for _ in range(5)]
                 extra = p50([t - a for t, a in floor])
                 inline = over["overhead_inline_s"]
