@@ -87,3 +87,35 @@ def test_a_cursor_stays_on_the_list_it_came_from() -> None:
     with pytest.raises(InvalidInput):
         svc.list_jobs("bob", None, 1, of_a, "a")
     assert len(svc.list_jobs("alice", None, 1, of_a, "a")[0]) == 1
+
+
+def test_a_submit_sends_its_job_before_it_touches_the_conversation_list() -> None:
+    # GIVEN a conversation list whose touch (a best-effort view) notes whether the job's message is
+    # on the queue yet, waiting a few seconds for it (issue 28: the job's start should not wait for
+    # a view's write)
+    import threading
+    from dataclasses import replace
+
+    from alfred_jobs.adapters.memory import MemoryConversationStore, MemoryJobQueue
+    from alfred_jobs.domain.models import ChatRequest
+
+    sent = threading.Event()
+    seen: list[bool] = []
+
+    class SignallingQueue(MemoryJobQueue):
+        def send(self, job_id: str, delay_seconds: int = 0, *, next_up: bool = False) -> None:
+            super().send(job_id, delay_seconds, next_up=next_up)
+            sent.set()
+
+    class TouchAfterSend(MemoryConversationStore):
+        def touch(self, user_id: str, conversation_id: str, at: str, title: str, expires_at: int) -> None:
+            seen.append(sent.wait(5))
+            super().touch(user_id, conversation_id, at, title, expires_at)
+
+    deps = replace(memory_deps(SETTINGS), queue=SignallingQueue(), conversations=TouchAfterSend())
+    # WHEN a job is submitted
+    job = JobService(deps).submit("alice", ChatRequest(message="soup"), None).job
+    # THEN the message went before the touch, and the touch was done before the answer
+    assert seen == [True]
+    assert [c.conversation_id for c in deps.conversations.recent("alice", 10).conversations] \
+        == [job.conversation_id]

@@ -666,3 +666,31 @@ def test_a_lease_take_the_store_does_not_answer_lets_the_message_come_back_soon(
     assert job is not None and job.lease_owner is None and job.attempts == 0
     # and the next delivery runs the job
     assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).outcome is Outcome.DONE
+
+
+class CountingJobStore(MemoryJobStore):
+    """Counts the reply door's closes (each one a conditional UpdateItem on the job record)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes = 0
+
+    def close_door(self, job_id: str, seen: int, *, owner: str | None) -> Job | None:
+        self.closes += 1
+        return super().close_door(job_id, seen, owner=owner)
+
+
+def test_a_job_closes_its_reply_door_once_not_again_before_its_terminal_event() -> None:
+    # GIVEN a job that replies (issue 28: every write between the reply and the terminal event is
+    # on the path to the user's last frame)
+    store = CountingJobStore()
+    deps = replace(memory_deps(Settings(demo_step_seconds=0, lease_seconds=5)), jobs=store)
+    job_id = submit(deps, "soup [steps=2]")
+    # WHEN it runs to the end
+    assert JobRunner(deps, DemoAgent(deps.agent_data, deps.settings)).run(Delivery(job_id)).status \
+        is JobStatus.COMPLETE
+    # THEN the door was closed once, before the reply; the terminal event did not close it again
+    assert store.closes == 1
+    rec = deps.jobs.get(job_id)
+    assert rec is not None and rec.door_closed
+    assert "phase:reply" in types(deps, job_id)

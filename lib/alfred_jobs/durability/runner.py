@@ -236,6 +236,7 @@ class _Attempt:
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
                                   self._state, job.cancel_requested, job.cancel_by, job.steers)
         self._ctx: AgentContext | None = None  # the agent's context, once it has one (steers go in it)
+        self._sealed = False  # this attempt closed the reply door (``_seal``): it stays closed
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -391,11 +392,20 @@ class _Attempt:
         sees them), and the close tried again. So every steer that landed precedes the reply in
         the log. Only the lease's owner closes it: a fenced attempt cannot close the door for the
         new owner (nor record steers: the log's slots fence those). A door closed already (a
-        resumed attempt, the SDK's retry of our own close) closes again with the same count."""
+        resumed attempt, the SDK's retry of our own close) closes again with the same count.
+
+        Once this attempt has closed it (or seen it closed, its steers recorded), the terminal
+        event's seal is not written again: a door never opens again and no steer lands past it, so
+        the second close would find the same count and change nothing. One write less on the path
+        from the reply to the terminal event (issue 28); the terminal put stays fenced by its slot
+        and by ``keeper.lost``, as every put is."""
+        if self._sealed:
+            return
         known = self.keeper.steers
         for _ in range(self.s.max_steers_per_job + 3):
             self._record_steers(known)
             if self.deps.jobs.close_door(self.job.job_id, len(known), owner=self.owner) is not None:
+                self._sealed = True
                 return
             rec = self.deps.jobs.get(self.job.job_id)  # strongly consistent
             if rec is None or rec.lease_owner != self.owner:
@@ -403,6 +413,7 @@ class _Attempt:
             known = rec.steers
             if rec.door_closed:  # closed by an ender that then lost the log's slot to us
                 self._record_steers(known)
+                self._sealed = True
                 return
         raise TransientStoreError(f"could not close the reply door of {self.job.job_id}")
 

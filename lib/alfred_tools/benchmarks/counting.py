@@ -85,12 +85,14 @@ class RequestCounter:
         self.trace: list[dict[str, Any]] = []
         self.marking = marks
         self.marks: dict[str, dict[str, Any]] = {}  # "job_id#seq" → {"type", "written", "read"}
-        self.timeline: list[tuple[str, float]] = []  # with marks: every call's op and when it returned
+        # with marks: every call as (op, returned, started, target, thread), wall-clock seconds
+        self.timeline: list[tuple[str, float, float, str, str]] = []
 
     # ---- botocore handlers ----------------------------------------------------------------
 
     def _on_params(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         context["bench_params"] = copy.deepcopy(params)
+        context["bench_started"] = time.time()
 
     def _on_after_call(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         service = model.service_model.endpoint_prefix
@@ -106,8 +108,10 @@ class RequestCounter:
         consistency = "strong" if _consistent(model.name, params) else "eventual"
         if self.marking:
             now = time.time()
+            started = float(context.get("bench_started") or now)
             with self.lock:
-                self.timeline.append((op, round(now, 4)))
+                self.timeline.append((op, round(now, 4), round(started, 4), target,
+                                      threading.current_thread().name))
             if service == "dynamodb":
                 self._mark(model.name, params, parsed, now)
         with self.lock:
