@@ -609,6 +609,39 @@ class RemoveFails(MemoryGateStore):
                               attempt=attempt, created_at=created_at)
 
 
+def _end_with_a_failing_hand_off(svc: JobService, gates: RemoveFails, job: Job, how: str) -> Job:
+    """The API ends ``job`` (a cancel, or a later message that interrupts it) while the gate's
+    removal fails: its terminal event lands, the hand-off after it does not. The later job."""
+    gates.failing = True
+    if how == "cancel":
+        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
+        assert svc.cancel("u", job.job_id)[1] is True
+    else:
+        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
+                                            multitask="interrupt"), None).job
+    gates.failing = False
+    return later
+
+
+def _assert_ended_unfinalized(deps: Deps, job: Job, later: Job) -> None:
+    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
+    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
+    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+
+
+def _assert_swept_a_grace_period_on_and_handed_on(deps: Deps, clock: ShiftedClock, job: Job, later: Job) -> None:
+    """The sweeper finds the ended job a grace period on (not at the question's expiry), a worker
+    finalizes it, and the later job of its conversation runs."""
+    clock.offset += deps.settings.pending_grace_seconds + 1
+    assert job.job_id in Sweeper(deps).sweep().requeued
+    assert run(deps, job.job_id) is Outcome.DONE
+    assert record(deps, job.job_id).status is JobStatus.CANCELLED
+    assert sent(deps)[-1] == later.job_id
+    assert run(deps, later.job_id) is Outcome.DONE
+    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
+    assert deps.gates.read("u") == Gate()
+
+
 @pytest.mark.parametrize("how", ["cancel", "interrupt"])
 def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_period(how: str) -> None:
     # GIVEN a job waiting for its answer (its sweep deadline at the question's expiry, a day away)
@@ -620,27 +653,11 @@ def test_a_waiting_job_ended_whose_hand_off_fails_is_finalized_within_a_grace_pe
     job = ask_job(deps)
     # WHEN the API ends it (a cancel, or a later message that interrupts it), and its terminal
     # event lands but the hand-off after it fails ("finalizing is left to a worker")
-    gates.failing = True
-    if how == "cancel":
-        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
-        assert svc.cancel("u", job.job_id)[1] is True
-    else:
-        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
-                                            multitask="interrupt"), None).job
-    gates.failing = False
-    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
-    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
-    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+    later = _end_with_a_failing_hand_off(svc, gates, job, how)
+    _assert_ended_unfinalized(deps, job, later)
     # THEN the sweeper finds it a grace period later (not at the question's expiry), a worker
     # finalizes it, and the later job of its conversation runs
-    clock.offset += deps.settings.pending_grace_seconds + 1
-    assert job.job_id in Sweeper(deps).sweep().requeued
-    assert run(deps, job.job_id) is Outcome.DONE
-    assert record(deps, job.job_id).status is JobStatus.CANCELLED
-    assert sent(deps)[-1] == later.job_id
-    assert run(deps, later.job_id) is Outcome.DONE
-    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
-    assert deps.gates.read("u") == Gate()
+    _assert_swept_a_grace_period_on_and_handed_on(deps, clock, job, later)
 
 
 @pytest.mark.parametrize("lands", ["before_the_close", "before_the_terminal_event"])
@@ -694,28 +711,12 @@ def test_an_askers_late_move_to_the_expiry_does_not_hide_an_ended_job_whose_hand
 
         store.append = append  # type: ignore[method-assign]
     # WHEN the API ends the job, the asker's write landing in the middle, and the hand-off fails
-    gates.failing = True
-    if how == "cancel":
-        later = svc.submit("u", ChatRequest(message="next", conversation_id="c1"), None).job
-        assert svc.cancel("u", job.job_id)[1] is True
-    else:
-        later = svc.submit("u", ChatRequest(message="no, fish", conversation_id="c1",
-                                            multitask="interrupt"), None).job
-    gates.failing = False
+    later = _end_with_a_failing_hand_off(svc, gates, job, how)
     assert not held, "the asker's write landed"
-    assert log(deps, job.job_id)[-1].type is EventType.CANCELLED
-    assert record(deps, job.job_id).status is JobStatus.WAITING, "not finalized"
-    assert later.job_id not in sent(deps), "the ended job's gate entry still holds the conversation"
+    _assert_ended_unfinalized(deps, job, later)
     # THEN the ended job is still due a grace period on, not at the question's expiry: the sweeper
     # sends it, a worker finalizes it, and the later job of its conversation runs
-    clock.offset += deps.settings.pending_grace_seconds + 1
-    assert job.job_id in Sweeper(deps).sweep().requeued
-    assert run(deps, job.job_id) is Outcome.DONE
-    assert record(deps, job.job_id).status is JobStatus.CANCELLED
-    assert sent(deps)[-1] == later.job_id
-    assert run(deps, later.job_id) is Outcome.DONE
-    assert log(deps, later.job_id)[-1].type is EventType.COMPLETE
-    assert deps.gates.read("u") == Gate()
+    _assert_swept_a_grace_period_on_and_handed_on(deps, clock, job, later)
 
 
 # ---- stray deliveries while a job waits ------------------------------------------------------------
