@@ -43,6 +43,7 @@ from alfred_tools.sim.kernel import EPOCH, Kernel, Process, SimClock, SimPending
 from alfred_tools.sim.push import SimNotifier, shared_devices
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.settings import sim_settings
+from alfred_tools.sim.verbose import Labels
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
     CONVERSATION_WRITES,
@@ -214,7 +215,8 @@ class Findings:
 
 
 class World:
-    def __init__(self, seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10) -> None:
+    def __init__(self, seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10,
+                 verbose: bool = False) -> None:
         self.seed = seed
         self.k = k = Kernel(seed, trace)
         self.cfg = cfg = draw_config(k, min_jobs)
@@ -226,6 +228,8 @@ class World:
         self.stats = Stats()
         self.wire = Wire(k, cfg.plan, self.stats)
         self.wire.faults_until = cfg.fault_seconds
+        if verbose and trace is not None:
+            self.wire.labels = Labels(seed)
         clock = SimClock(k)
         s = self.settings
         self.inner_jobs = MemoryJobStore(s.pending_grace_seconds, clock=clock)
