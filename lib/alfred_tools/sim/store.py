@@ -215,11 +215,12 @@ class Wire:
                 what += "".join(f" | {x}" for x in (self.labels.faults(struck) if struck else "", after) if x)
             self.k.log(cur.name if cur else "-", f"{name} -> {what}")
 
-    def about(self, *args: Any, _of: Callable[..., Any] | None = None, **kwargs: Any) -> About | None:
+    def about(self, *args: Any, _of: Callable[..., Any] | None = None, **kwargs: Any) -> About:
         """A call's arguments (to ``_of``, which names its numbers), as the verbose trace shows
-        them; None when the trace is not verbose."""
+        them. Callers ask only ``if self.labels``: the default trace's calls pay nothing for it."""
         labels = self.labels
-        return None if labels is None else lambda: (labels.args(args, kwargs, _of), "")
+        assert labels is not None
+        return lambda: (labels.args(args, kwargs, _of), "")
 
 
 @dataclass(eq=False)
@@ -311,7 +312,8 @@ class SimJobStore:
                 finally:
                     self._record(job_id)
 
-            return self.wire.call(f"jobs.{name}", True, op, job_id, self.wire.about(job_id_or_job, *args, _of=fn, **kwargs))
+            about = self.wire.about(job_id_or_job, *args, _of=fn, **kwargs) if self.wire.labels else None
+            return self.wire.call(f"jobs.{name}", True, op, job_id, about)
 
         return call
 
@@ -328,11 +330,12 @@ class SimJobStore:
                 return None if job is None or job.expired(self.wire.k.now()) else job
             return self.inner.get(job_id)
 
-        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id, self.wire.about(job_id))
+        about = self.wire.about(job_id) if self.wire.labels else None
+        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id, about)
 
     def steer_claim(self, message_id: str) -> SteerClaim | None:
-        return self.wire.call("jobs.steer_claim", False, lambda: self.inner.steer_claim(message_id), message_id,
-                              self.wire.about(message_id))
+        about = self.wire.about(message_id) if self.wire.labels else None
+        return self.wire.call("jobs.steer_claim", False, lambda: self.inner.steer_claim(message_id), message_id, about)
 
     def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
         t = self.wire.k.t
@@ -357,7 +360,8 @@ class SimJobStore:
             jobs = [job for job, _ in self._stale_items().values() if job is not None]
             return page_of(jobs, user_id, statuses, limit, start_key, self.wire.k.now(), conversation_id)
 
-        return self.wire.call("jobs.list~", False, op, about=self.wire.about(user_id, conversation_id))
+        about = self.wire.about(user_id, conversation_id) if self.wire.labels else None
+        return self.wire.call("jobs.list~", False, op, about=about)
 
 
 class SimEventLog:
@@ -395,7 +399,7 @@ class SimEventLog:
             if isinstance(p, StepPayload) and p.status == "completed":
                 self.completed.setdefault(job_id, {}).setdefault(p.index, t)
 
-        self.wire.call("log.append", True, op, job_id, self.wire.about(job_id, event))
+        self.wire.call("log.append", True, op, job_id, self.wire.about(job_id, event) if self.wire.labels else None)
 
     def _visible(self, job_id: str, ev: Event | None, cutoff: float) -> Event | None:
         if ev is None:
@@ -404,9 +408,10 @@ class SimEventLog:
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         lag = 0.0 if consistent else self.wire.lag()
+        about = self.wire.about(job_id, seq=seq) if self.wire.labels else None
         return self.wire.call(
             "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag), job_id,
-            self.wire.about(job_id, f"seq={seq}"))
+            about)
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         lag = 0.0 if consistent else self.wire.lag()
@@ -416,8 +421,8 @@ class SimEventLog:
             return [e for e in self.inner.read_range(job_id, first, last)
                     if self._visible(job_id, e, cutoff) is not None]
 
-        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id,
-                              self.wire.about(job_id, f"seq={first}..{last}"))
+        about = self.wire.about(job_id, seq=f"{first}..{last}") if self.wire.labels else None
+        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id, about)
 
 
 class Through:
@@ -436,7 +441,8 @@ class Through:
         label, write = f"{self._name}.{method}", method in self._writes
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._wire.call(label, write, lambda: fn(*args, **kwargs), about=self._wire.about(*args, _of=fn, **kwargs))
+            about = self._wire.about(*args, _of=fn, **kwargs) if self._wire.labels else None
+            return self._wire.call(label, write, lambda: fn(*args, **kwargs), about=about)
 
         return call
 
@@ -466,8 +472,11 @@ class SimGateStore(Through):
                     if labels is not None:
                         after.append(labels.gate(user_id, self._inner.read(user_id).entries))
 
-            about = None if labels is None else lambda: (labels.args((user_id, *args), kwargs, fn), after[-1] if after else "")
-            return self._wire.call(f"gate.{method}", True, op, about=about)
+            def about() -> tuple[str, str]:
+                assert labels is not None
+                return labels.args((user_id, *args), kwargs, fn), after[-1] if after else ""
+
+            return self._wire.call(f"gate.{method}", True, op, about=about if labels else None)
 
         return write
 

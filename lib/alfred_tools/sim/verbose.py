@@ -10,8 +10,8 @@ seed's generator, so a verbose history is the default one, call for call (docs/s
 
 from __future__ import annotations
 
-from collections import Counter
 import inspect
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 

@@ -43,7 +43,6 @@ from alfred_tools.sim.kernel import EPOCH, Kernel, Process, SimClock, SimPending
 from alfred_tools.sim.push import SimNotifier, shared_devices
 from alfred_tools.sim.queue import QueueFaults, SimQueue
 from alfred_tools.sim.settings import sim_settings
-from alfred_tools.sim.verbose import Labels
 from alfred_tools.sim.store import (
     AGENT_DATA_WRITES,
     CONVERSATION_WRITES,
@@ -56,6 +55,7 @@ from alfred_tools.sim.store import (
     Through,
     Wire,
 )
+from alfred_tools.sim.verbose import Labels
 
 # Bounds, in virtual seconds (docs/testing.md says why each is what it is).
 SETTLE_SECONDS = 600.0   # after faults stop, every job ends or waits on an open question
