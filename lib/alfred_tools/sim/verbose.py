@@ -54,7 +54,7 @@ class Labels:
     def arg(self, a: Any) -> str:
         """One argument in short; "" for what says nothing about the call (texts, TTLs, durations)."""
         if isinstance(a, Job):
-            return f"{self.id(a.job_id)} {a.status} a{a.attempts} seq={a.last_seq}"
+            return f"{self.id(a.job_id)} {a.status} a{a.attempts} seq={a.last_seq} c{a.created_at - EPOCH:.3f}"
         if isinstance(a, GateEntry):
             return self.entry(a)
         if isinstance(a, Event):
