@@ -14,9 +14,12 @@ def main(args: argparse.Namespace) -> int:
     from alfred_tools.sim.history import quiet_logs, run_many, run_one  # greenlet: only when asked for
 
     quiet_logs()
+    if args.verbose and (args.seed is None or args.quiet):
+        print("--verbose is for a trace: with --seed, without --quiet", file=sys.stderr)
+        return 2
     if args.seed is not None:
         lines: list[str] = []
-        outcome = run_one(args.seed, trace=lines.append, min_jobs=args.min_jobs)
+        outcome = run_one(args.seed, trace=lines.append, min_jobs=args.min_jobs, verbose=args.verbose)
         out = sys.stdout
         if not args.quiet:
             out.write("\n".join(lines) + "\n")
@@ -60,5 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--min-jobs", type=int, default=10, help="jobs per history, at least")
     s.add_argument("--stop-at-first", action="store_true", help="stop at the first failing history")
     s.add_argument("--quiet", action="store_true", help="with --seed: no trace, only the outcome")
+    s.add_argument("--verbose", action="store_true",
+                   help="with --seed: each call line names its job, its key, its faults, and a gate write's gate")
     s.add_argument("--progress", action="store_true", help="print progress on stderr")
     s.set_defaults(func=main)

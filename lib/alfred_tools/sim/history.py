@@ -40,9 +40,11 @@ def quiet_logs() -> None:
     logging.disable(logging.CRITICAL)
 
 
-def run_one(seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10) -> Outcome:
-    """Run the history of ``seed`` to quiescence and check every invariant."""
-    w = World(seed, trace, min_jobs=min_jobs)
+def run_one(seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10,
+            verbose: bool = False) -> Outcome:
+    """Run the history of ``seed`` to quiescence and check every invariant (``verbose``: the
+    trace names what each call is about, ``verbose.py``; the history is the same)."""
+    w = World(seed, trace, min_jobs=min_jobs, verbose=verbose)
     error = None
     try:
         w.run()

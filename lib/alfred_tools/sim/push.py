@@ -56,7 +56,8 @@ class SimNotifier(RecordingNotifier):
             return [(s.endpoint, store.owner(s.endpoint)) for s in store.list(user_id)]
 
         try:
-            for endpoint, owner in self.wire.call("push.list", False, addressed):
+            about = self.wire.about(user_id, message) if self.wire.labels else None
+            for endpoint, owner in self.wire.call("push.list", False, addressed, about=about):
                 self.sent.append(Sent(user_id, endpoint, owner, message))
         except StoreError:
             pass  # the notifier never raises: no push this time

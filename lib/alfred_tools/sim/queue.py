@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alfred_tools.sim.kernel import Kernel, SimSignal
-from alfred_tools.sim.store import Wire
+from alfred_tools.sim.store import About, Wire
 
 
 @dataclass
@@ -80,7 +80,8 @@ class SimQueue:
             if delay_seconds == 0:
                 self._wake_consumers()
 
-        self.wire.call("sqs.send", True, op)
+        about = self.wire.about(job_id, delay=delay_seconds or None, next_up=next_up) if self.wire.labels else None
+        self.wire.call("sqs.send", True, op, about=about)
 
     def holds(self, job_id: str) -> bool:
         """Whether a message for ``job_id`` is in the queue (visible, delayed or in flight)."""
@@ -99,10 +100,12 @@ class SimQueue:
             if m is not None:
                 m.visible_at = self.k.t + seconds
 
-        self.wire.call("sqs.visibility", True, op)
+        about = self._about(receipt_handle, seconds) if self.wire.labels else None
+        self.wire.call("sqs.visibility", True, op, about=about)
 
     def dead_letter(self, job_id: str, body: str, reason: str) -> None:
-        self.wire.call("sqs.dead_letter", True, lambda: self.dead.append((job_id, reason)))
+        about = self.wire.about(job_id, reason) if self.wire.labels else None
+        self.wire.call("sqs.dead_letter", True, lambda: self.dead.append((job_id, reason)), about=about)
 
     # ---- the consumer side -----------------------------------------------------------------
 
@@ -110,6 +113,13 @@ class SimQueue:
         mid = int(receipt.split(":", 1)[0])
         m = self.messages.get(mid)
         return m if m is not None and m.receipt == receipt else None
+
+    def _about(self, receipt: str, *more: Any) -> About:
+        """The verbose trace's words for a call on a receipt: the job of its message, as the call
+        is made (a delete takes the message away)."""
+        m = self._by_receipt(receipt)
+        job_id = json.loads(m.body).get("job_id", "-") if m is not None else "-"
+        return self.wire.about(job_id, f"receipt={receipt}", *more)
 
     def _wake_consumers(self) -> None:
         signal, self._arrivals = self._arrivals, None
@@ -151,7 +161,8 @@ class SimQueue:
             if m is not None:
                 del self.messages[m.mid]
 
-        self.wire.call("sqs.delete", True, op)
+        about = self._about(receipt) if self.wire.labels else None
+        self.wire.call("sqs.delete", True, op, about=about)
 
     def in_flight(self) -> list[dict[str, Any]]:
         return [json.loads(m.body) for m in self.messages.values()]

@@ -30,6 +30,11 @@ from alfred_jobs.domain.models import Event, Job, JobStatus, SteerClaim
 from alfred_jobs.exceptions import StoreError, TransientStoreError
 from alfred_jobs.ports import JobPage
 from alfred_tools.sim.kernel import Kernel, Process, Task
+from alfred_tools.sim.verbose import Labels
+
+# What a call is about, for the verbose trace: its arguments in short, and what to append (a
+# gate write's gate as the write left it). Built only when the trace is verbose.
+About = Callable[[], tuple[str, str]]
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Wire:
         self.holds: dict[str, list[_Hold]] = {}
         self._timers = Process("held-timers")
         self.rng = k.rng
+        self.labels: Labels | None = None  # set for the verbose trace (``verbose.py``)
+        self._struck: dict[Task | None, list[str]] = {}  # verbose: the faults of each task's call so far
 
     def latency(self) -> float:
         r = self.rng.random()
@@ -74,6 +81,8 @@ class Wire:
         consistent read, SQS's duplicate delivery), not a fault: it does not stop with the faults."""
         if p > 0 and (always or self.k.t < self.faults_until) and self.rng.random() < p:
             self.stats.faults[kind] += 1
+            if self.labels is not None:
+                self._struck.setdefault(self.k.current, []).append(kind)
             return True
         return False
 
@@ -81,13 +90,15 @@ class Wire:
         """How far in the past an eventually consistent read is answered from."""
         if not self._fault("stale_read", self.plan.stale, always=True):
             return 0.0
-        if self.rng.random() < self.plan.long_lag:
-            return 0.5 + 1.5 * self.rng.random()
-        return 0.3 * self.rng.random()
+        lag = 0.5 + 1.5 * self.rng.random() if self.rng.random() < self.plan.long_lag else 0.3 * self.rng.random()
+        if self.labels is not None:
+            self._struck[self.k.current][-1] = f"stale_read {lag:.2f}s"
+        return lag
 
-    def call(self, name: str, write: bool, op: Callable[[], Any], key: str | None = None) -> Any:
+    def call(self, name: str, write: bool, op: Callable[[], Any], key: str | None = None,
+             about: About | None = None) -> Any:
         """One round trip: request, apply, answer (or the fault's version of it). ``key``: the
-        job the call is about (for ``held`` writes)."""
+        job the call is about (for ``held`` writes); ``about``: its words in the verbose trace."""
         # The hottest path of a history: each fault's check is ``_fault``'s, inlined where its
         # probability is zero or faults are over (no draw is made then, as ``_fault`` makes none).
         k = self.k
@@ -96,7 +107,7 @@ class Wire:
         plan = self.plan
         faulty = k.t < self.faults_until
         if faulty and write and key is not None and plan.held > 0 and self._fault("held", plan.held):
-            self._hold(name, key)
+            self._hold(name, key, about)
             faulty = k.t < self.faults_until
         # Between the caller's last check and its request landing, anything can stall it: these
         # are the moments a fenced worker's late write or a step run past a cancel come from.
@@ -105,18 +116,18 @@ class Wire:
         elif faulty and plan.freeze > 0 and self._fault("freeze", plan.freeze) and k.current is not None:
             until = k.t + rng.choice([5.0 + 20.0 * rng.random(), 30.0 + 60.0 * rng.random()])
             k.current.proc.paused_until = max(k.current.proc.paused_until, until)
-            self._note(name, f"! process frozen until {until:.1f}")
+            self._note(name, f"! process frozen until {until:.1f}", about)
         r = rng.random()  # the request's latency (``latency``)
         k.park(0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * rng.random())
         faulty = k.t < self.faults_until
         if faulty and plan.throttle > 0 and self._fault("throttled", plan.throttle):
-            self._note(name, "! throttled")
+            self._note(name, "! throttled", about)
             raise TransientStoreError(f"{name}: throttled (simulated, after the SDK's retries)")
         ambiguous = False
         if faulty and write:
             if plan.lost_write > 0 and self._fault("lost_write", plan.lost_write):
                 k.sleep(1.0 + rng.random())
-                self._note(name, "! timed out, not applied")
+                self._note(name, "! timed out, not applied", about)
                 raise TransientStoreError(f"{name}: timed out (simulated)")
             ambiguous = plan.ambiguous > 0 and self._fault("ambiguous", plan.ambiguous)
         try:
@@ -129,7 +140,7 @@ class Wire:
         if ambiguous:
             if self.rng.random() < 0.5:
                 k.sleep(self.latency())
-                self._note(name, "! applied, answer lost")
+                self._note(name, "! applied, answer lost", about)
                 raise TransientStoreError(f"{name}: applied, answer lost (simulated)")
             # The SDK's retry of the same request, after the lost answer.
             k.sleep(self.latency())
@@ -137,18 +148,18 @@ class Wire:
                 result, error = op(), None
             except Exception as exc:
                 result, error = None, exc
-            self._note(name, f"~ applied, retried: {_brief(result, error)}")
+            self._note(name, f"~ applied, retried: {_brief(result, error)}", about)
         if key is not None and self.holds:
             self._nudge(key)
         r = rng.random()  # the answer's latency
         k.park(0.002 + 0.004 * r if r < 0.95 else 0.05 + 0.5 * rng.random())
         if k._trace is not None and not ambiguous:
-            self._note(name, _brief(result, error))
+            self._note(name, _brief(result, error), about)
         if error is not None:
             raise error
         return result
 
-    def _hold(self, name: str, key: str) -> None:
+    def _hold(self, name: str, key: str, about: About | None) -> None:
         """Freeze the caller's process with this write in flight. It wakes (and the write lands)
         right after the ``after``-th request another process makes about the same job once
         ``at_least`` seconds have passed, or after two minutes: how a worker frozen past its lease
@@ -160,7 +171,7 @@ class Wire:
         self.holds.setdefault(key, []).append(hold)
         task.proc.paused_until = float("inf")
         self._note(name, f"! held in flight (process frozen) until {hold.at_least - k.t:.1f}s and "
-                         f"{hold.after} requests about the job")
+                         f"{hold.after} requests about the job", about)
 
         def give_up() -> None:
             k.sleep(120.0)
@@ -194,10 +205,22 @@ class Wire:
         if self.k._trace is not None:
             self.k.log(hold.task.name, f"wakes: its held {hold.key[:8]} write goes on")
 
-    def _note(self, name: str, what: str) -> None:
+    def _note(self, name: str, what: str, about: About | None = None) -> None:
         if self.k._trace is not None:
             cur = self.k.current
+            if self.labels is not None:
+                label, after = about() if about is not None else ("", "")
+                struck = self._struck.pop(cur, None)
+                name = f"{name}({label})"
+                what += "".join(f" | {x}" for x in (self.labels.faults(struck) if struck else "", after) if x)
             self.k.log(cur.name if cur else "-", f"{name} -> {what}")
+
+    def about(self, *args: Any, _of: Callable[..., Any] | None = None, **kwargs: Any) -> About:
+        """A call's arguments (to ``_of``, which names its numbers), as the verbose trace shows
+        them. Callers ask only ``if self.labels``: the default trace's calls pay nothing for it."""
+        labels = self.labels
+        assert labels is not None
+        return lambda: (labels.args(args, kwargs, _of), "")
 
 
 @dataclass(eq=False)
@@ -289,7 +312,8 @@ class SimJobStore:
                 finally:
                     self._record(job_id)
 
-            return self.wire.call(f"jobs.{name}", True, op, job_id)
+            about = self.wire.about(job_id_or_job, *args, _of=fn, **kwargs) if self.wire.labels else None
+            return self.wire.call(f"jobs.{name}", True, op, job_id, about)
 
         return call
 
@@ -306,10 +330,12 @@ class SimJobStore:
                 return None if job is None or job.expired(self.wire.k.now()) else job
             return self.inner.get(job_id)
 
-        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id)
+        about = self.wire.about(job_id) if self.wire.labels else None
+        return self.wire.call("jobs.get" if consistent else "jobs.get~", False, op, job_id, about)
 
     def steer_claim(self, message_id: str) -> SteerClaim | None:
-        return self.wire.call("jobs.steer_claim", False, lambda: self.inner.steer_claim(message_id), message_id)
+        about = self.wire.about(message_id) if self.wire.labels else None
+        return self.wire.call("jobs.steer_claim", False, lambda: self.inner.steer_claim(message_id), message_id, about)
 
     def _stale_items(self) -> dict[str, tuple[Job | None, float | None]]:
         t = self.wire.k.t
@@ -334,7 +360,8 @@ class SimJobStore:
             jobs = [job for job, _ in self._stale_items().values() if job is not None]
             return page_of(jobs, user_id, statuses, limit, start_key, self.wire.k.now(), conversation_id)
 
-        return self.wire.call("jobs.list~", False, op)
+        about = self.wire.about(user_id, conversation_id) if self.wire.labels else None
+        return self.wire.call("jobs.list~", False, op, about=about)
 
 
 class SimEventLog:
@@ -372,7 +399,7 @@ class SimEventLog:
             if isinstance(p, StepPayload) and p.status == "completed":
                 self.completed.setdefault(job_id, {}).setdefault(p.index, t)
 
-        self.wire.call("log.append", True, op, job_id)
+        self.wire.call("log.append", True, op, job_id, self.wire.about(job_id, event) if self.wire.labels else None)
 
     def _visible(self, job_id: str, ev: Event | None, cutoff: float) -> Event | None:
         if ev is None:
@@ -381,8 +408,10 @@ class SimEventLog:
 
     def get(self, job_id: str, seq: int, consistent: bool = True) -> Event | None:
         lag = 0.0 if consistent else self.wire.lag()
+        about = self.wire.about(job_id, seq=seq) if self.wire.labels else None
         return self.wire.call(
-            "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag), job_id)
+            "log.get", False, lambda: self._visible(job_id, self.inner.get(job_id, seq), self.wire.k.t - lag), job_id,
+            about)
 
     def read_range(self, job_id: str, first: int, last: int, consistent: bool = True) -> list[Event]:
         lag = 0.0 if consistent else self.wire.lag()
@@ -392,7 +421,8 @@ class SimEventLog:
             return [e for e in self.inner.read_range(job_id, first, last)
                     if self._visible(job_id, e, cutoff) is not None]
 
-        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id)
+        about = self.wire.about(job_id, seq=f"{first}..{last}") if self.wire.labels else None
+        return self.wire.call("log.read" if consistent else "log.read~", False, op, job_id, about)
 
 
 class Through:
@@ -411,7 +441,8 @@ class Through:
         label, write = f"{self._name}.{method}", method in self._writes
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._wire.call(label, write, lambda: fn(*args, **kwargs))
+            about = self._wire.about(*args, _of=fn, **kwargs) if self._wire.labels else None
+            return self._wire.call(label, write, lambda: fn(*args, **kwargs), about=about)
 
         return call
 
@@ -430,13 +461,22 @@ class SimGateStore(Through):
         fn = getattr(self._inner, method)
 
         def write(user_id: str, *args: Any, **kwargs: Any) -> Any:
+            labels = self._wire.labels
+            after: list[str] = []  # verbose: the gate as this write (each time it applied) left it
+
             def op() -> Any:
                 try:
                     return fn(user_id, *args, **kwargs)
                 finally:  # as it is applied (or refused): what the index holds from now on
                     self._checks.record(user_id, self._wire.k.t, self._inner.checks.get(user_id))
+                    if labels is not None:
+                        after.append(labels.gate(user_id, self._inner.read(user_id).entries))
 
-            return self._wire.call(f"gate.{method}", True, op)
+            def about() -> tuple[str, str]:
+                assert labels is not None
+                return labels.args((user_id, *args), kwargs, fn), after[-1] if after else ""
+
+            return self._wire.call(f"gate.{method}", True, op, about=about if labels else None)
 
         return write
 

@@ -55,6 +55,7 @@ from alfred_tools.sim.store import (
     Through,
     Wire,
 )
+from alfred_tools.sim.verbose import Labels
 
 # Bounds, in virtual seconds (docs/testing.md says why each is what it is).
 SETTLE_SECONDS = 600.0   # after faults stop, every job ends or waits on an open question
@@ -214,7 +215,8 @@ class Findings:
 
 
 class World:
-    def __init__(self, seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10) -> None:
+    def __init__(self, seed: int, trace: Callable[[str], None] | None = None, min_jobs: int = 10,
+                 verbose: bool = False) -> None:
         self.seed = seed
         self.k = k = Kernel(seed, trace)
         self.cfg = cfg = draw_config(k, min_jobs)
@@ -226,6 +228,8 @@ class World:
         self.stats = Stats()
         self.wire = Wire(k, cfg.plan, self.stats)
         self.wire.faults_until = cfg.fault_seconds
+        if verbose and trace is not None:
+            self.wire.labels = Labels(seed)
         clock = SimClock(k)
         s = self.settings
         self.inner_jobs = MemoryJobStore(s.pending_grace_seconds, clock=clock)
