@@ -89,33 +89,40 @@ def test_a_cursor_stays_on_the_list_it_came_from() -> None:
     assert len(svc.list_jobs("alice", None, 1, of_a, "a")[0]) == 1
 
 
-def test_a_submit_sends_its_job_before_it_touches_the_conversation_list() -> None:
-    # GIVEN a conversation list whose touch (a best-effort view) notes whether the job's message is
-    # on the queue yet, waiting a few seconds for it (issue 28: the job's start should not wait for
-    # a view's write)
+def test_a_submit_touches_the_conversation_list_beside_the_send_not_in_turn() -> None:
+    # GIVEN a queue whose send waits for the conversation list's touch to be under way, and a
+    # touch (a best-effort view) that waits for the job's message to be on the queue: each only
+    # sees the other if they run beside each other (issue 28: neither the job's start nor the
+    # answer waits for a view's write in turn)
     import threading
     from dataclasses import replace
 
     from alfred_jobs.adapters.memory import MemoryConversationStore, MemoryJobQueue
     from alfred_jobs.domain.models import ChatRequest
 
-    sent = threading.Event()
-    seen: list[bool] = []
+    touching, sent = threading.Event(), threading.Event()
+    send_saw_touch: list[bool] = []
+    touch_saw_send: list[bool] = []
 
     class SignallingQueue(MemoryJobQueue):
         def send(self, job_id: str, delay_seconds: int = 0, *, next_up: bool = False) -> None:
+            send_saw_touch.append(touching.wait(5))
             super().send(job_id, delay_seconds, next_up=next_up)
             sent.set()
 
-    class TouchAfterSend(MemoryConversationStore):
+    class TouchBesideSend(MemoryConversationStore):
         def touch(self, user_id: str, conversation_id: str, at: str, title: str, expires_at: int) -> None:
-            seen.append(sent.wait(5))
+            touching.set()
+            touch_saw_send.append(sent.wait(5))
             super().touch(user_id, conversation_id, at, title, expires_at)
 
-    deps = replace(memory_deps(SETTINGS), queue=SignallingQueue(), conversations=TouchAfterSend())
+    deps = replace(memory_deps(SETTINGS), queue=SignallingQueue(), conversations=TouchBesideSend())
     # WHEN a job is submitted
     job = JobService(deps).submit("alice", ChatRequest(message="soup"), None).job
-    # THEN the message went before the touch, and the touch was done before the answer
-    assert seen == [True]
+    # THEN the touch and the send overlapped, and both were done before the answer
+    assert send_saw_touch == [True], "the send waited for the touch to end"
+    assert touch_saw_send == [True], "the touch waited for the send to end"
+    assert isinstance(deps.queue, MemoryJobQueue)
+    assert [m.job_id for m in deps.queue.sent] == [job.job_id]
     assert [c.conversation_id for c in deps.conversations.recent("alice", 10).conversations] \
         == [job.conversation_id]

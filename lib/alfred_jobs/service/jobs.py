@@ -246,14 +246,19 @@ class JobService:
             for earlier in ahead:
                 self._interrupt(user_id, earlier.job_id, by=job.job_id)
             gate = self.deps.gates.read(user_id)  # ending a waiting job may have handed its place on
-        if gate.next_up(job.job_id, self.settings.max_running_per_user):
-            self.deps.queue.send(job_id, next_up=True)
-        # The list's touch after the send, not before it: it is best effort and ordered by its own
-        # condition (the latest ``at`` stands), and the job's start should not wait for a view's
-        # write (issue 28: one write less on the path from the POST to the worker; the answer
-        # still waits for it). A submit that dies between the two lists its conversation at the
-        # job's commit, as one whose touch failed does.
-        self._touch_conversation(job)
+        # The list's touch goes beside the send, not before it: it is best effort and ordered by
+        # its own condition (the latest ``at`` stands), and neither the job's start nor the answer
+        # should wait for a view's write in turn (issue 28: one write less on the path from the
+        # POST to the worker, and on the POST's own). The answer waits for both: nothing of a
+        # submit is left running once it has answered (a Lambda is frozen after it answers). A
+        # submit that dies before the touch lands lists its conversation at the job's commit, as
+        # one whose touch failed does.
+        touched = self.deps.tasks.submit(self._touch_conversation, job)
+        try:
+            if gate.next_up(job.job_id, self.settings.max_running_per_user):
+                self.deps.queue.send(job_id, next_up=True)
+        finally:
+            touched.result()
         count("JobsSubmitted")
         log.info("job submitted", extra={"job_id": job_id, "user": user_id, "queued_behind": len(ahead)})
         return Submitted(job, created=True)
