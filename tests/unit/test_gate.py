@@ -767,6 +767,35 @@ def test_a_resend_of_a_refused_reject_is_refused_too_not_accepted_and_then_undon
     assert sent(deps)[-1] == third.job_id
 
 
+def test_a_refused_rejects_late_undo_leaves_the_entry_of_a_later_job_of_its_key() -> None:
+    # GIVEN a reject submit with an Idempotency-Key, refused, whose undo is frozen in flight:
+    # meanwhile a resend is refused too (its undo and delete land: the key's job is gone), the job
+    # ahead ends, a further resend makes the key's job anew (the conversation free now: 202, sent),
+    # and a third message queues behind it
+    deps, svc, first = one_job_ahead()
+    req = ChatRequest(message="second", conversation_id="c1", multitask="reject")
+    anew: list[Submitted] = []
+
+    def meanwhile(job_id: str) -> Job:
+        with pytest.raises(ConversationBusy):
+            svc.submit("u", req, "k")
+        assert run(deps, first.job_id) is Outcome.DONE
+        anew.append(svc.submit("u", req, "k"))
+        assert anew[0].created and sent(deps)[-1] == job_id
+        return chat(svc, "third")
+
+    # WHEN the first submit's undo lands (and its delete, of its own record, finds none)
+    with undo_held(deps, meanwhile) as later, pytest.raises(ConversationBusy):
+        svc.submit("u", req, "k")
+    # THEN the new job of the key keeps its entry, and the third still waits behind it: the undo
+    # was for the first submit's job, long gone, not this one (its entry taken out, the third's
+    # way would look clear and be sent, and the new job, accepted first, enrolled behind it)
+    assert [e.job_id for e in deps.gates.read("u").entries] == [anew[0].job.job_id, later[0].job_id]
+    assert later[0].job_id not in sent(deps)
+    assert run(deps, anew[0].job.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == later[0].job_id
+
+
 class _Done:
     def __init__(self, value: Any) -> None:
         self.value = value
