@@ -221,8 +221,10 @@ class GateStore(Protocol):
         an entry a worker has taken (stamped with an attempt: running, asking the user, or
         answered and waiting again) is left alone and the call raises ``ConditionFailed`` (a
         refused submit's undo, which a worker beat to the job: one that asked has given its slot
-        back, but its entry still holds its conversation; sim seed 108223). With ``attempt`` (a
-        worker's finalize): ``ConditionFailed`` if a later attempt stamped the entry."""
+        back, but its entry still holds its conversation; sim seed 108223); with ``created_at``
+        too, the entry of another job of the id (its key's job made anew after the refused one was
+        deleted) is left alone, as if the job were not enrolled: a frozen undo lands late. With
+        ``attempt`` (a worker's finalize): ``ConditionFailed`` if a later attempt stamped the entry."""
 
 
 class StreamSlots(Protocol):

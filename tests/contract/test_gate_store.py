@@ -125,6 +125,23 @@ def test_remove_only_untaken_leaves_an_entry_a_worker_took_that_gave_its_slot_ba
     assert ids(after) == [a.job_id] and after.entries[0].attempt == 1 and not after.entries[0].running
 
 
+def test_remove_only_untaken_leaves_the_entry_of_another_job_of_its_id(backend: Backend) -> None:
+    # A refused submit's undo, frozen in flight, lands after its job was deleted and its key made a
+    # job anew (enrolled with its own creation time): that entry is not the undo's to take out.
+    gates, user = backend.deps.gates, uid("user")
+    born = time.time()
+    new = replace(entry("c1"), created_at=born)
+    gates.enroll(user, new, None, live(), check_at=time.time() + 600)
+    for hint in ("c1", None):
+        gate = gates.remove(user, new.job_id, conversation_id=hint, only_untaken=True, created_at=born - 12)
+        assert ids(gate) == [new.job_id]
+    assert ids(gates.read(user)) == [new.job_id]
+    # Its own job's undo, or one whose job's creation time is unknown (0), still takes it out
+    assert ids(gates.remove(user, new.job_id, conversation_id="c1", only_untaken=True, created_at=born)) == []
+    gates.enroll(user, new, None, live(), check_at=time.time() + 600)
+    assert ids(gates.remove(user, new.job_id, only_untaken=True)) == []
+
+
 def test_an_expired_gate_reads_as_empty_and_a_new_enroll_starts_afresh(backend: Backend) -> None:
     gates, user = backend.deps.gates, uid("user")
     old = entry()

@@ -31,7 +31,7 @@ from alfred_jobs.exceptions import (
     TransientStoreError,
 )
 from alfred_jobs.ports import Deps
-from alfred_jobs.service.jobs import JobService
+from alfred_jobs.service.jobs import JobService, Submitted, keyed_id
 from alfred_jobs.service.sweeper import Sweeper
 from alfred_jobs.settings import Settings
 
@@ -654,9 +654,11 @@ def undo_held(deps: Deps, meanwhile: Callable[[str], Job]) -> Iterator[list[Job]
     assert isinstance(gates, MemoryGateStore)
     real_remove = gates.remove
     later: list[Job] = []
+    held_once: list[str] = []
 
     def held(user_id: str, job_id: str, **kwargs: Any) -> Gate:
-        if kwargs.get("only_untaken") and not later:
+        if kwargs.get("only_untaken") and not held_once:
+            held_once.append(job_id)  # (before ``meanwhile``: an undo it makes itself is not held)
             later.append(meanwhile(job_id))
         return real_remove(user_id, job_id, **kwargs)
 
@@ -717,6 +719,81 @@ def test_a_rejects_undo_after_the_hand_off_sent_its_job_hands_on_to_the_job_behi
     assert deps.gates.read("u").next_up(later[0].job_id, 1)
     assert sent(deps)[-1] == later[0].job_id
     assert run(deps, later[0].job_id) is Outcome.DONE
+
+
+@pytest.mark.parametrize("its_delete", ["lands", "throttled"])
+def test_a_resend_of_a_refused_reject_is_refused_too_not_accepted_and_then_undone(its_delete: str) -> None:
+    # GIVEN a reject submit with an Idempotency-Key, refused (a job of its conversation is under
+    # way), whose undo is frozen in flight: its client, with no answer, sends it again (the resend
+    # meets the record and the entry, both still there), and then a third message of the
+    # conversation; the frozen submit's delete of the record then lands or is throttled (sim seed
+    # 232214 at 74a44b3: the resend answered 202, the undo took its entry out, the delete was
+    # throttled, and the job, accepted before the third was sent, ran after it)
+    deps, svc, first = one_job_ahead()
+    req = ChatRequest(message="second", conversation_id="c1", multitask="reject")
+    resent: list[Submitted | ConversationBusy] = []
+
+    def meanwhile(job_id: str) -> Job:
+        try:
+            resent.append(svc.submit("u", req, "k"))
+        except ConversationBusy as busy:
+            resent.append(busy)
+        return chat(svc, "third")
+
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    real_delete = store.delete_unstarted
+
+    def delete(job_id: str, created_at: float) -> None:
+        if its_delete == "throttled" and held_later:
+            raise TransientStoreError("throttled")
+        real_delete(job_id, created_at)
+
+    store.delete_unstarted = delete  # type: ignore[method-assign]
+    # WHEN the undo lands
+    with undo_held(deps, meanwhile) as held_later, pytest.raises((ConversationBusy, TransientStoreError)):
+        svc.submit("u", req, "k")
+    store.delete_unstarted = real_delete  # type: ignore[method-assign]
+    # THEN the resend had the first submit's outcome, a 409 ("repeating the request repeats the
+    # outcome"), not a 202 for a job the first submit's undo then takes out of its place (deleted,
+    # or its record left without an entry, to be enrolled behind the third by the repairs): the
+    # key's job is gone, and the third runs next, after the first
+    third = held_later[0]
+    assert len(resent) == 1 and isinstance(resent[0], ConversationBusy), resent
+    job_id = keyed_id("u", "k")
+    assert deps.jobs.get(job_id) is None
+    assert [e.job_id for e in deps.gates.read("u").entries] == [first.job_id, third.job_id]
+    assert run(deps, first.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == third.job_id
+
+
+def test_a_refused_rejects_late_undo_leaves_the_entry_of_a_later_job_of_its_key() -> None:
+    # GIVEN a reject submit with an Idempotency-Key, refused, whose undo is frozen in flight:
+    # meanwhile a resend is refused too (its undo and delete land: the key's job is gone), the job
+    # ahead ends, a further resend makes the key's job anew (the conversation free now: 202, sent),
+    # and a third message queues behind it
+    deps, svc, first = one_job_ahead()
+    req = ChatRequest(message="second", conversation_id="c1", multitask="reject")
+    anew: list[Submitted] = []
+
+    def meanwhile(job_id: str) -> Job:
+        with pytest.raises(ConversationBusy):
+            svc.submit("u", req, "k")
+        assert run(deps, first.job_id) is Outcome.DONE
+        anew.append(svc.submit("u", req, "k"))
+        assert anew[0].created and sent(deps)[-1] == job_id
+        return chat(svc, "third")
+
+    # WHEN the first submit's undo lands (and its delete, of its own record, finds none)
+    with undo_held(deps, meanwhile) as later, pytest.raises(ConversationBusy):
+        svc.submit("u", req, "k")
+    # THEN the new job of the key keeps its entry, and the third still waits behind it: the undo
+    # was for the first submit's job, long gone, not this one (its entry taken out, the third's
+    # way would look clear and be sent, and the new job, accepted first, enrolled behind it)
+    assert [e.job_id for e in deps.gates.read("u").entries] == [anew[0].job.job_id, later[0].job_id]
+    assert later[0].job_id not in sent(deps)
+    assert run(deps, anew[0].job.job_id) is Outcome.DONE
+    assert sent(deps)[-1] == later[0].job_id
 
 
 class _Done:

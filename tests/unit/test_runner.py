@@ -456,6 +456,50 @@ def test_a_step_woken_past_its_lease_and_its_jobs_retention_stops() -> None:
     assert agent.answers == [True]
 
 
+class SlowThinkingAgent(ScriptedAgent):
+    """The demo agent, whose thinking takes ``seconds`` of the shifted clock."""
+
+    def __init__(self, deps: Deps, clock: ShiftedClock, seconds: float) -> None:
+        super().__init__(deps)
+        self.clock, self.seconds = clock, seconds
+
+    def think(self, ctx: AgentContext) -> Plan:
+        self.clock.offset += self.seconds
+        return super().think(ctx)
+
+
+def test_a_cancel_landing_while_the_leases_answer_travels_back_is_seen_within_two_poll_periods() -> None:
+    """Sim seed 1740 (``cancel_seen_within_a_second``, at 7f0c04d): the lease's take landed, the
+    user's cancel landed just after it, and the take's answer came back slowly; the keeper dated
+    its first read (the take's) from its own construction, after that answer, not from when the
+    take was sent, so the reply went on 1.10 s after the cancel without reading the record
+    (``cancel_seen`` reads it only once the newest read is two poll periods old, 1 s)."""
+    # GIVEN a keeper that does not poll by itself (a minute's poll, a long lease)
+    clock = ShiftedClock()
+    deps = memory_deps(Settings(demo_step_seconds=0, lease_seconds=600, max_attempts=3,
+                                cancel_poll_seconds=60, retention_seconds=3600), clock=clock)
+    job_id = submit(deps)
+    store = deps.jobs
+    assert isinstance(store, MemoryJobStore)
+    taken = store.acquire_lease
+    svc = JobService(deps)
+
+    def cancelled_while_the_answer_travels(job_id: str, owner: str, now: float, lease_seconds: float) -> Job:
+        job = taken(job_id, owner, now, lease_seconds)
+        assert svc.cancel("u1", job_id)[1] is False  # 202: it lands after the take
+        clock.offset += 100  # the take's answer takes this long to come back
+        return job
+
+    store.acquire_lease = cancelled_while_the_answer_travels  # type: ignore[method-assign]
+    # WHEN the agent then thinks for 30 s: its first boundary comes 130 s after the take was sent,
+    # more than two poll periods (120 s), though only 30 s after its answer came back
+    agent = SlowThinkingAgent(deps, clock, 30)
+    JobRunner(deps, agent).run(Delivery(job_id))
+    # THEN the boundary reads the record itself, sees the cancel, and runs no step
+    assert agent.acts == []
+    assert store.get(job_id) is not None and replay(events(deps, job_id)).status is JobStatus.CANCELLED
+
+
 class FailingReadLog(MemoryEventLog):
     """A log whose reads are refused (throttled after the SDK's retries) while ``failing``."""
 

@@ -802,8 +802,8 @@ class DynamoGateStore:
             if entry is None:
                 gate = self.read(user_id)
                 entry = gate.entry(job_id)
-                if entry is None:
-                    return gate  # not enrolled (removed already, by us or by an earlier try)
+                if entry is None or (only_untaken and entry.of_another_job(created_at)):
+                    return gate  # not enrolled (removed already, by us or by an earlier try), or not ours
                 if self._fenced(gate, job_id, attempt, created_at):
                     raise ConditionFailed(f"{job_id}: held by attempt {entry.attempt} of the job created at "
                                           f"{entry.created_at}")
@@ -823,6 +823,9 @@ class DynamoGateStore:
                 if only_untaken:  # and no worker's stamp: one that asked, or was answered since, is started
                     names["#n"], values[":zero"] = "n", 0
                     condition += " AND (attribute_not_exists(m.#j.#n) OR m.#j.#n = :zero)"
+                    if created_at:  # and the entry is our job's (a creation time unknown, 0: as is)
+                        names["#t"], values[":ct"] = "t", created_at
+                        condition += " AND (attribute_not_exists(m.#j.#t) OR m.#j.#t = :zero OR m.#j.#t = :ct)"
                 return self._write(user_id, "REMOVE m.#j", self._fence(condition, names, values, attempt, created_at),
                                    names, values)
             except ConditionFailed:

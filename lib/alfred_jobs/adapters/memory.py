@@ -381,8 +381,8 @@ class MemoryGateStore:
         with self.lock:
             entries = dict(self._live(user_id))
             mine = entries.get(job_id)
-            if mine is None:
-                return self._gate(entries)
+            if mine is None or (only_untaken and mine.of_another_job(created_at)):
+                return self._gate(entries)  # (the entry of another job of the id is not the undo's)
             if only_untaken and (mine.running or mine.attempt):
                 raise ConditionFailed(job_id)  # a worker took it (it may have given its slot back since)
             self._fence(entries, job_id, attempt, created_at)

@@ -63,6 +63,11 @@ class GateEntry:
         """Whether it belongs to a job of its id created after ``created_at`` (0: unknown, no)."""
         return bool(created_at) and self.created_at > created_at
 
+    def of_another_job(self, created_at: float) -> bool:
+        """Whether it is the entry of another job of its id than the one created at ``created_at``
+        (0 on either side: unknown, no)."""
+        return bool(self.created_at and created_at) and self.created_at != created_at
+
     def left_by_another_job(self, created_at: float) -> bool:
         """Whether it is an entry no worker took (never stamped) of another job of its id than the
         one created at ``created_at`` (0 on either side: unknown, no). The enroll of the job whose

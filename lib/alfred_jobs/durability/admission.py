@@ -213,9 +213,11 @@ class Admission:
         no other way (and an earlier job that may start could already, and was sent)."""
         try:
             gate = self.deps.gates.remove(job.user_id, job.job_id, conversation_id=job.conversation_id,
-                                          only_untaken=True)
+                                          only_untaken=True, created_at=job.created_at)
         except ConditionFailed:
             return False
+        if gate.entry(job.job_id) is not None:
+            return True  # the entry of a later job of its id (its key's), left alone: nothing cleared
         # The entry's order is its creation's, or later if the gate's last was later: this is a floor.
         mine = gate_entry(job)
         cleared = [e for e in gate.startable(self.settings.max_running_per_user)

@@ -23,7 +23,8 @@ class LeaseKeeper:
 
     def __init__(self, deps: Deps, job_id: str, owner: str, lease_expires: float,
                  receipt_handle: str | None, state: Callable[[], tuple[int, JobStatus, Progress]],
-                 cancel_requested: bool, cancel_by: str | None = None, steers: tuple[Steer, ...] = ()) -> None:
+                 cancel_requested: bool, cancel_by: str | None = None, steers: tuple[Steer, ...] = (),
+                 read_at: float | None = None) -> None:
         self.deps = deps
         self.clock = deps.clock
         self.job_id = job_id
@@ -40,8 +41,11 @@ class LeaseKeeper:
         self._stop = self.clock.signal()
         self._last_renew = self.clock.monotonic()
         # When the newest read of the record that has come back was sent (the acquisition's, to
-        # begin with): what it says was true then. See ``cancel_seen``.
-        self._read_at = self.clock.monotonic()
+        # begin with: ``read_at``, the take's send time): what it says was true then. See
+        # ``cancel_seen``. Not the keeper's construction, after the take's answer came back: a
+        # cancel landing while that answer travelled would go unread a leg too long (sim seed 1740:
+        # a reply went on 1.10 s after its cancel).
+        self._read_at = self.clock.monotonic() if read_at is None else read_at
         self._asked_at = 0.0  # when ``cancel_seen`` last read the record itself
         self._task: Handle | None = None
 

@@ -174,6 +174,7 @@ class JobRunner:
     def _run(self, delivery: Delivery) -> RunResult:
         s = self.settings
         owner = self.deps.new_id()
+        sent = self.deps.clock.monotonic()  # what the take reads was true from then on
         try:
             # The conditional update is also the read: a finished, expired or unknown job fails it.
             job = self.deps.jobs.acquire_lease(delivery.job_id, owner, self.deps.clock.now(), s.lease_seconds)
@@ -185,7 +186,7 @@ class JobRunner:
         except TransientStoreError:
             return self._not_taken(delivery.job_id, owner)
         bind_job(job_id=job.job_id, attempt=job.attempts, user=job.user_id)
-        attempt = _Attempt(self, job, owner, delivery)
+        attempt = _Attempt(self, job, owner, delivery, taken_at=sent)
         try:
             return attempt.run()
         finally:
@@ -212,7 +213,8 @@ class JobRunner:
 class _Attempt:
     """One attempt at one job: owns the in-memory copy of the log and the lease keeper."""
 
-    def __init__(self, runner: JobRunner, job: Job, owner: str, delivery: Delivery) -> None:
+    def __init__(self, runner: JobRunner, job: Job, owner: str, delivery: Delivery,
+                 taken_at: float | None = None) -> None:
         self.r = runner
         self.deps = runner.deps
         self.clock = runner.deps.clock
@@ -234,7 +236,8 @@ class _Attempt:
         self._usage: Usage | None = None  # the current part's model calls (``_meter``), not yet recorded
         self._reply_so_far = ""  # the reply text the agent gave this attempt (a cancel keeps it)
         self.keeper = LeaseKeeper(self.deps, job.job_id, owner, job.lease_expires, delivery.receipt_handle,
-                                  self._state, job.cancel_requested, job.cancel_by, job.steers)
+                                  self._state, job.cancel_requested, job.cancel_by, job.steers,
+                                  read_at=taken_at)
         self._ctx: AgentContext | None = None  # the agent's context, once it has one (steers go in it)
         self._sealed = False  # this attempt closed the reply door (``_seal``): it stays closed
 

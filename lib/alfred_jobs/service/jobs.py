@@ -232,7 +232,7 @@ class JobService:
         existing = self._create(job)
         gate, full = self._enroll(existing or job)  # a store error here leaves the job to the repairs
         if existing is not None:
-            return self._replayed(existing, user_id, digest, gate, full)
+            return self._replayed(existing, user_id, digest, gate, full, reject=req.multitask == "reject")
         if full:
             self._refuse(job, self._too_many())
         ahead = gate.ahead_of(job.job_id)
@@ -304,7 +304,8 @@ class JobService:
             return
         raise error
 
-    def _replayed(self, existing: Job, user_id: str, digest: str, gate: Gate, full: bool) -> Submitted:
+    def _replayed(self, existing: Job, user_id: str, digest: str, gate: Gate, full: bool,
+                  reject: bool = False) -> Submitted:
         """The answer to a submit whose job id (an Idempotency-Key) was taken."""
         existing = self.fold_tail(existing)
         if existing.terminal:
@@ -330,6 +331,21 @@ class JobService:
             # too, or we see the record gone here and take it out ourselves. The client sends again.
             self.admission.withdraw(existing)  # (no worker takes a job without a record)
             raise _RefusedMeanwhile(existing.job_id)
+        ahead = gate.ahead_of(existing.job_id) if unstarted else []
+        if reject and ahead:
+            # A `reject` with a job of its conversation ahead was refused by its first submit, or
+            # is being refused now: that submit's undo may be in flight (its process frozen, its
+            # answer lost, so the client sent again). Repeat its outcome, a 409 after the same
+            # undo: a 202 here would be undone by the late removal and delete (the job gone, or
+            # its record left without an entry and enrolled behind later messages: sim seed
+            # 232214). No entry is ever placed ahead of an existing one (an enroll goes last), so
+            # a first submit that found nothing ahead, accepted, is never refused here. If a
+            # worker took the job meanwhile, it runs after all: 202, as the first submit says.
+            busy = next((e for e in ahead if e.running), ahead[0])
+            if self._undo_enroll(existing):
+                self._refuse(existing, ConversationBusy("this conversation has a job under way",
+                                                        job_id=busy.job_id))
+            gate = self.deps.gates.read(user_id)
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
