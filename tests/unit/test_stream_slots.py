@@ -183,3 +183,36 @@ class StoppedClock(ShiftedClock):
 
     def monotonic(self) -> float:
         return 14.990160875615786 + self.offset
+
+
+class SlowSlots(MemoryStreamSlots):
+    """A renewal whose request stalls ``stall`` seconds before it goes (GC, a busy CPU): the lease
+    it writes ends one lease period after it was sent, and it answers ``stall`` seconds later."""
+
+    def __init__(self, clock: StoppedClock, stall: float) -> None:
+        super().__init__(clock)
+        self.stopped = clock
+        self.stall = stall
+
+    def renew(self, user_id: str, holder: str, until: float) -> bool:
+        held = super().renew(user_id, holder, until)
+        self.stopped.offset += self.stall
+        return held
+
+
+def test_a_slow_renewal_dates_the_next_one_from_its_send() -> None:
+    """Sim seed 237600: a renewal that stalled 1.6 s (lease 10 s) dated the next one from its
+    answer, so that one went with 5 s of the lease in hand instead of 6.7, stalled 2.9 s in turn,
+    and the stream was left with under a third of a lease: renewing every third of a lease lets two
+    renewals fail only if each is due a third after the previous one was sent, as its lease was."""
+    clock = StoppedClock()
+    store = SlowSlots(clock, stall=1.6)
+    lease = StreamCap(store, 3, 10.0, clock, lambda: "h1").take("u1")
+    clock.offset += lease.seconds_to_renewal()
+    sent = clock.now()
+    assert lease.due and lease.renew()
+    assert store.holders("u1")["h1"] == pytest.approx(sent + 10.0)
+    # The next renewal is due a third of a lease after this one went, 1.6 s before its answer.
+    assert lease.seconds_to_renewal() == pytest.approx(10.0 / 3 - 1.6)
+    clock.offset += lease.seconds_to_renewal()
+    assert lease.due and store.holders("u1")["h1"] - clock.now() == pytest.approx(2 * 10.0 / 3)
