@@ -58,6 +58,10 @@ class StreamLease:
         it and the user is at the cap now): the stream must end. A store failure keeps the stream
         (its lease still runs) and tries again soon."""
         c = self._cap
+        # The next renewal is dated from this one's send, as the lease it writes is: dated from its
+        # answer, a renewal that stalled (GC, a busy CPU) would leave the next one less than two
+        # thirds of a lease in hand, and two slow renewals could see the lease run out (seed 237600).
+        sent = c.clock.monotonic()
         until = c.clock.now() + self.lease_seconds
         try:
             held = c.slots.renew(self.user, self.holder, until) or c.slots.take(
@@ -66,7 +70,7 @@ class StreamLease:
             log.warning("stream slot renewal failed", exc_info=True, extra={"user_id": self.user})
             self.next_renewal = c.clock.monotonic() + min(RETRY_RENEWAL_SECONDS, self.lease_seconds / 6)
             return True
-        self.next_renewal = c.clock.monotonic() + self.lease_seconds / RENEWALS_PER_LEASE
+        self.next_renewal = sent + self.lease_seconds / RENEWALS_PER_LEASE
         self.lost = not held
         return held
 
