@@ -217,7 +217,6 @@ def set_metrics_profile(profile: str) -> None:
     _published = METRIC_PROFILES[profile]
 
 
-
 def _powertools_metrics() -> Any:
     global _metrics
     if _metrics is None:

@@ -13,7 +13,7 @@ from alfred_jobs.domain.events import (
     parse_iso,
     replay,
 )
-from alfred_jobs.domain.gate import Gate
+from alfred_jobs.domain.gate import Gate, GateEntry
 from alfred_jobs.domain.ids import is_conversation_id, is_idempotency_key, is_job_id
 from alfred_jobs.domain.models import (
     ACTIVE_STATUSES,
@@ -237,11 +237,7 @@ class JobService:
             self._refuse(job, self._too_many())
         ahead = gate.ahead_of(job.job_id)
         if ahead and req.multitask == "reject":
-            busy = next((e for e in ahead if e.running), ahead[0])
-            if self._undo_enroll(job):
-                self._refuse(job, ConversationBusy("this conversation has a job under way",
-                                                   job_id=busy.job_id))
-            gate = self.deps.gates.read(user_id)  # a worker took it meanwhile: it runs after all
+            gate = self._reject_behind(job, ahead)
         if ahead and req.multitask == "interrupt":
             for earlier in ahead:
                 self._interrupt(user_id, earlier.job_id, by=job.job_id)
@@ -295,6 +291,14 @@ class JobService:
         return TooManyRequests(f"you have {self.settings.max_active_per_user} jobs under way; wait for one to end",
                                code="too_many_jobs", retry_after=10)
 
+    def _reject_behind(self, job: Job, ahead: list[GateEntry]) -> Gate:
+        """Refuse a `reject` job with jobs of its conversation ahead (409, naming the running one),
+        its entry taken out first; the gate, if a worker took the job meanwhile: it runs after all."""
+        busy = next((e for e in ahead if e.running), ahead[0])
+        if self._undo_enroll(job):
+            self._refuse(job, ConversationBusy("this conversation has a job under way", job_id=busy.job_id))
+        return self.deps.gates.read(job.user_id)
+
     def _refuse(self, job: Job, error: ClientError) -> None:
         """Raise ``error`` for a job whose record was put, after deleting that record. A worker
         can only have taken it if its way was clear (then it runs and the submit says 202)."""
@@ -341,11 +345,7 @@ class JobService:
             # 232214). No entry is ever placed ahead of an existing one (an enroll goes last), so
             # a first submit that found nothing ahead, accepted, is never refused here. If a
             # worker took the job meanwhile, it runs after all: 202, as the first submit says.
-            busy = next((e for e in ahead if e.running), ahead[0])
-            if self._undo_enroll(existing):
-                self._refuse(existing, ConversationBusy("this conversation has a job under way",
-                                                        job_id=busy.job_id))
-            gate = self.deps.gates.read(user_id)
+            gate = self._reject_behind(existing, ahead)
         if (existing.status is JobStatus.PENDING and existing.last_seq == 0
                 and gate.next_up(existing.job_id, self.settings.max_running_per_user)):
             # The first submit may have died between its put and its send: send again. A
